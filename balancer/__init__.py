@@ -1,0 +1,1 @@
+"""The zlb balancer: protocol, scheduler and the socket loop around them."""

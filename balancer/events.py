@@ -1,0 +1,137 @@
+"""Event records: what happened in the balancer, and how it reads as a log line.
+
+The scheduler emits compact tuples `(kind, *args)`; the loop stamps them with
+wall-clock time and publishes them in batches. Nothing formats a line on the
+hot path: formatting happens where a line is shown (the log file writer, the
+monitor, `zlb logs`). The wording follows the seed's log where it has one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from balancer.protocol import TOPIC_NODE, TOPIC_REQUEST, TOPIC_STATS, TOPIC_SYSTEM
+
+REQUEST_ADDED = "request.added"
+REQUEST_ASSIGNED = "request.assigned"
+REQUEST_PROCESSED = "request.processed"
+REQUEST_FAILED = "request.failed"
+REQUEST_REQUEUED = "request.requeued"
+REQUEST_REJECTED = "request.rejected"
+REQUEST_LATE_RESULT = "request.late_result"
+NODE_JOINED = "node.joined"
+NODE_DEAD = "node.dead"
+NODE_DOWN = "node.down"
+NODE_UP = "node.up"
+NODE_DRAINING = "node.draining"
+NODE_DRAINED = "node.drained"
+NODE_LEFT = "node.left"
+SYSTEM_STARTED = "system.started"
+SYSTEM_CONFIGURED = "system.configured"
+SYSTEM_BAD_INPUT = "system.bad_input"
+STATS = "stats.tick"
+
+# Positional argument names of each kind, for JSON output and lookups by name.
+FIELDS: dict[str, tuple[str, ...]] = {
+    REQUEST_ADDED: ("client_id", "request_id", "priority"),
+    REQUEST_ASSIGNED: ("client_id", "request_id", "server_id", "attempt"),
+    REQUEST_PROCESSED: ("client_id", "request_id", "server_id"),
+    REQUEST_FAILED: ("client_id", "request_id", "server_id", "reason"),
+    REQUEST_REQUEUED: ("client_id", "request_id", "priority", "attempts", "server_id"),
+    REQUEST_REJECTED: ("client_id", "request_id", "reason"),
+    REQUEST_LATE_RESULT: ("server_id", "ticket"),
+    NODE_JOINED: ("server_id", "capacity", "pid", "host"),
+    NODE_DEAD: ("server_id", "silent_s", "requeued"),
+    NODE_DOWN: ("server_id", "requeued"),
+    NODE_UP: ("server_id",),
+    NODE_DRAINING: ("server_id", "in_flight"),
+    NODE_DRAINED: ("server_id",),
+    NODE_LEFT: ("server_id", "requeued"),
+    SYSTEM_STARTED: ("frontend", "backend", "events", "control"),
+    SYSTEM_CONFIGURED: ("servers", "clients"),
+    SYSTEM_BAD_INPUT: ("socket", "kind", "detail", "count"),
+    STATS: ("queue_depth", "in_flight", "servers_active", "submitted", "processed", "failed", "requeued"),
+}
+
+LEVELS: dict[str, str] = {
+    NODE_DEAD: "WARNING",
+    NODE_DOWN: "WARNING",
+    REQUEST_FAILED: "WARNING",
+    REQUEST_REJECTED: "WARNING",
+    REQUEST_REQUEUED: "WARNING",
+    SYSTEM_BAD_INPUT: "WARNING",
+}
+
+
+def _fmt_requeued(a: tuple[Any, ...]) -> str:
+    client, request, priority, attempts, server = a
+    lost = f"after attempt {attempts} (Server {server} lost it)"
+    return f"Request {request} from Client {client} re-queued with priority {priority} {lost}"
+
+
+_TEMPLATES: dict[str, Any] = {
+    REQUEST_ADDED: lambda a: f"Request {a[1]} from Client {a[0]} added to queue with priority {a[2]}",
+    REQUEST_ASSIGNED: lambda a: f"✅ Request {a[1]} assigned to Server {a[2]}",
+    REQUEST_PROCESSED: lambda a: f"Request {a[1]} from Client {a[0]} processed by Server {a[2]}",
+    REQUEST_FAILED: lambda a: f"❌ Request {a[1]} from Client {a[0]} failed: {a[3]}",
+    REQUEST_REQUEUED: _fmt_requeued,
+    REQUEST_REJECTED: lambda a: f"Request {a[1]} from Client {a[0]} rejected: {a[2]}",
+    REQUEST_LATE_RESULT: lambda a: f"Late result for ticket {a[1]} from Server {a[0]} dropped",
+    NODE_JOINED: lambda a: f"Server {a[0]} joined (capacity {a[1]}, pid {a[2]} on {a[3]})",
+    NODE_DEAD: lambda a: f"⚠️ Server {a[0]} is dead (silent for {a[1]:.1f} s); {a[2]} requests re-queued",
+    NODE_DOWN: lambda a: f"Server {a[0]} marked as down; {a[1]} requests re-queued",
+    NODE_UP: lambda a: f"Server {a[0]} marked as up",
+    NODE_DRAINING: lambda a: f"Server {a[0]} draining ({a[1]} requests in flight)",
+    NODE_DRAINED: lambda a: f"Server {a[0]} drained",
+    NODE_LEFT: lambda a: f"Server {a[0]} left; {a[1]} requests re-queued",
+    SYSTEM_STARTED: lambda a: f"Balancer started (frontend {a[0]}, backend {a[1]}, events {a[2]}, control {a[3]})",
+    SYSTEM_CONFIGURED: lambda a: f"System configured with {a[0]} servers and {a[1]} clients.",
+    SYSTEM_BAD_INPUT: lambda a: f"Dropped bad message on {a[0]}: {a[1]} ({a[2]}); {a[3]} so far",
+    STATS: lambda a: f"{a[0]} waiting, {a[1]} in flight, {a[2]} servers active, {a[4]} processed",
+}
+
+
+def topic_of(kind: str) -> bytes:
+    """The PUB topic an event kind is published under."""
+    if kind.startswith("request."):
+        return TOPIC_REQUEST
+    if kind.startswith("node."):
+        return TOPIC_NODE
+    if kind.startswith("stats."):
+        return TOPIC_STATS
+    return TOPIC_SYSTEM
+
+
+def message(event: list[Any] | tuple[Any, ...]) -> str:
+    """The human log line of a stamped event `[ts, kind, *args]`."""
+    kind = event[1]
+    template = _TEMPLATES.get(kind)
+    if template is None:
+        return f"{kind} {list(event[2:])}"
+    try:
+        return template(tuple(event[2:]))
+    except (IndexError, TypeError, ValueError):
+        return f"{kind} {list(event[2:])}"
+
+
+def level(kind: str) -> str:
+    """The log level of an event kind."""
+    return LEVELS.get(kind, "INFO")
+
+
+def log_line(event: list[Any] | tuple[Any, ...]) -> str:
+    """A log-file line: ISO timestamp, level, kind and the message."""
+    ts = event[0]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    return f"{stamp} {level(event[1]):7} {event[1]:18} {message(event)}"
+
+
+def as_dict(event: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """A stamped event as a JSON-ready map with named fields and its message."""
+    kind = event[1]
+    names = FIELDS.get(kind, ())
+    out: dict[str, Any] = {"ts": event[0], "kind": kind}
+    out.update(zip(names, event[2:]))
+    out["message"] = message(event)
+    return out

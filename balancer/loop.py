@@ -1,0 +1,322 @@
+"""The balancer process: one thread, one poller, four sockets.
+
+Thin by design: drain each readable socket in a batch, decode headers, call
+the scheduler, then send what it decided and publish the iteration's events
+as one message per topic. Payloads pass through as opaque frames.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from balancer import control
+from balancer import events as ev
+from balancer import protocol as p
+from balancer.eventlog import EventLog
+from balancer.protocol import MsgType, ProtocolError
+from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_MAX_ATTEMPTS, NodeState, Scheduler, Submitted
+
+# Messages taken from one socket before looking at the others: large enough to
+# amortise the poll, small enough that no socket starves the rest.
+DRAIN_BATCH = 256
+# Bad input is logged at most this often per (socket, kind); every one is counted.
+BAD_INPUT_LOG_INTERVAL_S = 5.0
+
+
+@dataclass
+class BalancerConfig:
+    """Everything `zlb balancer` can set."""
+
+    frontend: str = p.DEFAULT_FRONTEND
+    backend: str = p.DEFAULT_BACKEND
+    events: str = p.DEFAULT_EVENTS
+    control: str = p.DEFAULT_CONTROL
+    heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
+    liveness: int = p.LIVENESS
+    max_queue: int | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    keep_finished: int = DEFAULT_KEEP_FINISHED
+    max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
+    log_file: str | None = "zlb-balancer.log"
+    endpoints: dict[str, str] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.endpoints = {
+            "frontend": self.frontend,
+            "backend": self.backend,
+            "events": self.events,
+            "control": self.control,
+        }
+
+
+class Balancer:
+    """Owns the sockets and the scheduler; nothing else touches either."""
+
+    def __init__(self, config: BalancerConfig, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.heartbeat_s = config.heartbeat_ms / 1000
+        self.sched = Scheduler(
+            heartbeat_s=self.heartbeat_s,
+            liveness=config.liveness,
+            max_queue=config.max_queue,
+            max_attempts=config.max_attempts,
+            keep_finished=config.keep_finished,
+        )
+        self.eventlog = EventLog(config.log_file)
+        self.state = control.BalancerState(self.sched, self.eventlog, config.endpoints, time.monotonic(), time.time())
+        self._ctx = context or zmq.Context.instance()
+        self._stopping = False
+        self._routes: dict[bytes, bytes] = {}
+        self._bad_logged: dict[tuple[str, str], float] = {}
+        self._open_sockets()
+
+    # ---- sockets --------------------------------------------------------
+
+    def _open_sockets(self) -> None:
+        cfg = self.config
+        self.frontend = self._bind(zmq.ROUTER, cfg.frontend)
+        self.backend = self._bind(zmq.ROUTER, cfg.backend)
+        # A restarted node keeps its identity; let its new connection take over.
+        self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.control_sock = self._bind(zmq.ROUTER, cfg.control)
+        self.events_sock = self._bind(zmq.PUB, cfg.events)
+        self.poller = zmq.Poller()
+        self._readers = {
+            self.frontend: self._drain_frontend,
+            self.backend: self._drain_backend,
+            self.control_sock: self._drain_control,
+        }
+        for sock in self._readers:
+            self.poller.register(sock, zmq.POLLIN)
+
+    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        # Results and work are bounded by capacity and by what clients sent;
+        # the default HWM of 1000 would silently drop replies under load.
+        sock.setsockopt(zmq.SNDHWM, 1_000_000)
+        sock.setsockopt(zmq.RCVHWM, 1_000_000)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise OSError(f"cannot bind {endpoint}: {exc}") from None
+        return sock
+
+    def close(self) -> None:
+        """Close every socket and flush the log file."""
+        for sock in (self.frontend, self.backend, self.control_sock, self.events_sock):
+            sock.close(linger=0)
+        self.eventlog.close()
+
+    # ---- the loop -------------------------------------------------------
+
+    def stop(self, *_args: Any) -> None:
+        """Ask the loop to finish its iteration and return (signal-safe)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        """Serve until stop() is called."""
+        self.sched.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
+        next_tick = time.monotonic() + self.heartbeat_s
+        poll = self.poller.poll
+        readers = self._readers
+        while not self._stopping:
+            now = time.monotonic()
+            timeout_ms = max(0, int((next_tick - now) * 1000) + 1)
+            for sock, _ in poll(timeout_ms):
+                readers[sock](time.monotonic())
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + self.heartbeat_s
+            self._flush()
+
+    def _tick(self, now: float) -> None:
+        """Expire silent nodes and heartbeat the live ones."""
+        sched = self.sched
+        sched.expire(now)
+        ping = p.encode(MsgType.PING)
+        for route in sched.routes:
+            self._send_node(route, [ping])
+        c = sched.counters
+        active = sum(1 for n in sched.routes.values() if n.active)
+        stats = (ev.STATS, sched.waiting, sched.in_flight(), active, c["submitted"], c["processed"], c["failed"])
+        self.events_sock.send_multipart([p.TOPIC_STATS, p.encode_events([time.time(), [(*stats, c["requeued"])]])])
+
+    def _flush(self) -> None:
+        """Send what the scheduler decided and publish this iteration's events."""
+        sched = self.sched
+        if sched.waiting:
+            self._send_work(sched.dispatch())
+        if sched.replies:
+            self._send_results()
+        if sched.events:
+            self._publish()
+
+    def _send_work(self, assignments: list[Any]) -> None:
+        encode = p.encode
+        work = MsgType.WORK
+        for node, ticket, req in assignments:
+            header = encode(work, ticket, req.client_id, req.request_id, req.priority, req.attempts)
+            self._send_node(node.route, [header, req.body])
+
+    def _send_node(self, route: bytes, frames: list[Any]) -> None:
+        try:
+            self.backend.send_multipart([route, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.state.counters["node_send_dropped"] = self.state.counters.get("node_send_dropped", 0) + 1
+
+    def _send_results(self) -> None:
+        send = self.frontend.send_multipart
+        encode = p.encode
+        result = MsgType.RESULT
+        replies = self.sched.replies
+        for req in replies:
+            header = encode(result, req.request_id, req.status, req.server_id, req.attempts)
+            send([req.route, header, req.body], copy=False)
+        replies.clear()
+
+    def _publish(self) -> None:
+        batch = self.sched.events
+        self.sched.events = []
+        ts = time.time()
+        self.eventlog.add(ts, batch)
+        by_topic: dict[bytes, list[Any]] = {}
+        for event in batch:
+            by_topic.setdefault(ev.topic_of(event[0]), []).append(event)
+        for topic, events in by_topic.items():
+            self.events_sock.send_multipart([topic, p.encode_events([ts, events])])
+
+    # ---- frontend: clients ----------------------------------------------
+
+    def _drain_frontend(self, now: float) -> None:
+        recv = self.frontend.recv_multipart
+        submit = self.sched.submit
+        decode = p.decode
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if len(frames) != 3:
+                    raise ProtocolError("bad_frames", f"expected route, header and payload, got {len(frames)} frames")
+                msg_type, fields = decode(frames[1])
+                if msg_type is not MsgType.SUBMIT:
+                    raise ProtocolError("unknown_type", f"{msg_type.name} is not a client message")
+            except ProtocolError as exc:
+                self._bad_input("frontend", exc, now)
+                self._reject(frames[0], None, f"bad message: {exc}")
+                continue
+            route = self._routes.get(frames[0])
+            if route is None:
+                route = self._routes[frames[0]] = frames[0]
+            if submit(fields[0], fields[1], fields[2], route, frames[2]) is Submitted.REJECTED:
+                self._reject(route, fields[1], f"queue full ({self.sched.max_queue} waiting)")
+
+    def _reject(self, route: bytes, request_id: int | None, reason: str) -> None:
+        self.frontend.send_multipart([route, p.encode(MsgType.REJECTED, request_id, reason)])
+
+    # ---- backend: server nodes ------------------------------------------
+
+    def _drain_backend(self, now: float) -> None:
+        recv = self.backend.recv_multipart
+        decode = p.decode
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if len(frames) < 2:
+                    raise ProtocolError("bad_frames", "empty message")
+                msg_type, fields = decode(frames[1])
+                body = p.split_body(msg_type, frames[1:])
+                handler = self._node_handlers.get(msg_type)
+                if handler is None:
+                    raise ProtocolError("unknown_type", f"{msg_type.name} is not a node message")
+            except ProtocolError as exc:
+                self._bad_input("backend", exc, now)
+                continue
+            handler(self, frames[0], fields, body, now)
+
+    def _on_done(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
+        if self.sched.complete(route, fields[0], fields[1], body, now) is None and route not in self.sched.routes:
+            self._send_node(route, [p.encode(MsgType.RECONNECT, "unknown node; say HELLO")])
+
+    def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
+        node_id, capacity, pid, host = fields
+        if capacity < 1:
+            self._bad_input("backend", ProtocolError("bad_fields", f"capacity {capacity} < 1"), now)
+            return
+        node = self.sched.hello(route, node_id, capacity, pid, host, now)
+        welcome = p.encode(MsgType.WELCOME, node.node_id, self.config.heartbeat_ms, self.config.liveness)
+        self._send_node(route, [welcome])
+
+    def _on_heartbeat(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
+        if self.sched.heartbeat(route, fields[0], fields[1], now) is None:
+            self._send_node(route, [p.encode(MsgType.RECONNECT, "unknown node; say HELLO")])
+
+    def _on_leaving(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
+        node = self.sched.seen(route, now)
+        if node is not None and node.state is NodeState.ACTIVE:
+            self.sched.drain(node.node_id)
+
+    def _on_bye(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
+        self.sched.bye(route)
+
+    _node_handlers = {
+        MsgType.DONE: _on_done,
+        MsgType.HELLO: _on_hello,
+        MsgType.HEARTBEAT: _on_heartbeat,
+        MsgType.LEAVING: _on_leaving,
+        MsgType.BYE: _on_bye,
+    }
+
+    # ---- control ----------------------------------------------------------
+
+    def _drain_control(self, now: float) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = self.control_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if len(frames) != 2:
+                    raise ProtocolError("bad_frames", f"expected route and one map, got {len(frames)} frames")
+                request = p.decode_map(frames[1])
+            except ProtocolError as exc:
+                self._bad_input("control", exc, now)
+                reply = {"ok": False, "error": f"bad message: {exc}"}
+            else:
+                reply = control.handle(self.state, request, now)
+            self.control_sock.send_multipart([frames[0], p.encode_map(reply)])
+
+    # ---- bad input ------------------------------------------------------
+
+    def _bad_input(self, sock_name: str, exc: ProtocolError, now: float) -> None:
+        """Count a bad message, and log it unless that kind was logged lately."""
+        key = f"{sock_name}.{exc.kind}"
+        count = self.state.bad_input[key] = self.state.bad_input.get(key, 0) + 1
+        last = self._bad_logged.get((sock_name, exc.kind))
+        if last is None or now - last >= BAD_INPUT_LOG_INTERVAL_S:
+            self._bad_logged[(sock_name, exc.kind)] = now
+            self.sched.events.append((ev.SYSTEM_BAD_INPUT, sock_name, exc.kind, exc.detail[:200], count))
+
+
+def run_balancer(config: BalancerConfig) -> None:
+    """Run a balancer in this process until SIGINT or SIGTERM."""
+    balancer = Balancer(config)
+    signal.signal(signal.SIGTERM, balancer.stop)
+    signal.signal(signal.SIGINT, balancer.stop)
+    try:
+        balancer.run()
+    finally:
+        balancer.close()

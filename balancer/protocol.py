@@ -1,0 +1,201 @@
+"""The zlb wire protocol: the one place that defines a frame.
+
+Every role imports this module; nothing else imports msgpack. A message is a
+small msgpack *header* (an array: version, type, fields...) optionally followed
+by one opaque *body* frame (a request's payload or a result) that the balancer
+never decodes. docs/PROTOCOL.md describes the same thing in prose.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+# Default endpoints; every zlb command reads the ZLB_* variables, the balancer
+# binds them and every other role connects to them.
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
+DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+DEFAULT_EVENTS = "tcp://127.0.0.1:5557"
+DEFAULT_CONTROL = "tcp://127.0.0.1:5558"
+ENDPOINT_ENV = {
+    "frontend": ("ZLB_FRONTEND", DEFAULT_FRONTEND),
+    "backend": ("ZLB_BACKEND", DEFAULT_BACKEND),
+    "events": ("ZLB_EVENTS", DEFAULT_EVENTS),
+    "control": ("ZLB_CONTROL", DEFAULT_CONTROL),
+}
+
+# Liveness: a peer silent for LIVENESS intervals is dead. 3 to 5 is the usual
+# range; 3 keeps failover under two seconds at the default interval.
+HEARTBEAT_INTERVAL_MS = 500
+LIVENESS = 3
+# A node that lost the balancer retries HELLO with a doubling back-off up to this cap.
+RECONNECT_BACKOFF_MAX_S = 4.0
+
+# A header is tiny; anything bigger is garbage or an attack.
+MAX_HEADER_BYTES = 4096
+# Whole-message cap enforced by libzmq (ZMQ_MAXMSGSIZE) on every bound socket.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Control requests carry small maps only.
+MAX_CONTROL_BYTES = 64 * 1024
+
+
+class MsgType(IntEnum):
+    """Message types; the second element of every header."""
+
+    SUBMIT = 1  # client -> frontend: [client_id, request_id, priority] + payload
+    RESULT = 2  # frontend -> client: [request_id, status, server_id, attempts] + result
+    REJECTED = 3  # frontend -> client: [request_id | None, reason]
+    HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host]
+    WELCOME = 11  # backend -> node: [node_id, heartbeat_ms, liveness]
+    HEARTBEAT = 12  # node -> backend: [in_flight, handled]
+    PING = 13  # backend -> node: []
+    WORK = 14  # backend -> node: [ticket, client_id, request_id, priority, attempt] + payload
+    DONE = 15  # node -> backend: [ticket, ok] + result
+    BYE = 16  # node -> backend: []
+    RECONNECT = 17  # backend -> node: [reason]; the node must say HELLO again
+    LEAVING = 18  # node -> backend: []; send no more work, in-flight work will finish
+
+
+OptInt = (int, type(None))
+# Field types of each message, in order. Checked on every decode.
+SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
+    MsgType.SUBMIT: (int, int, int),
+    MsgType.RESULT: (int, str, OptInt, int),
+    MsgType.REJECTED: (OptInt, str),
+    MsgType.HELLO: (OptInt, int, int, str),
+    MsgType.WELCOME: (int, int, int),
+    MsgType.HEARTBEAT: (int, int),
+    MsgType.PING: (),
+    MsgType.WORK: (int, int, int, int, int),
+    MsgType.DONE: (int, bool),
+    MsgType.BYE: (),
+    MsgType.RECONNECT: (str,),
+    MsgType.LEAVING: (),
+}
+# Messages that carry a body frame after the header.
+WITH_BODY = frozenset({MsgType.SUBMIT, MsgType.RESULT, MsgType.WORK, MsgType.DONE})
+_TYPES = {int(t): t for t in MsgType}
+
+# Request status names as they appear on the wire and in every listing (seed wording).
+PENDING = "pending"
+ASSIGNED = "assigned"
+PROCESSED = "processed"
+FAILED = "failed"
+STATUSES = (PENDING, ASSIGNED, PROCESSED, FAILED)
+
+# Event topics on the PUB socket; subscribers filter by prefix.
+TOPIC_REQUEST = b"zlb.request"
+TOPIC_NODE = b"zlb.node"
+TOPIC_SYSTEM = b"zlb.system"
+TOPIC_STATS = b"zlb.stats"  # periodic counters; not part of the log
+
+
+class ProtocolError(Exception):
+    """A message from a peer that does not follow this protocol.
+
+    `kind` names the counter it is tallied under (malformed, bad_version,
+    unknown_type, bad_fields, bad_frames, too_large).
+    """
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+_pack = _packer.pack
+
+
+def _unpack(data: bytes, limit: int) -> Any:
+    if len(data) > limit:
+        raise ProtocolError("too_large", f"{len(data)} bytes over the {limit}-byte limit")
+    try:
+        # Tight unpack limits stop a tiny message from claiming huge containers.
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_array_len=1024,
+            max_map_len=1024,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError("malformed", f"undecodable msgpack ({exc.__class__.__name__})") from None
+
+
+def encode(msg_type: MsgType, *fields: Any) -> bytes:
+    """Encode a header frame."""
+    return _pack([PROTOCOL_VERSION, msg_type, *fields])
+
+
+def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
+    """Decode and validate a header frame; raise ProtocolError on anything off."""
+    header = _unpack(frame, MAX_HEADER_BYTES)
+    if type(header) is not list or len(header) < 2:
+        raise ProtocolError("malformed", "header is not an array of [version, type, ...]")
+    version, raw_type = header[0], header[1]
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise ProtocolError("bad_version", f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    msg_type = _TYPES.get(raw_type) if type(raw_type) is int else None
+    if msg_type is None:
+        raise ProtocolError("unknown_type", f"unknown message type {raw_type!r}")
+    fields = header[2:]
+    schema = SCHEMAS[msg_type]
+    if len(fields) != len(schema):
+        raise ProtocolError("bad_fields", f"{msg_type.name} takes {len(schema)} fields, got {len(fields)}")
+    for value, expected in zip(fields, schema):
+        # bool is an int subclass; an int field must not accept True.
+        if not isinstance(value, expected) or (expected is int and type(value) is bool):
+            raise ProtocolError("bad_fields", f"{msg_type.name} field {value!r} is not {expected}")
+    return msg_type, fields
+
+
+def split_body(msg_type: MsgType, frames: list[Any]) -> Any:
+    """Return the body frame of a decoded message, checking the frame count."""
+    if msg_type in WITH_BODY:
+        if len(frames) != 2:
+            raise ProtocolError("bad_frames", f"{msg_type.name} takes header and body, got {len(frames)} frames")
+        return frames[1]
+    if len(frames) != 1:
+        raise ProtocolError("bad_frames", f"{msg_type.name} takes one frame, got {len(frames)}")
+    return None
+
+
+def encode_map(value: dict[str, Any]) -> bytes:
+    """Encode a control request or reply, or an event body."""
+    return _pack(value)
+
+
+def decode_map(frame: bytes, limit: int = MAX_CONTROL_BYTES) -> dict[str, Any]:
+    """Decode a control request or reply; it must be a map with string keys."""
+    value = _unpack(frame, limit)
+    if type(value) is not dict:
+        raise ProtocolError("malformed", "control message is not a map")
+    return value
+
+
+def encode_events(events: list[Any]) -> bytes:
+    """Encode a batch of event records for the PUB socket."""
+    return _pack(events)
+
+
+def decode_events(frame: bytes) -> list[Any]:
+    """Decode a batch of event records published by the balancer."""
+    value = _unpack(frame, DEFAULT_MAX_MESSAGE_BYTES)
+    if type(value) is not list:
+        raise ProtocolError("malformed", "event batch is not an array")
+    return value
+
+
+def endpoint(role: str) -> str:
+    """The endpoint for a socket role, from its ZLB_* variable or the default."""
+    var, default = ENDPOINT_ENV[role]
+    return os.environ.get(var) or default

@@ -1,0 +1,122 @@
+"""`zlb client` and `zlb send`: submit requests and print their results."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from client_node.client import DEFAULT_PRIORITY, DEFAULT_RETRY_S, Client, Result, json_payload
+from zlb.options import endpoint_option
+
+
+def describe(result: Result) -> str:
+    """One human line per result."""
+    if result.status == "rejected":
+        return f"Request {result.request_id} from Client {result.client_id} rejected: {result.value()}"
+    where = f"Server {result.server_id}" if result.server_id is not None else "the balancer"
+    return (
+        f"Request {result.request_id} from Client {result.client_id} {result.status} by {where} "
+        f"(priority {result.priority}, attempt {result.attempts}): {json.dumps(result.value(), ensure_ascii=False)}"
+    )
+
+
+def collect(client: Client, timeout: float | None, as_json: bool) -> int:
+    """Print results as they arrive; return the count that did not succeed."""
+    bad = 0
+    try:
+        for result in client.as_completed(timeout):
+            click.echo(json.dumps(result.as_dict(), ensure_ascii=False) if as_json else describe(result))
+            bad += not result.ok
+    except TimeoutError:
+        missing = client.outstanding
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        click.echo(f"Error: timed out after {timeout:g} s; {len(missing)} unanswered: {shown}", err=True)
+        bad += len(missing)
+    return bad
+
+
+def _timeout_option(func):
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(0, min_open=True),
+        default=None,
+        help="Give up after this many seconds (exit 1, listing the unanswered ids).",
+    )(func)
+
+
+def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from None
+
+
+@click.command()
+@endpoint_option("frontend")
+@click.option("--id", "client_id", type=click.IntRange(0), default=0, show_default=True, help="Client id.")
+@click.option("--requests", "count", type=click.IntRange(0), default=2, show_default=True, help="Requests to send.")
+@click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="Lower is more urgent.")
+@click.option("--cost-ms", type=click.FloatRange(0), default=0, show_default=True, help="Simulated work per request.")
+@click.option(
+    "--first-request-id",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Id of the first request; the rest follow.",
+)
+@click.option(
+    "--retry-s",
+    type=click.FloatRange(0, min_open=True),
+    default=DEFAULT_RETRY_S,
+    show_default=True,
+    help="Re-send an unanswered request after this long.",
+)
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per result.")
+def client(
+    frontend: str,
+    client_id: int,
+    count: int,
+    priority: int,
+    cost_ms: float,
+    first_request_id: int,
+    retry_s: float,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Send N requests and wait for every result; exit 0 only if all were processed."""
+    with Client(frontend, client_id, retry_s=retry_s) as c:
+        for i in range(count):
+            c.submit(json_payload(cost_ms, {"n": i}), priority=priority, request_id=first_request_id + i)
+        bad = collect(c, timeout, as_json)
+    sys.exit(1 if bad else 0)
+
+
+@click.command()
+@endpoint_option("frontend")
+@click.option("--client-id", type=click.IntRange(0), required=True, help="Client id.")
+@click.option("--request-id", type=click.IntRange(0), required=True, help="Request id.")
+@click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="Lower is more urgent.")
+@click.option("--cost-ms", type=click.FloatRange(0), default=0, show_default=True, help="Simulated work.")
+@click.option("--payload", callback=_json_payload, default=None, help="JSON handed to the handler.")
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def send(
+    frontend: str,
+    client_id: int,
+    request_id: int,
+    priority: int,
+    cost_ms: float,
+    payload: object,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Send one request (like the seed's POST /send_request) and print its result."""
+    with Client(frontend, client_id) as c:
+        c.submit(json_payload(cost_ms, payload), priority=priority, request_id=request_id)
+        bad = collect(c, timeout, as_json)
+    sys.exit(1 if bad else 0)

@@ -1,0 +1,48 @@
+"""`zlb server`: run a server node."""
+
+from __future__ import annotations
+
+import click
+
+from server_node import handlers
+from server_node.node import DEFAULT_GRACE_S, NodeConfig, run_node
+from zlb.options import endpoint_option, heartbeat_options
+
+
+@click.command()
+@endpoint_option("backend")
+@click.option("--id", "node_id", type=click.IntRange(0), default=None, help="Server id (default: the balancer picks).")
+@click.option("--capacity", type=click.IntRange(1, 10_000), default=1, show_default=True, help="Requests run at once.")
+@click.option(
+    "--handler",
+    default="simulate",
+    show_default=True,
+    help="simulate, echo, or module:function for your own Python work.",
+)
+@click.option(
+    "--grace-s",
+    type=click.FloatRange(0),
+    default=DEFAULT_GRACE_S,
+    show_default=True,
+    help="On SIGTERM, how long in-flight work may take to finish.",
+)
+@heartbeat_options
+def server(
+    backend: str, node_id: int | None, capacity: int, handler: str, grace_s: float, heartbeat_ms: int, liveness: int
+) -> None:
+    """Run a server node that takes work from the balancer."""
+    try:
+        handlers.load(handler)
+    except handlers.HandlerError as exc:
+        raise click.BadParameter(str(exc), param_hint="--handler") from None
+    run_node(
+        NodeConfig(
+            backend=backend,
+            node_id=node_id,
+            capacity=capacity,
+            handler=handler,
+            heartbeat_ms=heartbeat_ms,
+            liveness=liveness,
+            grace_s=grace_s,
+        )
+    )

@@ -1,0 +1,200 @@
+"""`zlb cluster`: the seed's POST /configure as one command.
+
+Starts a balancer, server nodes and clients as separate processes on this
+machine, prints the plain monitor, and stops every process it started on
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from balancer import admin
+from balancer import events as ev
+from balancer.protocol import TOPIC_STATS
+from monitor.plain import LOG_TOPICS, plain_line
+from monitor.stream import EventStream
+from zlb.options import endpoints, heartbeat_options
+from zlb.supervisor import Supervisor, wait_for_balancer
+
+
+@dataclass
+class ClusterConfig:
+    """Everything `zlb cluster` can set."""
+
+    endpoints: dict[str, str]
+    servers: int = 3
+    clients: int = 2
+    requests_per_client: int = 2
+    cost_ms: float = 500
+    capacity: int = 1
+    heartbeat_ms: int = 500
+    liveness: int = 3
+    log_file: str = "zlb-balancer.log"
+    exit_when_done: bool = False
+
+
+def first_request_id(client_id: int) -> int:
+    """Client 0 sends 101, 102...; client 1 sends 201, 202... (as in the seed)."""
+    return (client_id + 1) * 100 + 1
+
+
+class Cluster:
+    """The processes of one `zlb cluster` run and the events they produce."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        env_vars = {f"ZLB_{role.upper()}": url for role, url in config.endpoints.items()}
+        self.sup = Supervisor()
+        self.sup.env.update(env_vars)
+        self.stream: EventStream | None = None
+        self._stopping = False
+
+    def stop(self, *_args: Any) -> None:
+        self._stopping = True
+
+    def start(self) -> None:
+        """Balancer first; nodes and clients once the monitor can see it."""
+        cfg = self.config
+        # Subscribe before the balancer binds, so its first events are not missed.
+        self.stream = EventStream(cfg.endpoints["events"], (*LOG_TOPICS, TOPIC_STATS))
+        proc = self.sup.start(
+            "balancer",
+            "balancer",
+            "--heartbeat-ms",
+            str(cfg.heartbeat_ms),
+            "--liveness",
+            str(cfg.liveness),
+            "--log-file",
+            cfg.log_file,
+        )
+        wait_for_balancer(cfg.endpoints["control"], proc=proc)
+        self._await_first_stats()
+        admin.call(cfg.endpoints["control"], "configure", servers=cfg.servers, clients=cfg.clients)
+        for i in range(cfg.servers):
+            self.sup.start(
+                f"server-{i}",
+                "server",
+                "--id",
+                str(i),
+                "--capacity",
+                str(cfg.capacity),
+                "--heartbeat-ms",
+                str(cfg.heartbeat_ms),
+                "--liveness",
+                str(cfg.liveness),
+            )
+        for j in range(cfg.clients):
+            self.sup.start(
+                f"client-{j}",
+                "client",
+                "--id",
+                str(j),
+                "--requests",
+                str(cfg.requests_per_client),
+                "--cost-ms",
+                str(cfg.cost_ms),
+                "--first-request-id",
+                str(first_request_id(j)),
+            )
+
+    def _await_first_stats(self, timeout_s: float = 10.0) -> None:
+        """The subscription is live once the balancer's periodic stats arrive."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            events = self.stream.poll(0.2)
+            self._show(events)
+            if any(e[1] == ev.STATS for e in events):
+                return
+        raise RuntimeError("the balancer's events never arrived; is another process on the events port?")
+
+    def _show(self, events: list[list[Any]]) -> None:
+        for event in events:
+            if event[1] != ev.STATS:
+                click.echo(plain_line(event))
+
+    def follow(self) -> int:
+        """Print events until stopped; return the number of clients that failed."""
+        announced = False
+        while not self._stopping:
+            self._show(self.stream.poll(0.2))
+            clients = [self.sup.procs[f"client-{j}"] for j in range(self.config.clients)]
+            if not announced and all(c.poll() is not None for c in clients):
+                failed = sum(1 for c in clients if c.returncode != 0)
+                self._show(self.stream.poll(0.3))
+                total = self.config.clients * self.config.requests_per_client
+                click.echo(f"All {len(clients)} clients finished: {total} requests sent, {failed} clients failed.")
+                announced = True
+                if self.config.exit_when_done:
+                    return failed
+                click.echo("The cluster keeps running; Ctrl-C stops every process it started.")
+        return 0
+
+    def close(self) -> None:
+        self.sup.stop_all()
+        if self.stream is not None:
+            self.stream.close()
+
+
+def run_cluster(config: ClusterConfig) -> int:
+    """Start, follow and finally stop a local cluster; return an exit code."""
+    cluster_run = Cluster(config)
+    signal.signal(signal.SIGTERM, cluster_run.stop)
+    signal.signal(signal.SIGINT, cluster_run.stop)
+    try:
+        cluster_run.start()
+        return 1 if cluster_run.follow() else 0
+    finally:
+        cluster_run.close()
+
+
+@click.command()
+@endpoints("frontend", "backend", "events", "control")
+@click.option("--servers", type=click.IntRange(0, 1000), default=3, show_default=True, help="Server nodes to start.")
+@click.option("--clients", type=click.IntRange(0, 1000), default=2, show_default=True, help="Clients to start.")
+@click.option(
+    "--requests-per-client", type=click.IntRange(0), default=2, show_default=True, help="Requests each client sends."
+)
+@click.option("--cost-ms", type=click.FloatRange(0), default=500, show_default=True, help="Simulated work per request.")
+@click.option("--capacity", type=click.IntRange(1), default=1, show_default=True, help="Requests per server at once.")
+@heartbeat_options
+@click.option("--log-file", default="zlb-balancer.log", show_default=True, help="The balancer's log file.")
+@click.option("--exit-when-done", is_flag=True, help="Stop everything once every client has finished.")
+def cluster(
+    frontend: str,
+    backend: str,
+    events: str,
+    control: str,
+    servers: int,
+    clients: int,
+    requests_per_client: int,
+    cost_ms: float,
+    capacity: int,
+    heartbeat_ms: int,
+    liveness: int,
+    log_file: str,
+    exit_when_done: bool,
+) -> None:
+    """Start a balancer, servers and clients here and watch them (the seed's /configure)."""
+    config = ClusterConfig(
+        endpoints={"frontend": frontend, "backend": backend, "events": events, "control": control},
+        servers=servers,
+        clients=clients,
+        requests_per_client=requests_per_client,
+        cost_ms=cost_ms,
+        capacity=capacity,
+        heartbeat_ms=heartbeat_ms,
+        liveness=liveness,
+        log_file=log_file,
+        exit_when_done=exit_when_done,
+    )
+    try:
+        code = run_cluster(config)
+    except (RuntimeError, admin.BalancerUnreachable, admin.ControlError) as exc:
+        raise click.ClickException(str(exc)) from None
+    raise SystemExit(code)

@@ -1,0 +1,64 @@
+"""Click options shared by every zlb command: endpoints and timings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from balancer import protocol as p
+
+HELP = {
+    "frontend": "Client endpoint (ROUTER on the balancer).",
+    "backend": "Server-node endpoint (ROUTER on the balancer).",
+    "events": "Event endpoint (PUB on the balancer).",
+    "control": "Admin endpoint (ROUTER on the balancer).",
+}
+
+
+def endpoint_option(role: str) -> Callable[[Any], Any]:
+    """`--<role>` with its ZLB_* variable and default, as every command reads it."""
+    var, default = p.ENDPOINT_ENV[role]
+    return click.option(
+        f"--{role}",
+        envvar=var,
+        default=default,
+        show_default=True,
+        show_envvar=True,
+        help=HELP[role],
+    )
+
+
+def endpoints(*roles: str) -> Callable[[Any], Any]:
+    """Add the endpoint options of several roles."""
+
+    def decorate(func: Any) -> Any:
+        for role in reversed(roles):
+            func = endpoint_option(role)(func)
+        return func
+
+    return decorate
+
+
+def heartbeat_options(func: Any) -> Any:
+    """`--heartbeat-ms` and `--liveness`."""
+    func = click.option(
+        "--liveness",
+        type=click.IntRange(1, 100),
+        default=p.LIVENESS,
+        show_default=True,
+        help="Silent intervals before a peer is declared dead.",
+    )(func)
+    return click.option(
+        "--heartbeat-ms",
+        type=click.IntRange(10, 600_000),
+        default=p.HEARTBEAT_INTERVAL_MS,
+        show_default=True,
+        help="Heartbeat interval in milliseconds.",
+    )(func)
+
+
+def json_option(func: Any) -> Any:
+    """`--json`: machine-readable output."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
