@@ -1,0 +1,184 @@
+"""Test harness: free loopback ports, real zlb processes, waiting with deadlines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from balancer import admin
+
+ROLES = ("frontend", "backend", "events", "control")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Endpoints:
+    """The balancer's four endpoints on fresh loopback ports."""
+
+    frontend: str
+    backend: str
+    events: str
+    control: str
+
+    @classmethod
+    def fresh(cls) -> Endpoints:
+        return cls(*(f"tcp://127.0.0.1:{free_port()}" for _ in ROLES))
+
+    def env(self) -> dict[str, str]:
+        """ZLB_* variables pointing every zlb command at these endpoints."""
+        return {f"ZLB_{role.upper()}": getattr(self, role) for role in ROLES}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+        time.sleep(0.02)  # wait-ok: the poll interval of a deadline-bounded wait
+
+
+@dataclass
+class Proc:
+    """A started zlb process and where its output goes."""
+
+    name: str
+    popen: subprocess.Popen
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(encoding="utf-8", errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+
+@dataclass
+class ProcessGroup:
+    """Every process a test starts; `stop_all` ends each one by PID."""
+
+    workdir: Path
+    env: dict[str, str]
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Proc:
+        """Run `zlb ARGS` in the background with output captured to files."""
+        out = self.workdir / f"{name}.out"
+        err = self.workdir / f"{name}.err"
+        env = {**self.env, **(extra_env or {})}
+        with open(out, "wb") as fo, open(err, "wb") as fe:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "zlb", *args],
+                cwd=self.workdir,
+                env=env,
+                stdout=fo,
+                stderr=fe,
+                stdin=subprocess.DEVNULL,
+            )
+        proc = Proc(name, popen, out, err)
+        self.procs.append(proc)
+        return proc
+
+    def run(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+        """Run `zlb ARGS` to completion and capture its output."""
+        return subprocess.run(
+            [sys.executable, "-m", "zlb", *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def kill9(self, proc: Proc) -> None:
+        """SIGKILL a process, as a crash would."""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.popen.wait(10)
+
+    def stop_all(self) -> None:
+        """SIGTERM every live process, then SIGKILL whatever lingers."""
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for proc in self.procs:
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(5)
+
+
+@dataclass
+class LiveBalancer:
+    """A running balancer process plus helpers to drive it."""
+
+    endpoints: Endpoints
+    procs: ProcessGroup
+    proc: Proc
+    heartbeat_ms: int
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        return admin.call(self.endpoints.control, cmd, timeout_s=3.0, **args)
+
+    def servers(self) -> dict[int, dict[str, Any]]:
+        return {s["server_id"]: s for s in self.call("servers")}
+
+    def start_server(self, node_id: int | None = None, *extra: str) -> Proc:
+        args = ["server", "--heartbeat-ms", str(self.heartbeat_ms)]
+        if node_id is not None:
+            args += ["--id", str(node_id)]
+        return self.procs.start(f"server-{node_id}-{len(self.procs.procs)}", *args, *extra)
+
+    def wait_servers_active(self, ids: set[int], timeout: float = 10.0) -> None:
+        def ready() -> bool:
+            servers = self.servers()
+            return all(i in servers and servers[i]["active"] for i in ids)
+
+        wait_until(ready, timeout, f"servers {sorted(ids)} active")
+
+
+def start_balancer(procs: ProcessGroup, endpoints: Endpoints, heartbeat_ms: int = 100, *extra: str) -> LiveBalancer:
+    """Start `zlb balancer` on the given endpoints and wait until it answers."""
+    proc = procs.start(
+        "balancer", "balancer", "--heartbeat-ms", str(heartbeat_ms), "--log-file", "balancer.log", *extra
+    )
+    live = LiveBalancer(endpoints, procs, proc, heartbeat_ms)
+
+    def answers() -> bool:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"balancer exited with {proc.popen.returncode}: {proc.stderr()}")
+        try:
+            live.call("ping")
+            return True
+        except admin.BalancerUnreachable:
+            return False
+
+    wait_until(answers, 15, "the balancer to answer ping")
+    return live
