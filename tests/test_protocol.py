@@ -1,0 +1,105 @@
+"""The wire protocol: round trips, and every kind of bad header rejected with a ProtocolError."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from balancer import protocol as p
+from balancer.protocol import MsgType, ProtocolError
+
+
+def test_round_trip_of_every_message_type():
+    """What encode writes, decode reads back with the same type and fields."""
+    samples = {
+        MsgType.SUBMIT: (0, 101, 1),
+        MsgType.RESULT: (101, "processed", 2, 1),
+        MsgType.REJECTED: (None, "queue full"),
+        MsgType.HELLO: (None, 4, 1234, "host"),
+        MsgType.WELCOME: (3, 500, 3),
+        MsgType.HEARTBEAT: (2, 10),
+        MsgType.PING: (),
+        MsgType.WORK: (7, 0, 101, 1, 1),
+        MsgType.DONE: (7, True),
+        MsgType.BYE: (),
+        MsgType.RECONNECT: ("unknown node",),
+        MsgType.LEAVING: (),
+    }
+    assert set(samples) == set(MsgType)
+    for msg_type, fields in samples.items():
+        assert p.decode(p.encode(msg_type, *fields)) == (msg_type, list(fields))
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        (b"\xc1", "malformed"),
+        (b"", "malformed"),
+        (msgpack.packb({"a": 1}), "malformed"),
+        (msgpack.packb([1]), "malformed"),
+        (msgpack.packb([2, 1, 0, 1, 1]), "bad_version"),
+        (msgpack.packb([True, 1, 0, 1, 1]), "bad_version"),
+        (msgpack.packb([1, 99]), "unknown_type"),
+        (msgpack.packb([1, "SUBMIT", 0, 1, 1]), "unknown_type"),
+        (msgpack.packb([1, 1, 0, 1]), "bad_fields"),
+        (msgpack.packb([1, 1, 0, "101", 1]), "bad_fields"),
+        (msgpack.packb([1, 1, 0, True, 1]), "bad_fields"),
+        (msgpack.packb([1, 15, 7, 1]), "bad_fields"),
+        (b"\x91" * 5000, "too_large"),
+        (msgpack.packb([1, 1, 0, 1, 1])[:-1], "malformed"),
+        (b"\xdd\xff\xff\xff\xff", "malformed"),
+    ],
+)
+def test_bad_headers_are_protocol_errors_of_the_right_kind(frame, kind):
+    """Garbage, truncation, huge claimed lengths, wrong versions, types and fields each raise their kind."""
+    with pytest.raises(ProtocolError) as info:
+        p.decode(frame)
+    assert info.value.kind == kind
+
+
+def test_deeply_nested_header_is_rejected():
+    """A header nested thousands deep is refused without a crash."""
+    nested = b"\x91" * 3000 + b"\x00"
+    with pytest.raises(ProtocolError):
+        p.decode(nested)
+
+
+def test_body_frame_count_is_checked():
+    """Messages with a body need exactly two frames; others exactly one."""
+    assert p.split_body(MsgType.SUBMIT, [b"h", b"body"]) == b"body"
+    assert p.split_body(MsgType.PING, [b"h"]) is None
+    with pytest.raises(ProtocolError, match="bad_frames"):
+        p.split_body(MsgType.SUBMIT, [b"h"])
+    with pytest.raises(ProtocolError, match="bad_frames"):
+        p.split_body(MsgType.PING, [b"h", b"extra"])
+
+
+def test_control_maps_must_be_maps_with_string_keys():
+    """Control messages decode to dicts; lists and non-string keys are refused."""
+    assert p.decode_map(p.encode_map({"cmd": "ping"})) == {"cmd": "ping"}
+    with pytest.raises(ProtocolError):
+        p.decode_map(msgpack.packb([1, 2]))
+    with pytest.raises(ProtocolError):
+        p.decode_map(msgpack.packb({1: 2}))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_protocol_errors(frame):
+    """No byte string makes decode raise anything but ProtocolError."""
+    try:
+        msg_type, fields = p.decode(frame)
+    except ProtocolError as exc:
+        assert exc.kind in {"malformed", "bad_version", "unknown_type", "bad_fields", "too_large"}
+    else:
+        assert len(fields) == len(p.SCHEMAS[msg_type])
+
+
+def test_endpoint_reads_environment(monkeypatch):
+    """ZLB_* variables override the default endpoints."""
+    monkeypatch.setenv("ZLB_BACKEND", "tcp://127.0.0.1:7000")
+    assert p.endpoint("backend") == "tcp://127.0.0.1:7000"
+    monkeypatch.delenv("ZLB_FRONTEND", raising=False)
+    assert p.endpoint("frontend") == p.DEFAULT_FRONTEND

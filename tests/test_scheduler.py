@@ -1,0 +1,232 @@
+"""The pure scheduler: priorities, least-loaded choice, liveness and admin transitions."""
+
+from __future__ import annotations
+
+import pytest
+
+from balancer import events as ev
+from balancer.scheduler import NodeState, Scheduler, Submitted
+
+
+def make(nodes: dict[int, int] | None = None, **kwargs) -> Scheduler:
+    """A scheduler with nodes {id: capacity} that said hello at t=0."""
+    sched = Scheduler(heartbeat_s=1.0, liveness=3, **kwargs)
+    for node_id, capacity in (nodes or {}).items():
+        sched.hello(f"n{node_id}".encode(), node_id, capacity, 100 + node_id, "host", 0.0)
+    return sched
+
+
+def assigned(sched: Scheduler) -> list[tuple[int, int]]:
+    """Dispatch and return (server_id, request_id) pairs in order."""
+    return [(node.node_id, req.request_id) for node, _ticket, req in sched.dispatch()]
+
+
+def kinds(sched: Scheduler) -> list[str]:
+    return [e[0] for e in sched.events]
+
+
+def test_lower_priority_number_goes_first_and_ties_are_fifo():
+    """Priority 1 beats priority 5; equal priorities leave in arrival order."""
+    sched = make()
+    for rid, prio in [(1, 5), (2, 5), (3, 1), (4, 3), (5, 1)]:
+        sched.submit(0, rid, prio, b"c", b"")
+    sched.hello(b"n0", 0, 5, 1, "h", 0.0)
+    assert [rid for _n, rid in assigned(sched)] == [3, 5, 4, 1, 2]
+
+
+def test_urgent_request_overtakes_waiting_backlog_when_nodes_are_busy():
+    """A priority-1 request arriving while every node is busy is next, before queued priority-5 work."""
+    sched = make({0: 1})
+    for rid in range(1, 4):
+        sched.submit(0, rid, 5, b"c", b"")
+    first = sched.dispatch()
+    sched.submit(0, 99, 1, b"c", b"")
+    assert assigned(sched) == []  # the only node is full
+    node, ticket, _req = first[0]
+    sched.complete(node.route, ticket, True, b"ok", 1.0)
+    assert assigned(sched) == [(0, 99)]
+
+
+def test_least_loaded_by_ratio_then_fewest_handled():
+    """Work goes to the lowest in-flight/capacity ratio; ties to the node that handled fewest."""
+    sched = make({0: 4})
+    sched.submit(0, 100, 5, b"c", b"")
+    ((node, ticket, _req),) = sched.dispatch()
+    sched.complete(node.route, ticket, True, b"ok", 0.5)
+    sched.hello(b"n1", 1, 1, 1, "h", 0.5)
+    for rid in range(1, 4):
+        sched.submit(0, rid, 5, b"c", b"")
+    # Both idle: node 1 has handled fewer. Then node 1 is full (1/1) and node 0 takes the rest.
+    assert assigned(sched) == [(1, 1), (0, 2), (0, 3)]
+
+
+def test_ties_rotate_round_robin():
+    """Equal load and equal handled counts rotate across nodes."""
+    sched = make({0: 10, 1: 10, 2: 10})
+    for rid in range(1, 7):
+        sched.submit(0, rid, 5, b"c", b"")
+    assert [n for n, _r in assigned(sched)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_never_over_capacity():
+    """A node is never given more than its capacity."""
+    sched = make({0: 2, 1: 1})
+    for rid in range(10):
+        sched.submit(0, rid, 5, b"c", b"")
+    pairs = assigned(sched)
+    assert len(pairs) == 3
+    assert all(len(n.in_flight) <= n.capacity for n in sched.nodes.values())
+    assert sched.waiting == 7
+
+
+def test_silent_node_is_declared_dead_and_its_work_requeued_ahead_of_later_arrivals():
+    """After liveness intervals of silence a node is dead; its work returns before later same-priority requests."""
+    sched = make({0: 2, 1: 1})
+    for rid in range(1, 4):
+        sched.submit(0, rid, 5, b"c", b"")
+    assert assigned(sched) == [(0, 1), (1, 2), (0, 3)]
+    sched.submit(0, 4, 5, b"c", b"")
+    sched.heartbeat(b"n1", 1, 0, 2.5)
+    assert sched.expire(2.9) == []
+    dead = sched.expire(3.1)
+    assert [n.node_id for n in dead] == [0]
+    assert sched.nodes[0].state is NodeState.DEAD
+    assert not sched.nodes[0].active
+    assert (ev.NODE_DEAD, 0, 3.1, 2) in sched.events
+    sched.hello(b"n2", 2, 10, 1, "h", 3.1)
+    assert assigned(sched) == [(2, 1), (2, 3), (2, 4)]
+    assert sched.get(0, 1).attempts == 2
+
+
+def test_late_result_from_dead_node_is_dropped():
+    """A result a dead node sends after its work was re-queued is not delivered."""
+    sched = make({0: 1})
+    sched.submit(0, 1, 5, b"c", b"")
+    ((_node, ticket, _req),) = sched.dispatch()
+    sched.expire(10.0)
+    assert sched.complete(b"n0", ticket, True, b"late", 10.0) is None
+    assert sched.counters["late_results"] == 1
+    assert sched.replies == []
+    assert sched.get(0, 1).status == "pending"
+
+
+def test_requeue_gives_up_after_max_attempts():
+    """A request whose node died max_attempts times is failed with a reason, not retried forever."""
+    sched = make(max_attempts=2)
+    sched.submit(0, 1, 5, b"c", b"")
+    for round_ in range(2):
+        route = f"r{round_}".encode()
+        sched.hello(route, None, 1, 1, "h", float(round_ * 10))
+        assert len(sched.dispatch()) == 1
+        sched.expire(float(round_ * 10 + 5))
+    req = sched.get(0, 1)
+    assert req.status == "failed"
+    assert b"gave up after 2 attempts" in req.body
+    assert sched.replies == [req]
+
+
+def test_down_requeues_and_up_restores():
+    """down re-queues in-flight work and takes no more; up brings the node back."""
+    sched = make({0: 1, 1: 1})
+    sched.submit(0, 1, 5, b"c", b"")
+    assert assigned(sched) == [(0, 1)]
+    sched.mark_down(0)
+    assert sched.nodes[0].state is NodeState.DOWN
+    assert assigned(sched) == [(1, 1)]
+    sched.submit(0, 2, 5, b"c", b"")
+    assert assigned(sched) == []
+    sched.mark_up(0)
+    assert assigned(sched) == [(0, 2)]
+
+
+def test_drain_finishes_in_flight_but_takes_nothing_new():
+    """A draining node keeps its running request, gets no new one, and reports drained."""
+    sched = make({0: 2})
+    sched.submit(0, 1, 5, b"c", b"")
+    ((node, ticket, _req),) = sched.dispatch()
+    sched.drain(0)
+    sched.submit(0, 2, 5, b"c", b"")
+    assert sched.dispatch() == []
+    assert sched.complete(node.route, ticket, True, b"ok", 1.0).status == "processed"
+    assert kinds(sched)[-1] == ev.NODE_DRAINED
+
+
+def test_admin_on_unknown_or_dead_node_raises_key_error():
+    """Admin transitions name the problem for unknown and dead nodes."""
+    sched = make({0: 1})
+    with pytest.raises(KeyError, match="Server 7 not found"):
+        sched.mark_down(7)
+    sched.expire(100.0)
+    with pytest.raises(KeyError, match="dead"):
+        sched.mark_up(0)
+
+
+def test_auto_ids_are_the_next_free_integers():
+    """Nodes without an id get 0, 1, 2... and a dead node's id is reused."""
+    sched = make()
+    ids = [sched.hello(f"r{i}".encode(), None, 1, 1, "h", 0.0).node_id for i in range(3)]
+    assert ids == [0, 1, 2]
+    sched.heartbeat(b"r0", 0, 0, 2.0)
+    sched.heartbeat(b"r2", 0, 0, 2.0)
+    sched.expire(3.5)
+    assert sched.hello(b"r9", None, 1, 1, "h", 4.0).node_id == 1
+
+
+def test_reconnecting_node_keeps_its_work_and_a_new_process_with_same_id_replaces_it():
+    """HELLO from the same route keeps in-flight work; HELLO with the same id from a new route re-queues it."""
+    sched = make({0: 1})
+    sched.submit(0, 1, 5, b"c", b"")
+    sched.dispatch()
+    sched.hello(b"n0", 0, 1, 100, "host", 1.0)
+    assert len(sched.nodes[0].in_flight) == 1
+    sched.hello(b"other", 0, 1, 200, "host", 1.0)
+    assert sched.nodes[0].pid == 200
+    assert sched.get(0, 1).status == "pending"
+    assert ev.NODE_LEFT in kinds(sched)
+
+
+def test_duplicate_submit_is_recognised_and_finished_request_is_answered_again():
+    """Resubmitting a known request never runs it twice; a finished one gets its result again."""
+    sched = make({0: 1})
+    assert sched.submit(0, 1, 5, b"c", b"") is Submitted.QUEUED
+    assert sched.submit(0, 1, 5, b"c2", b"") is Submitted.DUPLICATE
+    ((node, ticket, _req),) = sched.dispatch()
+    sched.complete(node.route, ticket, True, b"result", 1.0)
+    sched.replies.clear()
+    assert sched.submit(0, 1, 5, b"c3", b"") is Submitted.FINISHED
+    assert [r.body for r in sched.replies] == [b"result"]
+    assert sched.replies[0].route == b"c3"
+    assert sched.counters["submitted"] == 1
+
+
+def test_queue_limit_rejects_with_reason():
+    """Beyond max_queue waiting requests a submit is rejected and counted."""
+    sched = make(max_queue=2)
+    results = [sched.submit(0, rid, 5, b"c", b"") for rid in range(3)]
+    assert results == [Submitted.QUEUED, Submitted.QUEUED, Submitted.REJECTED]
+    assert sched.counters["rejected"] == 1
+    assert sched.events[-1][0] == ev.REQUEST_REJECTED
+
+
+def test_finished_requests_are_forgotten_beyond_retention():
+    """Only the newest keep_finished finished requests are remembered; pending ones always are."""
+    sched = make({0: 1}, keep_finished=2)
+    for rid in range(4):
+        sched.submit(0, rid, 5, b"c", b"")
+    for _ in range(3):
+        ((node, ticket, _req),) = sched.dispatch()
+        sched.complete(node.route, ticket, True, b"ok", 1.0)
+    remembered = [r.request_id for r in sched.requests()]
+    assert remembered == [1, 2, 3]
+    assert [r.request_id for r in sched.requests(status="processed")] == [1, 2]
+
+
+def test_failed_handler_result_is_reported_not_retried():
+    """A node's error result finishes the request as failed with the error text."""
+    sched = make({0: 1})
+    sched.submit(0, 1, 5, b"c", b"")
+    ((node, ticket, _req),) = sched.dispatch()
+    req = sched.complete(node.route, ticket, False, b"ValueError: boom", 1.0)
+    assert req.status == "failed"
+    assert sched.events[-1] == (ev.REQUEST_FAILED, 0, 1, 0, "ValueError: boom")
+    assert sched.dispatch() == []

@@ -1,0 +1,120 @@
+"""Property tests: random operation sequences never break the scheduler's invariants."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from balancer.scheduler import NodeState, Scheduler
+
+NODE_IDS = st.integers(0, 4)
+OPS = st.one_of(
+    st.tuples(st.just("submit"), st.integers(1, 5)),
+    st.tuples(st.just("hello"), NODE_IDS, st.integers(1, 3)),
+    st.tuples(st.just("complete"), st.integers(0, 50)),
+    st.tuples(st.just("heartbeat"), NODE_IDS),
+    st.tuples(st.just("tick"), st.floats(0.1, 2.0)),
+    st.tuples(st.just("down"), NODE_IDS),
+    st.tuples(st.just("up"), NODE_IDS),
+    st.tuples(st.just("drain"), NODE_IDS),
+    st.tuples(
+        st.just("dispatch"),
+    ),
+)
+
+
+def waiting_requests(sched: Scheduler) -> list:
+    """Every request sitting in a bucket (the scheduler's own structure)."""
+    out = []
+    for bucket in sched._buckets.values():
+        out.extend(bucket.fresh)
+        out.extend(req for _seq, req in bucket.retry)
+    return out
+
+
+def check_invariants(sched: Scheduler, submitted: int) -> None:
+    nodes = list(sched.nodes.values())
+    for node in nodes:
+        assert len(node.in_flight) <= node.capacity
+        if node.state in (NodeState.DEAD, NodeState.DOWN):
+            assert not node.in_flight
+    waiting = waiting_requests(sched)
+    assert len(waiting) == sched.waiting
+    assert all(r.status == "pending" for r in waiting)
+    running = [r for n in nodes for r in n.in_flight.values()]
+    assert all(r.status == "assigned" for r in running)
+    # Each request is in exactly one place: waiting, on one node, or finished.
+    places = Counter(id(r) for r in waiting + running)
+    assert all(count == 1 for count in places.values())
+    finished = [r for r in sched.requests() if r.status in ("processed", "failed")]
+    assert len(waiting) + len(running) + len(finished) == submitted
+
+
+def apply_dispatch(sched: Scheduler) -> None:
+    """Dispatch, checking the choice: active nodes only, strict priority with FIFO ties."""
+    out = sched.dispatch()
+    keys = [(req.priority, req.seq) for _node, _ticket, req in out]
+    assert keys == sorted(keys)
+    for node, _ticket, _req in out:
+        assert node.state is NodeState.ACTIVE
+    if out:
+        still_waiting = [(r.priority, r.seq) for r in waiting_requests(sched)]
+        assert not still_waiting or min(still_waiting) > max(keys)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(OPS, max_size=80))
+def test_random_operations_keep_invariants(ops):
+    """Capacity, node state, priority order and conservation of requests hold after every step."""
+    sched = Scheduler(heartbeat_s=1.0, liveness=2, max_attempts=3)
+    now = 0.0
+    submitted = 0
+    for op in ops:
+        name = op[0]
+        if name == "submit":
+            submitted += 1
+            sched.submit(0, submitted, op[1], b"c", b"")
+        elif name == "hello":
+            sched.hello(f"r{op[1]}".encode(), op[1], op[2], 1, "h", now)
+        elif name == "complete":
+            running = [(n.route, t) for n in sched.nodes.values() for t in n.in_flight]
+            if running:
+                route, ticket = running[op[1] % len(running)]
+                sched.complete(route, ticket, True, b"ok", now)
+        elif name == "heartbeat":
+            sched.heartbeat(f"r{op[1]}".encode(), 0, 0, now)
+        elif name == "tick":
+            now += op[1]
+            sched.expire(now)
+        elif name in ("down", "up", "drain"):
+            try:
+                {"down": sched.mark_down, "up": sched.mark_up, "drain": sched.drain}[name](op[1])
+            except KeyError:
+                pass
+        else:
+            apply_dispatch(sched)
+        check_invariants(sched, submitted)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=30), st.integers(1, 4))
+def test_dead_node_work_is_requeued_exactly_once(capacities, victim_index):
+    """Every in-flight request of a node declared dead is back in the queue exactly once, with one more attempt."""
+    sched = Scheduler(heartbeat_s=1.0, liveness=3)
+    for i, cap in enumerate(capacities):
+        sched.hello(f"r{i}".encode(), i, cap, 1, "h", 0.0)
+    for rid in range(sum(capacities) + 3):
+        sched.submit(0, rid, rid % 3, b"c", b"")
+    sched.dispatch()
+    victim = sched.nodes[victim_index % len(capacities)]
+    lost = list(victim.in_flight.values())
+    for node in sched.nodes.values():
+        if node is not victim:
+            sched.heartbeat(node.route, 0, 0, 2.5)
+    sched.expire(3.5)
+    waiting = waiting_requests(sched)
+    assert all(waiting.count(r) == 1 for r in lost)
+    assert all(r.status == "pending" and r.attempts == 1 for r in lost)
+    assert victim.state is NodeState.DEAD
