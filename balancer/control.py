@@ -8,8 +8,10 @@ replies, never silence.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from balancer import events as ev
@@ -18,6 +20,11 @@ from balancer.protocol import STATUSES
 from balancer.scheduler import Node, Request, Scheduler
 
 DEFAULT_REQUEST_LIMIT = 1000
+# A control reply decodes with at most 1024 array items (protocol unpack limit),
+# so list replies are capped below it; callers page with `offset`.
+MAX_LIST_REPLY = 1000
+# Rates are measured over this window of counter samples (see record_sample).
+RATE_WINDOW_S = 10.0
 
 
 class CommandError(Exception):
@@ -35,6 +42,37 @@ class BalancerState:
     started_wall: float
     bad_input: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    # (monotonic time, submitted, processed) samples, newest last; see record_sample.
+    samples: deque[tuple[float, int, int]] = field(default_factory=deque)
+
+
+def record_sample(state: BalancerState, now: float) -> None:
+    """Remember the request counters at `now` so `status` can report recent rates (call once per tick)."""
+    counters = state.scheduler.counters
+    samples = state.samples
+    samples.append((now, counters["submitted"], counters["processed"]))
+    while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
+        samples.popleft()
+
+
+def rates(state: BalancerState, now: float) -> dict[str, float]:
+    """Requests per second submitted and processed: over the sample window, else over the uptime."""
+    counters = state.scheduler.counters
+    samples = state.samples
+    if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
+        (t0, sub0, done0), (t1, sub1, done1) = samples[0], samples[-1]
+        window = t1 - t0
+        return {
+            "window_s": round(window, 3),
+            "submitted_per_s": round((sub1 - sub0) / window, 2),
+            "processed_per_s": round((done1 - done0) / window, 2),
+        }
+    uptime = max(now - state.started_mono, 1e-9)
+    return {
+        "window_s": round(uptime, 3),
+        "submitted_per_s": round(counters["submitted"] / uptime, 2),
+        "processed_per_s": round(counters["processed"] / uptime, 2),
+    }
 
 
 def node_view(node: Node, now: float) -> dict[str, Any]:
@@ -86,15 +124,30 @@ def cmd_requests(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     client = _int_arg(args, "client", required=False)
     limit = _int_arg(args, "limit", required=False, minimum=0)
     limit = DEFAULT_REQUEST_LIMIT if limit is None else limit
+    limit = min(limit, MAX_LIST_REPLY) if limit else MAX_LIST_REPLY
+    offset = _int_arg(args, "offset", required=False, minimum=0) or 0
     out = []
-    for req in state.scheduler.requests(status, client):
-        if limit and len(out) >= limit:
+    for i, req in enumerate(state.scheduler.requests(status, client)):
+        if i < offset:
+            continue
+        if len(out) >= limit:
             break
         out.append(request_view(req))
     return out
 
 
+def cmd_request(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    client = _int_arg(args, "client_id")
+    request = _int_arg(args, "request_id")
+    req = state.scheduler.get(client, request)
+    if req is None:
+        raise CommandError(f"Request {request} from Client {client} not found")
+    return request_view(req)
+
+
 def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    # Each query is also a rate sample, so rates are recent even between loop ticks.
+    record_sample(state, now)
     sched = state.scheduler
     nodes = list(sched.nodes.values())
     return {
@@ -108,6 +161,7 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "queue_by_priority": {str(p): n for p, n in sched.waiting_by_priority().items()},
         "in_flight": sched.in_flight(),
         "requests": dict(sched.counters),
+        "rates": rates(state, now),
         "bad_input": dict(state.bad_input),
         "counters": dict(state.counters),
     }
@@ -120,12 +174,23 @@ def _count_by(values: Any) -> dict[str, int]:
     return out
 
 
+LOG_FORMATS = {"messages": ev.message, "events": ev.as_dict, "lines": ev.log_line}
+
+
 def cmd_logs(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    """Kept log events: the newest `limit` ones, or a page from `offset` (oldest kept is 0)."""
     limit = _int_arg(args, "limit", required=False, minimum=0)
-    events = state.eventlog.recent(limit)
-    if args.get("format") == "events":
-        return [ev.as_dict(e) for e in events]
-    return [ev.message(e) for e in events]
+    offset = _int_arg(args, "offset", required=False, minimum=0)
+    fmt = args.get("format") or "messages"
+    render = LOG_FORMATS.get(fmt) if isinstance(fmt, str) else None
+    if render is None:
+        raise CommandError(f"unknown log format {fmt!r}; use one of {', '.join(LOG_FORMATS)}")
+    limit = MAX_LIST_REPLY if limit is None else min(limit, MAX_LIST_REPLY)
+    if offset is None:
+        events = state.eventlog.recent(limit)
+    else:
+        events = list(islice(state.eventlog, offset, offset + limit))
+    return [render(e) for e in events]
 
 
 def _admin(method: str) -> Callable[[BalancerState, dict[str, Any], float], Any]:
@@ -166,6 +231,7 @@ COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {
     "requests": cmd_requests,
     "status": cmd_status,
     "logs": cmd_logs,
+    "request": cmd_request,
     "down": _admin("mark_down"),
     "up": _admin("mark_up"),
     "drain": _admin("drain"),
