@@ -1,0 +1,331 @@
+"""Starting the systems under test and driving load against them.
+
+A `Bench` owns one ProcessSet and a scratch directory; every scenario starts
+what it needs through it (a zlb balancer with nodes, the minimal relay, the
+zmq.proxy floor, simulated nodes, load generators) and stops it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from balancer import admin
+from bench import procstat, stats
+from bench.procs import ProcessSet, python_argv, zlb_argv
+
+START_TIMEOUT_S = 20.0
+POLL_INTERVAL_S = 0.02
+
+
+class BenchError(Exception):
+    """Something the bench started did not come up or behave; a one-line reason."""
+
+
+def free_endpoint() -> str:
+    """A tcp endpoint on 127.0.0.1 with a port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+class LineReader:
+    """Lines from a child's stdout pipe, read with a deadline (never a hang)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.fd = proc.stdout.fileno()
+        self.buffer = b""
+
+    def line(self, timeout_s: float, what: str) -> str:
+        """The next line; BenchError if none comes within the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"timed out after {timeout_s:g} s waiting for {what}")
+            readable, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+            if readable:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    raise BenchError(f"{what}: the process exited with code {self.proc.wait()}")
+                self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode("utf-8", "replace").strip()
+
+
+@dataclass
+class Target:
+    """A running system under test: where clients connect and whose CPU counts."""
+
+    name: str
+    frontend: str
+    backend: str
+    broker: subprocess.Popen
+    control: str | None = None
+    nodes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.broker.pid
+
+
+@dataclass
+class LoadResult:
+    """What a set of load generators measured, merged."""
+
+    requests_per_s: float | None
+    latency_us: dict[str, float | None]
+    completed: int
+    sent: int
+    unanswered: int
+    duplicates: int
+    rejected: int
+    failed: int
+    broker_cpu_s: float
+    clients: list[dict[str, Any]]
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        return stats.per_item(self.broker_cpu_s * 1e6, self.completed)
+
+    @property
+    def errors(self) -> int:
+        return self.unanswered + self.duplicates + self.rejected + self.failed
+
+
+@dataclass
+class Clients:
+    """Load generators that have been told to go."""
+
+    procs: list[subprocess.Popen]
+    latency_files: list[str]
+    cpu_before: float
+    target: Target
+
+
+class Bench:
+    """Starts and stops everything for one `zlb bench` run."""
+
+    def __init__(self, workdir: str, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.procs = ProcessSet(workdir, env or dict(os.environ))
+        self._names = 0
+
+    def name(self, prefix: str) -> str:
+        self._names += 1
+        return f"{prefix}-{self._names}"
+
+    # ---- systems under test ---------------------------------------------
+
+    def start_zlb(
+        self,
+        nodes: int,
+        capacity: int,
+        handler: str = "echo",
+        heartbeat_ms: int | None = None,
+        with_ids: bool = False,
+    ) -> Target:
+        """A zlb balancer plus `nodes` real `zlb server` processes, all active."""
+        frontend, backend, events, control = (free_endpoint() for _ in range(4))
+        hb = [] if heartbeat_ms is None else ["--heartbeat-ms", str(heartbeat_ms)]
+        name = self.name("balancer")
+        argv = zlb_argv(
+            "balancer",
+            *("--frontend", frontend, "--backend", backend, "--events", events, "--control", control),
+            *("--log-file", os.path.join(self.workdir, f"{name}.log")),
+            *hb,
+        )
+        broker = self.procs.start(name, argv)
+        target = Target("zlb", frontend, backend, broker, control)
+        self.wait_zlb_up(target, name)
+        for i in range(nodes):
+            self.add_zlb_node(target, capacity, handler, hb, node_id=i if with_ids else None)
+        self.wait_zlb_nodes(target, nodes)
+        return target
+
+    def add_zlb_node(
+        self, target: Target, capacity: int, handler: str, hb: list[str], node_id: int | None = None
+    ) -> subprocess.Popen:
+        """Start one `zlb server` against the target's backend."""
+        ids = [] if node_id is None else ["--id", str(node_id)]
+        argv = zlb_argv(
+            "server", "--backend", target.backend, "--handler", handler, "--capacity", str(capacity), *ids, *hb
+        )
+        node = self.procs.start(self.name("node"), argv)
+        target.nodes.append(node)
+        return node
+
+    def wait_zlb_up(self, target: Target, name: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if target.broker.poll() is not None:
+                raise BenchError(f"the balancer exited with code {target.broker.returncode}: {self.stderr(name)}")
+            try:
+                admin.call(target.control, "ping", timeout_s=0.5)
+                return
+            except admin.BalancerUnreachable:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the balancer did not answer within {START_TIMEOUT_S:g} s") from None
+
+    def wait_zlb_nodes(self, target: Target, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Wait until the balancer counts `count` active nodes."""
+        self.wait_status(target, lambda s: s["servers_active"] >= count, f"{count} active nodes", timeout_s)
+
+    def status(self, target: Target) -> dict[str, Any]:
+        return admin.call(target.control, "status", timeout_s=10.0)
+
+    def wait_status(self, target: Target, ready: Any, what: str, timeout_s: float) -> dict[str, Any]:
+        """Poll the balancer's status until `ready(status)`; BenchError at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if target.broker.poll() is not None:
+                raise BenchError(f"the balancer exited with code {target.broker.returncode} waiting for {what}")
+            status = self.status(target)
+            if ready(status):
+                return status
+            if time.monotonic() > deadline:
+                raise BenchError(f"timed out after {timeout_s:g} s waiting for {what}")
+            time.sleep(POLL_INTERVAL_S)  # wait-ok: poll interval of a deadline-bounded wait
+
+    def start_relay(self, nodes: int, capacity: int) -> Target:
+        """The minimal relay from bench/ plus `nodes` real `zlb server` echo nodes."""
+        frontend, backend = free_endpoint(), free_endpoint()
+        argv = python_argv("bench.relay", "--frontend", frontend, "--backend", backend, "--announce")
+        relay = self.procs.start(self.name("relay"), argv, stdout=subprocess.PIPE)
+        target = Target("relay", frontend, backend, relay)
+        reader = LineReader(relay)
+        if reader.line(START_TIMEOUT_S, "the relay to bind") != "ready":
+            raise BenchError("the relay did not start")
+        for _ in range(nodes):
+            self.add_zlb_node(target, capacity, "echo", [])
+        for _ in range(nodes):
+            reader.line(START_TIMEOUT_S, f"{nodes} nodes to say HELLO to the relay")
+        return target
+
+    def start_proxy(self, nodes: int) -> Target:
+        """zmq.proxy plus `nodes` raw echo workers."""
+        frontend, backend = free_endpoint(), free_endpoint()
+        argv = python_argv("bench.proxy", "--frontend", frontend, "--backend", backend)
+        proxy = self.procs.start(self.name("proxy"), argv)
+        target = Target("zmq.proxy", frontend, backend, proxy)
+        readers = []
+        for _ in range(nodes):
+            worker = self.procs.start(
+                self.name("rawecho"), python_argv("bench.rawecho", "--backend", backend), stdout=subprocess.PIPE
+            )
+            target.nodes.append(worker)
+            readers.append(LineReader(worker))
+        for reader in readers:
+            reader.line(START_TIMEOUT_S, "a raw echo worker to connect")
+        return target
+
+    def start_simnodes(self, target: Target, count: int, procs: int, capacity: int, heartbeat_ms: int) -> None:
+        """`count` simulated nodes spread over `procs` processes."""
+        per_proc = -(-count // procs)
+        first = 0
+        while first < count:
+            n = min(per_proc, count - first)
+            argv = python_argv(
+                "bench.simnodes",
+                *("--backend", target.backend, "--count", str(n), "--first-id", str(first)),
+                *("--capacity", str(capacity), "--heartbeat-ms", str(heartbeat_ms)),
+            )
+            target.nodes.append(self.procs.start(self.name("simnodes"), argv))
+            first += n
+
+    def stop(self, target: Target) -> None:
+        """Stop a target's nodes, then its broker."""
+        self.procs.stop([*target.nodes, target.broker])
+        target.nodes.clear()
+
+    def stderr(self, name: str) -> str:
+        return self.procs.stderr_tail(name)
+
+    # ---- load -----------------------------------------------------------
+
+    def start_clients(
+        self,
+        target: Target,
+        count: int,
+        window: int,
+        duration: float | None = None,
+        requests: int | None = None,
+        warmup_s: float = 0.0,
+        payload_bytes: int = 16,
+        payload: str | None = None,
+        priority: int = 5,
+        rate: float = 0.0,
+        record_replies: bool = False,
+        first_client_id: int = 1,
+    ) -> Clients:
+        """Start `count` load generators, wait until each is connected, then say go."""
+        procs, files = [], []
+        for i in range(count):
+            name = self.name("client")
+            lat_file = os.path.join(self.workdir, f"{name}.lat")
+            argv = python_argv(
+                "bench.loadgen",
+                *("--frontend", target.frontend, "--client-id", str(first_client_id + i), "--window", str(window)),
+                *("--warmup-s", str(warmup_s), "--payload-bytes", str(payload_bytes), "--priority", str(priority)),
+                *("--rate", str(rate), "--latency-file", lat_file, "--wait-go"),
+            )
+            argv += ["--requests", str(requests)] if requests is not None else ["--duration", str(duration)]
+            argv += ["--payload", payload] if payload is not None else []
+            argv += ["--record-replies"] if record_replies else []
+            procs.append(self.procs.start(name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+            files.append(lat_file)
+        for proc in procs:
+            if LineReader(proc).line(START_TIMEOUT_S, "a load generator to connect") != "ready":
+                raise BenchError("a load generator did not start")
+        cpu_before = procstat.cpu_seconds(target.pid)
+        for proc in procs:
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        return Clients(procs, files, cpu_before, target)
+
+    def collect(self, clients: Clients, timeout_s: float) -> LoadResult:
+        """Wait for load generators to finish and merge what they measured."""
+        deadline = time.monotonic() + timeout_s
+        outputs = []
+        for proc in clients.procs:
+            try:
+                out, _ = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"a load generator ran past {timeout_s:g} s") from None
+            if proc.returncode != 0:
+                raise BenchError(f"a load generator exited with code {proc.returncode}")
+            outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
+        cpu_s = procstat.cpu_seconds(clients.target.pid) - clients.cpu_before
+        self.procs.stop(clients.procs)
+        latencies = array("q")
+        for path in clients.latency_files:
+            with open(path, "rb") as fh:
+                latencies.frombytes(fh.read())
+            os.remove(path)
+        total = sum(o["completed"] for o in outputs)
+        rps = sum(stats.rate(o["in_window"], o["window_s"]) or 0.0 for o in outputs)
+        return LoadResult(
+            requests_per_s=round(rps, 1) if total else None,
+            latency_us=stats.latency_summary_us(latencies),
+            completed=total,
+            sent=sum(o["sent"] for o in outputs),
+            unanswered=sum(o["unanswered"] for o in outputs),
+            duplicates=sum(o["duplicates"] for o in outputs),
+            rejected=sum(o["rejected"] for o in outputs),
+            failed=sum(o["failed"] for o in outputs),
+            broker_cpu_s=cpu_s,
+            clients=outputs,
+        )
+
+    def load(self, target: Target, count: int, window: int, duration: float, warmup_s: float, **kw: Any) -> LoadResult:
+        """Run load generators for a duration and return the merged result."""
+        clients = self.start_clients(target, count, window, duration=duration, warmup_s=warmup_s, **kw)
+        return self.collect(clients, warmup_s + duration + 60)

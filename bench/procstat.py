@@ -1,0 +1,41 @@
+"""CPU time and memory of another process, read from /proc (Linux only).
+
+psutil is not a dependency: two small files give everything the bench needs.
+"""
+
+from __future__ import annotations
+
+import os
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        stat = fh.read()
+    # The command name (field 2) may hold spaces; everything after its ')' is fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS_PER_S
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) in KiB."""
+    found: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0])
+    return found
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory now, in MiB."""
+    return round(memory_kib(pid)["VmRSS"] / 1024, 1)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory so far, in MiB."""
+    return round(memory_kib(pid)["VmHWM"] / 1024, 1)
