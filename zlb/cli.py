@@ -6,6 +6,7 @@ import click
 
 from balancer.cli import COMMANDS as BALANCER_COMMANDS
 from client_node.cli import client, send
+from http_gateway.cli import http
 from monitor.cli import monitor
 from server_node.cli import server
 from zlb import __version__
@@ -22,5 +23,5 @@ def main() -> None:
     """
 
 
-for command in [*BALANCER_COMMANDS, server, client, send, monitor, cluster]:
+for command in [*BALANCER_COMMANDS, server, client, send, monitor, cluster, http]:
     main.add_command(command)
