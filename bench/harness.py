@@ -118,6 +118,7 @@ class Bench:
         self.workdir = workdir
         self.procs = ProcessSet(workdir, env or dict(os.environ))
         self._names = 0
+        self._client_ids = 0
 
     def name(self, prefix: str) -> str:
         self._names += 1
@@ -264,16 +265,21 @@ class Bench:
         priority: int = 5,
         rate: float = 0.0,
         record_replies: bool = False,
-        first_client_id: int = 1,
     ) -> Clients:
-        """Start `count` load generators, wait until each is connected, then say go."""
+        """Start `count` load generators, wait until each is connected, then say go.
+
+        Every generator gets a client id never used before in this run: the
+        balancer remembers finished (client, request) pairs and would answer a
+        reused pair from memory.
+        """
         procs, files = [], []
-        for i in range(count):
+        for _ in range(count):
+            self._client_ids += 1
             name = self.name("client")
             lat_file = os.path.join(self.workdir, f"{name}.lat")
             argv = python_argv(
                 "bench.loadgen",
-                *("--frontend", target.frontend, "--client-id", str(first_client_id + i), "--window", str(window)),
+                *("--frontend", target.frontend, "--client-id", str(self._client_ids), "--window", str(window)),
                 *("--warmup-s", str(warmup_s), "--payload-bytes", str(payload_bytes), "--priority", str(priority)),
                 *("--rate", str(rate), "--latency-file", lat_file, "--wait-go"),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from balancer.cli import COMMANDS as BALANCER_COMMANDS
+from bench.cli import bench
 from client_node.cli import client, send
 from http_gateway.cli import http
 from monitor.cli import monitor
@@ -23,5 +24,5 @@ def main() -> None:
     """
 
 
-for command in [*BALANCER_COMMANDS, server, client, send, monitor, cluster, http]:
+for command in [*BALANCER_COMMANDS, server, client, send, monitor, cluster, http, bench]:
     main.add_command(command)

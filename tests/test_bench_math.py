@@ -1,0 +1,74 @@
+"""Unit tests for the benchmark's arithmetic: percentiles, ratios, rates."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from bench import stats
+from bench.cli import parse_scenarios
+from bench.scenarios import SCENARIOS
+
+
+def test_percentile_nearest_rank_of_ten_values() -> None:
+    """Nearest rank picks a measured value: p50 of 1..10 is 5, p90 is 9, p99 and p100 are 10."""
+    values = list(range(1, 11))
+    assert [stats.percentile(values, q) for q in (0, 50, 90, 99, 100)] == [1, 5, 9, 10, 10]
+
+
+def test_percentile_of_one_value_and_of_none() -> None:
+    """A single sample is every percentile; no samples give None."""
+    assert stats.percentile([7], 50) == 7
+    assert stats.percentile([7], 99) == 7
+    assert stats.percentile([], 50) is None
+
+
+def test_percentile_rejects_out_of_range() -> None:
+    """A percentile outside 0..100 is a programming error."""
+    with pytest.raises(ValueError):
+        stats.percentile([1, 2], 101)
+
+
+def test_p99_of_a_thousand_values_ignores_the_top_ten() -> None:
+    """p99 of 1..1000 is 990: ten samples are above it."""
+    assert stats.percentile(list(range(1, 1001)), 99) == 990
+
+
+def test_latency_summary_converts_ns_to_us_and_sorts() -> None:
+    """Unsorted nanoseconds become sorted-order percentiles in microseconds."""
+    summary = stats.latency_summary_us([4000, 1000, 3000, 2000])
+    assert summary == {"p50_us": 2.0, "p90_us": 4.0, "p99_us": 4.0, "max_us": 4.0}
+
+
+def test_latency_summary_of_nothing_is_all_none() -> None:
+    """No round trips: every figure is None, never zero."""
+    assert stats.latency_summary_us([]) == {"p50_us": None, "p90_us": None, "p99_us": None, "max_us": None}
+
+
+def test_ratio_rounds_and_guards_missing_values() -> None:
+    """A ratio is rounded to three places; a missing or zero reference gives None."""
+    assert stats.ratio(1, 3) == 0.333
+    assert stats.ratio(30_000, 20_000) == 1.5
+    assert stats.ratio(None, 2) is None
+    assert stats.ratio(2, None) is None
+    assert stats.ratio(2, 0) is None
+
+
+def test_rate_and_per_item() -> None:
+    """Rates per second and costs per item; empty intervals and counts give None."""
+    assert stats.rate(500, 0.25) == 2000.0
+    assert stats.rate(5, 0) is None
+    assert stats.per_item(1_000_000, 3) == 333333.33
+    assert stats.per_item(10, 0) is None
+
+
+def test_parse_scenarios_accepts_repeats_and_commas_in_canonical_order() -> None:
+    """--scenario queue,latency --scenario latency runs latency then queue, once each."""
+    assert parse_scenarios(("queue,latency", "latency")) == ["latency", "queue"]
+    assert parse_scenarios(()) == list(SCENARIOS)
+
+
+def test_parse_scenarios_rejects_unknown_names() -> None:
+    """An unknown scenario is a clear usage error."""
+    with pytest.raises(click.BadParameter, match="unknown scenario 'fast'"):
+        parse_scenarios(("throughput,fast",))

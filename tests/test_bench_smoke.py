@@ -1,0 +1,72 @@
+"""Smoke test of `zlb bench --quick --json`: it runs, reports, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.scenarios import COMMON_FIELDS, SCENARIO_FIELDS
+
+BENCH_TIMEOUT_S = 50
+
+
+def _alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(BENCH_TIMEOUT_S + 10)
+def test_quick_bench_prints_every_scenario_and_stops_its_processes(tmp_path: Path) -> None:
+    """Every scenario appears with its fields, nothing was lost, and every started PID is gone."""
+    done = subprocess.run(
+        [sys.executable, "-m", "zlb", "bench", "--quick", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert list(result) == list(SCENARIO_FIELDS)
+    for name, fields in SCENARIO_FIELDS.items():
+        missing = [f for f in (*COMMON_FIELDS, *fields) if f not in result[name]]
+        assert missing == [], f"{name} lacks {missing}"
+        assert result[name]["errors"] == 0, f"{name}: {result[name]}"
+    assert result["throughput"]["requests_per_s"] > 0
+    assert result["failover"]["lost"] == 0
+    assert result["failover"]["duplicated"] == 0
+    assert result["queue"]["lost"] == 0
+    assert [s["payload_bytes"] for s in result["payload"]["sizes"]] == [1024, 256 * 1024]
+    match = re.search(r"pids: ([\d ]+)", done.stderr)
+    assert match, done.stderr[-2000:]
+    pids = [int(p) for p in match.group(1).split()]
+    assert len(pids) >= 10
+    assert [pid for pid in pids if _alive(pid)] == []
+
+
+def test_bench_rejects_an_unknown_scenario(tmp_path: Path) -> None:
+    """A bad --scenario is a one-line usage error with a non-zero exit, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "zlb", "bench", "--scenario", "warp"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2
+    assert "unknown scenario 'warp'" in done.stderr
+    assert "Traceback" not in done.stderr
