@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from monitor.plain import run_plain
@@ -10,8 +12,14 @@ from zlb.options import endpoint_option
 
 @click.command()
 @endpoint_option("events")
-@click.option("--plain", is_flag=True, help="Print one log line per event.")
+@endpoint_option("control")
+@click.option("--plain", is_flag=True, help="Print one log line per event (the default when not on a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON line.")
-def monitor(events: str, plain: bool, as_json: bool) -> None:
-    """Watch the balancer's events as they happen."""
-    run_plain(events, as_json=as_json)
+def monitor(events: str, control: str, plain: bool, as_json: bool) -> None:
+    """Watch the balancer live: a dashboard on a terminal, log lines in a pipe."""
+    if plain or as_json or not sys.stdout.isatty():
+        run_plain(events, as_json=as_json)
+        return
+    from monitor.dashboard import run_dashboard  # rich is only needed for the dashboard
+
+    run_dashboard(events, control)

@@ -1,0 +1,240 @@
+"""What the live dashboard knows: a pure model fed by control snapshots and events.
+
+No sockets and no clock: every method takes the wall-clock time it should
+consider "now" (event stamps are wall-clock too). The dashboard loop feeds
+it a `snapshot` reply about once a second (node table, queue by priority,
+counters) and the event stream in between (log lines, rates, latencies and
+node changes the moment they happen).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from balancer import events as ev
+
+# Rates and latency percentiles are over this many recent seconds.
+WINDOW_S = 10.0
+# The throughput sparkline covers this many seconds, one column per second.
+HISTORY_S = 60
+# Log lines kept for display (the screen shows the newest that fit).
+KEEP_LOG_LINES = 200
+# Requests whose arrival time is remembered for latency; the oldest are forgotten beyond this.
+MAX_TRACKED = 100_000
+
+
+@dataclass(slots=True)
+class NodeRow:
+    """One server node as the dashboard shows it."""
+
+    server_id: int
+    state: str
+    in_flight: int
+    capacity: int
+    handled: int
+    pid: int | None
+    host: str
+    heartbeat_ms_ago: float | None = None  # as of `seen_at`
+    seen_at: float = 0.0
+
+    def heartbeat_age_s(self) -> float | None:
+        """Seconds since the node's last heartbeat, as of the last snapshot (refreshed every second)."""
+        return None if self.heartbeat_ms_ago is None else self.heartbeat_ms_ago / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One event as a log line."""
+
+    ts: float
+    kind: str
+    text: str
+
+
+class DashboardModel:
+    """Balancer state as last seen, plus recent history for rates and latency."""
+
+    def __init__(self, control: str = "") -> None:
+        self.control = control
+        self.nodes: dict[int, NodeRow] = {}
+        self.status: dict[str, Any] = {}
+        self.status_at = 0.0
+        self.logs: deque[LogLine] = deque(maxlen=KEEP_LOG_LINES)
+        self.connected = False
+        self.notice = "connecting to the balancer…"
+        self.started_at: float | None = None
+        self.unreachable_since: float | None = None
+        self._ticks: deque[tuple[float, int]] = deque()  # (ts, processed) from stats ticks
+        self._arrivals: OrderedDict[tuple[int, int], float] = OrderedDict()
+        self._latencies: deque[tuple[float, float]] = deque()  # (ts, seconds) of completions
+
+    # ---- inputs ---------------------------------------------------------
+
+    def apply_snapshot(self, snapshot: dict[str, Any], now: float) -> None:
+        """Take a `snapshot` control reply as the current truth."""
+        status = snapshot["status"]
+        restarted = self.started_at is not None and status.get("started_at") != self.started_at
+        first = self.started_at is None or restarted
+        if restarted:
+            self.notice = f"balancer restarted at {clock(status['started_at'])}; state reloaded"
+            self._ticks.clear()
+            self._arrivals.clear()
+            self._latencies.clear()
+        elif self.unreachable_since is not None:
+            self.notice = f"reconnected at {clock(now)}"
+        elif not self.connected:
+            self.notice = None
+        self.connected = True
+        self.unreachable_since = None
+        self.started_at = status.get("started_at")
+        self.status = status
+        self.status_at = now
+        self.nodes = {row["server_id"]: node_row(row, now) for row in snapshot["servers"]}
+        if first:
+            self.logs.clear()
+            for entry in snapshot.get("logs", []):
+                self.logs.append(LogLine(entry["ts"], entry["kind"], entry["message"]))
+
+    def mark_unreachable(self, now: float) -> None:
+        """The balancer did not answer a snapshot request."""
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+        self.connected = False
+        self.notice = f"balancer unreachable at {self.control} since {clock(self.unreachable_since)}; retrying…"
+
+    def apply_events(self, events: Iterable[list[Any]]) -> None:
+        """Follow stamped events `[ts, kind, *args]` as they arrive."""
+        for event in events:
+            kind = event[1]
+            if kind == ev.STATS:
+                self._on_stats(event)
+                continue
+            self.logs.append(LogLine(event[0], kind, ev.message(event)))
+            handler = _HANDLERS.get(kind)
+            if handler is not None:
+                try:
+                    handler(self, event)
+                except (IndexError, TypeError, ValueError):
+                    pass  # an event from another protocol version: shown, not applied
+
+    def _on_stats(self, event: list[Any]) -> None:
+        fields = dict(zip(ev.FIELDS[ev.STATS], event[2:]))
+        self._ticks.append((event[0], fields.get("processed", 0)))
+        while self._ticks and event[0] - self._ticks[0][0] > HISTORY_S + 1:
+            self._ticks.popleft()
+        self.status.update({"queue_depth": fields.get("queue_depth", 0), "in_flight": fields.get("in_flight", 0)})
+
+    def _on_added(self, event: list[Any]) -> None:
+        self._arrivals[(event[2], event[3])] = event[0]
+        if len(self._arrivals) > MAX_TRACKED:
+            self._arrivals.popitem(last=False)
+
+    def _on_assigned(self, event: list[Any]) -> None:
+        node = self.nodes.get(event[4])
+        if node is not None:
+            node.in_flight += 1
+
+    def _on_finished(self, event: list[Any]) -> None:
+        node = self.nodes.get(event[4])
+        if node is not None:
+            node.in_flight = max(0, node.in_flight - 1)
+            node.handled += 1
+        started = self._arrivals.pop((event[2], event[3]), None)
+        if started is not None:
+            self._latencies.append((event[0], max(0.0, event[0] - started)))
+            while self._latencies and event[0] - self._latencies[0][0] > WINDOW_S:
+                self._latencies.popleft()
+
+    def _on_joined(self, event: list[Any]) -> None:
+        server_id, capacity, pid, host = event[2:6]
+        self.nodes[server_id] = NodeRow(server_id, "active", 0, capacity, 0, pid, host, 0.0, event[0])
+
+    def _on_requeued(self, event: list[Any]) -> None:
+        # Latency counts from the first arrival: a re-queue is part of the wait.
+        self._arrivals.setdefault((event[2], event[3]), event[0])
+
+    # ---- outputs --------------------------------------------------------
+
+    def uptime_s(self, now: float) -> float | None:
+        if not self.status or "uptime_s" not in self.status:
+            return None
+        return self.status["uptime_s"] + (now - self.status_at if self.connected else 0.0)
+
+    def rate(self, now: float) -> float:
+        """Requests processed per second over the last WINDOW_S seconds of stats ticks."""
+        recent = [t for t in self._ticks if now - t[0] <= WINDOW_S + 0.5]
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return 0.0
+        return max(0, recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+
+    def throughput_history(self, now: float, seconds: int = HISTORY_S) -> list[float]:
+        """Requests processed in each of the last `seconds` whole seconds, oldest first."""
+        bins = [0.0] * seconds
+        for (_t0, done0), (t1, done1) in pairwise(self._ticks):
+            age = int(now - t1)
+            if 0 <= age < seconds:
+                bins[seconds - 1 - age] += max(0, done1 - done0)
+        return bins
+
+    def latency_percentiles(self, now: float) -> dict[str, float] | None:
+        """p50/p90/p99 of submit-to-result seconds over the last WINDOW_S seconds, if any finished."""
+        values = sorted(s for ts, s in self._latencies if now - ts <= WINDOW_S)
+        if not values:
+            return None
+        return {name: values[min(len(values) - 1, int(q * len(values)))] for name, q in PERCENTILES}
+
+
+PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+
+
+def node_row(row: dict[str, Any], now: float) -> NodeRow:
+    """A `servers` reply row as a NodeRow."""
+    return NodeRow(
+        server_id=row["server_id"],
+        state=row["state"],
+        in_flight=row["in_flight"],
+        capacity=row["capacity"],
+        handled=row["handled_requests"],
+        pid=row.get("pid"),
+        host=row.get("host") or "",
+        heartbeat_ms_ago=row.get("last_heartbeat_ms_ago"),
+        seen_at=now,
+    )
+
+
+def clock(ts: float) -> str:
+    """HH:MM:SS in local time."""
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def _set_state(state: str, clear_in_flight: bool) -> Any:
+    """An event handler that moves the event's node to `state`."""
+
+    def apply(model: DashboardModel, event: list[Any]) -> None:
+        node = model.nodes.get(event[2])
+        if node is not None:
+            node.state = state
+            if clear_in_flight:
+                node.in_flight = 0
+
+    return apply
+
+
+_HANDLERS: dict[str, Any] = {
+    ev.REQUEST_ADDED: DashboardModel._on_added,
+    ev.REQUEST_REQUEUED: DashboardModel._on_requeued,
+    ev.REQUEST_ASSIGNED: DashboardModel._on_assigned,
+    ev.REQUEST_PROCESSED: DashboardModel._on_finished,
+    ev.REQUEST_FAILED: DashboardModel._on_finished,
+    ev.NODE_JOINED: DashboardModel._on_joined,
+    ev.NODE_DEAD: _set_state("dead", True),
+    ev.NODE_LEFT: _set_state("dead", True),
+    ev.NODE_DOWN: _set_state("down", True),
+    ev.NODE_UP: _set_state("active", False),
+    ev.NODE_DRAINING: _set_state("draining", False),
+}
