@@ -1,0 +1,114 @@
+"""End to end: `zlb monitor` in a pseudo-terminal draws the dashboard from a live cluster."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.harness import LiveBalancer, ProcessGroup, wait_until
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
+
+
+@dataclass
+class PtyProcess:
+    """A process whose terminal is a pty we read from."""
+
+    popen: subprocess.Popen
+    master: int
+    output: bytearray = field(default_factory=bytearray)
+
+    def read_available(self) -> None:
+        """Read whatever the process has written so far, without blocking."""
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # the other side closed
+                return
+            if not chunk:
+                return
+            self.output.extend(chunk)
+
+    def screen_text(self) -> str:
+        """Everything written, with terminal control sequences removed."""
+        self.read_available()
+        return ANSI.sub("", self.output.decode("utf-8", "replace"))
+
+    def latest_frame(self) -> str:
+        """The text of the most recently drawn frame (rich homes the cursor before each)."""
+        text = self.output.decode("utf-8", "replace")
+        return ANSI.sub("", text.rsplit("\x1b[H", 1)[-1])
+
+
+def start_in_pty(env: dict[str, str], *args: str, cols: int = 80, rows: int = 24) -> PtyProcess:
+    """Run `zlb ARGS` with a pty of `cols` x `rows` as its terminal."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "zlb", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**env, "TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows)},
+        start_new_session=True,
+    )
+    os.close(slave)
+    return PtyProcess(popen, master)
+
+
+@pytest.fixture
+def monitor_pty(balancer: LiveBalancer, procs: ProcessGroup) -> Iterator[PtyProcess]:
+    """`zlb monitor` on an 80x24 pseudo-terminal, stopped by PID afterwards."""
+    proc = start_in_pty(procs.env, "monitor")
+    try:
+        yield proc
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait(5)
+        os.close(proc.master)
+
+
+@pytest.mark.timeout(40)
+def test_dashboard_shows_nodes_and_a_killed_node_turns_dead(
+    balancer: LiveBalancer, procs: ProcessGroup, monitor_pty: PtyProcess
+):
+    """On a terminal the monitor draws the dashboard; after kill -9 the node shows dead; SIGTERM exits cleanly."""
+    balancer.start_server(0)
+    victim = balancer.start_server(1)
+    balancer.wait_servers_active({0, 1})
+    wait_until(lambda: "2/2 servers active" in monitor_pty.screen_text(), 15, "the dashboard to show two nodes")
+    frame = monitor_pty.latest_frame()
+    assert "zlb monitor" in frame and "IN-FLIGHT" in frame and "Rate" in frame
+    procs.kill9(victim)
+    wait_until(lambda: "Server 1 is dead" in monitor_pty.screen_text(), 10, "the node's death in the log pane")
+    wait_until(lambda: "1/2 servers active" in monitor_pty.latest_frame(), 5, "the header to count one active node")
+    assert re.search(r"^\s*1\s+dead\b", monitor_pty.latest_frame(), re.MULTILINE), monitor_pty.latest_frame()
+    monitor_pty.popen.send_signal(signal.SIGTERM)
+    assert monitor_pty.popen.wait(10) == 0
+    monitor_pty.read_available()
+    assert b"\x1b[?1049l" in monitor_pty.output, "the alternate screen is left on exit"
+
+
+def test_monitor_prints_plain_lines_when_piped(balancer: LiveBalancer, procs: ProcessGroup):
+    """With stdout not a terminal, `zlb monitor` picks plain log lines by itself (no dashboard escape codes)."""
+    mon = procs.start("monitor", "monitor")
+
+    def seen() -> bool:
+        balancer.call("configure", servers=1, clients=1)
+        return "System configured with 1 servers and 1 clients." in mon.stdout()
+
+    wait_until(seen, 10, "a plain log line from the monitor")
+    assert "\x1b[" not in mon.stdout()

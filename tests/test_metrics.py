@@ -1,0 +1,117 @@
+"""/metrics: the Prometheus text rendering and the dispatch-latency histogram, parsed with prometheus-client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from balancer import events as ev
+from http_gateway import metrics
+from tests.harness import LiveBalancer, ProcessGroup, wait_until
+from tests.test_http_gateway import start_gateway
+
+STATUS = {
+    "uptime_s": 12.5,
+    "queue_depth": 3,
+    "queue_by_priority": {"1": 1, "5": 2},
+    "in_flight": 2,
+    "requests": {"submitted": 10, "processed": 5, "failed": 1, "requeued": 2},
+    "bad_input": {"frontend.malformed": 4, "control.bad_frames": 1},
+}
+SERVERS = [
+    {"server_id": 0, "in_flight": 2, "capacity": 2, "handled_requests": 4, "state": "active", "active": True},
+    {"server_id": 1, "in_flight": 0, "capacity": 1, "handled_requests": 2, "state": "dead", "active": False},
+]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, keyed by name and sorted labels."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_dispatch_latency_measures_added_and_requeued_to_assigned():
+    """Arrival-to-assignment and re-queue-to-assignment times land in the right buckets; unknown ones are ignored."""
+    latency = metrics.DispatchLatency(bounds=(0.1, 1.0))
+    latency.feed(
+        [
+            [100.0, ev.REQUEST_ADDED, 1, 7, 5],
+            [100.05, ev.REQUEST_ASSIGNED, 1, 7, 0, 1],
+            [101.0, ev.REQUEST_REQUEUED, 1, 7, 5, 1, 0],
+            [101.5, ev.REQUEST_ASSIGNED, 1, 7, 2, 2],
+            [102.0, ev.REQUEST_ADDED, 2, 7, 5],
+            [105.0, ev.REQUEST_ASSIGNED, 2, 7, 1, 1],
+            [106.0, ev.REQUEST_ASSIGNED, 9, 9, 1, 1],
+        ]
+    )
+    hist = latency.snapshot()
+    assert hist.counts == (1, 1, 1)
+    assert hist.count == 3
+    assert abs(hist.total_s - 3.55) < 1e-9
+
+
+def test_dispatch_latency_forgets_the_oldest_beyond_its_bound():
+    """Only `max_tracked` waiting requests are remembered, so memory stays bounded."""
+    latency = metrics.DispatchLatency(max_tracked=2)
+    latency.feed([[0.0, ev.REQUEST_ADDED, 0, i, 5] for i in range(3)])
+    latency.feed([[1.0, ev.REQUEST_ASSIGNED, 0, i, 0, 1] for i in range(3)])
+    assert latency.snapshot().count == 2
+
+
+def test_render_parses_as_prometheus_text_with_every_family():
+    """The page parses and carries request counters, queue depth, per-node load, bad input and latency."""
+    latency = metrics.DispatchLatency(bounds=(0.5,))
+    latency.observe(0.2)
+    latency.observe(2.0)
+    got = samples(metrics.render(STATUS, SERVERS, latency.snapshot()))
+    assert got[("zlb_requests_total", (("status", "processed"),))] == 5
+    assert got[("zlb_requests_total", (("status", "requeued"),))] == 2
+    assert got[("zlb_requests_current", (("status", "pending"),))] == 3
+    assert got[("zlb_queue_depth", ())] == 3
+    assert got[("zlb_queue_depth_by_priority", (("priority", "5"),))] == 2
+    assert got[("zlb_node_in_flight", (("server_id", "0"),))] == 2
+    assert got[("zlb_node_handled_total", (("server_id", "1"),))] == 2
+    assert got[("zlb_node_state", (("server_id", "1"), ("state", "dead")))] == 1
+    assert got[("zlb_nodes_active", ())] == 1
+    assert got[("zlb_bad_input_total", (("kind", "malformed"), ("socket", "frontend")))] == 4
+    assert got[("zlb_dispatch_latency_seconds_bucket", (("le", "0.5"),))] == 1
+    assert got[("zlb_dispatch_latency_seconds_bucket", (("le", "+Inf"),))] == 2
+    assert got[("zlb_dispatch_latency_seconds_count", ())] == 2
+    assert got[("zlb_uptime_seconds", ())] == 12.5
+
+
+def test_label_values_are_escaped():
+    """Quotes, backslashes and newlines in label values survive the parser."""
+    out = metrics.Exposition()
+    out.family("x", "gauge", "help", [({"v": 'a"b\\c\nd'}, 1)])
+    assert samples(out.text()) == {("x", (("v", 'a"b\\c\nd'),)): 1}
+
+
+def live_samples(url_get: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    reply = url_get("GET", "/metrics")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return samples(reply.body.decode())
+
+
+def test_live_metrics_follow_real_traffic(balancer: LiveBalancer, procs: ProcessGroup):
+    """After real requests through a real node, /metrics counts them and their dispatch latencies."""
+    gateway = start_gateway(procs)
+    balancer.start_server(0)
+    balancer.wait_servers_active({0})
+    done = procs.run("client", "--id", "1", "--requests", "4", "--timeout", "20")
+    assert done.returncode == 0, done.stderr
+
+    def counted() -> dict:
+        got = live_samples(gateway.call)
+        return got if got[("zlb_dispatch_latency_seconds_count", ())] == 4 else {}
+
+    got = wait_until(counted, 10, "four dispatches in the histogram")
+    assert got[("zlb_requests_total", (("status", "processed"),))] == 4
+    assert got[("zlb_node_handled_total", (("server_id", "0"),))] == 4
+    assert got[("zlb_node_in_flight", (("server_id", "0"),))] == 0
+    assert got[("zlb_up", ())] == 1
