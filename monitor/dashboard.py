@@ -121,7 +121,7 @@ def node_table(model: DashboardModel, now: float, rows: int) -> Table:
             node.host,
         )
     if len(shown) < len(nodes):
-        table.add_row("", Text(f"… {len(nodes) - len(shown)} more", "bright_black"), "", "", "", "", "")
+        table.add_row("", "", Text(f"… {len(nodes) - len(shown)} more", "bright_black"), "", "", "", "")
     return table
 
 
