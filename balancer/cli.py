@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
 
 from balancer import admin
+from balancer import events as ev
 from balancer.loop import BalancerConfig, run_balancer
 from balancer.protocol import STATUSES
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_MAX_ATTEMPTS
+from monitor.plain import LOG_TOPICS
+from monitor.stream import EventStream
 from zlb.options import endpoint_option, endpoints, heartbeat_options, json_option
 
 
@@ -124,15 +128,31 @@ def servers(control: str, as_json: bool) -> None:
     )
 
 
+# A control reply carries at most this many rows; longer listings are fetched page by page.
+PAGE = 1000
+
+
+def fetch_pages(control: str, cmd: str, limit: int, offset: int = 0, **args: Any) -> list[Any]:
+    """Rows of a list command from `offset` on, page by page, up to `limit` (0: all)."""
+    rows: list[Any] = []
+    while True:
+        want = PAGE if not limit else min(PAGE, limit - len(rows))
+        page = control_call(control, cmd, offset=offset + len(rows), limit=want, **args)
+        rows.extend(page)
+        if len(page) < want or (limit and len(rows) >= limit):
+            return rows
+
+
 @click.command()
 @endpoint_option("control")
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only requests in this state.")
-@click.option("--client", type=int, default=None, help="Only this client's requests.")
+@click.option("--client", type=click.IntRange(0), default=None, help="Only this client's requests.")
 @click.option("--limit", type=click.IntRange(0), default=1000, show_default=True, help="At most this many (0: all).")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip this many first.")
 @json_option
-def requests(control: str, status: str | None, client: int | None, limit: int, as_json: bool) -> None:
-    """List requests: waiting, running and recently finished."""
-    rows = control_call(control, "requests", status=status, client=client, limit=limit)
+def requests(control: str, status: str | None, client: int | None, limit: int, offset: int, as_json: bool) -> None:
+    """List requests, oldest first: waiting, running and recently finished."""
+    rows = fetch_pages(control, "requests", limit, status=status, client=client, offset=offset)
     if as_json:
         return print_json(rows)
     print_table(
@@ -148,40 +168,114 @@ def requests(control: str, status: str | None, client: int | None, limit: int, a
     )
 
 
+def _uptime(seconds: float) -> str:
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
+
+
+def _pairs(mapping: dict[str, Any], empty: str = "none") -> str:
+    return "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in mapping.items()) or empty
+
+
+def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """`zlb status` as (heading, text) rows."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["started_at"]))
+    by_priority = ", ".join(f"p{p}: {n}" for p, n in result.get("queue_by_priority", {}).items())
+    rates = result.get("rates", {})
+    retention = result.get("retention", {})
+    return [
+        ("Balancer", f"up {_uptime(result['uptime_s'])} (since {started})"),
+        ("Endpoints", _pairs(result.get("endpoints", {}))),
+        (
+            "Servers",
+            f"{result['servers']} known, {result['servers_active']} active ({_pairs(result['servers_by_state'])})",
+        ),
+        ("Queue", f"{result['queue_depth']} waiting" + (f" ({by_priority})" if by_priority else "")),
+        ("In flight", str(result["in_flight"])),
+        ("Requests", _pairs(result.get("requests", {}))),
+        (
+            "Rates",
+            f"{rates.get('submitted_per_s', 0):g} submitted/s, {rates.get('processed_per_s', 0):g} processed/s "
+            f"(over {rates.get('window_s', 0):g} s)",
+        ),
+        ("Bad input", _pairs(result.get("bad_input", {}))),
+        (
+            "Retention",
+            f"all pending and running requests + the last {retention.get('finished_requests', '?')} finished; "
+            f"the last {retention.get('log_events', '?')} log events",
+        ),
+    ]
+
+
 @click.command()
 @endpoint_option("control")
 @json_option
 def status(control: str, as_json: bool) -> None:
-    """Show counts, queue depth and bad-input counters."""
+    """Show uptime, totals, queue depth, rates and bad-input counters."""
     result = control_call(control, "status")
     if as_json:
         return print_json(result)
-    for key, value in result.items():
-        click.echo(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    rows = status_lines(result)
+    width = max(len(h) for h, _t in rows)
+    for heading, text in rows:
+        click.echo(f"{heading.ljust(width)}  {text}")
+    return None
+
+
+def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: bool) -> None:
+    """Print events as they happen after the `backlog`, skipping ones it already showed."""
+    last_ts = backlog[-1]["ts"] if backlog else 0.0
+    seen_at_last = {json.dumps(e, sort_keys=True) for e in backlog if e["ts"] == last_ts}
+    try:
+        while True:
+            for event in stream.poll(0.5):
+                record = ev.as_dict(event)
+                if event[0] < last_ts or (event[0] == last_ts and json.dumps(record, sort_keys=True) in seen_at_last):
+                    continue
+                click.echo(json.dumps(record, ensure_ascii=False) if as_json else ev.message(event))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stream.close()
 
 
 @click.command()
 @endpoint_option("control")
-@click.option("--limit", type=click.IntRange(0), default=None, help="Only the newest N lines.")
+@endpoint_option("events")
+@click.option("--limit", type=click.IntRange(0), default=None, help="Only the newest N lines (at most 1000).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they happen (Ctrl-C stops).")
 @click.option(
     "--download",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help="Write every kept line to this file (like the seed's load_balancer_logs.txt).",
+    help="Write every kept line, with time and level, to this file (like the seed's load_balancer_logs.txt).",
 )
 @json_option
-def logs(control: str, limit: int | None, download: str | None, as_json: bool) -> None:
-    """Show the balancer's recent log lines."""
-    if as_json:
-        return print_json(control_call(control, "logs", limit=limit, format="events"))
-    lines = control_call(control, "logs", limit=None if download else limit)
+def logs(control: str, events: str, limit: int | None, follow: bool, download: str | None, as_json: bool) -> None:
+    """Show the balancer's recent log lines, or follow them live."""
     if download:
+        lines = fetch_pages(control, "logs", 0, format="lines")
         with open(download, "w", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + ("\n" if lines else ""))
         click.echo(f"Wrote {len(lines)} log lines to {download}")
         return None
-    for line in lines:
-        click.echo(line)
+    if not follow:
+        for record in control_call(control, "logs", limit=limit, format="events"):
+            click.echo(json.dumps(record, ensure_ascii=False) if as_json else record["message"])
+        return None
+    # Subscribe before reading the backlog so nothing falls between them; repeats are dropped by stamp.
+    stream = EventStream(events, LOG_TOPICS)
+    try:
+        backlog = control_call(control, "logs", limit=20 if limit is None else limit, format="events")
+    except click.ClickException:
+        stream.close()
+        raise
+    for record in backlog:
+        click.echo(json.dumps(record, ensure_ascii=False) if as_json else record["message"])
+    follow_logs(stream, backlog, as_json)
+    return None
 
 
 def _admin_command(name: str, verb: str, doc: str) -> click.Command:

@@ -164,6 +164,8 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "rates": rates(state, now),
         "bad_input": dict(state.bad_input),
         "counters": dict(state.counters),
+        # What is remembered: every pending and running request plus the newest finished ones.
+        "retention": {"finished_requests": sched.keep_finished, "log_events": state.eventlog.keep},
     }
 
 

@@ -1,8 +1,9 @@
-"""End to end: `zlb monitor` in a pseudo-terminal draws the dashboard from a live cluster."""
+"""End to end: watching a live cluster — the `zlb monitor` dashboard in a pty, plain output, logs and status."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -112,3 +113,23 @@ def test_monitor_prints_plain_lines_when_piped(balancer: LiveBalancer, procs: Pr
 
     wait_until(seen, 10, "a plain log line from the monitor")
     assert "\x1b[" not in mon.stdout()
+
+
+def test_logs_follow_prints_backlog_then_new_lines_once(balancer: LiveBalancer, procs: ProcessGroup):
+    """`zlb logs --follow` prints the recent backlog, then each new event exactly once as it happens."""
+    follower = procs.start("logs", "logs", "--follow", "--json")
+    wait_until(lambda: '"kind": "system.started"' in follower.stdout(), 10, "the backlog")
+    balancer.start_server(3)
+    wait_until(lambda: '"kind": "node.joined"' in follower.stdout(), 10, "a followed event")
+    kinds = [json.loads(line)["kind"] for line in follower.stdout().splitlines()]
+    assert kinds.count("system.started") == 1
+    assert kinds.count("node.joined") == 1
+
+
+def test_status_reads_as_labelled_lines(balancer: LiveBalancer, procs: ProcessGroup):
+    """`zlb status` prints uptime, totals, queue, rates, bad input and retention as labelled lines."""
+    done = procs.run("status")
+    assert done.returncode == 0, done.stderr
+    headings = [line.split()[0] for line in done.stdout.splitlines()]
+    assert headings == ["Balancer", "Endpoints", "Servers", "Queue", "In", "Requests", "Rates", "Bad", "Retention"]
+    assert "the last 10000 finished" in done.stdout
