@@ -13,6 +13,7 @@ import zmq
 
 from balancer import protocol as p
 from balancer.protocol import ProtocolError
+from balancer.security import secure_client_socket
 
 DEFAULT_TIMEOUT_S = 3.0
 
@@ -33,6 +34,7 @@ def call(
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        secure_client_socket(sock)
         sock.connect(endpoint)
         sock.send(p.encode_map({"cmd": cmd, **args}))
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):

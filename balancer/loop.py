@@ -3,11 +3,17 @@
 Thin by design: drain each readable socket in a batch, decode headers, call
 the scheduler, then send what it decided and publish the iteration's events
 as one message per topic. Payloads pass through as opaque frames.
+
+With --journal, the iteration's accepted and finished records are appended
+with one write before its results are sent (balancer/journal.py). SIGTERM
+stops accepting, tells clients, lets in-flight work finish for up to
+grace_s, tells nodes, flushes the journal and exits.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,16 +22,23 @@ import zmq
 
 from balancer import control
 from balancer import events as ev
+from balancer import journal as jr
 from balancer import protocol as p
 from balancer.eventlog import EventLog
 from balancer.protocol import MsgType, ProtocolError
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_MAX_ATTEMPTS, NodeState, Scheduler, Submitted
+from balancer.security import CurveServer, exposed_endpoints
 
 # Messages taken from one socket before looking at the others: large enough to
 # amortise the poll, small enough that no socket starves the rest.
 DRAIN_BATCH = 256
 # Bad input is logged at most this often per (socket, kind); every one is counted.
 BAD_INPUT_LOG_INTERVAL_S = 5.0
+DEFAULT_GRACE_S = 5.0
+# Event kinds of this module (rendered generically by balancer/events.py).
+SYSTEM_JOURNAL_RESTORED = "system.journal_restored"
+SYSTEM_STOPPING = "system.stopping"
+SYSTEM_AUTH_REFUSED = "system.auth_refused"
 
 
 @dataclass
@@ -43,6 +56,10 @@ class BalancerConfig:
     keep_finished: int = DEFAULT_KEEP_FINISHED
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
     log_file: str | None = "zlb-balancer.log"
+    journal: str | None = None
+    curve_secret: str | None = None
+    allow_dir: str | None = None
+    grace_s: float = DEFAULT_GRACE_S
     endpoints: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,14 +83,42 @@ class Balancer:
             max_queue=config.max_queue,
             max_attempts=config.max_attempts,
             keep_finished=config.keep_finished,
+            # Microseconds since the epoch: a later balancer's tickets never repeat an earlier one's.
+            first_ticket=time.time_ns() // 1000,
+            journal=config.journal is not None,
         )
         self.eventlog = EventLog(config.log_file)
         self.state = control.BalancerState(self.sched, self.eventlog, config.endpoints, time.monotonic(), time.time())
         self._ctx = context or zmq.Context.instance()
         self._stopping = False
+        self._stop_deadline: float | None = None
         self._routes: dict[bytes, bytes] = {}
         self._bad_logged: dict[tuple[str, str], float] = {}
-        self._open_sockets()
+        self.journal: jr.Journal | None = None
+        self.curve: CurveServer | None = None
+        self._monitors: dict[zmq.Socket, str] = {}
+        if config.journal is not None:
+            self._open_journal(config.journal)
+        if config.curve_secret is not None:
+            self.curve = CurveServer.start(self._ctx, config.curve_secret, config.allow_dir or "")
+        try:
+            self._open_sockets()
+        except BaseException:
+            self._close_security()
+            raise
+
+    def _open_journal(self, path: str) -> None:
+        """Replay the journal into the scheduler, then start it afresh with that state."""
+        recovered = jr.replay(path, self.config.keep_finished)
+        jr.restore(self.sched, recovered)
+        self.journal = jr.Journal(path)
+        self.journal.open(jr.snapshot(self.sched))
+        self.state.counters["journal_restored_pending"] = len(recovered.pending)
+        self.state.counters["journal_restored_finished"] = len(recovered.finished)
+        if recovered.records:
+            self.sched.events.append(
+                (SYSTEM_JOURNAL_RESTORED, path, len(recovered.pending), len(recovered.finished), recovered.torn_bytes)
+            )
 
     # ---- sockets --------------------------------------------------------
 
@@ -91,12 +136,37 @@ class Balancer:
             self.backend: self._drain_backend,
             self.control_sock: self._drain_control,
         }
+        if self.curve is not None:
+            self._watch_handshakes()
         for sock in self._readers:
             self.poller.register(sock, zmq.POLLIN)
+
+    def _watch_handshakes(self) -> None:
+        """With curve on, count and log peers refused during the handshake, per socket."""
+        names = {self.frontend: "frontend", self.backend: "backend", self.control_sock: "control"}
+        names[self.events_sock] = "events"
+        for sock, name in names.items():
+            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            self._monitors[mon] = name
+            self._readers[mon] = self._drain_monitor
+
+    def _drain_monitor(self, now: float) -> None:
+        for mon, name in self._monitors.items():
+            while True:
+                try:
+                    frames = mon.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                # The first frame packs a 16-bit event id and a 32-bit value; the peer is not named.
+                event = int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
+                kind = "auth_refused" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake_failed"
+                self._bad_input(name, ProtocolError(kind, "curve handshake refused (unknown key or no curve)"), now)
 
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.secure(sock)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         # Results and work are bounded by capacity and by what clients sent;
         # the default HWM of 1000 would silently drop replies under load.
@@ -110,24 +180,36 @@ class Balancer:
         return sock
 
     def close(self) -> None:
-        """Close every socket and flush the log file."""
+        """Close every socket, flush the journal and the log file."""
         for sock in (self.frontend, self.backend, self.control_sock, self.events_sock):
             sock.close(linger=0)
+        for mon in self._monitors:
+            mon.close(linger=0)
+        if self.journal is not None:
+            self.journal.close()
         self.eventlog.close()
+        self._close_security()
+
+    def _close_security(self) -> None:
+        if self.curve is not None:
+            self.curve.stop()
+            self.curve = None
 
     # ---- the loop -------------------------------------------------------
 
     def stop(self, *_args: Any) -> None:
-        """Ask the loop to finish its iteration and return (signal-safe)."""
+        """Ask the loop to stop gracefully (signal-safe; a second call stops at once)."""
+        if self._stopping:
+            self._stop_deadline = 0.0
         self._stopping = True
 
     def run(self) -> None:
-        """Serve until stop() is called."""
+        """Serve until stop() is called, then wind down."""
         self.sched.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
         next_tick = time.monotonic() + self.heartbeat_s
         poll = self.poller.poll
         readers = self._readers
-        while not self._stopping:
+        while not self._stopping or not self._wound_down():
             now = time.monotonic()
             timeout_ms = max(0, int((next_tick - now) * 1000) + 1)
             for sock, _ in poll(timeout_ms):
@@ -137,6 +219,27 @@ class Balancer:
                 self._tick(now)
                 next_tick = now + self.heartbeat_s
             self._flush()
+        self._say_goodbye()
+
+    def _wound_down(self) -> bool:
+        """Graceful stop: refuse new work, tell clients, wait for in-flight work up to grace_s."""
+        now = time.monotonic()
+        if self._stop_deadline is None:
+            self._stop_deadline = now + self.config.grace_s
+            self.poller.unregister(self.frontend)  # stop accepting: clients re-send to the next balancer
+            shutdown = p.encode(MsgType.REJECTED, None, p.REASON_STOPPING)
+            for route in self._routes:
+                self.frontend.send_multipart([route, shutdown], flags=zmq.NOBLOCK)
+            self.sched.events.append((SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
+            return False
+        return not self.sched.in_flight() or now >= self._stop_deadline
+
+    def _say_goodbye(self) -> None:
+        """Tell nodes to reconnect later and publish the last events."""
+        shutdown = p.encode(MsgType.RECONNECT, p.REASON_STOPPING)
+        for route in self.sched.routes:
+            self._send_node(route, [shutdown])
+        self._flush()
 
     def _tick(self, now: float) -> None:
         """Expire silent nodes and heartbeat the live ones."""
@@ -153,8 +256,10 @@ class Balancer:
     def _flush(self) -> None:
         """Send what the scheduler decided and publish this iteration's events."""
         sched = self.sched
-        if sched.waiting:
+        if sched.waiting and not self._stopping:  # a stopping balancer starts no new work
             self._send_work(sched.dispatch())
+        if sched.journal:
+            self._append_journal()
         if sched.replies:
             self._send_results()
         if sched.events:
@@ -182,6 +287,15 @@ class Balancer:
             header = encode(result, req.request_id, req.status, req.server_id, req.attempts)
             send([req.route, header, req.body], copy=False)
         replies.clear()
+
+    def _append_journal(self) -> None:
+        """One write for the iteration's records, before any of its results leave."""
+        sched = self.sched
+        self.journal.append(sched.journal)
+        sched.journal.clear()
+        live = sched.remembered_finished + sched.waiting + sched.in_flight()
+        if self.journal.due_for_compaction(live):
+            self.journal.compact(jr.snapshot(sched))
 
     def _publish(self) -> None:
         batch = self.sched.events
@@ -245,7 +359,10 @@ class Balancer:
             except ProtocolError as exc:
                 self._bad_input("backend", exc, now)
                 continue
-            handler(self, frames[0], fields, body, now)
+            try:
+                handler(self, frames[0], fields, body, now)
+            except Exception as exc:  # noqa: BLE001 - a message we failed to foresee must not end the balancer
+                self._bad_input("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
 
     def _on_done(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         if self.sched.complete(route, fields[0], fields[1], body, now) is None and route not in self.sched.routes:
@@ -294,10 +411,18 @@ class Balancer:
                 request = p.decode_map(frames[1])
             except ProtocolError as exc:
                 self._bad_input("control", exc, now)
-                reply = {"ok": False, "error": f"bad message: {exc}"}
+                reply = p.encode_map({"ok": False, "error": f"bad message: {exc}"})
             else:
-                reply = control.handle(self.state, request, now)
-            self.control_sock.send_multipart([frames[0], p.encode_map(reply)])
+                reply = self._control_reply(request, now)
+            self.control_sock.send_multipart([frames[0], reply])
+
+    def _control_reply(self, request: dict[str, Any], now: float) -> bytes:
+        """Run a control command; an unforeseen failure becomes an error reply, never a crash."""
+        try:
+            return p.encode_map(control.handle(self.state, request, now))
+        except Exception as exc:  # noqa: BLE001 - hostile arguments may reach corners no command foresaw
+            self._bad_input("control", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
+            return p.encode_map({"ok": False, "error": f"cannot answer: {exc.__class__.__name__}"})
 
     # ---- bad input ------------------------------------------------------
 
@@ -313,6 +438,15 @@ class Balancer:
 
 def run_balancer(config: BalancerConfig) -> None:
     """Run a balancer in this process until SIGINT or SIGTERM."""
+    exposed = exposed_endpoints(list(config.endpoints.values()))
+    if exposed and config.curve_secret is None:
+        print(
+            f"zlb balancer: warning: {', '.join(exposed)} reachable beyond this machine without curve;"
+            " anyone who can connect can submit, join as a node and send admin commands"
+            " (see zlb keys generate, --curve-secret, --allow)",
+            file=sys.stderr,
+            flush=True,
+        )
     balancer = Balancer(config)
     signal.signal(signal.SIGTERM, balancer.stop)
     signal.signal(signal.SIGINT, balancer.stop)

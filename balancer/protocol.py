@@ -4,6 +4,16 @@ Every role imports this module; nothing else imports msgpack. A message is a
 small msgpack *header* (an array: version, type, fields...) optionally followed
 by one opaque *body* frame (a request's payload or a result) that the balancer
 never decodes. docs/PROTOCOL.md describes the same thing in prose.
+
+Exactly-once delivery rests on three rules: a request is named by
+(client_id, request_id) and a resubmission of a known one is never run again;
+WORK tickets are unique across balancer restarts (they start from the
+balancer's start time in microseconds), so a late DONE can never complete a
+different request; and a result the balancer has no in-flight ticket for is
+dropped. A stopping balancer sends REJECTED [None, REASON_STOPPING] to its
+clients (re-send later, to the next balancer) and RECONNECT [REASON_STOPPING]
+to its nodes (dial again after one interval); older peers read both as the
+plain messages they already were.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ ENDPOINT_ENV = {
 # range; 3 keeps failover under two seconds at the default interval.
 HEARTBEAT_INTERVAL_MS = 500
 LIVENESS = 3
+# The reason a stopping balancer gives in REJECTED (to clients) and RECONNECT (to nodes).
+REASON_STOPPING = "balancer stopping"
 # A node that lost the balancer retries HELLO with a doubling back-off up to this cap.
 RECONNECT_BACKOFF_MAX_S = 4.0
 
@@ -193,6 +205,30 @@ def decode_events(frame: bytes) -> list[Any]:
     if type(value) is not list:
         raise ProtocolError("malformed", "event batch is not an array")
     return value
+
+
+def encode_records(records: list[Any]) -> bytes:
+    """Journal records (tuples of msgpack-able values) as one appendable byte string."""
+    return b"".join(map(_pack, records))
+
+
+def decode_records(data: bytes) -> tuple[list[Any], int]:
+    """Journal records from a file's bytes, and the offset just past the last whole one.
+
+    A torn or garbled tail (a crash in the middle of a write) ends the list
+    instead of raising, so the caller can truncate the file there.
+    """
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    records: list[Any] = []
+    good = 0
+    try:
+        for record in unpacker:
+            records.append(record)
+            good = unpacker.tell()
+    except (ValueError, TypeError, msgpack.UnpackException):
+        pass
+    return records, good
 
 
 def endpoint(role: str) -> str:

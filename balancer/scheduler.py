@@ -6,7 +6,9 @@ socket loop empties after each batch:
 
 - `dispatch()` returns the assignments to send to nodes,
 - `replies` holds finished requests whose result must go to their client,
-- `events` holds event tuples `(kind, *args)` to publish and log.
+- `events` holds event tuples `(kind, *args)` to publish and log,
+- `journal`, when it is a list (the balancer runs with --journal), collects
+  `(ACCEPTED, ...)` and `(FINISHED, ...)` records for the journal writer.
 
 Waiting requests live in per-priority buckets (a deque of fresh arrivals and a
 seq-ordered heap of re-queued ones) under a heap of priorities, so submit and
@@ -29,6 +31,10 @@ from balancer.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_KEEP_FINISHED = 10_000
+
+# Journal record kinds (the first element of each record tuple).
+ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
+FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result)
 
 
 class NodeState(str, Enum):
@@ -110,6 +116,8 @@ class Scheduler:
         max_queue: int | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         keep_finished: int = DEFAULT_KEEP_FINISHED,
+        first_ticket: int = 0,
+        journal: bool = False,
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
@@ -120,6 +128,7 @@ class Scheduler:
         self.routes: dict[Any, Node] = {}
         self.events: list[tuple[Any, ...]] = []
         self.replies: list[Request] = []
+        self.journal: list[tuple[Any, ...]] | None = [] if journal else None
         self.counters: dict[str, int] = dict.fromkeys(
             ("submitted", "processed", "failed", "requeued", "rejected", "duplicates", "late_results"), 0
         )
@@ -130,11 +139,17 @@ class Scheduler:
         self._finished: deque[Request] = deque()
         self._node_heap: list[tuple[float, int, int, int, Node]] = []
         self._seq = 0
-        self._ticket = 0
+        # Tickets must never repeat across balancer restarts (see protocol), so they start where told.
+        self._ticket = first_ticket
         self._push = 0
         self._assigned = 0
 
     # ---- requests -------------------------------------------------------
+
+    @property
+    def remembered_finished(self) -> int:
+        """How many finished requests are kept for queries and resubmissions."""
+        return len(self._finished)
 
     @property
     def waiting(self) -> int:
@@ -159,6 +174,8 @@ class Scheduler:
         self._enqueue_fresh(req)
         self.counters["submitted"] += 1
         self.events.append((ev.REQUEST_ADDED, client_id, request_id, priority))
+        if self.journal is not None:
+            self.journal.append((ACCEPTED, client_id, request_id, priority, route, body))
         return Submitted.QUEUED
 
     def _resubmitted(self, req: Request, route: Any) -> Submitted:
@@ -217,6 +234,13 @@ class Scheduler:
         req.body = result
         self.counters[status] += 1
         self.replies.append(req)
+        if self.journal is not None:
+            self.journal.append(
+                (FINISHED, req.client_id, req.request_id, req.priority, status, req.server_id, req.attempts, result)
+            )
+        self._remember_finished(req)
+
+    def _remember_finished(self, req: Request) -> None:
         finished = self._finished
         finished.append(req)
         if len(finished) > self.keep_finished:
@@ -226,6 +250,24 @@ class Scheduler:
                 del known[old.request_id]
                 if not known:
                     del self._by_client[old.client_id]
+
+    # ---- restart from a journal ------------------------------------------
+
+    def restore_pending(self, client_id: int, request_id: int, priority: int, route: Any, body: Any) -> None:
+        """Queue a request that a previous balancer accepted and never finished."""
+        self._seq += 1
+        req = Request(client_id, request_id, priority, self._seq, route, body)
+        self._by_client.setdefault(client_id, {})[request_id] = req
+        self._enqueue_fresh(req)
+
+    def restore_finished(
+        self, client_id: int, request_id: int, priority: int, status: str, server_id: Any, attempts: int, result: Any
+    ) -> None:
+        """Remember a request that a previous balancer finished, to answer resubmissions."""
+        self._seq += 1
+        req = Request(client_id, request_id, priority, self._seq, None, result, status, server_id, attempts)
+        self._by_client.setdefault(client_id, {})[request_id] = req
+        self._remember_finished(req)
 
     def get(self, client_id: int, request_id: int) -> Request | None:
         """The request with these ids, if it is still remembered."""

@@ -6,15 +6,26 @@
 
 A Client owns one DEALER socket and is used from one thread (make one per
 thread). Results are received whenever you wait on any of them, so waiting
-on one request also collects the others that arrive meanwhile. Requests not
-answered within `retry_s` are sent again with the same ids: the balancer
-recognises them, so a request is never run twice because of a retry.
+on one request also collects the others that arrive meanwhile.
+
+Lazy Pirate retries: a request not answered within `retry_s` is sent again
+with the same ids, then again after a doubling delay (capped at
+RETRY_BACKOFF_FACTOR_MAX times retry_s). The balancer recognises the ids, so a
+retry never runs a finished request twice; it answers with the one result.
+The socket reconnects by itself when a balancer restarts, and the retries
+carry every unanswered request to the new one; the notice of a stopping
+balancer (REJECTED without a request id) resets the back-off so they go out
+soon after it returns.
+The DEALER identity is stable for the life of a Client, so a balancer that
+restarts from its journal can answer restored requests without a retry.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +34,15 @@ import zmq
 
 from balancer import protocol as p
 from balancer.protocol import MsgType, ProtocolError
+from balancer.security import secure_client_socket
 
 DEFAULT_PRIORITY = 5
 DEFAULT_RETRY_S = 5.0
+# Retries back off by doubling up to this multiple of retry_s.
+RETRY_BACKOFF_FACTOR_MAX = 4
 REJECTED = "rejected"
+# Answers remembered to tell a harmless repeat from a conflicting second result.
+_ANSWERED_KEEP = 100_000
 
 
 @dataclass(slots=True)
@@ -69,7 +85,8 @@ class Result:
 class _Outstanding:
     priority: int
     payload: bytes
-    sent_at: float
+    due_at: float  # when to re-send if still unanswered
+    delay_s: float  # the current back-off
 
 
 class Pending:
@@ -104,8 +121,13 @@ class Client:
         self.frontend = frontend or p.endpoint("frontend")
         self.client_id = client_id
         self.retry_s = retry_s
+        self.retry_max_s = None if retry_s is None else retry_s * RETRY_BACKOFF_FACTOR_MAX
         self.resent = 0
         self.bad_messages = 0
+        self.repeated_answers = 0  # a second, identical answer (a retry crossed the result): harmless
+        self.conflicting_answers = 0  # a second answer that differs: would break exactly-once; should stay 0
+        self.shutdown_notices = 0
+        self._answered: dict[int, tuple[str, int | None, int]] = {}
         self._next_id = 1
         self._next_resend_scan = 0.0
         self._outstanding: dict[int, _Outstanding] = {}
@@ -115,6 +137,8 @@ class Client:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 1_000_000)
         self.sock.setsockopt(zmq.RCVHWM, 1_000_000)
+        self.sock.setsockopt(zmq.IDENTITY, f"client-{client_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}".encode())
+        secure_client_socket(self.sock)
         self.sock.connect(self.frontend)
 
     def __enter__(self) -> Client:
@@ -141,7 +165,8 @@ class Client:
         if request_id is None:
             request_id = self._next_id
         self._next_id = max(self._next_id, request_id + 1)
-        self._outstanding[request_id] = _Outstanding(priority, payload, time.monotonic())
+        retry = self.retry_s or 0.0
+        self._outstanding[request_id] = _Outstanding(priority, payload, time.monotonic() + retry, retry)
         self._send(request_id, priority, payload)
         return Pending(self, request_id)
 
@@ -197,27 +222,57 @@ class Client:
             return 0
         if msg_type is MsgType.RESULT:
             request_id, status, server_id, attempts = fields
+        elif msg_type is MsgType.REJECTED and fields[0] is None:
+            # Not about one request: a stopping balancer (or a message it could not read).
+            self._on_shutdown()
+            return 0
         elif msg_type is MsgType.REJECTED:
             request_id, status, server_id, attempts, body = fields[0], REJECTED, None, 0, fields[1].encode()
         else:
             self.bad_messages += 1
             return 0
+        body = bytes(body)
         sent = self._outstanding.pop(request_id, None)
         if sent is None:
-            return 0  # a duplicate answer to a retry, or not ours
-        self._results[request_id] = Result(
-            self.client_id, request_id, sent.priority, status, server_id, attempts, bytes(body)
-        )
+            self._repeated(request_id, status, server_id, body)
+            return 0
+        answered = self._answered
+        if len(answered) >= _ANSWERED_KEEP:
+            answered.clear()  # a bounded memory: the check is best effort for very long runs
+        answered[request_id] = (status, server_id, hash(body))
+        self._results[request_id] = Result(self.client_id, request_id, sent.priority, status, server_id, attempts, body)
         return 1
+
+    def _repeated(self, request_id: int, status: str, server_id: int | None, body: bytes) -> None:
+        """A second answer for a request: fine if it is the same result, a conflict otherwise."""
+        first = self._answered.get(request_id)
+        if first is None:
+            return  # not ours, or too old to check
+        if first == (status, server_id, hash(body)):
+            self.repeated_answers += 1
+        else:
+            self.conflicting_answers += 1
+
+    def _on_shutdown(self) -> None:
+        """The balancer is stopping (or refused a message): re-send soon, from the first back-off step."""
+        self.shutdown_notices += 1
+        if self.retry_s is None:
+            return
+        due = time.monotonic() + self.retry_s
+        for sent in self._outstanding.values():
+            sent.due_at = due
+            sent.delay_s = self.retry_s
 
     def _resend_overdue(self, now: float) -> None:
         # Scanning every outstanding request is O(n): do it a few times per retry period only.
         if self.retry_s is None or now < self._next_resend_scan:
             return
         self._next_resend_scan = now + self.retry_s / 4
+        cap = self.retry_max_s
         for request_id, sent in self._outstanding.items():
-            if now - sent.sent_at >= self.retry_s:
-                sent.sent_at = now
+            if now >= sent.due_at:
+                sent.delay_s = min(cap, sent.delay_s * 2)
+                sent.due_at = now + sent.delay_s
                 self.resent += 1
                 self._send(request_id, sent.priority, sent.payload)
 

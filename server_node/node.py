@@ -22,6 +22,7 @@ import zmq
 
 from balancer import protocol as p
 from balancer.protocol import MsgType, ProtocolError
+from balancer.security import secure_client_socket
 from server_node import handlers
 from server_node.liveness import PeerLiveness
 
@@ -73,6 +74,7 @@ class ServerNode:
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
+        secure_client_socket(self.sock)
         self.sock.connect(self.config.backend)
         self._poller.register(self.sock, zmq.POLLIN)
         self.welcomed = False
@@ -170,9 +172,20 @@ class ServerNode:
                 self.node_id = fields[0]
                 self.welcomed = True
             elif msg_type is MsgType.RECONNECT:
-                self._send(
-                    p.encode(MsgType.HELLO, self.node_id, self.config.capacity, os.getpid(), socket.gethostname())
-                )
+                if fields[0] == p.REASON_STOPPING:
+                    self._on_shutdown(now)
+                    return
+                self._hello()
+
+    def _on_shutdown(self, now: float) -> None:
+        """The balancer is stopping: drop this connection and dial again after one interval.
+
+        Work still running keeps running; its results go to whichever balancer
+        answers next, which drops them as late if it re-dispatched that work.
+        """
+        self._disconnect()
+        self.live.backoff_s = 0.0
+        self._redial_at = now + self.live.reconnected(now)
 
     def _on_work(self, fields: list[Any], payload: bytes) -> None:
         ticket, client_id, request_id, priority, attempt = fields

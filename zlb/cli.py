@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from typing import Any
+
 import click
 
+from balancer import security
 from balancer.cli import COMMANDS as BALANCER_COMMANDS
+from balancer.serve_cli import balancer, keys
 from bench.cli import bench
 from client_node.cli import client, send
 from http_gateway.cli import http
@@ -24,5 +30,55 @@ def main() -> None:
     """
 
 
-for command in [*BALANCER_COMMANDS, server, client, send, monitor, cluster, http, bench]:
+def _to_environ(var: str) -> Any:
+    """An option callback that hands the value to the socket code through the environment."""
+
+    def store(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value:
+            os.environ[var] = value
+
+    return store
+
+
+def _with_curve_options(command: click.Command) -> click.Command:
+    """Give a connecting command `--curve-secret` and `--server-key`, checked before it runs."""
+    command.params += [
+        click.Option(
+            ["--curve-secret"],
+            type=click.Path(exists=True, dir_okay=False),
+            envvar=security.CURVE_SECRET_ENV,
+            show_envvar=True,
+            expose_value=False,
+            callback=_to_environ(security.CURVE_SECRET_ENV),
+            help="This peer's secret key file (zlb keys generate) when the balancer uses curve.",
+        ),
+        click.Option(
+            ["--server-key"],
+            type=click.Path(exists=True, dir_okay=False),
+            envvar=security.SERVER_KEY_ENV,
+            show_envvar=True,
+            expose_value=False,
+            callback=_to_environ(security.SERVER_KEY_ENV),
+            help="The balancer's public key file, with --curve-secret.",
+        ),
+    ]
+    run = command.callback
+
+    @functools.wraps(run)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            security.client_keys()
+        except security.CurveConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        return run(*args, **kwargs)
+
+    command.callback = checked
+    return command
+
+
+# The balancer command of balancer/cli.py is superseded by balancer/serve_cli.py's.
+ADMIN_COMMANDS = [c for c in BALANCER_COMMANDS if c.name != "balancer"]
+for command in [*ADMIN_COMMANDS, server, client, send, monitor, http]:
+    main.add_command(_with_curve_options(command))
+for command in [balancer, keys, cluster, bench]:
     main.add_command(command)

@@ -1,0 +1,211 @@
+"""The balancer's journal: an append-only msgpack log of accepted and finished requests.
+
+Why this shape (docs/RELIABILITY.md has the measurements): the loop packs the
+records of one iteration and appends them with a single os.write() before it
+sends that iteration's results, so a result a client has seen is always in
+the operating system's hands and survives `kill -9` of the balancer. A helper
+thread fsyncs at most every `fsync_interval_s` (group commit), which bounds
+what a power loss can take without putting a disk flush on the message path.
+
+Records are the scheduler's tuples (see scheduler.ACCEPTED and FINISHED). On
+start the file is replayed: the last record per (client_id, request_id) wins;
+unfinished requests are queued again and the newest `keep_finished` finished
+ones are remembered, so resubmissions get their one result. The file is then
+rewritten to just that (compaction), and again whenever it has grown to a few
+times the live state, so it stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from balancer import protocol as p
+from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
+
+MAGIC = (0, "zlb-journal", 1)
+DEFAULT_FSYNC_INTERVAL_S = 0.05
+# Compact once this many records were appended beyond twice the live state.
+COMPACT_SLACK_RECORDS = 50_000
+
+
+class JournalError(OSError):
+    """A journal file that cannot be opened, read or written."""
+
+
+@dataclass
+class Recovered:
+    """What a replay found."""
+
+    pending: list[list[Any]] = field(default_factory=list)  # ACCEPTED records, oldest first
+    finished: list[list[Any]] = field(default_factory=list)  # FINISHED records, oldest first
+    records: int = 0
+    torn_bytes: int = 0  # an incomplete tail cut off (a crash mid-write)
+
+
+def replay(path: str, keep_finished: int) -> Recovered:
+    """Read a journal file (missing is empty) into the requests it describes."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return Recovered()
+    except OSError as exc:
+        raise JournalError(f"cannot read journal {path}: {exc}") from None
+    records, good = p.decode_records(data)
+    if records and tuple(records[0]) != MAGIC:
+        raise JournalError(f"{path} is not a zlb journal")
+    latest: dict[tuple[int, int], list[Any]] = {}
+    for rec in records[1:]:
+        if _valid(rec):
+            key = (rec[1], rec[2])
+            latest.pop(key, None)  # re-inserting keeps dict order = order of last record
+            latest[key] = rec
+    out = Recovered(records=len(records), torn_bytes=len(data) - good)
+    for rec in latest.values():
+        (out.pending if rec[0] == ACCEPTED else out.finished).append(rec)
+    out.finished = out.finished[-keep_finished:] if keep_finished > 0 else []
+    return out
+
+
+def _valid(rec: Any) -> bool:
+    """A record of a known kind and length with integer ids (anything else is skipped)."""
+    if type(rec) is not list or not rec:
+        return False
+    size = {ACCEPTED: 6, FINISHED: 8}.get(rec[0])
+    return size == len(rec) and type(rec[1]) is int and type(rec[2]) is int
+
+
+def restore(sched: Scheduler, recovered: Recovered) -> None:
+    """Load replayed requests into a fresh scheduler."""
+    for _kind, cid, rid, status, server_id, attempts, result, priority in (
+        (r[0], r[1], r[2], r[4], r[5], r[6], r[7], r[3]) for r in recovered.finished
+    ):
+        sched.restore_finished(cid, rid, priority, status, server_id, attempts, result)
+    for _kind, cid, rid, priority, route, payload in recovered.pending:
+        sched.restore_pending(cid, rid, priority, route, payload)
+
+
+def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
+    """The records that describe the scheduler's remembered requests now."""
+    out: list[tuple[Any, ...]] = []
+    for req in sched.requests():
+        if req.status in (p.PROCESSED, p.FAILED):
+            out.append(
+                (
+                    FINISHED,
+                    req.client_id,
+                    req.request_id,
+                    req.priority,
+                    req.status,
+                    req.server_id,
+                    req.attempts,
+                    req.body,
+                )
+            )
+        else:
+            out.append((ACCEPTED, req.client_id, req.request_id, req.priority, req.route, req.body))
+    return out
+
+
+class Journal:
+    """An open journal file: the loop appends, a helper thread fsyncs."""
+
+    def __init__(self, path: str, fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S) -> None:
+        self.path = path
+        self.fsync_interval_s = fsync_interval_s
+        self.appended = 0
+        self.bytes_written = 0
+        self.compactions = 0
+        self._since_compact = 0
+        self._fd = -1
+        self._dirty: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._syncer: threading.Thread | None = None
+
+    def open(self, records: list[tuple[Any, ...]]) -> None:
+        """Start the file afresh with `records` (the replayed state) and the fsync thread."""
+        self._rewrite(records)
+        self._syncer = threading.Thread(target=self._sync_loop, name="zlb-journal-fsync", daemon=True)
+        self._syncer.start()
+
+    def append(self, records: list[tuple[Any, ...]]) -> None:
+        """Append one iteration's records with one write (the fsync follows within the interval)."""
+        data = p.encode_records(records)
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # a short write only happens on a full disk or a signal
+                written += os.write(self._fd, data[written:])
+        except OSError as exc:
+            raise JournalError(f"cannot append to journal {self.path}: {exc}") from None
+        self.appended += len(records)
+        self.bytes_written += len(data)
+        self._since_compact += len(records)
+        self._dirty.put(True)
+
+    def due_for_compaction(self, live_records: int) -> bool:
+        """True when the file holds far more records than the state it describes."""
+        return self._since_compact > 2 * live_records + COMPACT_SLACK_RECORDS
+
+    def compact(self, records: list[tuple[Any, ...]]) -> None:
+        """Replace the file with `records` only."""
+        self._rewrite(records)
+        self.compactions += 1
+
+    def _rewrite(self, records: list[tuple[Any, ...]]) -> None:
+        tmp = f"{self.path}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, p.encode_records([MAGIC, *records]))
+                os.fsync(fd)
+                os.replace(tmp, self.path)
+                if self._fd < 0:
+                    self._fd = os.dup(fd)
+                else:
+                    # Same descriptor number for the fsync thread, now on the new file.
+                    os.dup2(fd, self._fd)
+            finally:
+                os.close(fd)
+            self._fsync_dir()
+        except OSError as exc:
+            raise JournalError(f"cannot write journal {self.path}: {exc}") from None
+        self._since_compact = 0
+
+    def _fsync_dir(self) -> None:
+        # The rename itself must reach the disk, or a power loss could bring back the old file.
+        dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _sync_loop(self) -> None:
+        """Group commit: one fsync for everything appended since the last one."""
+        while True:
+            more = self._dirty.get()
+            while not self._dirty.empty():
+                more = self._dirty.get_nowait() and more
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                return  # the file was closed under us: closing fsyncs by itself
+            if not more:
+                return
+            time.sleep(self.fsync_interval_s)  # wait-ok: the group-commit window, not a synchronisation
+
+    def close(self) -> None:
+        """Flush everything to disk and close the file."""
+        if self._fd < 0:
+            return
+        if self._syncer is not None:
+            self._dirty.put(False)
+            self._syncer.join(5)
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1

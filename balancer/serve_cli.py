@@ -1,0 +1,132 @@
+"""`zlb balancer` (with journal, curve and graceful-stop options) and `zlb keys`."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
+from balancer.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_MAX_ATTEMPTS
+from balancer.security import CurveConfigError, generate_keys
+from zlb.options import endpoints, heartbeat_options
+
+
+@click.command()
+@endpoints("frontend", "backend", "events", "control")
+@heartbeat_options
+@click.option("--max-queue", type=click.IntRange(1), default=None, help="Reject submits beyond this many waiting.")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_ATTEMPTS,
+    show_default=True,
+    help="Fail a request after its node died this many times.",
+)
+@click.option(
+    "--keep-finished",
+    type=click.IntRange(0),
+    default=DEFAULT_KEEP_FINISHED,
+    show_default=True,
+    help="Finished requests remembered for queries and duplicate detection.",
+)
+@click.option(
+    "--max-message-bytes",
+    type=click.IntRange(1024),
+    default=DEFAULT_MAX_MESSAGE_BYTES,
+    show_default=True,
+    help="Largest message accepted on any socket.",
+)
+@click.option(
+    "--log-file", default="zlb-balancer.log", show_default=True, help="Event log file (size-rotated); '' for none."
+)
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Record accepted and finished requests here; a restart on the same file loses none.",
+)
+@click.option(
+    "--curve-secret",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="This balancer's secret key file (zlb keys generate); turns on CurveZMQ for every socket.",
+)
+@click.option(
+    "--allow",
+    "allow_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Directory of public keys (*.key) admitted with --curve-secret.",
+)
+@click.option(
+    "--grace-s",
+    type=click.FloatRange(0),
+    default=DEFAULT_GRACE_S,
+    show_default=True,
+    help="On SIGTERM, how long in-flight work may take to finish.",
+)
+def balancer(
+    frontend: str,
+    backend: str,
+    events: str,
+    control: str,
+    heartbeat_ms: int,
+    liveness: int,
+    max_queue: int | None,
+    max_attempts: int,
+    keep_finished: int,
+    max_message_bytes: int,
+    log_file: str,
+    journal: str | None,
+    curve_secret: str | None,
+    allow_dir: str | None,
+    grace_s: float,
+) -> None:
+    """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
+    if (curve_secret is None) != (allow_dir is None):
+        raise click.UsageError("--curve-secret and --allow go together")
+    config = BalancerConfig(
+        frontend=frontend,
+        backend=backend,
+        events=events,
+        control=control,
+        heartbeat_ms=heartbeat_ms,
+        liveness=liveness,
+        max_queue=max_queue,
+        max_attempts=max_attempts,
+        keep_finished=keep_finished,
+        max_message_bytes=max_message_bytes,
+        log_file=log_file or None,
+        journal=journal,
+        curve_secret=curve_secret,
+        allow_dir=allow_dir,
+        grace_s=grace_s,
+    )
+    try:
+        run_balancer(config)
+    except (OSError, CurveConfigError) as exc:  # JournalError is an OSError
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def keys() -> None:
+    """CurveZMQ key pairs for the balancer, nodes, clients and the monitor."""
+
+
+@keys.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--name", default="zlb", show_default=True, help="Writes NAME.key (public) and NAME.key_secret.")
+def generate(directory: str, name: str) -> None:
+    """Write a new key pair in DIRECTORY."""
+    if os.sep in name or not name:
+        raise click.BadParameter("a plain file name, without directories", param_hint="--name")
+    if os.path.exists(os.path.join(directory, f"{name}.key_secret")):
+        raise click.ClickException(f"{directory}/{name}.key_secret exists; pick another --name")
+    try:
+        public, secret = generate_keys(directory, name)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write keys in {directory}: {exc}") from None
+    click.echo(f"Public key: {public}  (copy it into the balancer's --allow directory, or use it as --server-key)")
+    click.echo(f"Secret key: {secret}  (keep it private: --curve-secret)")
