@@ -250,13 +250,13 @@ def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: boo
     "--download",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help="Write every kept line, with time and level, to this file (like the seed's load_balancer_logs.txt).",
+    help="Write every kept line to this file (like the seed's load_balancer_logs.txt).",
 )
 @json_option
 def logs(control: str, events: str, limit: int | None, follow: bool, download: str | None, as_json: bool) -> None:
     """Show the balancer's recent log lines, or follow them live."""
     if download:
-        lines = fetch_pages(control, "logs", 0, format="lines")
+        lines = fetch_pages(control, "logs", 0)
         with open(download, "w", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + ("\n" if lines else ""))
         click.echo(f"Wrote {len(lines)} log lines to {download}")

@@ -300,10 +300,10 @@ class Gateway:
         return json_response({"logs": self._call("logs", limit=LOG_PAGE if limit is None else limit)})
 
     def logs_download(self, query: dict[str, list[str]], body: bytes) -> Response:
-        """Every kept log line, with time and level, as a file attachment."""
+        """Every kept log line in the seed's wording, as a file attachment."""
         lines: list[str] = []
         while True:
-            page = self._call("logs", offset=len(lines), limit=LOG_PAGE, format="lines")
+            page = self._call("logs", offset=len(lines), limit=LOG_PAGE)
             lines.extend(page)
             if len(page) < LOG_PAGE:
                 break
