@@ -80,6 +80,7 @@ class GatewayConfig:
     capacity: int = 1
     heartbeat_ms: int = 500
     liveness: int = 3
+    control_timeout_s: float = CONTROL_TIMEOUT_S
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -183,7 +184,7 @@ class Gateway:
     def _call(self, cmd: str, **args: Any) -> Any:
         """A control command; its error becomes a 400 unless a caller maps it."""
         try:
-            return admin.call(self.config.control, cmd, timeout_s=CONTROL_TIMEOUT_S, **args)
+            return admin.call(self.config.control, cmd, timeout_s=self.config.control_timeout_s, **args)
         except admin.ControlError as exc:
             raise HttpError(400, str(exc)) from None
 
@@ -258,7 +259,11 @@ class Gateway:
     def _find_request(self, client_id: int, request_id: int) -> dict[str, Any] | None:
         try:
             return admin.call(
-                self.config.control, "request", CONTROL_TIMEOUT_S, client_id=client_id, request_id=request_id
+                self.config.control,
+                "request",
+                self.config.control_timeout_s,
+                client_id=client_id,
+                request_id=request_id,
             )
         except admin.ControlError:
             return None
@@ -289,7 +294,7 @@ class Gateway:
             raise HttpError(400, f"server id must be a non-negative integer, got {raw_id!r}")
         server_id = int(raw_id)
         try:
-            admin.call(self.config.control, cmd, CONTROL_TIMEOUT_S, server_id=server_id)
+            admin.call(self.config.control, cmd, self.config.control_timeout_s, server_id=server_id)
         except admin.ControlError as exc:
             raise HttpError(404 if "not found" in str(exc) else 409, str(exc)) from None
         return json_response({"message": f"Server {server_id} marked as {verb}"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from http_gateway.app import GatewayConfig
+from http_gateway.app import CONTROL_TIMEOUT_S, GatewayConfig
 from http_gateway.server import run_gateway
 from zlb.options import endpoints, heartbeat_options
 
@@ -23,6 +23,13 @@ from zlb.options import endpoints, heartbeat_options
 @click.option(
     "--capacity", type=click.IntRange(1), default=1, show_default=True, help="Capacity of /configure's nodes."
 )
+@click.option(
+    "--control-timeout",
+    type=click.FloatRange(0.05),
+    default=CONTROL_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the balancer before answering 503.",
+)
 @heartbeat_options
 @click.option("--quiet", is_flag=True, help="No access log on stderr.")
 def http(
@@ -34,6 +41,7 @@ def http(
     port: int,
     cost_ms: float,
     capacity: int,
+    control_timeout: float,
     heartbeat_ms: int,
     liveness: int,
     quiet: bool,
@@ -48,6 +56,7 @@ def http(
         capacity=capacity,
         heartbeat_ms=heartbeat_ms,
         liveness=liveness,
+        control_timeout_s=control_timeout,
     )
     try:
         run_gateway(config, host, port, quiet)

@@ -180,7 +180,7 @@ def test_each_bad_input_is_a_4xx_json_error(balancer: LiveBalancer, procs: Proce
 
 def test_without_a_balancer_endpoints_answer_503_json(procs: ProcessGroup):
     """With no balancer behind it, the gateway answers 503 with a JSON error instead of hanging or crashing."""
-    gateway = start_gateway(procs)
+    gateway = start_gateway(procs, "--control-timeout", "0.3")
     reply = gateway.call("GET", "/servers")
     assert reply.status == 503
     assert "no answer from the balancer" in reply.json()["error"]
