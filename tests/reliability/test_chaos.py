@@ -1,0 +1,53 @@
+"""Chaos: thousands of requests while nodes and the balancer are killed with -9 and restarted."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Endpoints, ProcessGroup, start_balancer
+from tests.reliability.chaos import ChaosPlan, ChaosReport, run_chaos
+
+BALANCER_ARGS = ["--keep-finished", "1000000", "--max-attempts", "50"]
+
+
+def assert_exactly_once(report: ChaosReport) -> None:
+    """Every request answered exactly once, processed, and the balancer agrees."""
+    assert report.errors == []
+    assert (report.lost, report.duplicated, report.conflicting_answers) == (0, 0, 0)
+    assert report.results == report.requests
+    assert report.not_processed == 0
+    assert report.balancer_view_mismatches == 0
+
+
+def test_chaos_node_kills_lose_and_duplicate_nothing(procs: ProcessGroup, endpoints: Endpoints):
+    """2,200 requests from four clients while nodes are kill -9'd and restarted: each answered exactly once."""
+    balancer = start_balancer(procs, endpoints, 100, *BALANCER_ARGS)
+    report = run_chaos(procs, balancer, ChaosPlan(), BALANCER_ARGS)
+    assert report.node_kills >= 3
+    assert report.reassigned > 0
+    assert_exactly_once(report)
+
+
+def test_chaos_with_balancer_restarts_on_its_journal(procs: ProcessGroup, endpoints: Endpoints, tmp_path):
+    """The same with the balancer kill -9'd twice and restarted on its journal: nothing lost or duplicated."""
+    args = [*BALANCER_ARGS, "--journal", str(tmp_path / "zlb.journal")]
+    balancer = start_balancer(procs, endpoints, 100, *args)
+    plan = ChaosPlan(requests_per_client=400, cli_requests=300, balancer_kills=2)
+    report = run_chaos(procs, balancer, plan, args)
+    assert report.balancer_kills == 2
+    assert_exactly_once(report)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_chaos_long_run(procs: ProcessGroup, endpoints: Endpoints, tmp_path):
+    """A bigger budget (ZLB_CHAOS_REQUESTS, default 20,000) with node and balancer kills: exactly once throughout."""
+    import os
+
+    os.environ.setdefault("ZLB_CHAOS_REQUESTS", "20000")
+    args = [*BALANCER_ARGS, "--journal", str(tmp_path / "zlb.journal")]
+    balancer = start_balancer(procs, endpoints, 100, *args)
+    plan = ChaosPlan.from_env(balancer_kills=5, node_kill_every_s=(0.3, 1.0))
+    report = run_chaos(procs, balancer, plan, args)
+    assert report.node_kills >= 5
+    assert_exactly_once(report)
