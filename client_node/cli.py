@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TimeRemainingColumn
+from rich.text import Text
 
 from client_node.client import DEFAULT_PRIORITY, DEFAULT_RETRY_S, Client, Result, json_payload
 from zlb.options import endpoint_option
@@ -34,6 +38,43 @@ def collect(client: Client, timeout: float | None, as_json: bool) -> int:
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
         click.echo(f"Error: timed out after {timeout:g} s; {len(missing)} unanswered: {shown}", err=True)
         bad += len(missing)
+    return bad
+
+
+# Below this many requests a line per result is readable; above it a progress bar is.
+PROGRESS_MIN_REQUESTS = 50
+
+
+class RateColumn(ProgressColumn):
+    """Results per second, as rich estimates it over the recent past."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} req/s" if task.speed else "- req/s", style="cyan")
+
+
+def collect_with_progress(client: Client, timeout: float | None, total: int, console: Console) -> int:
+    """Show a progress bar with rate and ETA; print only the failures and a summary; return the bad count."""
+    bad = 0
+    started = time.monotonic()
+    columns = (BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
+    with Progress("[bold]results", *columns, console=console, transient=True) as progress:
+        task = progress.add_task("results", total=total)
+        try:
+            for result in client.as_completed(timeout):
+                progress.advance(task)
+                if not result.ok:
+                    bad += 1
+                    progress.console.print(describe(result), markup=False, highlight=False)
+        except TimeoutError:
+            missing = client.outstanding
+            progress.console.print(f"Error: timed out after {timeout:g} s; {len(missing)} unanswered", markup=False)
+            bad += len(missing)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    console.print(
+        f"{total} requests: {total - bad} processed, {bad} not, in {elapsed:.1f} s ({total / elapsed:,.0f} req/s)",
+        markup=False,
+        highlight=False,
+    )
     return bad
 
 
@@ -92,7 +133,10 @@ def client(
     with Client(frontend, client_id, retry_s=retry_s) as c:
         for i in range(count):
             c.submit(json_payload(cost_ms, {"n": i}), priority=priority, request_id=first_request_id + i)
-        bad = collect(c, timeout, as_json)
+        if not as_json and count >= PROGRESS_MIN_REQUESTS and sys.stdout.isatty():
+            bad = collect_with_progress(c, timeout, count, Console())
+        else:
+            bad = collect(c, timeout, as_json)
     sys.exit(1 if bad else 0)
 
 

@@ -47,6 +47,11 @@ class PtyProcess:
         self.read_available()
         return ANSI.sub("", self.output.decode("utf-8", "replace"))
 
+    def exited(self) -> bool:
+        """True once the process has ended; drains its output meanwhile so it never blocks on a full pty."""
+        self.read_available()
+        return self.popen.poll() is not None
+
     def latest_frame(self) -> str:
         """The text of the most recently drawn frame (rich homes the cursor before each)."""
         text = self.output.decode("utf-8", "replace")
@@ -133,3 +138,26 @@ def test_status_reads_as_labelled_lines(balancer: LiveBalancer, procs: ProcessGr
     headings = [line.split()[0] for line in done.stdout.splitlines()]
     assert headings == ["Balancer", "Endpoints", "Servers", "Queue", "In", "Requests", "Rates", "Bad", "Retention"]
     assert "the last 10000 finished" in done.stdout
+
+
+def test_client_shows_progress_on_a_terminal_and_plain_lines_in_a_pipe(balancer: LiveBalancer, procs: ProcessGroup):
+    """`zlb client` with many requests draws a progress bar with a rate on a terminal; piped, it prints result lines."""
+    balancer.start_server(0, "--capacity", "8")
+    balancer.wait_servers_active({0})
+    client = start_in_pty(procs.env, "client", "--id", "1", "--requests", "300", "--timeout", "20")
+    try:
+        wait_until(client.exited, 25, "the client to finish")
+        assert client.popen.returncode == 0
+        text = client.screen_text()
+        assert "req/s" in text
+        assert "300 requests: 300 processed, 0 not" in text
+    finally:
+        if client.popen.poll() is None:
+            client.popen.kill()
+            client.popen.wait(5)
+        os.close(client.master)
+    piped = procs.run("client", "--id", "2", "--requests", "60", "--timeout", "20")
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert len(lines) == 60 and all(" processed by Server 0 " in line for line in lines)
+    assert "req/s" not in piped.stdout
