@@ -1,0 +1,43 @@
+"""Handlers that the reliability tests plug into real server nodes with --handler."""
+
+from __future__ import annotations
+
+import os
+
+from server_node import handlers
+
+
+def counting(work: handlers.Work) -> bytes:
+    """Like `simulate`, and append "client_id request_id" to $ZLB_TEST_EXEC_LOG for counting executions."""
+    result = handlers.simulate(work)
+    path = os.environ["ZLB_TEST_EXEC_LOG"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"{work.client_id} {work.request_id}\n".encode())
+    finally:
+        os.close(fd)
+    return result
+
+
+def boom(work: handlers.Work) -> bytes:
+    """Always raise: the request must fail with this text, once, and the node must live on."""
+    raise ValueError(f"boom on request {work.request_id}")
+
+
+def poison(work: handlers.Work) -> bytes:
+    """Kill the whole node process on a payload of b"poison", as a crashing native library would."""
+    if bytes(work.payload) == b"poison":
+        os._exit(3)
+    return handlers.simulate(work)
+
+
+def executions(path: str) -> dict[tuple[int, int], int]:
+    """How often each (client_id, request_id) ran, from a counting log."""
+    counts: dict[tuple[int, int], int] = {}
+    if not os.path.exists(path):
+        return counts
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            cid, rid = map(int, line.split())
+            counts[(cid, rid)] = counts.get((cid, rid), 0) + 1
+    return counts
