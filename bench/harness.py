@@ -118,7 +118,8 @@ class Bench:
         self.workdir = workdir
         self.procs = ProcessSet(workdir, env or dict(os.environ))
         self._names = 0
-        self._client_ids = 0
+        # Ids above 256: Python caches small ints, which would hide the real per-request cost.
+        self._client_ids = 1000
 
     def name(self, prefix: str) -> str:
         self._names += 1
