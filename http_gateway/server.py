@@ -134,4 +134,5 @@ def run_gateway(config: GatewayConfig, host: str, port: int, quiet: bool = False
             server.server_close()
         submitter.close()
         follower.close()
-        supervisor.stop_all()
+        # Well inside the 5 s a supervising `zlb cluster` grants us, so no node outlives the gateway.
+        supervisor.stop_all(timeout_s=3.0)

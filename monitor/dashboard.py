@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -200,6 +201,9 @@ class _Stop:
     def __call__(self, *_args: Any) -> None:
         self.requested = True
 
+    def is_requested(self) -> bool:
+        return self.requested
+
 
 def refresh_snapshot(model: DashboardModel, control: str) -> None:
     """One snapshot over control into the model, or mark the balancer unreachable."""
@@ -209,18 +213,21 @@ def refresh_snapshot(model: DashboardModel, control: str) -> None:
         model.mark_unreachable(time.time())
 
 
-def run_dashboard(events: str, control: str, console: Console | None = None, max_seconds: float | None = None) -> None:
-    """Draw the dashboard until Ctrl-C or SIGTERM (or `max_seconds`)."""
+def run_dashboard(
+    events: str, control: str, console: Console | None = None, should_stop: Callable[[], bool] | None = None
+) -> None:
+    """Draw the dashboard until Ctrl-C or SIGTERM, or until `should_stop()` (then signals are the caller's)."""
     console = console or Console()
     model = DashboardModel(control)
     stream = EventStream(events)
-    stop = _Stop()
-    signal.signal(signal.SIGTERM, stop)
-    started = time.monotonic()
+    if should_stop is None:
+        stop = _Stop()
+        signal.signal(signal.SIGTERM, stop)
+        should_stop = stop.is_requested
     next_snapshot = 0.0
     try:
         with Live(console=console, screen=True, auto_refresh=False, redirect_stderr=False) as live:
-            while not stop.requested and (max_seconds is None or time.monotonic() - started < max_seconds):
+            while not should_stop():
                 if time.monotonic() >= next_snapshot:
                     refresh_snapshot(model, control)
                     next_snapshot = time.monotonic() + SNAPSHOT_EVERY_S

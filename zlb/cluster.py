@@ -2,12 +2,16 @@
 
 Starts a balancer, server nodes and clients as separate processes on this
 machine, prints the plain monitor, and stops every process it started on
-Ctrl-C or SIGTERM.
+Ctrl-C or SIGTERM. With `--http PORT` it is the whole seed experience: the
+balancer, the REST API (`zlb http`) and the monitor (the live dashboard on a
+terminal); the nodes and clients then come from POST /configure, as in the seed.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +41,7 @@ class ClusterConfig:
     liveness: int = 3
     log_file: str = "zlb-balancer.log"
     exit_when_done: bool = False
+    http_port: int | None = None
 
 
 def first_request_id(client_id: int) -> int:
@@ -75,7 +80,10 @@ class Cluster:
         )
         wait_for_balancer(cfg.endpoints["control"], proc=proc)
         self._await_first_stats()
-        admin.call(cfg.endpoints["control"], "configure", servers=cfg.servers, clients=cfg.clients)
+        if cfg.http_port is not None:
+            self._start_http(cfg.http_port)
+        if cfg.http_port is None or cfg.servers or cfg.clients:
+            admin.call(cfg.endpoints["control"], "configure", servers=cfg.servers, clients=cfg.clients)
         for i in range(cfg.servers):
             self.sup.start(
                 f"server-{i}",
@@ -103,6 +111,33 @@ class Cluster:
                 str(first_request_id(j)),
             )
 
+    def _start_http(self, port: int, timeout_s: float = 10.0) -> None:
+        """Start `zlb http` and wait until its port accepts connections."""
+        cfg = self.config
+        proc = self.sup.start(
+            "http",
+            "http",
+            "--port",
+            str(port),
+            "--cost-ms",
+            str(cfg.cost_ms),
+            "--capacity",
+            str(cfg.capacity),
+            "--heartbeat-ms",
+            str(cfg.heartbeat_ms),
+            "--liveness",
+            str(cfg.liveness),
+            "--quiet",
+        )
+        deadline = time.monotonic() + timeout_s
+        while not _accepts("127.0.0.1", port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"zlb http exited with code {proc.returncode} (is port {port} in use?)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"zlb http did not listen on port {port} within {timeout_s:g} s")
+            time.sleep(0.05)  # wait-ok: a deadline-bounded poll for the port
+        click.echo(f"REST API (the seed's endpoints and /metrics) at http://127.0.0.1:{port}", err=True)
+
     def _await_first_stats(self, timeout_s: float = 10.0) -> None:
         """The subscription is live once the balancer's periodic stats arrive."""
         deadline = time.monotonic() + timeout_s
@@ -120,7 +155,7 @@ class Cluster:
 
     def follow(self) -> int:
         """Print events until stopped; return the number of clients that failed."""
-        announced = False
+        announced = self.config.clients == 0 and self.config.http_port is not None
         while not self._stopping:
             self._show(self.stream.poll(0.2))
             clients = [self.sup.procs[f"client-{j}"] for j in range(self.config.clients)]
@@ -135,6 +170,19 @@ class Cluster:
                 click.echo("The cluster keeps running; Ctrl-C stops every process it started.")
         return 0
 
+    def watch_dashboard(self) -> int:
+        """The live dashboard until Ctrl-C or SIGTERM (the terminal case of `--http`)."""
+        from monitor.dashboard import run_dashboard  # rich is only needed here
+
+        if self.stream is not None:
+            self.stream.close()  # the dashboard subscribes on its own
+            self.stream = None
+        run_dashboard(self.config.endpoints["events"], self.config.endpoints["control"], should_stop=self.stopping)
+        return 0
+
+    def stopping(self) -> bool:
+        return self._stopping
+
     def close(self) -> None:
         self.sup.stop_all()
         if self.stream is not None:
@@ -148,9 +196,20 @@ def run_cluster(config: ClusterConfig) -> int:
     signal.signal(signal.SIGINT, cluster_run.stop)
     try:
         cluster_run.start()
+        if config.http_port is not None and sys.stdout.isatty():
+            return cluster_run.watch_dashboard()
         return 1 if cluster_run.follow() else 0
     finally:
         cluster_run.close()
+
+
+def _accepts(host: str, port: int) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 @click.command()
@@ -165,7 +224,17 @@ def run_cluster(config: ClusterConfig) -> int:
 @heartbeat_options
 @click.option("--log-file", default="zlb-balancer.log", show_default=True, help="The balancer's log file.")
 @click.option("--exit-when-done", is_flag=True, help="Stop everything once every client has finished.")
+@click.option(
+    "--http",
+    "http_port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Also serve the seed's REST API on this port and show the live dashboard; "
+    "nodes and clients then come from POST /configure unless --servers/--clients are given.",
+)
+@click.pass_context
 def cluster(
+    ctx: click.Context,
     frontend: str,
     backend: str,
     events: str,
@@ -179,8 +248,13 @@ def cluster(
     liveness: int,
     log_file: str,
     exit_when_done: bool,
+    http_port: int | None,
 ) -> None:
     """Start a balancer, servers and clients here and watch them (the seed's /configure)."""
+    if http_port is not None:
+        # As in the seed, POST /configure starts the nodes and clients; start some now only if asked to.
+        servers = servers if _given(ctx, "servers") else 0
+        clients = clients if _given(ctx, "clients") else 0
     config = ClusterConfig(
         endpoints={"frontend": frontend, "backend": backend, "events": events, "control": control},
         servers=servers,
@@ -192,9 +266,16 @@ def cluster(
         liveness=liveness,
         log_file=log_file,
         exit_when_done=exit_when_done,
+        http_port=http_port,
     )
     try:
         code = run_cluster(config)
     except (RuntimeError, admin.BalancerUnreachable, admin.ControlError) as exc:
         raise click.ClickException(str(exc)) from None
     raise SystemExit(code)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """True when the option was set on the command line or by its variable, not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source is not click.core.ParameterSource.DEFAULT
