@@ -88,15 +88,25 @@ def sparkline(values: list[float]) -> str:
 
 
 def header(model: DashboardModel, now: float, width: int) -> Text:
-    nodes = model.nodes.values()
-    active = sum(1 for n in nodes if n.state == "active")
+    """Title, endpoint, uptime and active servers on the left; clock and connection on the right.
+
+    On a narrow terminal the endpoint, then the clock, give way so the connection state always shows.
+    """
+    active = sum(1 for n in model.nodes.values() if n.state == "active")
     live = Text("● live", "bold green") if model.connected else Text("● offline", "bold red")
-    left = Text.assemble(
-        ("zlb monitor", "bold"),
-        f"  {model.control}  up {duration(model.uptime_s(now))}  ",
-        (f"{active}/{len(model.nodes)} servers active", "green" if active else "red"),
-    )
-    right = Text.assemble(f"{clock(now)} ", live)
+    counts = (f"{active}/{len(model.nodes)} servers active", "green" if active else "red")
+    uptime = f"  up {duration(model.uptime_s(now))}  "
+    candidates = [
+        (
+            Text.assemble(("zlb monitor", "bold"), f"  {model.control}", uptime, counts),
+            Text.assemble(f"{clock(now)} ", live),
+        ),
+        (Text.assemble(("zlb monitor", "bold"), uptime, counts), Text.assemble(f"{clock(now)} ", live)),
+        (Text.assemble(("zlb monitor", "bold"), uptime, counts), live),
+    ]
+    for left, right in candidates:
+        if left.cell_len + 1 + right.cell_len <= width:
+            break
     gap = max(1, width - left.cell_len - right.cell_len)
     return Text.assemble(left, " " * gap, right, no_wrap=True, overflow="ellipsis")
 

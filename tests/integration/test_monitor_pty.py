@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.harness import LiveBalancer, ProcessGroup, wait_until
+from tests.harness import LiveBalancer, ProcessGroup, start_balancer, wait_until
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
 
@@ -54,6 +54,7 @@ class PtyProcess:
 
     def latest_frame(self) -> str:
         """The text of the most recently drawn frame (rich homes the cursor before each)."""
+        self.read_available()
         text = self.output.decode("utf-8", "replace")
         return ANSI.sub("", text.rsplit("\x1b[H", 1)[-1])
 
@@ -161,3 +162,19 @@ def test_client_shows_progress_on_a_terminal_and_plain_lines_in_a_pipe(balancer:
     lines = piped.stdout.splitlines()
     assert len(lines) == 60 and all(" processed by Server 0 " in line for line in lines)
     assert "req/s" not in piped.stdout
+
+
+@pytest.mark.timeout(40)
+def test_dashboard_survives_a_balancer_restart_and_says_so(
+    balancer: LiveBalancer, procs: ProcessGroup, monitor_pty: PtyProcess
+):
+    """When the balancer goes away the dashboard says it is unreachable; when it is back, that it restarted."""
+    wait_until(lambda: "● live" in monitor_pty.screen_text(), 15, "the dashboard to connect")
+    balancer.proc.popen.send_signal(signal.SIGTERM)
+    assert balancer.proc.wait(10) == 0
+    wait_until(lambda: "balancer unreachable at" in monitor_pty.latest_frame(), 10, "the unreachable notice")
+    assert "● offline" in monitor_pty.latest_frame()
+    start_balancer(procs, balancer.endpoints, balancer.heartbeat_ms)
+    wait_until(lambda: "state reloaded" in monitor_pty.latest_frame(), 10, "the restart notice")
+    assert "● live" in monitor_pty.latest_frame()
+    assert monitor_pty.popen.poll() is None
