@@ -34,6 +34,8 @@ FIRST_CONFIGURED_REQUEST_ID = 1001
 MAX_WIRE_INT = 2**63 - 1
 # /logs returns at most this many newest lines (a control reply's limit); /logs/download pages through all.
 LOG_PAGE = 1000
+# /requests without ?limit= lists this many (oldest first); ?limit=0 lists every remembered request.
+DEFAULT_REQUEST_LIMIT = 1000
 # How long /send_request waits for the balancer to have queued the request before answering.
 ACK_TIMEOUT_S = 2.0
 CONTROL_TIMEOUT_S = 3.0
@@ -275,10 +277,21 @@ class Gateway:
             time.sleep(0.01)  # wait-ok: a deadline-bounded poll of the balancer
 
     def requests(self, query: dict[str, list[str]], body: bytes) -> Response:
-        """Requests known to the balancer (?status=, ?client=, ?limit=, ?offset=)."""
-        args = {name: query_int(query, name) for name in ("client", "limit", "offset")}
+        """Requests known to the balancer, oldest first (?status=, ?client=, ?offset=, ?limit= with 0 for all)."""
+        client, limit, offset = (query_int(query, name) for name in ("client", "limit", "offset"))
         status = query.get("status")
-        return json_response(self._call("requests", status=status[-1] if status else None, **args))
+        args = {"status": status[-1] if status else None, "client": client}
+        if limit is not None and limit < 0:
+            raise HttpError(400, f"query parameter 'limit' must be at least 0, got {limit}")
+        limit = DEFAULT_REQUEST_LIMIT if limit is None else limit
+        rows: list[Any] = []
+        offset = offset or 0
+        while True:  # a control reply holds at most one page
+            want = LOG_PAGE if not limit else min(LOG_PAGE, limit - len(rows))
+            page = self._call("requests", offset=offset + len(rows), limit=want, **args)
+            rows.extend(page)
+            if len(page) < want or (limit and len(rows) >= limit):
+                return json_response(rows)
 
     def servers(self, query: dict[str, list[str]], body: bytes) -> Response:
         return json_response(self._call("servers"))

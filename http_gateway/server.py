@@ -80,7 +80,8 @@ class GatewayHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             body = self.rfile.read(size) if size else b""
-            response = self.gateway.handle(self.command, url.path, parse_qs(url.query), body)
+            method = "GET" if self.command == "HEAD" else self.command  # HEAD: GET's headers, no body
+            response = self.gateway.handle(method, url.path, parse_qs(url.query), body)
         self._write(response)
 
     def _write(self, response: Response) -> None:
@@ -93,7 +94,15 @@ class GatewayHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(response.body)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the standard library raises itself (bad request line, huge headers) as JSON too."""
+        self.close_connection = True
+        # An unparseable request line leaves the version at HTTP/0.9, which has no status line; answer 1.0-style.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        self._write(error_response(code, message or explain or "bad request"))
 
     def log_message(self, format: str, *args: Any) -> None:
         if not self.quiet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -159,6 +160,8 @@ BAD_INPUTS = [
     ("GET", "/configure", b"", 405, "use POST"),
     ("POST", "/servers", b"", 405, "use GET"),
     ("GET", "/no/such/path", b"", 404, "no endpoint"),
+    ("OPTIONS", "/servers", b"", 405, "use GET"),
+    ("GET", "/requests?limit=-1", b"", 400, "at least 0"),
 ]
 
 
@@ -176,6 +179,11 @@ def test_each_bad_input_is_a_4xx_json_error(balancer: LiveBalancer, procs: Proce
     assert again.status == 409
     assert again.json() == {"error": "Request 5 from Client 3 already exists (pending)"}
     assert gateway.proc.popen.poll() is None
+    with socket.create_connection(("127.0.0.1", int(gateway.url.rsplit(":", 1)[1])), timeout=5) as raw:
+        raw.sendall(b"NONSENSE\r\n\r\n")
+        reply = raw.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 400 ") or reply.startswith("HTTP/1.0 400 "), reply
+    assert reply.rstrip().endswith('"}') and '{"error": ' in reply
 
 
 def test_without_a_balancer_endpoints_answer_503_json(procs: ProcessGroup):
