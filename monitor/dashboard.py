@@ -191,6 +191,8 @@ def log_lines(model: DashboardModel, count: int) -> list[Text]:
 def render(model: DashboardModel, now: float, width: int, height: int) -> RenderableType:
     """The whole screen for a terminal of `width` x `height`."""
     top: list[RenderableType] = [header(model, now, width)]
+    if model.banner:
+        top.append(Text(model.banner, "bold cyan", no_wrap=True, overflow="ellipsis"))
     if model.notice:
         top.append(Text(model.notice, "bold yellow" if model.connected else "bold red", no_wrap=True))
     fixed = len(top) + 1 + 4 + 1  # table header, summary, log rule
@@ -224,11 +226,15 @@ def refresh_snapshot(model: DashboardModel, control: str) -> None:
 
 
 def run_dashboard(
-    events: str, control: str, console: Console | None = None, should_stop: Callable[[], bool] | None = None
+    events: str,
+    control: str,
+    console: Console | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    banner: str | None = None,
 ) -> None:
     """Draw the dashboard until Ctrl-C or SIGTERM, or until `should_stop()` (then signals are the caller's)."""
     console = console or Console()
-    model = DashboardModel(control)
+    model = DashboardModel(control, banner)
     stream = EventStream(events)
     if should_stop is None:
         stop = _Stop()

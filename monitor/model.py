@@ -59,8 +59,9 @@ class LogLine:
 class DashboardModel:
     """Balancer state as last seen, plus recent history for rates and latency."""
 
-    def __init__(self, control: str = "") -> None:
+    def __init__(self, control: str = "", banner: str | None = None) -> None:
         self.control = control
+        self.banner = banner  # a fixed line under the header, e.g. where the REST API is
         self.nodes: dict[int, NodeRow] = {}
         self.status: dict[str, Any] = {}
         self.status_at = 0.0

@@ -177,7 +177,10 @@ class Cluster:
         if self.stream is not None:
             self.stream.close()  # the dashboard subscribes on its own
             self.stream = None
-        run_dashboard(self.config.endpoints["events"], self.config.endpoints["control"], should_stop=self.stopping)
+        banner = f"REST API http://127.0.0.1:{self.config.http_port}  (POST /configure to start servers and clients)"
+        run_dashboard(
+            self.config.endpoints["events"], self.config.endpoints["control"], should_stop=self.stopping, banner=banner
+        )
         return 0
 
     def stopping(self) -> bool:

@@ -13,12 +13,13 @@ import struct
 import subprocess
 import sys
 import termios
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from tests.harness import LiveBalancer, ProcessGroup, start_balancer, wait_until
+from tests.harness import LiveBalancer, ProcessGroup, free_port, start_balancer, wait_until
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
 
@@ -59,6 +60,18 @@ class PtyProcess:
         return ANSI.sub("", text.rsplit("\x1b[H", 1)[-1])
 
 
+def stop_group(proc: PtyProcess) -> None:
+    """Stop a pty process and everything it started (its own session's process group), then close the pty."""
+    if proc.popen.poll() is None:
+        os.killpg(proc.popen.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(5)
+    os.close(proc.master)
+
+
 def start_in_pty(env: dict[str, str], *args: str, cols: int = 80, rows: int = 24) -> PtyProcess:
     """Run `zlb ARGS` with a pty of `cols` x `rows` as its terminal."""
     master, slave = pty.openpty()
@@ -82,10 +95,7 @@ def monitor_pty(balancer: LiveBalancer, procs: ProcessGroup) -> Iterator[PtyProc
     try:
         yield proc
     finally:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-            proc.popen.wait(5)
-        os.close(proc.master)
+        stop_group(proc)
 
 
 @pytest.mark.timeout(40)
@@ -153,10 +163,7 @@ def test_client_shows_progress_on_a_terminal_and_plain_lines_in_a_pipe(balancer:
         assert "req/s" in text
         assert "300 requests: 300 processed, 0 not" in text
     finally:
-        if client.popen.poll() is None:
-            client.popen.kill()
-            client.popen.wait(5)
-        os.close(client.master)
+        stop_group(client)
     piped = procs.run("client", "--id", "2", "--requests", "60", "--timeout", "20")
     assert piped.returncode == 0, piped.stderr
     lines = piped.stdout.splitlines()
@@ -178,3 +185,21 @@ def test_dashboard_survives_a_balancer_restart_and_says_so(
     wait_until(lambda: "state reloaded" in monitor_pty.latest_frame(), 10, "the restart notice")
     assert "● live" in monitor_pty.latest_frame()
     assert monitor_pty.popen.poll() is None
+
+
+@pytest.mark.timeout(40)
+def test_cluster_http_on_a_terminal_shows_the_dashboard(procs: ProcessGroup):
+    """`zlb cluster --http` on a terminal draws the dashboard with the REST address; /configure's node appears."""
+    port = free_port()
+    cluster = start_in_pty(procs.env, "cluster", "--http", str(port), "--heartbeat-ms", "100")
+    try:
+        wait_until(lambda: f"REST API http://127.0.0.1:{port}" in cluster.latest_frame(), 20, "the dashboard")
+        body = json.dumps({"num_servers": 1, "num_clients": 0, "requests_per_client": 0}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/configure", data=body, timeout=10) as reply:
+            assert json.loads(reply.read()) == {"servers": 1, "clients": 0, "requests_per_client": 0}
+        wait_until(lambda: "1/1 servers active" in cluster.latest_frame(), 15, "the configured node on screen")
+        cluster.popen.send_signal(signal.SIGTERM)
+        wait_until(cluster.exited, 20, "the cluster to stop")
+        assert cluster.popen.returncode == 0
+    finally:
+        stop_group(cluster)
