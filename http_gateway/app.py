@@ -255,7 +255,9 @@ class Gateway:
         if known is not None:
             raise HttpError(409, f"Request {request_id} from Client {client_id} already exists ({known['status']})")
         self.submitter.submit(Submission(client_id, request_id, priority, json_payload(cost, spec.get("payload"))))
-        self._await_queued(client_id, request_id)
+        if not self._await_queued(client_id, request_id):
+            message = f"Request {request_id} was not queued within {ACK_TIMEOUT_S:g} s (queue full? see /logs)"
+            raise HttpError(503, message)
         return json_response({"message": f"Request {request_id} added successfully!"})
 
     def _find_request(self, client_id: int, request_id: int) -> dict[str, Any] | None:
@@ -270,11 +272,14 @@ class Gateway:
         except admin.ControlError:
             return None
 
-    def _await_queued(self, client_id: int, request_id: int) -> None:
+    def _await_queued(self, client_id: int, request_id: int) -> bool:
         """Wait briefly until the balancer knows the request, so a following GET /requests shows it."""
         deadline = time.monotonic() + ACK_TIMEOUT_S
-        while self._find_request(client_id, request_id) is None and time.monotonic() < deadline:
+        while self._find_request(client_id, request_id) is None:
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.01)  # wait-ok: a deadline-bounded poll of the balancer
+        return True
 
     def requests(self, query: dict[str, list[str]], body: bytes) -> Response:
         """Requests known to the balancer, oldest first (?status=, ?client=, ?offset=, ?limit= with 0 for all)."""
@@ -330,6 +335,9 @@ class Gateway:
         return Response(200, text.encode("utf-8"), "text/plain; charset=utf-8", disposition)
 
     def metrics(self, query: dict[str, list[str]], body: bytes) -> Response:
-        """Prometheus text format."""
-        text = metrics.render(self._call("status"), self._call("servers"), self.latency())
+        """Prometheus text format; with the balancer away, `zlb_up 0` (a scrape succeeds, the target is down)."""
+        try:
+            text = metrics.render(self._call("status"), self._call("servers"), self.latency())
+        except admin.BalancerUnreachable:
+            text = metrics.render_unreachable(self.latency())
         return Response(200, text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")

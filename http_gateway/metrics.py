@@ -146,6 +146,17 @@ def render(status: dict[str, Any], servers: list[dict[str, Any]], latency: Histo
     return out.text()
 
 
+def render_unreachable(latency: Histogram | None) -> str:
+    """The /metrics page when the balancer does not answer: `zlb_up 0` and what the gateway itself measured."""
+    out = Exposition()
+    out.family("zlb_up", "gauge", "1 when the balancer answered this scrape.", [({}, 0)])
+    if latency is not None:
+        out.histogram(
+            "zlb_dispatch_latency_seconds", "Time from a request's arrival or re-queue to its assignment.", latency
+        )
+    return out.text()
+
+
 def _servers(out: Exposition, servers: list[dict[str, Any]]) -> None:
     def per_node(key: str) -> list[tuple[dict[str, Any], float]]:
         return [({"server_id": s["server_id"]}, s[key]) for s in servers]
