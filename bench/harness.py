@@ -243,6 +243,15 @@ class Bench:
             target.nodes.append(self.procs.start(self.name("simnodes"), argv))
             first += n
 
+    def scheduler_bytes_per_request(self, count: int) -> float:
+        """bench.memory in a fresh process: the scheduler's own bytes per waiting request."""
+        proc = self.procs.start(
+            self.name("memory"), python_argv("bench.memory", "--count", str(count)), stdout=subprocess.PIPE
+        )
+        line = LineReader(proc).line(600, "the scheduler memory measurement")
+        self.procs.stop([proc])
+        return json.loads(line)["bytes_per_waiting_request"]
+
     def stop(self, target: Target) -> None:
         """Stop a target's nodes, then its broker."""
         self.procs.stop([*target.nodes, target.broker])

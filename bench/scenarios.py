@@ -34,7 +34,14 @@ SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "priority": ("idle_p50_us", "idle_p99_us", "p99_vs_idle", "backlog", "service_ms"),
     "failover": ("failover_ms", "target_ms", "held_at_kill", "requeued", "lost", "duplicated"),
-    "queue": ("queued", "enqueue_per_s", "bytes_per_waiting_request", "drain_per_s", "lost"),
+    "queue": (
+        "queued",
+        "enqueue_per_s",
+        "bytes_per_waiting_request",
+        "scheduler_bytes_per_waiting_request",
+        "drain_per_s",
+        "lost",
+    ),
     "nodes": (
         "nodes_connected",
         "idle_cpu_percent",
@@ -365,8 +372,10 @@ class Runner:
             }
 
         record = self._with(self._zlb(nodes=0), measure)
+        record["scheduler_bytes_per_waiting_request"] = self.bench.scheduler_bytes_per_request(count)
         note = (
-            f"{count} queued at {record['enqueue_per_s']}/s, {record['bytes_per_waiting_request']} B each; "
+            f"{count} queued at {record['enqueue_per_s']}/s, {record['bytes_per_waiting_request']} B each "
+            f"(scheduler alone {record['scheduler_bytes_per_waiting_request']} B); "
             f"drained at {record['drain_per_s']}/s"
         )
         return Outcome(record, [row("queue", "zlb", None, record["balancer_rss_mb"], note)], [f"queue: {note}"])
