@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from bench import report
 from bench.harness import Bench, BenchError
@@ -126,12 +127,18 @@ def bench(
     """Measure zlb: throughput, latency, the relay ceiling, priority, failover, queue, nodes, payload."""
     names = parse_scenarios(scenarios)
     config = BenchConfig.quick() if quick else BenchConfig()
-    config.nodes, config.clients, config.capacity, config.requests = nodes, clients, capacity, requests
-    source = click.get_current_context().get_parameter_source
-    if not quick or source("window").name != "DEFAULT":
-        config.window = window
-    if not quick or source("duration").name != "DEFAULT":
-        config.duration = duration
-    config.queue_size = queue_size or config.queue_size
-    config.sim_nodes = sim_nodes or config.sim_nodes
+    given = click.get_current_context().get_parameter_source
+    # Options given on the command line win; otherwise the (quick or full) defaults stand.
+    for name, value in (
+        ("nodes", nodes),
+        ("clients", clients),
+        ("window", window),
+        ("requests", requests),
+        ("duration", duration),
+        ("capacity", capacity),
+        ("queue_size", queue_size),
+        ("sim_nodes", sim_nodes),
+    ):
+        if given(name) is not ParameterSource.DEFAULT and value is not None:
+            setattr(config, name, value)
     sys.exit(run_bench(config, names, as_json))

@@ -78,6 +78,7 @@ class BenchConfig:
     def quick(cls) -> BenchConfig:
         """Tiny counts: every scenario in a few seconds."""
         return cls(
+            nodes=2,
             window=20,
             duration=0.3,
             warmup_s=0.1,
@@ -292,11 +293,11 @@ class Runner:
     def scenario_failover(self) -> Outcome:
         """kill -9 a node holding requests; time until its last request is answered elsewhere."""
         cfg = self.cfg
-        requests = 200 if cfg.duration >= 1 else 60
-        cost_ms = 20.0 if cfg.duration >= 1 else 5.0
+        # Long enough (about half a second of work) that the victim surely holds requests when we look.
+        requests, cost_ms, capacity = (400, 20.0, 8) if cfg.duration >= 1 else (40, 100.0, 4)
         payload = f'{{"cost_ms": {cost_ms}}}'
         liveness = p.LIVENESS
-        start = self._zlb(nodes=2, capacity=8, handler="simulate", heartbeat_ms=cfg.heartbeat_ms, with_ids=True)
+        start = self._zlb(nodes=2, capacity=capacity, handler="simulate", heartbeat_ms=cfg.heartbeat_ms, with_ids=True)
 
         def measure(target: Target) -> dict[str, Any]:
             run = self.bench.start_clients(target, 1, requests, requests=requests, payload=payload, record_replies=True)
