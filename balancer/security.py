@@ -102,9 +102,9 @@ class _RefusalLog:
         self._last: dict[str, float] = {}
 
     def debug(self, msg: str, *args: Any) -> None:
-        if not msg.startswith("DENIED"):
-            return
         text = msg % args if args else msg
+        if not text.startswith("DENIED"):
+            return
         now = time.monotonic()
         if now - self._last.get(text, -REFUSAL_LOG_INTERVAL_S) >= REFUSAL_LOG_INTERVAL_S:
             self._last[text] = now

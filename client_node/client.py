@@ -127,6 +127,7 @@ class Client:
         self.repeated_answers = 0  # a second, identical answer (a retry crossed the result): harmless
         self.conflicting_answers = 0  # a second answer that differs: would break exactly-once; should stay 0
         self.shutdown_notices = 0
+        self.unsent = 0  # sends that found no connection; the retries carry them
         self._answered: dict[int, tuple[str, int | None, int]] = {}
         self._next_id = 1
         self._next_resend_scan = 0.0
@@ -172,7 +173,14 @@ class Client:
 
     def _send(self, request_id: int, priority: int, payload: bytes) -> None:
         header = p.encode(MsgType.SUBMIT, self.client_id, request_id, priority)
-        self.sock.send_multipart([header, payload], copy=False)
+        if self.retry_s is None:
+            self.sock.send_multipart([header, payload], copy=False)
+            return
+        try:
+            # Never block: with no connection (balancer down, or curve refused us) the retries send it later.
+            self.sock.send_multipart([header, payload], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.unsent += 1
 
     def wait(self, request_id: int, timeout: float | None = None) -> Result:
         """Wait for one request's result and hand it over."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.harness import Endpoints, ProcessGroup, start_balancer
@@ -40,11 +42,9 @@ def test_chaos_with_balancer_restarts_on_its_journal(procs: ProcessGroup, endpoi
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_chaos_long_run(procs: ProcessGroup, endpoints: Endpoints, tmp_path):
+def test_chaos_long_run(procs: ProcessGroup, endpoints: Endpoints, tmp_path, monkeypatch: pytest.MonkeyPatch):
     """A bigger budget (ZLB_CHAOS_REQUESTS, default 20,000) with node and balancer kills: exactly once throughout."""
-    import os
-
-    os.environ.setdefault("ZLB_CHAOS_REQUESTS", "20000")
+    monkeypatch.setenv("ZLB_CHAOS_REQUESTS", os.environ.get("ZLB_CHAOS_REQUESTS", "20000"))
     args = [*BALANCER_ARGS, "--journal", str(tmp_path / "zlb.journal")]
     balancer = start_balancer(procs, endpoints, 100, *args)
     plan = ChaosPlan.from_env(balancer_kills=5, node_kill_every_s=(0.3, 1.0))
