@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 from server_node import handlers
 
@@ -41,3 +43,12 @@ def executions(path: str) -> dict[tuple[int, int], int]:
             cid, rid = map(int, line.split())
             counts[(cid, rid)] = counts.get((cid, rid), 0) + 1
     return counts
+
+
+def attempt_echo(work: handlers.Work) -> bytes:
+    """Wait the payload's cost_ms, then return this server's id and the attempt number it ran."""
+    data = handlers.decode_payload(bytes(work.payload))
+    cost_ms = data.get("cost_ms", 0) if isinstance(data, dict) else 0
+    if isinstance(cost_ms, (int, float)) and cost_ms > 0:
+        time.sleep(cost_ms / 1000)
+    return json.dumps({"server_id": work.server_id, "attempt": work.attempt}).encode()
