@@ -221,34 +221,3 @@ def test_configure_scales_nodes_and_gateway_exit_stops_them(balancer: LiveBalanc
     gateway.proc.popen.send_signal(signal.SIGTERM)
     assert gateway.proc.wait(15) == 0
     assert not pid_alive(pids[0])
-
-
-@pytest.mark.timeout(60)
-def test_cluster_http_serves_the_seed_api_and_stops_everything(procs: ProcessGroup):
-    """`zlb cluster --http PORT` runs balancer and REST API; /configure's nodes work; SIGTERM stops every process."""
-    port = free_port()
-    cluster = procs.start("cluster", "cluster", "--http", str(port), "--heartbeat-ms", "100", "--cost-ms", "200")
-    gateway = LiveGateway(cluster, f"http://127.0.0.1:{port}")
-
-    def serving() -> bool:
-        if cluster.popen.poll() is not None:
-            raise AssertionError(f"zlb cluster exited with {cluster.popen.returncode}: {cluster.stderr()}")
-        try:
-            return gateway.call("GET", "/servers").status == 200
-        except OSError:
-            return False
-
-    wait_until(serving, 20, "the cluster's REST API")
-    assert gateway.get("/servers") == []
-    spec = {"num_servers": 2, "num_clients": 1, "requests_per_client": 3}
-    assert gateway.call("POST", "/configure", spec).json() == {"servers": 2, "clients": 1, "requests_per_client": 3}
-    sent = gateway.call("POST", "/send_request", {"client_id": 0, "request_id": 101, "priority": 1})
-    assert sent.json() == {"message": "Request 101 added successfully!"}
-    wait_until(
-        lambda: [r["status"] for r in gateway.get("/requests")] == ["processed"] * 4, 20, "four processed requests"
-    )
-    pids = [s["pid"] for s in gateway.get("/servers")]
-    assert "Request 101 from Client 0 added to queue with priority 1" in cluster.stdout()
-    cluster.popen.send_signal(signal.SIGTERM)
-    assert cluster.wait(20) == 0
-    assert not any(pid_alive(pid) for pid in pids)

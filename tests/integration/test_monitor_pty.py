@@ -187,19 +187,39 @@ def test_dashboard_survives_a_balancer_restart_and_says_so(
     assert monitor_pty.popen.poll() is None
 
 
-@pytest.mark.timeout(40)
-def test_cluster_http_on_a_terminal_shows_the_dashboard(procs: ProcessGroup):
-    """`zlb cluster --http` on a terminal draws the dashboard with the REST address; /configure's node appears."""
-    port = free_port()
-    cluster = start_in_pty(procs.env, "cluster", "--http", str(port), "--heartbeat-ms", "100")
+def post_json(url: str, body: dict) -> dict:
+    """POST a JSON body and return the JSON answer."""
+    with urllib.request.urlopen(url, data=json.dumps(body).encode(), timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def pid_alive(pid: int) -> bool:
     try:
-        wait_until(lambda: f"REST API http://127.0.0.1:{port}" in cluster.latest_frame(), 20, "the dashboard")
-        body = json.dumps({"num_servers": 1, "num_clients": 0, "requests_per_client": 0}).encode()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/configure", data=body, timeout=10) as reply:
-            assert json.loads(reply.read()) == {"servers": 1, "clients": 0, "requests_per_client": 0}
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(40)
+def test_cluster_http_is_the_seed_experience_in_one_command(procs: ProcessGroup):
+    """`zlb cluster --http` serves the seed API and draws the dashboard; SIGTERM stops every process it started."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cluster = start_in_pty(procs.env, "cluster", "--http", str(port), "--heartbeat-ms", "100", "--cost-ms", "100")
+    try:
+        wait_until(lambda: f"REST API {url}" in cluster.latest_frame(), 20, "the dashboard")
+        spec = {"num_servers": 1, "num_clients": 1, "requests_per_client": 2}
+        assert post_json(f"{url}/configure", spec) == {"servers": 1, "clients": 1, "requests_per_client": 2}
+        sent = post_json(f"{url}/send_request", {"client_id": 0, "request_id": 101, "priority": 1})
+        assert sent == {"message": "Request 101 added successfully!"}
         wait_until(lambda: "1/1 servers active" in cluster.latest_frame(), 15, "the configured node on screen")
+        wait_until(lambda: "Request 101 from Client 0 processed" in cluster.screen_text(), 15, "the request's result")
+        with urllib.request.urlopen(f"{url}/servers", timeout=10) as reply:
+            (node,) = json.loads(reply.read())
         cluster.popen.send_signal(signal.SIGTERM)
         wait_until(cluster.exited, 20, "the cluster to stop")
         assert cluster.popen.returncode == 0
+        assert not pid_alive(node["pid"])
     finally:
         stop_group(cluster)
