@@ -13,6 +13,7 @@ import zmq
 
 from balancer import protocol as p
 from balancer.protocol import ProtocolError
+from balancer.security import secure_client_socket
 
 
 class EventStream:
@@ -27,6 +28,7 @@ class EventStream:
         self.sock.setsockopt(zmq.RCVHWM, 1_000_000)
         for topic in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        secure_client_socket(self.sock)  # curve keys from ZLB_CURVE_SECRET / ZLB_SERVER_KEY when set
         self.sock.connect(endpoint)
 
     def close(self) -> None:
