@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -141,6 +142,8 @@ class Gateway:
         self.submitter = submitter
         self.sup = supervisor
         self.latency = latency
+        # /configure starts and stops processes and numbers their requests; handler threads take turns.
+        self._configure_lock = threading.Lock()
         self._configure_runs = 0
         self._next_request_id: dict[int, int] = {}
         self._routes: list[tuple[re.Pattern[str], str, Callable[..., Response]]] = [
@@ -198,11 +201,12 @@ class Gateway:
         servers = int_field(spec, "num_servers", maximum=MAX_SERVERS)
         clients = int_field(spec, "num_clients", maximum=MAX_CLIENTS)
         per_client = int_field(spec, "requests_per_client", maximum=MAX_REQUESTS_PER_CLIENT)
-        self._call("configure", servers=servers, clients=clients)
-        self._scale_servers(servers)
-        self._configure_runs += 1
-        for client_id in range(clients):
-            self._start_client(client_id, per_client)
+        with self._configure_lock:
+            self._call("configure", servers=servers, clients=clients)
+            self._scale_servers(servers)
+            self._configure_runs += 1
+            for client_id in range(clients):
+                self._start_client(client_id, per_client)
         return json_response({"servers": servers, "clients": clients, "requests_per_client": per_client})
 
     def _scale_servers(self, count: int) -> None:
