@@ -25,6 +25,7 @@ DEFAULT_REQUEST_LIMIT = 1000
 MAX_LIST_REPLY = 1000
 # Rates are measured over this window of counter samples (see record_sample).
 RATE_WINDOW_S = 10.0
+RATE_SAMPLE_MIN_GAP_S = 0.1
 
 
 class CommandError(Exception):
@@ -50,6 +51,8 @@ def record_sample(state: BalancerState, now: float) -> None:
     """Remember the request counters at `now` so `status` can report recent rates (call once per tick)."""
     counters = state.scheduler.counters
     samples = state.samples
+    if samples and now - samples[-1][0] < RATE_SAMPLE_MIN_GAP_S:
+        return  # a burst of queries adds nothing, and the deque stays small
     samples.append((now, counters["submitted"], counters["processed"]))
     while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
         samples.popleft()

@@ -7,6 +7,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer import events as ev
+from balancer.control import BalancerState, rates, record_sample
+from balancer.eventlog import EventLog
+from balancer.scheduler import Scheduler
 from http_gateway import metrics
 from tests.harness import LiveBalancer, ProcessGroup, wait_until
 from tests.test_http_gateway import start_gateway
@@ -115,3 +118,16 @@ def test_live_metrics_follow_real_traffic(balancer: LiveBalancer, procs: Process
     assert got[("zlb_node_handled_total", (("server_id", "0"),))] == 4
     assert got[("zlb_node_in_flight", (("server_id", "0"),))] == 0
     assert got[("zlb_up", ())] == 1
+
+
+def test_status_rates_cover_the_recent_window_and_fall_back_to_uptime():
+    """Rates come from counter samples over about ten seconds; with one sample they are averages over the uptime."""
+    state = BalancerState(Scheduler(), EventLog(None), {}, started_mono=0.0, started_wall=0.0)
+    state.scheduler.counters.update(submitted=50, processed=40)
+    record_sample(state, 20.0)
+    assert rates(state, 20.0) == {"window_s": 20.0, "submitted_per_s": 2.5, "processed_per_s": 2.0}
+    for second in range(21, 41):
+        state.scheduler.counters.update(submitted=50 + 10 * (second - 20), processed=40 + 5 * (second - 20))
+        record_sample(state, float(second))
+    assert rates(state, 40.0) == {"window_s": 10.0, "submitted_per_s": 10.0, "processed_per_s": 5.0}
+    assert len(state.samples) <= 12
