@@ -158,7 +158,7 @@ def summary(model: DashboardModel, now: float, width: int) -> list[Text]:
         no_wrap=True,
         overflow="ellipsis",
     )
-    prefix = f"Rate    {model.rate(now):.1f} req/s  "
+    prefix = f"Rate    {model.rate(now):,.1f} req/s  "
     span = max(0, min(HISTORY_S, width - len(prefix) - 10))
     rate = Text.assemble(
         (prefix[:8], "bold"),

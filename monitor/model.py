@@ -18,8 +18,10 @@ from typing import Any
 
 from balancer import events as ev
 
-# Rates and latency percentiles are over this many recent seconds.
+# Latency percentiles are over this many recent seconds.
 WINDOW_S = 10.0
+# The rate is over a shorter window, so it falls to zero soon after work stops.
+RATE_WINDOW_S = 3.0
 # The throughput sparkline covers this many seconds, one column per second.
 HISTORY_S = 60
 # Log lines kept for display (the screen shows the newest that fit).
@@ -167,8 +169,8 @@ class DashboardModel:
         return self.status["uptime_s"] + (now - self.status_at if self.connected else 0.0)
 
     def rate(self, now: float) -> float:
-        """Requests processed per second over the last WINDOW_S seconds of stats ticks."""
-        recent = [t for t in self._ticks if now - t[0] <= WINDOW_S + 0.5]
+        """Requests processed per second over the last RATE_WINDOW_S seconds of stats ticks."""
+        recent = [t for t in self._ticks if now - t[0] <= RATE_WINDOW_S + 0.5]
         if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
             return 0.0
         return max(0, recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
