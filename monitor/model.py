@@ -130,7 +130,7 @@ class DashboardModel:
         self._ticks.append((event[0], fields.get("processed", 0)))
         while self._ticks and event[0] - self._ticks[0][0] > HISTORY_S + 1:
             self._ticks.popleft()
-        self.status.update({"queue_depth": fields.get("queue_depth", 0), "in_flight": fields.get("in_flight", 0)})
+        # Queue figures come from the snapshot only, so the total and the per-priority split always agree.
 
     def _on_added(self, event: list[Any]) -> None:
         self._arrivals[(event[2], event[3])] = event[0]
