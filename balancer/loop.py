@@ -38,7 +38,6 @@ DEFAULT_GRACE_S = 5.0
 # Event kinds of this module (rendered generically by balancer/events.py).
 SYSTEM_JOURNAL_RESTORED = "system.journal_restored"
 SYSTEM_STOPPING = "system.stopping"
-SYSTEM_AUTH_REFUSED = "system.auth_refused"
 
 
 @dataclass
@@ -252,6 +251,11 @@ class Balancer:
         active = sum(1 for n in sched.routes.values() if n.active)
         stats = (ev.STATS, sched.waiting, sched.in_flight(), active, c["submitted"], c["processed"], c["failed"])
         self.events_sock.send_multipart([p.TOPIC_STATS, p.encode_events([time.time(), [(*stats, c["requeued"])]])])
+        if self.journal is not None:
+            journal, counters = self.journal, self.state.counters
+            counters["journal_records"] = journal.appended
+            counters["journal_bytes"] = journal.bytes_written
+            counters["journal_compactions"] = journal.compactions
 
     def _flush(self) -> None:
         """Send what the scheduler decided and publish this iteration's events."""

@@ -1,6 +1,7 @@
 """Measure the two journal candidates on this machine (not a test; run by hand).
 
     .venv/bin/python -m tests.reliability.measure_journal [--requests 200000] [--batch 64]
+    .venv/bin/python -m tests.reliability.measure_journal --end-to-end --requests 50000 [--runs 3]
 
 Both write what the balancer writes per request (an ACCEPTED record with a
 100-byte payload and a FINISHED record with a 60-byte result), one batch per
@@ -86,12 +87,67 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--end-to-end", action="store_true", help="Through real processes, with and without.")
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    if args.end_to_end:
+        main_end_to_end(args.requests, args.runs)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for name, func in (("msgpack log", measure_log), ("sqlite WAL", measure_sqlite)):
             path = os.path.join(tmp, name.replace(" ", "_"))
             elapsed, lat = func(path, args.requests, args.batch)
             report(name, args.requests, elapsed, lat, path)
+
+
+def measure_end_to_end(requests: int, journal_dir: str | None) -> float:
+    """Requests per second through a real balancer (with or without --journal), two echo nodes, one client."""
+    import subprocess
+    import sys
+
+    from balancer import admin
+    from client_node.client import Client
+    from tests.harness import Endpoints, wait_until
+
+    ends = Endpoints.fresh()
+    env = {**os.environ, **ends.env()}
+    argv = [sys.executable, "-m", "zlb"]
+    extra = ["--journal", os.path.join(journal_dir, "j")] if journal_dir else []
+    procs = [subprocess.Popen([*argv, "balancer", "--log-file", "", "--keep-finished", "0", *extra], env=env)]
+    try:
+        wait_until(lambda: _answers(admin, ends.control), 15, "the balancer")
+        procs += [
+            subprocess.Popen([*argv, "server", "--handler", "echo", "--capacity", "256"], env=env) for _ in range(2)
+        ]
+        wait_until(lambda: len(admin.call(ends.control, "servers")) == 2, 15, "two nodes")
+        with Client(ends.frontend, client_id=1, retry_s=None) as client:
+            t0 = time.perf_counter()
+            for _ in range(requests):
+                client.submit(b"x" * 100)
+            for _ in client.as_completed(timeout=120):
+                pass
+            return requests / (time.perf_counter() - t0)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _answers(admin, control: str) -> bool:
+    try:
+        admin.call(control, "ping", timeout_s=0.5)
+        return True
+    except admin.BalancerUnreachable:
+        return False
+
+
+def main_end_to_end(requests: int, runs: int) -> None:
+    for label, use_journal in (("no journal", False), ("--journal", True)):
+        rates = []
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                rates.append(measure_end_to_end(requests, tmp if use_journal else None))
+        print(f"{label:11} " + "  ".join(f"{r:,.0f}" for r in rates) + " requests/s")
 
 
 if __name__ == "__main__":
