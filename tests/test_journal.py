@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from balancer import journal as jr
 from balancer import protocol as p
@@ -105,3 +107,53 @@ def test_tickets_start_where_told():
     sched.hello(b"n", 0, 1, 1, "h", 0.0)
     sched.submit(1, 1, 5, b"r", b"x")
     assert [t for _n, t, _r in sched.dispatch()] == [1_000_001]
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.integers(0, 2), st.integers(0, 15), st.integers(1, 3)),
+        st.tuples(st.just("complete"), st.integers(0, 1), st.booleans()),
+        st.tuples(st.just("kill"), st.integers(0, 1)),
+        st.tuples(st.just("hello"), st.integers(0, 1)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops)
+def test_replaying_the_journal_rebuilds_what_the_scheduler_remembers(tmp_path_factory, script):
+    """Whatever happened, a restart from the journal knows the same unfinished and finished requests."""
+    path = tmp_path_factory.mktemp("j") / "journal"
+    sched = Scheduler(journal=True, max_attempts=2)
+    journal = jr.Journal(str(path))
+    journal.open([])
+    now = 0.0
+    for op in script:
+        now += 0.1
+        if op[0] == "submit":
+            sched.submit(op[1], op[2], op[3], b"route", f"payload {op[1]} {op[2]}".encode())
+        elif op[0] == "hello":
+            sched.hello(f"node{op[1]}".encode(), op[1], 2, 1, "h", now)
+        elif op[0] == "kill" and f"node{op[1]}".encode() in sched.routes:
+            sched.bye(f"node{op[1]}".encode())
+        elif op[0] == "complete":
+            node = sched.routes.get(f"node{op[1]}".encode())
+            if node is not None and node.in_flight:
+                sched.complete(node.route, next(iter(node.in_flight)), op[2], b"result", now)
+        sched.dispatch()
+        journal.append(sched.journal)
+        sched.journal.clear()
+    journal.close()
+    restored = Scheduler()
+    jr.restore(restored, jr.replay(str(path), sched.keep_finished))
+
+    def view(s: Scheduler) -> dict:
+        # Unfinished requests come back waiting with their payload; finished ones with their status and result.
+        finished = (p.PROCESSED, p.FAILED)
+        return {
+            (r.client_id, r.request_id): (r.status if r.status in finished else "unfinished", r.priority, r.body)
+            for r in s.requests()
+        }
+
+    assert view(restored) == view(sched)
