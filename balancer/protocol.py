@@ -14,6 +14,9 @@ dropped. A stopping balancer sends REJECTED [None, REASON_STOPPING] to its
 clients (re-send later, to the next balancer) and RECONNECT [REASON_STOPPING]
 to its nodes (dial again after one interval); older peers read both as the
 plain messages they already were.
+
+The balancer's journal file (balancer/journal.py) is a sequence of msgpack
+arrays too; encode_records / decode_records are its only codec.
 """
 
 from __future__ import annotations
