@@ -107,6 +107,13 @@ def run_bench(config: BenchConfig, names: list[str], as_json: bool) -> int:
     "--queue-size", type=click.IntRange(1), default=None, help="Requests queued by the queue scenario [1000000]."
 )
 @click.option(
+    "--queue-rate",
+    type=click.FloatRange(0),
+    default=0.0,
+    help="Pace the queue scenario's sender (requests/s); 0 sends one burst, so the balancer's RSS "
+    "also holds libzmq's receive buffers from the burst.",
+)
+@click.option(
     "--sim-nodes", type=click.IntRange(1, 10_000), default=None, help="Simulated nodes in the nodes scenario [1000]."
 )
 @click.option("--quick", is_flag=True, help="Tiny counts: every scenario in a few seconds (a smoke run).")
@@ -120,6 +127,7 @@ def bench(
     duration: float,
     capacity: int,
     queue_size: int | None,
+    queue_rate: float,
     sim_nodes: int | None,
     quick: bool,
     as_json: bool,
@@ -137,6 +145,7 @@ def bench(
         ("duration", duration),
         ("capacity", capacity),
         ("queue_size", queue_size),
+        ("queue_rate", queue_rate),
         ("sim_nodes", sim_nodes),
     ):
         if given(name) is not ParameterSource.DEFAULT and value is not None:

@@ -68,6 +68,7 @@ class BenchConfig:
     capacity: int = 50
     payload_bytes: int = 16
     queue_size: int = 1_000_000
+    queue_rate: float = 0.0  # requests/s for the queue scenario's sender; 0 sends in one burst
     sim_nodes: int = 1000
     sim_procs: int = 4
     heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
@@ -347,7 +348,7 @@ class Runner:
 
         def measure(target: Target) -> dict[str, Any]:
             rss_before = procstat.memory_kib(target.pid)["VmRSS"]
-            run = self.bench.start_clients(target, 1, count, requests=count)
+            run = self.bench.start_clients(target, 1, count, requests=count, rate=cfg.queue_rate)
             go = time.monotonic()
             self.bench.wait_status(target, lambda s: s["queue_depth"] >= count, f"{count} queued requests", 600)
             enqueue_s = time.monotonic() - go
@@ -360,6 +361,7 @@ class Runner:
             return {
                 **_common(None, procstat.peak_rss_mib(target.pid)),
                 "queued": count,
+                "sent_per_s_limit": cfg.queue_rate or None,
                 "enqueue_s": round(enqueue_s, 3),
                 "enqueue_per_s": stats.rate(count, enqueue_s),
                 "bytes_per_waiting_request": stats.per_item((rss_full - rss_before) * 1024, count, 1),
