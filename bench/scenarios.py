@@ -86,7 +86,7 @@ class BenchConfig:
             queue_size=2000,
             sim_nodes=40,
             sim_procs=2,
-            heartbeat_ms=100,
+            heartbeat_ms=200,  # short for a quick failover, long enough not to starve on a busy CI box
             service_ms=1.0,
         )
 
