@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 import pytest
 
-from bench import stats
+from bench import report, stats
 from bench.cli import parse_scenarios
+from bench.profile import top_functions
 from bench.scenarios import SCENARIOS
 
 
@@ -72,3 +73,36 @@ def test_parse_scenarios_rejects_unknown_names() -> None:
     """An unknown scenario is a clear usage error."""
     with pytest.raises(click.BadParameter, match="unknown scenario 'fast'"):
         parse_scenarios(("throughput,fast",))
+
+
+def test_profile_ranks_functions_by_self_samples_and_counts_recursion_once() -> None:
+    """py-spy raw lines give self and total samples; a function twice in one stack counts once."""
+    raw = "\n".join(
+        [
+            "thread (0x1);run (loop.py:1);send (socket.py:2) 30",
+            "thread (0x1);run (loop.py:1);decode (protocol.py:3) 10",
+            "thread (0x2);_run (eventlog.py:4);_run (eventlog.py:4);log_line (events.py:5) 20",
+            "garbage line",
+        ]
+    )
+    samples, ranked = top_functions(raw, 3)
+    assert samples == 60
+    assert ranked == [
+        ("send (socket.py:2)", 30, 30),
+        ("log_line (events.py:5)", 20, 20),
+        ("decode (protocol.py:3)", 10, 10),
+    ]
+    _samples, everything = top_functions(raw, 10)
+    assert ("_run (eventlog.py:4)", 0, 20) in everything
+    assert ("run (loop.py:1)", 0, 40) in everything
+
+
+def test_table_right_aligns_numbers_and_dashes_missing_values() -> None:
+    """The text table puts '-' for missing figures and thousands separators on big ones."""
+    lines = report.table(
+        [{"scenario": "throughput", "target": "zlb", "requests_per_s": 18048.0, "p50_us": 452.8, "note": ""}]
+    )
+    assert lines[0].split()[:3] == ["SCENARIO", "TARGET", "REQ/S"]
+    cells = lines[1].split()
+    assert cells[:4] == ["throughput", "zlb", "18,048", "452.8"]
+    assert cells[4:] == ["-"] * 6
