@@ -127,7 +127,11 @@ _packer = msgpack.Packer(use_bin_type=True)
 _pack = _packer.pack
 
 
-def _unpack(data: bytes, limit: int) -> Any:
+# Containers in headers and control requests are tiny; a claim of more is an attack.
+MAX_SMALL_ITEMS = 1024
+
+
+def _unpack(data: bytes, limit: int, max_items: int = MAX_SMALL_ITEMS) -> Any:
     if len(data) > limit:
         raise ProtocolError("too_large", f"{len(data)} bytes over the {limit}-byte limit")
     try:
@@ -138,8 +142,8 @@ def _unpack(data: bytes, limit: int) -> Any:
             strict_map_key=True,
             max_str_len=limit,
             max_bin_len=limit,
-            max_array_len=1024,
-            max_map_len=1024,
+            max_array_len=max_items,
+            max_map_len=max_items,
             max_ext_len=0,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -190,8 +194,13 @@ def encode_map(value: dict[str, Any]) -> bytes:
 
 
 def decode_map(frame: bytes, limit: int = MAX_CONTROL_BYTES) -> dict[str, Any]:
-    """Decode a control request or reply; it must be a map with string keys."""
-    value = _unpack(frame, limit)
+    """Decode a control request or reply; it must be a map with string keys.
+
+    Requests (the default limit) may hold small containers only; a reply, read
+    with a larger limit, may list as many items as its bytes can hold.
+    """
+    max_items = MAX_SMALL_ITEMS if limit <= MAX_CONTROL_BYTES else max(len(frame), MAX_SMALL_ITEMS)
+    value = _unpack(frame, limit, max_items)
     if type(value) is not dict:
         raise ProtocolError("malformed", "control message is not a map")
     return value
@@ -203,8 +212,12 @@ def encode_events(events: list[Any]) -> bytes:
 
 
 def decode_events(frame: bytes) -> list[Any]:
-    """Decode a batch of event records published by the balancer."""
-    value = _unpack(frame, DEFAULT_MAX_MESSAGE_BYTES)
+    """Decode a batch of event records published by the balancer.
+
+    One busy loop iteration can publish thousands of events in a batch; no
+    container can hold more items than the frame has bytes.
+    """
+    value = _unpack(frame, DEFAULT_MAX_MESSAGE_BYTES, max(len(frame), MAX_SMALL_ITEMS))
     if type(value) is not list:
         raise ProtocolError("malformed", "event batch is not an array")
     return value

@@ -103,3 +103,13 @@ def test_endpoint_reads_environment(monkeypatch):
     assert p.endpoint("backend") == "tcp://127.0.0.1:7000"
     monkeypatch.delenv("ZLB_FRONTEND", raising=False)
     assert p.endpoint("frontend") == p.DEFAULT_FRONTEND
+
+
+def test_large_event_batches_and_replies_decode():
+    """A batch of thousands of events and a reply listing thousands of items are not refused."""
+    batch = [1.0, [["request.added", 0, i, 5] for i in range(5000)]]
+    assert p.decode_events(p.encode_events(batch))[1][4999] == ["request.added", 0, 4999, 5]
+    reply = {"ok": True, "result": [{"request_id": i} for i in range(3000)]}
+    assert len(p.decode_map(p.encode_map(reply), limit=p.DEFAULT_MAX_MESSAGE_BYTES)["result"]) == 3000
+    with pytest.raises(ProtocolError):
+        p.decode_map(p.encode_map({"cmd": "x", "items": list(range(3000))}))
