@@ -1,4 +1,4 @@
-"""`zlb balancer` and the admin commands that talk to its control socket."""
+"""The admin commands that talk to a balancer's control socket (`zlb balancer` is in serve_cli)."""
 
 from __future__ import annotations
 
@@ -10,73 +10,10 @@ import click
 
 from balancer import admin
 from balancer import events as ev
-from balancer.loop import BalancerConfig, run_balancer
 from balancer.protocol import STATUSES
-from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_MAX_ATTEMPTS
 from monitor.plain import LOG_TOPICS
 from monitor.stream import EventStream
-from zlb.options import endpoint_option, endpoints, heartbeat_options, json_option
-
-
-@click.command()
-@endpoints("frontend", "backend", "events", "control")
-@heartbeat_options
-@click.option("--max-queue", type=click.IntRange(1), default=None, help="Reject submits beyond this many waiting.")
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(1),
-    default=DEFAULT_MAX_ATTEMPTS,
-    show_default=True,
-    help="Fail a request after its node died this many times.",
-)
-@click.option(
-    "--keep-finished",
-    type=click.IntRange(0),
-    default=DEFAULT_KEEP_FINISHED,
-    show_default=True,
-    help="Finished requests remembered for queries and duplicate detection.",
-)
-@click.option(
-    "--max-message-bytes",
-    type=click.IntRange(1024),
-    default=64 * 1024 * 1024,
-    show_default=True,
-    help="Largest message accepted on any socket.",
-)
-@click.option(
-    "--log-file", default="zlb-balancer.log", show_default=True, help="Event log file (size-rotated); '' for none."
-)
-def balancer(
-    frontend: str,
-    backend: str,
-    events: str,
-    control: str,
-    heartbeat_ms: int,
-    liveness: int,
-    max_queue: int | None,
-    max_attempts: int,
-    keep_finished: int,
-    max_message_bytes: int,
-    log_file: str,
-) -> None:
-    """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
-    config = BalancerConfig(
-        frontend=frontend,
-        backend=backend,
-        events=events,
-        control=control,
-        heartbeat_ms=heartbeat_ms,
-        liveness=liveness,
-        max_queue=max_queue,
-        max_attempts=max_attempts,
-        keep_finished=keep_finished,
-        max_message_bytes=max_message_bytes,
-        log_file=log_file or None,
-    )
-    try:
-        run_balancer(config)
-    except OSError as exc:
-        raise click.ClickException(str(exc)) from None
+from zlb.options import endpoint_option, json_option
 
 
 def control_call(control: str, cmd: str, **args: Any) -> Any:
@@ -297,4 +234,4 @@ down = _admin_command("down", "marked as down", "Mark a server down and re-queue
 up = _admin_command("up", "marked as up", "Put a down or draining server back in service.")
 drain = _admin_command("drain", "draining", "Send a server no new work; let its in-flight work finish.")
 
-COMMANDS = [balancer, servers, requests, status, logs, down, up, drain]
+COMMANDS = [servers, requests, status, logs, down, up, drain]

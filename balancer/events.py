@@ -30,6 +30,8 @@ NODE_LEFT = "node.left"
 SYSTEM_STARTED = "system.started"
 SYSTEM_CONFIGURED = "system.configured"
 SYSTEM_BAD_INPUT = "system.bad_input"
+SYSTEM_JOURNAL_RESTORED = "system.journal_restored"
+SYSTEM_STOPPING = "system.stopping"
 STATS = "stats.tick"
 
 # Positional argument names of each kind, for JSON output and lookups by name.
@@ -51,6 +53,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     SYSTEM_STARTED: ("frontend", "backend", "events", "control"),
     SYSTEM_CONFIGURED: ("servers", "clients"),
     SYSTEM_BAD_INPUT: ("socket", "kind", "detail", "count"),
+    SYSTEM_JOURNAL_RESTORED: ("path", "pending", "finished", "torn_bytes"),
+    SYSTEM_STOPPING: ("in_flight", "waiting"),
     STATS: ("queue_depth", "in_flight", "servers_active", "submitted", "processed", "failed", "requeued"),
 }
 
@@ -61,6 +65,7 @@ LEVELS: dict[str, str] = {
     REQUEST_REJECTED: "WARNING",
     REQUEST_REQUEUED: "WARNING",
     SYSTEM_BAD_INPUT: "WARNING",
+    SYSTEM_STOPPING: "WARNING",
 }
 
 
@@ -88,6 +93,8 @@ _TEMPLATES: dict[str, Any] = {
     SYSTEM_STARTED: lambda a: f"Balancer started (frontend {a[0]}, backend {a[1]}, events {a[2]}, control {a[3]})",
     SYSTEM_CONFIGURED: lambda a: f"System configured with {a[0]} servers and {a[1]} clients.",
     SYSTEM_BAD_INPUT: lambda a: f"Dropped bad message on {a[0]}: {a[1]} ({a[2]}); {a[3]} so far",
+    SYSTEM_JOURNAL_RESTORED: lambda a: f"Journal {a[0]} restored: {a[1]} requests to run again, {a[2]} finished",
+    SYSTEM_STOPPING: lambda a: f"Balancer stopping: {a[0]} in flight finish first, {a[1]} waiting stay queued",
     STATS: lambda a: f"{a[0]} waiting, {a[1]} in flight, {a[2]} servers active, {a[4]} processed",
 }
 

@@ -36,8 +36,6 @@ DRAIN_BATCH = 256
 BAD_INPUT_LOG_INTERVAL_S = 5.0
 DEFAULT_GRACE_S = 5.0
 # Event kinds of this module (rendered generically by balancer/events.py).
-SYSTEM_JOURNAL_RESTORED = "system.journal_restored"
-SYSTEM_STOPPING = "system.stopping"
 
 
 @dataclass
@@ -76,6 +74,9 @@ class Balancer:
     def __init__(self, config: BalancerConfig, context: zmq.Context | None = None) -> None:
         self.config = config
         self.heartbeat_s = config.heartbeat_ms / 1000
+        # Deadlines are checked ten times per interval, so a dead node is noticed within
+        # liveness intervals plus a tenth; the check is O(nodes), cheap even at 1,000.
+        self._expiry_check_s = self.heartbeat_s / 10
         self.sched = Scheduler(
             heartbeat_s=self.heartbeat_s,
             liveness=config.liveness,
@@ -116,7 +117,13 @@ class Balancer:
         self.state.counters["journal_restored_finished"] = len(recovered.finished)
         if recovered.records:
             self.sched.events.append(
-                (SYSTEM_JOURNAL_RESTORED, path, len(recovered.pending), len(recovered.finished), recovered.torn_bytes)
+                (
+                    ev.SYSTEM_JOURNAL_RESTORED,
+                    path,
+                    len(recovered.pending),
+                    len(recovered.finished),
+                    recovered.torn_bytes,
+                )
             )
 
     # ---- sockets --------------------------------------------------------
@@ -205,15 +212,18 @@ class Balancer:
     def run(self) -> None:
         """Serve until stop() is called, then wind down."""
         self.sched.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
-        next_tick = time.monotonic() + self.heartbeat_s
+        next_tick = next_expiry = time.monotonic() + self.heartbeat_s
         poll = self.poller.poll
         readers = self._readers
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
-            timeout_ms = max(0, int((next_tick - now) * 1000) + 1)
+            timeout_ms = max(0, int((min(next_tick, next_expiry) - now) * 1000) + 1)
             for sock, _ in poll(timeout_ms):
                 readers[sock](time.monotonic())
             now = time.monotonic()
+            if now >= next_expiry:
+                self.sched.expire(now)
+                next_expiry = now + self._expiry_check_s
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + self.heartbeat_s
@@ -229,7 +239,7 @@ class Balancer:
             shutdown = p.encode(MsgType.REJECTED, None, p.REASON_STOPPING)
             for route in self._routes:
                 self.frontend.send_multipart([route, shutdown], flags=zmq.NOBLOCK)
-            self.sched.events.append((SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
+            self.sched.events.append((ev.SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
             return False
         return not self.sched.in_flight() or now >= self._stop_deadline
 
@@ -241,9 +251,9 @@ class Balancer:
         self._flush()
 
     def _tick(self, now: float) -> None:
-        """Expire silent nodes and heartbeat the live ones."""
+        """Heartbeat the live nodes and publish the periodic stats."""
         sched = self.sched
-        sched.expire(now)
+        control.record_sample(self.state, now)
         ping = p.encode(MsgType.PING)
         for route in sched.routes:
             self._send_node(route, [ping])

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from balancer import security
-from balancer.cli import COMMANDS as BALANCER_COMMANDS
+from balancer.cli import COMMANDS as ADMIN_COMMANDS
 from balancer.serve_cli import balancer, keys
 from bench.cli import bench
 from client_node.cli import client, send
@@ -76,8 +76,6 @@ def _with_curve_options(command: click.Command) -> click.Command:
     return command
 
 
-# The balancer command of balancer/cli.py is superseded by balancer/serve_cli.py's.
-ADMIN_COMMANDS = [c for c in BALANCER_COMMANDS if c.name != "balancer"]
 for command in [*ADMIN_COMMANDS, server, client, send, monitor, http]:
     main.add_command(_with_curve_options(command))
 for command in [balancer, keys, cluster, bench]:
