@@ -97,6 +97,21 @@ class _Bucket:
         return len(self.fresh) + len(self.retry)
 
 
+class _ClientRequests(dict):
+    """One client's remembered requests by request id, plus the client id they share.
+
+    Every decoded header carries a fresh int for the client id (only -5..256
+    are cached by Python); pointing each Request at this one copy saves 32
+    bytes per waiting request, a tenth of the memory of a queued request.
+    """
+
+    __slots__ = ("client_id",)
+
+    def __init__(self, client_id: int) -> None:
+        super().__init__()
+        self.client_id = client_id
+
+
 class Submitted(Enum):
     """What `submit` did with a request."""
 
@@ -132,7 +147,7 @@ class Scheduler:
         self.counters: dict[str, int] = dict.fromkeys(
             ("submitted", "processed", "failed", "requeued", "rejected", "duplicates", "late_results"), 0
         )
-        self._by_client: dict[int, dict[int, Request]] = {}
+        self._by_client: dict[int, _ClientRequests] = {}
         self._buckets: dict[int, _Bucket] = {}
         self._priorities: list[int] = []
         self._waiting = 0
@@ -158,9 +173,8 @@ class Scheduler:
 
     def submit(self, client_id: int, request_id: int, priority: int, route: Any, body: Any) -> Submitted:
         """Queue a client's request, or recognise it as one already known."""
-        known = self._by_client.get(client_id)
-        if known is None:
-            known = self._by_client[client_id] = {}
+        known = self._client_requests(client_id)
+        client_id = known.client_id
         req = known.get(request_id)
         if req is not None:
             return self._resubmitted(req, route)
@@ -177,6 +191,12 @@ class Scheduler:
         if self.journal is not None:
             self.journal.append((ACCEPTED, client_id, request_id, priority, route, body))
         return Submitted.QUEUED
+
+    def _client_requests(self, client_id: int) -> _ClientRequests:
+        known = self._by_client.get(client_id)
+        if known is None:
+            known = self._by_client[client_id] = _ClientRequests(client_id)
+        return known
 
     def _resubmitted(self, req: Request, route: Any) -> Submitted:
         self.counters["duplicates"] += 1
@@ -257,7 +277,7 @@ class Scheduler:
         """Queue a request that a previous balancer accepted and never finished."""
         self._seq += 1
         req = Request(client_id, request_id, priority, self._seq, route, body)
-        self._by_client.setdefault(client_id, {})[request_id] = req
+        self._client_requests(client_id)[request_id] = req
         self._enqueue_fresh(req)
 
     def restore_finished(
@@ -266,7 +286,7 @@ class Scheduler:
         """Remember a request that a previous balancer finished, to answer resubmissions."""
         self._seq += 1
         req = Request(client_id, request_id, priority, self._seq, None, result, status, server_id, attempts)
-        self._by_client.setdefault(client_id, {})[request_id] = req
+        self._client_requests(client_id)[request_id] = req
         self._remember_finished(req)
 
     def get(self, client_id: int, request_id: int) -> Request | None:

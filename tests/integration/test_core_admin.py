@@ -193,8 +193,9 @@ def test_queries_and_log_download(balancer: LiveBalancer, procs: ProcessGroup, t
     lines = target.read_text(encoding="utf-8").splitlines()
     assert "Request 101 from Client 0 added to queue with priority 1" in lines
     assert "✅ Request 101 assigned to Server 0" in lines
-    log_file = (procs.workdir / "balancer.log").read_text(encoding="utf-8")
-    assert "INFO    request.assigned   ✅ Request 101 assigned to Server 0" in log_file
+    log_path = procs.workdir / "balancer.log"
+    wanted = "INFO    request.assigned   ✅ Request 101 assigned to Server 0"
+    wait_until(lambda: log_path.exists() and wanted in log_path.read_text(encoding="utf-8"), 5, "the log file line")
 
 
 def test_cluster_runs_the_seed_example(procs: ProcessGroup):
