@@ -168,7 +168,11 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "bad_input": dict(state.bad_input),
         "counters": dict(state.counters),
         # What is remembered: every pending and running request plus the newest finished ones.
-        "retention": {"finished_requests": sched.keep_finished, "log_events": state.eventlog.keep},
+        "retention": {
+            "finished_requests": sched.keep_finished,
+            "finished_result_bytes": sched.keep_finished_bytes,
+            "log_events": state.eventlog.keep,
+        },
     }
 
 

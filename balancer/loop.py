@@ -26,7 +26,14 @@ from balancer import journal as jr
 from balancer import protocol as p
 from balancer.eventlog import EventLog
 from balancer.protocol import MsgType, ProtocolError
-from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_MAX_ATTEMPTS, NodeState, Scheduler, Submitted
+from balancer.scheduler import (
+    DEFAULT_KEEP_FINISHED,
+    DEFAULT_KEEP_FINISHED_BYTES,
+    DEFAULT_MAX_ATTEMPTS,
+    NodeState,
+    Scheduler,
+    Submitted,
+)
 from balancer.security import CurveServer, exposed_endpoints
 
 # Messages taken from one socket before looking at the others: large enough to
@@ -61,6 +68,7 @@ class BalancerConfig:
     max_queue: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     keep_finished: int = DEFAULT_KEEP_FINISHED
+    keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
     log_file: str | None = "zlb-balancer.log"
     journal: str | None = None
@@ -93,6 +101,7 @@ class Balancer:
             max_queue=config.max_queue,
             max_attempts=config.max_attempts,
             keep_finished=config.keep_finished,
+            keep_finished_bytes=config.keep_finished_bytes,
             # Microseconds since the epoch: a later balancer's tickets never repeat an earlier one's.
             first_ticket=time.time_ns() // 1000,
             journal=config.journal is not None,

@@ -31,6 +31,8 @@ from balancer.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_KEEP_FINISHED = 10_000
+# Kept results are also bounded in bytes: 10,000 results of 256 KiB would be 2.5 GiB.
+DEFAULT_KEEP_FINISHED_BYTES = 64 * 1024 * 1024
 
 # Journal record kinds (the first element of each record tuple).
 ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
@@ -97,6 +99,11 @@ class _Bucket:
         return len(self.fresh) + len(self.retry)
 
 
+def _size(body: Any) -> int:
+    """Bytes of a kept result (bytes or a zmq frame); 0 when there is none."""
+    return len(body) if body is not None else 0
+
+
 class _ClientRequests(dict):
     """One client's remembered requests by request id, plus the client id they share.
 
@@ -131,6 +138,7 @@ class Scheduler:
         max_queue: int | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         keep_finished: int = DEFAULT_KEEP_FINISHED,
+        keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES,
         first_ticket: int = 0,
         journal: bool = False,
     ) -> None:
@@ -139,6 +147,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_attempts = max_attempts
         self.keep_finished = keep_finished
+        self.keep_finished_bytes = keep_finished_bytes
         self.nodes: dict[int, Node] = {}
         self.routes: dict[Any, Node] = {}
         self.events: list[tuple[Any, ...]] = []
@@ -152,6 +161,7 @@ class Scheduler:
         self._priorities: list[int] = []
         self._waiting = 0
         self._finished: deque[Request] = deque()
+        self._finished_bytes = 0
         self._node_heap: list[tuple[float, int, int, int, Node]] = []
         self._seq = 0
         # Tickets must never repeat across balancer restarts (see protocol), so they start where told.
@@ -261,10 +271,13 @@ class Scheduler:
         self._remember_finished(req)
 
     def _remember_finished(self, req: Request) -> None:
+        """Keep a finished request (and its result); forget the oldest beyond either bound."""
         finished = self._finished
         finished.append(req)
-        if len(finished) > self.keep_finished:
+        self._finished_bytes += _size(req.body)
+        while finished and (len(finished) > self.keep_finished or self._finished_bytes > self.keep_finished_bytes):
             old = finished.popleft()
+            self._finished_bytes -= _size(old.body)
             known = self._by_client.get(old.client_id)
             if known is not None and known.get(old.request_id) is old:
                 del known[old.request_id]

@@ -8,7 +8,7 @@ import click
 
 from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
 from balancer.protocol import DEFAULT_MAX_MESSAGE_BYTES
-from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_MAX_ATTEMPTS
+from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
 from balancer.security import CurveConfigError, generate_keys
 from zlb.options import endpoints, heartbeat_options
 
@@ -30,6 +30,13 @@ from zlb.options import endpoints, heartbeat_options
     default=DEFAULT_KEEP_FINISHED,
     show_default=True,
     help="Finished requests remembered for queries and duplicate detection.",
+)
+@click.option(
+    "--keep-finished-mb",
+    type=click.FloatRange(0),
+    default=DEFAULT_KEEP_FINISHED_BYTES / 2**20,
+    show_default=True,
+    help="Also forget the oldest finished requests once their kept results exceed this many MiB.",
 )
 @click.option(
     "--max-message-bytes",
@@ -77,6 +84,7 @@ def balancer(
     max_queue: int | None,
     max_attempts: int,
     keep_finished: int,
+    keep_finished_mb: float,
     max_message_bytes: int,
     log_file: str,
     journal: str | None,
@@ -97,6 +105,7 @@ def balancer(
         max_queue=max_queue,
         max_attempts=max_attempts,
         keep_finished=keep_finished,
+        keep_finished_bytes=int(keep_finished_mb * 2**20),
         max_message_bytes=max_message_bytes,
         log_file=log_file or None,
         journal=journal,

@@ -230,3 +230,14 @@ def test_failed_handler_result_is_reported_not_retried():
     assert req.status == "failed"
     assert sched.events[-1] == (ev.REQUEST_FAILED, 0, 1, 0, "ValueError: boom")
     assert sched.dispatch() == []
+
+
+def test_kept_results_are_bounded_in_bytes_too():
+    """Beyond the result byte budget the oldest finished requests are forgotten, whatever their count."""
+    sched = make({0: 1}, keep_finished_bytes=250)
+    for rid in range(4):
+        sched.submit(0, rid, 5, b"c", b"")
+        ((node, ticket, _req),) = sched.dispatch()
+        sched.complete(node.route, ticket, True, b"x" * 100, 1.0)
+    assert [r.request_id for r in sched.requests(status="processed")] == [2, 3]
+    assert len(sched.replies) == 4  # every result was still handed to its client
