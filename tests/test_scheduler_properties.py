@@ -60,7 +60,8 @@ def apply_dispatch(sched: Scheduler) -> None:
     for node, _ticket, _req in out:
         assert node.state is NodeState.ACTIVE
     if out:
-        still_waiting = [(r.priority, r.seq) for r in waiting_requests(sched)]
+        # Never-dispatched requests have no seq yet: they come after every dispatched one.
+        still_waiting = [(r.priority, r.seq if r.seq is not None else float("inf")) for r in waiting_requests(sched)]
         assert not still_waiting or min(still_waiting) > max(keys)
 
 
