@@ -12,9 +12,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+from zlb.supervisor import terminate
 
 STOP_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1
@@ -77,19 +78,8 @@ class ProcessSet:
 
     def stop(self, procs: list[subprocess.Popen], timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM these processes, then SIGKILL any that outlive the timeout."""
+        terminate(procs, timeout_s)
         for proc in procs:
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout_s
-        for proc in procs:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
             self._forget(proc)
 
     def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:

@@ -45,23 +45,27 @@ class Supervisor:
         """SIGTERM one process, SIGKILL it if it outlives the timeout."""
         proc = self.procs.pop(name, None)
         if proc is not None:
-            _terminate([proc], timeout_s)
+            terminate([proc], timeout_s)
 
     def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop everything started here, newest first, balancer last."""
         procs = list(reversed(self.procs.values()))
         self.procs.clear()
-        _terminate(procs, timeout_s)
+        terminate(procs, timeout_s)
 
     def running(self, prefix: str = "") -> list[str]:
         """Names of live processes whose name starts with `prefix`."""
         return [n for n, p in self.procs.items() if n.startswith(prefix) and p.poll() is None]
 
 
-def _terminate(procs: list[subprocess.Popen], timeout_s: float) -> None:
+def terminate(procs: list[subprocess.Popen], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM these processes, then SIGKILL any that outlive the timeout; reap them all."""
     for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it exited between poll() and the signal
     deadline = time.monotonic() + timeout_s
     for proc in procs:
         try:
