@@ -217,18 +217,7 @@ class Gateway:
         running = set(self.sup.running("server-"))
         for node_id in range(count):
             if f"server-{node_id}" not in running:
-                self.sup.start(
-                    f"server-{node_id}",
-                    "server",
-                    "--id",
-                    str(node_id),
-                    "--capacity",
-                    str(cfg.capacity),
-                    "--heartbeat-ms",
-                    str(cfg.heartbeat_ms),
-                    "--liveness",
-                    str(cfg.liveness),
-                )
+                self.sup.start_server(node_id, cfg.capacity, cfg.heartbeat_ms, cfg.liveness)
 
     def _start_client(self, client_id: int, count: int) -> None:
         first = self._next_request_id.get(client_id, FIRST_CONFIGURED_REQUEST_ID)

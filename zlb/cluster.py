@@ -85,18 +85,7 @@ class Cluster:
         if cfg.http_port is None or cfg.servers or cfg.clients:
             admin.call(cfg.endpoints["control"], "configure", servers=cfg.servers, clients=cfg.clients)
         for i in range(cfg.servers):
-            self.sup.start(
-                f"server-{i}",
-                "server",
-                "--id",
-                str(i),
-                "--capacity",
-                str(cfg.capacity),
-                "--heartbeat-ms",
-                str(cfg.heartbeat_ms),
-                "--liveness",
-                str(cfg.liveness),
-            )
+            self.sup.start_server(i, cfg.capacity, cfg.heartbeat_ms, cfg.liveness)
         for j in range(cfg.clients):
             self.sup.start(
                 f"client-{j}",

@@ -41,6 +41,15 @@ class Supervisor:
         self.procs[name] = proc
         return proc
 
+    def start_server(self, node_id: int, capacity: int, heartbeat_ms: int, liveness: int) -> subprocess.Popen:
+        """Start `zlb server --id N` as process `server-N`."""
+        return self.start(
+            f"server-{node_id}",
+            "server",
+            *("--id", str(node_id), "--capacity", str(capacity)),
+            *("--heartbeat-ms", str(heartbeat_ms), "--liveness", str(liveness)),
+        )
+
     def stop(self, name: str, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM one process, SIGKILL it if it outlives the timeout."""
         proc = self.procs.pop(name, None)

@@ -50,5 +50,5 @@ def attempt_echo(work: handlers.Work) -> bytes:
     data = handlers.decode_payload(bytes(work.payload))
     cost_ms = data.get("cost_ms", 0) if isinstance(data, dict) else 0
     if isinstance(cost_ms, (int, float)) and cost_ms > 0:
-        time.sleep(cost_ms / 1000)
+        time.sleep(cost_ms / 1000)  # wait-ok: the simulated work itself, not synchronisation
     return json.dumps({"server_id": work.server_id, "attempt": work.attempt}).encode()
