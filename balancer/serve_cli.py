@@ -10,7 +10,7 @@ from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
 from balancer.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
 from balancer.security import CurveConfigError, generate_keys
-from zlb.options import endpoints, heartbeat_options
+from zlb.options import endpoints, grace_option, heartbeat_options
 
 
 @click.command()
@@ -67,13 +67,7 @@ from zlb.options import endpoints, heartbeat_options
     default=None,
     help="Directory of public keys (*.key) admitted with --curve-secret.",
 )
-@click.option(
-    "--grace-s",
-    type=click.FloatRange(0),
-    default=DEFAULT_GRACE_S,
-    show_default=True,
-    help="On SIGTERM, how long in-flight work may take to finish.",
-)
+@grace_option(DEFAULT_GRACE_S)
 def balancer(
     frontend: str,
     backend: str,

@@ -6,7 +6,7 @@ import click
 
 from server_node import handlers
 from server_node.node import DEFAULT_GRACE_S, NodeConfig, run_node
-from zlb.options import endpoint_option, heartbeat_options
+from zlb.options import endpoint_option, grace_option, heartbeat_options
 
 
 @click.command()
@@ -19,13 +19,7 @@ from zlb.options import endpoint_option, heartbeat_options
     show_default=True,
     help="simulate, echo, or module:function for your own Python work.",
 )
-@click.option(
-    "--grace-s",
-    type=click.FloatRange(0),
-    default=DEFAULT_GRACE_S,
-    show_default=True,
-    help="On SIGTERM, how long in-flight work may take to finish.",
-)
+@grace_option(DEFAULT_GRACE_S)
 @heartbeat_options
 def server(
     backend: str, node_id: int | None, capacity: int, handler: str, grace_s: float, heartbeat_ms: int, liveness: int

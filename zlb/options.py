@@ -62,3 +62,14 @@ def heartbeat_options(func: Any) -> Any:
 def json_option(func: Any) -> Any:
     """`--json`: machine-readable output."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
+
+
+def grace_option(default_s: float) -> Callable[[Any], Any]:
+    """`--grace-s`: how long a SIGTERM'd process lets in-flight work finish."""
+    return click.option(
+        "--grace-s",
+        type=click.FloatRange(0),
+        default=default_s,
+        show_default=True,
+        help="On SIGTERM, how long in-flight work may take to finish.",
+    )
