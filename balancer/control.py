@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from balancer import events as ev
 from balancer.eventlog import EventLog
-from balancer.protocol import STATUSES
 from balancer.scheduler import Node, Request, Scheduler
+from wire import events as ev
+from wire.protocol import STATUSES
 
 DEFAULT_REQUEST_LIMIT = 1000
 # A control reply decodes with at most 1024 array items (protocol unpack limit),

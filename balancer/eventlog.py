@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from balancer import events as ev
+from wire import events as ev
 
 DEFAULT_KEEP_EVENTS = 100_000
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer import protocol as p
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
+from wire import protocol as p
 
 MAGIC = (0, "zlb-journal", 1)
 DEFAULT_FSYNC_INTERVAL_S = 0.05

@@ -21,11 +21,8 @@ from typing import Any
 import zmq
 
 from balancer import control
-from balancer import events as ev
 from balancer import journal as jr
-from balancer import protocol as p
 from balancer.eventlog import EventLog
-from balancer.protocol import MsgType, ProtocolError
 from balancer.scheduler import (
     DEFAULT_KEEP_FINISHED,
     DEFAULT_KEEP_FINISHED_BYTES,
@@ -34,7 +31,10 @@ from balancer.scheduler import (
     Scheduler,
     Submitted,
 )
-from balancer.security import CurveServer, exposed_endpoints
+from wire import events as ev
+from wire import protocol as p
+from wire.protocol import MsgType, ProtocolError
+from wire.security import CurveServer, exposed_endpoints
 
 # Messages taken from one socket before looking at the others: large enough to
 # amortise the poll, small enough that no socket starves the rest.
@@ -52,7 +52,7 @@ PUBLISH_MAX_EVENTS = 4096
 # Bad input is logged at most this often per (socket, kind); every one is counted.
 BAD_INPUT_LOG_INTERVAL_S = 5.0
 DEFAULT_GRACE_S = 5.0
-# Event kinds of this module (rendered generically by balancer/events.py).
+# Event kinds of this module (rendered generically by wire/events.py).
 
 
 @dataclass

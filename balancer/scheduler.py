@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from balancer import events as ev
-from balancer.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
+from wire import events as ev
+from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_KEEP_FINISHED = 10_000

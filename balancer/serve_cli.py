@@ -7,10 +7,10 @@ import os
 import click
 
 from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
-from balancer.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
-from balancer.security import CurveConfigError, generate_keys
-from zlb.options import endpoints, grace_option, heartbeat_options
+from wire.options import endpoints, grace_option, heartbeat_options
+from wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from wire.security import CurveConfigError, generate_keys
 
 
 @click.command()

@@ -17,9 +17,9 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer import admin
 from bench import procstat, stats
 from bench.procs import ProcessSet, python_argv, zlb_argv
+from wire import control_client
 
 START_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.02
@@ -171,9 +171,9 @@ class Bench:
             if target.broker.poll() is not None:
                 raise BenchError(f"the balancer exited with code {target.broker.returncode}: {self.stderr(name)}")
             try:
-                admin.call(target.control, "ping", timeout_s=0.5)
+                control_client.call(target.control, "ping", timeout_s=0.5)
                 return
-            except admin.BalancerUnreachable:
+            except control_client.BalancerUnreachable:
                 if time.monotonic() > deadline:
                     raise BenchError(f"the balancer did not answer within {START_TIMEOUT_S:g} s") from None
 
@@ -182,7 +182,7 @@ class Bench:
         self.wait_status(target, lambda s: s["servers_active"] >= count, f"{count} active nodes", timeout_s)
 
     def status(self, target: Target) -> dict[str, Any]:
-        return admin.call(target.control, "status", timeout_s=10.0)
+        return control_client.call(target.control, "status", timeout_s=10.0)
 
     def wait_status(self, target: Target, ready: Any, what: str, timeout_s: float) -> dict[str, Any]:
         """Poll the balancer's status until `ready(status)`; BenchError at the deadline."""

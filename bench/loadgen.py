@@ -1,7 +1,7 @@
 """A lean load generator: one DEALER keeping `window` requests in flight.
 
 It speaks the real zlb client protocol (the SUBMIT header from
-balancer.protocol, then the payload frame, exactly as client_node.client
+wire.protocol, then the payload frame, exactly as client_node.client
 frames it) and times every round trip with time.perf_counter_ns. It is
 purpose-built rather than the Client class so that the client side is not the
 bottleneck: no retry bookkeeping, no Result objects.
@@ -27,8 +27,8 @@ from typing import Any
 
 import zmq
 
-from balancer import protocol as p
-from balancer.protocol import MsgType, ProtocolError
+from wire import protocol as p
+from wire.protocol import MsgType, ProtocolError
 
 # Payloads at least this big are received without a copy into Python bytes.
 ZERO_COPY_BYTES = 64 * 1024

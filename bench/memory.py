@@ -16,10 +16,10 @@ import json
 import os
 import sys
 
-from balancer import protocol as p
-from balancer.protocol import MsgType
 from balancer.scheduler import Scheduler
 from bench import procstat
+from wire import protocol as p
+from wire.protocol import MsgType
 
 CLIENT_ID = 1001  # above Python's small-int cache, like any real client id
 

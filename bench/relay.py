@@ -21,8 +21,8 @@ from collections import deque
 
 import zmq
 
-from balancer import protocol as p
-from balancer.protocol import MsgType, ProtocolError
+from wire import protocol as p
+from wire.protocol import MsgType, ProtocolError
 
 DRAIN_BATCH = 256
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer import admin
-from balancer import protocol as p
 from bench import procstat, stats
 from bench.harness import Bench, BenchError, LoadResult, Target
+from wire import control_client
+from wire import protocol as p
 
 COMMON_FIELDS = ("requests_per_s", "p50_us", "p99_us", "balancer_cpu_us_per_request", "balancer_rss_mb")
 # The fields each scenario adds; the smoke test checks them all.
@@ -335,7 +335,7 @@ class Runner:
         """Wait until node `node_id` has requests in flight; return how many."""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            for server in admin.call(target.control, "servers", timeout_s=5.0):
+            for server in control_client.call(target.control, "servers", timeout_s=5.0):
                 if server["server_id"] == node_id and server["in_flight"] > 0:
                     return server["in_flight"]
             time.sleep(0.005)  # wait-ok: poll interval of a deadline-bounded wait

@@ -19,8 +19,8 @@ import time
 
 import zmq
 
-from balancer import protocol as p
-from balancer.protocol import MsgType, ProtocolError
+from wire import protocol as p
+from wire.protocol import MsgType, ProtocolError
 
 DRAIN_BATCH = 64
 

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from client_node.client import DEFAULT_PRIORITY, DEFAULT_RETRY_S, Client, Result, json_payload
-from zlb.options import endpoint_option
+from wire.options import endpoint_option
 
 
 def describe(result: Result) -> str:

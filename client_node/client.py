@@ -32,9 +32,9 @@ from typing import Any
 
 import zmq
 
-from balancer import protocol as p
-from balancer.protocol import MsgType, ProtocolError
-from balancer.security import secure_client_socket
+from wire import protocol as p
+from wire.protocol import MsgType, ProtocolError
+from wire.security import secure_client_socket
 
 DEFAULT_PRIORITY = 5
 DEFAULT_RETRY_S = 5.0

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer import admin
 from client_node.client import DEFAULT_PRIORITY, json_payload
 from http_gateway import metrics
 from http_gateway.submitter import Submission, Submitter
+from wire import control_client
 from zlb.supervisor import Supervisor
 
 # Bounds on what one /configure may ask for: a typo must not fork a thousand processes.
@@ -167,7 +167,7 @@ class Gateway:
             return handler(query=query, body=body, **params)
         except HttpError as exc:
             return error_response(exc.status, exc.message, exc.headers)
-        except admin.BalancerUnreachable as exc:
+        except control_client.BalancerUnreachable as exc:
             return error_response(503, str(exc))
         except Exception as exc:  # noqa: BLE001 - the client gets JSON, the operator the traceback
             traceback.print_exc(file=sys.stderr)
@@ -189,8 +189,8 @@ class Gateway:
     def _call(self, cmd: str, **args: Any) -> Any:
         """A control command; its error becomes a 400 unless a caller maps it."""
         try:
-            return admin.call(self.config.control, cmd, timeout_s=self.config.control_timeout_s, **args)
-        except admin.ControlError as exc:
+            return control_client.call(self.config.control, cmd, timeout_s=self.config.control_timeout_s, **args)
+        except control_client.ControlError as exc:
             raise HttpError(400, str(exc)) from None
 
     # ---- endpoints ------------------------------------------------------
@@ -255,14 +255,14 @@ class Gateway:
 
     def _find_request(self, client_id: int, request_id: int) -> dict[str, Any] | None:
         try:
-            return admin.call(
+            return control_client.call(
                 self.config.control,
                 "request",
                 self.config.control_timeout_s,
                 client_id=client_id,
                 request_id=request_id,
             )
-        except admin.ControlError:
+        except control_client.ControlError:
             return None
 
     def _await_queued(self, client_id: int, request_id: int) -> bool:
@@ -305,8 +305,8 @@ class Gateway:
             raise HttpError(400, f"server id must be a non-negative integer, got {raw_id!r}")
         server_id = int(raw_id)
         try:
-            admin.call(self.config.control, cmd, self.config.control_timeout_s, server_id=server_id)
-        except admin.ControlError as exc:
+            control_client.call(self.config.control, cmd, self.config.control_timeout_s, server_id=server_id)
+        except control_client.ControlError as exc:
             raise HttpError(404 if "not found" in str(exc) else 409, str(exc)) from None
         return json_response({"message": f"Server {server_id} marked as {verb}"})
 
@@ -331,6 +331,6 @@ class Gateway:
         """Prometheus text format; with the balancer away, `zlb_up 0` (a scrape succeeds, the target is down)."""
         try:
             text = metrics.render(self._call("status"), self._call("servers"), self.latency())
-        except admin.BalancerUnreachable:
+        except control_client.BalancerUnreachable:
             text = metrics.render_unreachable(self.latency())
         return Response(200, text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")

@@ -6,7 +6,7 @@ import click
 
 from http_gateway.app import CONTROL_TIMEOUT_S, GatewayConfig
 from http_gateway.server import run_gateway
-from zlb.options import endpoints, heartbeat_options
+from wire.options import endpoints, heartbeat_options
 
 
 @click.command(name="http")

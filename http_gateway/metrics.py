@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from balancer import events as ev
+from wire import events as ev
 
 # Upper bounds in seconds; dispatch waits from sub-millisecond (idle nodes) to seconds (backlog).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -17,11 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from balancer.protocol import TOPIC_REQUEST
 from http_gateway import metrics
 from http_gateway.app import Gateway, GatewayConfig, Response, error_response
 from http_gateway.submitter import Submitter
 from monitor.stream import EventStream
+from wire.protocol import TOPIC_REQUEST
 from zlb.supervisor import Supervisor
 
 # Request bodies are tiny JSON objects; anything larger is refused unread.

@@ -7,7 +7,7 @@ import sys
 import click
 
 from monitor.plain import run_plain
-from zlb.options import endpoint_option
+from wire.options import endpoint_option
 
 
 @click.command()

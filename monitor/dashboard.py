@@ -19,10 +19,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from balancer import admin
-from balancer import events as ev
 from monitor.model import HISTORY_S, WINDOW_S, DashboardModel, NodeRow, clock
 from monitor.stream import EventStream
+from wire import control_client
+from wire import events as ev
 
 REFRESH_S = 0.25
 SNAPSHOT_EVERY_S = 1.0
@@ -220,8 +220,10 @@ class _Stop:
 def refresh_snapshot(model: DashboardModel, control: str) -> None:
     """One snapshot over control into the model, or mark the balancer unreachable."""
     try:
-        model.apply_snapshot(admin.call(control, "snapshot", timeout_s=SNAPSHOT_TIMEOUT_S, logs=100), time.time())
-    except (admin.BalancerUnreachable, admin.ControlError):
+        model.apply_snapshot(
+            control_client.call(control, "snapshot", timeout_s=SNAPSHOT_TIMEOUT_S, logs=100), time.time()
+        )
+    except (control_client.BalancerUnreachable, control_client.ControlError):
         model.mark_unreachable(time.time())
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from balancer import events as ev
+from wire import events as ev
 
 # Latency percentiles are over this many recent seconds.
 WINDOW_S = 10.0

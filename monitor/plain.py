@@ -7,9 +7,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from balancer import events as ev
-from balancer.protocol import TOPIC_NODE, TOPIC_REQUEST, TOPIC_SYSTEM
 from monitor.stream import EventStream
+from wire import events as ev
+from wire.protocol import TOPIC_NODE, TOPIC_REQUEST, TOPIC_SYSTEM
 
 # Everything that is a log line; periodic stats are for dashboards.
 LOG_TOPICS = (TOPIC_REQUEST, TOPIC_NODE, TOPIC_SYSTEM)

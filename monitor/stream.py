@@ -11,9 +11,9 @@ from typing import Any
 
 import zmq
 
-from balancer import protocol as p
-from balancer.protocol import ProtocolError
-from balancer.security import secure_client_socket
+from wire import protocol as p
+from wire.protocol import ProtocolError
+from wire.security import secure_client_socket
 
 
 class EventStream:

@@ -6,7 +6,7 @@ import click
 
 from server_node import handlers
 from server_node.node import DEFAULT_GRACE_S, NodeConfig, run_node
-from zlb.options import endpoint_option, grace_option, heartbeat_options
+from wire.options import endpoint_option, grace_option, heartbeat_options
 
 
 @click.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from balancer.protocol import RECONNECT_BACKOFF_MAX_S
+from wire.protocol import RECONNECT_BACKOFF_MAX_S
 
 
 @dataclass(slots=True)

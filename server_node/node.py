@@ -20,11 +20,11 @@ from typing import Any
 
 import zmq
 
-from balancer import protocol as p
-from balancer.protocol import MsgType, ProtocolError
-from balancer.security import secure_client_socket
 from server_node import handlers
 from server_node.liveness import PeerLiveness
+from wire import protocol as p
+from wire.protocol import MsgType, ProtocolError
+from wire.security import secure_client_socket
 
 DEFAULT_GRACE_S = 10.0
 

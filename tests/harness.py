@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from balancer import admin
+from wire import control_client
 
 ROLES = ("frontend", "backend", "events", "control")
 
@@ -145,7 +145,7 @@ class LiveBalancer:
     heartbeat_ms: int
 
     def call(self, cmd: str, **args: Any) -> Any:
-        return admin.call(self.endpoints.control, cmd, timeout_s=3.0, **args)
+        return control_client.call(self.endpoints.control, cmd, timeout_s=3.0, **args)
 
     def servers(self) -> dict[int, dict[str, Any]]:
         return {s["server_id"]: s for s in self.call("servers")}
@@ -177,7 +177,7 @@ def start_balancer(procs: ProcessGroup, endpoints: Endpoints, heartbeat_ms: int 
         try:
             live.call("ping")
             return True
-        except admin.BalancerUnreachable:
+        except control_client.BalancerUnreachable:
             return False
 
     wait_until(answers, 15, "the balancer to answer ping")

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from balancer import events as ev
 from monitor.dashboard import duration, render, sparkline
 from monitor.model import DashboardModel
+from wire import events as ev
 
 NOW = 1_700_000_000.0
 

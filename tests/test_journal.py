@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer import journal as jr
-from balancer import protocol as p
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
+from wire import protocol as p
 
 
 def written(path: Path, *batches: list[tuple]) -> jr.Journal:

@@ -6,13 +6,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from balancer import events as ev
 from balancer.control import BalancerState, rates, record_sample
 from balancer.eventlog import EventLog
 from balancer.scheduler import Scheduler
 from http_gateway import metrics
 from tests.harness import LiveBalancer, ProcessGroup, wait_until
 from tests.test_http_gateway import start_gateway
+from wire import events as ev
 
 STATUS = {
     "uptime_s": 12.5,

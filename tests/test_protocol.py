@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancer import protocol as p
-from balancer.protocol import MsgType, ProtocolError
+from wire import protocol as p
+from wire.protocol import MsgType, ProtocolError
 
 
 def test_round_trip_of_every_message_type():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from balancer import events as ev
 from balancer.scheduler import NodeState, Scheduler, Submitted
+from wire import events as ev
 
 
 def make(nodes: dict[int, int] | None = None, **kwargs) -> Scheduler:

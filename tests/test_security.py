@@ -8,7 +8,7 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-from balancer import security
+from wire import security
 from zlb.cli import main
 
 

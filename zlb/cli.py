@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-from balancer import security
-from balancer.cli import COMMANDS as ADMIN_COMMANDS
 from balancer.serve_cli import balancer, keys
 from bench.cli import bench
 from client_node.cli import client, send
 from http_gateway.cli import http
 from monitor.cli import monitor
 from server_node.cli import server
+from wire import security
 from zlb import __version__
+from zlb.admin_cli import COMMANDS as ADMIN_COMMANDS
 from zlb.cluster import cluster
 
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import click
 
-from balancer import admin
-from balancer import events as ev
-from balancer.protocol import TOPIC_STATS
 from monitor.plain import LOG_TOPICS, plain_line
 from monitor.stream import EventStream
-from zlb.options import endpoints, heartbeat_options
+from wire import control_client
+from wire import events as ev
+from wire.options import endpoints, heartbeat_options
+from wire.protocol import TOPIC_STATS
 from zlb.supervisor import Supervisor, wait_for_balancer
 
 
@@ -83,7 +83,7 @@ class Cluster:
         if cfg.http_port is not None:
             self._start_http(cfg.http_port)
         if cfg.http_port is None or cfg.servers or cfg.clients:
-            admin.call(cfg.endpoints["control"], "configure", servers=cfg.servers, clients=cfg.clients)
+            control_client.call(cfg.endpoints["control"], "configure", servers=cfg.servers, clients=cfg.clients)
         for i in range(cfg.servers):
             self.sup.start_server(i, cfg.capacity, cfg.heartbeat_ms, cfg.liveness)
         for j in range(cfg.clients):
@@ -262,7 +262,7 @@ def cluster(
     )
     try:
         code = run_cluster(config)
-    except (RuntimeError, admin.BalancerUnreachable, admin.ControlError) as exc:
+    except (RuntimeError, control_client.BalancerUnreachable, control_client.ControlError) as exc:
         raise click.ClickException(str(exc)) from None
     raise SystemExit(code)
 

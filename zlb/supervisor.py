@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from balancer import admin
+from wire import control_client
 
 STOP_TIMEOUT_S = 5.0
 
@@ -91,8 +91,8 @@ def wait_for_balancer(control: str, timeout_s: float = 10.0, proc: subprocess.Po
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the balancer exited with code {proc.returncode} (is {control} or a port in use?)")
         try:
-            admin.call(control, "ping", timeout_s=0.5)
+            control_client.call(control, "ping", timeout_s=0.5)
             return
-        except admin.BalancerUnreachable:
+        except control_client.BalancerUnreachable:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no balancer answered at {control} within {timeout_s:g} s") from None

@@ -16,9 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from balancer import admin
 from client_node.client import Client, json_payload
 from tests.harness import LiveBalancer, Proc, ProcessGroup, start_balancer, wait_until
+from wire import control_client
 
 
 @dataclass
@@ -230,7 +230,7 @@ def _balancer_view(balancer: LiveBalancer) -> dict[tuple[int, int], str]:
     view: dict[tuple[int, int], str] = {}
     offset = 0
     while True:
-        page = admin.call(balancer.endpoints.control, "requests", limit=1000, offset=offset)
+        page = control_client.call(balancer.endpoints.control, "requests", limit=1000, offset=offset)
         for row in page:
             view[(row["client_id"], row["request_id"])] = row["status"]
         if len(page) < 1000:

@@ -20,6 +20,7 @@ import time
 
 from balancer.journal import Journal
 from balancer.scheduler import ACCEPTED, FINISHED
+from wire import control_client
 
 PAYLOAD = b"p" * 100
 RESULT = b"r" * 60
@@ -105,7 +106,6 @@ def measure_end_to_end(requests: int, journal_dir: str | None) -> float:
     import subprocess
     import sys
 
-    from balancer import admin
     from client_node.client import Client
     from tests.harness import Endpoints, wait_until
 
@@ -115,11 +115,11 @@ def measure_end_to_end(requests: int, journal_dir: str | None) -> float:
     extra = ["--journal", os.path.join(journal_dir, "j")] if journal_dir else []
     procs = [subprocess.Popen([*argv, "balancer", "--log-file", "", "--keep-finished", "0", *extra], env=env)]
     try:
-        wait_until(lambda: _answers(admin, ends.control), 15, "the balancer")
+        wait_until(lambda: _answers(ends.control), 15, "the balancer")
         procs += [
             subprocess.Popen([*argv, "server", "--handler", "echo", "--capacity", "256"], env=env) for _ in range(2)
         ]
-        wait_until(lambda: len(admin.call(ends.control, "servers")) == 2, 15, "two nodes")
+        wait_until(lambda: len(control_client.call(ends.control, "servers")) == 2, 15, "two nodes")
         with Client(ends.frontend, client_id=1, retry_s=None) as client:
             t0 = time.perf_counter()
             for _ in range(requests):
@@ -133,11 +133,11 @@ def measure_end_to_end(requests: int, journal_dir: str | None) -> float:
             proc.wait(10)
 
 
-def _answers(admin, control: str) -> bool:
+def _answers(control: str) -> bool:
     try:
-        admin.call(control, "ping", timeout_s=0.5)
+        control_client.call(control, "ping", timeout_s=0.5)
         return True
-    except admin.BalancerUnreachable:
+    except control_client.BalancerUnreachable:
         return False
 
 

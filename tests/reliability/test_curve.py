@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from balancer import admin, security
-from balancer import protocol as p
 from client_node.client import Client, json_payload
 from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from wire import control_client, security
+from wire import protocol as p
 
 REFUSAL_WAIT_S = 1.5  # long enough for many handshake attempts at libzmq's 100 ms reconnect interval
 
@@ -68,8 +68,8 @@ def test_curve_admits_known_keys_and_refuses_the_rest(
     spied = subscriber(endpoints.events)
     with pytest.raises(TimeoutError), Client(endpoints.frontend, client_id=2, retry_s=0.5) as intruder:
         intruder.submit(json_payload(0, "let me in"), request_id=1).result(timeout=REFUSAL_WAIT_S)
-    with pytest.raises(admin.BalancerUnreachable):
-        admin.call(endpoints.control, "servers", timeout_s=REFUSAL_WAIT_S)
+    with pytest.raises(control_client.BalancerUnreachable):
+        control_client.call(endpoints.control, "servers", timeout_s=REFUSAL_WAIT_S)
     monkeypatch.setenv(security.CURVE_SECRET_ENV, str(keys["client"]))
     try:
         check_events(balancer, watched, spied)

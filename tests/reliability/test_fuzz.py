@@ -10,10 +10,10 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balancer import protocol as p
-from balancer.protocol import MsgType
 from client_node.client import Client, json_payload
 from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from wire import protocol as p
+from wire.protocol import MsgType
 
 MAX_MESSAGE_BYTES = 64 * 1024
 

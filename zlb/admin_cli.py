@@ -1,4 +1,4 @@
-"""The admin commands that talk to a balancer's control socket (`zlb balancer` is in serve_cli)."""
+"""The admin commands that talk to a balancer's control socket: servers, requests, status, logs, down, up, drain."""
 
 from __future__ import annotations
 
@@ -8,21 +8,21 @@ from typing import Any
 
 import click
 
-from balancer import admin
-from balancer import events as ev
-from balancer.protocol import STATUSES
 from monitor.plain import LOG_TOPICS
 from monitor.stream import EventStream
-from zlb.options import endpoint_option, json_option
+from wire import control_client
+from wire import events as ev
+from wire.options import endpoint_option, json_option
+from wire.protocol import STATUSES
 
 
 def control_call(control: str, cmd: str, **args: Any) -> Any:
     """One control command; a clean one-line error when it fails."""
     try:
-        return admin.call(control, cmd, **args)
-    except admin.BalancerUnreachable as exc:
+        return control_client.call(control, cmd, **args)
+    except control_client.BalancerUnreachable as exc:
         raise click.ClickException(f"{exc} (is it running? set --control or ZLB_CONTROL)") from None
-    except admin.ControlError as exc:
+    except control_client.ControlError as exc:
         raise click.ClickException(str(exc)) from None
 
 

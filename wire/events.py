@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from balancer.protocol import TOPIC_NODE, TOPIC_REQUEST, TOPIC_STATS, TOPIC_SYSTEM
+from wire.protocol import TOPIC_NODE, TOPIC_REQUEST, TOPIC_STATS, TOPIC_SYSTEM
 
 REQUEST_ADDED = "request.added"
 REQUEST_ASSIGNED = "request.assigned"

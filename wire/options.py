@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from balancer import protocol as p
+from wire import protocol as p
 
 HELP = {
     "frontend": "Client endpoint (ROUTER on the balancer).",
