@@ -28,6 +28,7 @@ from balancer.scheduler import (
     DEFAULT_KEEP_FINISHED_BYTES,
     DEFAULT_MAX_ATTEMPTS,
     NodeState,
+    Refused,
     Scheduler,
     Submitted,
 )
@@ -151,8 +152,12 @@ class Balancer:
         cfg = self.config
         self.frontend = self._bind(zmq.ROUTER, cfg.frontend)
         self.backend = self._bind(zmq.ROUTER, cfg.backend)
-        # A restarted node keeps its identity; let its new connection take over.
+        # A node keeps its identity across reconnects; let its new connection take over.
         self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A send to a route with no connection raises instead of vanishing: work that
+        # cannot leave goes straight back to the queue (see _send_work).
+        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.control_sock = self._bind(zmq.ROUTER, cfg.control)
         self.events_sock = self._bind(zmq.PUB, cfg.events)
         self.poller = zmq.Poller()
@@ -230,7 +235,7 @@ class Balancer:
 
     def run(self) -> None:
         """Serve until stop() is called, then wind down."""
-        self.sched.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
+        self.sched.outbox.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
         next_tick = next_expiry = time.monotonic() + self.heartbeat_s
         next_publish = 0.0
         poll = self.poller.poll
@@ -263,8 +268,8 @@ class Balancer:
             self.poller.unregister(self.frontend)  # stop accepting: clients re-send to the next balancer
             shutdown = p.encode(MsgType.REJECTED, None, p.REASON_STOPPING)
             for route in self._routes:
-                self.frontend.send_multipart([route, shutdown], flags=zmq.NOBLOCK)
-            self.sched.events.append((ev.SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
+                self._send_client(route, shutdown)
+            self.sched.outbox.events.append((ev.SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
             return False
         return not self.sched.in_flight() or now >= self._stop_deadline
 
@@ -297,55 +302,96 @@ class Balancer:
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
         sched = self.sched
-        if sched.waiting and not self._stopping:  # a stopping balancer starts no new work
-            self._send_work(sched.dispatch())
-        if sched.journal:
+        out = sched.outbox
+        while sched.waiting and not self._stopping:  # a stopping balancer starts no new work
+            if self._send_work(sched.dispatch()):
+                break  # all left; otherwise what could not leave was re-queued: dispatch again
+        if out.journal:
             self._append_journal()
-        if sched.replies:
-            self._send_results()
+        if out.replies:
+            self._send_results(out.take_replies(), False)
+        if out.replays:
+            self._send_results(out.take_replays(), True)
 
-    def _send_work(self, assignments: list[Any]) -> None:
+    def _send_work(self, assignments: list[Any]) -> bool:
+        """Send WORK; a node with no connection gets its work back in the queue. True if all left."""
         encode = p.encode
         work = MsgType.WORK
+        all_sent = True
         for node, ticket, req in assignments:
             header = encode(work, ticket, req.client_id, req.request_id, req.priority, req.attempts)
-            self._send_node(node.route, [header, req.body])
+            if not self._send_node(node.route, [header, req.body]):
+                self.sched.undeliverable(node, ticket)
+                all_sent = False
+        return all_sent
 
-    def _send_node(self, route: bytes, frames: list[Any]) -> None:
+    def _send_node(self, route: bytes, frames: list[Any]) -> bool:
+        """One message to a node; False (counted) when it has no connection or a full queue."""
         send = self.backend.send
         try:
-            # EAGAIN can only come on the first frame, before anything is queued.
+            # EAGAIN and EHOSTUNREACH can only come on the first frame, before anything is queued.
             send(route, _MORE_NOWAIT)
             for frame in frames[:-1]:
                 send(frame, _MORE_NOWAIT)
             send(frames[-1], _NOWAIT, copy=False)
         except zmq.Again:
-            self.state.counters["node_send_dropped"] = self.state.counters.get("node_send_dropped", 0) + 1
+            self._count("node_send_dropped")
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._count("node_unroutable")
+            return False
+        return True
 
-    def _send_results(self) -> None:
+    def _send_client(self, route: bytes, header: bytes, body: Any = None) -> bool:
+        """One message to a client; False (counted) when it is gone or its queue is full.
+
+        A result that cannot leave stays remembered: the client's retry fetches it.
+        """
         send = self.frontend.send
+        try:
+            if body is None:
+                send(route, _MORE_NOWAIT)
+                send(header, _NOWAIT)
+            else:
+                send(route, _MORE_NOWAIT)
+                send(header, _MORE_NOWAIT)
+                send(body, _NOWAIT, copy=False)
+        except zmq.Again:
+            self._count("client_send_dropped")
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._count("client_unroutable")
+            return False
+        return True
+
+    def _count(self, name: str) -> None:
+        counters = self.state.counters
+        counters[name] = counters.get(name, 0) + 1
+
+    def _send_results(self, replies: list[Any], replay: bool) -> None:
         encode = p.encode
         result = MsgType.RESULT
-        replies = self.sched.replies
+        send_client = self._send_client
         for req in replies:
-            header = encode(result, req.request_id, req.status, req.server_id, req.attempts)
-            send(req.route, _MORE)
-            send(header, _MORE)
-            send(req.body, 0, copy=False)
-        replies.clear()
+            if req.route is not None:
+                send_client(
+                    req.route, encode(result, req.request_id, req.status, req.server_id, req.attempts, replay), req.body
+                )
 
     def _append_journal(self) -> None:
         """One write for the iteration's records, before any of its results leave."""
         sched = self.sched
-        self.journal.append(sched.journal)
-        sched.journal.clear()
+        self.journal.append(sched.outbox.take_journal())
         live = sched.remembered_finished + sched.waiting + sched.in_flight()
         if self.journal.due_for_compaction(live):
             self.journal.compact(jr.snapshot(sched))
 
     def _publish(self) -> None:
-        batch = self.sched.events
-        self.sched.events = []
+        batch = self.sched.outbox.take_events()
         ts = time.time()
         self.eventlog.add(ts, batch)
         by_topic: dict[bytes, list[Any]] = {}
@@ -358,31 +404,72 @@ class Balancer:
 
     def _drain_frontend(self, now: float) -> None:
         recv = self.frontend.recv_multipart
-        submit = self.sched.submit
         decode = p.decode
+        submit = MsgType.SUBMIT
         for _ in range(DRAIN_BATCH):
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                if len(frames) != 3:
-                    raise ProtocolError("bad_frames", f"expected route, header and payload, got {len(frames)} frames")
+                if len(frames) < 2:
+                    raise ProtocolError("bad_frames", "empty message")
                 msg_type, fields = decode(frames[1])
-                if msg_type is not MsgType.SUBMIT:
+                body = p.split_body(msg_type, frames[1:])
+                if msg_type is not submit and msg_type not in self._client_handlers:
                     raise ProtocolError("unknown_type", f"{msg_type.name} is not a client message")
             except ProtocolError as exc:
                 self._bad_input("frontend", exc, now)
-                self._reject(frames[0], None, f"bad message: {exc}")
+                self._send_client(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
                 continue
             route = self._routes.get(frames[0])
             if route is None:
                 route = self._routes[frames[0]] = frames[0]
-            if submit(fields[0], fields[1], fields[2], route, frames[2]) is Submitted.REJECTED:
-                self._reject(route, fields[1], f"queue full ({self.sched.max_queue} waiting)")
+            if msg_type is submit:
+                self._on_submit(route, fields, body, now)
+            else:
+                self._client_handlers[msg_type](self, route, fields, now)
 
-    def _reject(self, route: bytes, request_id: int | None, reason: str) -> None:
-        self.frontend.send_multipart([route, p.encode(MsgType.REJECTED, request_id, reason)])
+    def _on_submit(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
+        client_id, request_id, priority, incarnation = fields
+        outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
+        if outcome is Submitted.QUEUED or outcome is Submitted.DUPLICATE or outcome is Submitted.FINISHED:
+            return
+        if outcome is Submitted.ID_IN_USE:
+            self._refuse_client(route, client_id, incarnation, now)
+        elif outcome is Submitted.CONFLICT:
+            reason = self.sched.conflict_reason(client_id, request_id)
+            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
+        else:
+            self._send_client(route, p.encode(MsgType.REJECTED, request_id, self.sched.queue_full_reason()))
+
+    def _refuse_client(self, route: bytes, client_id: int, incarnation: int, now: float) -> None:
+        reason = self.sched.client_hello(client_id, incarnation, None, None, now)
+        if reason:
+            self.sched.outbox.events.append((ev.SYSTEM_CLIENT_REFUSED, client_id, reason))
+            self._send_client(route, p.encode(MsgType.REFUSED, reason))
+
+    def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
+        client_id, incarnation, pid, host = fields
+        reason = self.sched.client_hello(client_id, incarnation, pid, host, now)
+        if reason:
+            self.sched.outbox.events.append((ev.SYSTEM_CLIENT_REFUSED, client_id, reason))
+            self._send_client(route, p.encode(MsgType.REFUSED, reason))
+        else:
+            self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, int(self.sched.client_lease_s * 1000)))
+
+    def _on_client_ping(self, route: bytes, fields: list[Any], now: float) -> None:
+        self._refuse_client(route, fields[0], fields[1], now)
+
+    def _on_client_bye(self, route: bytes, fields: list[Any], now: float) -> None:
+        self.sched.client_bye(fields[0], fields[1])
+        self._routes.pop(route, None)
+
+    _client_handlers = {
+        MsgType.CLIENT_HELLO: _on_client_hello,
+        MsgType.CLIENT_PING: _on_client_ping,
+        MsgType.CLIENT_BYE: _on_client_bye,
+    }
 
     # ---- backend: server nodes ------------------------------------------
 
@@ -407,29 +494,49 @@ class Balancer:
                 continue
             try:
                 handler(self, frames[0], fields, body, now)
+            except ProtocolError as exc:
+                self._bad_input("backend", exc, now)
             except Exception as exc:  # noqa: BLE001 - a message we failed to foresee must not end the balancer
                 self._bad_input("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
 
-    def _on_done(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        if self.sched.complete(route, fields[0], fields[1], body, now) is None and route not in self.sched.routes:
+    def _unknown_node(self, route: bytes) -> None:
+        """A message from a route with no session: a fenced incarnation exits, anyone else says HELLO."""
+        reason = self.sched.table.fenced.get(route)
+        if reason is not None:
+            self._count("fenced_messages")
+            self._send_node(route, [p.encode(MsgType.FENCED, reason)])
+        else:
             self._send_node(route, [p.encode(MsgType.RECONNECT, "unknown node; say HELLO")])
 
+    def _on_done(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
+        if self.sched.complete(route, fields[0], fields[1], body, now) is None and route not in self.sched.routes:
+            self._unknown_node(route)
+
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        node_id, capacity, pid, host = fields
+        node_id, capacity, pid, host, incarnation = fields
         if capacity < 1:
-            self._bad_input("backend", ProtocolError("bad_fields", f"capacity {capacity} < 1"), now)
+            raise ProtocolError("bad_fields", f"capacity {capacity} < 1")
+        held = p.decode_tickets(body)
+        try:
+            node = self.sched.hello(route, node_id, capacity, pid, host, now, incarnation, held)
+        except Refused as refusal:
+            if refusal.fenced:
+                self._count("fenced_messages")
+            self._send_node(route, [p.encode(MsgType.FENCED if refusal.fenced else MsgType.REFUSED, refusal.reason)])
             return
-        node = self.sched.hello(route, node_id, capacity, pid, host, now)
         welcome = p.encode(MsgType.WELCOME, node.node_id, self.config.heartbeat_ms, self.config.liveness)
         self._send_node(route, [welcome])
 
     def _on_heartbeat(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        if self.sched.heartbeat(route, fields[0], fields[1], now) is None:
-            self._send_node(route, [p.encode(MsgType.RECONNECT, "unknown node; say HELLO")])
+        held = p.decode_tickets(body)
+        if self.sched.heartbeat(route, fields[0], fields[1], now, fields[2], held) is None:
+            self._unknown_node(route)
 
     def _on_leaving(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         node = self.sched.seen(route, now)
-        if node is not None and node.state is NodeState.ACTIVE:
+        if node is None:
+            self._unknown_node(route)
+        elif node.state is NodeState.ACTIVE:
             self.sched.drain(node.node_id)
 
     def _on_bye(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:

@@ -1,109 +1,39 @@
-"""The balancer's brain: a pure model of requests and nodes.
+"""The balancer's brain: a pure model of requests, client sessions and nodes.
 
 No sockets, no clock, no logging. Every method takes `now` (monotonic seconds)
-where time matters and records what should happen in three outboxes that the
-socket loop empties after each batch:
+where time matters and records what should happen in the outbox
+(balancer/records.py) that the socket loop takes from after each batch:
+events to publish, replies and replays for clients and, with --journal,
+records for the journal writer. `dispatch()` returns the assignments to send.
 
-- `dispatch()` returns the assignments to send to nodes,
-- `replies` holds finished requests whose result must go to their client,
-- `events` holds event tuples `(kind, *args)` to publish and log,
-- `journal`, when it is a list (the balancer runs with --journal), collects
-  `(ACCEPTED, ...)` and `(FINISHED, ...)` records for the journal writer.
-
-Waiting requests live in per-priority buckets (a deque of fresh arrivals and a
-seq-ordered heap of re-queued ones) under a heap of priorities, so submit and
-dispatch are O(log P) for P distinct priorities. Eligible nodes sit in a heap
-keyed by (load ratio, handled, last assignment) with lazy invalidation, so the
-least-loaded choice costs O(log N), not O(N), for N nodes.
+A request is named by (client_id, request_id): the request id is an
+idempotency key within a client id. A client id belongs to one incarnation at
+a time (a session with a lease); the node side of sessions is in
+balancer/nodes.py, the queue in balancer/waiting.py.
 """
 
 from __future__ import annotations
 
-import heapq
+import hashlib
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
+from balancer.nodes import Joined, NodeTable
+from balancer.records import ACCEPTED, FINISHED, Node, NodeState, Outbox, Request, Submitted
+from balancer.waiting import WaitingQueue
 from wire import events as ev
 from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
+
+__all__ = ["ACCEPTED", "FINISHED", "Joined", "Node", "NodeState", "Refused", "Request", "Scheduler", "Submitted"]
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_KEEP_FINISHED = 10_000
 # Kept results are also bounded in bytes: 10,000 results of 256 KiB would be 2.5 GiB.
 DEFAULT_KEEP_FINISHED_BYTES = 64 * 1024 * 1024
-
-# Journal record kinds (the first element of each record tuple).
-ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
-FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result)
-
-
-class NodeState(str, Enum):
-    """Where a node is in its life; see docs/PROTOCOL.md for the transitions."""
-
-    ACTIVE = "active"
-    DRAINING = "draining"
-    DOWN = "down"
-    DEAD = "dead"
-
-
-@dataclass(slots=True, eq=False)
-class Request:
-    """One client request. `body` is the opaque payload, then the result."""
-
-    client_id: int
-    request_id: int
-    priority: int
-    # Order of first dispatch; None while a request has never left the queue. Set
-    # lazily because a queued request keeps its order by its place in the deque, and an
-    # int per waiting request is 32 bytes of the ~300 that a million queued cost.
-    seq: int | None
-    route: Any  # the client's routing identity, opaque here
-    body: Any
-    status: str = PENDING
-    server_id: int | None = None
-    attempts: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Node:
-    """A server node as the balancer sees it."""
-
-    node_id: int
-    route: Any  # the node's routing identity, opaque here
-    capacity: int
-    pid: int
-    host: str
-    expires_at: float
-    last_seen: float
-    state: NodeState = NodeState.ACTIVE
-    in_flight: dict[int, Request] = field(default_factory=dict)
-    handled: int = 0
-    reported_in_flight: int = 0
-    reported_handled: int = 0
-    last_assigned: int = 0
-    heap_seq: int = -1  # the push that is this node's live entry in the node heap
-
-    @property
-    def active(self) -> bool:
-        return self.state is NodeState.ACTIVE
-
-
-@dataclass(slots=True)
-class _Bucket:
-    """Waiting requests of one priority: re-queued ones first, by arrival."""
-
-    fresh: deque = field(default_factory=deque)
-    retry: list = field(default_factory=list)  # heap of (seq, Request)
-    in_heap: bool = False
-
-    def __len__(self) -> int:
-        return len(self.fresh) + len(self.retry)
-
-
-def _listing_order(req: Request) -> tuple[bool, int]:
-    return (req.seq is None, req.seq or 0)
+# A client id stays with its process this long after the process was last heard from
+# (clients with outstanding requests ping at a third of it); CLIENT_BYE frees it at once.
+DEFAULT_CLIENT_LEASE_S = 10.0
 
 
 def _size(body: Any) -> int:
@@ -111,32 +41,41 @@ def _size(body: Any) -> int:
     return len(body) if body is not None else 0
 
 
-class _ClientRequests(dict):
-    """One client's remembered requests by request id, plus the client id they share.
+def payload_digest(payload: Any) -> int:
+    """A stable 64-bit digest of a payload (stable across processes, unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+
+
+class Refused(Exception):
+    """A HELLO the balancer will not take: `fenced` when this incarnation was replaced."""
+
+    def __init__(self, reason: str, fenced: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fenced = fenced
+
+
+class ClientSession(dict):
+    """One client id's remembered requests by request id, and the incarnation that holds the id.
 
     Every decoded header carries a fresh int for the client id (only -5..256
     are cached by Python); pointing each Request at this one copy saves 32
     bytes per waiting request, a tenth of the memory of a queued request.
     """
 
-    __slots__ = ("client_id",)
+    __slots__ = ("client_id", "host", "incarnation", "last_seen", "pid")
 
     def __init__(self, client_id: int) -> None:
         super().__init__()
         self.client_id = client_id
-
-
-class Submitted(Enum):
-    """What `submit` did with a request."""
-
-    QUEUED = "queued"
-    DUPLICATE = "duplicate"  # already waiting or running; the route was refreshed
-    FINISHED = "finished"  # already finished; its result was queued for the client again
-    REJECTED = "rejected"
+        self.incarnation: int | None = None
+        self.last_seen = 0.0
+        self.pid: int | None = None
+        self.host: str | None = None
 
 
 class Scheduler:
-    """Priority queue, node table and least-loaded dispatch."""
+    """Priority queue, client sessions, node table and least-loaded dispatch."""
 
     def __init__(
         self,
@@ -148,6 +87,7 @@ class Scheduler:
         keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES,
         first_ticket: int = 0,
         journal: bool = False,
+        client_lease_s: float = DEFAULT_CLIENT_LEASE_S,
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
@@ -155,26 +95,87 @@ class Scheduler:
         self.max_attempts = max_attempts
         self.keep_finished = keep_finished
         self.keep_finished_bytes = keep_finished_bytes
-        self.nodes: dict[int, Node] = {}
-        self.routes: dict[Any, Node] = {}
-        self.events: list[tuple[Any, ...]] = []
-        self.replies: list[Request] = []
-        self.journal: list[tuple[Any, ...]] | None = [] if journal else None
+        self.client_lease_s = client_lease_s
+        self.outbox = Outbox(journal=[] if journal else None)
+        self.table = NodeTable(self.outbox, heartbeat_s, liveness)
+        self.nodes = self.table.nodes
+        self.routes = self.table.routes
         self.counters: dict[str, int] = dict.fromkeys(
-            ("submitted", "processed", "failed", "requeued", "rejected", "duplicates", "late_results"), 0
+            (
+                "submitted",
+                "processed",
+                "failed",
+                "requeued",
+                "rejected",
+                "duplicates",
+                "replays",
+                "conflicts",
+                "late_results",
+                "clients_refused",
+                "nodes_refused",
+                "lost_in_transit",
+                "undeliverable",
+            ),
+            0,
         )
-        self._by_client: dict[int, _ClientRequests] = {}
-        self._buckets: dict[int, _Bucket] = {}
-        self._priorities: list[int] = []
-        self._waiting = 0
+        self._sessions: dict[int, ClientSession] = {}
+        self._queue = WaitingQueue()
         self._finished: deque[Request] = deque()
         self._finished_bytes = 0
-        self._node_heap: list[tuple[float, int, int, int, Node]] = []
         self._seq = 0
         # Tickets must never repeat across balancer restarts (see protocol), so they start where told.
         self._ticket = first_ticket
-        self._push = 0
         self._assigned = 0
+
+    @property
+    def events(self) -> list[tuple[Any, ...]]:
+        """Events not yet taken by the loop."""
+        return self.outbox.events
+
+    @property
+    def replies(self) -> list[Request]:
+        """Finished requests whose result is still to be sent."""
+        return self.outbox.replies
+
+    @property
+    def journal(self) -> list[tuple[Any, ...]] | None:
+        """Journal records not yet written (None without --journal)."""
+        return self.outbox.journal
+
+    # ---- client sessions --------------------------------------------------
+
+    def _session(self, client_id: int) -> ClientSession:
+        session = self._sessions.get(client_id)
+        if session is None:
+            session = self._sessions[client_id] = ClientSession(client_id)
+        return session
+
+    def client_hello(self, client_id: int, incarnation: int, pid: int | None, host: str | None, now: float) -> str:
+        """Open (or refresh) a client's session; return '' or the reason it is refused."""
+        session = self._session(client_id)
+        refusal = self._claim(session, incarnation, now)
+        if not refusal and pid is not None:
+            session.pid, session.host = pid, host
+        return refusal
+
+    def _claim(self, session: ClientSession, incarnation: int, now: float) -> str:
+        """The session's holder is `incarnation` from now on, unless another live one holds it."""
+        if session.incarnation != incarnation:
+            if session.incarnation is not None and now - session.last_seen < self.client_lease_s:
+                self.counters["clients_refused"] += 1
+                where = f" (pid {session.pid} on host {session.host})" if session.pid is not None else ""
+                return f"client id {session.client_id} is in use by another process{where}; pick another --id"
+            session.incarnation, session.pid, session.host = incarnation, None, None
+        session.last_seen = now
+        return ""
+
+    def client_bye(self, client_id: int, incarnation: int) -> None:
+        """A client leaves: its id is free at once (its requests stay)."""
+        session = self._sessions.get(client_id)
+        if session is not None and session.incarnation == incarnation:
+            session.incarnation = None
+            if not session:
+                del self._sessions[client_id]
 
     # ---- requests -------------------------------------------------------
 
@@ -186,92 +187,98 @@ class Scheduler:
     @property
     def waiting(self) -> int:
         """How many requests wait for a node."""
-        return self._waiting
+        return len(self._queue)
 
-    def submit(self, client_id: int, request_id: int, priority: int, route: Any, body: Any) -> Submitted:
+    def submit(
+        self,
+        client_id: int,
+        request_id: int,
+        priority: int,
+        route: Any,
+        body: Any,
+        incarnation: int = 0,
+        now: float = 0.0,
+    ) -> Submitted:
         """Queue a client's request, or recognise it as one already known."""
-        known = self._client_requests(client_id)
-        client_id = known.client_id
-        req = known.get(request_id)
+        session = self._session(client_id)
+        if self._claim(session, incarnation, now):
+            return Submitted.ID_IN_USE
+        req = session.get(request_id)
         if req is not None:
-            return self._resubmitted(req, route)
-        if self.max_queue is not None and self._waiting >= self.max_queue:
+            return self._resubmitted(req, route, body)
+        if self.max_queue is not None and len(self._queue) >= self.max_queue:
             self.counters["rejected"] += 1
-            self.events.append((ev.REQUEST_REJECTED, client_id, request_id, f"queue full ({self.max_queue} waiting)"))
+            self.outbox.events.append((ev.REQUEST_REJECTED, client_id, request_id, self.queue_full_reason()))
             return Submitted.REJECTED
+        client_id = session.client_id
         req = Request(client_id, request_id, priority, None, route, body)
-        known[request_id] = req
-        self._enqueue_fresh(req)
+        session[request_id] = req
+        self._queue.push_fresh(req)
         self.counters["submitted"] += 1
-        self.events.append((ev.REQUEST_ADDED, client_id, request_id, priority))
-        if self.journal is not None:
-            self.journal.append((ACCEPTED, client_id, request_id, priority, route, body))
+        self.outbox.events.append((ev.REQUEST_ADDED, client_id, request_id, priority))
+        if self.outbox.journal is not None:
+            self.outbox.journal.append((ACCEPTED, client_id, request_id, priority, route, body))
         return Submitted.QUEUED
 
-    def _client_requests(self, client_id: int) -> _ClientRequests:
-        known = self._by_client.get(client_id)
-        if known is None:
-            known = self._by_client[client_id] = _ClientRequests(client_id)
-        return known
+    def queue_full_reason(self) -> str:
+        return f"queue full ({self.max_queue} waiting)"
 
-    def _resubmitted(self, req: Request, route: Any) -> Submitted:
+    def _resubmitted(self, req: Request, route: Any, body: Any) -> Submitted:
+        """A known request id again: the same request (answer it), or a conflicting reuse."""
+        finished = req.status in (PROCESSED, FAILED)
+        if finished:
+            same = req.payload_digest is None or req.payload_digest == payload_digest(body)
+        else:
+            same = bytes(req.body) == bytes(body)
+        if not same:
+            self.counters["conflicts"] += 1
+            return Submitted.CONFLICT
         self.counters["duplicates"] += 1
+        replay = finished and req.route != route  # another process asks for a result it did not see made
         req.route = route  # answer wherever the client is now
-        if req.status in (PROCESSED, FAILED):
-            self.replies.append(req)
-            return Submitted.FINISHED
-        return Submitted.DUPLICATE
+        if not finished:
+            return Submitted.DUPLICATE
+        if replay:
+            self.counters["replays"] += 1
+            self.outbox.replays.append(req)
+        else:
+            self.outbox.replies.append(req)
+        return Submitted.FINISHED
 
-    def _enqueue_fresh(self, req: Request) -> None:
-        bucket = self._bucket(req.priority)
-        bucket.fresh.append(req)
-        self._waiting += 1
+    def conflict_reason(self, client_id: int, request_id: int) -> str:
+        return (
+            f"request id {request_id} of client {client_id} was already used with another payload;"
+            " request ids are idempotency keys: pick a new one"
+        )
 
     def _requeue(self, req: Request, server_id: int) -> None:
         """Put a lost request back ahead of later arrivals of its priority."""
         if req.attempts >= self.max_attempts:
             reason = f"gave up after {req.attempts} attempts; the last on Server {server_id}"
             self._finish(req, FAILED, reason.encode())
-            self.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, server_id, reason))
+            self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, server_id, reason))
             return
         req.status = PENDING
         req.server_id = None
-        heapq.heappush(self._bucket(req.priority).retry, (req.seq, req))
-        self._waiting += 1
+        self._queue.push_retry(req)
         self.counters["requeued"] += 1
-        self.events.append((ev.REQUEST_REQUEUED, req.client_id, req.request_id, req.priority, req.attempts, server_id))
+        self.outbox.events.append(
+            (ev.REQUEST_REQUEUED, req.client_id, req.request_id, req.priority, req.attempts, server_id)
+        )
 
-    def _bucket(self, priority: int) -> _Bucket:
-        bucket = self._buckets.get(priority)
-        if bucket is None:
-            bucket = self._buckets[priority] = _Bucket()
-        if not bucket.in_heap:
-            bucket.in_heap = True
-            heapq.heappush(self._priorities, priority)
-        return bucket
-
-    def _pop_waiting(self) -> Request:
-        priorities = self._priorities
-        while True:
-            bucket = self._buckets[priorities[0]]
-            if bucket.retry:
-                req = heapq.heappop(bucket.retry)[1]
-            elif bucket.fresh:
-                req = bucket.fresh.popleft()
-            else:
-                bucket.in_heap = False
-                heapq.heappop(priorities)
-                continue
-            self._waiting -= 1
-            return req
+    def _requeue_many(self, lost: list[Request], server_id: int) -> None:
+        for req in lost:
+            self._requeue(req, server_id)
 
     def _finish(self, req: Request, status: str, result: Any) -> None:
         req.status = status
+        if req.payload_digest is None:
+            req.payload_digest = payload_digest(req.body)
         req.body = result
         self.counters[status] += 1
-        self.replies.append(req)
-        if self.journal is not None:
-            self.journal.append(
+        self.outbox.replies.append(req)
+        if self.outbox.journal is not None:
+            self.outbox.journal.append(
                 (FINISHED, req.client_id, req.request_id, req.priority, status, req.server_id, req.attempts, result)
             )
         self._remember_finished(req)
@@ -284,19 +291,19 @@ class Scheduler:
         while finished and (len(finished) > self.keep_finished or self._finished_bytes > self.keep_finished_bytes):
             old = finished.popleft()
             self._finished_bytes -= _size(old.body)
-            known = self._by_client.get(old.client_id)
-            if known is not None and known.get(old.request_id) is old:
-                del known[old.request_id]
-                if not known:
-                    del self._by_client[old.client_id]
+            session = self._sessions.get(old.client_id)
+            if session is not None and session.get(old.request_id) is old:
+                del session[old.request_id]
+                if not session and session.incarnation is None:
+                    del self._sessions[old.client_id]
 
     # ---- restart from a journal ------------------------------------------
 
     def restore_pending(self, client_id: int, request_id: int, priority: int, route: Any, body: Any) -> None:
         """Queue a request that a previous balancer accepted and never finished."""
         req = Request(client_id, request_id, priority, None, route, body)
-        self._client_requests(client_id)[request_id] = req
-        self._enqueue_fresh(req)
+        self._session(client_id)[request_id] = req
+        self._queue.push_fresh(req)
 
     def restore_finished(
         self, client_id: int, request_id: int, priority: int, status: str, server_id: Any, attempts: int, result: Any
@@ -304,39 +311,41 @@ class Scheduler:
         """Remember a request that a previous balancer finished, to answer resubmissions."""
         self._seq += 1
         req = Request(client_id, request_id, priority, self._seq, None, result, status, server_id, attempts)
-        self._client_requests(client_id)[request_id] = req
+        self._session(client_id)[request_id] = req
         self._remember_finished(req)
 
     def get(self, client_id: int, request_id: int) -> Request | None:
         """The request with these ids, if it is still remembered."""
-        return self._by_client.get(client_id, {}).get(request_id)
+        return self._sessions.get(client_id, {}).get(request_id)
 
     def requests(self, status: str | None = None, client_id: int | None = None) -> Iterator[Request]:
         """Remembered requests, optionally filtered: in dispatch order, never-dispatched ones last."""
         if client_id is not None:
-            pools = [self._by_client.get(client_id, {})]
+            pools = [self._sessions.get(client_id, {})]
         else:
-            pools = list(self._by_client.values())
+            pools = list(self._sessions.values())
         found = [r for pool in pools for r in pool.values() if status is None or r.status == status]
-        found.sort(key=_listing_order)
+        found.sort(key=lambda req: (req.seq is None, req.seq or 0))
         return iter(found)
 
     def waiting_by_priority(self) -> dict[int, int]:
         """Queue depth per priority, most urgent first."""
-        return {p: len(b) for p, b in sorted(self._buckets.items()) if len(b)}
+        return self._queue.by_priority()
 
-    # ---- dispatch -------------------------------------------------------
+    # ---- dispatch and results ---------------------------------------------
 
     def dispatch(self) -> list[tuple[Node, int, Request]]:
         """Pair waiting requests with the least-loaded free nodes."""
         out: list[tuple[Node, int, Request]] = []
         append = out.append
-        events = self.events
-        while self._waiting:
-            node = self._pop_free_node()
+        events = self.outbox.events
+        queue = self._queue
+        pop_free, push = self.table.pop_free, self.table.push
+        while len(queue):
+            node = pop_free()
             if node is None:
                 break
-            req = self._pop_waiting()
+            req = queue.pop()
             if req.seq is None:
                 self._seq += 1
                 req.seq = self._seq
@@ -348,41 +357,20 @@ class Scheduler:
             req.server_id = node.node_id
             req.attempts += 1
             if len(node.in_flight) < node.capacity:
-                self._push_node(node)
+                push(node)
             append((node, self._ticket, req))
             events.append((ev.REQUEST_ASSIGNED, req.client_id, req.request_id, node.node_id, req.attempts))
         return out
 
-    def _push_node(self, node: Node) -> None:
-        self._push += 1
-        node.heap_seq = self._push
-        key = (len(node.in_flight) / node.capacity, node.handled, node.last_assigned, self._push, node)
-        heapq.heappush(self._node_heap, key)
-        if len(self._node_heap) > 4 * len(self.nodes) + 64:
-            self._rebuild_node_heap()
-
-    def _rebuild_node_heap(self) -> None:
-        self._node_heap = [e for e in self._node_heap if e[4].heap_seq == e[3]]
-        heapq.heapify(self._node_heap)
-
-    def _pop_free_node(self) -> Node | None:
-        heap = self._node_heap
-        while heap:
-            entry = heapq.heappop(heap)
-            node = entry[4]
-            if node.heap_seq == entry[3]:
-                node.heap_seq = -1
-                return node
-        return None
-
-    def _refresh_node(self, node: Node) -> None:
-        """Re-rank a node after its load or state changed."""
-        if node.state is NodeState.ACTIVE and len(node.in_flight) < node.capacity:
-            self._push_node(node)
-        else:
-            node.heap_seq = -1
-
-    # ---- results --------------------------------------------------------
+    def undeliverable(self, node: Node, ticket: int) -> None:
+        """WORK found no connection to its node: it never left, so it goes back at once, attempt uncounted."""
+        req = node.in_flight.pop(ticket, None)
+        self.table.unreachable(node)
+        if req is None:
+            return
+        self.counters["undeliverable"] += 1
+        req.attempts -= 1
+        self._requeue(req, node.node_id)
 
     def complete(self, route: Any, ticket: int, ok: bool, result: Any, now: float) -> Request | None:
         """Record a node's result; None when it is late or unknown (dropped)."""
@@ -390,141 +378,105 @@ class Scheduler:
         req = node.in_flight.pop(ticket, None) if node is not None else None
         if req is None:
             self.counters["late_results"] += 1
-            self.events.append((ev.REQUEST_LATE_RESULT, node.node_id if node else None, ticket))
+            self.outbox.events.append((ev.REQUEST_LATE_RESULT, node.node_id if node else None, ticket))
             return None
-        node.expires_at = now + self.heartbeat_s * self.liveness
-        node.last_seen = now
+        node.missing.pop(ticket, None)
+        self.table.touch(node, now)
         node.handled += 1
         if ok:
             self._finish(req, PROCESSED, result)
-            self.events.append((ev.REQUEST_PROCESSED, req.client_id, req.request_id, node.node_id))
+            self.outbox.events.append((ev.REQUEST_PROCESSED, req.client_id, req.request_id, node.node_id))
         else:
             reason = bytes(result).decode("utf-8", "replace")
             self._finish(req, FAILED, result)
-            self.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, node.node_id, reason))
-        self._refresh_node(node)
+            self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, node.node_id, reason))
+        self.table.refresh(node)
         if node.state is NodeState.DRAINING and not node.in_flight:
-            self.events.append((ev.NODE_DRAINED, node.node_id))
+            self.outbox.events.append((ev.NODE_DRAINED, node.node_id))
         return req
 
     # ---- nodes ----------------------------------------------------------
 
-    def hello(self, route: Any, node_id: int | None, capacity: int, pid: int, host: str, now: float) -> Node:
-        """Register a node (new, restarted or reconnecting) and make it active."""
-        known = self.routes.get(route)
-        if known is not None and node_id in (None, known.node_id):
-            self._touch(known, now)  # the same process saying hello again: keep its work
-            return known
-        if known is not None:
-            self._drop_node(known, ev.NODE_LEFT)
-        if node_id is None:
-            node_id = self._free_id()
-        old = self.nodes.get(node_id)
-        if old is not None and old.state is not NodeState.DEAD:
-            # A restarted process took over this id before the old one was declared dead.
-            self._drop_node(old, ev.NODE_LEFT)
-        node = Node(node_id, route, max(1, capacity), pid, host, now + self.heartbeat_s * self.liveness, now)
-        self.nodes[node_id] = node
-        self.routes[route] = node
-        self.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
-        self._refresh_node(node)
+    def hello(
+        self,
+        route: Any,
+        node_id: int | None,
+        capacity: int,
+        pid: int,
+        host: str,
+        now: float,
+        incarnation: int = 0,
+        held: list[int] | tuple[int, ...] = (),
+    ) -> Node:
+        """A node's HELLO: join or resync, or raise Refused (the id is another's, or this one was fenced)."""
+        outcome, node, lost = self.table.hello(route, node_id, (capacity, pid, host, incarnation), list(held), now)
+        if lost:
+            self._lost(lost, node.node_id if isinstance(node, Node) else -1)
+        if outcome is Joined.REFUSED:
+            self.counters["nodes_refused"] += 1
+            self.outbox.events.append((ev.NODE_REFUSED, node_id, node))
+        if isinstance(node, str):
+            raise Refused(node, outcome is Joined.FENCED)
         return node
 
-    def _free_id(self) -> int:
-        node_id = 0
-        while node_id in self.nodes and self.nodes[node_id].state is not NodeState.DEAD:
-            node_id += 1
-        return node_id
+    def _lost(self, lost: list[Request], server_id: int) -> None:
+        self.counters["lost_in_transit"] += len(lost)
+        self._requeue_many(lost, server_id)
 
-    def _drop_node(self, node: Node, kind: str, *details: Any) -> None:
-        """Take a node out of service for good and re-queue its work."""
-        lost = self._take_work(node)
-        node.state = NodeState.DEAD
-        node.heap_seq = -1
-        self.routes.pop(node.route, None)
-        self.events.append((kind, node.node_id, *details, len(lost)))
-        self._requeue_many(lost, node.node_id)
-
-    @staticmethod
-    def _take_work(node: Node) -> list[Request]:
-        # Tickets grow in dispatch order, so this keeps the lost requests' order.
-        lost = [req for _ticket, req in sorted(node.in_flight.items())]
-        node.in_flight.clear()
-        return lost
-
-    def _requeue_many(self, lost: list[Request], server_id: int) -> None:
-        for req in lost:
-            self._requeue(req, server_id)
-
-    def _touch(self, node: Node, now: float) -> None:
-        node.expires_at = now + self.heartbeat_s * self.liveness
-        node.last_seen = now
+    def heartbeat(
+        self, route: Any, in_flight: int, handled: int, now: float, dropped: int = 0, held: list[int] | None = None
+    ) -> Node | None:
+        """A node's load report; with `held` (the tickets it holds) work lost on the way is re-queued."""
+        node, lost = self.table.heartbeat(route, (in_flight, handled, dropped), held, self._ticket, now)
+        if lost:
+            self._lost(lost, node.node_id)
+        return node
 
     def seen(self, route: Any, now: float) -> Node | None:
         """Any message from a node is a sign of life; None if it is unknown."""
-        node = self.routes.get(route)
-        if node is not None:
-            node.expires_at = now + self.heartbeat_s * self.liveness
-            node.last_seen = now
-        return node
-
-    def heartbeat(self, route: Any, in_flight: int, handled: int, now: float) -> Node | None:
-        """A node's load report; None if the node is unknown (it must say hello)."""
-        node = self.seen(route, now)
-        if node is not None:
-            node.reported_in_flight = in_flight
-            node.reported_handled = handled
-        return node
+        return self.table.seen(route, now)
 
     def bye(self, route: Any) -> None:
         """A node leaves on purpose."""
         node = self.routes.get(route)
         if node is not None:
-            self._drop_node(node, ev.NODE_LEFT)
+            self._requeue_many(self.table.drop(node, ev.NODE_LEFT), node.node_id)
 
     def expire(self, now: float) -> list[Node]:
         """Declare nodes silent past their deadline dead; re-queue their work."""
-        dead = [n for n in self.routes.values() if n.expires_at < now]
-        for node in dead:
-            self._drop_node(node, ev.NODE_DEAD, now - node.last_seen)
-        return dead
+        dead = self.table.expire(now)
+        for node, lost in dead:
+            self._requeue_many(lost, node.node_id)
+        return [node for node, _lost in dead]
 
     # ---- admin ----------------------------------------------------------
 
     def mark_down(self, node_id: int) -> Node:
         """Stop using a node and re-queue its in-flight work."""
-        node = self._live_node(node_id)
+        node = self.table.live(node_id)
         node.state = NodeState.DOWN
-        lost = self._take_work(node)
-        self._refresh_node(node)
-        self.events.append((ev.NODE_DOWN, node_id, len(lost)))
+        lost = self.table.take_all(node)
+        self.table.refresh(node)
+        self.outbox.events.append((ev.NODE_DOWN, node_id, len(lost)))
         self._requeue_many(lost, node_id)
         return node
 
     def mark_up(self, node_id: int) -> Node:
         """Put a down or draining node back in service."""
-        node = self._live_node(node_id)
+        node = self.table.live(node_id)
         node.state = NodeState.ACTIVE
-        self._refresh_node(node)
-        self.events.append((ev.NODE_UP, node_id))
+        self.table.refresh(node)
+        self.outbox.events.append((ev.NODE_UP, node_id))
         return node
 
     def drain(self, node_id: int) -> Node:
         """Send a node no new work; its in-flight work finishes."""
-        node = self._live_node(node_id)
+        node = self.table.live(node_id)
         node.state = NodeState.DRAINING
-        self._refresh_node(node)
-        self.events.append((ev.NODE_DRAINING, node_id, len(node.in_flight)))
+        self.table.refresh(node)
+        self.outbox.events.append((ev.NODE_DRAINING, node_id, len(node.in_flight)))
         if not node.in_flight:
-            self.events.append((ev.NODE_DRAINED, node_id))
-        return node
-
-    def _live_node(self, node_id: int) -> Node:
-        node = self.nodes.get(node_id)
-        if node is None:
-            raise KeyError(f"Server {node_id} not found")
-        if node.state is NodeState.DEAD:
-            raise KeyError(f"Server {node_id} is dead; start it again with zlb server --id {node_id}")
+            self.outbox.events.append((ev.NODE_DRAINED, node_id))
         return node
 
     # ---- queries --------------------------------------------------------

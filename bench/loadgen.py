@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import signal
 import sys
 import time
@@ -48,6 +49,7 @@ class LoadGen:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.connect(args.frontend)
+        self.incarnation = secrets.randbits(64)
         self.payload = args.payload.encode() if args.payload is not None else b"x" * args.payload_bytes
         self.copy = len(self.payload) < ZERO_COPY_BYTES
         self.sent_at: dict[int, int] = {}
@@ -66,7 +68,7 @@ class LoadGen:
     def send_one(self) -> None:
         request_id = self.next_id
         self.next_id += 1
-        header = p.encode(MsgType.SUBMIT, self.args.client_id, request_id, self.args.priority)
+        header = p.encode(MsgType.SUBMIT, self.args.client_id, request_id, self.args.priority, self.incarnation)
         self.sent_at[request_id] = time.perf_counter_ns()
         self.sock.send_multipart([header, self.payload], copy=False)
         self.sent += 1
@@ -90,7 +92,7 @@ class LoadGen:
             self.failed += 1
             return
         if msg_type is MsgType.RESULT:
-            request_id, status, server_id, attempts = fields
+            request_id, status, server_id, attempts, _replay = fields
             if status != p.PROCESSED:
                 self.failed += 1
         elif msg_type is MsgType.SUBMIT:

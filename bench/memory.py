@@ -31,12 +31,12 @@ def bytes_per_waiting_request(count: int, payload_bytes: int = 16) -> float:
     gc.collect()
     before = procstat.memory_kib(os.getpid())["VmRSS"]
     for request_id in range(1, count + 1):
-        header = p.encode(MsgType.SUBMIT, CLIENT_ID, request_id, 5)
+        header = p.encode(MsgType.SUBMIT, CLIENT_ID, request_id, 5, 1)
         body = b"x" * payload_bytes  # a fresh bytes object per request, as a received frame is
-        _type, (client_id, req_id, priority) = p.decode(header)
-        sched.submit(client_id, req_id, priority, route, body)
+        _type, (client_id, req_id, priority, incarnation) = p.decode(header)
+        sched.submit(client_id, req_id, priority, route, body, incarnation)
         if len(sched.events) >= 256:
-            sched.events = []  # the loop publishes and drops these every iteration
+            sched.outbox.take_events()  # the loop publishes and drops these every iteration
     after = procstat.memory_kib(os.getpid())["VmRSS"]
     assert sched.waiting == count
     return round((after - before) * 1024 / count, 1)

@@ -75,7 +75,8 @@ def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool 
                         client_route, request_id = waiting.pop(fields[0])
                         free_slots.append(route)
                         frontend.send_multipart(
-                            [client_route, encode(result_type, request_id, processed, None, 1), frames[2]], copy=False
+                            [client_route, encode(result_type, request_id, processed, None, 1, False), frames[2]],
+                            copy=False,
                         )
                     elif msg_type is MsgType.HELLO and route not in nodes:
                         nodes.add(route)
@@ -91,7 +92,7 @@ def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool 
                     except zmq.Again:
                         break
                     try:
-                        _type, (client_id, request_id, priority) = decode(frames[1])
+                        _type, (client_id, request_id, priority, _incarnation) = decode(frames[1])
                     except (ProtocolError, ValueError):
                         continue
                     ticket += 1

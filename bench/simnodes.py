@@ -42,7 +42,8 @@ class SimNodes:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IDENTITY, f"sim-{pid}-{first_id + i}".encode())
             sock.connect(backend_ep)
-            sock.send(p.encode(MsgType.HELLO, first_id + i, capacity, pid, host))
+            hello = p.encode(MsgType.HELLO, first_id + i, capacity, pid, host, (pid << 20) + first_id + i)
+            sock.send_multipart([hello, p.encode_tickets([])])
             self.poller.register(sock, zmq.POLLIN)
             self.socks.append(sock)
         self.handled = 0
@@ -68,10 +69,11 @@ class SimNodes:
                         sock.send_multipart([p.encode(done_type, fields[0], True), frames[1]], copy=False)
             now = time.monotonic()
             if now >= next_beat:
-                beat = p.encode(MsgType.HEARTBEAT, 0, self.handled)
+                # Work is answered as it arrives, so a simulated node never holds a ticket.
+                beat = [p.encode(MsgType.HEARTBEAT, 0, self.handled, 0), p.encode_tickets([])]
                 for sock in self.socks:
                     try:
-                        sock.send(beat, zmq.NOBLOCK)
+                        sock.send_multipart(beat, zmq.NOBLOCK)
                     except zmq.Again:
                         pass  # not connected yet; HELLO is still queued
                 next_beat = now + self.heartbeat_s

@@ -5,13 +5,22 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TimeRemainingColumn
 from rich.text import Text
 
-from client_node.client import DEFAULT_PRIORITY, DEFAULT_RETRY_S, Client, Result, json_payload
+from client_node.client import (
+    DEFAULT_PRIORITY,
+    DEFAULT_RETRY_S,
+    BalancerUnreachable,
+    Client,
+    ClientIdInUse,
+    Result,
+    json_payload,
+)
 from wire.options import endpoint_option
 
 
@@ -20,6 +29,12 @@ def describe(result: Result) -> str:
     if result.status == "rejected":
         return f"Request {result.request_id} from Client {result.client_id} rejected: {result.value()}"
     where = f"Server {result.server_id}" if result.server_id is not None else "the balancer"
+    value = json.dumps(result.value(), ensure_ascii=False)
+    if result.replay:
+        return (
+            f"Request {result.request_id} from Client {result.client_id} already {result.status} by {where} "
+            f"(priority {result.priority}, attempt {result.attempts}); this is the stored result: {value}"
+        )
     return (
         f"Request {result.request_id} from Client {result.client_id} {result.status} by {where} "
         f"(priority {result.priority}, attempt {result.attempts}): {json.dumps(result.value(), ensure_ascii=False)}"
@@ -39,6 +54,21 @@ def collect(client: Client, timeout: float | None, as_json: bool) -> int:
         click.echo(f"Error: timed out after {timeout:g} s; {len(missing)} unanswered: {shown}", err=True)
         bad += len(missing)
     return bad
+
+
+# With no answer at all from the balancer for this long, a command gives up and says where it looked.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def run_session(frontend: str, client_id: int, retry_s: float, work: Callable[[Client], int]) -> None:
+    """Open a client, run `work` with it and exit with its count of failures (1 if any); one line on refusal."""
+    try:
+        with Client(frontend, client_id, retry_s=retry_s, connect_timeout_s=CONNECT_TIMEOUT_S) as c:
+            bad = work(c)
+    except (ClientIdInUse, BalancerUnreachable) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, ClientIdInUse) else 1)
+    sys.exit(1 if bad else 0)
 
 
 # Below this many requests a line per result is readable; above it a progress bar is.
@@ -130,14 +160,15 @@ def client(
     as_json: bool,
 ) -> None:
     """Send N requests and wait for every result; exit 0 only if all were processed."""
-    with Client(frontend, client_id, retry_s=retry_s) as c:
+
+    def work(c: Client) -> int:
         for i in range(count):
             c.submit(json_payload(cost_ms, {"n": i}), priority=priority, request_id=first_request_id + i)
         if not as_json and count >= PROGRESS_MIN_REQUESTS and sys.stdout.isatty():
-            bad = collect_with_progress(c, timeout, count, Console())
-        else:
-            bad = collect(c, timeout, as_json)
-    sys.exit(1 if bad else 0)
+            return collect_with_progress(c, timeout, count, Console())
+        return collect(c, timeout, as_json)
+
+    run_session(frontend, client_id, retry_s, work)
 
 
 @click.command()
@@ -159,8 +190,14 @@ def send(
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Send one request (like the seed's POST /send_request) and print its result."""
-    with Client(frontend, client_id) as c:
+    """Send one request (like the seed's POST /send_request) and print its result.
+
+    Request ids are idempotency keys: sending a used id again prints the stored
+    result, saying so; the same id with another payload is rejected.
+    """
+
+    def work(c: Client) -> int:
         c.submit(json_payload(cost_ms, payload), priority=priority, request_id=request_id)
-        bad = collect(c, timeout, as_json)
-    sys.exit(1 if bad else 0)
+        return collect(c, timeout, as_json)
+
+    run_session(frontend, client_id, DEFAULT_RETRY_S, work)

@@ -18,14 +18,23 @@ balancer (REJECTED without a request id) resets the back-off so they go out
 soon after it returns.
 The DEALER identity is stable for the life of a Client, so a balancer that
 restarts from its journal can answer restored requests without a retry.
+
+Sessions: a Client draws an incarnation (random 64 bits) and opens a session
+for its client id with CLIENT_HELLO. While another live process holds the id
+the balancer answers REFUSED, and waiting raises ClientIdInUse. With requests
+outstanding the client pings within its lease; close() says CLIENT_BYE so the
+id is free at once. Request ids are idempotency keys within a client id: a
+request id that was already finished is answered with the stored result,
+`Result.replay` set; the same id with another payload is rejected.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +52,18 @@ RETRY_BACKOFF_FACTOR_MAX = 4
 REJECTED = "rejected"
 # Answers remembered to tell a harmless repeat from a conflicting second result.
 _ANSWERED_KEEP = 100_000
+# Until the balancer says how long a session's lease is, assume this.
+DEFAULT_LEASE_S = 10.0
+# How long close() lets CLIENT_BYE leave before dropping the socket.
+BYE_LINGER_MS = 100
+
+
+class ClientIdInUse(Exception):
+    """The balancer refused this client id: another live process holds it."""
+
+
+class BalancerUnreachable(Exception):
+    """No answer from the balancer within the connect timeout."""
 
 
 @dataclass(slots=True)
@@ -56,6 +77,7 @@ class Result:
     server_id: int | None
     attempts: int
     body: bytes
+    replay: bool = False  # the stored result of a request id finished before this process asked
 
     @property
     def ok(self) -> bool:
@@ -77,6 +99,7 @@ class Result:
             "status": self.status,
             "server_id": self.server_id,
             "attempts": self.attempts,
+            "replay": self.replay,
             "result": self.value(),
         }
 
@@ -117,30 +140,39 @@ class Client:
         client_id: int = 0,
         context: zmq.Context | None = None,
         retry_s: float | None = DEFAULT_RETRY_S,
+        connect_timeout_s: float | None = None,
     ) -> None:
         self.frontend = frontend or p.endpoint("frontend")
         self.client_id = client_id
+        self.incarnation = secrets.randbits(64)
         self.retry_s = retry_s
+        # Raise BalancerUnreachable when nothing at all is heard within this long (None: wait on).
+        self.connect_timeout_s = connect_timeout_s
+        self.heard = False
+        self.lease_s = DEFAULT_LEASE_S
+        self.refused: str | None = None
         self.retry_max_s = None if retry_s is None else retry_s * RETRY_BACKOFF_FACTOR_MAX
         self.resent = 0
         self.bad_messages = 0
         self.repeated_answers = 0  # a second, identical answer (a retry crossed the result): harmless
         self.conflicting_answers = 0  # a second answer that differs: would break exactly-once; should stay 0
         self.shutdown_notices = 0
-        self.unsent = 0  # sends that found no connection; the retries carry them
         self._answered: dict[int, tuple[str, int | None, int]] = {}
         self._next_id = 1
         self._next_resend_scan = 0.0
         self._outstanding: dict[int, _Outstanding] = {}
         self._results: dict[int, Result] = {}
+        self._reused: set[int] = set()  # ids submitted again after this client had their answer
+        self._started = self._last_sent = time.monotonic()
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 1_000_000)
         self.sock.setsockopt(zmq.RCVHWM, 1_000_000)
-        self.sock.setsockopt(zmq.IDENTITY, f"client-{client_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}".encode())
+        self.sock.setsockopt(zmq.IDENTITY, f"client-{client_id}-{os.getpid()}-{self.incarnation:016x}".encode())
         secure_client_socket(self.sock)
         self.sock.connect(self.frontend)
+        self._send_session(MsgType.CLIENT_HELLO, os.getpid(), socket.gethostname())
 
     def __enter__(self) -> Client:
         return self
@@ -149,8 +181,19 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the socket; unanswered requests stay with the balancer."""
-        self.sock.close(linger=0)
+        """Free the client id and close the socket; unanswered requests stay with the balancer."""
+        if self.heard and self.refused is None:
+            self._send_session(MsgType.CLIENT_BYE)
+            self.sock.close(linger=BYE_LINGER_MS)
+        else:
+            self.sock.close(linger=0)
+
+    def _send_session(self, msg_type: MsgType, *extra: Any) -> None:
+        try:
+            self.sock.send(p.encode(msg_type, self.client_id, self.incarnation, *extra), zmq.NOBLOCK)
+            self._last_sent = time.monotonic()
+        except zmq.Again:
+            pass  # no room to queue it: the next submit or ping names the session anyway
 
     @property
     def outstanding(self) -> list[int]:
@@ -166,13 +209,16 @@ class Client:
         if request_id is None:
             request_id = self._next_id
         self._next_id = max(self._next_id, request_id + 1)
+        if request_id in self._answered:
+            self._reused.add(request_id)
         retry = self.retry_s or 0.0
         self._outstanding[request_id] = _Outstanding(priority, payload, time.monotonic() + retry, retry)
         self._send(request_id, priority, payload)
         return Pending(self, request_id)
 
     def _send(self, request_id: int, priority: int, payload: bytes) -> None:
-        header = p.encode(MsgType.SUBMIT, self.client_id, request_id, priority)
+        header = p.encode(MsgType.SUBMIT, self.client_id, request_id, priority, self.incarnation)
+        self._last_sent = time.monotonic()
         if self.retry_s is None:
             self.sock.send_multipart([header, payload], copy=False)
             return
@@ -180,7 +226,7 @@ class Client:
             # Never block: with no connection (balancer down, or curve refused us) the retries send it later.
             self.sock.send_multipart([header, payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            self.unsent += 1
+            pass
 
     def wait(self, request_id: int, timeout: float | None = None) -> Result:
         """Wait for one request's result and hand it over."""
@@ -209,7 +255,11 @@ class Client:
         return min(left, 1.0)
 
     def pump(self, timeout: float) -> int:
-        """Receive results for up to `timeout` seconds; return how many arrived."""
+        """Receive results for up to `timeout` seconds; return how many arrived.
+
+        Raises ClientIdInUse once the balancer refused this client id, and
+        BalancerUnreachable when nothing was heard within the connect timeout.
+        """
         got = 0
         if self.sock.poll(int(timeout * 1000), zmq.POLLIN):
             while True:
@@ -217,9 +267,24 @@ class Client:
                     frames = self.sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                self.heard = True
                 got += self._on_reply(frames)
-        self._resend_overdue(time.monotonic())
+        if self.refused is not None:
+            raise ClientIdInUse(self.refused)
+        now = time.monotonic()
+        self._check_connected(now)
+        self._resend_overdue(now)
+        if self._outstanding and now - self._last_sent >= self.lease_s / 3:
+            self._send_session(MsgType.CLIENT_PING)
         return got
+
+    def _check_connected(self, now: float) -> None:
+        if self.heard or self.connect_timeout_s is None or now - self._started < self.connect_timeout_s:
+            return
+        raise BalancerUnreachable(
+            f"no answer from the balancer at {self.frontend} within {self.connect_timeout_s:g} s"
+            " (is it running? set --frontend or ZLB_FRONTEND)"
+        )
 
     def _on_reply(self, frames: list[bytes]) -> int:
         try:
@@ -228,8 +293,15 @@ class Client:
         except ProtocolError:
             self.bad_messages += 1
             return 0
+        replay = False
         if msg_type is MsgType.RESULT:
-            request_id, status, server_id, attempts = fields
+            request_id, status, server_id, attempts, replay = fields
+        elif msg_type is MsgType.CLIENT_WELCOME:
+            self.lease_s = max(fields[0] / 1000, 0.1)
+            return 0
+        elif msg_type is MsgType.REFUSED:
+            self.refused = fields[0]
+            return 0
         elif msg_type is MsgType.REJECTED and fields[0] is None:
             # Not about one request: a stopping balancer (or a message it could not read).
             self._on_shutdown()
@@ -248,7 +320,12 @@ class Client:
         if len(answered) >= _ANSWERED_KEEP:
             answered.clear()  # a bounded memory: the check is best effort for very long runs
         answered[request_id] = (status, server_id, hash(body))
-        self._results[request_id] = Result(self.client_id, request_id, sent.priority, status, server_id, attempts, body)
+        if request_id in self._reused:
+            self._reused.discard(request_id)
+            replay = True
+        self._results[request_id] = Result(
+            self.client_id, request_id, sent.priority, status, server_id, attempts, body, replay
+        )
         return 1
 
     def _repeated(self, request_id: int, status: str, server_id: int | None, body: bytes) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from server_node import handlers
@@ -29,7 +31,7 @@ def server(
         handlers.load(handler)
     except handlers.HandlerError as exc:
         raise click.BadParameter(str(exc), param_hint="--handler") from None
-    run_node(
+    code = run_node(
         NodeConfig(
             backend=backend,
             node_id=node_id,
@@ -40,3 +42,4 @@ def server(
             grace_s=grace_s,
         )
     )
+    sys.exit(code)

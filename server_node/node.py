@@ -1,20 +1,24 @@
 """The server-node process: a DEALER to the balancer's backend that runs work.
 
-One thread owns the socket. Handlers run in a pool of `capacity` threads
-(or inline for the instant `echo` handler); finished work comes back to the
-loop through a queue plus a wake-up pipe that the poller watches, so no
-socket is ever shared between threads.
+One thread owns the socket. Handlers run in a pool of `capacity` daemon
+threads (server_node/pool.py; inline for the instant `echo` handler).
+
+Sessions: the process draws an incarnation (random 64 bits) at start and
+names it in every HELLO; HELLO and each HEARTBEAT list the tickets it holds
+(received, DONE not yet sent), so the balancer re-queues what a dropped
+connection took. A HELLO the balancer REFUSED (the id is held by another live
+process) or an answer of FENCED (another process took the id over) ends the
+node with a non-zero exit and the reason on stderr.
 """
 
 from __future__ import annotations
 
 import os
-import queue
+import secrets
 import signal
 import socket
+import sys
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +26,15 @@ import zmq
 
 from server_node import handlers
 from server_node.liveness import PeerLiveness
+from server_node.pool import HandlerPool
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 
 DEFAULT_GRACE_S = 10.0
+# Exit codes of run_node besides 0: the balancer refused our id, or fenced us off it.
+EXIT_REFUSED = 3
+EXIT_FENCED = 4
 
 
 @dataclass
@@ -51,16 +59,18 @@ class ServerNode:
         self.inline = self.handler in handlers.INLINE
         self.node_id = config.node_id
         self.handled = 0
-        self.in_flight = 0
         self.bad_messages = 0
+        self.dropped = 0  # messages this node could not send (no connection, or a full queue)
         self.welcomed = False
+        self.exit_code: int | None = None  # set when the balancer refuses or fences this node
+        self.exit_reason = ""
+        # Tickets received whose DONE has not been sent, in arrival order.
+        self.held: dict[int, None] = {}
         self._ctx = context or zmq.Context.instance()
+        self.incarnation = secrets.randbits(64)
         # A stable identity across reconnects lets the balancer recognise us.
-        self.identity = f"node-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}".encode()
-        self._pool = None if self.inline else ThreadPoolExecutor(config.capacity, thread_name_prefix="zlb-handler")
-        self._done: queue.SimpleQueue[tuple[int, bool, bytes]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self.identity = f"node-{socket.gethostname()}-{os.getpid()}-{self.incarnation:016x}".encode()
+        self._pool = None if self.inline else HandlerPool(config.capacity, self._run_handler)
         self._stopping = False
         self._leaving_since: float | None = None
         self.sock: zmq.Socket | None = None
@@ -74,6 +84,8 @@ class ServerNode:
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
+        # Room for every DONE a full node can owe, so none is dropped for want of queue.
+        self.sock.setsockopt(zmq.SNDHWM, max(1000, 4 * self.config.capacity + 100))
         secure_client_socket(self.sock)
         self.sock.connect(self.config.backend)
         self._poller.register(self.sock, zmq.POLLIN)
@@ -86,15 +98,25 @@ class ServerNode:
         self.sock = None
 
     def _hello(self) -> None:
-        self._send(p.encode(MsgType.HELLO, self.node_id, self.config.capacity, os.getpid(), socket.gethostname()))
+        header = p.encode(
+            MsgType.HELLO, self.node_id, self.config.capacity, os.getpid(), socket.gethostname(), self.incarnation
+        )
+        self._send(header, p.encode_tickets(self.held))
 
-    def _send(self, *frames: Any) -> None:
-        if self.sock is None:
-            return  # between connections: HELLO follows, and the balancer re-dispatches lost work
-        try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            pass  # not connected yet: the same applies
+    @property
+    def in_flight(self) -> int:
+        return len(self.held)
+
+    def _send(self, *frames: Any) -> bool:
+        """Send without blocking; a message that cannot leave is counted (the balancer finds the gap)."""
+        if self.sock is not None:
+            try:
+                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                pass
+        self.dropped += 1  # the next HELLO or HEARTBEAT lists what we hold, and the balancer re-queues the rest
+        return False
 
     # ---- loop -----------------------------------------------------------
 
@@ -104,9 +126,10 @@ class ServerNode:
 
     def run(self) -> None:
         """Serve until stopped."""
-        self._poller.register(self._wake_r, zmq.POLLIN)
+        if self._pool is not None:
+            self._poller.register(self._pool.wake_fd, zmq.POLLIN)
         self._connect()
-        while True:
+        while self.exit_code is None:
             now = time.monotonic()
             if self.sock is None and now >= self._redial_at:
                 self._connect()
@@ -116,8 +139,9 @@ class ServerNode:
             now = time.monotonic()
             if self.sock is not None and self.sock in ready:
                 self._drain_socket(now)
-            if self._wake_r in ready:
-                self._drain_done()
+            if self._pool is not None and self._pool.wake_fd in ready:
+                for ticket, ok, result in self._pool.finished():
+                    self._finished(ticket, ok, result)
             if self._stopping and self._leave(now):
                 return
             if self.sock is not None:
@@ -129,26 +153,27 @@ class ServerNode:
             self._disconnect()
             self._redial_at = now + self.live.reconnected(now)
         elif self.live.heartbeat_due(now):
-            self._send(p.encode(MsgType.HEARTBEAT, self.in_flight, self.handled))
+            header = p.encode(MsgType.HEARTBEAT, len(self.held), self.handled, self.dropped)
+            self._send(header, p.encode_tickets(self.held))
 
     def _leave(self, now: float) -> bool:
         """Drive a graceful stop; True once it is time to exit."""
         if self._leaving_since is None:
             self._leaving_since = now
             self._send(p.encode(MsgType.LEAVING))
-        if self.in_flight and now - self._leaving_since < self.config.grace_s:
+        if self.held and now - self._leaving_since < self.config.grace_s:
             return False
+        # BYE hands back whatever still runs: the balancer re-queues it, and the
+        # handler threads are daemons, so nothing they do can keep this process alive.
         self._send(p.encode(MsgType.BYE))
         return True
 
     def close(self) -> None:
-        """Release the socket, the pool and the wake-up pipe."""
+        """Release the socket and the pool (abandoning handlers that still run)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.close()
         if self.sock is not None:
             self.sock.close(linger=200)  # let BYE and the last results leave
-        os.close(self._wake_r)
-        os.close(self._wake_w)
 
     # ---- messages from the balancer -------------------------------------
 
@@ -176,6 +201,17 @@ class ServerNode:
                     self._on_shutdown(now)
                     return
                 self._hello()
+            elif msg_type is MsgType.REFUSED:
+                self._end(EXIT_REFUSED, f"refused by the balancer: {fields[0]}")
+                return
+            elif msg_type is MsgType.FENCED:
+                self._end(EXIT_FENCED, f"replaced: {fields[0]}; this process stops")
+                return
+
+    def _end(self, code: int, reason: str) -> None:
+        """The balancer will not have this process: stop at once (its work is already elsewhere)."""
+        self.exit_code = code
+        self.exit_reason = reason
 
     def _on_shutdown(self, now: float) -> None:
         """The balancer is stopping: drop this connection and dial again after one interval.
@@ -189,39 +225,29 @@ class ServerNode:
 
     def _on_work(self, fields: list[Any], payload: bytes) -> None:
         ticket, client_id, request_id, priority, attempt = fields
+        if ticket in self.held:
+            return  # tickets are unique: the same WORK twice runs once
         work = handlers.Work(client_id, request_id, priority, attempt, self.node_id, payload)
-        self.in_flight += 1
+        self.held[ticket] = None
         if self._pool is None:
-            ok, result = handlers.run(self.handler, work)
+            ok, result = self._run_handler(work)
             self._finished(ticket, ok, result)
         else:
-            self._pool.submit(self._run_in_pool, ticket, work)
+            self._pool.submit(ticket, work)
 
-    def _run_in_pool(self, ticket: int, work: handlers.Work) -> None:
-        ok, result = handlers.run(self.handler, work)
-        self._done.put((ticket, ok, result))
-        os.write(self._wake_w, b"x")
-
-    def _drain_done(self) -> None:
-        try:
-            os.read(self._wake_r, 65536)
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                ticket, ok, result = self._done.get_nowait()
-            except queue.Empty:
-                return
-            self._finished(ticket, ok, result)
+    def _run_handler(self, work: handlers.Work) -> tuple[bool, bytes]:
+        return handlers.run(self.handler, work)
 
     def _finished(self, ticket: int, ok: bool, result: bytes) -> None:
-        self.in_flight -= 1
+        if ticket not in self.held:
+            return
+        del self.held[ticket]
         self.handled += 1
         self._send(p.encode(MsgType.DONE, ticket, ok), result)
 
 
-def run_node(config: NodeConfig) -> None:
-    """Run a server node in this process until SIGINT or SIGTERM."""
+def run_node(config: NodeConfig) -> int:
+    """Run a server node in this process until SIGINT or SIGTERM; return the exit code."""
     node = ServerNode(config)
     signal.signal(signal.SIGTERM, node.stop)
     signal.signal(signal.SIGINT, node.stop)
@@ -229,3 +255,7 @@ def run_node(config: NodeConfig) -> None:
         node.run()
     finally:
         node.close()
+    if node.exit_code is not None:
+        print(f"zlb server: {node.exit_reason}", file=sys.stderr, flush=True)
+        return node.exit_code
+    return 0

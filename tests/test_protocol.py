@@ -14,12 +14,18 @@ from wire.protocol import MsgType, ProtocolError
 def test_round_trip_of_every_message_type():
     """What encode writes, decode reads back with the same type and fields."""
     samples = {
-        MsgType.SUBMIT: (0, 101, 1),
-        MsgType.RESULT: (101, "processed", 2, 1),
+        MsgType.SUBMIT: (0, 101, 1, 2**64 - 1),
+        MsgType.RESULT: (101, "processed", 2, 1, False),
         MsgType.REJECTED: (None, "queue full"),
-        MsgType.HELLO: (None, 4, 1234, "host"),
+        MsgType.CLIENT_HELLO: (5, 2**63, 4321, "host"),
+        MsgType.CLIENT_WELCOME: (10_000,),
+        MsgType.CLIENT_PING: (5, 7),
+        MsgType.CLIENT_BYE: (5, 7),
+        MsgType.REFUSED: ("server id 1 is in use",),
+        MsgType.FENCED: ("server id 1 was taken over",),
+        MsgType.HELLO: (None, 4, 1234, "host", 12345),
         MsgType.WELCOME: (3, 500, 3),
-        MsgType.HEARTBEAT: (2, 10),
+        MsgType.HEARTBEAT: (2, 10, 0),
         MsgType.PING: (),
         MsgType.WORK: (7, 0, 101, 1, 1),
         MsgType.DONE: (7, True),
@@ -39,16 +45,16 @@ def test_round_trip_of_every_message_type():
         (b"", "malformed"),
         (msgpack.packb({"a": 1}), "malformed"),
         (msgpack.packb([1]), "malformed"),
-        (msgpack.packb([2, 1, 0, 1, 1]), "bad_version"),
+        (msgpack.packb([9, 1, 0, 1, 1]), "bad_version"),
         (msgpack.packb([True, 1, 0, 1, 1]), "bad_version"),
-        (msgpack.packb([1, 99]), "unknown_type"),
-        (msgpack.packb([1, "SUBMIT", 0, 1, 1]), "unknown_type"),
-        (msgpack.packb([1, 1, 0, 1]), "bad_fields"),
-        (msgpack.packb([1, 1, 0, "101", 1]), "bad_fields"),
-        (msgpack.packb([1, 1, 0, True, 1]), "bad_fields"),
-        (msgpack.packb([1, 15, 7, 1]), "bad_fields"),
+        (msgpack.packb([2, 99]), "unknown_type"),
+        (msgpack.packb([2, "SUBMIT", 0, 1, 1]), "unknown_type"),
+        (msgpack.packb([2, 1, 0, 1]), "bad_fields"),
+        (msgpack.packb([2, 1, 0, "101", 1]), "bad_fields"),
+        (msgpack.packb([2, 1, 0, True, 1]), "bad_fields"),
+        (msgpack.packb([2, 15, 7, 1]), "bad_fields"),
         (b"\x91" * 5000, "too_large"),
-        (msgpack.packb([1, 1, 0, 1, 1])[:-1], "malformed"),
+        (msgpack.packb([2, 1, 0, 1, 1])[:-1], "malformed"),
         (b"\xdd\xff\xff\xff\xff", "malformed"),
     ],
 )
@@ -113,3 +119,13 @@ def test_large_event_batches_and_replies_decode():
     assert len(p.decode_map(p.encode_map(reply), limit=p.DEFAULT_MAX_MESSAGE_BYTES)["result"]) == 3000
     with pytest.raises(ProtocolError):
         p.decode_map(p.encode_map({"cmd": "x", "items": list(range(3000))}))
+
+
+def test_held_tickets_round_trip_and_garbage_is_a_protocol_error():
+    """HELLO and HEARTBEAT bodies list held tickets; anything but an array of ints is refused."""
+    assert p.decode_tickets(p.encode_tickets({2**60: None, 7: None})) == [2**60, 7]
+    assert p.decode_tickets(p.encode_tickets([])) == []
+    for bad in (b"", b"\xc1", p.encode_map({"a": 1}), p.encode_tickets(["x"]), p.encode_tickets([1.5])):
+        with pytest.raises(ProtocolError):
+            p.decode_tickets(bad)
+

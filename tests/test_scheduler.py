@@ -172,17 +172,14 @@ def test_auto_ids_are_the_next_free_integers():
     assert sched.hello(b"r9", None, 1, 1, "h", 4.0).node_id == 1
 
 
-def test_reconnecting_node_keeps_its_work_and_a_new_process_with_same_id_replaces_it():
-    """HELLO from the same route keeps in-flight work; HELLO with the same id from a new route re-queues it."""
+def test_reconnecting_node_keeps_the_work_it_holds():
+    """HELLO again from the same incarnation keeps the work it lists as held."""
     sched = make({0: 1})
     sched.submit(0, 1, 5, b"c", b"")
-    sched.dispatch()
-    sched.hello(b"n0", 0, 1, 100, "host", 1.0)
-    assert len(sched.nodes[0].in_flight) == 1
-    sched.hello(b"other", 0, 1, 200, "host", 1.0)
-    assert sched.nodes[0].pid == 200
-    assert sched.get(0, 1).status == "pending"
-    assert ev.NODE_LEFT in kinds(sched)
+    ((_node, ticket, _req),) = sched.dispatch()
+    sched.hello(b"n0", 0, 1, 100, "host", 1.0, held=[ticket])
+    assert list(sched.nodes[0].in_flight) == [ticket]
+    assert sched.get(0, 1).status == "assigned"
 
 
 def test_duplicate_submit_is_recognised_and_finished_request_is_answered_again():
@@ -193,9 +190,11 @@ def test_duplicate_submit_is_recognised_and_finished_request_is_answered_again()
     ((node, ticket, _req),) = sched.dispatch()
     sched.complete(node.route, ticket, True, b"result", 1.0)
     sched.replies.clear()
+    assert sched.submit(0, 1, 5, b"c2", b"") is Submitted.FINISHED
+    assert [(r.body, r.route) for r in sched.replies] == [(b"result", b"c2")]
+    assert sched.outbox.replays == []  # the process that submitted it: a retry, not a replay
     assert sched.submit(0, 1, 5, b"c3", b"") is Submitted.FINISHED
-    assert [r.body for r in sched.replies] == [b"result"]
-    assert sched.replies[0].route == b"c3"
+    assert [(r.body, r.route) for r in sched.outbox.replays] == [(b"result", b"c3")]
     assert sched.counters["submitted"] == 1
 
 

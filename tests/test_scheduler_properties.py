@@ -28,7 +28,7 @@ OPS = st.one_of(
 def waiting_requests(sched: Scheduler) -> list:
     """Every request sitting in a bucket (the scheduler's own structure)."""
     out = []
-    for bucket in sched._buckets.values():
+    for bucket in sched._queue._buckets.values():
         out.extend(bucket.fresh)
         out.extend(req for _seq, req in bucket.retry)
     return out
@@ -85,7 +85,9 @@ def test_random_operations_keep_invariants(ops):
                 route, ticket = running[op[1] % len(running)]
                 sched.complete(route, ticket, True, b"ok", now)
         elif name == "heartbeat":
-            sched.heartbeat(f"r{op[1]}".encode(), 0, 0, now)
+            node = sched.routes.get(f"r{op[1]}".encode())
+            held = list(node.in_flight) if node is not None else []
+            sched.heartbeat(f"r{op[1]}".encode(), len(held), 0, now, held=held)
         elif name == "tick":
             now += op[1]
             sched.expire(now)

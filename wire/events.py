@@ -27,11 +27,15 @@ NODE_UP = "node.up"
 NODE_DRAINING = "node.draining"
 NODE_DRAINED = "node.drained"
 NODE_LEFT = "node.left"
+NODE_REPLACED = "node.replaced"
+NODE_RESYNCED = "node.resynced"
+NODE_REFUSED = "node.refused"
 SYSTEM_STARTED = "system.started"
 SYSTEM_CONFIGURED = "system.configured"
 SYSTEM_BAD_INPUT = "system.bad_input"
 SYSTEM_JOURNAL_RESTORED = "system.journal_restored"
 SYSTEM_STOPPING = "system.stopping"
+SYSTEM_CLIENT_REFUSED = "system.client_refused"
 STATS = "stats.tick"
 
 # Positional argument names of each kind, for JSON output and lookups by name.
@@ -50,11 +54,15 @@ FIELDS: dict[str, tuple[str, ...]] = {
     NODE_DRAINING: ("server_id", "in_flight"),
     NODE_DRAINED: ("server_id",),
     NODE_LEFT: ("server_id", "requeued"),
+    NODE_REPLACED: ("server_id", "pid", "host", "requeued"),
+    NODE_RESYNCED: ("server_id", "requeued"),
+    NODE_REFUSED: ("server_id", "reason"),
     SYSTEM_STARTED: ("frontend", "backend", "events", "control"),
     SYSTEM_CONFIGURED: ("servers", "clients"),
     SYSTEM_BAD_INPUT: ("socket", "kind", "detail", "count"),
     SYSTEM_JOURNAL_RESTORED: ("path", "pending", "finished", "torn_bytes"),
     SYSTEM_STOPPING: ("in_flight", "waiting"),
+    SYSTEM_CLIENT_REFUSED: ("client_id", "reason"),
     STATS: ("queue_depth", "in_flight", "servers_active", "submitted", "processed", "failed", "requeued"),
 }
 
@@ -66,6 +74,10 @@ LEVELS: dict[str, str] = {
     REQUEST_REQUEUED: "WARNING",
     SYSTEM_BAD_INPUT: "WARNING",
     SYSTEM_STOPPING: "WARNING",
+    NODE_REPLACED: "WARNING",
+    NODE_RESYNCED: "WARNING",
+    NODE_REFUSED: "WARNING",
+    SYSTEM_CLIENT_REFUSED: "WARNING",
 }
 
 
@@ -90,10 +102,14 @@ _TEMPLATES: dict[str, Any] = {
     NODE_DRAINING: lambda a: f"Server {a[0]} draining ({a[1]} requests in flight)",
     NODE_DRAINED: lambda a: f"Server {a[0]} drained",
     NODE_LEFT: lambda a: f"Server {a[0]} left; {a[1]} requests re-queued",
+    NODE_REPLACED: lambda a: f"⚠️ Server {a[0]} taken over by pid {a[1]} on {a[2]}; {a[3]} requests re-queued",
+    NODE_RESYNCED: lambda a: f"⚠️ Server {a[0]} resynced; {a[1]} requests lost on the way re-queued",
+    NODE_REFUSED: lambda a: f"⚠️ A second Server {a[0]} was refused: {a[1]}",
     SYSTEM_STARTED: lambda a: f"Balancer started (frontend {a[0]}, backend {a[1]}, events {a[2]}, control {a[3]})",
     SYSTEM_CONFIGURED: lambda a: f"System configured with {a[0]} servers and {a[1]} clients.",
     SYSTEM_BAD_INPUT: lambda a: f"Dropped bad message on {a[0]}: {a[1]} ({a[2]}); {a[3]} so far",
     SYSTEM_JOURNAL_RESTORED: lambda a: f"Journal {a[0]} restored: {a[1]} requests to run again, {a[2]} finished",
+    SYSTEM_CLIENT_REFUSED: lambda a: f"A second Client {a[0]} was refused: {a[1]}",
     SYSTEM_STOPPING: lambda a: f"Balancer stopping: {a[0]} in flight finish first, {a[1]} waiting stay queued",
     STATS: lambda a: f"{a[0]} waiting, {a[1]} in flight, {a[2]} servers active, {a[4]} processed",
 }

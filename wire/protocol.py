@@ -27,7 +27,9 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+# Version 2: sessions (incarnations in HELLO and SUBMIT, held tickets in HELLO and
+# HEARTBEAT, REFUSED and FENCED, client HELLO/PING/BYE, replay flag in RESULT).
+PROTOCOL_VERSION = 2
 
 # Default endpoints; every zlb command reads the ZLB_* variables, the balancer
 # binds them and every other role connects to them.
@@ -62,38 +64,50 @@ MAX_CONTROL_BYTES = 64 * 1024
 class MsgType(IntEnum):
     """Message types; the second element of every header."""
 
-    SUBMIT = 1  # client -> frontend: [client_id, request_id, priority] + payload
-    RESULT = 2  # frontend -> client: [request_id, status, server_id, attempts] + result
+    SUBMIT = 1  # client -> frontend: [client_id, request_id, priority, incarnation] + payload
+    RESULT = 2  # frontend -> client: [request_id, status, server_id, attempts, replay] + result
     REJECTED = 3  # frontend -> client: [request_id | None, reason]
-    HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host]
+    CLIENT_HELLO = 4  # client -> frontend: [client_id, incarnation, pid, host]; opens a session
+    CLIENT_WELCOME = 5  # frontend -> client: [lease_ms]; the session is this incarnation's
+    CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; keeps the session's lease
+    CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; frees the client id at once
+    REFUSED = 8  # either -> client or node: [reason]; the id is held by another live process
+    HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host, incarnation] + held tickets
     WELCOME = 11  # backend -> node: [node_id, heartbeat_ms, liveness]
-    HEARTBEAT = 12  # node -> backend: [in_flight, handled]
+    HEARTBEAT = 12  # node -> backend: [in_flight, handled, dropped] + held tickets
     PING = 13  # backend -> node: []
     WORK = 14  # backend -> node: [ticket, client_id, request_id, priority, attempt] + payload
     DONE = 15  # node -> backend: [ticket, ok] + result
     BYE = 16  # node -> backend: []
     RECONNECT = 17  # backend -> node: [reason]; the node must say HELLO again
     LEAVING = 18  # node -> backend: []; send no more work, in-flight work will finish
+    FENCED = 19  # backend -> node: [reason]; another incarnation took this id over: exit
 
 
 OptInt = (int, type(None))
 # Field types of each message, in order. Checked on every decode.
 SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
-    MsgType.SUBMIT: (int, int, int),
-    MsgType.RESULT: (int, str, OptInt, int),
+    MsgType.SUBMIT: (int, int, int, int),
+    MsgType.RESULT: (int, str, OptInt, int, bool),
     MsgType.REJECTED: (OptInt, str),
-    MsgType.HELLO: (OptInt, int, int, str),
+    MsgType.CLIENT_HELLO: (int, int, int, str),
+    MsgType.CLIENT_WELCOME: (int,),
+    MsgType.CLIENT_PING: (int, int),
+    MsgType.CLIENT_BYE: (int, int),
+    MsgType.REFUSED: (str,),
+    MsgType.HELLO: (OptInt, int, int, str, int),
     MsgType.WELCOME: (int, int, int),
-    MsgType.HEARTBEAT: (int, int),
+    MsgType.HEARTBEAT: (int, int, int),
     MsgType.PING: (),
     MsgType.WORK: (int, int, int, int, int),
     MsgType.DONE: (int, bool),
     MsgType.BYE: (),
     MsgType.RECONNECT: (str,),
     MsgType.LEAVING: (),
+    MsgType.FENCED: (str,),
 }
 # Messages that carry a body frame after the header.
-WITH_BODY = frozenset({MsgType.SUBMIT, MsgType.RESULT, MsgType.WORK, MsgType.DONE})
+WITH_BODY = frozenset({MsgType.SUBMIT, MsgType.RESULT, MsgType.WORK, MsgType.DONE, MsgType.HELLO, MsgType.HEARTBEAT})
 _TYPES = {int(t): t for t in MsgType}
 
 # Request status names as they appear on the wire and in every listing (seed wording).
@@ -186,6 +200,24 @@ def split_body(msg_type: MsgType, frames: list[Any]) -> Any:
     if len(frames) != 1:
         raise ProtocolError("bad_frames", f"{msg_type.name} takes one frame, got {len(frames)}")
     return None
+
+
+# A node holds at most --capacity (10,000) tickets; a claim of more is garbage.
+MAX_HELD_TICKETS = 10_000
+
+
+def encode_tickets(tickets: Any) -> bytes:
+    """The body of HELLO and HEARTBEAT: the WORK tickets a node holds (received, DONE not yet sent)."""
+    return _pack(list(tickets))
+
+
+def decode_tickets(body: Any) -> list[int]:
+    """Decode and check a held-tickets body; raise ProtocolError on anything off."""
+    data = bytes(body)
+    value = _unpack(data, max(len(data), 1), MAX_HELD_TICKETS)
+    if type(value) is not list or any(type(t) is not int for t in value):
+        raise ProtocolError("bad_fields", "held tickets are not an array of integers")
+    return value
 
 
 def encode_map(value: dict[str, Any]) -> bytes:

@@ -8,6 +8,8 @@ import zmq
 
 from client_node.client import Client, json_payload
 from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from wire import protocol as p
+from wire.protocol import MsgType
 
 
 def watch_monitor(balancer: LiveBalancer, procs: ProcessGroup, *flags: str):
@@ -119,9 +121,9 @@ def test_bad_input_is_counted_answered_and_survived(balancer: LiveBalancer, proc
         sockets[role] = sock
     try:
         sockets["frontend"].send_multipart([b"\xc1garbage", b"payload"])
-        sockets["frontend"].send_multipart([b"only-one-frame"])
-        sockets["backend"].send_multipart([b"\x93\x02\x0a\xc0"])  # version 2
-        sockets["backend"].send_multipart([b"\x92\x01\x63"])  # unknown type 99
+        sockets["frontend"].send_multipart([p.encode(MsgType.SUBMIT, 1, 1, 1, 1)])  # no payload frame
+        sockets["backend"].send_multipart([b"\x93\x09\x0a\xc0"])  # version 9
+        sockets["backend"].send_multipart([b"\x92\x02\x63"])  # unknown type 99
         sockets["control"].send(b"\xff\xfe")
         assert sockets["frontend"].poll(5000), "the frontend answers a bad submit"
         assert b"bad message" in sockets["frontend"].recv_multipart()[0]

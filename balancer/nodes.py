@@ -1,0 +1,230 @@
+"""The node table: who is serving, as which incarnation, with what load.
+
+Pure, like the scheduler that owns it: no sockets, time passed in. It keys
+nodes by id and by route, ranks the free ones in a heap, and enforces
+sessions: a node id belongs to one incarnation at a time. A HELLO from the
+holder again is a resync; a HELLO from another incarnation is refused while
+the holder is alive, and takes over (fencing the holder) once it has been
+silent past liveness. Heartbeats list the tickets a node holds, so work lost
+in a dropped connection is found within two heartbeats.
+
+Methods that take work away from a node return the lost requests; the
+scheduler re-queues them. Events go to the shared outbox.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from enum import Enum
+from typing import Any
+
+from balancer.records import Node, NodeState, Outbox, Request
+from wire import events as ev
+
+# Routes of replaced incarnations remembered to answer FENCED; the oldest are forgotten.
+MAX_FENCED = 4096
+
+
+class Joined(Enum):
+    """What a HELLO led to."""
+
+    JOINED = "joined"  # a new session for this id
+    RESYNCED = "resynced"  # the holder again: its work was checked against what it holds
+    REFUSED = "refused"  # another live incarnation holds the id
+    FENCED = "fenced"  # this incarnation was replaced; it must exit
+
+
+class NodeTable:
+    """Nodes by id and route, the free-node heap, and the fenced routes."""
+
+    def __init__(self, outbox: Outbox, heartbeat_s: float, liveness: int) -> None:
+        self.outbox = outbox
+        self.deadline_s = heartbeat_s * liveness
+        self.nodes: dict[int, Node] = {}
+        self.routes: dict[Any, Node] = {}
+        self.fenced: OrderedDict[Any, str] = OrderedDict()
+        self._heap: list[tuple[float, int, int, int, Node]] = []
+        self._push = 0
+
+    # ---- sessions ---------------------------------------------------------
+
+    def hello(
+        self, route: Any, node_id: int | None, spec: tuple[int, int, str, int], held: list[int], now: float
+    ) -> tuple[Joined, Node | str, list[Request]]:
+        """Admit, resync, refuse or fence a node saying HELLO; spec is (capacity, pid, host, incarnation)."""
+        capacity, pid, host, incarnation = spec
+        lost: list[Request] = []
+        known = self.routes.get(route)
+        if known is not None:
+            if known.incarnation == incarnation and node_id in (None, known.node_id):
+                return Joined.RESYNCED, known, self._resync(known, held, now)
+            lost = self.drop(known, ev.NODE_LEFT)  # one identity, another session: the old one is over
+        reason = self.fenced.get(route)
+        if reason is not None:
+            return Joined.FENCED, reason, lost
+        node_id = self._free_id() if node_id is None else node_id
+        holder = self.nodes.get(node_id)
+        if holder is not None and holder.incarnation == incarnation and holder.state is not NodeState.DEAD:
+            self._move(holder, route)  # the same process on a fresh identity
+            return Joined.RESYNCED, holder, lost + self._resync(holder, held, now)
+        if holder is not None and holder.incarnation != incarnation:
+            if holder.state is not NodeState.DEAD and now - holder.last_seen < self.deadline_s:
+                return Joined.REFUSED, f"server id {node_id} is in use by pid {holder.pid} on host {holder.host}", lost
+            lost += self._replace(holder, pid, host)
+        node = Node(node_id, route, max(1, capacity), pid, host, incarnation, now + self.deadline_s, now)
+        self.nodes[node_id] = node
+        self.routes[route] = node
+        self.outbox.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
+        self.refresh(node)
+        return Joined.JOINED, node, lost
+
+    def _replace(self, holder: Node, pid: int, host: str) -> list[Request]:
+        """A newcomer takes over a silent holder's id: fence the holder, take back its work."""
+        lost = [] if holder.state is NodeState.DEAD else self.drop(holder, ev.NODE_REPLACED, pid, host)
+        self.fenced[holder.route] = f"server id {holder.node_id} was taken over by pid {pid} on host {host}"
+        while len(self.fenced) > MAX_FENCED:
+            self.fenced.popitem(last=False)
+        return lost
+
+    def _move(self, node: Node, route: Any) -> None:
+        self.routes.pop(node.route, None)
+        node.route = route
+        self.routes[route] = node
+
+    def _resync(self, node: Node, held: list[int], now: float) -> list[Request]:
+        """The holder said HELLO again: whatever it does not hold was lost with its old connection."""
+        self.touch(node, now)
+        keep = set(held)
+        lost_tickets = [t for t in node.in_flight if t not in keep]
+        node.missing.clear()
+        lost = self._take(node, lost_tickets)
+        self.outbox.events.append((ev.NODE_RESYNCED, node.node_id, len(lost)))
+        return lost
+
+    def heartbeat(self, route: Any, report: tuple[int, int, int], held: list[int] | None, mark: int, now: float) -> Any:
+        """A load report listing held tickets; returns (node or None, lost requests).
+
+        Work dispatched before the previous heartbeat arrived has had an interval to
+        reach the node; missing from two heartbeats in a row, it was lost on the way
+        (a dropped connection takes what was in it) and goes back to the queue.
+        """
+        node = self.seen(route, now)
+        if node is None:
+            return None, []
+        node.reported_in_flight, node.reported_handled, node.reported_dropped = report
+        prev_mark, node.ticket_mark = node.ticket_mark, mark
+        if held is None:
+            return node, []  # a report without its tickets checks nothing
+        keep = set(held)
+        missing = node.missing
+        lost_tickets = []
+        for ticket in node.in_flight:
+            if ticket in keep or ticket > prev_mark:
+                continue
+            count = missing.get(ticket, 0) + 1
+            if count >= 2:
+                lost_tickets.append(ticket)
+            missing[ticket] = count
+        for ticket in [t for t in missing if t in keep or t not in node.in_flight]:
+            del missing[ticket]
+        lost = self._take(node, lost_tickets)
+        if lost:
+            self.outbox.events.append((ev.NODE_RESYNCED, node.node_id, len(lost)))
+        return node, lost
+
+    def _take(self, node: Node, tickets: list[int]) -> list[Request]:
+        lost = [node.in_flight.pop(t) for t in sorted(tickets)]
+        for ticket in tickets:
+            node.missing.pop(ticket, None)
+        if lost:
+            self.refresh(node)
+        return lost
+
+    # ---- liveness -----------------------------------------------------------
+
+    def touch(self, node: Node, now: float) -> None:
+        node.expires_at = now + self.deadline_s
+        node.last_seen = now
+        if not node.reachable:
+            node.reachable = True
+            self.refresh(node)
+
+    def seen(self, route: Any, now: float) -> Node | None:
+        """Any message from a node is a sign of life; None if it is unknown."""
+        node = self.routes.get(route)
+        if node is not None:
+            self.touch(node, now)
+        return node
+
+    def unreachable(self, node: Node) -> None:
+        """A send found no connection: give it nothing more until it is heard from."""
+        node.reachable = False
+        node.heap_seq = -1
+
+    def expire(self, now: float) -> list[tuple[Node, list[Request]]]:
+        """Nodes silent past their deadline, declared dead, each with the work it held."""
+        dead = [n for n in self.routes.values() if n.expires_at < now]
+        return [(node, self.drop(node, ev.NODE_DEAD, now - node.last_seen)) for node in dead]
+
+    def drop(self, node: Node, kind: str, *details: Any) -> list[Request]:
+        """Take a node out of service for good; return its work."""
+        lost = self.take_all(node)
+        node.state = NodeState.DEAD
+        node.heap_seq = -1
+        self.routes.pop(node.route, None)
+        self.outbox.events.append((kind, node.node_id, *details, len(lost)))
+        return lost
+
+    @staticmethod
+    def take_all(node: Node) -> list[Request]:
+        # Tickets grow in dispatch order, so this keeps the lost requests' order.
+        lost = [req for _ticket, req in sorted(node.in_flight.items())]
+        node.in_flight.clear()
+        node.missing.clear()
+        return lost
+
+    def _free_id(self) -> int:
+        node_id = 0
+        while node_id in self.nodes and self.nodes[node_id].state is not NodeState.DEAD:
+            node_id += 1
+        return node_id
+
+    def live(self, node_id: int) -> Node:
+        """The node with this id, for an admin command; KeyError with the reason otherwise."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise KeyError(f"Server {node_id} not found")
+        if node.state is NodeState.DEAD:
+            raise KeyError(f"Server {node_id} is dead; start it again with zlb server --id {node_id}")
+        return node
+
+    # ---- the free-node heap ---------------------------------------------------
+
+    def refresh(self, node: Node) -> None:
+        """Re-rank a node after its load or state changed."""
+        if node.state is NodeState.ACTIVE and node.reachable and len(node.in_flight) < node.capacity:
+            self.push(node)
+        else:
+            node.heap_seq = -1
+
+    def push(self, node: Node) -> None:
+        """Rank a free node by (load ratio, handled, last assignment); older entries go stale."""
+        self._push += 1
+        node.heap_seq = self._push
+        key = (len(node.in_flight) / node.capacity, node.handled, node.last_assigned, self._push, node)
+        heapq.heappush(self._heap, key)
+        if len(self._heap) > 4 * len(self.nodes) + 64:
+            self._heap = [e for e in self._heap if e[4].heap_seq == e[3]]
+            heapq.heapify(self._heap)
+
+    def pop_free(self) -> Node | None:
+        """The least-loaded free node, taken off the heap (push it back if it stays free)."""
+        heap = self._heap
+        while heap:
+            entry = heapq.heappop(heap)
+            node = entry[4]
+            if node.heap_seq == entry[3]:
+                node.heap_seq = -1
+                return node
+        return None

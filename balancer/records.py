@@ -1,0 +1,118 @@
+"""The scheduler's records: requests, nodes, what a submit did, and the outbox.
+
+Plain slotted dataclasses with no behaviour beyond a property or two; the
+scheduler (balancer/scheduler.py) and the node table (balancer/nodes.py)
+change them, the loop and the control commands read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from wire.protocol import PENDING
+
+# Journal record kinds (the first element of each record tuple).
+ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
+FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result)
+
+
+class NodeState(str, Enum):
+    """Where a node is in its life; see docs/PROTOCOL.md for the transitions."""
+
+    ACTIVE = "active"
+    DRAINING = "draining"
+    DOWN = "down"
+    DEAD = "dead"
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One client request. `body` is the opaque payload, then the result."""
+
+    client_id: int
+    request_id: int
+    priority: int
+    # Order of first dispatch; None while a request has never left the queue. Set
+    # lazily because a queued request keeps its order by its place in the deque, and an
+    # int per waiting request is 32 bytes of the ~300 that a million queued cost.
+    seq: int | None
+    route: Any  # the client's routing identity, opaque here
+    body: Any
+    status: str = PENDING
+    server_id: int | None = None
+    attempts: int = 0
+    # A digest of the payload, taken when the body becomes the result, so a re-send of a
+    # finished request id with another payload is told apart (None: not known, e.g. restored).
+    payload_digest: int | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """A server node as the balancer sees it: one incarnation of one node id."""
+
+    node_id: int
+    route: Any  # the node's routing identity, opaque here
+    capacity: int
+    pid: int
+    host: str
+    incarnation: int
+    expires_at: float
+    last_seen: float
+    state: NodeState = NodeState.ACTIVE
+    in_flight: dict[int, Request] = field(default_factory=dict)
+    handled: int = 0
+    reported_in_flight: int = 0
+    reported_handled: int = 0
+    reported_dropped: int = 0
+    last_assigned: int = 0
+    heap_seq: int = -1  # the push that is this node's live entry in the node heap
+    # False after a send found no connection to it: no work until it is heard from again.
+    reachable: bool = True
+    # The ticket counter when its previous heartbeat arrived: work up to there has had
+    # a whole interval to reach the node, so its absence from a heartbeat means something.
+    ticket_mark: int = 0
+    # Tickets missing from consecutive heartbeats, and how many times in a row.
+    missing: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state is NodeState.ACTIVE
+
+
+class Submitted(Enum):
+    """What `submit` did with a request."""
+
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"  # already waiting or running; the route was refreshed
+    FINISHED = "finished"  # already finished; its result was queued for the client again
+    CONFLICT = "conflict"  # the id was used before with another payload
+    REJECTED = "rejected"  # the queue is full
+    ID_IN_USE = "id_in_use"  # another live process holds this client id
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What the scheduler decided and the loop has yet to carry out; the loop takes each list."""
+
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    replies: list[Request] = field(default_factory=list)
+    replays: list[Request] = field(default_factory=list)  # stored results answering another process
+    journal: list[tuple[Any, ...]] | None = None
+
+    def take_events(self) -> list[tuple[Any, ...]]:
+        events, self.events = self.events, []
+        return events
+
+    def take_replies(self) -> list[Request]:
+        replies, self.replies = self.replies, []
+        return replies
+
+    def take_replays(self) -> list[Request]:
+        replays, self.replays = self.replays, []
+        return replays
+
+    def take_journal(self) -> list[tuple[Any, ...]]:
+        records, self.journal = self.journal, []
+        return records
