@@ -52,3 +52,9 @@ def attempt_echo(work: handlers.Work) -> bytes:
     if isinstance(cost_ms, (int, float)) and cost_ms > 0:
         time.sleep(cost_ms / 1000)  # wait-ok: the simulated work itself, not synchronisation
     return json.dumps({"server_id": work.server_id, "attempt": work.attempt}).encode()
+
+
+def stuck(work: handlers.Work) -> bytes:
+    """Hang for a minute, as a handler waiting on a dead dependency would."""
+    time.sleep(60)  # wait-ok: the point of this handler is to not return in time
+    return b"too late"

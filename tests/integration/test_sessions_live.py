@@ -1,0 +1,205 @@
+"""Sessions end to end: identities are enforced on real processes, and dropped connections strand nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from client_node.client import Client, json_payload
+from tests.harness import LiveBalancer, ProcessGroup, wait_until
+from wire import protocol as p
+from wire.protocol import MsgType
+
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def reset_connections(pid: int, backend_port: int) -> int:
+    """Destroy the TCP connections of process `pid` to the backend port (both ends) with `ss -K`; return how many."""
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{backend_port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    local_ports = [
+        int(m.group(1))
+        for line in listing.splitlines()
+        if f"pid={pid}," in line
+        for m in [re.search(r"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:" + str(backend_port), line)]
+        if m
+    ]
+    for port in local_ports:
+        for direction in (["src", f"127.0.0.1:{port}"], ["dst", f"127.0.0.1:{port}"]):
+            subprocess.run(["ss", "-K", "state", "established", *direction], capture_output=True, check=True)
+    return len(local_ports)
+
+
+def nothing_left(balancer: LiveBalancer) -> bool:
+    status = balancer.call("status")
+    return status["queue_depth"] == 0 and status["in_flight"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_connection_resets_under_a_live_node_strand_nothing(balancer: LiveBalancer):
+    """2,000 paced requests over 3 nodes of capacity 8 while one node's connection is reset 8 times: all arrive."""
+    servers = [balancer.start_server(i, "--capacity", "8") for i in range(3)]
+    balancer.wait_servers_active({0, 1, 2})
+    total, pace_s = 2000, 0.003
+    resets_at = {int(total * (k + 1) / 9) for k in range(8)}
+    resets = 0
+    with Client(balancer.endpoints.frontend, client_id=7) as client:
+        start = time.monotonic()
+        for i in range(total):
+            client.submit(json_payload(20, {"n": i}), request_id=i + 1)
+            if i in resets_at:
+                resets += reset_connections(servers[1].pid, port_of(balancer.endpoints.backend)) > 0
+            client.pump(max(0.0, start + (i + 1) * pace_s - time.monotonic()))
+        results = list(client.as_completed(timeout=60))
+    assert resets >= 6  # a reset can land while the node is between connections
+    assert len(results) == total and {r.request_id for r in results} == set(range(1, total + 1))
+    assert all(r.ok for r in results), [r for r in results if not r.ok][:3]
+    wait_until(lambda: nothing_left(balancer), 10, "no request left assigned or pending")
+    assert balancer.call("requests", status="assigned") == [] and balancer.call("requests", status="pending") == []
+
+
+@pytest.mark.timeout(60)
+def test_a_fresh_socket_hello_requeues_what_the_old_socket_took(balancer: LiveBalancer):
+    """A node that says HELLO again on a new socket, holding nothing, gets its lost work re-queued at once."""
+    ctx = zmq.Context.instance()
+    identity = b"node-test-fresh-socket"
+
+    def dial() -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(balancer.endpoints.backend)
+        sock.send_multipart([p.encode(MsgType.HELLO, 4, 1, os.getpid(), "test", 99), p.encode_tickets([])])
+        assert sock.poll(5000) and p.decode(sock.recv_multipart()[0])[0] is MsgType.WELCOME
+        return sock
+
+    first = dial()
+    with Client(balancer.endpoints.frontend, client_id=3) as client:
+        pending = client.submit(json_payload(0, "lost"), request_id=1)
+        deadline = time.monotonic() + 5
+        while True:  # skip PINGs until the WORK arrives
+            assert first.poll(max(1, int((deadline - time.monotonic()) * 1000))), "no WORK for the fake node"
+            frames = first.recv_multipart()
+            if p.decode(frames[0])[0] is MsgType.WORK:
+                break
+        first.close(linger=0)
+        second = dial()
+        try:
+            wait_until(lambda: balancer.call("request", client_id=3, request_id=1)["status"] == "pending", 5, "requeue")
+            balancer.start_server(0)
+            assert pending.result(timeout=15).ok
+        finally:
+            second.close(linger=0)
+    assert balancer.call("status")["requests"]["lost_in_transit"] == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_second_server_with_a_live_id_is_refused_and_nothing_flaps(balancer: LiveBalancer, procs: ProcessGroup):
+    """A second `zlb server --id 1` exits non-zero naming the holder; a 200-request client beside them loses nothing."""
+    first = balancer.start_server(1, "--capacity", "4")
+    balancer.start_server(0, "--capacity", "4")
+    balancer.wait_servers_active({0, 1})
+    client = procs.start("client", "client", "--id", "4", "--requests", "200", "--cost-ms", "5", "--timeout", "60")
+    second = balancer.start_server(1, "--capacity", "4")
+    assert second.wait(15) != 0
+    assert f"server id 1 is in use by pid {first.pid}" in second.stderr()
+    assert client.wait(60) == 0, client.stderr()
+    assert "200 requests" in client.stdout() or client.stdout().count("processed") == 200
+    assert first.popen.poll() is None
+    log = (procs.workdir / "balancer.log").read_text()
+    assert log.count("Server 1 joined") <= 3
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_node_replaced_meanwhile_is_fenced_when_it_resumes(balancer: LiveBalancer, procs: ProcessGroup):
+    """SIGSTOP a node until it is dead, start another with its id, SIGCONT the first: it exits, replaced."""
+    old = balancer.start_server(1)
+    balancer.wait_servers_active({1})
+    os.kill(old.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: balancer.servers()[1]["state"] == "dead", 10, "the stalled node declared dead")
+        new = balancer.start_server(1)
+        wait_until(lambda: balancer.servers()[1]["pid"] == new.pid, 10, "the new node holds id 1")
+    finally:
+        os.kill(old.pid, signal.SIGCONT)
+    assert old.wait(10) != 0
+    assert "replaced" in old.stderr() and f"pid {new.pid}" in old.stderr()
+    assert balancer.servers()[1]["pid"] == new.pid and new.popen.poll() is None
+    assert balancer.call("status")["counters"].get("fenced_messages", 0) >= 1
+
+
+@pytest.mark.timeout(60)
+def test_two_clients_with_one_id_never_share_results(balancer: LiveBalancer, procs: ProcessGroup):
+    """Two `zlb client --id 5` started together: one runs all its requests, the other exits saying the id is in use."""
+    balancer.start_server(0, "--capacity", "8")
+    balancer.wait_servers_active({0})
+    # Long enough that the two surely overlap (python start-up differs by far less).
+    args = ("client", "--id", "5", "--requests", "20", "--cost-ms", "300", "--timeout", "30")
+    first, second = procs.start("c1", *args), procs.start("c2", *args)
+    codes = sorted([(first.wait(40), first), (second.wait(40), second)], key=lambda pair: pair[0])
+    (ok_code, winner), (bad_code, loser) = codes
+    assert ok_code == 0 and winner.stdout().count(" processed by ") == 20
+    assert bad_code != 0 and "client id 5 is in use by another process" in loser.stderr()
+    assert balancer.call("status")["requests"]["processed"] == 20
+
+
+@pytest.mark.timeout(60)
+def test_zlb_send_of_a_used_id_says_it_is_the_stored_result(balancer: LiveBalancer, procs: ProcessGroup):
+    """Sending a used request id prints the stored result as such; another payload under it is refused."""
+    balancer.start_server(0)
+    balancer.wait_servers_active({0})
+    base = ("send", "--client-id", "1", "--request-id", "7", "--timeout", "10")
+    fresh = procs.run(*base, "--payload", '"one"')
+    assert fresh.returncode == 0 and "processed by Server 0" in fresh.stdout and "stored" not in fresh.stdout
+    again = procs.run(*base, "--payload", '"one"')
+    assert again.returncode == 0
+    assert "already processed by Server 0" in again.stdout and "this is the stored result" in again.stdout
+    other = procs.run(*base, "--payload", '"two"')
+    assert other.returncode != 0 and "already used with another payload" in other.stdout
+    assert balancer.call("status")["requests"]["processed"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_ends_a_node_with_a_stuck_handler_at_its_grace(balancer: LiveBalancer, procs: ProcessGroup):
+    """A handler stuck for 60 s: SIGTERM ends the node within grace + 1 s and its request finishes elsewhere."""
+    env = {"PYTHONPATH": REPO}
+    stuck = procs.start(
+        "stuck",
+        "server",
+        "--id",
+        "0",
+        "--heartbeat-ms",
+        "100",
+        "--grace-s",
+        "1",
+        "--handler",
+        "tests.reliability.handlers:stuck",
+        extra_env=env,
+    )
+    balancer.wait_servers_active({0})
+    with Client(balancer.endpoints.frontend, client_id=2) as client:
+        pending = client.submit(json_payload(0, "x"), request_id=1)
+        wait_until(lambda: balancer.servers()[0]["in_flight"] == 1, 10, "the stuck node holds the request")
+        balancer.start_server(1)
+        balancer.wait_servers_active({1})
+        started = time.monotonic()
+        stuck.popen.send_signal(signal.SIGTERM)
+        stuck.wait(10)
+        assert time.monotonic() - started <= 1 + 1.0
+        result = pending.result(timeout=15)
+    assert result.ok and result.server_id == 1
