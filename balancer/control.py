@@ -90,6 +90,9 @@ def node_view(node: Node, now: float) -> dict[str, Any]:
         "pid": node.pid,
         "host": node.host,
         "last_heartbeat_ms_ago": round((now - node.last_seen) * 1000),
+        "incarnation": f"{node.incarnation:016x}",
+        # Messages the node could not send (it reports them on its heartbeat).
+        "dropped": node.reported_dropped,
     }
 
 

@@ -447,14 +447,14 @@ class Balancer:
         reason = self.sched.client_hello(client_id, incarnation, None, None, now)
         if reason:
             self.sched.outbox.events.append((ev.SYSTEM_CLIENT_REFUSED, client_id, reason))
-            self._send_client(route, p.encode(MsgType.REFUSED, reason))
+            self._send_client(route, p.encode(MsgType.REFUSED, reason, None, None))
 
     def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
         client_id, incarnation, pid, host = fields
         reason = self.sched.client_hello(client_id, incarnation, pid, host, now)
         if reason:
             self.sched.outbox.events.append((ev.SYSTEM_CLIENT_REFUSED, client_id, reason))
-            self._send_client(route, p.encode(MsgType.REFUSED, reason))
+            self._send_client(route, p.encode(MsgType.REFUSED, reason, None, None))
         else:
             self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, int(self.sched.client_lease_s * 1000)))
 
@@ -522,7 +522,10 @@ class Balancer:
         except Refused as refusal:
             if refusal.fenced:
                 self._count("fenced_messages")
-            self._send_node(route, [p.encode(MsgType.FENCED if refusal.fenced else MsgType.REFUSED, refusal.reason)])
+            if refusal.fenced:
+                self._send_node(route, [p.encode(MsgType.FENCED, refusal.reason)])
+            else:
+                self._send_node(route, [p.encode(MsgType.REFUSED, refusal.reason, *refusal.holder)])
             return
         welcome = p.encode(MsgType.WELCOME, node.node_id, self.config.heartbeat_ms, self.config.liveness)
         self._send_node(route, [welcome])

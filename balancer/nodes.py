@@ -38,6 +38,11 @@ class Joined(Enum):
 class NodeTable:
     """Nodes by id and route, the free-node heap, and the fenced routes."""
 
+    def holder(self, node_id: int | None) -> tuple[int | None, str | None]:
+        """The pid and host of the process holding a node id, for a refusal."""
+        node = self.nodes.get(node_id) if node_id is not None else None
+        return (node.pid, node.host) if node is not None else (None, None)
+
     def __init__(self, outbox: Outbox, heartbeat_s: float, liveness: int) -> None:
         self.outbox = outbox
         self.deadline_s = heartbeat_s * liveness

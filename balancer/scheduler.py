@@ -49,10 +49,11 @@ def payload_digest(payload: Any) -> int:
 class Refused(Exception):
     """A HELLO the balancer will not take: `fenced` when this incarnation was replaced."""
 
-    def __init__(self, reason: str, fenced: bool) -> None:
+    def __init__(self, reason: str, fenced: bool, holder: tuple[int | None, str | None] = (None, None)) -> None:
         super().__init__(reason)
         self.reason = reason
         self.fenced = fenced
+        self.holder = holder  # (pid, host) of the process that holds the id, when refused
 
 
 class ClientSession(dict):
@@ -416,7 +417,7 @@ class Scheduler:
             self.counters["nodes_refused"] += 1
             self.outbox.events.append((ev.NODE_REFUSED, node_id, node))
         if isinstance(node, str):
-            raise Refused(node, outcome is Joined.FENCED)
+            raise Refused(node, outcome is Joined.FENCED, self.table.holder(node_id))
         return node
 
     def _lost(self, lost: list[Request], server_id: int) -> None:

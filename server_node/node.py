@@ -64,6 +64,7 @@ class ServerNode:
         self.welcomed = False
         self.exit_code: int | None = None  # set when the balancer refuses or fences this node
         self.exit_reason = ""
+        self._refusals = 0
         # Tickets received whose DONE has not been sent, in arrival order.
         self.held: dict[int, None] = {}
         self._ctx = context or zmq.Context.instance()
@@ -196,17 +197,29 @@ class ServerNode:
             elif msg_type is MsgType.WELCOME:
                 self.node_id = fields[0]
                 self.welcomed = True
+                self._refusals = 0
             elif msg_type is MsgType.RECONNECT:
                 if fields[0] == p.REASON_STOPPING:
                     self._on_shutdown(now)
                     return
                 self._hello()
             elif msg_type is MsgType.REFUSED:
-                self._end(EXIT_REFUSED, f"refused by the balancer: {fields[0]}")
+                self._on_refused(now, *fields)
                 return
             elif msg_type is MsgType.FENCED:
                 self._end(EXIT_FENCED, f"replaced: {fields[0]}; this process stops")
                 return
+
+    def _on_refused(self, now: float, reason: str, holder_pid: int | None, holder_host: str | None) -> None:
+        """Another process holds our id. If it is a dead process on this host (we were restarted
+        faster than the balancer noticed), ask again until its liveness runs out; else give up."""
+        self._refusals += 1
+        if holder_host == socket.gethostname() and holder_pid is not None and not _alive(holder_pid):
+            if self._refusals <= 4 * self.config.liveness:
+                self._disconnect()
+                self._redial_at = now + self.config.heartbeat_ms / 1000
+                return
+        self._end(EXIT_REFUSED, f"refused by the balancer: {reason}")
 
     def _end(self, code: int, reason: str) -> None:
         """The balancer will not have this process: stop at once (its work is already elsewhere)."""
@@ -244,6 +257,17 @@ class ServerNode:
         del self.held[ticket]
         self.handled += 1
         self._send(p.encode(MsgType.DONE, ticket, ok), result)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_node(config: NodeConfig) -> int:

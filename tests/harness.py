@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,6 +54,31 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
         time.sleep(0.02)  # wait-ok: the poll interval of a deadline-bounded wait
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def reset_connections(pid: int, backend_port: int) -> int:
+    """Destroy the TCP connections of process `pid` to the backend port (both ends) with `ss -K`; return how many."""
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{backend_port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    local_ports = [
+        int(m.group(1))
+        for line in listing.splitlines()
+        if f"pid={pid}," in line
+        for m in [re.search(r"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:" + str(backend_port), line)]
+        if m
+    ]
+    for port in local_ports:
+        for direction in (["src", f"127.0.0.1:{port}"], ["dst", f"127.0.0.1:{port}"]):
+            subprocess.run(["ss", "-K", "state", "established", *direction], capture_output=True, check=True)
+    return len(local_ports)
 
 
 @dataclass

@@ -21,7 +21,7 @@ def test_round_trip_of_every_message_type():
         MsgType.CLIENT_WELCOME: (10_000,),
         MsgType.CLIENT_PING: (5, 7),
         MsgType.CLIENT_BYE: (5, 7),
-        MsgType.REFUSED: ("server id 1 is in use",),
+        MsgType.REFUSED: ("server id 1 is in use", 77, "host"),
         MsgType.FENCED: ("server id 1 was taken over",),
         MsgType.HELLO: (None, 4, 1234, "host", 12345),
         MsgType.WELCOME: (3, 500, 3),
@@ -128,4 +128,3 @@ def test_held_tickets_round_trip_and_garbage_is_a_protocol_error():
     for bad in (b"", b"\xc1", p.encode_map({"a": 1}), p.encode_tickets(["x"]), p.encode_tickets([1.5])):
         with pytest.raises(ProtocolError):
             p.decode_tickets(bad)
-

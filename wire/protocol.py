@@ -71,7 +71,7 @@ class MsgType(IntEnum):
     CLIENT_WELCOME = 5  # frontend -> client: [lease_ms]; the session is this incarnation's
     CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; keeps the session's lease
     CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; frees the client id at once
-    REFUSED = 8  # either -> client or node: [reason]; the id is held by another live process
+    REFUSED = 8  # frontend or backend -> peer: [reason, holder_pid, holder_host]; the id is another live process's
     HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host, incarnation] + held tickets
     WELCOME = 11  # backend -> node: [node_id, heartbeat_ms, liveness]
     HEARTBEAT = 12  # node -> backend: [in_flight, handled, dropped] + held tickets
@@ -94,7 +94,7 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.CLIENT_WELCOME: (int,),
     MsgType.CLIENT_PING: (int, int),
     MsgType.CLIENT_BYE: (int, int),
-    MsgType.REFUSED: (str,),
+    MsgType.REFUSED: (str, OptInt, (str, type(None))),
     MsgType.HELLO: (OptInt, int, int, str, int),
     MsgType.WELCOME: (int, int, int),
     MsgType.HEARTBEAT: (int, int, int),

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from client_node.client import Client, json_payload
-from tests.harness import LiveBalancer, Proc, ProcessGroup, start_balancer, wait_until
+from tests.harness import LiveBalancer, Proc, ProcessGroup, reset_connections, start_balancer, wait_until
 from wire import control_client
 
 
@@ -34,6 +35,10 @@ class ChaosPlan:
     cost_ms: int = 20
     node_kill_every_s: tuple[float, float] = (0.4, 1.2)
     balancer_kills: int = 0
+    # Besides kill -9: share of faults that reset a node's TCP connection (ss -K) or stall it (SIGSTOP, SIGCONT).
+    reset_share: float = 0.3
+    stall_share: float = 0.2
+    stall_s: tuple[float, float] = (0.05, 0.6)
     retry_s: float = 0.5
     deadline_s: float = 60.0
 
@@ -63,6 +68,8 @@ class ChaosReport:
     requests: int
     node_kills: int = 0
     balancer_kills: int = 0
+    resets: int = 0
+    stalls: int = 0
     results: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -170,11 +177,36 @@ def _inject_faults(
             next_balancer_kill = time.monotonic() - t0 + rng.uniform(1.0, 2.0)
             balancer = start_balancer(procs, balancer.endpoints, balancer.heartbeat_ms, *balancer_args)
             continue
-        victim = rng.choice(sorted(nodes))
-        procs.kill9(nodes[victim])
+        _node_fault(procs, balancer, plan, rng, nodes, report)
+    return balancer
+
+
+def _node_fault(
+    procs: ProcessGroup,
+    balancer: LiveBalancer,
+    plan: ChaosPlan,
+    rng: random.Random,
+    nodes: dict[int, Proc],
+    report: ChaosReport,
+) -> None:
+    """One fault on a random node: a TCP reset, a stall, or kill -9 and a restart with the same id."""
+    victim = rng.choice(sorted(nodes))
+    proc = nodes[victim]
+    roll = rng.random()
+    if roll < plan.reset_share:
+        report.resets += reset_connections(proc.pid, int(balancer.endpoints.backend.rsplit(":", 1)[1])) > 0
+    elif roll < plan.reset_share + plan.stall_share:
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            stop_until = time.monotonic() + rng.uniform(*plan.stall_s)
+            wait_until(lambda: time.monotonic() >= stop_until, 2, "the end of a stall")
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        report.stalls += 1
+    else:
+        procs.kill9(proc)
         report.node_kills += 1
         nodes[victim] = balancer.start_server(victim, "--capacity", str(plan.capacity))
-    return balancer
 
 
 def _pause(seconds: float, busy: Any) -> None:
