@@ -22,29 +22,20 @@ import zmq
 
 from balancer import control
 from balancer import journal as jr
+from balancer.clients import DRAIN_BATCH, ClientSide
 from balancer.eventlog import EventLog
+from balancer.node_side import NodeSide
 from balancer.scheduler import (
     DEFAULT_KEEP_FINISHED,
     DEFAULT_KEEP_FINISHED_BYTES,
     DEFAULT_MAX_ATTEMPTS,
-    NodeState,
-    Refused,
     Scheduler,
-    Submitted,
 )
 from wire import events as ev
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 from wire.security import CurveServer, exposed_endpoints
 
-# Messages taken from one socket before looking at the others: large enough to
-# amortise the poll, small enough that no socket starves the rest.
-DRAIN_BATCH = 256
-# Plain-int send flags and one send per frame: pyzmq's send_multipart combines
-# enum flags for every frame, measured at 4 us per 3-frame message against 1 us.
-_MORE = int(zmq.SNDMORE)
-_NOWAIT = int(zmq.NOBLOCK)
-_MORE_NOWAIT = _MORE | _NOWAIT
 # Events are published (and handed to the log) at most this often, and sooner
 # once this many wait: one PUB message and one log hand-over per interval rather
 # than per loop iteration, so a lone request does not pay for two extra sends.
@@ -53,7 +44,6 @@ PUBLISH_MAX_EVENTS = 4096
 # Bad input is logged at most this often per (socket, kind); every one is counted.
 BAD_INPUT_LOG_INTERVAL_S = 5.0
 DEFAULT_GRACE_S = 5.0
-# Event kinds of this module (rendered generically by wire/events.py).
 
 
 @dataclass
@@ -87,7 +77,7 @@ class BalancerConfig:
         }
 
 
-class Balancer:
+class Balancer(ClientSide, NodeSide):
     """Owns the sockets and the scheduler; nothing else touches either."""
 
     def __init__(self, config: BalancerConfig, context: zmq.Context | None = None) -> None:
@@ -313,74 +303,9 @@ class Balancer:
         if out.replays:
             self._send_results(out.take_replays(), True)
 
-    def _send_work(self, assignments: list[Any]) -> bool:
-        """Send WORK; a node with no connection gets its work back in the queue. True if all left."""
-        encode = p.encode
-        work = MsgType.WORK
-        all_sent = True
-        for node, ticket, req in assignments:
-            header = encode(work, ticket, req.client_id, req.request_id, req.priority, req.attempts)
-            if not self._send_node(node.route, [header, req.body]):
-                self.sched.undeliverable(node, ticket)
-                all_sent = False
-        return all_sent
-
-    def _send_node(self, route: bytes, frames: list[Any]) -> bool:
-        """One message to a node; False (counted) when it has no connection or a full queue."""
-        send = self.backend.send
-        try:
-            # EAGAIN and EHOSTUNREACH can only come on the first frame, before anything is queued.
-            send(route, _MORE_NOWAIT)
-            for frame in frames[:-1]:
-                send(frame, _MORE_NOWAIT)
-            send(frames[-1], _NOWAIT, copy=False)
-        except zmq.Again:
-            self._count("node_send_dropped")
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self._count("node_unroutable")
-            return False
-        return True
-
-    def _send_client(self, route: bytes, header: bytes, body: Any = None) -> bool:
-        """One message to a client; False (counted) when it is gone or its queue is full.
-
-        A result that cannot leave stays remembered: the client's retry fetches it.
-        """
-        send = self.frontend.send
-        try:
-            if body is None:
-                send(route, _MORE_NOWAIT)
-                send(header, _NOWAIT)
-            else:
-                send(route, _MORE_NOWAIT)
-                send(header, _MORE_NOWAIT)
-                send(body, _NOWAIT, copy=False)
-        except zmq.Again:
-            self._count("client_send_dropped")
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self._count("client_unroutable")
-            return False
-        return True
-
     def _count(self, name: str) -> None:
         counters = self.state.counters
         counters[name] = counters.get(name, 0) + 1
-
-    def _send_results(self, replies: list[Any], replay: bool) -> None:
-        encode = p.encode
-        result = MsgType.RESULT
-        send_client = self._send_client
-        for req in replies:
-            if req.route is not None:
-                send_client(
-                    req.route, encode(result, req.request_id, req.status, req.server_id, req.attempts, replay), req.body
-                )
 
     def _append_journal(self) -> None:
         """One write for the iteration's records, before any of its results leave."""
@@ -399,159 +324,6 @@ class Balancer:
             by_topic.setdefault(ev.topic_of(event[0]), []).append(event)
         for topic, events in by_topic.items():
             self.events_sock.send_multipart([topic, p.encode_events([ts, events])])
-
-    # ---- frontend: clients ----------------------------------------------
-
-    def _drain_frontend(self, now: float) -> None:
-        recv = self.frontend.recv_multipart
-        decode = p.decode
-        submit = MsgType.SUBMIT
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                if len(frames) < 2:
-                    raise ProtocolError("bad_frames", "empty message")
-                msg_type, fields = decode(frames[1])
-                body = p.split_body(msg_type, frames[1:])
-                if msg_type is not submit and msg_type not in self._client_handlers:
-                    raise ProtocolError("unknown_type", f"{msg_type.name} is not a client message")
-            except ProtocolError as exc:
-                self._bad_input("frontend", exc, now)
-                self._send_client(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
-                continue
-            route = self._routes.get(frames[0])
-            if route is None:
-                route = self._routes[frames[0]] = frames[0]
-            if msg_type is submit:
-                self._on_submit(route, fields, body, now)
-            else:
-                self._client_handlers[msg_type](self, route, fields, now)
-
-    def _on_submit(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        client_id, request_id, priority, incarnation = fields
-        outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
-        if outcome is Submitted.QUEUED or outcome is Submitted.DUPLICATE or outcome is Submitted.FINISHED:
-            return
-        if outcome is Submitted.ID_IN_USE:
-            self._refuse_client(route, client_id, incarnation, now)
-        elif outcome is Submitted.CONFLICT:
-            reason = self.sched.conflict_reason(client_id, request_id)
-            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
-        else:
-            self._send_client(route, p.encode(MsgType.REJECTED, request_id, self.sched.queue_full_reason()))
-
-    def _refuse_client(self, route: bytes, client_id: int, incarnation: int, now: float) -> None:
-        reason = self.sched.client_hello(client_id, incarnation, None, None, now)
-        if reason:
-            self.sched.outbox.events.append((ev.SYSTEM_CLIENT_REFUSED, client_id, reason))
-            self._send_client(route, p.encode(MsgType.REFUSED, reason, None, None))
-
-    def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
-        client_id, incarnation, pid, host = fields
-        reason = self.sched.client_hello(client_id, incarnation, pid, host, now)
-        if reason:
-            self.sched.outbox.events.append((ev.SYSTEM_CLIENT_REFUSED, client_id, reason))
-            self._send_client(route, p.encode(MsgType.REFUSED, reason, None, None))
-        else:
-            self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, int(self.sched.client_lease_s * 1000)))
-
-    def _on_client_ping(self, route: bytes, fields: list[Any], now: float) -> None:
-        self._refuse_client(route, fields[0], fields[1], now)
-
-    def _on_client_bye(self, route: bytes, fields: list[Any], now: float) -> None:
-        self.sched.client_bye(fields[0], fields[1])
-        self._routes.pop(route, None)
-
-    _client_handlers = {
-        MsgType.CLIENT_HELLO: _on_client_hello,
-        MsgType.CLIENT_PING: _on_client_ping,
-        MsgType.CLIENT_BYE: _on_client_bye,
-    }
-
-    # ---- backend: server nodes ------------------------------------------
-
-    def _drain_backend(self, now: float) -> None:
-        recv = self.backend.recv_multipart
-        decode = p.decode
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                if len(frames) < 2:
-                    raise ProtocolError("bad_frames", "empty message")
-                msg_type, fields = decode(frames[1])
-                body = p.split_body(msg_type, frames[1:])
-                handler = self._node_handlers.get(msg_type)
-                if handler is None:
-                    raise ProtocolError("unknown_type", f"{msg_type.name} is not a node message")
-            except ProtocolError as exc:
-                self._bad_input("backend", exc, now)
-                continue
-            try:
-                handler(self, frames[0], fields, body, now)
-            except ProtocolError as exc:
-                self._bad_input("backend", exc, now)
-            except Exception as exc:  # noqa: BLE001 - a message we failed to foresee must not end the balancer
-                self._bad_input("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
-
-    def _unknown_node(self, route: bytes) -> None:
-        """A message from a route with no session: a fenced incarnation exits, anyone else says HELLO."""
-        reason = self.sched.table.fenced.get(route)
-        if reason is not None:
-            self._count("fenced_messages")
-            self._send_node(route, [p.encode(MsgType.FENCED, reason)])
-        else:
-            self._send_node(route, [p.encode(MsgType.RECONNECT, "unknown node; say HELLO")])
-
-    def _on_done(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        if self.sched.complete(route, fields[0], fields[1], body, now) is None and route not in self.sched.routes:
-            self._unknown_node(route)
-
-    def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        node_id, capacity, pid, host, incarnation = fields
-        if capacity < 1:
-            raise ProtocolError("bad_fields", f"capacity {capacity} < 1")
-        held = p.decode_tickets(body)
-        try:
-            node = self.sched.hello(route, node_id, capacity, pid, host, now, incarnation, held)
-        except Refused as refusal:
-            if refusal.fenced:
-                self._count("fenced_messages")
-            if refusal.fenced:
-                self._send_node(route, [p.encode(MsgType.FENCED, refusal.reason)])
-            else:
-                self._send_node(route, [p.encode(MsgType.REFUSED, refusal.reason, *refusal.holder)])
-            return
-        welcome = p.encode(MsgType.WELCOME, node.node_id, self.config.heartbeat_ms, self.config.liveness)
-        self._send_node(route, [welcome])
-
-    def _on_heartbeat(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        held = p.decode_tickets(body)
-        if self.sched.heartbeat(route, fields[0], fields[1], now, fields[2], held) is None:
-            self._unknown_node(route)
-
-    def _on_leaving(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        node = self.sched.seen(route, now)
-        if node is None:
-            self._unknown_node(route)
-        elif node.state is NodeState.ACTIVE:
-            self.sched.drain(node.node_id)
-
-    def _on_bye(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        self.sched.bye(route)
-
-    _node_handlers = {
-        MsgType.DONE: _on_done,
-        MsgType.HELLO: _on_hello,
-        MsgType.HEARTBEAT: _on_heartbeat,
-        MsgType.LEAVING: _on_leaving,
-        MsgType.BYE: _on_bye,
-    }
 
     # ---- control ----------------------------------------------------------
 

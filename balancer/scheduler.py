@@ -14,13 +14,13 @@ balancer/nodes.py, the queue in balancer/waiting.py.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from balancer.nodes import Joined, NodeTable
 from balancer.records import ACCEPTED, FINISHED, Node, NodeState, Outbox, Request, Submitted
+from balancer.sessions import ClientSessions, payload_digest
 from balancer.waiting import WaitingQueue
 from wire import events as ev
 from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
@@ -41,11 +41,6 @@ def _size(body: Any) -> int:
     return len(body) if body is not None else 0
 
 
-def payload_digest(payload: Any) -> int:
-    """A stable 64-bit digest of a payload (stable across processes, unlike hash())."""
-    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
-
-
 class Refused(Exception):
     """A HELLO the balancer will not take: `fenced` when this incarnation was replaced."""
 
@@ -54,25 +49,6 @@ class Refused(Exception):
         self.reason = reason
         self.fenced = fenced
         self.holder = holder  # (pid, host) of the process that holds the id, when refused
-
-
-class ClientSession(dict):
-    """One client id's remembered requests by request id, and the incarnation that holds the id.
-
-    Every decoded header carries a fresh int for the client id (only -5..256
-    are cached by Python); pointing each Request at this one copy saves 32
-    bytes per waiting request, a tenth of the memory of a queued request.
-    """
-
-    __slots__ = ("client_id", "host", "incarnation", "last_seen", "pid")
-
-    def __init__(self, client_id: int) -> None:
-        super().__init__()
-        self.client_id = client_id
-        self.incarnation: int | None = None
-        self.last_seen = 0.0
-        self.pid: int | None = None
-        self.host: str | None = None
 
 
 class Scheduler:
@@ -119,7 +95,7 @@ class Scheduler:
             ),
             0,
         )
-        self._sessions: dict[int, ClientSession] = {}
+        self.sessions = ClientSessions(client_lease_s)
         self._queue = WaitingQueue()
         self._finished: deque[Request] = deque()
         self._finished_bytes = 0
@@ -145,38 +121,16 @@ class Scheduler:
 
     # ---- client sessions --------------------------------------------------
 
-    def _session(self, client_id: int) -> ClientSession:
-        session = self._sessions.get(client_id)
-        if session is None:
-            session = self._sessions[client_id] = ClientSession(client_id)
-        return session
-
     def client_hello(self, client_id: int, incarnation: int, pid: int | None, host: str | None, now: float) -> str:
         """Open (or refresh) a client's session; return '' or the reason it is refused."""
-        session = self._session(client_id)
-        refusal = self._claim(session, incarnation, now)
-        if not refusal and pid is not None:
-            session.pid, session.host = pid, host
-        return refusal
-
-    def _claim(self, session: ClientSession, incarnation: int, now: float) -> str:
-        """The session's holder is `incarnation` from now on, unless another live one holds it."""
-        if session.incarnation != incarnation:
-            if session.incarnation is not None and now - session.last_seen < self.client_lease_s:
-                self.counters["clients_refused"] += 1
-                where = f" (pid {session.pid} on host {session.host})" if session.pid is not None else ""
-                return f"client id {session.client_id} is in use by another process{where}; pick another --id"
-            session.incarnation, session.pid, session.host = incarnation, None, None
-        session.last_seen = now
-        return ""
+        reason = self.sessions.hello(client_id, incarnation, pid, host, now)
+        if reason:
+            self.counters["clients_refused"] += 1
+        return reason
 
     def client_bye(self, client_id: int, incarnation: int) -> None:
         """A client leaves: its id is free at once (its requests stay)."""
-        session = self._sessions.get(client_id)
-        if session is not None and session.incarnation == incarnation:
-            session.incarnation = None
-            if not session:
-                del self._sessions[client_id]
+        self.sessions.bye(client_id, incarnation)
 
     # ---- requests -------------------------------------------------------
 
@@ -201,8 +155,9 @@ class Scheduler:
         now: float = 0.0,
     ) -> Submitted:
         """Queue a client's request, or recognise it as one already known."""
-        session = self._session(client_id)
-        if self._claim(session, incarnation, now):
+        session = self.sessions.of(client_id)
+        if self.sessions.claim(session, incarnation, now):
+            self.counters["clients_refused"] += 1
             return Submitted.ID_IN_USE
         req = session.get(request_id)
         if req is not None:
@@ -292,18 +247,18 @@ class Scheduler:
         while finished and (len(finished) > self.keep_finished or self._finished_bytes > self.keep_finished_bytes):
             old = finished.popleft()
             self._finished_bytes -= _size(old.body)
-            session = self._sessions.get(old.client_id)
+            session = self.sessions.get(old.client_id)
             if session is not None and session.get(old.request_id) is old:
                 del session[old.request_id]
                 if not session and session.incarnation is None:
-                    del self._sessions[old.client_id]
+                    del self.sessions[old.client_id]
 
     # ---- restart from a journal ------------------------------------------
 
     def restore_pending(self, client_id: int, request_id: int, priority: int, route: Any, body: Any) -> None:
         """Queue a request that a previous balancer accepted and never finished."""
         req = Request(client_id, request_id, priority, None, route, body)
-        self._session(client_id)[request_id] = req
+        self.sessions.of(client_id)[request_id] = req
         self._queue.push_fresh(req)
 
     def restore_finished(
@@ -312,19 +267,19 @@ class Scheduler:
         """Remember a request that a previous balancer finished, to answer resubmissions."""
         self._seq += 1
         req = Request(client_id, request_id, priority, self._seq, None, result, status, server_id, attempts)
-        self._session(client_id)[request_id] = req
+        self.sessions.of(client_id)[request_id] = req
         self._remember_finished(req)
 
     def get(self, client_id: int, request_id: int) -> Request | None:
         """The request with these ids, if it is still remembered."""
-        return self._sessions.get(client_id, {}).get(request_id)
+        return self.sessions.get(client_id, {}).get(request_id)
 
     def requests(self, status: str | None = None, client_id: int | None = None) -> Iterator[Request]:
         """Remembered requests, optionally filtered: in dispatch order, never-dispatched ones last."""
         if client_id is not None:
-            pools = [self._sessions.get(client_id, {})]
+            pools = [self.sessions.get(client_id, {})]
         else:
-            pools = list(self._sessions.values())
+            pools = list(self.sessions.values())
         found = [r for pool in pools for r in pool.values() if status is None or r.status == status]
         found.sort(key=lambda req: (req.seq is None, req.seq or 0))
         return iter(found)
