@@ -88,10 +88,10 @@ class DashboardModel:
             self._ticks.clear()
             self._arrivals.clear()
             self._latencies.clear()
-        elif self.unreachable_since is not None:
+        elif self.unreachable_since is not None and not first:
             self.notice = f"reconnected at {clock(now)}"
         elif not self.connected:
-            self.notice = None
+            self.notice = None  # the first contact is no news, even after waiting for it
         self.connected = True
         self.unreachable_since = None
         self.started_at = status.get("started_at")
@@ -104,11 +104,14 @@ class DashboardModel:
                 self.logs.append(LogLine(entry["ts"], entry["kind"], entry["message"]))
 
     def mark_unreachable(self, now: float) -> None:
-        """The balancer did not answer a snapshot request."""
+        """The balancer did not answer a snapshot request: what is known of its nodes is no longer current."""
         if self.unreachable_since is None:
             self.unreachable_since = now
         self.connected = False
-        self.notice = f"balancer unreachable at {self.control} since {clock(self.unreachable_since)}; retrying…"
+        if self.started_at is None:
+            self.notice = f"waiting for the balancer at {self.control}…"
+        else:
+            self.notice = f"balancer unreachable at {self.control} since {clock(self.unreachable_since)}; retrying…"
 
     def apply_events(self, events: Iterable[list[Any]]) -> None:
         """Follow stamped events `[ts, kind, *args]` as they arrive."""
