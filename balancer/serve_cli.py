@@ -3,14 +3,54 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
+from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
 from wire.options import endpoints, grace_option, heartbeat_options
 from wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from wire.security import CurveConfigError, generate_keys
+
+LOG_FILE_HELP = "$XDG_STATE_HOME/zlb/balancer.log (~/.local/state/zlb/balancer.log when XDG_STATE_HOME is unset)"
+
+
+def default_log_file() -> str:
+    """Where the event log goes unless told: the user's state directory, never the current one."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "zlb", "balancer.log")
+
+
+def _resolve_log_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    return default_log_file() if value is None else value
+
+
+def log_file_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--log-file`, shared by `zlb balancer` and `zlb cluster`: a path, or '' for none."""
+    return click.option(
+        "--log-file",
+        default=None,
+        callback=_resolve_log_file,
+        help=f"Event log file, rotated at {DEFAULT_LOG_MAX_BYTES // 2**20} MiB with {DEFAULT_LOG_BACKUPS} old"
+        f" files kept; '' for none.  [default: {LOG_FILE_HELP}]",
+    )(func)
+
+
+def prepare_log_file(path: str) -> None:
+    """Create the log file's directory and check it can be appended to, or raise ClickException."""
+    if not path:
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the log file {path}: {exc.strerror or exc}") from None
 
 
 @click.command()
@@ -45,9 +85,7 @@ from wire.security import CurveConfigError, generate_keys
     show_default=True,
     help="Largest message accepted on any socket.",
 )
-@click.option(
-    "--log-file", default="zlb-balancer.log", show_default=True, help="Event log file (size-rotated); '' for none."
-)
+@log_file_option
 @click.option(
     "--journal",
     type=click.Path(dir_okay=False),
@@ -89,6 +127,7 @@ def balancer(
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
     if (curve_secret is None) != (allow_dir is None):
         raise click.UsageError("--curve-secret and --allow go together")
+    prepare_log_file(log_file)
     config = BalancerConfig(
         frontend=frontend,
         backend=backend,
@@ -107,10 +146,21 @@ def balancer(
         allow_dir=allow_dir,
         grace_s=grace_s,
     )
+    # Said before binding: if a bind fails, the error line follows this one.
+    say(
+        f"zlb balancer (pid {os.getpid()}): frontend {frontend}  backend {backend}  events {events}"
+        f"  control {control}  log {log_file or 'off'}"
+    )
     try:
         run_balancer(config)
     except (OSError, CurveConfigError) as exc:  # JournalError is an OSError
         raise click.ClickException(str(exc)) from None
+    say(f"zlb balancer (pid {os.getpid()}) stopped")
+
+
+def say(line: str) -> None:
+    """A start or stop line on stderr, so stdout stays for data and a terminal shows what runs where."""
+    print(line, file=sys.stderr, flush=True)
 
 
 @click.group()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from server_node import handlers
@@ -29,6 +31,9 @@ def server(
         handlers.load(handler)
     except handlers.HandlerError as exc:
         raise click.BadParameter(str(exc), param_hint="--handler") from None
+    who = f"zlb server (pid {os.getpid()}, {'id ' + str(node_id) if node_id is not None else 'id from the balancer'})"
+    # On stderr, so a terminal shows what runs where while stdout stays for data.
+    click.echo(f"{who}: connecting to {backend}, capacity {capacity}, handler {handler}", err=True)
     run_node(
         NodeConfig(
             backend=backend,
@@ -40,3 +45,4 @@ def server(
             grace_s=grace_s,
         )
     )
+    click.echo(f"{who} stopped", err=True)

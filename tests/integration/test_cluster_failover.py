@@ -42,6 +42,7 @@ def test_cluster_survives_kill_of_a_busy_node_and_stops_everything(procs: Proces
         "400",
         "--heartbeat-ms",
         "200",
+        "--stay",  # the tables are read after the clients are done
     )
     wait_until(lambda: "✅ Request" in cluster.stdout() and "assigned to Server 1" in cluster.stdout(), 20, "work on 1")
     table = wait_until(lambda: servers(procs) if servers(procs).get(1, {}).get("in_flight") else None, 10, "busy 1")
