@@ -17,6 +17,12 @@ from wire.options import endpoints, grace_option, heartbeat_options
 from wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from wire.security import CurveConfigError, generate_keys
 
+
+def shown_option(name: str, kind: click.ParamType, default: float, help_text: str) -> Callable[..., Any]:
+    """A typed option whose default --help shows: the common shape of zlb's numeric options."""
+    return click.option(name, type=kind, default=default, show_default=True, help=help_text)
+
+
 LOG_FILE_HELP = "$XDG_STATE_HOME/zlb/balancer.log (~/.local/state/zlb/balancer.log when XDG_STATE_HOME is unset)"
 
 
@@ -57,33 +63,23 @@ def prepare_log_file(path: str) -> None:
 @endpoints("frontend", "backend", "events", "control")
 @heartbeat_options
 @click.option("--max-queue", type=click.IntRange(1), default=None, help="Reject submits beyond this many waiting.")
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(1),
-    default=DEFAULT_MAX_ATTEMPTS,
-    show_default=True,
-    help="Fail a request after its node died this many times.",
+@shown_option(
+    "--max-attempts", click.IntRange(1), DEFAULT_MAX_ATTEMPTS, "Fail a request after its node died this many times."
 )
-@click.option(
+@shown_option(
     "--keep-finished",
-    type=click.IntRange(0),
-    default=DEFAULT_KEEP_FINISHED,
-    show_default=True,
-    help="Finished requests remembered for queries and duplicate detection.",
+    click.IntRange(0),
+    DEFAULT_KEEP_FINISHED,
+    "Finished requests remembered for queries and duplicates.",
 )
-@click.option(
+@shown_option(
     "--keep-finished-mb",
-    type=click.FloatRange(0),
-    default=DEFAULT_KEEP_FINISHED_BYTES / 2**20,
-    show_default=True,
-    help="Also forget the oldest finished requests once their kept results exceed this many MiB.",
+    click.FloatRange(0),
+    DEFAULT_KEEP_FINISHED_BYTES / 2**20,
+    "Also forget the oldest finished requests once their kept results exceed this many MiB.",
 )
-@click.option(
-    "--max-message-bytes",
-    type=click.IntRange(1024),
-    default=DEFAULT_MAX_MESSAGE_BYTES,
-    show_default=True,
-    help="Largest message accepted on any socket.",
+@shown_option(
+    "--max-message-bytes", click.IntRange(1024), DEFAULT_MAX_MESSAGE_BYTES, "Largest message accepted on any socket."
 )
 @log_file_option
 @click.option(
@@ -106,51 +102,16 @@ def prepare_log_file(path: str) -> None:
     help="Directory of public keys (*.key) admitted with --curve-secret.",
 )
 @grace_option(DEFAULT_GRACE_S)
-def balancer(
-    frontend: str,
-    backend: str,
-    events: str,
-    control: str,
-    heartbeat_ms: int,
-    liveness: int,
-    max_queue: int | None,
-    max_attempts: int,
-    keep_finished: int,
-    keep_finished_mb: float,
-    max_message_bytes: int,
-    log_file: str,
-    journal: str | None,
-    curve_secret: str | None,
-    allow_dir: str | None,
-    grace_s: float,
-) -> None:
+def balancer(keep_finished_mb: float, log_file: str, **options: Any) -> None:
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
-    if (curve_secret is None) != (allow_dir is None):
+    if (options["curve_secret"] is None) != (options["allow_dir"] is None):
         raise click.UsageError("--curve-secret and --allow go together")
     prepare_log_file(log_file)
-    config = BalancerConfig(
-        frontend=frontend,
-        backend=backend,
-        events=events,
-        control=control,
-        heartbeat_ms=heartbeat_ms,
-        liveness=liveness,
-        max_queue=max_queue,
-        max_attempts=max_attempts,
-        keep_finished=keep_finished,
-        keep_finished_bytes=int(keep_finished_mb * 2**20),
-        max_message_bytes=max_message_bytes,
-        log_file=log_file or None,
-        journal=journal,
-        curve_secret=curve_secret,
-        allow_dir=allow_dir,
-        grace_s=grace_s,
-    )
+    # Every other option is a BalancerConfig field of the same name.
+    config = BalancerConfig(keep_finished_bytes=int(keep_finished_mb * 2**20), log_file=log_file or None, **options)
     # Said before binding: if a bind fails, the error line follows this one.
-    say(
-        f"zlb balancer (pid {os.getpid()}): frontend {frontend}  backend {backend}  events {events}"
-        f"  control {control}  log {log_file or 'off'}"
-    )
+    ends = "  ".join(f"{role} {url}" for role, url in config.endpoints.items())
+    say(f"zlb balancer (pid {os.getpid()}): {ends}  log {log_file or 'off'}")
     try:
         run_balancer(config)
     except (OSError, CurveConfigError) as exc:  # JournalError is an OSError

@@ -14,12 +14,12 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from balancer.serve_cli import default_log_file, log_file_option
+from balancer.serve_cli import log_file_option, shown_option
 from monitor.plain import LOG_TOPICS, plain_line
 from monitor.stream import EventStream
 from wire import control_client
@@ -34,16 +34,16 @@ class ClusterConfig:
     """Everything `zlb cluster` can set."""
 
     endpoints: dict[str, str]
-    servers: int = 3
-    clients: int = 2
-    requests_per_client: int = 2
-    cost_ms: float = 500
-    capacity: int = 1
-    heartbeat_ms: int = 500
-    liveness: int = 3
-    log_file: str = field(default_factory=default_log_file)
-    exit_when_done: bool = True
-    http_port: int | None = None
+    servers: int
+    clients: int
+    requests_per_client: int
+    cost_ms: float
+    capacity: int
+    heartbeat_ms: int
+    liveness: int
+    log_file: str
+    exit_when_done: bool
+    http_port: int | None
 
 
 # Without these the cluster is over: a lost node or client is reported and the rest carry on.
@@ -224,8 +224,8 @@ class Cluster:
 def run_cluster(config: ClusterConfig) -> int:
     """Start, follow and finally stop a local cluster; return an exit code."""
     cluster_run = Cluster(config)
-    signal.signal(signal.SIGTERM, cluster_run.stop)
-    signal.signal(signal.SIGINT, cluster_run.stop)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, cluster_run.stop)
     try:
         cluster_run.start()
         if config.http_port is not None and sys.stdout.isatty():
@@ -257,13 +257,11 @@ def _accepts(host: str, port: int) -> bool:
 
 @click.command()
 @endpoints("frontend", "backend", "events", "control")
-@click.option("--servers", type=click.IntRange(0, 1000), default=3, show_default=True, help="Server nodes to start.")
-@click.option("--clients", type=click.IntRange(0, 1000), default=2, show_default=True, help="Clients to start.")
-@click.option(
-    "--requests-per-client", type=click.IntRange(0), default=2, show_default=True, help="Requests each client sends."
-)
-@click.option("--cost-ms", type=click.FloatRange(0), default=500, show_default=True, help="Simulated work per request.")
-@click.option("--capacity", type=click.IntRange(1), default=1, show_default=True, help="Requests per server at once.")
+@shown_option("--servers", click.IntRange(0, 1000), 3, "Server nodes to start.")
+@shown_option("--clients", click.IntRange(0, 1000), 2, "Clients to start.")
+@shown_option("--requests-per-client", click.IntRange(0), 2, "Requests each client sends.")
+@shown_option("--cost-ms", click.FloatRange(0), 500, "Simulated work per request.")
+@shown_option("--capacity", click.IntRange(1), 1, "Requests per server at once.")
 @heartbeat_options
 @log_file_option
 @click.option(

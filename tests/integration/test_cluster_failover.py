@@ -12,13 +12,17 @@ from tests.harness import ProcessGroup, wait_until
 
 
 def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     # A zombie still answers kill(0); it is dead for our purpose.
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        return fh.read().split(") ")[-1][0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:  # reaped between the two looks
+        return False
 
 
 def servers(procs: ProcessGroup) -> dict[int, dict]:

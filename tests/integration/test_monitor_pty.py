@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import LiveBalancer, ProcessGroup, free_port, start_balancer, wait_until
+from tests.integration.test_cluster_failover import alive
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
 
@@ -203,14 +204,6 @@ def post_json(url: str, body: dict) -> dict:
         return json.loads(reply.read())
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(40)
 def test_cluster_http_is_the_seed_experience_in_one_command(procs: ProcessGroup):
     """`zlb cluster --http` serves the seed API and draws the dashboard; SIGTERM stops every process it started."""
@@ -231,6 +224,6 @@ def test_cluster_http_is_the_seed_experience_in_one_command(procs: ProcessGroup)
         cluster.popen.send_signal(signal.SIGTERM)
         wait_until(cluster.exited, 20, "the cluster to stop")
         assert cluster.popen.returncode == 0
-        assert not pid_alive(node["pid"])
+        assert not alive(node["pid"])
     finally:
         stop_group(cluster)
