@@ -125,17 +125,15 @@ def row(scenario: str, target: str, load: LoadResult | None, rss_mb: float | Non
 
 
 class RunnerBase:
-    """Runs scenarios against one Bench and remembers results they share."""
+    """Runs scenarios against one Bench; the helpers every scenario uses."""
 
     def __init__(self, bench: Bench, config: BenchConfig) -> None:
         self.bench = bench
         self.cfg = config
-        self.results: dict[str, Outcome] = {}
 
     def run(self, name: str) -> Outcome:
-        outcome = getattr(self, f"scenario_{name}")()
-        self.results[name] = outcome
-        return outcome
+        """Run scenario `name` (method `scenario_<name>`) and return its outcome."""
+        return getattr(self, f"scenario_{name}")()
 
     # ---- helpers ----------------------------------------------------------
 

@@ -41,8 +41,7 @@ class NodeRow:
     handled: int
     pid: int | None
     host: str
-    heartbeat_ms_ago: float | None = None  # as of `seen_at`
-    seen_at: float = 0.0
+    heartbeat_ms_ago: float | None = None  # as of the last snapshot
 
     def heartbeat_age_s(self) -> float | None:
         """Seconds since the node's last heartbeat, as of the last snapshot (refreshed every second)."""
@@ -97,7 +96,7 @@ class DashboardModel:
         self.started_at = status.get("started_at")
         self.status = status
         self.status_at = now
-        self.nodes = {row["server_id"]: node_row(row, now) for row in snapshot["servers"]}
+        self.nodes = {row["server_id"]: node_row(row) for row in snapshot["servers"]}
         if first:
             self.logs.clear()
             for entry in snapshot.get("logs", []):
@@ -158,7 +157,7 @@ class DashboardModel:
 
     def _on_joined(self, event: list[Any]) -> None:
         server_id, capacity, pid, host = event[2:6]
-        self.nodes[server_id] = NodeRow(server_id, "active", 0, capacity, 0, pid, host, 0.0, event[0])
+        self.nodes[server_id] = NodeRow(server_id, "active", 0, capacity, 0, pid, host, 0.0)
 
     def _on_requeued(self, event: list[Any]) -> None:
         # Latency counts from the first arrival: a re-queue is part of the wait.
@@ -198,7 +197,7 @@ class DashboardModel:
 PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
-def node_row(row: dict[str, Any], now: float) -> NodeRow:
+def node_row(row: dict[str, Any]) -> NodeRow:
     """A `servers` reply row as a NodeRow."""
     return NodeRow(
         server_id=row["server_id"],
@@ -209,7 +208,6 @@ def node_row(row: dict[str, Any], now: float) -> NodeRow:
         pid=row.get("pid"),
         host=row.get("host") or "",
         heartbeat_ms_ago=row.get("last_heartbeat_ms_ago"),
-        seen_at=now,
     )
 
 

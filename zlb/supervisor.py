@@ -32,7 +32,6 @@ class Supervisor:
 
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    quiet: bool = True
     # stderr of the processes started with `keep_stderr`, so a failure can be told in its own words.
     _stderr: dict[str, IO[bytes]] = field(default_factory=dict)
     _reported: set[int] = field(default_factory=set)
@@ -45,8 +44,9 @@ class Supervisor:
         old = self.procs.get(name)
         if old is not None and old.poll() is None:
             raise RuntimeError(f"{name} is already running (pid {old.pid})")
-        out = subprocess.DEVNULL if self.quiet else None
-        err: int | IO[bytes] | None = out
+        # Children's output would interleave with the cluster's own log; stderr is kept on request.
+        out = subprocess.DEVNULL
+        err: int | IO[bytes] = out
         if keep_stderr:
             self._close_stderr(name)
             err = self._stderr[name] = tempfile.TemporaryFile()
