@@ -160,9 +160,10 @@ class Cluster:
 
     def reap(self, say: bool = True) -> str | None:
         """Collect children that died (no zombies), say so on stderr; return why the cluster must end, if it must."""
-        for line in self.sup.reap():
-            if say:
-                click.echo(f"zlb cluster: {line}", err=True)
+        for name in self.sup.reap():
+            # A client that finished well is the plan, not news; any other end is told.
+            if say and not (name.startswith("client-") and self.sup.procs[name].returncode == 0):
+                click.echo(f"zlb cluster: {self.sup.why_exited(name)}", err=True)
         ended = [why for why in map(self._ended, ESSENTIAL) if why is not None]
         return ended[0] if ended else None
 

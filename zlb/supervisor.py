@@ -73,13 +73,13 @@ class Supervisor:
         return f"{name} (pid {proc.pid}) {how}" + (f": {said}" if said else "")
 
     def reap(self) -> list[str]:
-        """Collect children that died since the last call (no zombies linger); one line about each."""
-        lines = []
+        """Collect children that ended since the last call, so no zombie lingers; return their names."""
+        ended = []
         for name, proc in self.procs.items():
             if proc.pid not in self._reported and proc.poll() is not None:
                 self._reported.add(proc.pid)
-                lines.append(self.why_exited(name))
-        return lines
+                ended.append(name)
+        return ended
 
     def start_server(self, node_id: int, capacity: int, heartbeat_ms: int, liveness: int) -> subprocess.Popen:
         """Start `zlb server --id N` as process `server-N`."""

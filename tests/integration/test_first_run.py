@@ -79,6 +79,7 @@ def test_plain_cluster_ends_when_its_clients_are_done_and_logs_outside_the_worki
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("All 2 clients finished: 4 requests sent, 0 clients failed.")
     assert "keeps running" not in done.stdout
+    assert "client-" not in done.stderr, "clients that finish well are not reported as deaths"
     log = state_home / "zlb" / "balancer.log"
     assert "✅ Request 101 assigned to Server" in log.read_text(encoding="utf-8")
     assert not list(procs.workdir.glob("*balancer*.log")), list(procs.workdir.iterdir())
