@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
+from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
 from wire.options import endpoints, grace_option, heartbeat_options
@@ -13,41 +18,70 @@ from wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from wire.security import CurveConfigError, generate_keys
 
 
+def shown_option(name: str, kind: click.ParamType, default: float, help_text: str) -> Callable[..., Any]:
+    """A typed option whose default --help shows: the common shape of zlb's numeric options."""
+    return click.option(name, type=kind, default=default, show_default=True, help=help_text)
+
+
+LOG_FILE_HELP = "$XDG_STATE_HOME/zlb/balancer.log (~/.local/state/zlb/balancer.log when XDG_STATE_HOME is unset)"
+
+
+def default_log_file() -> str:
+    """Where the event log goes unless told: the user's state directory, never the current one."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "zlb", "balancer.log")
+
+
+def _resolve_log_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    return default_log_file() if value is None else value
+
+
+def log_file_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--log-file`, shared by `zlb balancer` and `zlb cluster`: a path, or '' for none."""
+    return click.option(
+        "--log-file",
+        default=None,
+        callback=_resolve_log_file,
+        help=f"Event log file, rotated at {DEFAULT_LOG_MAX_BYTES // 2**20} MiB with {DEFAULT_LOG_BACKUPS} old"
+        f" files kept; '' for none.  [default: {LOG_FILE_HELP}]",
+    )(func)
+
+
+def prepare_log_file(path: str) -> None:
+    """Create the log file's directory and check it can be appended to, or raise ClickException."""
+    if not path:
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the log file {path}: {exc.strerror or exc}") from None
+
+
 @click.command()
 @endpoints("frontend", "backend", "events", "control")
 @heartbeat_options
 @click.option("--max-queue", type=click.IntRange(1), default=None, help="Reject submits beyond this many waiting.")
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(1),
-    default=DEFAULT_MAX_ATTEMPTS,
-    show_default=True,
-    help="Fail a request after its node died this many times.",
+@shown_option(
+    "--max-attempts", click.IntRange(1), DEFAULT_MAX_ATTEMPTS, "Fail a request after its node died this many times."
 )
-@click.option(
+@shown_option(
     "--keep-finished",
-    type=click.IntRange(0),
-    default=DEFAULT_KEEP_FINISHED,
-    show_default=True,
-    help="Finished requests remembered for queries and duplicate detection.",
+    click.IntRange(0),
+    DEFAULT_KEEP_FINISHED,
+    "Finished requests remembered for queries and duplicates.",
 )
-@click.option(
+@shown_option(
     "--keep-finished-mb",
-    type=click.FloatRange(0),
-    default=DEFAULT_KEEP_FINISHED_BYTES / 2**20,
-    show_default=True,
-    help="Also forget the oldest finished requests once their kept results exceed this many MiB.",
+    click.FloatRange(0),
+    DEFAULT_KEEP_FINISHED_BYTES / 2**20,
+    "Also forget the oldest finished requests once their kept results exceed this many MiB.",
 )
-@click.option(
-    "--max-message-bytes",
-    type=click.IntRange(1024),
-    default=DEFAULT_MAX_MESSAGE_BYTES,
-    show_default=True,
-    help="Largest message accepted on any socket.",
+@shown_option(
+    "--max-message-bytes", click.IntRange(1024), DEFAULT_MAX_MESSAGE_BYTES, "Largest message accepted on any socket."
 )
-@click.option(
-    "--log-file", default="zlb-balancer.log", show_default=True, help="Event log file (size-rotated); '' for none."
-)
+@log_file_option
 @click.option(
     "--journal",
     type=click.Path(dir_okay=False),
@@ -68,49 +102,26 @@ from wire.security import CurveConfigError, generate_keys
     help="Directory of public keys (*.key) admitted with --curve-secret.",
 )
 @grace_option(DEFAULT_GRACE_S)
-def balancer(
-    frontend: str,
-    backend: str,
-    events: str,
-    control: str,
-    heartbeat_ms: int,
-    liveness: int,
-    max_queue: int | None,
-    max_attempts: int,
-    keep_finished: int,
-    keep_finished_mb: float,
-    max_message_bytes: int,
-    log_file: str,
-    journal: str | None,
-    curve_secret: str | None,
-    allow_dir: str | None,
-    grace_s: float,
-) -> None:
+def balancer(keep_finished_mb: float, log_file: str, **options: Any) -> None:
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
-    if (curve_secret is None) != (allow_dir is None):
+    if (options["curve_secret"] is None) != (options["allow_dir"] is None):
         raise click.UsageError("--curve-secret and --allow go together")
-    config = BalancerConfig(
-        frontend=frontend,
-        backend=backend,
-        events=events,
-        control=control,
-        heartbeat_ms=heartbeat_ms,
-        liveness=liveness,
-        max_queue=max_queue,
-        max_attempts=max_attempts,
-        keep_finished=keep_finished,
-        keep_finished_bytes=int(keep_finished_mb * 2**20),
-        max_message_bytes=max_message_bytes,
-        log_file=log_file or None,
-        journal=journal,
-        curve_secret=curve_secret,
-        allow_dir=allow_dir,
-        grace_s=grace_s,
-    )
+    prepare_log_file(log_file)
+    # Every other option is a BalancerConfig field of the same name.
+    config = BalancerConfig(keep_finished_bytes=int(keep_finished_mb * 2**20), log_file=log_file or None, **options)
+    # Said before binding: if a bind fails, the error line follows this one.
+    ends = "  ".join(f"{role} {url}" for role, url in config.endpoints.items())
+    say(f"zlb balancer (pid {os.getpid()}): {ends}  log {log_file or 'off'}")
     try:
         run_balancer(config)
     except (OSError, CurveConfigError) as exc:  # JournalError is an OSError
         raise click.ClickException(str(exc)) from None
+    say(f"zlb balancer (pid {os.getpid()}) stopped")
+
+
+def say(line: str) -> None:
+    """A start or stop line on stderr, so stdout stays for data and a terminal shows what runs where."""
+    print(line, file=sys.stderr, flush=True)
 
 
 @click.group()

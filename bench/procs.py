@@ -34,11 +34,6 @@ def python_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def zlb_argv(*args: str) -> list[str]:
-    """The command line that runs `zlb ARGS` with this interpreter."""
-    return python_argv("zlb", *args)
-
-
 @dataclass
 class ProcessSet:
     """Processes started for one benchmark run; `stop_all` ends each by PID."""

@@ -18,7 +18,7 @@ from wire.options import endpoint_option
 def monitor(events: str, control: str, plain: bool, as_json: bool) -> None:
     """Watch the balancer live: a dashboard on a terminal, log lines in a pipe."""
     if plain or as_json or not sys.stdout.isatty():
-        run_plain(events, as_json=as_json)
+        run_plain(events, as_json=as_json, control=control)
         return
     from monitor.dashboard import run_dashboard  # rich is only needed for the dashboard
 

@@ -8,7 +8,6 @@ times a second on the alternate screen (no scrolling, no flicker).
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -50,8 +49,8 @@ KIND_STYLE = {
     ev.NODE_DRAINED: "yellow",
     ev.SYSTEM_BAD_INPUT: "red",
 }
-# The seed's log lines start with an emoji; colour says the same and emoji widths vary between terminals.
-_LEADING_SYMBOL = re.compile(r"^[^\w(]+\s+")
+# A node row while the balancer does not answer: its last known state may be long out of date.
+UNKNOWN = "unknown"
 
 
 def duration(seconds: float | None) -> str:
@@ -67,12 +66,12 @@ def duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def load_bar(node: NodeRow, width: int = BAR_WIDTH) -> Text:
+def load_bar(node: NodeRow, width: int = BAR_WIDTH, stale: bool = False) -> Text:
     """A bar of in-flight/capacity with the numbers after it."""
     ratio = min(1.0, node.in_flight / node.capacity) if node.capacity else 0.0
     filled = round(ratio * width)
     style = "red" if ratio >= 1 else "yellow" if ratio >= 0.5 else "green"
-    if node.state != "active":
+    if node.state != "active" or stale:
         style = "bright_black"
     return Text.assemble(
         ("█" * filled, style), ("░" * (width - filled), "bright_black"), f" {node.in_flight}/{node.capacity}"
@@ -93,8 +92,12 @@ def header(model: DashboardModel, now: float, width: int) -> Text:
     On a narrow terminal the endpoint, then the clock, give way so the connection state always shows.
     """
     active = sum(1 for n in model.nodes.values() if n.state == "active")
-    live = Text("● live", "bold green") if model.connected else Text("● offline", "bold red")
-    counts = (f"{active}/{len(model.nodes)} servers active", "green" if active else "red")
+    if model.connected:
+        live = short = Text("● live", "bold green")
+        counts = (f"{active}/{len(model.nodes)} servers active", "green" if active else "red")
+    else:
+        live, short = Text("● balancer unreachable", "bold red"), Text("● unreachable", "bold red")
+        counts = (f"{len(model.nodes)} servers, state {UNKNOWN}", "bright_black")
     uptime = f"  up {duration(model.uptime_s(now))}  "
     candidates = [
         (
@@ -102,7 +105,7 @@ def header(model: DashboardModel, now: float, width: int) -> Text:
             Text.assemble(f"{clock(now)} ", live),
         ),
         (Text.assemble(("zlb monitor", "bold"), uptime, counts), Text.assemble(f"{clock(now)} ", live)),
-        (Text.assemble(("zlb monitor", "bold"), uptime, counts), live),
+        (Text.assemble(("zlb monitor", "bold"), uptime, counts), short),
     ]
     for left, right in candidates:
         if left.cell_len + 1 + right.cell_len <= width:
@@ -120,12 +123,14 @@ def node_table(model: DashboardModel, now: float, rows: int) -> Table:
     table.add_column("HOST", no_wrap=True, overflow="ellipsis", max_width=24)
     nodes = [model.nodes[i] for i in sorted(model.nodes)]
     shown = nodes if len(nodes) <= rows else nodes[: max(0, rows - 1)]
+    stale = not model.connected  # no fresh heartbeat ages or states until the balancer answers again
     for node in shown:
-        age = node.heartbeat_age_s() if node.state != "dead" else None
+        age = node.heartbeat_age_s() if node.state != "dead" and not stale else None
+        state = Text(UNKNOWN, "bright_black") if stale else Text(node.state, STATE_STYLE.get(node.state, ""))
         table.add_row(
             str(node.server_id),
-            Text(node.state, STATE_STYLE.get(node.state, "")),
-            load_bar(node),
+            state,
+            load_bar(node, stale=stale),
             str(node.handled),
             duration(age) if age is not None else "-",
             str(node.pid or "-"),
@@ -180,7 +185,7 @@ def log_lines(model: DashboardModel, count: int) -> list[Text]:
     return [
         Text.assemble(
             (clock(line.ts) + " ", "bright_black"),
-            (_LEADING_SYMBOL.sub("", line.text), KIND_STYLE.get(line.kind, "")),
+            (line.text, KIND_STYLE.get(line.kind, "")),  # markers (✅ ⚠️ ❌) kept, as in the plain view
             no_wrap=True,
             overflow="ellipsis",
         )

@@ -41,8 +41,7 @@ class NodeRow:
     handled: int
     pid: int | None
     host: str
-    heartbeat_ms_ago: float | None = None  # as of `seen_at`
-    seen_at: float = 0.0
+    heartbeat_ms_ago: float | None = None  # as of the last snapshot
 
     def heartbeat_age_s(self) -> float | None:
         """Seconds since the node's last heartbeat, as of the last snapshot (refreshed every second)."""
@@ -88,27 +87,30 @@ class DashboardModel:
             self._ticks.clear()
             self._arrivals.clear()
             self._latencies.clear()
-        elif self.unreachable_since is not None:
+        elif self.unreachable_since is not None and not first:
             self.notice = f"reconnected at {clock(now)}"
         elif not self.connected:
-            self.notice = None
+            self.notice = None  # the first contact is no news, even after waiting for it
         self.connected = True
         self.unreachable_since = None
         self.started_at = status.get("started_at")
         self.status = status
         self.status_at = now
-        self.nodes = {row["server_id"]: node_row(row, now) for row in snapshot["servers"]}
+        self.nodes = {row["server_id"]: node_row(row) for row in snapshot["servers"]}
         if first:
             self.logs.clear()
             for entry in snapshot.get("logs", []):
                 self.logs.append(LogLine(entry["ts"], entry["kind"], entry["message"]))
 
     def mark_unreachable(self, now: float) -> None:
-        """The balancer did not answer a snapshot request."""
+        """The balancer did not answer a snapshot request: what is known of its nodes is no longer current."""
         if self.unreachable_since is None:
             self.unreachable_since = now
         self.connected = False
-        self.notice = f"balancer unreachable at {self.control} since {clock(self.unreachable_since)}; retrying…"
+        if self.started_at is None:
+            self.notice = f"waiting for the balancer at {self.control}…"
+        else:
+            self.notice = f"balancer unreachable at {self.control} since {clock(self.unreachable_since)}; retrying…"
 
     def apply_events(self, events: Iterable[list[Any]]) -> None:
         """Follow stamped events `[ts, kind, *args]` as they arrive."""
@@ -155,7 +157,7 @@ class DashboardModel:
 
     def _on_joined(self, event: list[Any]) -> None:
         server_id, capacity, pid, host = event[2:6]
-        self.nodes[server_id] = NodeRow(server_id, "active", 0, capacity, 0, pid, host, 0.0, event[0])
+        self.nodes[server_id] = NodeRow(server_id, "active", 0, capacity, 0, pid, host, 0.0)
 
     def _on_requeued(self, event: list[Any]) -> None:
         # Latency counts from the first arrival: a re-queue is part of the wait.
@@ -195,7 +197,7 @@ class DashboardModel:
 PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
-def node_row(row: dict[str, Any], now: float) -> NodeRow:
+def node_row(row: dict[str, Any]) -> NodeRow:
     """A `servers` reply row as a NodeRow."""
     return NodeRow(
         server_id=row["server_id"],
@@ -206,7 +208,6 @@ def node_row(row: dict[str, Any], now: float) -> NodeRow:
         pid=row.get("pid"),
         host=row.get("host") or "",
         heartbeat_ms_ago=row.get("last_heartbeat_ms_ago"),
-        seen_at=now,
     )
 
 

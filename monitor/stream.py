@@ -56,8 +56,3 @@ class EventStream:
                 yield [ts, *event]
         except (ProtocolError, ValueError, TypeError):
             self.bad_messages += 1
-
-    def __iter__(self) -> Iterator[list[Any]]:
-        """Every event, forever."""
-        while True:
-            yield from self.poll(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -31,6 +32,9 @@ def server(
         handlers.load(handler)
     except handlers.HandlerError as exc:
         raise click.BadParameter(str(exc), param_hint="--handler") from None
+    who = f"zlb server (pid {os.getpid()}, {'id ' + str(node_id) if node_id is not None else 'id from the balancer'})"
+    # On stderr, so a terminal shows what runs where while stdout stays for data.
+    click.echo(f"{who}: connecting to {backend}, capacity {capacity}, handler {handler}", err=True)
     code = run_node(
         NodeConfig(
             backend=backend,
@@ -42,4 +46,6 @@ def server(
             grace_s=grace_s,
         )
     )
+    if code == 0:
+        click.echo(f"{who} stopped", err=True)
     sys.exit(code)

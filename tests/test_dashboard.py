@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -102,8 +103,8 @@ Latency p50 1.5 s  p90 1.5 s  p99 1.5 s  (submit→result, last 10 s)
 ─ log ──────────────────────────────────────────────────────────────────────────────────────────────
 22:13:17 System configured with 3 servers and 2 clients.
 22:13:18 Request 101 from Client 0 added to queue with priority 1
-22:13:18 Request 101 assigned to Server 2
-22:13:19 Server 1 is dead (silent for 1.5 s); 1 requests re-queued
+22:13:18 ✅ Request 101 assigned to Server 2
+22:13:19 ⚠️ Server 1 is dead (silent for 1.5 s); 1 requests re-queued
 22:13:19 Request 102 from Client 1 re-queued with priority 5 after attempt 1 (Server 1 lost it)
 22:13:19 Request 101 from Client 0 processed by Server 2"""
 
@@ -164,20 +165,46 @@ def test_latency_percentiles_and_rate_cover_the_recent_window():
 
 
 def test_unreachable_balancer_then_restart_is_announced_and_state_reloaded():
-    """A lost balancer is shown offline; one that comes back with a new start time is announced and re-read."""
+    """A lost balancer is shown unreachable; one that comes back with a new start time is announced and re-read."""
     model = DashboardModel("tcp://127.0.0.1:5558")
     model.apply_snapshot(snapshot(), NOW)
     assert model.connected and model.notice is None
     model.mark_unreachable(NOW + 1)
     assert not model.connected
     assert model.notice == "balancer unreachable at tcp://127.0.0.1:5558 since 22:13:21; retrying…"
-    assert "● offline" in screen(model, 100, 30)[0]
+    assert screen(model, 100, 30)[0].endswith("3 servers, state unknown 22:13:20 ● balancer unreachable")
     model.apply_snapshot(snapshot(started_at=NOW + 2, servers=[]), NOW + 3)
     assert model.connected and model.nodes == {}
     assert model.notice == "balancer restarted at 22:13:22; state reloaded"
     model.mark_unreachable(NOW + 4)
     model.apply_snapshot(snapshot(started_at=NOW + 2, servers=[]), NOW + 5)
     assert model.notice == "reconnected at 22:13:25"
+
+
+def test_nodes_show_unknown_with_no_heartbeat_age_while_the_balancer_is_unreachable():
+    """Without a balancer the rows say `unknown` and no heartbeat age; `active` and the frozen ages are gone."""
+    model = DashboardModel("tcp://127.0.0.1:5558")
+    model.apply_snapshot(snapshot(), NOW)
+    model.mark_unreachable(NOW + 1)
+    rows = node_rows(screen(model, 100, 30))
+    assert [row.split()[:2] for row in rows] == [["0", "unknown"], ["1", "unknown"], ["2", "unknown"]]
+    assert not any("active" in row or " ms " in row for row in rows), rows
+    model.apply_snapshot(snapshot(), NOW + 2)
+    assert node_rows(screen(model, 100, 30))[0].split()[:2] == ["0", "active"]
+
+
+def node_rows(lines: list[str]) -> list[str]:
+    """The node table's rows: lines that start with a server id."""
+    return [line for line in lines if re.match(r"\s*\d+\s", line)]
+
+
+def test_first_contact_after_waiting_is_not_called_a_reconnection():
+    """A dashboard started before its balancer says it is waiting, then shows no notice at first contact."""
+    model = DashboardModel("tcp://127.0.0.1:5558")
+    model.mark_unreachable(NOW)
+    assert model.notice == "waiting for the balancer at tcp://127.0.0.1:5558…"
+    model.apply_snapshot(snapshot(), NOW + 1)
+    assert model.connected and model.notice is None
 
 
 def test_durations_and_sparklines_read_well():

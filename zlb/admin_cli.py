@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -40,14 +41,25 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> N
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-@click.command()
-@endpoint_option("control")
-@json_option
-def servers(control: str, as_json: bool) -> None:
+def query_command(cmd: str) -> Callable[[Callable[[Any], None]], click.Command]:
+    """`zlb CMD [--json]`: ask the balancer CMD; print the answer as JSON, or as the decorated function shows it."""
+
+    def make(show: Callable[[Any], None]) -> click.Command:
+        @click.command(name=cmd, help=show.__doc__)
+        @endpoint_option("control")
+        @json_option
+        def command(control: str, as_json: bool) -> None:
+            answer = control_call(control, cmd)
+            (print_json if as_json else show)(answer)
+
+        return command
+
+    return make
+
+
+@query_command("servers")
+def servers(rows: list[dict[str, Any]]) -> None:
     """List the server nodes and their load."""
-    rows = control_call(control, "servers")
-    if as_json:
-        return print_json(rows)
     for row in rows:
         row["load"] = f"{row['in_flight']}/{row['capacity']}"
         row["heartbeat"] = f"{row['last_heartbeat_ms_ago']} ms ago"
@@ -146,19 +158,13 @@ def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-@click.command()
-@endpoint_option("control")
-@json_option
-def status(control: str, as_json: bool) -> None:
+@query_command("status")
+def status(result: dict[str, Any]) -> None:
     """Show uptime, totals, queue depth, rates and bad-input counters."""
-    result = control_call(control, "status")
-    if as_json:
-        return print_json(result)
     rows = status_lines(result)
     width = max(len(h) for h, _t in rows)
     for heading, text in rows:
         click.echo(f"{heading.ljust(width)}  {text}")
-    return None
 
 
 def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: bool) -> None:

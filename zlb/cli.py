@@ -40,27 +40,29 @@ def _to_environ(var: str) -> Any:
     return store
 
 
+CURVE_OPTIONS = (
+    (
+        "--curve-secret",
+        security.CURVE_SECRET_ENV,
+        "This peer's secret key file (zlb keys generate) when the balancer uses curve.",
+    ),
+    ("--server-key", security.SERVER_KEY_ENV, "The balancer's public key file, with --curve-secret."),
+)
+
+
 def _with_curve_options(command: click.Command) -> click.Command:
     """Give a connecting command `--curve-secret` and `--server-key`, checked before it runs."""
     command.params += [
         click.Option(
-            ["--curve-secret"],
+            [flag],
             type=click.Path(exists=True, dir_okay=False),
-            envvar=security.CURVE_SECRET_ENV,
+            envvar=var,
             show_envvar=True,
             expose_value=False,
-            callback=_to_environ(security.CURVE_SECRET_ENV),
-            help="This peer's secret key file (zlb keys generate) when the balancer uses curve.",
-        ),
-        click.Option(
-            ["--server-key"],
-            type=click.Path(exists=True, dir_okay=False),
-            envvar=security.SERVER_KEY_ENV,
-            show_envvar=True,
-            expose_value=False,
-            callback=_to_environ(security.SERVER_KEY_ENV),
-            help="The balancer's public key file, with --curve-secret.",
-        ),
+            callback=_to_environ(var),
+            help=help_text,
+        )
+        for flag, var, help_text in CURVE_OPTIONS
     ]
     run = command.callback
 

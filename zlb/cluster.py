@@ -1,10 +1,11 @@
 """`zlb cluster`: the seed's POST /configure as one command.
 
 Starts a balancer, server nodes and clients as separate processes on this
-machine, prints the plain monitor, and stops every process it started on
-Ctrl-C or SIGTERM. With `--http PORT` it is the whole seed experience: the
-balancer, the REST API (`zlb http`) and the monitor (the live dashboard on a
-terminal); the nodes and clients then come from POST /configure, as in the seed.
+machine, prints the plain monitor, and stops every process it started once
+the clients are done (or on Ctrl-C or SIGTERM; `--stay` keeps it up). With
+`--http PORT` it is the whole seed experience: the balancer, the REST API
+(`zlb http`) and the monitor (the live dashboard on a terminal); the nodes and
+clients then come from POST /configure, as in the seed, and it stays up.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import click
 
+from balancer.serve_cli import log_file_option, shown_option
 from monitor.plain import LOG_TOPICS, plain_line
 from monitor.stream import EventStream
 from wire import control_client
@@ -32,16 +34,20 @@ class ClusterConfig:
     """Everything `zlb cluster` can set."""
 
     endpoints: dict[str, str]
-    servers: int = 3
-    clients: int = 2
-    requests_per_client: int = 2
-    cost_ms: float = 500
-    capacity: int = 1
-    heartbeat_ms: int = 500
-    liveness: int = 3
-    log_file: str = "zlb-balancer.log"
-    exit_when_done: bool = False
-    http_port: int | None = None
+    servers: int
+    clients: int
+    requests_per_client: int
+    cost_ms: float
+    capacity: int
+    heartbeat_ms: int
+    liveness: int
+    log_file: str
+    exit_when_done: bool
+    http_port: int | None
+
+
+# Without these the cluster is over: a lost node or client is reported and the rest carry on.
+ESSENTIAL = ("balancer", "http")
 
 
 def first_request_id(client_id: int) -> int:
@@ -66,9 +72,11 @@ class Cluster:
     def start(self) -> None:
         """Balancer first; nodes and clients once the monitor can see it."""
         cfg = self.config
+        if cfg.http_port is not None and not _can_bind("127.0.0.1", cfg.http_port):
+            raise RuntimeError(f"port {cfg.http_port} is in use on 127.0.0.1; pick another --http port")
         # Subscribe before the balancer binds, so its first events are not missed.
         self.stream = EventStream(cfg.endpoints["events"], (*LOG_TOPICS, TOPIC_STATS))
-        proc = self.sup.start(
+        self.sup.start(
             "balancer",
             "balancer",
             "--heartbeat-ms",
@@ -77,8 +85,9 @@ class Cluster:
             str(cfg.liveness),
             "--log-file",
             cfg.log_file,
+            keep_stderr=True,
         )
-        wait_for_balancer(cfg.endpoints["control"], proc=proc)
+        wait_for_balancer(cfg.endpoints["control"], exited=lambda: self._ended("balancer"))
         self._await_first_stats()
         if cfg.http_port is not None:
             self._start_http(cfg.http_port)
@@ -117,11 +126,12 @@ class Cluster:
             "--liveness",
             str(cfg.liveness),
             "--quiet",
+            keep_stderr=True,
         )
         deadline = time.monotonic() + timeout_s
         while not _accepts("127.0.0.1", port):
             if proc.poll() is not None:
-                raise RuntimeError(f"zlb http exited with code {proc.returncode} (is port {port} in use?)")
+                raise RuntimeError(self.sup.why_exited("http"))
             if time.monotonic() > deadline:
                 raise RuntimeError(f"zlb http did not listen on port {port} within {timeout_s:g} s")
             time.sleep(0.05)  # wait-ok: a deadline-bounded poll for the port
@@ -135,18 +145,41 @@ class Cluster:
             self._show(events)
             if any(e[1] == ev.STATS for e in events):
                 return
-        raise RuntimeError("the balancer's events never arrived; is another process on the events port?")
+        events = self.config.endpoints["events"]
+        raise RuntimeError(f"the balancer's events never arrived at {events}; is another process bound there?")
 
     def _show(self, events: list[list[Any]]) -> None:
         for event in events:
             if event[1] != ev.STATS:
                 click.echo(plain_line(event))
 
+    def _ended(self, name: str) -> str | None:
+        """Why process `name` ended, or None while it runs."""
+        proc = self.sup.procs.get(name)
+        return None if proc is None or proc.poll() is None else self.sup.why_exited(name)
+
+    def reap(self, say: bool = True) -> str | None:
+        """Collect children that died (no zombies), say so on stderr; return why the cluster must end, if it must."""
+        for name in self.sup.reap():
+            # A client that finished well is the plan, not news; any other end is told.
+            if say and not (name.startswith("client-") and self.sup.procs[name].returncode == 0):
+                click.echo(f"zlb cluster: {self.sup.why_exited(name)}", err=True)
+        ended = [why for why in map(self._ended, ESSENTIAL) if why is not None]
+        return ended[0] if ended else None
+
+    def clients_done(self) -> bool:
+        """True once the clients this cluster started have all ended (never, if it started none)."""
+        clients = [self.sup.procs[f"client-{j}"] for j in range(self.config.clients)]
+        return bool(clients) and all(c.poll() is not None for c in clients)
+
     def follow(self) -> int:
         """Print events until stopped; return the number of clients that failed."""
         announced = self.config.clients == 0 and self.config.http_port is not None
         while not self._stopping:
             self._show(self.stream.poll(0.2))
+            lost = self.reap()
+            if lost is not None:
+                raise RuntimeError(lost)
             clients = [self.sup.procs[f"client-{j}"] for j in range(self.config.clients)]
             if not announced and all(c.poll() is not None for c in clients):
                 failed = sum(1 for c in clients if c.returncode != 0)
@@ -154,7 +187,7 @@ class Cluster:
                 total = self.config.clients * self.config.requests_per_client
                 click.echo(f"All {len(clients)} clients finished: {total} requests sent, {failed} clients failed.")
                 announced = True
-                if self.config.exit_when_done:
+                if self.config.exit_when_done and clients:
                     return failed
                 click.echo("The cluster keeps running; Ctrl-C stops every process it started.")
         return 0
@@ -167,13 +200,21 @@ class Cluster:
             self.stream.close()  # the dashboard subscribes on its own
             self.stream = None
         banner = f"REST API http://127.0.0.1:{self.config.http_port}  (POST /configure to start servers and clients)"
-        run_dashboard(
-            self.config.endpoints["events"], self.config.endpoints["control"], should_stop=self.stopping, banner=banner
-        )
-        return 0
+        lost: list[str] = []
 
-    def stopping(self) -> bool:
-        return self._stopping
+        def should_stop() -> bool:
+            # Called once per frame: reap the dead (silently: the screen is the dashboard's) and notice the end.
+            why = self.reap(say=False)
+            if why is not None:
+                lost.append(why)
+            return self._stopping or why is not None or (self.config.exit_when_done and self.clients_done())
+
+        run_dashboard(
+            self.config.endpoints["events"], self.config.endpoints["control"], should_stop=should_stop, banner=banner
+        )
+        if lost:
+            raise RuntimeError(lost[0])
+        return 0
 
     def close(self) -> None:
         self.sup.stop_all()
@@ -184,8 +225,8 @@ class Cluster:
 def run_cluster(config: ClusterConfig) -> int:
     """Start, follow and finally stop a local cluster; return an exit code."""
     cluster_run = Cluster(config)
-    signal.signal(signal.SIGTERM, cluster_run.stop)
-    signal.signal(signal.SIGINT, cluster_run.stop)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, cluster_run.stop)
     try:
         cluster_run.start()
         if config.http_port is not None and sys.stdout.isatty():
@@ -193,6 +234,17 @@ def run_cluster(config: ClusterConfig) -> int:
         return 1 if cluster_run.follow() else 0
     finally:
         cluster_run.close()
+
+
+def _can_bind(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (as the REST API would bind it, address reuse on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -206,16 +258,19 @@ def _accepts(host: str, port: int) -> bool:
 
 @click.command()
 @endpoints("frontend", "backend", "events", "control")
-@click.option("--servers", type=click.IntRange(0, 1000), default=3, show_default=True, help="Server nodes to start.")
-@click.option("--clients", type=click.IntRange(0, 1000), default=2, show_default=True, help="Clients to start.")
-@click.option(
-    "--requests-per-client", type=click.IntRange(0), default=2, show_default=True, help="Requests each client sends."
-)
-@click.option("--cost-ms", type=click.FloatRange(0), default=500, show_default=True, help="Simulated work per request.")
-@click.option("--capacity", type=click.IntRange(1), default=1, show_default=True, help="Requests per server at once.")
+@shown_option("--servers", click.IntRange(0, 1000), 3, "Server nodes to start.")
+@shown_option("--clients", click.IntRange(0, 1000), 2, "Clients to start.")
+@shown_option("--requests-per-client", click.IntRange(0), 2, "Requests each client sends.")
+@shown_option("--cost-ms", click.FloatRange(0), 500, "Simulated work per request.")
+@shown_option("--capacity", click.IntRange(1), 1, "Requests per server at once.")
 @heartbeat_options
-@click.option("--log-file", default="zlb-balancer.log", show_default=True, help="The balancer's log file.")
-@click.option("--exit-when-done", is_flag=True, help="Stop everything once every client has finished.")
+@log_file_option
+@click.option(
+    "--exit-when-done/--stay",
+    default=None,
+    help="Stop everything once the clients it started have finished (the default without --http), "
+    "or stay up until Ctrl-C (the default with --http).",
+)
 @click.option(
     "--http",
     "http_port",
@@ -239,7 +294,7 @@ def cluster(
     heartbeat_ms: int,
     liveness: int,
     log_file: str,
-    exit_when_done: bool,
+    exit_when_done: bool | None,
     http_port: int | None,
 ) -> None:
     """Start a balancer, servers and clients here and watch them (the seed's /configure)."""
@@ -257,7 +312,7 @@ def cluster(
         heartbeat_ms=heartbeat_ms,
         liveness=liveness,
         log_file=log_file,
-        exit_when_done=exit_when_done,
+        exit_when_done=http_port is None if exit_when_done is None else exit_when_done,
         http_port=http_port,
     )
     try:

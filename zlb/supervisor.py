@@ -10,8 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
 from wire import control_client
 
@@ -29,17 +32,54 @@ class Supervisor:
 
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    quiet: bool = True
+    # stderr of the processes started with `keep_stderr`, so a failure can be told in its own words.
+    _stderr: dict[str, IO[bytes]] = field(default_factory=dict)
+    _reported: set[int] = field(default_factory=set)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        """Start `zlb ARGS` as process `name` (replacing a dead one of that name)."""
+    def start(self, name: str, *args: str, keep_stderr: bool = False) -> subprocess.Popen:
+        """Start `zlb ARGS` as process `name` (replacing a dead one of that name).
+
+        With `keep_stderr`, its stderr goes to a temporary file that `last_error` reads.
+        """
         old = self.procs.get(name)
         if old is not None and old.poll() is None:
             raise RuntimeError(f"{name} is already running (pid {old.pid})")
-        out = subprocess.DEVNULL if self.quiet else None
-        proc = subprocess.Popen(zlb_argv(*args), env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        # Children's output would interleave with the cluster's own log; stderr is kept on request.
+        out = subprocess.DEVNULL
+        err: int | IO[bytes] = out
+        if keep_stderr:
+            self._close_stderr(name)
+            err = self._stderr[name] = tempfile.TemporaryFile()
+        proc = subprocess.Popen(zlb_argv(*args), env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         return proc
+
+    def last_error(self, name: str) -> str:
+        """The last line process `name` wrote to stderr ('' when none was kept)."""
+        err = self._stderr.get(name)
+        if err is None:
+            return ""
+        err.seek(0)
+        lines = [line.strip() for line in err.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        # click prefixes its one-line errors with "Error: "; the caller says whose error it is.
+        return lines[-1].removeprefix("Error: ") if lines else ""
+
+    def why_exited(self, name: str) -> str:
+        """`NAME exited with code N: <its last stderr line>` for a process that has ended."""
+        proc = self.procs[name]
+        code = proc.returncode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        said = self.last_error(name)
+        return f"{name} (pid {proc.pid}) {how}" + (f": {said}" if said else "")
+
+    def reap(self) -> list[str]:
+        """Collect children that ended since the last call, so no zombie lingers; return their names."""
+        ended = []
+        for name, proc in self.procs.items():
+            if proc.pid not in self._reported and proc.poll() is not None:
+                self._reported.add(proc.pid)
+                ended.append(name)
+        return ended
 
     def start_server(self, node_id: int, capacity: int, heartbeat_ms: int, liveness: int) -> subprocess.Popen:
         """Start `zlb server --id N` as process `server-N`."""
@@ -55,12 +95,20 @@ class Supervisor:
         proc = self.procs.pop(name, None)
         if proc is not None:
             terminate([proc], timeout_s)
+        self._close_stderr(name)
 
     def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Stop everything started here, newest first, balancer last."""
         procs = list(reversed(self.procs.values()))
         self.procs.clear()
         terminate(procs, timeout_s)
+        for name in list(self._stderr):
+            self._close_stderr(name)
+
+    def _close_stderr(self, name: str) -> None:
+        err = self._stderr.pop(name, None)
+        if err is not None:
+            err.close()
 
     def running(self, prefix: str = "") -> list[str]:
         """Names of live processes whose name starts with `prefix`."""
@@ -84,12 +132,16 @@ def terminate(procs: list[subprocess.Popen], timeout_s: float = STOP_TIMEOUT_S) 
             proc.wait()
 
 
-def wait_for_balancer(control: str, timeout_s: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    """Block until the balancer answers on `control`, or raise RuntimeError."""
+def wait_for_balancer(control: str, timeout_s: float = 10.0, exited: Callable[[], str | None] | None = None) -> None:
+    """Block until the balancer answers on `control`, or raise RuntimeError.
+
+    `exited()` returns why the balancer process ended, or None while it runs.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the balancer exited with code {proc.returncode} (is {control} or a port in use?)")
+        why = exited() if exited is not None else None
+        if why is not None:
+            raise RuntimeError(why)
         try:
             control_client.call(control, "ping", timeout_s=0.5)
             return

@@ -12,13 +12,17 @@ from tests.harness import ProcessGroup, wait_until
 
 
 def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     # A zombie still answers kill(0); it is dead for our purpose.
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        return fh.read().split(") ")[-1][0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:  # reaped between the two looks
+        return False
 
 
 def servers(procs: ProcessGroup) -> dict[int, dict]:
@@ -42,6 +46,7 @@ def test_cluster_survives_kill_of_a_busy_node_and_stops_everything(procs: Proces
         "400",
         "--heartbeat-ms",
         "200",
+        "--stay",  # the tables are read after the clients are done
     )
     wait_until(lambda: "✅ Request" in cluster.stdout() and "assigned to Server 1" in cluster.stdout(), 20, "work on 1")
     table = wait_until(lambda: servers(procs) if servers(procs).get(1, {}).get("in_flight") else None, 10, "busy 1")

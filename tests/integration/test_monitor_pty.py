@@ -16,10 +16,12 @@ import termios
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from tests.harness import LiveBalancer, ProcessGroup, free_port, start_balancer, wait_until
+from tests.integration.test_cluster_failover import alive
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
 
@@ -72,8 +74,9 @@ def stop_group(proc: PtyProcess) -> None:
     os.close(proc.master)
 
 
-def start_in_pty(env: dict[str, str], *args: str, cols: int = 80, rows: int = 24) -> PtyProcess:
-    """Run `zlb ARGS` with a pty of `cols` x `rows` as its terminal."""
+def start_in_pty(env: dict[str, str], cwd: Path, *args: str, cols: int = 80, rows: int = 24) -> PtyProcess:
+    """Run `zlb ARGS` in `cwd` with a pty of `cols` x `rows` as its terminal (its state directory there too)."""
+    state = cwd / "state"  # not cwd itself: a `zlb` folder in cwd would shadow the package for `python -m zlb`
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     popen = subprocess.Popen(
@@ -81,7 +84,8 @@ def start_in_pty(env: dict[str, str], *args: str, cols: int = 80, rows: int = 24
         stdin=slave,
         stdout=slave,
         stderr=slave,
-        env={**env, "TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows)},
+        env={**env, "TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows), "XDG_STATE_HOME": str(state)},
+        cwd=cwd,
         start_new_session=True,
     )
     os.close(slave)
@@ -91,7 +95,7 @@ def start_in_pty(env: dict[str, str], *args: str, cols: int = 80, rows: int = 24
 @pytest.fixture
 def monitor_pty(balancer: LiveBalancer, procs: ProcessGroup) -> Iterator[PtyProcess]:
     """`zlb monitor` on an 80x24 pseudo-terminal, stopped by PID afterwards."""
-    proc = start_in_pty(procs.env, "monitor")
+    proc = start_in_pty(procs.env, procs.workdir, "monitor")
     try:
         yield proc
     finally:
@@ -155,7 +159,7 @@ def test_client_shows_progress_on_a_terminal_and_plain_lines_in_a_pipe(balancer:
     """`zlb client` with many requests draws a progress bar with a rate on a terminal; piped, it prints result lines."""
     balancer.start_server(0, "--capacity", "8")
     balancer.wait_servers_active({0})
-    client = start_in_pty(procs.env, "client", "--id", "1", "--requests", "300", "--timeout", "20")
+    client = start_in_pty(procs.env, procs.workdir, "client", "--id", "1", "--requests", "300", "--timeout", "20")
     try:
         wait_until(client.exited, 25, "the client to finish")
         assert client.popen.returncode == 0
@@ -175,12 +179,19 @@ def test_client_shows_progress_on_a_terminal_and_plain_lines_in_a_pipe(balancer:
 def test_dashboard_survives_a_balancer_restart_and_says_so(
     balancer: LiveBalancer, procs: ProcessGroup, monitor_pty: PtyProcess
 ):
-    """When the balancer goes away the dashboard says it is unreachable; when it is back, that it restarted."""
-    wait_until(lambda: "● live" in monitor_pty.screen_text(), 15, "the dashboard to connect")
+    """When the balancer goes away the dashboard says it is unreachable and no node `active`; back, it restarted."""
+    balancer.start_server(0)
+    balancer.wait_servers_active({0})
+    wait_until(lambda: "1/1 servers active" in monitor_pty.latest_frame(), 15, "the dashboard to show the node")
+    assert "● live" in monitor_pty.latest_frame()
+    assert monitor_pty.latest_frame().count("reconnected") == 0, "the first contact is no reconnection"
     balancer.proc.popen.send_signal(signal.SIGTERM)
     assert balancer.proc.wait(10) == 0
     wait_until(lambda: "balancer unreachable at" in monitor_pty.latest_frame(), 10, "the unreachable notice")
-    assert "● offline" in monitor_pty.latest_frame()
+    frame = monitor_pty.latest_frame()
+    assert "● unreachable" in frame or "● balancer unreachable" in frame, frame
+    assert re.search(r"^\s*0\s+unknown\b", frame, re.MULTILINE), frame
+    assert not re.search(r"^\s*0\s+active\b", frame, re.MULTILINE), frame
     start_balancer(procs, balancer.endpoints, balancer.heartbeat_ms)
     wait_until(lambda: "state reloaded" in monitor_pty.latest_frame(), 10, "the restart notice")
     assert "● live" in monitor_pty.latest_frame()
@@ -193,20 +204,13 @@ def post_json(url: str, body: dict) -> dict:
         return json.loads(reply.read())
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(40)
 def test_cluster_http_is_the_seed_experience_in_one_command(procs: ProcessGroup):
     """`zlb cluster --http` serves the seed API and draws the dashboard; SIGTERM stops every process it started."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cluster = start_in_pty(procs.env, "cluster", "--http", str(port), "--heartbeat-ms", "100", "--cost-ms", "100")
+    args = ("cluster", "--http", str(port), "--heartbeat-ms", "100", "--cost-ms", "100")
+    cluster = start_in_pty(procs.env, procs.workdir, *args)
     try:
         wait_until(lambda: f"REST API {url}" in cluster.latest_frame(), 20, "the dashboard")
         spec = {"num_servers": 1, "num_clients": 1, "requests_per_client": 2}
@@ -220,6 +224,6 @@ def test_cluster_http_is_the_seed_experience_in_one_command(procs: ProcessGroup)
         cluster.popen.send_signal(signal.SIGTERM)
         wait_until(cluster.exited, 20, "the cluster to stop")
         assert cluster.popen.returncode == 0
-        assert not pid_alive(node["pid"])
+        assert not alive(node["pid"])
     finally:
         stop_group(cluster)

@@ -1,0 +1,180 @@
+"""What every benchmark scenario shares: the configuration, the record shape and the runner's helpers.
+
+Every record carries the common fields (requests_per_s, p50_us, p99_us,
+balancer_cpu_us_per_request, balancer_rss_mb; None where one does not apply)
+plus the scenario's own figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import procstat
+from bench.harness import Bench, BenchError, LoadResult, Target
+from wire import control_client
+from wire import protocol as p
+
+COMMON_FIELDS = ("requests_per_s", "p50_us", "p99_us", "balancer_cpu_us_per_request", "balancer_rss_mb")
+# The fields each scenario adds; the smoke test checks them all.
+SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
+    "throughput": ("p90_us", "max_us", "nodes", "clients", "window", "errors"),
+    "latency": ("p90_us", "max_us", "errors"),
+    "ceiling": (
+        "relay_requests_per_s",
+        "relay_p50_us",
+        "proxy_requests_per_s",
+        "proxy_p50_us",
+        "vs_relay",
+        "vs_proxy",
+        "p50_vs_relay",
+        "p50_vs_proxy",
+    ),
+    "priority": ("idle_p50_us", "idle_p99_us", "p99_vs_idle", "backlog", "service_ms"),
+    "failover": ("failover_ms", "target_ms", "held_at_kill", "requeued", "lost", "duplicated"),
+    "queue": (
+        "queued",
+        "enqueue_per_s",
+        "bytes_per_waiting_request",
+        "scheduler_bytes_per_waiting_request",
+        "drain_per_s",
+        "lost",
+    ),
+    "nodes": (
+        "nodes_connected",
+        "idle_cpu_percent",
+        "cpu_us_per_request_4_nodes",
+        "dispatch_vs_4_nodes",
+        "dispatch_us_per_request",
+        "dispatch_us_per_request_4_nodes",
+    ),
+    "payload": ("sizes",),
+}
+SCENARIOS = tuple(SCENARIO_FIELDS)
+
+
+@dataclass
+class BenchConfig:
+    """Everything `zlb bench` can set."""
+
+    nodes: int = 4
+    clients: int = 2
+    window: int = 100
+    requests: int | None = None
+    duration: float = 3.0
+    warmup_s: float = 0.5
+    capacity: int = 50
+    payload_bytes: int = 16
+    queue_size: int = 1_000_000
+    queue_rate: float = 0.0  # requests/s for the queue scenario's sender; 0 sends in one burst
+    sim_nodes: int = 1000
+    sim_procs: int = 4
+    heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
+    service_ms: float = 5.0
+    payload_sizes: tuple[int, ...] = (1024, 256 * 1024)
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """Tiny counts: every scenario in a few seconds."""
+        return cls(
+            nodes=2,
+            window=20,
+            duration=0.3,
+            warmup_s=0.1,
+            queue_size=2000,
+            sim_nodes=40,
+            sim_procs=2,
+            heartbeat_ms=200,  # short for a quick failover, long enough not to starve on a busy CI box
+            service_ms=1.0,
+        )
+
+
+@dataclass
+class Outcome:
+    """One scenario's record (for --json) and its table rows."""
+
+    record: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def common(load: LoadResult | None, rss_mb: float | None) -> dict[str, Any]:
+    return {
+        "requests_per_s": None if load is None else load.requests_per_s,
+        "p50_us": None if load is None else load.latency_us["p50_us"],
+        "p99_us": None if load is None else load.latency_us["p99_us"],
+        "balancer_cpu_us_per_request": None if load is None else load.cpu_us_per_request,
+        "balancer_rss_mb": rss_mb,
+    }
+
+
+def row(scenario: str, target: str, load: LoadResult | None, rss_mb: float | None, note: str = "") -> dict[str, Any]:
+    """A table row for one measurement."""
+    lat = load.latency_us if load is not None else {}
+    return {
+        "scenario": scenario,
+        "target": target,
+        "requests_per_s": None if load is None else load.requests_per_s,
+        **{k: lat.get(k) for k in ("p50_us", "p90_us", "p99_us", "max_us")},
+        "cpu_us_per_request": None if load is None else load.cpu_us_per_request,
+        "rss_mb": rss_mb,
+        "note": note,
+    }
+
+
+class RunnerBase:
+    """Runs scenarios against one Bench; the helpers every scenario uses."""
+
+    def __init__(self, bench: Bench, config: BenchConfig) -> None:
+        self.bench = bench
+        self.cfg = config
+
+    def run(self, name: str) -> Outcome:
+        """Run scenario `name` (method `scenario_<name>`) and return its outcome."""
+        return getattr(self, f"scenario_{name}")()
+
+    # ---- helpers ----------------------------------------------------------
+
+    def _load(self, target: Target, clients: int, window: int, **kw: Any) -> LoadResult:
+        cfg = self.cfg
+        kw.setdefault("payload_bytes", cfg.payload_bytes)
+        if cfg.requests is not None:
+            per_client = max(1, cfg.requests // clients)
+            run = self.bench.start_clients(target, clients, window, requests=per_client, warmup_s=cfg.warmup_s, **kw)
+            return self.bench.collect(run, cfg.warmup_s + 600)
+        return self.bench.load(target, clients, window, cfg.duration, cfg.warmup_s, **kw)
+
+    def _with(self, start: Callable[[], Target], measure: Callable[[Target], Any]) -> Any:
+        target = start()
+        try:
+            return measure(target)
+        finally:
+            self.bench.stop(target)
+
+    def _zlb(self, **kw: Any) -> Callable[[], Target]:
+        cfg = self.cfg
+        kw.setdefault("nodes", cfg.nodes)
+        kw.setdefault("capacity", cfg.capacity)
+        return lambda: self.bench.start_zlb(**kw)
+
+    def _throughput_and_latency(self, start: Callable[[], Target]) -> tuple[LoadResult, LoadResult, float]:
+        cfg = self.cfg
+
+        def measure(target: Target) -> tuple[LoadResult, LoadResult, float]:
+            many = self._load(target, cfg.clients, cfg.window)
+            one = self._load(target, 1, 1)
+            return many, one, procstat.peak_rss_mib(target.pid)
+
+        return self._with(start, measure)
+
+    def _wait_holding(self, target: Target, node_id: int) -> int:
+        """Wait until node `node_id` has requests in flight; return how many."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for server in control_client.call(target.control, "servers", timeout_s=5.0):
+                if server["server_id"] == node_id and server["in_flight"] > 0:
+                    return server["in_flight"]
+            time.sleep(0.005)  # wait-ok: poll interval of a deadline-bounded wait
+        raise BenchError(f"node {node_id} never held a request")

@@ -1,0 +1,179 @@
+"""Scenarios that measure speed under load: throughput, latency, the ceiling, priority, payload sizes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import procstat, stats
+from bench.harness import LoadResult, Target
+from bench.scenario_kit import COMMON_FIELDS, Outcome, RunnerBase, common, row
+
+
+class LoadScenarios(RunnerBase):
+    """How fast zlb serves, alone and against the relay and zmq.proxy."""
+
+    def scenario_throughput(self) -> Outcome:
+        """Clients keep `window` requests each in flight against zlb."""
+        cfg = self.cfg
+
+        def measure(target: Target) -> tuple[LoadResult, float]:
+            return self._load(target, cfg.clients, cfg.window), procstat.peak_rss_mib(target.pid)
+
+        load, rss = self._with(self._zlb(), measure)
+        record = {
+            **common(load, rss),
+            "p90_us": load.latency_us["p90_us"],
+            "max_us": load.latency_us["max_us"],
+            "nodes": cfg.nodes,
+            "clients": cfg.clients,
+            "window": cfg.window,
+            "errors": load.errors,
+        }
+        note = f"{cfg.nodes} nodes, {cfg.clients} clients x window {cfg.window}"
+        return Outcome(record, [row("throughput", "zlb", load, rss, note)])
+
+    def scenario_latency(self) -> Outcome:
+        """One client, one request at a time."""
+
+        def measure(target: Target) -> tuple[LoadResult, float]:
+            return self._load(target, 1, 1), procstat.peak_rss_mib(target.pid)
+
+        load, rss = self._with(self._zlb(), measure)
+        record = {
+            **common(load, rss),
+            "p90_us": load.latency_us["p90_us"],
+            "max_us": load.latency_us["max_us"],
+            "errors": load.errors,
+        }
+        return Outcome(record, [row("latency", "zlb", load, rss, "1 client, window 1")])
+
+    def scenario_ceiling(self) -> Outcome:
+        """zlb against the minimal relay and zmq.proxy with the same clients, in this run."""
+        cfg = self.cfg
+        zlb_many, zlb_one, zlb_rss = self._throughput_and_latency(self._zlb())
+        relay_many, relay_one, relay_rss = self._throughput_and_latency(
+            lambda: self.bench.start_relay(cfg.nodes, cfg.capacity)
+        )
+        proxy_many, proxy_one, proxy_rss = self._throughput_and_latency(lambda: self.bench.start_proxy(cfg.nodes))
+        record = {
+            **common(zlb_many, zlb_rss),
+            "p50_us": zlb_one.latency_us["p50_us"],
+            "p99_us": zlb_one.latency_us["p99_us"],
+            "relay_requests_per_s": relay_many.requests_per_s,
+            "relay_p50_us": relay_one.latency_us["p50_us"],
+            "relay_p99_us": relay_one.latency_us["p99_us"],
+            "relay_cpu_us_per_request": relay_many.cpu_us_per_request,
+            "relay_rss_mb": relay_rss,
+            "proxy_requests_per_s": proxy_many.requests_per_s,
+            "proxy_p50_us": proxy_one.latency_us["p50_us"],
+            "proxy_p99_us": proxy_one.latency_us["p99_us"],
+            "proxy_cpu_us_per_request": proxy_many.cpu_us_per_request,
+            "vs_relay": stats.ratio(zlb_many.requests_per_s, relay_many.requests_per_s),
+            "vs_proxy": stats.ratio(zlb_many.requests_per_s, proxy_many.requests_per_s),
+            "p50_vs_relay": stats.ratio(zlb_one.latency_us["p50_us"], relay_one.latency_us["p50_us"]),
+            "p50_vs_proxy": stats.ratio(zlb_one.latency_us["p50_us"], proxy_one.latency_us["p50_us"]),
+            "errors": sum(x.errors for x in (zlb_many, zlb_one, relay_many, relay_one, proxy_many, proxy_one)),
+        }
+        rows = [
+            row("ceiling", "zlb", zlb_many, zlb_rss, f"window {cfg.window} x {cfg.clients}"),
+            row("ceiling", "relay", relay_many, relay_rss, f"window {cfg.window} x {cfg.clients}"),
+            row("ceiling", "zmq.proxy", proxy_many, proxy_rss, f"window {cfg.window} x {cfg.clients}"),
+            row("ceiling", "zlb", zlb_one, zlb_rss, "window 1"),
+            row("ceiling", "relay", relay_one, relay_rss, "window 1"),
+            row("ceiling", "zmq.proxy", proxy_one, proxy_rss, "window 1"),
+        ]
+        notes = [
+            f"ceiling: zlb throughput = {record['vs_relay']} x relay, {record['vs_proxy']} x zmq.proxy; "
+            f"window-1 p50 = {record['p50_vs_relay']} x relay, {record['p50_vs_proxy']} x zmq.proxy"
+        ]
+        return Outcome(record, rows, notes)
+
+    def scenario_priority(self) -> Outcome:
+        """Priority-1 requests at a low rate while priority-9 requests saturate every node."""
+        cfg = self.cfg
+        payload = f'{{"cost_ms": {cfg.service_ms}}}'
+        probe_rate = 100.0 if cfg.duration >= 1 else 200.0
+
+        def probe(target: Target) -> LoadResult:
+            return self._load(target, 1, 1, payload=payload, priority=1, rate=probe_rate)
+
+        def measure(target: Target) -> tuple[LoadResult, LoadResult, int, float]:
+            idle = probe(target)
+            backlog_window = 4 * cfg.nodes * max(1, cfg.window // 2)
+            low = self.bench.start_clients(
+                target, cfg.clients, backlog_window, duration=3600, payload=payload, priority=9
+            )
+            try:
+                status = self.bench.wait_status(
+                    target, lambda s: s["queue_depth"] >= cfg.nodes * 2, "a low-priority backlog", 20
+                )
+                busy = probe(target)
+                depth = min(status["queue_depth"], self.bench.status(target)["queue_depth"])
+            finally:
+                self.bench.procs.stop(low.procs)
+            return idle, busy, depth, procstat.peak_rss_mib(target.pid)
+
+        idle, busy, depth, rss = self._with(self._zlb(capacity=1, handler="simulate"), measure)
+        record = {
+            **common(busy, rss),
+            "idle_p50_us": idle.latency_us["p50_us"],
+            "idle_p99_us": idle.latency_us["p99_us"],
+            "p99_vs_idle": stats.ratio(busy.latency_us["p99_us"], idle.latency_us["p99_us"]),
+            "backlog": depth,
+            "service_ms": cfg.service_ms,
+            "errors": idle.errors + busy.errors,
+        }
+        rows = [
+            row("priority", "zlb idle", idle, rss, f"priority 1 alone, {cfg.service_ms} ms service"),
+            row("priority", "zlb loaded", busy, rss, f"priority 1 over a priority-9 backlog of >= {depth}"),
+        ]
+        notes = [f"priority: loaded p99 = {record['p99_vs_idle']} x idle p99 (target <= 3)"]
+        return Outcome(record, rows, notes)
+
+    def scenario_payload(self) -> Outcome:
+        """Throughput with large opaque payloads, zlb and the relay side by side."""
+        cfg = self.cfg
+        sizes: list[dict[str, Any]] = []
+        rows = []
+        for size in cfg.payload_sizes:
+
+            def measure(target: Target, size: int = size) -> tuple[LoadResult, float]:
+                return self._load(target, cfg.clients, cfg.window, payload_bytes=size), procstat.peak_rss_mib(
+                    target.pid
+                )
+
+            zlb, zlb_rss = self._with(self._zlb(), measure)
+            relay, relay_rss = self._with(lambda: self.bench.start_relay(cfg.nodes, cfg.capacity), measure)
+            sizes.append(
+                {
+                    "payload_bytes": size,
+                    "requests_per_s": zlb.requests_per_s,
+                    "mib_per_s": _mib_per_s(zlb.requests_per_s, size),
+                    "p50_us": zlb.latency_us["p50_us"],
+                    "p99_us": zlb.latency_us["p99_us"],
+                    "balancer_cpu_us_per_request": zlb.cpu_us_per_request,
+                    "balancer_rss_mb": zlb_rss,
+                    "relay_requests_per_s": relay.requests_per_s,
+                    "relay_cpu_us_per_request": relay.cpu_us_per_request,
+                    "vs_relay": stats.ratio(zlb.requests_per_s, relay.requests_per_s),
+                    "errors": zlb.errors + relay.errors,
+                }
+            )
+            rows.append(row("payload", "zlb", zlb, zlb_rss, f"{_size_name(size)} payload"))
+            rows.append(row("payload", "relay", relay, relay_rss, f"{_size_name(size)} payload"))
+        first = sizes[0]
+        record = {k: first[k] for k in COMMON_FIELDS}
+        record["sizes"] = sizes
+        record["errors"] = sum(s["errors"] for s in sizes)
+        notes = [
+            f"payload {_size_name(s['payload_bytes'])}: {s['mib_per_s']} MiB/s, {s['vs_relay']} x relay" for s in sizes
+        ]
+        return Outcome(record, rows, notes)
+
+
+def _mib_per_s(rps: float | None, size: int) -> float | None:
+    return None if rps is None else round(rps * size / (1024 * 1024), 1)
+
+
+def _size_name(size: int) -> str:
+    return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"

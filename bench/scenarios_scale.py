@@ -1,0 +1,157 @@
+"""Scenarios that measure robustness and scale: failover, a million queued requests, a thousand nodes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import procstat, stats
+from bench.harness import Target
+from bench.scenario_kit import Outcome, RunnerBase, common, row
+from wire import protocol as p
+
+
+class ScaleScenarios(RunnerBase):
+    """What a node's death, a deep queue and many nodes cost."""
+
+    def scenario_failover(self) -> Outcome:
+        """kill -9 a node holding requests; time until its last request is answered elsewhere."""
+        cfg = self.cfg
+        # Long enough (about half a second of work) that the victim surely holds requests when we look.
+        requests, cost_ms, capacity = (400, 20.0, 8) if cfg.duration >= 1 else (40, 100.0, 4)
+        payload = f'{{"cost_ms": {cost_ms}}}'
+        liveness = p.LIVENESS
+        start = self._zlb(nodes=2, capacity=capacity, handler="simulate", heartbeat_ms=cfg.heartbeat_ms, with_ids=True)
+
+        def measure(target: Target) -> dict[str, Any]:
+            run = self.bench.start_clients(target, 1, requests, requests=requests, payload=payload, record_replies=True)
+            victim = target.nodes[0]
+            held = self._wait_holding(target, 0)
+            self.bench.procs.kill9(victim)
+            killed_ns = time.monotonic_ns()
+            target.nodes.remove(victim)
+            load = self.bench.collect(run, 60)
+            replies = load.clients[0]["replies"]
+            retried = [r for r in replies if r[2] >= 2]
+            last_ns = max((r[3] for r in retried), default=None)
+            answered = {r[0] for r in replies}
+            return {
+                **common(None, procstat.peak_rss_mib(target.pid)),
+                "failover_ms": None if last_ns is None else round((last_ns - killed_ns) / 1e6, 1),
+                "target_ms": liveness * cfg.heartbeat_ms + 100,
+                "heartbeat_ms": cfg.heartbeat_ms,
+                "held_at_kill": held,
+                "requeued": len(retried),
+                "lost": requests - len(answered),
+                "duplicated": load.duplicates,
+                "errors": load.errors,
+            }
+
+        record = self._with(start, measure)
+        note = (
+            f"kill -9 with {record['held_at_kill']} held: last re-run answer {record['failover_ms']} ms after the "
+            f"kill (target {record['target_ms']}), lost {record['lost']}, duplicated {record['duplicated']}"
+        )
+        return Outcome(record, [row("failover", "zlb", None, record["balancer_rss_mb"], note)], [f"failover: {note}"])
+
+    def scenario_queue(self) -> Outcome:
+        """A million requests queued with no node up, then drained by nodes that join."""
+        cfg = self.cfg
+        count = cfg.queue_size
+
+        def measure(target: Target) -> dict[str, Any]:
+            rss_before = procstat.memory_kib(target.pid)["VmRSS"]
+            run = self.bench.start_clients(target, 1, count, requests=count, rate=cfg.queue_rate)
+            go = time.monotonic()
+            self.bench.wait_status(target, lambda s: s["queue_depth"] >= count, f"{count} queued requests", 600)
+            enqueue_s = time.monotonic() - go
+            rss_full = procstat.memory_kib(target.pid)["VmRSS"]
+            for _ in range(cfg.nodes):
+                self.bench.add_zlb_node(target, cfg.capacity, "echo", [])
+            load = self.bench.collect(run, 1200)
+            client = load.clients[0]
+            drain_s = (client["last_reply_mono_ns"] - client["first_reply_mono_ns"]) / 1e9
+            return {
+                **common(None, procstat.peak_rss_mib(target.pid)),
+                "queued": count,
+                "sent_per_s_limit": cfg.queue_rate or None,
+                "enqueue_s": round(enqueue_s, 3),
+                "enqueue_per_s": stats.rate(count, enqueue_s),
+                "bytes_per_waiting_request": stats.per_item((rss_full - rss_before) * 1024, count, 1),
+                "balancer_rss_empty_mb": round(rss_before / 1024, 1),
+                "balancer_rss_full_mb": round(rss_full / 1024, 1),
+                "drain_s": round(drain_s, 3),
+                "drain_per_s": stats.rate(load.completed, drain_s),
+                "balancer_cpu_us_per_request": load.cpu_us_per_request,
+                "lost": load.unanswered,
+                "errors": load.errors,
+            }
+
+        record = self._with(self._zlb(nodes=0), measure)
+        record["scheduler_bytes_per_waiting_request"] = self.bench.scheduler_bytes_per_request(count)
+        note = (
+            f"{count} queued at {record['enqueue_per_s']}/s, {record['bytes_per_waiting_request']} B each "
+            f"(scheduler alone {record['scheduler_bytes_per_waiting_request']} B); "
+            f"drained at {record['drain_per_s']}/s"
+        )
+        return Outcome(record, [row("queue", "zlb", None, record["balancer_rss_mb"], note)], [f"queue: {note}"])
+
+    def scenario_nodes(self) -> Outcome:
+        """Dispatch cost and idle CPU with 1,000 simulated nodes versus 4."""
+        cfg = self.cfg
+        idle_s = max(0.5, min(3.0, cfg.duration))
+
+        def measure_with(count: int, procs: int, capacity: int) -> Callable[[Target], dict[str, Any]]:
+            def measure(target: Target) -> dict[str, Any]:
+                self.bench.start_simnodes(target, count, procs, capacity, p.HEARTBEAT_INTERVAL_MS)
+                self.bench.wait_zlb_nodes(target, count, 60)
+                cpu0 = procstat.cpu_seconds(target.pid)
+                t0 = time.monotonic()
+                time.sleep(idle_s)  # wait-ok: the idle interval being measured, not a synchronisation
+                idle_cpu_s_per_s = (procstat.cpu_seconds(target.pid) - cpu0) / (time.monotonic() - t0)
+                t1 = time.monotonic()
+                load = self._load(target, cfg.clients, cfg.window)
+                loaded_s = time.monotonic() - t1
+                dispatch_cpu_s = load.broker_cpu_s - idle_cpu_s_per_s * loaded_s
+                return {
+                    "load": load,
+                    "idle_cpu_percent": round(idle_cpu_s_per_s * 100, 2),
+                    "dispatch_us_per_request": stats.per_item(max(0.0, dispatch_cpu_s) * 1e6, load.completed),
+                    "rss": procstat.peak_rss_mib(target.pid),
+                }
+
+            return measure
+
+        few_capacity = max(1, -(-cfg.clients * cfg.window // 4))
+        few = self._with(self._zlb(nodes=0), measure_with(4, 1, few_capacity))
+        many = self._with(self._zlb(nodes=0), measure_with(cfg.sim_nodes, cfg.sim_procs, 1))
+        record = {
+            **common(many["load"], many["rss"]),
+            "nodes_connected": cfg.sim_nodes,
+            "idle_cpu_percent": many["idle_cpu_percent"],
+            "idle_cpu_percent_4_nodes": few["idle_cpu_percent"],
+            "cpu_us_per_request_4_nodes": few["load"].cpu_us_per_request,
+            "requests_per_s_4_nodes": few["load"].requests_per_s,
+            "dispatch_us_per_request": many["dispatch_us_per_request"],
+            "dispatch_us_per_request_4_nodes": few["dispatch_us_per_request"],
+            "dispatch_vs_4_nodes": stats.ratio(many["dispatch_us_per_request"], few["dispatch_us_per_request"]),
+            "cpu_vs_4_nodes": stats.ratio(many["load"].cpu_us_per_request, few["load"].cpu_us_per_request),
+            "errors": many["load"].errors + few["load"].errors,
+        }
+        rows = [
+            row("nodes", "zlb 4 sim nodes", few["load"], few["rss"], f"idle CPU {few['idle_cpu_percent']}%"),
+            row(
+                "nodes",
+                f"zlb {cfg.sim_nodes} sim nodes",
+                many["load"],
+                many["rss"],
+                f"idle CPU {many['idle_cpu_percent']}%",
+            ),
+        ]
+        notes = [
+            f"nodes: dispatch CPU per request (idle cost removed) {record['dispatch_us_per_request']} us with "
+            f"{cfg.sim_nodes} nodes vs {record['dispatch_us_per_request_4_nodes']} us with 4 "
+            f"= {record['dispatch_vs_4_nodes']} x (target <= 1.5)"
+        ]
+        return Outcome(record, rows, notes)
