@@ -61,7 +61,7 @@ class BalancerConfig:
     keep_finished: int = DEFAULT_KEEP_FINISHED
     keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
-    log_file: str | None = "zlb-balancer.log"
+    log_file: str | None = None  # the CLI passes its default (under XDG_STATE_HOME); None writes no file
     journal: str | None = None
     curve_secret: str | None = None
     allow_dir: str | None = None

@@ -220,20 +220,16 @@ class Gateway:
                 self.sup.start_server(node_id, cfg.capacity, cfg.heartbeat_ms, cfg.liveness)
 
     def _start_client(self, client_id: int, count: int) -> None:
+        """Send a configured client's requests through the gateway's own session for that client id.
+
+        A client id belongs to one live process (see docs/PROTOCOL.md, Sessions), and
+        /send_request speaks for client ids too, so the gateway is that one process.
+        """
         first = self._next_request_id.get(client_id, FIRST_CONFIGURED_REQUEST_ID)
         self._next_request_id[client_id] = first + count
-        self.sup.start(
-            f"client-{self._configure_runs}-{client_id}",
-            "client",
-            "--id",
-            str(client_id),
-            "--requests",
-            str(count),
-            "--cost-ms",
-            str(self.config.cost_ms),
-            "--first-request-id",
-            str(first),
-        )
+        for n in range(count):
+            payload = json_payload(self.config.cost_ms, {"n": n})
+            self.submitter.submit(Submission(client_id, first + n, DEFAULT_PRIORITY, payload))
 
     def send_request(self, query: dict[str, list[str]], body: bytes) -> Response:
         """Queue one request and answer at once; it then shows in /requests."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from client_node.client import Client, Pending
+from client_node.client import Client, ClientIdInUse, Pending
 
 # How long the owner thread waits for a submission before pumping results.
 PUMP_INTERVAL_S = 0.05
@@ -37,6 +37,7 @@ class Submitter:
         self.frontend = frontend
         self.sent = 0
         self.answered = 0
+        self.refused = 0
         self._ctx = context or zmq.Context.instance()
         self._inbox: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
         self._clients: dict[int, Client] = {}
@@ -82,15 +83,23 @@ class Submitter:
             pending = self._pending[client_id]
             if not pending:
                 continue
-            client.pump(0)
-            still = []
-            for p in pending:
-                if not p.done():
-                    still.append(p)
-                    continue
-                self.answered += 1
-                try:
-                    p.result(0)
-                except KeyError:
-                    pass  # the same id submitted twice: its one answer was already taken
-            self._pending[client_id] = still
+            try:
+                client.pump(0)
+                self._pending[client_id] = self._unanswered(pending)
+            except ClientIdInUse:
+                # Another process holds this client id: its requests were never queued (/send_request says 503).
+                self.refused += len(pending)
+                self._pending[client_id] = []
+
+    def _unanswered(self, pending: list[Pending]) -> list[Pending]:
+        still = []
+        for p in pending:
+            if not p.done():
+                still.append(p)
+                continue
+            self.answered += 1
+            try:
+                p.result(0)
+            except KeyError:
+                pass  # the same id submitted twice: its one answer was already taken
+        return still

@@ -20,7 +20,8 @@ def endpoints() -> Endpoints:
 @pytest.fixture
 def procs(tmp_path: Path, endpoints: Endpoints) -> Iterator[ProcessGroup]:
     """Start zlb processes pointed at `endpoints`; all are stopped by PID afterwards."""
-    env = {**os.environ, **endpoints.env(), "PYTHONUNBUFFERED": "1"}
+    # The balancer's default log goes under XDG_STATE_HOME: keep it inside the test's own folder.
+    env = {**os.environ, **endpoints.env(), "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(tmp_path / "state")}
     group = ProcessGroup(tmp_path, env)
     try:
         yield group
