@@ -55,7 +55,7 @@ def test_missing_journal_is_empty_and_foreign_file_is_refused(tmp_path: Path):
     """No file means a fresh start; a file that is not a journal is an error, never silently overwritten."""
     assert jr.replay(str(tmp_path / "none"), 10).records == 0
     foreign = tmp_path / "foreign"
-    foreign.write_bytes(p.encode_records([[1, 2, 3]]))
+    foreign.write_bytes(b"".join(p.encode_records([[1, 2, 3]])))
     with pytest.raises(jr.JournalError, match="not a zlb journal"):
         jr.replay(str(foreign), 10)
 
