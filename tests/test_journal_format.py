@@ -53,11 +53,10 @@ def test_an_empty_file_holds_nothing():
 
 
 def test_the_frame_layout_is_marker_length_crc_payload():
-    """The layout docs/RELIABILITY.md describes: marker, little-endian length, CRC-32 of length and payload."""
+    """The layout docs/RELIABILITY.md describes: marker, then little-endian length and CRC-32 of the payload."""
     payload = p.encode_records([[7]])[0]
     data = jf.frame([payload])
-    length = struct.pack("<I", len(payload))
-    assert data == b"\xc1ZJ\x01" + length + struct.pack("<I", zlib.crc32(length + payload)) + payload
+    assert data == b"\xc1ZJ\x01" + struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
 
 
 @pytest.mark.parametrize("part", ["marker", "length", "crc", "body"])
