@@ -206,7 +206,10 @@ class Journal:
         try:
             _write_all(self._fd, data)
         except OSError as exc:
-            raise JournalError(f"cannot append to journal {self.path}: {exc}") from None
+            # Part of the batch may be in the file: refuse further appends, and let close() skip the fsync
+            # so it cannot raise a second error over this one on the way out.
+            self.failure = JournalError(f"cannot append to journal {self.path}: {exc}")
+            raise self.failure from None
         self.appended += len(records)
         self.bytes_written += len(data)
         self._since_compact += len(records)
