@@ -109,7 +109,7 @@ def start_limited_balancer(procs: ProcessGroup, journal: Path, max_file_bytes: i
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
     out, err = procs.workdir / "limited.out", procs.workdir / "limited.err"
-    argv = [sys.executable, "-m", "zlb", "balancer", "--heartbeat-ms", "100", "--log-file", "", "--journal"]
+    argv = [sys.executable, "-m", "zlb", "balancer", "--heartbeat-ms", "100", "--log-file", "limited.log", "--journal"]
     with open(out, "wb") as fo, open(err, "wb") as fe:
         popen = subprocess.Popen(
             [*argv, str(journal)], cwd=procs.workdir, env=procs.env, stdout=fo, stderr=fe, preexec_fn=limit
@@ -134,6 +134,8 @@ def test_a_journal_that_cannot_be_written_stops_the_balancer_with_a_clear_messag
     assert proc.popen.returncode == 1
     assert "cannot append to journal" in proc.stderr() and "File too large" in proc.stderr()
     assert "Traceback" not in proc.stderr()
+    failed = [ln for ln in (tmp_path / "limited.log").read_text().splitlines() if "system.journal_failed" in ln]
+    assert len(failed) == 1 and " ERROR " in failed[0] and "balancer stopping" in failed[0]
 
     balancer = start_balancer(procs, endpoints, 100, "--journal", str(journal))
     restored = waiting(balancer)
