@@ -13,6 +13,10 @@ unfinished requests are queued again and the newest `keep_finished` finished
 ones are remembered, so resubmissions get their one result. The file is then
 rewritten to just that (compaction), and again whenever it has grown to a few
 times the live state, so it stays bounded.
+
+Each record sits in a checked frame (balancer/journal_format.py), so a damaged
+record costs that record only; recover() keeps a damaged file aside before the
+rewrite, and the counts of what was lost travel in Recovered to the loop.
 """
 
 from __future__ import annotations
