@@ -13,21 +13,29 @@ unfinished requests are queued again and the newest `keep_finished` finished
 ones are remembered, so resubmissions get their one result. The file is then
 rewritten to just that (compaction), and again whenever it has grown to a few
 times the live state, so it stays bounded.
+
+Each record sits in a checked frame (balancer/journal_format.py), so a damaged
+record costs that record only; recover() keeps a damaged file aside before the
+rewrite, and the counts of what was lost travel in Recovered to the loop.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from balancer import journal_format as jf
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from wire import protocol as p
 
-MAGIC = (0, "zlb-journal", 1)
+# Version 2: every record in a checked frame (balancer/journal_format.py).
+MAGIC = (0, "zlb-journal", 2)
+_MAGIC_DECODED = list(MAGIC)  # as msgpack gives it back
 DEFAULT_FSYNC_INTERVAL_S = 0.05
 # Compact once this many records were appended beyond twice the live state.
 COMPACT_SLACK_RECORDS = 50_000
@@ -45,10 +53,17 @@ class Recovered:
     finished: list[list[Any]] = field(default_factory=list)  # FINISHED records, oldest first
     records: int = 0
     torn_bytes: int = 0  # an incomplete tail cut off (a crash mid-write)
+    records_lost: int = 0  # damaged frames skipped (an estimate) plus good frames that held no valid record
+    bytes_skipped: int = 0  # damaged bytes skipped
+    kept_as: str = ""  # where the damaged file was kept, by recover()
+
+    @property
+    def damaged(self) -> bool:
+        return self.records_lost > 0 or self.bytes_skipped > 0
 
 
 def replay(path: str, keep_finished: int) -> Recovered:
-    """Read a journal file (missing is empty) into the requests it describes."""
+    """Read a journal file (missing is empty) into the requests it describes; never writes."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -56,20 +71,63 @@ def replay(path: str, keep_finished: int) -> Recovered:
         return Recovered()
     except OSError as exc:
         raise JournalError(f"cannot read journal {path}: {exc}") from None
-    records, good = p.decode_records(data)
-    if records and tuple(records[0]) != MAGIC:
-        raise JournalError(f"{path} is not a zlb journal")
+    found = jf.scan(data)
+    records = p.decode_records(found.payloads)
+    _check_is_journal(path, data, found, records)
     latest: dict[tuple[int, int], list[Any]] = {}
-    for rec in records[1:]:
+    invalid = 0
+    for rec in records:
         if _valid(rec):
             key = (rec[1], rec[2])
             latest.pop(key, None)  # re-inserting keeps dict order = order of last record
             latest[key] = rec
-    out = Recovered(records=len(records), torn_bytes=len(data) - good)
+        elif rec != _MAGIC_DECODED:
+            invalid += 1
+    out = Recovered(records=len(records), torn_bytes=found.torn_bytes)
+    out.records_lost, out.bytes_skipped = found.frames_lost + invalid, found.skipped_bytes
     for rec in latest.values():
         (out.pending if rec[0] == ACCEPTED else out.finished).append(rec)
     out.finished = out.finished[-keep_finished:] if keep_finished > 0 else []
     return out
+
+
+def _check_is_journal(path: str, data: bytes, found: jf.Scan, records: list[Any]) -> None:
+    """Refuse a file that is not ours, so it is never rewritten; a damaged first frame is still ours."""
+    if not data:
+        return
+    starts_well = bool(records) and records[0] == _MAGIC_DECODED
+    if starts_well or (records and found.skipped and found.skipped[0][0] == 0):
+        return
+    if data.startswith(p.encode_records([(0, "zlb-journal", 1)])[0]):
+        raise JournalError(f"{path} is a zlb journal of the unframed format 1; move it aside to start afresh")
+    raise JournalError(f"{path} is not a zlb journal")
+
+
+def recover(path: str, keep_finished: int) -> Recovered:
+    """replay(), and when the file is damaged keep it as `<path>.damaged-<UTC time>` before it is rewritten."""
+    out = replay(path, keep_finished)
+    if out.damaged:
+        out.kept_as = keep_aside(path)
+    return out
+
+
+def keep_aside(path: str) -> str:
+    """A second name for the file as it is now (a hard link, or a copy where links fail)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{path}.damaged-{stamp}"
+    suffix = 1
+    while os.path.exists(aside):
+        aside, suffix = f"{path}.damaged-{stamp}-{suffix}", suffix + 1
+    try:
+        # A link, not a rename: until the rewrite replaces it, the journal must stay where it is.
+        try:
+            os.link(path, aside)
+        except OSError:
+            shutil.copyfile(path, aside)
+        _fsync_dir(path)
+    except OSError as exc:
+        raise JournalError(f"cannot keep the damaged journal {path} as {aside}: {exc}") from None
+    return aside
 
 
 def _valid(rec: Any) -> bool:
@@ -113,7 +171,13 @@ def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
 
 
 class Journal:
-    """An open journal file: the loop appends, a helper thread fsyncs."""
+    """An open journal file: the loop appends, a helper thread fsyncs.
+
+    A failed fsync cannot be retried safely (the kernel may have dropped the
+    dirty pages and reports the error once), so the helper thread records it
+    in `failure` and stops; the next append() or check() raises it and the
+    balancer stops rather than answer clients from a journal it cannot keep.
+    """
 
     def __init__(self, path: str, fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S) -> None:
         self.path = path
@@ -121,6 +185,7 @@ class Journal:
         self.appended = 0
         self.bytes_written = 0
         self.compactions = 0
+        self.failure: JournalError | None = None  # set once by the fsync thread, read by the loop
         self._since_compact = 0
         self._fd = -1
         self._dirty: queue.SimpleQueue[bool] = queue.SimpleQueue()
@@ -132,15 +197,23 @@ class Journal:
         self._syncer = threading.Thread(target=self._sync_loop, name="zlb-journal-fsync", daemon=True)
         self._syncer.start()
 
+    def check(self) -> None:
+        """Raise the fsync thread's failure, if it had one (cheap: one attribute test)."""
+        if self.failure is not None:
+            raise self.failure
+
     def append(self, records: list[tuple[Any, ...]]) -> None:
         """Append one iteration's records with one write (the fsync follows within the interval)."""
-        data = p.encode_records(records)
+        if self.failure is not None:
+            raise self.failure
+        data = jf.frame(p.encode_records(records))
         try:
-            written = os.write(self._fd, data)
-            while written < len(data):  # a short write only happens on a full disk or a signal
-                written += os.write(self._fd, data[written:])
+            _write_all(self._fd, data)
         except OSError as exc:
-            raise JournalError(f"cannot append to journal {self.path}: {exc}") from None
+            # Part of the batch may be in the file: refuse further appends, and let close() skip the fsync
+            # so it cannot raise a second error over this one on the way out.
+            self.failure = JournalError(f"cannot append to journal {self.path}: {exc}")
+            raise self.failure from None
         self.appended += len(records)
         self.bytes_written += len(data)
         self._since_compact += len(records)
@@ -152,15 +225,17 @@ class Journal:
 
     def compact(self, records: list[tuple[Any, ...]]) -> None:
         """Replace the file with `records` only."""
+        self.check()
         self._rewrite(records)
         self.compactions += 1
 
     def _rewrite(self, records: list[tuple[Any, ...]]) -> None:
+        """Write `records` to a new file, fsync it, rename it over the journal, fsync the directory."""
         tmp = f"{self.path}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
             try:
-                os.write(fd, p.encode_records([MAGIC, *records]))
+                _write_all(fd, jf.frame(p.encode_records([MAGIC, *records])))
                 os.fsync(fd)
                 os.replace(tmp, self.path)
                 if self._fd < 0:
@@ -170,18 +245,11 @@ class Journal:
                     os.dup2(fd, self._fd)
             finally:
                 os.close(fd)
-            self._fsync_dir()
+            _fsync_dir(self.path)
         except OSError as exc:
+            _remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
             raise JournalError(f"cannot write journal {self.path}: {exc}") from None
         self._since_compact = 0
-
-    def _fsync_dir(self) -> None:
-        # The rename itself must reach the disk, or a power loss could bring back the old file.
-        dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
     def _sync_loop(self) -> None:
         """Group commit: one fsync for everything appended since the last one."""
@@ -191,21 +259,51 @@ class Journal:
                 more = self._dirty.get_nowait() and more
             try:
                 os.fsync(self._fd)
-            except OSError:
-                return  # the file was closed under us: closing fsyncs by itself
+            except OSError as exc:
+                self.failure = JournalError(f"cannot fsync journal {self.path}: {exc}")
+                return
             if not more:
                 return
             time.sleep(self.fsync_interval_s)  # wait-ok: the group-commit window, not a synchronisation
 
     def close(self) -> None:
-        """Flush everything to disk and close the file."""
+        """Flush everything to disk and close the file; raise if that failed."""
         if self._fd < 0:
             return
         if self._syncer is not None:
             self._dirty.put(False)
             self._syncer.join(5)
         try:
-            os.fsync(self._fd)
+            if self.failure is None:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise JournalError(f"cannot fsync journal {self.path}: {exc}") from None
         finally:
             os.close(self._fd)
             self._fd = -1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write comes on a full disk or a signal)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(f"write returned {written} with {len(view)} bytes left")
+        view = view[written:]
+
+
+def _fsync_dir(path: str) -> None:
+    # A rename or a new link must itself reach the disk, or a power loss could undo it.
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

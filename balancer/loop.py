@@ -119,12 +119,18 @@ class Balancer(ClientSide, NodeSide):
 
     def _open_journal(self, path: str) -> None:
         """Replay the journal into the scheduler, then start it afresh with that state."""
-        recovered = jr.replay(path, self.config.keep_finished)
+        recovered = jr.recover(path, self.config.keep_finished)  # keeps a damaged file aside first
         jr.restore(self.sched, recovered)
         self.journal = jr.Journal(path)
         self.journal.open(jr.snapshot(self.sched))
-        self.state.counters["journal_restored_pending"] = len(recovered.pending)
-        self.state.counters["journal_restored_finished"] = len(recovered.finished)
+        counters = self.state.counters
+        counters["journal_restored_pending"] = len(recovered.pending)
+        counters["journal_restored_finished"] = len(recovered.finished)
+        counters["journal_records_lost"] = recovered.records_lost
+        counters["journal_bytes_skipped"] = recovered.bytes_skipped
+        if recovered.damaged:
+            lost, skipped = recovered.records_lost, recovered.bytes_skipped
+            self.sched.events.append((ev.SYSTEM_JOURNAL_DAMAGED, path, lost, skipped, recovered.kept_as))
         if recovered.records:
             self.sched.events.append(
                 (
@@ -283,7 +289,10 @@ class Balancer(ClientSide, NodeSide):
         active = sum(1 for n in sched.routes.values() if n.active)
         stats = (ev.STATS, sched.waiting, sched.in_flight(), active, c["submitted"], c["processed"], c["failed"])
         self.events_sock.send_multipart([p.TOPIC_STATS, p.encode_events([time.time(), [(*stats, c["requeued"])]])])
+        self.sched.events.extend(self.eventlog.health_events())  # a log writer gone degraded, or back
+        self.state.counters["log_lines_dropped"] = self.eventlog.dropped_lines
         if self.journal is not None:
+            self.journal.check()  # a failed fsync stops the balancer (run_balancer says why)
             journal, counters = self.journal, self.state.counters
             counters["journal_records"] = journal.appended
             counters["journal_bytes"] = journal.bytes_written
@@ -314,6 +323,11 @@ class Balancer(ClientSide, NodeSide):
         live = sched.remembered_finished + sched.waiting + sched.in_flight()
         if self.journal.due_for_compaction(live):
             self.journal.compact(jr.snapshot(sched))
+
+    def publish_last_events(self) -> None:
+        """Publish and log what is pending, on the way out after a failure."""
+        if self.sched.events:
+            self._publish()
 
     def _publish(self) -> None:
         batch = self.sched.outbox.take_events()
@@ -380,5 +394,10 @@ def run_balancer(config: BalancerConfig) -> None:
     signal.signal(signal.SIGINT, balancer.stop)
     try:
         balancer.run()
+    except jr.JournalError as exc:
+        # Durability is the journal's promise: stop rather than answer from state it cannot keep.
+        balancer.sched.events.append((ev.SYSTEM_JOURNAL_FAILED, config.journal, str(exc)))
+        balancer.publish_last_events()
+        raise
     finally:
         balancer.close()

@@ -1,15 +1,21 @@
-"""Unit tests of the journal: replay, torn tails, compaction and restoring a scheduler."""
+"""Unit tests of the journal and the log writer: replay, torn tails, damage, compaction, failing disks."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from balancer import eventlog
 from balancer import journal as jr
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
+from tests.harness import wait_until
+from wire import events as ev
 from wire import protocol as p
 
 
@@ -55,7 +61,7 @@ def test_missing_journal_is_empty_and_foreign_file_is_refused(tmp_path: Path):
     """No file means a fresh start; a file that is not a journal is an error, never silently overwritten."""
     assert jr.replay(str(tmp_path / "none"), 10).records == 0
     foreign = tmp_path / "foreign"
-    foreign.write_bytes(p.encode_records([[1, 2, 3]]))
+    foreign.write_bytes(b"".join(p.encode_records([[1, 2, 3]])))
     with pytest.raises(jr.JournalError, match="not a zlb journal"):
         jr.replay(str(foreign), 10)
 
@@ -158,3 +164,144 @@ def test_replaying_the_journal_rebuilds_what_the_scheduler_remembers(tmp_path_fa
         }
 
     assert view(restored) == view(sched)
+
+
+# ---- damage, failures and full disks -----------------------------------------------------------
+
+
+def thirty_waiting(path: Path) -> bytes:
+    written(path, *([accepted(1, rid)] for rid in range(1, 31)))
+    return path.read_bytes()
+
+
+def test_a_flipped_byte_mid_file_costs_one_request_and_is_counted(tmp_path: Path):
+    """Replay resumes after a damaged record: 29 of 30 come back and the loss is counted."""
+    path = tmp_path / "j"
+    data = bytearray(thirty_waiting(path))
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(data)
+    rec = jr.replay(str(path), 100)
+    assert len(rec.pending) == 29
+    assert (rec.records_lost, rec.bytes_skipped > 0, rec.torn_bytes, rec.damaged) == (1, True, 0, True)
+    assert rec.kept_as == ""  # replay only reads
+
+
+def test_recover_keeps_the_damaged_file_before_anything_rewrites_it(tmp_path: Path):
+    """recover() leaves the journal where it is and a byte-identical copy beside it; an intact one is left alone."""
+    path = tmp_path / "j"
+    data = bytearray(thirty_waiting(path))
+    assert jr.recover(str(path), 100).kept_as == ""
+    data[40] ^= 0xFF
+    path.write_bytes(data)
+    rec = jr.recover(str(path), 100)
+    assert rec.kept_as.startswith(f"{path}.damaged-")
+    assert Path(rec.kept_as).read_bytes() == path.read_bytes() == bytes(data)
+    second = jr.recover(str(path), 100).kept_as
+    assert second != rec.kept_as and Path(second).exists()  # a second start never overwrites the first copy
+
+
+def test_a_damaged_first_frame_is_still_our_journal(tmp_path: Path):
+    """Damage to the magic record loses it, not the journal: the file is read, not refused."""
+    path = tmp_path / "j"
+    data = bytearray(thirty_waiting(path))
+    data[6] ^= 0xFF  # the magic frame's length
+    path.write_bytes(data)
+    rec = jr.replay(str(path), 100)
+    assert (len(rec.pending), rec.records_lost) == (30, 1)
+
+
+def test_an_unframed_format_1_journal_is_refused_with_a_reason(tmp_path: Path):
+    """A journal of the old format is never rewritten by this one; the error says what it is."""
+    old = tmp_path / "old"
+    old.write_bytes(b"".join(p.encode_records([(0, "zlb-journal", 1), accepted(1, 1)])))
+    with pytest.raises(jr.JournalError, match="unframed format 1"):
+        jr.replay(str(old), 10)
+
+
+REWRITE_UNDER_A_SIZE_LIMIT = """
+import os, resource, signal, sys
+from balancer import eventlog
+from balancer import journal as jr
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, not a signal
+path = sys.argv[1]
+journal = jr.Journal(path)
+journal.open([(1, 1, i, 5, b"r", b"x" * 100) for i in range(10)])
+before = open(path, "rb").read()
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+    journal.compact([(1, 1, i, 5, b"r", b"y" * 1000) for i in range(100)])
+except jr.JournalError as exc:
+    print("refused:", exc)
+print("tmp left:", os.path.exists(path + ".tmp"))
+print("intact:", open(path, "rb").read() == before)
+"""
+
+
+def test_a_rewrite_that_cannot_be_written_whole_fails_cleanly(tmp_path: Path):
+    """A short write then EFBIG (a file-size limit, as a full disk would) fails the rewrite and keeps the old file."""
+    done = subprocess.run(
+        [sys.executable, "-c", REWRITE_UNDER_A_SIZE_LIMIT, str(tmp_path / "j")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: cannot write journal" in done.stdout and "File too large" in done.stdout
+    assert "tmp left: False" in done.stdout
+    assert "intact: True" in done.stdout
+
+
+def test_a_failed_fsync_is_raised_to_the_loop_not_swallowed(tmp_path: Path):
+    """When the fsync thread's fsync fails, check() and the next append() raise it; close() does not hide it."""
+    journal = jr.Journal(str(tmp_path / "j"), fsync_interval_s=0.001)
+    journal.open([])
+    fd = journal._fd
+    os.close(fd)  # the descriptor goes bad under the fsync thread: a real EBADF from fsync
+    journal._dirty.put(True)
+    wait_until(lambda: journal.failure is not None, 5, "the fsync thread to report")
+    with pytest.raises(jr.JournalError, match="cannot fsync journal"):
+        journal.check()
+    with pytest.raises(jr.JournalError, match="cannot fsync journal"):
+        journal.append([accepted(1, 1)])
+    journal._fd = os.open(os.devnull, os.O_WRONLY)  # something closable, so close() can finish
+    journal.close()
+
+
+def test_a_log_file_that_cannot_be_written_degrades_visibly_and_stays_bounded(monkeypatch):
+    """On a full disk (/dev/full) the log writer lives on: it drops and counts lines and says so once."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full to give ENOSPC on write")
+    monkeypatch.setattr(eventlog, "MAX_QUEUED_EVENTS", 50)
+    log = eventlog.EventLog("/dev/full")
+    log.add(0.0, [(ev.NODE_UP, 1)])
+    wait_until(lambda: log.health_events(), 5, "the writer to go degraded")
+    assert log.health_events() == []  # said once
+    assert log.dropped_lines >= 1
+    for _ in range(200):  # far more than the queue may hold, whatever the writer does meanwhile
+        log.add(0.0, [(ev.NODE_UP, 1)])
+    writer = log._writer
+    assert writer is not None and writer._queued - writer._taken <= 50
+    log.close()
+    assert log.dropped_lines == 201
+
+
+def test_a_log_file_that_comes_back_is_written_again(tmp_path: Path, monkeypatch):
+    """A log path that could not be opened is tried again; the writer then says it resumed."""
+    monkeypatch.setattr(eventlog, "LOG_RETRY_INTERVAL_S", 0.05)
+    path = tmp_path / "balancer.log"
+    path.mkdir()  # opening a directory for append fails with a real OSError
+    log = eventlog.EventLog(str(path))
+    log.add(0.0, [(ev.NODE_UP, 1)])
+    [degraded] = wait_until(lambda: log.health_events(), 5, "the writer to go degraded")
+    assert degraded[0] == ev.SYSTEM_LOG_DEGRADED
+    path.rmdir()
+
+    def resumed() -> list:
+        log.add(0.0, [(ev.NODE_UP, 2)])
+        return log.health_events()
+
+    [back] = wait_until(resumed, 5, "the writer to resume")
+    log.close()
+    assert back[:2] == (ev.SYSTEM_LOG_RESUMED, str(path))
+    assert "Server 2 marked as up" in path.read_text()

@@ -37,6 +37,10 @@ SYSTEM_JOURNAL_RESTORED = "system.journal_restored"
 SYSTEM_STOPPING = "system.stopping"
 SYSTEM_CLIENT_REFUSED = "system.client_refused"
 STATS = "stats.tick"
+SYSTEM_JOURNAL_DAMAGED = "system.journal_damaged"
+SYSTEM_JOURNAL_FAILED = "system.journal_failed"
+SYSTEM_LOG_DEGRADED = "system.log_degraded"
+SYSTEM_LOG_RESUMED = "system.log_resumed"
 
 # Positional argument names of each kind, for JSON output and lookups by name.
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -64,6 +68,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     SYSTEM_STOPPING: ("in_flight", "waiting"),
     SYSTEM_CLIENT_REFUSED: ("client_id", "reason"),
     STATS: ("queue_depth", "in_flight", "servers_active", "submitted", "processed", "failed", "requeued"),
+    SYSTEM_JOURNAL_DAMAGED: ("path", "records_lost", "bytes_skipped", "kept_as"),
+    SYSTEM_JOURNAL_FAILED: ("path", "error"),
+    SYSTEM_LOG_DEGRADED: ("path", "error"),
+    SYSTEM_LOG_RESUMED: ("path", "lines_dropped"),
 }
 
 LEVELS: dict[str, str] = {
@@ -78,6 +86,9 @@ LEVELS: dict[str, str] = {
     NODE_RESYNCED: "WARNING",
     NODE_REFUSED: "WARNING",
     SYSTEM_CLIENT_REFUSED: "WARNING",
+    SYSTEM_JOURNAL_DAMAGED: "ERROR",
+    SYSTEM_JOURNAL_FAILED: "ERROR",
+    SYSTEM_LOG_DEGRADED: "ERROR",
 }
 
 
@@ -112,6 +123,12 @@ _TEMPLATES: dict[str, Any] = {
     SYSTEM_CLIENT_REFUSED: lambda a: f"A second Client {a[0]} was refused: {a[1]}",
     SYSTEM_STOPPING: lambda a: f"Balancer stopping: {a[0]} in flight finish first, {a[1]} waiting stay queued",
     STATS: lambda a: f"{a[0]} waiting, {a[1]} in flight, {a[2]} servers active, {a[4]} processed",
+    SYSTEM_JOURNAL_DAMAGED: lambda a: (
+        f"Journal {a[0]} was damaged: {a[1]} records lost, {a[2]} bytes skipped; the damaged file is kept as {a[3]}"
+    ),
+    SYSTEM_JOURNAL_FAILED: lambda a: f"Journal {a[0]} failed, balancer stopping: {a[1]}",
+    SYSTEM_LOG_DEGRADED: lambda a: f"Log file {a[0]} cannot be written ({a[1]}); lines are dropped and counted",
+    SYSTEM_LOG_RESUMED: lambda a: f"Log file {a[0]} is written again; {a[1]} lines were dropped",
 }
 
 

@@ -15,8 +15,9 @@ clients (re-send later, to the next balancer) and RECONNECT [REASON_STOPPING]
 to its nodes (dial again after one interval); older peers read both as the
 plain messages they already were.
 
-The balancer's journal file (balancer/journal.py) is a sequence of msgpack
-arrays too; encode_records / decode_records are its only codec.
+The balancer's journal file (balancer/journal.py) holds msgpack arrays too,
+each in a checked frame (balancer/journal_format.py); encode_records /
+decode_records are the msgpack half of that codec.
 """
 
 from __future__ import annotations
@@ -255,28 +256,25 @@ def decode_events(frame: bytes) -> list[Any]:
     return value
 
 
-def encode_records(records: list[Any]) -> bytes:
-    """Journal records (tuples of msgpack-able values) as one appendable byte string."""
-    return b"".join(map(_pack, records))
+def encode_records(records: list[Any]) -> list[bytes]:
+    """Journal records (tuples of msgpack-able values), each as its own msgpack byte string."""
+    return [_pack(record) for record in records]
 
 
-def decode_records(data: bytes) -> tuple[list[Any], int]:
-    """Journal records from a file's bytes, and the offset just past the last whole one.
+def decode_records(payloads: list[Any]) -> list[Any]:
+    """Journal record payloads back into values: None for one that is not exactly one msgpack value.
 
-    A torn or garbled tail (a crash in the middle of a write) ends the list
-    instead of raising, so the caller can truncate the file there.
+    Frames were checked by CRC before this (balancer/journal_format.py), so a
+    None here means a writer bug rather than disk damage; journal records are
+    never None, so the caller can count and skip it.
     """
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=max(len(data), 1))
-    unpacker.feed(data)
-    records: list[Any] = []
-    good = 0
-    try:
-        for record in unpacker:
-            records.append(record)
-            good = unpacker.tell()
-    except (ValueError, TypeError, msgpack.UnpackException):
-        pass
-    return records, good
+    out: list[Any] = []
+    for payload in payloads:
+        try:
+            out.append(msgpack.unpackb(payload, raw=False, strict_map_key=True))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            out.append(None)
+    return out
 
 
 def endpoint(role: str) -> str:

@@ -1,13 +1,16 @@
 """Measure the two journal candidates on this machine (not a test; run by hand).
 
-    .venv/bin/python -m tests.reliability.measure_journal [--requests 200000] [--batch 64]
+    .venv/bin/python -m tests.reliability.measure_journal [--requests 200000] [--batch 64] [--only log] [--runs 3]
     .venv/bin/python -m tests.reliability.measure_journal --end-to-end --requests 50000 [--runs 3]
 
 Both write what the balancer writes per request (an ACCEPTED record with a
 100-byte payload and a FINISHED record with a 60-byte result), one batch per
 loop iteration, and both survive `kill -9` of the writer: the msgpack log
 with one os.write() per batch plus an fsync thread every 50 ms, SQLite in WAL
-mode with synchronous=NORMAL and one transaction per batch.
+mode with synchronous=NORMAL and one transaction per batch. For the log it
+also times a replay of the file it wrote (what a restart reads) and prints
+which balancer.journal it measured, so an older tree can be measured with the
+same script: PYTHONPATH=/path/to/old/tree python tests/reliability/measure_journal.py
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sqlite3
 import tempfile
 import time
 
+from balancer import journal as jr
 from balancer.journal import Journal
 from balancer.scheduler import ACCEPTED, FINISHED
 from wire import control_client
@@ -84,21 +88,37 @@ def report(name: str, requests: int, elapsed: float, lat: list[float], path: str
     )
 
 
+def measure_replay(path: str, requests: int) -> None:
+    """How fast a restart reads back what measure_log wrote (every request finished, so all are kept)."""
+    t0 = time.perf_counter()
+    recovered = jr.replay(path, keep_finished=requests)
+    elapsed = time.perf_counter() - t0
+    print(f"{'  replay':14} {recovered.records / elapsed:>10,.0f} records/s  ({recovered.records:,} records)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--end-to-end", action="store_true", help="Through real processes, with and without.")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=("log", "sqlite"), help="Measure one candidate only.")
     args = parser.parse_args()
     if args.end_to_end:
         main_end_to_end(args.requests, args.runs)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, func in (("msgpack log", measure_log), ("sqlite WAL", measure_sqlite)):
-            path = os.path.join(tmp, name.replace(" ", "_"))
-            elapsed, lat = func(path, args.requests, args.batch)
-            report(name, args.requests, elapsed, lat, path)
+    print(f"balancer.journal from {jr.__file__}")
+    candidates = [("msgpack log", measure_log), ("sqlite WAL", measure_sqlite)]
+    for _ in range(args.runs if args.only else 1):
+        for name, func in candidates:
+            if args.only and not name.startswith({"log": "msgpack", "sqlite": "sqlite"}[args.only]):
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, name.replace(" ", "_"))
+                elapsed, lat = func(path, args.requests, args.batch)
+                report(name, args.requests, elapsed, lat, path)
+                if func is measure_log:
+                    measure_replay(path, args.requests)
 
 
 def measure_end_to_end(requests: int, journal_dir: str | None) -> float:
