@@ -1,0 +1,127 @@
+"""What /configure starts: server nodes and clients, bounded, numbered apart, waited for and reaped.
+
+- Bounded: at most MAX_SERVERS nodes and MAX_PROCESSES processes in all at once
+  (nodes plus clients still sending); a /configure that would pass that is a 429.
+- Numbered apart: client j numbers its requests from (j + 1) * REQUEST_ID_BLOCK + 1
+  (client 0: 100001, 100002, ...; client 1: 200001, ...), so "Request 200001
+  assigned to Server 0" says whose request it is, and the ids people type into
+  /send_request (the seed uses 101) never collide with them.
+- Waited for: /configure answers once every node it asked for is active on the
+  balancer, or 504 after JOIN_TIMEOUT_S.
+- Reaped: `reap()` (called on every /configure and once a second by the event
+  hub) collects exited processes, so none stays a zombie.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from http_gateway.validation import HttpError
+from zlb.supervisor import Supervisor
+
+MAX_SERVERS = 64
+MAX_CLIENTS = 64
+# All processes /configure may have running at once, nodes and clients together.
+MAX_PROCESSES = 96
+REQUEST_ID_BLOCK = 100_000
+MAX_REQUESTS_PER_CLIENT = REQUEST_ID_BLOCK - 1
+# How long /configure waits for the nodes it started to join before answering 504.
+JOIN_TIMEOUT_S = 20.0
+# How long a second /configure waits for the first to finish before answering 409.
+CONFIGURE_LOCK_WAIT_S = 30.0
+
+
+@dataclass
+class NodeSettings:
+    """How /configure's processes run."""
+
+    cost_ms: float = 500.0
+    capacity: int = 1
+    heartbeat_ms: int = 500
+    liveness: int = 3
+
+
+class Processes:
+    """The nodes and clients /configure started, through a `Supervisor`."""
+
+    def __init__(self, sup: Supervisor, settings: NodeSettings, servers: Callable[[], list[dict[str, Any]]]) -> None:
+        self.sup = sup
+        self.settings = settings
+        self._servers = servers
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._used: dict[int, int] = {}  # client id -> request ids used from its block
+
+    def reap(self) -> int:
+        """Collect exited client processes (no zombies); return how many were collected."""
+        finished = [
+            name for name, proc in self.sup.procs.items() if name.startswith("client-") and proc.poll() is not None
+        ]
+        for name in finished:
+            self.sup.procs.pop(name, None)
+        return len(finished)
+
+    def configure(self, servers: int, clients: int, per_client: int, announce: Callable[[], None]) -> None:
+        """Reach `servers` nodes, wait for them to join, then start `clients` clients."""
+        if not self._lock.acquire(timeout=CONFIGURE_LOCK_WAIT_S):
+            raise HttpError(409, "another /configure is still running; try again")
+        try:
+            self.reap()
+            self._check_limits(servers, clients, per_client)
+            announce()
+            self._scale_servers(servers)
+            self._await_joined(servers)
+            self._runs += 1
+            for client_id in range(clients):
+                self._start_client(client_id, per_client)
+        finally:
+            self._lock.release()
+
+    def _check_limits(self, servers: int, clients: int, per_client: int) -> None:
+        busy = [c for c in range(clients) if self.sup.running(f"client-{c}-")]
+        if busy:
+            raise HttpError(409, f"client {busy[0]} from an earlier /configure is still sending; wait until it ends")
+        others = len(self.sup.running("client-"))
+        if servers + clients + others > MAX_PROCESSES:
+            message = f"{servers} servers and {clients} clients with {others} clients still running"
+            raise HttpError(429, f"{message} pass the limit of {MAX_PROCESSES} processes")
+        for client_id in range(clients):
+            if self._used.get(client_id, 0) + per_client > MAX_REQUESTS_PER_CLIENT:
+                raise HttpError(409, f"client {client_id} has used its {MAX_REQUESTS_PER_CLIENT} request ids")
+
+    def _scale_servers(self, count: int) -> None:
+        s = self.settings
+        for name in self.sup.running("server-"):
+            if int(name.split("-", 1)[1]) >= count:
+                self.sup.stop(name)
+        running = set(self.sup.running("server-"))
+        for node_id in range(count):
+            if f"server-{node_id}" not in running:
+                self.sup.start_server(node_id, s.capacity, s.heartbeat_ms, s.liveness)
+
+    def _await_joined(self, count: int) -> None:
+        """Block until nodes 0..count-1 are active on the balancer, or raise 504."""
+        want = set(range(count))
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while True:
+            active = {s["server_id"] for s in self._servers() if s["active"]}
+            if want <= active:
+                return
+            if time.monotonic() > deadline:
+                missing = ", ".join(str(i) for i in sorted(want - active))
+                raise HttpError(504, f"servers {missing} did not join within {JOIN_TIMEOUT_S:g} s")
+            time.sleep(0.05)  # wait-ok: a deadline-bounded poll of the balancer for joins
+
+    def _start_client(self, client_id: int, count: int) -> None:
+        first = (client_id + 1) * REQUEST_ID_BLOCK + 1 + self._used.get(client_id, 0)
+        self._used[client_id] = self._used.get(client_id, 0) + count
+        self.sup.start(
+            f"client-{client_id}-{self._runs}",
+            "client",
+            *("--id", str(client_id), "--requests", str(count)),
+            *("--cost-ms", str(self.settings.cost_ms), "--first-request-id", str(first)),
+        )

@@ -1,0 +1,135 @@
+// The zlb dashboard: state and log lines are pushed by the gateway over one EventSource;
+// the only timer here re-draws heartbeat ages locally between pushes.
+"use strict";
+
+const TOKEN_KEY = "zlb-token";
+const LOG_LINES = 100;
+const $ = (sel) => document.querySelector(sel);
+let lastState = null;
+let receivedAt = 0;
+
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+
+function text(el, value) { el.textContent = value; }
+
+function fmtSeconds(s) {
+  if (s === null || s === undefined) return "-";
+  return s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(1)} s`;
+}
+
+function heartbeatAge(server) {
+  if (server.state === "dead" || server.last_heartbeat_ms_ago === undefined) return "-";
+  return `${Math.round(server.last_heartbeat_ms_ago + (Date.now() - receivedAt))} ms`;
+}
+
+function serverRow(server) {
+  const row = document.createElement("tr");
+  row.dataset.serverId = server.server_id;
+  row.dataset.state = server.state;
+  const load = server.capacity ? Math.min(1, server.in_flight / server.capacity) : 0;
+  const cells = [
+    server.server_id, server.state, null, server.handled_requests, heartbeatAge(server), null,
+  ];
+  cells.forEach((value, i) => {
+    const cell = document.createElement("td");
+    if (i === 1) cell.className = "state";
+    if (i === 2) {
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      const fill = document.createElement("span");
+      fill.style.width = `${Math.round(load * 100)}%`;
+      bar.appendChild(fill);
+      cell.append(bar, `${server.in_flight}/${server.capacity}`);
+    } else if (i === 4) {
+      cell.className = "age";
+      text(cell, value);
+    } else if (i === 5) {
+      cell.className = "actions";
+      for (const [verb, label] of [["down", "Down"], ["up", "Up"], ["drain", "Drain"]]) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.dataset.verb = verb;
+        text(button, label);
+        button.disabled = (verb === "up") === (server.state === "active");
+        button.addEventListener("click", () => act(verb, server.server_id));
+        cell.appendChild(button);
+      }
+    } else {
+      text(cell, value);
+    }
+    row.appendChild(cell);
+  });
+  return row;
+}
+
+function renderState(state) {
+  lastState = state;
+  receivedAt = Date.now();
+  text($("#balancer"), state.up ? `balancer up ${fmtSeconds(state.status.uptime_s)}` : `balancer away: ${state.error}`);
+  if (!state.up) return;
+  const servers = state.servers || [];
+  $("#servers tbody").replaceChildren(...servers.map(serverRow));
+  const active = servers.filter((s) => s.active).length;
+  text($("#servers-summary"), `${active}/${servers.length} active`);
+  const status = state.status;
+  text($("#queue"), `${status.queue_depth} waiting, ${status.in_flight} in flight`);
+  const prios = Object.entries(status.queue_by_priority || {}).map(([p, n]) => `p${p}: ${n}`);
+  text($("#queue-by-priority"), prios.length ? prios.join("  ") : "nothing waiting");
+  const rates = status.rates || {};
+  text($("#rate"), `${rates.processed_per_s ?? 0} req/s`);
+  const r = status.requests || {};
+  text($("#totals"), `submitted ${r.submitted ?? 0}, processed ${r.processed ?? 0}, failed ${r.failed ?? 0}, re-queued ${r.requeued ?? 0}`);
+  const lat = state.latency || {};
+  text($("#latency"), lat.count ? `p50 ${fmtSeconds(lat.p50)}  p90 ${fmtSeconds(lat.p90)}` : "-");
+}
+
+function appendLog(lines) {
+  const log = $("#log");
+  for (const line of lines) {
+    const item = document.createElement("li");
+    const when = new Date(line.ts * 1000).toLocaleTimeString();
+    text(item, `${when} ${line.message}`);
+    log.appendChild(item);
+  }
+  while (log.children.length > LOG_LINES) log.removeChild(log.firstChild);
+  log.scrollTop = log.scrollHeight;
+}
+
+async function act(verb, serverId) {
+  const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
+  const result = $("#action-result");
+  try {
+    const reply = await fetch(`/server_${verb}/${serverId}`, { method: "POST", headers });
+    const body = await reply.json();
+    text(result, reply.ok ? body.message : `${reply.status}: ${body.error}`);
+  } catch (err) {
+    text(result, `failed: ${err}`);
+  }
+}
+
+function connect() {
+  const query = token() ? `?token=${encodeURIComponent(token())}` : "";
+  const stream = new EventSource(`/events${query}`);
+  const conn = $("#conn");
+  stream.onopen = () => { conn.className = "badge live"; text(conn, "live"); };
+  stream.onerror = () => { conn.className = "badge off"; text(conn, "reconnecting"); };
+  stream.addEventListener("state", (e) => renderState(JSON.parse(e.data)));
+  stream.addEventListener("log", (e) => appendLog(JSON.parse(e.data)));
+  return stream;
+}
+
+let stream = connect();
+$("#token").value = token();
+$("#token-save").addEventListener("click", () => {
+  sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+  text($("#action-result"), "token kept for this tab");
+  stream.close();
+  stream = connect();
+});
+setInterval(() => {
+  if (!lastState || !lastState.up) return;
+  document.querySelectorAll("#servers tbody tr").forEach((row, i) => {
+    const server = lastState.servers[i];
+    if (server) text(row.querySelector(".age"), heartbeatAge(server));
+  });
+}, 500);
