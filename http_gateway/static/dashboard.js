@@ -22,44 +22,49 @@ function heartbeatAge(server) {
   return `${Math.round(server.last_heartbeat_ms_ago + (Date.now() - receivedAt))} ms`;
 }
 
-function serverRow(server) {
+// Rows are built once per server and updated in place, so a push never swaps a button under a click.
+function makeRow(serverId) {
   const row = document.createElement("tr");
-  row.dataset.serverId = server.server_id;
-  row.dataset.state = server.state;
-  const load = server.capacity ? Math.min(1, server.in_flight / server.capacity) : 0;
-  const cells = [
-    server.server_id, server.state, null, server.handled_requests, heartbeatAge(server), null,
-  ];
-  cells.forEach((value, i) => {
-    const cell = document.createElement("td");
-    if (i === 1) cell.className = "state";
-    if (i === 2) {
-      const bar = document.createElement("span");
-      bar.className = "bar";
-      const fill = document.createElement("span");
-      fill.style.width = `${Math.round(load * 100)}%`;
-      bar.appendChild(fill);
-      cell.append(bar, `${server.in_flight}/${server.capacity}`);
-    } else if (i === 4) {
-      cell.className = "age";
-      text(cell, value);
-    } else if (i === 5) {
-      cell.className = "actions";
-      for (const [verb, label] of [["down", "Down"], ["up", "Up"], ["drain", "Drain"]]) {
-        const button = document.createElement("button");
-        button.type = "button";
-        button.dataset.verb = verb;
-        text(button, label);
-        button.disabled = (verb === "up") === (server.state === "active");
-        button.addEventListener("click", () => act(verb, server.server_id));
-        cell.appendChild(button);
-      }
-    } else {
-      text(cell, value);
-    }
-    row.appendChild(cell);
-  });
+  row.dataset.serverId = serverId;
+  row.innerHTML = '<td class="id"></td><td class="state"></td>' +
+    '<td><span class="bar"><span></span></span><span class="load"></span></td>' +
+    '<td class="handled"></td><td class="age"></td><td class="actions"></td>';
+  text(row.querySelector(".id"), serverId);
+  for (const [verb, label] of [["down", "Down"], ["up", "Up"], ["drain", "Drain"]]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.verb = verb;
+    text(button, label);
+    button.addEventListener("click", () => act(verb, serverId));
+    row.querySelector(".actions").appendChild(button);
+  }
   return row;
+}
+
+function updateRow(row, server) {
+  row.dataset.state = server.state;
+  text(row.querySelector(".state"), server.state);
+  const load = server.capacity ? Math.min(1, server.in_flight / server.capacity) : 0;
+  row.querySelector(".bar > span").style.width = `${Math.round(load * 100)}%`;
+  text(row.querySelector(".load"), `${server.in_flight}/${server.capacity}`);
+  text(row.querySelector(".handled"), server.handled_requests);
+  text(row.querySelector(".age"), heartbeatAge(server));
+  for (const button of row.querySelectorAll("button")) {
+    button.disabled = (button.dataset.verb === "up") === (server.state === "active");
+  }
+}
+
+function renderServers(servers) {
+  const body = $("#servers tbody");
+  const rows = new Map([...body.children].map((row) => [row.dataset.serverId, row]));
+  const wanted = servers.map((server) => {
+    const row = rows.get(String(server.server_id)) || makeRow(server.server_id);
+    updateRow(row, server);
+    return row;
+  });
+  if (wanted.length !== body.children.length || wanted.some((row, i) => body.children[i] !== row)) {
+    body.replaceChildren(...wanted);
+  }
 }
 
 function renderState(state) {
@@ -68,7 +73,7 @@ function renderState(state) {
   text($("#balancer"), state.up ? `balancer up ${fmtSeconds(state.status.uptime_s)}` : `balancer away: ${state.error}`);
   if (!state.up) return;
   const servers = state.servers || [];
-  $("#servers tbody").replaceChildren(...servers.map(serverRow));
+  renderServers(servers);
   const active = servers.filter((s) => s.active).length;
   text($("#servers-summary"), `${active}/${servers.length} active`);
   const status = state.status;
