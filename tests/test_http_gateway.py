@@ -137,7 +137,9 @@ def test_seed_readme_sequence_back_to_back_gives_the_seed_answers(gateway: LiveG
     assert "Request 101 from Client 0 added to queue with priority 1" in lines
     assert any(line.startswith("✅ Request 101 assigned to Server ") for line in lines)
     assert download.headers["Content-Disposition"] == 'attachment; filename="load_balancer_logs.txt"'
-    assert "Server 1 marked as up" in download.body.decode()
+    assert "System configured with 3 servers and 2 clients." in download.body.decode()
+    # The balancer logs an admin change just after answering it; the download shows it soon after.
+    wait_until(lambda: "Server 1 marked as up" in gateway.call("GET", "/logs/download").body.decode(), 5, "up logged")
 
 
 @pytest.mark.timeout(60)
