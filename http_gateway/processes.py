@@ -8,8 +8,8 @@
   /send_request (the seed uses 101) never collide with them.
 - Waited for: /configure answers once every node it asked for is active on the
   balancer, or 504 after JOIN_TIMEOUT_S.
-- Reaped: `reap()` (called on every /configure and once a second by the event
-  hub) collects exited processes, so none stays a zombie.
+- Reaped: `reap()` (called on every /configure and on each snapshot refresh of the event
+  hub, at least every two seconds) collects exited processes, so none stays a zombie.
 """
 
 from __future__ import annotations
