@@ -57,6 +57,17 @@ class BalancerLink:
         except control.ControlError as exc:
             raise HttpError(400, str(exc)) from None
 
+    def find(self, client_id: int, request_id: int) -> dict[str, Any] | None:
+        """The balancer's row for this request, or None when it does not know it."""
+        try:
+            return control.call(self.control, "request", self.timeout_s, client_id=client_id, request_id=request_id)
+        except control.ControlError:
+            return None
+
+    def known(self, client_id: int, request_id: int) -> bool:
+        """True when the balancer remembers this request."""
+        return self.find(client_id, request_id) is not None
+
 
 class Gateway:
     """Serves the seed's endpoints from a real balancer."""
@@ -98,12 +109,7 @@ class Gateway:
         return {"message": f"Request {request_id} added successfully!"}
 
     def _find(self, client_id: int, request_id: int) -> dict[str, Any] | None:
-        try:
-            return control.call(
-                self.link.control, "request", self.link.timeout_s, client_id=client_id, request_id=request_id
-            )
-        except control.ControlError:
-            return None
+        return self.link.find(client_id, request_id)
 
     def requests(self, query: Any) -> list[Any]:
         """Requests known to the balancer, oldest first (?status=, ?client=, ?offset=, ?limit= with 0 for all)."""

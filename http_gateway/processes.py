@@ -5,7 +5,8 @@
 - Numbered apart: client j numbers its requests from (j + 1) * REQUEST_ID_BLOCK + 1
   (client 0: 100001, 100002, ...; client 1: 200001, ...), so "Request 200001
   assigned to Server 0" says whose request it is, and the ids people type into
-  /send_request (the seed uses 101) never collide with them.
+  /send_request (the seed uses 101) never collide with them. A restarted gateway
+  continues each block where the balancer's memory of it ends.
 - Waited for: /configure answers once every node it asked for is active on the
   balancer, or 504 after JOIN_TIMEOUT_S.
 - Reaped: `reap()` (called on every /configure and on each snapshot refresh of the event
@@ -48,10 +49,17 @@ class NodeSettings:
 class Processes:
     """The nodes and clients /configure started, through a `Supervisor`."""
 
-    def __init__(self, sup: Supervisor, settings: NodeSettings, servers: Callable[[], list[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        sup: Supervisor,
+        settings: NodeSettings,
+        servers: Callable[[], list[dict[str, Any]]],
+        known: Callable[[int, int], bool] = lambda client_id, request_id: False,
+    ) -> None:
         self.sup = sup
         self.settings = settings
         self._servers = servers
+        self._known = known
         self._lock = threading.Lock()
         self._runs = 0
         self._used: dict[int, int] = {}  # client id -> request ids used from its block
@@ -90,7 +98,9 @@ class Processes:
             message = f"{servers} servers and {clients} clients with {others} clients still running"
             raise HttpError(429, f"{message} pass the limit of {MAX_PROCESSES} processes")
         for client_id in range(clients):
-            if self._used.get(client_id, 0) + per_client > MAX_REQUESTS_PER_CLIENT:
+            if client_id not in self._used:
+                self._used[client_id] = self._used_before(client_id)
+            if self._used[client_id] + per_client > MAX_REQUESTS_PER_CLIENT:
                 raise HttpError(409, f"client {client_id} has used its {MAX_REQUESTS_PER_CLIENT} request ids")
 
     def _scale_servers(self, count: int) -> None:
@@ -116,9 +126,30 @@ class Processes:
                 raise HttpError(504, f"servers {missing} did not join within {JOIN_TIMEOUT_S:g} s")
             time.sleep(0.05)  # wait-ok: a deadline-bounded poll of the balancer for joins
 
+    def _used_before(self, client_id: int) -> int:
+        """Ids of this client's block a previous gateway already sent to this balancer.
+
+        A gateway restarted in front of a long-lived balancer must not send 100001 again: the
+        balancer would answer it from memory. Ids are used in order from the block's start, so
+        the known ones form a prefix and a binary search over `request` lookups finds its end.
+        """
+        start = (client_id + 1) * REQUEST_ID_BLOCK + 1
+        if not self._known(client_id, start):
+            return 0
+        low, high = 1, MAX_REQUESTS_PER_CLIENT  # ids start .. start+low-1 are known
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self._known(client_id, start + mid - 1):
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
     def _start_client(self, client_id: int, count: int) -> None:
-        first = (client_id + 1) * REQUEST_ID_BLOCK + 1 + self._used.get(client_id, 0)
-        self._used[client_id] = self._used.get(client_id, 0) + count
+        if client_id not in self._used:
+            self._used[client_id] = self._used_before(client_id)
+        first = (client_id + 1) * REQUEST_ID_BLOCK + 1 + self._used[client_id]
+        self._used[client_id] += count
         self.sup.start(
             f"client-{client_id}-{self._runs}",
             "client",
