@@ -342,6 +342,10 @@ class Balancer(ClientSide, NodeSide):
     # ---- control ----------------------------------------------------------
 
     def _drain_control(self, now: float) -> None:
+        # What happened before a question is in the log it may ask for: an admin's /logs
+        # right after /server_up must show "marked as up" (control traffic is rare).
+        if self.sched.events:
+            self._publish()
         for _ in range(DRAIN_BATCH):
             try:
                 frames = self.control_sock.recv_multipart(zmq.NOBLOCK)

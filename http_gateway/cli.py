@@ -1,18 +1,87 @@
-"""`zlb http`: the seed's REST API over a real balancer."""
+"""`zlb http`: the seed's REST API, /metrics and the live dashboard over a real balancer."""
 
 from __future__ import annotations
 
+import signal
+import sys
+from dataclasses import dataclass
+
 import click
 
-from http_gateway.app import CONTROL_TIMEOUT_S, GatewayConfig
-from http_gateway.server import run_gateway
+from http_gateway import control as admin_control
+from http_gateway import metrics
+from http_gateway.api import CONTROL_TIMEOUT_S, BalancerLink, Gateway
+from http_gateway.auth import TOKEN_ENV, AuthConfigError, Policy, load_token
+from http_gateway.hub import EventHub
+from http_gateway.processes import NodeSettings, Processes
+from http_gateway.serve import HEADER_TIMEOUT_S, listen, serve
+from http_gateway.submitter import Submitter
+from http_gateway.web import App
 from wire.options import endpoints, heartbeat_options
+from zlb.supervisor import Supervisor
+
+EXIT_CONFIG = 2
+
+
+@dataclass
+class Listen:
+    """Where to listen and who may change things."""
+
+    host: str
+    port: int
+    token_file: str | None
+    quiet: bool
+    header_timeout_s: float = HEADER_TIMEOUT_S
+
+
+def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> None:
+    """Serve until SIGINT/SIGTERM, then stop every process /configure started."""
+    try:
+        policy = Policy.for_host(where.host, load_token(where.token_file))
+    except AuthConfigError as exc:
+        print(f"zlb http: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG) from None
+    sock = listen(where.host, where.port)
+    sup = Supervisor()
+    sup.env.update({"ZLB_FRONTEND": link.frontend, "ZLB_CONTROL": link.control})
+    sup.env.update({"ZLB_EVENTS": link.events, "ZLB_BACKEND": link.backend})
+    for secret in (
+        admin_control.ADMIN_SECRET_ENV,
+        TOKEN_ENV,
+    ):  # nodes and clients get neither the admin key nor the token
+        sup.env.pop(secret, None)
+    submitter = Submitter(link.frontend)
+    processes = Processes(sup, settings, lambda: link.call("servers"), submitter.submit, link.known)
+    gateway = Gateway(link, submitter, processes)
+    registry, tracker = metrics.make_registry(gateway.status_and_servers, admin_control.BalancerUnreachable)
+    hub = EventHub(link.events, tracker, gateway.snapshot, processes.reap)
+    app = App(gateway, policy, hub, registry, settings.cost_ms).build()
+    # uvicorn re-raises the signal that stopped it once it is done; this handler lets the cleanup below run.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    auth = "token required for POST" if policy.token else "no token: open on loopback"
+    print(f"zlb http serving on http://{where.host}:{where.port} ({auth}; balancer {link.control})", file=sys.stderr)
+    sys.stderr.flush()
+    try:
+        serve(app, sock, where.quiet, where.header_timeout_s)
+    finally:
+        submitter.close()
+        # Well inside the 5 s a supervising `zlb cluster` grants us, so no node outlives the gateway.
+        sup.stop_all(timeout_s=3.0)
 
 
 @click.command(name="http")
 @endpoints("frontend", "backend", "events", "control")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback needs a token)."
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"File whose first line is the bearer token POSTs need (else ${TOKEN_ENV}).",
+)
 @click.option(
     "--cost-ms",
     type=click.FloatRange(0),
@@ -30,6 +99,13 @@ from wire.options import endpoints, heartbeat_options
     show_default=True,
     help="Seconds to wait for the balancer before answering 503.",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.1),
+    default=HEADER_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a client may take to send a request's line and headers before it is disconnected.",
+)
 @heartbeat_options
 @click.option("--quiet", is_flag=True, help="No access log on stderr.")
 def http(
@@ -39,26 +115,19 @@ def http(
     control: str,
     host: str,
     port: int,
+    token_file: str | None,
     cost_ms: float,
     capacity: int,
     control_timeout: float,
+    header_timeout: float,
     heartbeat_ms: int,
     liveness: int,
     quiet: bool,
 ) -> None:
-    """Serve the seed's REST API (/configure, /send_request, /requests, /servers, ...) and /metrics."""
-    config = GatewayConfig(
-        control=control,
-        frontend=frontend,
-        events=events,
-        backend=backend,
-        cost_ms=cost_ms,
-        capacity=capacity,
-        heartbeat_ms=heartbeat_ms,
-        liveness=liveness,
-        control_timeout_s=control_timeout,
+    """Serve the seed's REST API (/configure, /send_request, ...), /metrics and the dashboard at /."""
+    link = BalancerLink(control, frontend, events, backend, control_timeout)
+    run_gateway(
+        link,
+        NodeSettings(cost_ms, capacity, heartbeat_ms, liveness),
+        Listen(host, port, token_file, quiet, header_timeout),
     )
-    try:
-        run_gateway(config, host, port, quiet)
-    except OSError as exc:
-        raise click.ClickException(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None

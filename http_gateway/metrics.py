@@ -1,169 +1,171 @@
-"""Prometheus text exposition of a balancer's state, and the dispatch latency it does not keep.
+"""/metrics through prometheus-client: a collector over the balancer's status, and latency histograms.
 
-Pure: `DispatchLatency` is fed stamped events and `render` is fed the replies
-of the `status` and `servers` control commands; neither touches a socket.
+The balancer keeps counters, not latencies, so the gateway measures them from
+the event stream it already follows: `LatencyTracker` is fed stamped events
+and observes two prometheus-client histograms. `BalancerCollector` asks the
+balancer for `status` and `servers` at scrape time, so a scrape always shows
+the balancer's own numbers; with the balancer away it yields `zlb_up 0`.
 """
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left
-from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
 from wire import events as ev
 
-# Upper bounds in seconds; dispatch waits from sub-millisecond (idle nodes) to seconds (backlog).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# Upper bounds in seconds; waits run from sub-millisecond (idle nodes) to seconds (backlog).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Requests waiting for their first assignment that we remember; older ones are forgotten.
+# Requests in flight that we remember the start of; the oldest are forgotten beyond this.
 MAX_TRACKED = 100_000
+# The dashboard's latency percentiles cover results of the last this many seconds.
+RECENT_WINDOW_S = 10.0
+
+Fetch = Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]]
 
 
-@dataclass(frozen=True)
-class Histogram:
-    """A cumulative-ready histogram snapshot: per-bucket counts (last is +Inf), sum and count."""
+class LatencyTracker:
+    """Dispatch wait (arrival or re-queue to assignment) and end-to-end time (arrival to result)."""
 
-    bounds: tuple[float, ...]
-    counts: tuple[int, ...]
-    total_s: float
-    count: int
-
-
-class DispatchLatency:
-    """Time from a request's arrival (or re-queue) to its assignment, from the event stream.
-
-    Events in one published batch share a stamp, so the resolution is one
-    balancer loop iteration: a request assigned in the iteration it arrived
-    counts as 0 s.
-    """
-
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S, max_tracked: int = MAX_TRACKED) -> None:
-        self.bounds = bounds
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
+        max_tracked: int = MAX_TRACKED,
+    ) -> None:
+        self.dispatch = Histogram(
+            "zlb_dispatch_latency_seconds",
+            "Time from a request's arrival or re-queue to its assignment.",
+            buckets=buckets,
+            registry=registry,
+        )
+        self.total = Histogram(
+            "zlb_request_latency_seconds",
+            "Time from a request's arrival to its result (processed or failed).",
+            buckets=buckets,
+            registry=registry,
+        )
         self.max_tracked = max_tracked
-        self._counts = [0] * (len(bounds) + 1)
-        self._sum = 0.0
-        self._count = 0
         self._waiting: OrderedDict[tuple[int, int], float] = OrderedDict()
+        self._arrived: OrderedDict[tuple[int, int], float] = OrderedDict()
+        self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)
 
     def feed(self, events: Iterable[list[Any]]) -> None:
         """Take stamped events `[ts, kind, *args]`; only request events matter."""
         for event in events:
-            kind = event[1]
-            if kind in (ev.REQUEST_ADDED, ev.REQUEST_REQUEUED):
-                self._waiting[(event[2], event[3])] = event[0]
-                if len(self._waiting) > self.max_tracked:
-                    self._waiting.popitem(last=False)
+            kind, key = event[1], tuple(event[2:4])
+            if kind == ev.REQUEST_ADDED:
+                self._remember(self._waiting, key, event[0])
+                self._remember(self._arrived, key, event[0])
+            elif kind == ev.REQUEST_REQUEUED:
+                self._remember(self._waiting, key, event[0])
             elif kind == ev.REQUEST_ASSIGNED:
-                started = self._waiting.pop((event[2], event[3]), None)
+                started = self._waiting.pop(key, None)
                 if started is not None:
-                    self.observe(max(0.0, event[0] - started))
+                    self.dispatch.observe(max(0.0, event[0] - started))
+            elif kind in (ev.REQUEST_PROCESSED, ev.REQUEST_FAILED):
+                started = self._arrived.pop(key, None)
+                if started is not None:
+                    self.total.observe(max(0.0, event[0] - started))
+                    self.recent.append((event[0], event[0] - started))
 
-    def observe(self, seconds: float) -> None:
-        """Count one dispatch that took `seconds`."""
-        self._counts[bisect_left(self.bounds, seconds)] += 1
-        self._sum += seconds
-        self._count += 1
+    def _remember(self, table: OrderedDict[tuple[int, int], float], key: Any, ts: float) -> None:
+        table[key] = ts
+        if len(table) > self.max_tracked:
+            table.popitem(last=False)
 
-    def snapshot(self) -> Histogram:
-        """An immutable copy, safe to hand to another thread."""
-        return Histogram(self.bounds, tuple(self._counts), self._sum, self._count)
-
-
-def _labels(**labels: Any) -> str:
-    if not labels:
-        return ""
-    parts = []
-    for key, value in labels.items():
-        text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        parts.append(f'{key}="{text}"')
-    return "{" + ",".join(parts) + "}"
-
-
-def _number(value: float) -> str:
-    if isinstance(value, float) and math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if isinstance(value, float) else str(value)
+    def percentiles(self, now: float) -> dict[str, float | None]:
+        """p50/p90/p99 of end-to-end times of results in the last RECENT_WINDOW_S (None when there are none)."""
+        while self.recent and self.recent[0][0] < now - RECENT_WINDOW_S:
+            self.recent.popleft()
+        values = sorted(v for _, v in self.recent)
+        if not values:
+            return {"p50": None, "p90": None, "p99": None, "count": 0}
+        pick = {q: values[min(len(values) - 1, int(q / 100 * len(values)))] for q in (50, 90, 99)}
+        return {"p50": pick[50], "p90": pick[90], "p99": pick[99], "count": len(values)}
 
 
-class Exposition:
-    """Lines of the Prometheus text format, one family at a time."""
+class BalancerCollector(Collector):
+    """Metric families from the balancer's `status` and `servers` replies, fetched at scrape time."""
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
+    def __init__(self, fetch: Fetch, unreachable: type[Exception]) -> None:
+        self._fetch = fetch
+        self._unreachable = unreachable
 
-    def family(self, name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, Any], float]]) -> None:
-        """A metric family: HELP, TYPE and its samples (counters get the _total suffix)."""
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        suffix = "_total" if kind == "counter" else ""
-        for labels, value in samples:
-            self.lines.append(f"{name}{suffix}{_labels(**labels)} {_number(value)}")
-
-    def histogram(self, name: str, help_text: str, hist: Histogram) -> None:
-        """A histogram family with cumulative buckets, sum and count."""
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} histogram")
-        running = 0
-        for bound, count in zip((*hist.bounds, math.inf), hist.counts):
-            running += count
-            self.lines.append(f"{name}_bucket{_labels(le=_number(float(bound)))} {running}")
-        self.lines.append(f"{name}_sum {_number(float(hist.total_s))}")
-        self.lines.append(f"{name}_count {hist.count}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        try:
+            status, servers = self._fetch()
+        except self._unreachable:
+            yield _gauge("zlb_up", "1 when the balancer answered this scrape.", [({}, 0)])
+            return
+        yield from families(status, servers)
 
 
-def render(status: dict[str, Any], servers: list[dict[str, Any]], latency: Histogram | None) -> str:
-    """The /metrics page from `status` and `servers` replies and the dispatch latency."""
-    out = Exposition()
-    out.family("zlb_up", "gauge", "1 when the balancer answered this scrape.", [({}, 1)])
-    out.family("zlb_uptime_seconds", "gauge", "Seconds since the balancer started.", [({}, status["uptime_s"])])
-    counters = status.get("requests", {})
-    out.family(
+def _gauge(name: str, help_text: str, samples: Iterable[tuple[dict[str, Any], float]]) -> GaugeMetricFamily:
+    return _family(GaugeMetricFamily, name, help_text, samples)
+
+
+def _counter(name: str, help_text: str, samples: Iterable[tuple[dict[str, Any], float]]) -> CounterMetricFamily:
+    return _family(CounterMetricFamily, name, help_text, samples)
+
+
+def _family(kind: Any, name: str, help_text: str, samples: Iterable[tuple[dict[str, Any], float]]) -> Any:
+    rows = list(samples)
+    names = sorted(rows[0][0]) if rows else []
+    family = kind(name, help_text, labels=names)
+    for labels, value in rows:
+        family.add_metric([str(labels[n]) for n in names], value)
+    return family
+
+
+def families(status: dict[str, Any], servers: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Every family derived from one `status` and one `servers` reply."""
+    yield _gauge("zlb_up", "1 when the balancer answered this scrape.", [({}, 1)])
+    yield _gauge("zlb_uptime_seconds", "Seconds since the balancer started.", [({}, status["uptime_s"])])
+    counters = sorted(status.get("requests", {}).items())
+    yield _counter(
         "zlb_requests",
-        "counter",
         "Requests by outcome since the balancer started (submitted, processed, failed, requeued, ...).",
-        [({"status": name}, value) for name, value in sorted(counters.items())],
+        [({"status": name}, value) for name, value in counters],
     )
     current = [({"status": "pending"}, status["queue_depth"]), ({"status": "assigned"}, status["in_flight"])]
-    out.family("zlb_requests_current", "gauge", "Requests waiting (pending) or running (assigned) now.", current)
-    out.family("zlb_queue_depth", "gauge", "Requests waiting for a server.", [({}, status["queue_depth"])])
+    yield _gauge("zlb_requests_current", "Requests waiting (pending) or running (assigned) now.", current)
+    yield _gauge("zlb_queue_depth", "Requests waiting for a server.", [({}, status["queue_depth"])])
     by_priority = [({"priority": p}, n) for p, n in status.get("queue_by_priority", {}).items()]
-    out.family("zlb_queue_depth_by_priority", "gauge", "Waiting requests per priority.", by_priority)
-    out.family("zlb_in_flight", "gauge", "Requests running on server nodes.", [({}, status["in_flight"])])
-    _servers(out, servers)
-    bad = [
-        ({"socket": k.split(".", 1)[0], "kind": k.split(".", 1)[-1]}, v) for k, v in sorted(status["bad_input"].items())
-    ]
-    out.family("zlb_bad_input", "counter", "Bad messages dropped, by socket and kind.", bad)
-    if latency is not None:
-        out.histogram(
-            "zlb_dispatch_latency_seconds", "Time from a request's arrival or re-queue to its assignment.", latency
-        )
-    return out.text()
+    yield _gauge("zlb_queue_depth_by_priority", "Waiting requests per priority.", by_priority)
+    yield _gauge("zlb_in_flight", "Requests running on server nodes.", [({}, status["in_flight"])])
+    yield from _server_families(servers)
+    bad = [({"socket": k.split(".", 1)[0], "kind": k.split(".", 1)[-1]}, v) for k, v in status["bad_input"].items()]
+    yield _counter("zlb_bad_input", "Bad messages dropped, by socket and kind.", sorted(bad, key=str))
 
 
-def render_unreachable(latency: Histogram | None) -> str:
-    """The /metrics page when the balancer does not answer: `zlb_up 0` and what the gateway itself measured."""
-    out = Exposition()
-    out.family("zlb_up", "gauge", "1 when the balancer answered this scrape.", [({}, 0)])
-    if latency is not None:
-        out.histogram(
-            "zlb_dispatch_latency_seconds", "Time from a request's arrival or re-queue to its assignment.", latency
-        )
-    return out.text()
-
-
-def _servers(out: Exposition, servers: list[dict[str, Any]]) -> None:
+def _server_families(servers: list[dict[str, Any]]) -> Iterator[Metric]:
     def per_node(key: str) -> list[tuple[dict[str, Any], float]]:
         return [({"server_id": s["server_id"]}, s[key]) for s in servers]
 
-    out.family("zlb_node_in_flight", "gauge", "Requests running on each server node.", per_node("in_flight"))
-    out.family("zlb_node_capacity", "gauge", "Requests each server node runs at once.", per_node("capacity"))
-    out.family("zlb_node_handled", "counter", "Requests each server node has finished.", per_node("handled_requests"))
+    yield _gauge("zlb_node_in_flight", "Requests running on each server node.", per_node("in_flight"))
+    yield _gauge("zlb_node_capacity", "Requests each server node runs at once.", per_node("capacity"))
+    yield _counter("zlb_node_handled", "Requests each server node has finished.", per_node("handled_requests"))
     states = [({"server_id": s["server_id"], "state": s["state"]}, 1) for s in servers]
-    out.family("zlb_node_state", "gauge", "1 for each server node's current state.", states)
-    out.family("zlb_nodes_active", "gauge", "Server nodes taking work.", [({}, sum(1 for s in servers if s["active"]))])
+    yield _gauge("zlb_node_state", "1 for each server node's current state.", states)
+    active = sum(1 for s in servers if s["active"])
+    yield _gauge("zlb_nodes_active", "Server nodes taking work.", [({}, active)])
+
+
+def make_registry(fetch: Fetch, unreachable: type[Exception]) -> tuple[CollectorRegistry, LatencyTracker]:
+    """A private registry (no process metrics of this gateway) with the collector and the histograms."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BalancerCollector(fetch, unreachable))
+    return registry, LatencyTracker(registry)
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The exposition in Prometheus text format 0.0.4."""
+    return generate_latest(registry)

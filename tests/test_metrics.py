@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.control import BalancerState, rates, record_sample
@@ -37,10 +38,26 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def test_dispatch_latency_measures_added_and_requeued_to_assigned():
-    """Arrival-to-assignment and re-queue-to-assignment times land in the right buckets; unknown ones are ignored."""
-    latency = metrics.DispatchLatency(bounds=(0.1, 1.0))
-    latency.feed(
+def registry_with(status: dict[str, Any] | None, servers: list[dict[str, Any]], buckets=(0.1, 1.0)):
+    """A gateway registry whose collector answers `status`/`servers`, or is unreachable when status is None."""
+
+    class Away(Exception):
+        pass
+
+    def fetch() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        if status is None:
+            raise Away()
+        return status, servers
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.BalancerCollector(fetch, Away))
+    return registry, metrics.LatencyTracker(registry, buckets=buckets)
+
+
+def test_latency_tracker_measures_dispatch_wait_and_end_to_end_time():
+    """Arrival (or re-queue) to assignment, and arrival to result, land in the right buckets; strays are ignored."""
+    registry, tracker = registry_with(STATUS, SERVERS)
+    tracker.feed(
         [
             [100.0, ev.REQUEST_ADDED, 1, 7, 5],
             [100.05, ev.REQUEST_ASSIGNED, 1, 7, 0, 1],
@@ -49,28 +66,39 @@ def test_dispatch_latency_measures_added_and_requeued_to_assigned():
             [102.0, ev.REQUEST_ADDED, 2, 7, 5],
             [105.0, ev.REQUEST_ASSIGNED, 2, 7, 1, 1],
             [106.0, ev.REQUEST_ASSIGNED, 9, 9, 1, 1],
+            [106.5, ev.REQUEST_PROCESSED, 1, 7, 2],
+            [106.6, ev.REQUEST_FAILED, 2, 7, 1, "boom"],
+            [107.0, ev.REQUEST_PROCESSED, 9, 9, 1],
         ]
     )
-    hist = latency.snapshot()
-    assert hist.counts == (1, 1, 1)
-    assert hist.count == 3
-    assert abs(hist.total_s - 3.55) < 1e-9
+    got = samples(metrics.render(registry).decode())
+    wait = "zlb_dispatch_latency_seconds"
+    assert [got[(f"{wait}_bucket", (("le", le),))] for le in ("0.1", "1.0", "+Inf")] == [1, 2, 3]
+    assert got[(f"{wait}_count", ())] == 3
+    assert abs(got[(f"{wait}_sum", ())] - 3.55) < 1e-9
+    total = "zlb_request_latency_seconds"
+    assert [got[(f"{total}_bucket", (("le", le),))] for le in ("0.1", "1.0", "+Inf")] == [0, 0, 2]
+    assert abs(got[(f"{total}_sum", ())] - 11.1) < 1e-9
+    assert tracker.percentiles(107.0) == {"p50": 6.5, "p90": 6.5, "p99": 6.5, "count": 2}
+    assert tracker.percentiles(200.0)["count"] == 0
 
 
-def test_dispatch_latency_forgets_the_oldest_beyond_its_bound():
+def test_latency_tracker_forgets_the_oldest_beyond_its_bound():
     """Only `max_tracked` waiting requests are remembered, so memory stays bounded."""
-    latency = metrics.DispatchLatency(max_tracked=2)
-    latency.feed([[0.0, ev.REQUEST_ADDED, 0, i, 5] for i in range(3)])
-    latency.feed([[1.0, ev.REQUEST_ASSIGNED, 0, i, 0, 1] for i in range(3)])
-    assert latency.snapshot().count == 2
+    registry = CollectorRegistry()
+    tracker = metrics.LatencyTracker(registry, max_tracked=2)
+    tracker.feed([[0.0, ev.REQUEST_ADDED, 0, i, 5] for i in range(3)])
+    tracker.feed([[1.0, ev.REQUEST_ASSIGNED, 0, i, 0, 1] for i in range(3)])
+    assert samples(metrics.render(registry).decode())[("zlb_dispatch_latency_seconds_count", ())] == 2
 
 
 def test_render_parses_as_prometheus_text_with_every_family():
     """The page parses and carries request counters, queue depth, per-node load, bad input and latency."""
-    latency = metrics.DispatchLatency(bounds=(0.5,))
-    latency.observe(0.2)
-    latency.observe(2.0)
-    got = samples(metrics.render(STATUS, SERVERS, latency.snapshot()))
+    registry, tracker = registry_with(STATUS, SERVERS, buckets=(0.5,))
+    tracker.dispatch.observe(0.2)
+    tracker.dispatch.observe(2.0)
+    got = samples(metrics.render(registry).decode())
+    assert got[("zlb_up", ())] == 1
     assert got[("zlb_requests_total", (("status", "processed"),))] == 5
     assert got[("zlb_requests_total", (("status", "requeued"),))] == 2
     assert got[("zlb_requests_current", (("status", "pending"),))] == 3
@@ -87,11 +115,13 @@ def test_render_parses_as_prometheus_text_with_every_family():
     assert got[("zlb_uptime_seconds", ())] == 12.5
 
 
-def test_label_values_are_escaped():
-    """Quotes, backslashes and newlines in label values survive the parser."""
-    out = metrics.Exposition()
-    out.family("x", "gauge", "help", [({"v": 'a"b\\c\nd'}, 1)])
-    assert samples(out.text()) == {("x", (("v", 'a"b\\c\nd'),)): 1}
+def test_unreachable_balancer_is_zlb_up_0_and_the_histograms_remain():
+    """With the balancer away a scrape still succeeds: zlb_up 0 and the gateway's own histograms."""
+    registry, _ = registry_with(None, [])
+    got = samples(metrics.render(registry).decode())
+    assert got[("zlb_up", ())] == 0
+    assert ("zlb_queue_depth", ()) not in got
+    assert got[("zlb_dispatch_latency_seconds_count", ())] == 0
 
 
 def live_samples(url_get: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -111,9 +141,10 @@ def test_live_metrics_follow_real_traffic(balancer: LiveBalancer, procs: Process
 
     def counted() -> dict:
         got = live_samples(gateway.call)
-        return got if got[("zlb_dispatch_latency_seconds_count", ())] == 4 else {}
+        done = got[("zlb_dispatch_latency_seconds_count", ())] == 4 == got[("zlb_request_latency_seconds_count", ())]
+        return got if done else {}
 
-    got = wait_until(counted, 10, "four dispatches in the histogram")
+    got = wait_until(counted, 10, "four dispatches and four results in the histograms")
     assert got[("zlb_requests_total", (("status", "processed"),))] == 4
     assert got[("zlb_node_handled_total", (("server_id", "0"),))] == 4
     assert got[("zlb_node_in_flight", (("server_id", "0"),))] == 0
@@ -131,3 +162,11 @@ def test_status_rates_cover_the_recent_window_and_fall_back_to_uptime():
         record_sample(state, float(second))
     assert rates(state, 40.0) == {"window_s": 10.0, "submitted_per_s": 10.0, "processed_per_s": 5.0}
     assert len(state.samples) <= 12
+
+
+def test_label_values_are_escaped():
+    """Quotes, backslashes and newlines in a label value (a server's state) survive the parser."""
+    odd = [{**SERVERS[0], "state": 'a"b\\c\nd'}]
+    registry, _ = registry_with(STATUS, odd)
+    got = samples(metrics.render(registry).decode())
+    assert got[("zlb_node_state", (("server_id", "0"), ("state", 'a"b\\c\nd')))] == 1

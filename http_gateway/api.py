@@ -1,0 +1,165 @@
+"""The seed's endpoints as plain synchronous functions over a real balancer.
+
+`web.py` turns HTTP into calls here (on a worker thread, since control calls
+block) and turns `HttpError` into JSON. Inputs arrive as the raw body, query
+and path strings; `validation` types them before anything else happens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from client_node.client import DEFAULT_PRIORITY, json_payload
+from http_gateway import control
+from http_gateway.processes import MAX_CLIENTS, MAX_REQUESTS_PER_CLIENT, MAX_SERVERS, Processes
+from http_gateway.submitter import Submission, Submitter
+from http_gateway.validation import (
+    MAX_WIRE_INT,
+    HttpError,
+    int_field,
+    json_object,
+    number_field,
+    path_int,
+    query_choice,
+    query_int,
+)
+from wire.protocol import STATUSES
+
+# /logs returns at most this many newest lines (a control reply's limit); /logs/download pages through all.
+LOG_PAGE = 1000
+# /requests without ?limit= lists this many (oldest first); ?limit=0 lists every remembered request.
+DEFAULT_REQUEST_LIMIT = 1000
+# How long /send_request waits for the balancer to have queued the request before answering 503.
+ACK_TIMEOUT_S = 2.0
+CONTROL_TIMEOUT_S = 3.0
+# Simulated work one request may ask for: an hour.
+MAX_COST_MS = 3_600_000.0
+LOG_FILE_NAME = "load_balancer_logs.txt"
+ADMIN_VERBS = {"down": "down", "up": "up", "drain": "draining"}
+
+
+@dataclass
+class BalancerLink:
+    """Where the balancer is and how long to wait for it."""
+
+    control: str
+    frontend: str
+    events: str
+    backend: str
+    timeout_s: float = CONTROL_TIMEOUT_S
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        """A control command; the balancer's error becomes a 400 unless the caller maps it."""
+        try:
+            return control.call(self.control, cmd, self.timeout_s, **args)
+        except control.ControlError as exc:
+            raise HttpError(400, str(exc)) from None
+
+    def find(self, client_id: int, request_id: int) -> dict[str, Any] | None:
+        """The balancer's row for this request, or None when it does not know it."""
+        try:
+            return control.call(self.control, "request", self.timeout_s, client_id=client_id, request_id=request_id)
+        except control.ControlError:
+            return None
+
+    def known(self, client_id: int, request_id: int) -> bool:
+        """True when the balancer remembers this request."""
+        return self.find(client_id, request_id) is not None
+
+
+class Gateway:
+    """Serves the seed's endpoints from a real balancer."""
+
+    def __init__(self, link: BalancerLink, submitter: Submitter, processes: Processes) -> None:
+        self.link = link
+        self.submitter = submitter
+        self.processes = processes
+
+    def configure(self, body: bytes) -> dict[str, int]:
+        """Reach `num_servers` nodes (joined when this returns) and start `num_clients` clients."""
+        spec = json_object(body)
+        servers = int_field(spec, "num_servers", maximum=MAX_SERVERS)
+        clients = int_field(spec, "num_clients", maximum=MAX_CLIENTS)
+        per_client = int_field(spec, "requests_per_client", maximum=MAX_REQUESTS_PER_CLIENT)
+
+        def announce() -> None:
+            self.link.call("configure", servers=servers, clients=clients)
+
+        self.processes.configure(servers, clients, per_client, announce)
+        return {"servers": servers, "clients": clients, "requests_per_client": per_client}
+
+    def send_request(self, body: bytes, default_cost_ms: float) -> dict[str, str]:
+        """Queue one request; answers once the balancer has it, so /requests shows it next."""
+        spec = json_object(body)
+        client_id = int_field(spec, "client_id")
+        request_id = int_field(spec, "request_id")
+        priority = int_field(spec, "priority", minimum=-MAX_WIRE_INT, default=DEFAULT_PRIORITY)
+        cost = number_field(spec, "cost_ms", default_cost_ms, MAX_COST_MS)
+        known = self._find(client_id, request_id)
+        if known is not None:
+            raise HttpError(409, f"Request {request_id} from Client {client_id} already exists ({known['status']})")
+        self.submitter.submit(Submission(client_id, request_id, priority, json_payload(cost, spec.get("payload"))))
+        deadline = time.monotonic() + ACK_TIMEOUT_S
+        while self._find(client_id, request_id) is None:
+            if time.monotonic() > deadline:
+                raise HttpError(503, f"Request {request_id} was not queued within {ACK_TIMEOUT_S:g} s (see /logs)")
+            time.sleep(0.01)  # wait-ok: a deadline-bounded poll of the balancer
+        return {"message": f"Request {request_id} added successfully!"}
+
+    def _find(self, client_id: int, request_id: int) -> dict[str, Any] | None:
+        return self.link.find(client_id, request_id)
+
+    def requests(self, query: Any) -> list[Any]:
+        """Requests known to the balancer, oldest first (?status=, ?client=, ?offset=, ?limit= with 0 for all)."""
+        status = query_choice(query, "status", STATUSES)
+        client = query_int(query, "client")
+        offset = query_int(query, "offset", default=0) or 0
+        limit = query_int(query, "limit", default=DEFAULT_REQUEST_LIMIT)
+        rows: list[Any] = []
+        while True:  # a control reply holds at most one page
+            want = LOG_PAGE if not limit else min(LOG_PAGE, limit - len(rows))
+            page = self.link.call("requests", offset=offset + len(rows), limit=want, status=status, client=client)
+            rows.extend(page)
+            if len(page) < want or (limit and len(rows) >= limit):
+                return rows
+
+    def servers(self) -> list[Any]:
+        """The seed's server rows plus state, load, heartbeat age, pid and host."""
+        return self.link.call("servers")
+
+    def admin(self, verb: str, raw_id: str) -> dict[str, str]:
+        """down / up / drain one server; 404 for an unknown id, 409 for a refused transition."""
+        server_id = path_int(raw_id)
+        try:
+            control.call(self.link.control, verb, self.link.timeout_s, server_id=server_id)
+        except control.ControlError as exc:
+            raise HttpError(404 if "not found" in str(exc) else 409, str(exc)) from None
+        return {"message": f"Server {server_id} marked as {ADMIN_VERBS[verb]}"}
+
+    def logs(self, query: Any) -> dict[str, list[str]]:
+        """The newest log lines in the seed's wording (?limit=, at most 1000)."""
+        limit = query_int(query, "limit", maximum=LOG_PAGE, default=LOG_PAGE)
+        return {"logs": self.link.call("logs", limit=limit)}
+
+    def logs_text(self) -> str:
+        """Every kept log line in the seed's wording, for /logs/download."""
+        lines: list[str] = []
+        while True:
+            page = self.link.call("logs", offset=len(lines), limit=LOG_PAGE)
+            lines.extend(page)
+            if len(page) < LOG_PAGE:
+                return "\n".join(lines) + ("\n" if lines else "")
+
+    def snapshot(self) -> dict[str, Any]:
+        """Status, servers and recent log for the dashboard, or `{"up": False}` with the balancer away."""
+        try:
+            got = control.call(self.link.control, "snapshot", self.link.timeout_s, logs=50)
+        except (control.BalancerUnreachable, control.ControlError) as exc:
+            return {"up": False, "error": str(exc)}
+        return {"up": True, **got}
+
+    def status_and_servers(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """What /metrics needs; raises BalancerUnreachable with the balancer away."""
+        return self.link.call("status"), self.link.call("servers")

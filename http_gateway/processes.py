@@ -1,0 +1,149 @@
+"""What /configure starts: server nodes and clients, bounded, numbered apart, waited for and reaped.
+
+- Clients are sessions of the gateway itself, not processes: a client id belongs to one
+  live process (docs/PROTOCOL.md, Sessions), and /send_request speaks for client ids
+  too, so /configure's client j and a /send_request for client j share the gateway's
+  one session for j. Their requests go out through the gateway's Submitter.
+- Bounded: at most MAX_SERVERS node processes; a /configure asking for more is a 4xx.
+- Numbered apart: client j numbers its requests from (j + 1) * REQUEST_ID_BLOCK + 1
+  (client 0: 100001, 100002, ...; client 1: 200001, ...), so "Request 200001
+  assigned to Server 0" says whose request it is, and the ids people type into
+  /send_request (the seed uses 101) never collide with them. A restarted gateway
+  continues each block where the balancer's memory of it ends.
+- Waited for: /configure answers once every node it asked for is active on the
+  balancer, or 504 after JOIN_TIMEOUT_S.
+- Reaped: `reap()` (called on every /configure and on each snapshot refresh of the event
+  hub, at least every two seconds) collects exited node processes, so none stays a zombie.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from client_node.client import DEFAULT_PRIORITY, json_payload
+from http_gateway.submitter import Submission
+from http_gateway.validation import HttpError
+from zlb.supervisor import Supervisor
+
+MAX_SERVERS = 64
+MAX_CLIENTS = 64
+REQUEST_ID_BLOCK = 100_000
+MAX_REQUESTS_PER_CLIENT = REQUEST_ID_BLOCK - 1
+# How long /configure waits for the nodes it started to join before answering 504.
+JOIN_TIMEOUT_S = 20.0
+# How long a second /configure waits for the first to finish before answering 409.
+CONFIGURE_LOCK_WAIT_S = 30.0
+
+
+@dataclass
+class NodeSettings:
+    """How /configure's processes run."""
+
+    cost_ms: float = 500.0
+    capacity: int = 1
+    heartbeat_ms: int = 500
+    liveness: int = 3
+
+
+class Processes:
+    """The nodes and clients /configure started, through a `Supervisor`."""
+
+    def __init__(
+        self,
+        sup: Supervisor,
+        settings: NodeSettings,
+        servers: Callable[[], list[dict[str, Any]]],
+        send: Callable[[Submission], None],
+        known: Callable[[int, int], bool] = lambda client_id, request_id: False,
+    ) -> None:
+        self.sup = sup
+        self._send = send
+        self.settings = settings
+        self._servers = servers
+        self._known = known
+        self._lock = threading.Lock()
+        self._used: dict[int, int] = {}  # client id -> request ids used from its block
+
+    def reap(self) -> int:
+        """Collect exited node processes (no zombies); return how many were collected."""
+        finished = [name for name, proc in self.sup.procs.items() if proc.poll() is not None]
+        for name in finished:
+            self.sup.procs.pop(name, None)
+        return len(finished)
+
+    def configure(self, servers: int, clients: int, per_client: int, announce: Callable[[], None]) -> None:
+        """Reach `servers` nodes, wait for them to join, then send `per_client` requests for each of `clients`."""
+        if not self._lock.acquire(timeout=CONFIGURE_LOCK_WAIT_S):
+            raise HttpError(409, "another /configure is still running; try again")
+        try:
+            self.reap()
+            self._check_limits(servers, clients, per_client)
+            announce()
+            self._scale_servers(servers)
+            self._await_joined(servers)
+            for client_id in range(clients):
+                self._start_client(client_id, per_client)
+        finally:
+            self._lock.release()
+
+    def _check_limits(self, servers: int, clients: int, per_client: int) -> None:
+        for client_id in range(clients):
+            if client_id not in self._used:
+                self._used[client_id] = self._used_before(client_id)
+            if self._used[client_id] + per_client > MAX_REQUESTS_PER_CLIENT:
+                raise HttpError(409, f"client {client_id} has used its {MAX_REQUESTS_PER_CLIENT} request ids")
+
+    def _scale_servers(self, count: int) -> None:
+        s = self.settings
+        for name in self.sup.running("server-"):
+            if int(name.split("-", 1)[1]) >= count:
+                self.sup.stop(name)
+        running = set(self.sup.running("server-"))
+        for node_id in range(count):
+            if f"server-{node_id}" not in running:
+                self.sup.start_server(node_id, s.capacity, s.heartbeat_ms, s.liveness)
+
+    def _await_joined(self, count: int) -> None:
+        """Block until nodes 0..count-1 are active on the balancer, or raise 504."""
+        want = set(range(count))
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while True:
+            active = {s["server_id"] for s in self._servers() if s["active"]}
+            if want <= active:
+                return
+            if time.monotonic() > deadline:
+                missing = ", ".join(str(i) for i in sorted(want - active))
+                raise HttpError(504, f"servers {missing} did not join within {JOIN_TIMEOUT_S:g} s")
+            time.sleep(0.05)  # wait-ok: a deadline-bounded poll of the balancer for joins
+
+    def _used_before(self, client_id: int) -> int:
+        """Ids of this client's block a previous gateway already sent to this balancer.
+
+        A gateway restarted in front of a long-lived balancer must not send 100001 again: the
+        balancer would answer it from memory. Ids are used in order from the block's start, so
+        the known ones form a prefix and a binary search over `request` lookups finds its end.
+        """
+        start = (client_id + 1) * REQUEST_ID_BLOCK + 1
+        if not self._known(client_id, start):
+            return 0
+        low, high = 1, MAX_REQUESTS_PER_CLIENT  # ids start .. start+low-1 are known
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self._known(client_id, start + mid - 1):
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def _start_client(self, client_id: int, count: int) -> None:
+        if client_id not in self._used:
+            self._used[client_id] = self._used_before(client_id)
+        first = (client_id + 1) * REQUEST_ID_BLOCK + 1 + self._used[client_id]
+        self._used[client_id] += count
+        for n in range(count):
+            payload = json_payload(self.settings.cost_ms, {"n": n})
+            self._send(Submission(client_id, first + n, DEFAULT_PRIORITY, payload))

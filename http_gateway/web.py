@@ -1,0 +1,170 @@
+"""The Starlette application: routes, auth, body limits, JSON errors, the dashboard and its event stream.
+
+Handlers that talk to the balancer block on a zmq socket, so they run on
+Starlette's worker threads (`run_in_threadpool`); each control call opens
+its own socket, submissions go through the `Submitter`'s one thread, and the
+event subscription lives on the event loop (`EventHub`). No zmq socket is
+shared between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
+
+from http_gateway import control, metrics
+from http_gateway.api import LOG_FILE_NAME, Gateway
+from http_gateway.auth import Policy
+from http_gateway.hub import EventHub
+from http_gateway.openapi import spec
+from http_gateway.validation import MAX_BODY_BYTES, HttpError
+
+# A body that has not fully arrived within this long is answered 408.
+BODY_TIMEOUT_S = 10.0
+STATIC = Path(__file__).parent / "static"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape: `{"error": message}`."""
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, at most MAX_BODY_BYTES, within BODY_TIMEOUT_S; else 413 or 408."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HttpError(413, f"request body must be at most {MAX_BODY_BYTES} bytes")
+
+    async def collect() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise HttpError(413, f"request body must be at most {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(collect(), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise HttpError(408, f"request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+
+
+class App:
+    """Builds the Starlette app around a `Gateway`, an auth `Policy` and an `EventHub`."""
+
+    def __init__(self, gateway: Gateway, policy: Policy, hub: EventHub, registry: Any, cost_ms: float) -> None:
+        self.gateway = gateway
+        self.policy = policy
+        self.hub = hub
+        self.registry = registry
+        self.cost_ms = cost_ms
+
+    def guarded(self, run: Callable[[Request, bytes], Any], changes: bool) -> Handler:
+        """An endpoint: auth, body, the blocking call on a worker thread, errors as JSON."""
+
+        async def endpoint(request: Request) -> Response:
+            if (changes or self.policy.protect_reads) and not self.policy.allows(request.headers.get("authorization")):
+                return error(
+                    401, "missing or wrong token: send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
+                )
+            try:
+                body = await read_body(request) if changes else b""
+                result = await run_in_threadpool(run, request, body)
+            except HttpError as exc:
+                return error(exc.status, exc.message, exc.headers)
+            except control.BalancerUnreachable as exc:
+                return error(503, str(exc))
+            return result if isinstance(result, Response) else JSONResponse(result)
+
+        return endpoint
+
+    def download(self, request: Request, body: bytes) -> Response:
+        disposition = {"Content-Disposition": f'attachment; filename="{LOG_FILE_NAME}"'}
+        return Response(self.gateway.logs_text(), media_type="text/plain; charset=utf-8", headers=disposition)
+
+    def scrape(self, request: Request, body: bytes) -> Response:
+        return Response(metrics.render(self.registry), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def events(self, request: Request) -> Response:
+        """The dashboard's pushed updates: one shared subscription, this page's queue."""
+        if self.policy.protect_reads and not self.policy.allows(
+            request.headers.get("authorization"), request.query_params.get("token")
+        ):
+            return error(401, "missing or wrong token")
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(self.hub.stream(), media_type="text/event-stream", headers=headers)
+
+    def routes(self) -> list[Route]:
+        g = self.gateway
+        read, change = (lambda f: self.guarded(f, False)), (lambda f: self.guarded(f, True))
+        return [
+            Route("/", lambda r: FileResponse(STATIC / "index.html")),
+            Route("/openapi.json", lambda r: JSONResponse(spec())),
+            Route("/healthz", lambda r: JSONResponse({"service": "zlb-http", "pid": os.getpid()})),
+            Route("/events", self.events),
+            Route("/configure", change(lambda r, b: g.configure(b)), methods=["POST"]),
+            Route("/send_request", change(lambda r, b: g.send_request(b, self.cost_ms)), methods=["POST"]),
+            Route("/requests", read(lambda r, b: g.requests(r.query_params))),
+            Route("/servers", read(lambda r, b: g.servers())),
+            Route(
+                "/server_down/{server_id}",
+                change(lambda r, b: g.admin("down", r.path_params["server_id"])),
+                methods=["POST"],
+            ),
+            Route(
+                "/server_up/{server_id}",
+                change(lambda r, b: g.admin("up", r.path_params["server_id"])),
+                methods=["POST"],
+            ),
+            Route(
+                "/server_drain/{server_id}",
+                change(lambda r, b: g.admin("drain", r.path_params["server_id"])),
+                methods=["POST"],
+            ),
+            Route("/logs", read(lambda r, b: g.logs(r.query_params))),
+            Route("/logs/download", read(self.download)),
+            Route("/metrics", read(self.scrape)),
+        ]
+
+    def build(self) -> Starlette:
+        """The ASGI application, with the hub running for its lifetime."""
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> Any:
+            self.hub.start()
+            yield
+            await self.hub.stop()
+
+        async def http_error(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, HTTPException)  # registered for HTTPException only
+            if exc.status_code == 405:
+                allow = ", ".join(sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",")))
+                message = f"{request.method} is not allowed on {request.url.path}; use {allow}"
+                return error(405, message, {"Allow": allow})
+            if exc.status_code == 404:
+                return error(404, f"no endpoint {request.url.path}")
+            return error(exc.status_code, str(exc.detail))
+
+        async def crash(request: Request, exc: Exception) -> Response:
+            # A bug, not bad input: the client gets JSON, the operator the traceback on stderr.
+            return error(500, f"internal error ({exc.__class__.__name__}); see the gateway's log")
+
+        handlers = {HTTPException: http_error, Exception: crash}
+        app = Starlette(routes=self.routes(), exception_handlers=handlers, lifespan=lifespan)
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+        return app

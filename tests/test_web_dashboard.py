@@ -1,0 +1,106 @@
+"""The dashboard in a real headless Chromium: servers shown, and a change pushed without a reload."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from tests.harness import LiveBalancer, ProcessGroup, wait_until
+from tests.test_http_gateway import LiveGateway, start_gateway
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# The network is closed here: without these Chromium waits on connections it will never get.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=390,844",  # a phone's width: the page must work there
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    """Headless Chromium through chromium-driver, with a fresh profile; quit (and its processes gone) after."""
+    if shutil.which(CHROMIUM) is None or shutil.which(CHROMEDRIVER) is None:
+        pytest.fail("chromium and chromium-driver are needed: apt-get install -y chromium chromium-driver")
+    profile = tempfile.mkdtemp(prefix="zlb-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def row_states(driver: webdriver.Chrome) -> dict[str, str]:
+    """Server id -> state as the page shows it."""
+    rows = "#servers tbody tr"
+    script = f"return [...document.querySelectorAll('{rows}')].map(r => [r.dataset.serverId, r.dataset.state]);"
+    return dict(driver.execute_script(script))
+
+
+@pytest.mark.timeout(90)
+def test_dashboard_shows_servers_and_a_pushed_server_down(
+    balancer: LiveBalancer, procs: ProcessGroup, browser: webdriver.Chrome
+):
+    """Three servers appear; after POST /server_down/1 the page shows server 1 down, pushed, without a reload."""
+    gateway: LiveGateway = start_gateway(procs)
+    configured = gateway.call("POST", "/configure", {"num_servers": 3, "num_clients": 0, "requests_per_client": 0})
+    assert configured.status == 200
+    browser.get(gateway.url + "/")
+    shown = wait_until(lambda: row_states(browser) if len(row_states(browser)) == 3 else None, 20, "three rows")
+    assert shown == {"0": "active", "1": "active", "2": "active"}
+    wait_until(lambda: browser.find_element(By.ID, "conn").text == "live", 10, "the event stream to be live")
+    browser.execute_script("window.zlbNoReload = 'still the same page';")
+
+    assert gateway.call("POST", "/server_down/1").status == 200
+    wait_until(lambda: row_states(browser).get("1") == "down", 10, "server 1 shown down")
+    assert row_states(browser) == {"0": "active", "1": "down", "2": "active"}
+    assert browser.execute_script("return window.zlbNoReload;") == "still the same page"
+    log = browser.find_element(By.ID, "log").text
+    assert "Server 1 marked as down" in log
+    # At a phone's width nothing spills sideways out of the page.
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1;")
+
+
+@pytest.mark.timeout(90)
+def test_dashboard_buttons_use_the_pasted_token(balancer: LiveBalancer, procs: ProcessGroup, browser: webdriver.Chrome):
+    """With a token set, the Down button answers 401 until the token is pasted, then takes the server down."""
+    token = "dashboard-token-0123456789abcdef"
+    gateway = start_gateway(procs, env={"ZLB_HTTP_TOKEN": token})
+    gateway.token = token
+    assert (
+        gateway.call("POST", "/configure", {"num_servers": 1, "num_clients": 0, "requests_per_client": 0}).status == 200
+    )
+    gateway.token = None
+    browser.get(gateway.url + "/")
+    wait_until(lambda: row_states(browser) == {"0": "active"}, 20, "server 0 shown")
+    down = '#servers tr[data-server-id="0"] button[data-verb="down"]'
+    browser.find_element(By.CSS_SELECTOR, down).click()
+    result = browser.find_element(By.ID, "action-result")
+    wait_until(lambda: result.text.startswith("401"), 10, "a 401 without the token")
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "token-save").click()
+    assert browser.execute_script("return sessionStorage.getItem('zlb-token');") == token
+    wait_until(lambda: browser.find_element(By.CSS_SELECTOR, down).is_enabled(), 10, "the button after reconnect")
+    browser.find_element(By.CSS_SELECTOR, down).click()
+    wait_until(lambda: row_states(browser) == {"0": "down"}, 10, "server 0 shown down")
+    assert balancer.servers()[0]["state"] == "down"
