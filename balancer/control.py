@@ -253,12 +253,18 @@ COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {
 }
 
 
-def handle(state: BalancerState, request: dict[str, Any], now: float) -> dict[str, Any]:
-    """Run one control request and build its reply map."""
+# Commands that change what the balancer does; under curve with --admin-allow only admin keys may.
+ADMIN_COMMANDS = frozenset({"down", "up", "drain", "configure"})
+
+
+def handle(state: BalancerState, request: dict[str, Any], now: float, admin: bool = True) -> dict[str, Any]:
+    """Run one control request and build its reply map; `admin` False refuses the changing commands."""
     cmd = request.get("cmd")
     command = COMMANDS.get(cmd) if isinstance(cmd, str) else None
     if command is None:
         return {"ok": False, "error": f"unknown command {cmd!r}; known: {', '.join(sorted(COMMANDS))}"}
+    if not admin and cmd in ADMIN_COMMANDS:
+        return {"ok": False, "error": f"admin key required for {cmd}"}
     try:
         return {"ok": True, "result": command(state, request, now)}
     except CommandError as exc:

@@ -34,7 +34,7 @@ from balancer.scheduler import (
 from wire import events as ev
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
-from wire.security import CurveServer, exposed_endpoints
+from wire.security import ADMIN, CurveServer, exposed_endpoints
 
 # Events are published (and handed to the log) at most this often, and sooner
 # once this many wait: one PUB message and one log hand-over per interval rather
@@ -65,6 +65,7 @@ class BalancerConfig:
     journal: str | None = None
     curve_secret: str | None = None
     allow_dir: str | None = None
+    admin_allow_dir: str | None = None
     grace_s: float = DEFAULT_GRACE_S
     endpoints: dict[str, str] = field(init=False, default_factory=dict)
 
@@ -110,7 +111,9 @@ class Balancer(ClientSide, NodeSide):
         if config.journal is not None:
             self._open_journal(config.journal)
         if config.curve_secret is not None:
-            self.curve = CurveServer.start(self._ctx, config.curve_secret, config.allow_dir or "")
+            self.curve = CurveServer.start(
+                self._ctx, config.curve_secret, config.allow_dir or "", config.admin_allow_dir
+            )
         try:
             self._open_sockets()
         except BaseException:
@@ -348,24 +351,28 @@ class Balancer(ClientSide, NodeSide):
             self._publish()
         for _ in range(DRAIN_BATCH):
             try:
-                frames = self.control_sock.recv_multipart(zmq.NOBLOCK)
+                frames = self.control_sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
                 if len(frames) != 2:
                     raise ProtocolError("bad_frames", f"expected route and one map, got {len(frames)} frames")
-                request = p.decode_map(frames[1])
+                request = p.decode_map(frames[1].bytes)
             except ProtocolError as exc:
                 self._bad_input("control", exc, now)
                 reply = p.encode_map({"ok": False, "error": f"bad message: {exc}"})
             else:
-                reply = self._control_reply(request, now)
+                reply = self._control_reply(request, self._is_admin(frames[1]), now)
             self.control_sock.send_multipart([frames[0], reply])
 
-    def _control_reply(self, request: dict[str, Any], now: float) -> bytes:
+    def _is_admin(self, frame: zmq.Frame) -> bool:
+        """Under curve, the ZAP user id the balancer's authenticator gave the sender's key."""
+        return self.curve is None or frame.get("User-Id") == ADMIN
+
+    def _control_reply(self, request: dict[str, Any], admin: bool, now: float) -> bytes:
         """Run a control command; an unforeseen failure becomes an error reply, never a crash."""
         try:
-            return p.encode_map(control.handle(self.state, request, now))
+            return p.encode_map(control.handle(self.state, request, now, admin))
         except Exception as exc:  # noqa: BLE001 - hostile arguments may reach corners no command foresaw
             self._bad_input("control", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
             return p.encode_map({"ok": False, "error": f"cannot answer: {exc.__class__.__name__}"})

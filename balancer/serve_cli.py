@@ -101,11 +101,21 @@ def prepare_log_file(path: str) -> None:
     default=None,
     help="Directory of public keys (*.key) admitted with --curve-secret.",
 )
+@click.option(
+    "--admin-allow",
+    "admin_allow_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Directory of admin public keys: only these may down, up, drain and configure"
+    " (without it every --allow key may).",
+)
 @grace_option(DEFAULT_GRACE_S)
 def balancer(keep_finished_mb: float, log_file: str, **options: Any) -> None:
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
     if (options["curve_secret"] is None) != (options["allow_dir"] is None):
         raise click.UsageError("--curve-secret and --allow go together")
+    if options["admin_allow_dir"] is not None and options["curve_secret"] is None:
+        raise click.UsageError("--admin-allow needs --curve-secret and --allow")
     prepare_log_file(log_file)
     # Every other option is a BalancerConfig field of the same name.
     config = BalancerConfig(keep_finished_bytes=int(keep_finished_mb * 2**20), log_file=log_file or None, **options)

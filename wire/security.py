@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import zmq
 import zmq.auth
+import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 CURVE_SECRET_ENV = "ZLB_CURVE_SECRET"
@@ -116,6 +117,25 @@ class _RefusalLog:
     info = warning = debug
 
 
+ADMIN = "admin"
+CLIENT = "client"
+
+
+class _RoleAuthenticator(ThreadAuthenticator):
+    """Admits the allowed keys and names each connection's role as its ZAP user id.
+
+    With an admin directory, its keys are "admin" and every other allowed key is
+    "client"; without one, every allowed key is "admin" (as before the split).
+    """
+
+    admin_keys: set[bytes] | None = None  # z85-encoded, as load_certificates gives them
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        if self.admin_keys is None or zmq.utils.z85.encode(client_public_key) in self.admin_keys:
+            return ADMIN
+        return CLIENT
+
+
 @dataclass
 class CurveServer:
     """The balancer side of curve: its keys and the running ZAP handler."""
@@ -125,16 +145,16 @@ class CurveServer:
     auth: ThreadAuthenticator
 
     @classmethod
-    def start(cls, context: zmq.Context, secret_file: str, allow_dir: str) -> CurveServer:
-        """Load the balancer's key, admit the public keys in `allow_dir`, start the ZAP handler."""
+    def start(cls, context: zmq.Context, secret_file: str, allow_dir: str, admin_dir: str | None = None) -> CurveServer:
+        """Load the balancer's key, admit the public keys in `allow_dir` (and `admin_dir`), start ZAP."""
         public, secret = load_secret(secret_file)
-        if not Path(allow_dir).is_dir():
-            raise CurveConfigError(f"--allow {allow_dir} is not a directory of public keys")
-        if not zmq.auth.load_certificates(allow_dir):
-            raise CurveConfigError(f"--allow {allow_dir} holds no public key files (*.key)")
-        auth = ThreadAuthenticator(context, log=_RefusalLog())
+        allowed = _public_keys("--allow", allow_dir)
+        auth = _RoleAuthenticator(context, log=_RefusalLog())
+        if admin_dir is not None:
+            auth.admin_keys = set(_public_keys("--admin-allow", admin_dir))
+            allowed.update(dict.fromkeys(auth.admin_keys, True))
+        auth.certs["*"] = allowed
         auth.start()
-        auth.configure_curve(domain="*", location=allow_dir)
         return cls(public, secret, auth)
 
     def secure(self, sock: zmq.Socket) -> None:
@@ -146,6 +166,15 @@ class CurveServer:
     def stop(self) -> None:
         """Stop the ZAP handler thread."""
         self.auth.stop()
+
+
+def _public_keys(option: str, directory: str) -> dict[bytes, bool]:
+    if not Path(directory).is_dir():
+        raise CurveConfigError(f"{option} {directory} is not a directory of public keys")
+    keys = zmq.auth.load_certificates(directory)
+    if not keys:
+        raise CurveConfigError(f"{option} {directory} holds no public key files (*.key)")
+    return dict(keys)
 
 
 def exposed_endpoints(endpoints: list[str]) -> list[str]:

@@ -112,3 +112,33 @@ def test_binding_beyond_loopback_without_curve_warns(procs: ProcessGroup):
     wait_until(lambda: "warning" in balancer.stderr(), 10, "the warning")
     assert "without curve" in balancer.stderr()
     assert "0.0.0.0" in balancer.stderr()
+
+
+def test_with_admin_allow_only_admin_keys_change_the_balancer(
+    procs: ProcessGroup, endpoints: Endpoints, keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Under --admin-allow a client key submits and reads but may not down, up, drain or configure; an admin may."""
+    security.generate_keys(str(tmp_path / "admins"), "admin")
+    admin_dir = tmp_path / "admin-allow"
+    admin_dir.mkdir()
+    shutil.copy(tmp_path / "admins" / "admin.key", admin_dir)
+    keys["admin"] = tmp_path / "admins" / "admin.key_secret"
+    curve = ["--curve-secret", str(keys["balancer"]), "--allow", str(keys["allow"]), "--admin-allow", str(admin_dir)]
+    for var, value in curve_env(keys, "admin").items():
+        monkeypatch.setenv(var, value)
+    balancer = start_balancer(procs, endpoints, 100, *curve)
+    procs.start("node", "server", "--heartbeat-ms", "100", "--id", "0", extra_env=curve_env(keys, "node"))
+    balancer.wait_servers_active({0})
+    monkeypatch.setenv(security.CURVE_SECRET_ENV, str(keys["client"]))
+    assert [s["server_id"] for s in control_client.call(endpoints.control, "servers")] == [0]  # reads stay open
+    for cmd, args in (("down", {"server_id": 0}), ("drain", {"server_id": 0}), ("configure", {"servers": 1})):
+        with pytest.raises(control_client.ControlError, match=f"admin key required for {cmd}"):
+            control_client.call(endpoints.control, cmd, **args)
+    with Client(endpoints.frontend, client_id=1, retry_s=0.5) as client:
+        assert client.submit(json_payload(0, "hi"), request_id=1).result(timeout=10).ok
+    procs.env.update(curve_env(keys, "client"))
+    denied = procs.run("down", "0", timeout=20)  # the CLI with a client key: one line, non-zero
+    assert denied.returncode != 0 and "admin key required for down" in denied.stderr
+    monkeypatch.setenv(security.CURVE_SECRET_ENV, str(keys["admin"]))
+    control_client.call(endpoints.control, "down", server_id=0)
+    assert balancer.servers()[0]["state"] == "down"
