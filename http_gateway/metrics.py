@@ -60,21 +60,24 @@ class LatencyTracker:
     def feed(self, events: Iterable[list[Any]]) -> None:
         """Take stamped events `[ts, kind, *args]`; only request events matter."""
         for event in events:
-            kind, key = event[1], tuple(event[2:4])
+            record = ev.parse(event)
+            if record is None or not record.kind.startswith("request.") or record.kind == ev.REQUEST_LATE_RESULT:
+                continue
+            kind, key, ts = record.kind, (record.client_id, record.request_id), record.ts
             if kind == ev.REQUEST_ADDED:
-                self._remember(self._waiting, key, event[0])
-                self._remember(self._arrived, key, event[0])
+                self._remember(self._waiting, key, ts)
+                self._remember(self._arrived, key, ts)
             elif kind == ev.REQUEST_REQUEUED:
-                self._remember(self._waiting, key, event[0])
+                self._remember(self._waiting, key, ts)
             elif kind == ev.REQUEST_ASSIGNED:
                 started = self._waiting.pop(key, None)
                 if started is not None:
-                    self.dispatch.observe(max(0.0, event[0] - started))
+                    self.dispatch.observe(max(0.0, ts - started))
             elif kind in (ev.REQUEST_PROCESSED, ev.REQUEST_FAILED):
                 started = self._arrived.pop(key, None)
                 if started is not None:
-                    self.total.observe(max(0.0, event[0] - started))
-                    self.recent.append((event[0], event[0] - started))
+                    self.total.observe(max(0.0, ts - started))
+                    self.recent.append((ts, ts - started))
 
     def _remember(self, table: OrderedDict[tuple[int, int], float], key: Any, ts: float) -> None:
         table[key] = ts

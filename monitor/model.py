@@ -115,53 +115,50 @@ class DashboardModel:
     def apply_events(self, events: Iterable[list[Any]]) -> None:
         """Follow stamped events `[ts, kind, *args]` as they arrive."""
         for event in events:
-            kind = event[1]
-            if kind == ev.STATS:
-                self._on_stats(event)
+            record = ev.parse(event)
+            if record is not None and record.kind == ev.STATS:
+                self._on_stats(record)
                 continue
-            self.logs.append(LogLine(event[0], kind, ev.message(event)))
-            handler = _HANDLERS.get(kind)
-            if handler is not None:
-                try:
-                    handler(self, event)
-                except (IndexError, TypeError, ValueError):
-                    pass  # an event from another protocol version: shown, not applied
+            self.logs.append(LogLine(event[0], event[1], ev.message(event)))
+            handler = _HANDLERS.get(record.kind) if record is not None else None
+            if handler is not None:  # an event from another protocol version is shown, not applied
+                handler(self, record)
 
-    def _on_stats(self, event: list[Any]) -> None:
-        fields = dict(zip(ev.FIELDS[ev.STATS], event[2:]))
-        self._ticks.append((event[0], fields.get("processed", 0)))
-        while self._ticks and event[0] - self._ticks[0][0] > HISTORY_S + 1:
+    def _on_stats(self, event: Any) -> None:
+        self._ticks.append((event.ts, event.processed))
+        while self._ticks and event.ts - self._ticks[0][0] > HISTORY_S + 1:
             self._ticks.popleft()
         # Queue figures come from the snapshot only, so the total and the per-priority split always agree.
 
-    def _on_added(self, event: list[Any]) -> None:
-        self._arrivals[(event[2], event[3])] = event[0]
+    def _on_added(self, event: Any) -> None:
+        self._arrivals[(event.client_id, event.request_id)] = event.ts
         if len(self._arrivals) > MAX_TRACKED:
             self._arrivals.popitem(last=False)
 
-    def _on_assigned(self, event: list[Any]) -> None:
-        node = self.nodes.get(event[4])
+    def _on_assigned(self, event: Any) -> None:
+        node = self.nodes.get(event.server_id)
         if node is not None:
             node.in_flight += 1
 
-    def _on_finished(self, event: list[Any]) -> None:
-        node = self.nodes.get(event[4])
+    def _on_finished(self, event: Any) -> None:
+        node = self.nodes.get(event.server_id)
         if node is not None:
             node.in_flight = max(0, node.in_flight - 1)
             node.handled += 1
-        started = self._arrivals.pop((event[2], event[3]), None)
+        started = self._arrivals.pop((event.client_id, event.request_id), None)
         if started is not None:
-            self._latencies.append((event[0], max(0.0, event[0] - started)))
-            while self._latencies and event[0] - self._latencies[0][0] > WINDOW_S:
+            self._latencies.append((event.ts, max(0.0, event.ts - started)))
+            while self._latencies and event.ts - self._latencies[0][0] > WINDOW_S:
                 self._latencies.popleft()
 
-    def _on_joined(self, event: list[Any]) -> None:
-        server_id, capacity, pid, host = event[2:6]
-        self.nodes[server_id] = NodeRow(server_id, "active", 0, capacity, 0, pid, host, 0.0)
+    def _on_joined(self, event: Any) -> None:
+        self.nodes[event.server_id] = NodeRow(
+            event.server_id, "active", 0, event.capacity, 0, event.pid, event.host, 0.0
+        )
 
-    def _on_requeued(self, event: list[Any]) -> None:
+    def _on_requeued(self, event: Any) -> None:
         # Latency counts from the first arrival: a re-queue is part of the wait.
-        self._arrivals.setdefault((event[2], event[3]), event[0])
+        self._arrivals.setdefault((event.client_id, event.request_id), event.ts)
 
     # ---- outputs --------------------------------------------------------
 
@@ -219,8 +216,8 @@ def clock(ts: float) -> str:
 def _set_state(state: str, clear_in_flight: bool) -> Any:
     """An event handler that moves the event's node to `state`."""
 
-    def apply(model: DashboardModel, event: list[Any]) -> None:
-        node = model.nodes.get(event[2])
+    def apply(model: DashboardModel, event: Any) -> None:
+        node = model.nodes.get(event.server_id)
         if node is not None:
             node.state = state
             if clear_in_flight:

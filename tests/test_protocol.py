@@ -128,3 +128,17 @@ def test_held_tickets_round_trip_and_garbage_is_a_protocol_error():
     for bad in (b"", b"\xc1", p.encode_map({"a": 1}), p.encode_tickets(["x"]), p.encode_tickets([1.5])):
         with pytest.raises(ProtocolError):
             p.decode_tickets(bad)
+
+
+def test_events_parse_into_named_records_and_unknown_shapes_into_none():
+    """Consumers read events by field name; another version's kind or arity is None, never a crash."""
+    from wire import events as ev
+
+    record = ev.parse([12.5, ev.REQUEST_ASSIGNED, 3, 101, 2, 1])
+    assert (record.kind, record.ts, record.client_id, record.request_id, record.server_id, record.attempt) == (
+        ev.REQUEST_ASSIGNED, 12.5, 3, 101, 2, 1,
+    )  # fmt: skip
+    assert set(ev.RECORDS) == set(ev.FIELDS)
+    assert ev.parse([1.0, ev.REQUEST_ASSIGNED, 3]) is None
+    assert ev.parse([1.0, "request.from_the_future", 1, 2]) is None
+    assert ev.parse([1.0]) is None

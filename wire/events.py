@@ -1,7 +1,10 @@
 """Event records: what happened in the balancer, and how it reads as a log line.
 
 The scheduler emits compact tuples `(kind, *args)`; the loop stamps them with
-wall-clock time and publishes them in batches. Nothing formats a line on the
+wall-clock time and publishes them in batches. Consumers read them as named
+records (`parse(event).server_id`; one NamedTuple class per kind, from FIELDS).
+Producers keep plain tuples because they sit on the hot path: building a
+NamedTuple costs 0.24 us against 0.06 us for a tuple, three per request. Nothing formats a line on the
 hot path: formatting happens where a line is shown (the log file writer, the
 monitor, `zlb logs`). The wording follows the seed's log where it has one.
 """
@@ -9,6 +12,7 @@ monitor, `zlb logs`). The wording follows the seed's log where it has one.
 from __future__ import annotations
 
 import time
+from collections import namedtuple
 from typing import Any
 
 from wire.protocol import TOPIC_NODE, TOPIC_REQUEST, TOPIC_STATS, TOPIC_SYSTEM
@@ -175,3 +179,28 @@ def as_dict(event: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     out.update(zip(names, event[2:]))
     out["message"] = message(event)
     return out
+
+
+# ---- named records: how consumers read events -------------------------------
+
+
+def _record_class(kind: str) -> type:
+    name = "".join(part.title() for part in kind.replace(".", "_").split("_"))
+    cls = namedtuple(name, ("ts", *FIELDS[kind]))
+    cls.kind = kind
+    return cls
+
+
+# One record class per kind, fields named as in FIELDS: `parse(e).server_id`, never `e[4]`.
+RECORDS: dict[str, type] = {kind: _record_class(kind) for kind in FIELDS}
+
+
+def parse(event: list[Any] | tuple[Any, ...]) -> Any:
+    """A stamped event `[ts, kind, *args]` as its kind's named record; None if the kind or arity is unknown
+
+    (an event from another protocol version: shown as a log line, not applied).
+    """
+    cls = RECORDS.get(event[1]) if len(event) >= 2 else None
+    if cls is None or len(event) - 1 != len(cls._fields):
+        return None
+    return cls(event[0], *event[2:])
