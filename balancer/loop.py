@@ -22,7 +22,8 @@ import zmq
 
 from balancer import control
 from balancer import journal as jr
-from balancer.clients import DRAIN_BATCH, ClientSide
+from balancer.clients import ClientSide
+from balancer.control_side import ControlSide
 from balancer.eventlog import EventLog
 from balancer.node_side import NodeSide
 from balancer.scheduler import (
@@ -34,7 +35,7 @@ from balancer.scheduler import (
 from wire import events as ev
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
-from wire.security import ADMIN, CurveServer, exposed_endpoints
+from wire.security import CurveServer, exposed_endpoints
 
 # Events are published (and handed to the log) at most this often, and sooner
 # once this many wait: one PUB message and one log hand-over per interval rather
@@ -78,7 +79,7 @@ class BalancerConfig:
         }
 
 
-class Balancer(ClientSide, NodeSide):
+class Balancer(ClientSide, NodeSide, ControlSide):
     """Owns the sockets and the scheduler; nothing else touches either."""
 
     def __init__(self, config: BalancerConfig, context: zmq.Context | None = None) -> None:
@@ -341,41 +342,6 @@ class Balancer(ClientSide, NodeSide):
             by_topic.setdefault(ev.topic_of(event[0]), []).append(event)
         for topic, events in by_topic.items():
             self.events_sock.send_multipart([topic, p.encode_events([ts, events])])
-
-    # ---- control ----------------------------------------------------------
-
-    def _drain_control(self, now: float) -> None:
-        # What happened before a question is in the log it may ask for: an admin's /logs
-        # right after /server_up must show "marked as up" (control traffic is rare).
-        if self.sched.events:
-            self._publish()
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = self.control_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                if len(frames) != 2:
-                    raise ProtocolError("bad_frames", f"expected route and one map, got {len(frames)} frames")
-                request = p.decode_map(frames[1].bytes)
-            except ProtocolError as exc:
-                self._bad_input("control", exc, now)
-                reply = p.encode_map({"ok": False, "error": f"bad message: {exc}"})
-            else:
-                reply = self._control_reply(request, self._is_admin(frames[1]), now)
-            self.control_sock.send_multipart([frames[0], reply])
-
-    def _is_admin(self, frame: zmq.Frame) -> bool:
-        """Under curve, the ZAP user id the balancer's authenticator gave the sender's key."""
-        return self.curve is None or frame.get("User-Id") == ADMIN
-
-    def _control_reply(self, request: dict[str, Any], admin: bool, now: float) -> bytes:
-        """Run a control command; an unforeseen failure becomes an error reply, never a crash."""
-        try:
-            return p.encode_map(control.handle(self.state, request, now, admin))
-        except Exception as exc:  # noqa: BLE001 - hostile arguments may reach corners no command foresaw
-            self._bad_input("control", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
-            return p.encode_map({"ok": False, "error": f"cannot answer: {exc.__class__.__name__}"})
 
     # ---- bad input ------------------------------------------------------
 

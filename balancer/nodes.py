@@ -35,6 +35,16 @@ class Joined(Enum):
     FENCED = "fenced"  # this incarnation was replaced; it must exit
 
 
+class Refused(Exception):
+    """A HELLO the balancer will not take: `fenced` when this incarnation was replaced."""
+
+    def __init__(self, reason: str, fenced: bool, holder: tuple[int | None, str | None] = (None, None)) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fenced = fenced
+        self.holder = holder  # (pid, host) of the process that holds the id, when refused
+
+
 class NodeTable:
     """Nodes by id and route, the free-node heap, and the fenced routes."""
 
@@ -202,6 +212,35 @@ class NodeTable:
             raise KeyError(f"Server {node_id} not found")
         if node.state is NodeState.DEAD:
             raise KeyError(f"Server {node_id} is dead; start it again with zlb server --id {node_id}")
+        return node
+
+    # ---- admin --------------------------------------------------------------
+
+    def mark_down(self, node_id: int) -> tuple[Node, list[Request]]:
+        """Stop using a node; return it and the work it held (to re-queue)."""
+        node = self.live(node_id)
+        node.state = NodeState.DOWN
+        lost = self.take_all(node)
+        self.refresh(node)
+        self.outbox.events.append((ev.NODE_DOWN, node_id, len(lost)))
+        return node, lost
+
+    def mark_up(self, node_id: int) -> Node:
+        """Put a down or draining node back in service."""
+        node = self.live(node_id)
+        node.state = NodeState.ACTIVE
+        self.refresh(node)
+        self.outbox.events.append((ev.NODE_UP, node_id))
+        return node
+
+    def drain(self, node_id: int) -> Node:
+        """Send a node no new work; its in-flight work finishes."""
+        node = self.live(node_id)
+        node.state = NodeState.DRAINING
+        self.refresh(node)
+        self.outbox.events.append((ev.NODE_DRAINING, node_id, len(node.in_flight)))
+        if not node.in_flight:
+            self.outbox.events.append((ev.NODE_DRAINED, node_id))
         return node
 
     # ---- the free-node heap ---------------------------------------------------

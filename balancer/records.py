@@ -18,6 +18,13 @@ ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
 FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result)
 
 
+# The scheduler's counters, shown by `zlb status` under "requests".
+COUNTERS = (
+    "submitted", "processed", "failed", "requeued", "rejected", "duplicates", "replays", "conflicts",
+    "late_results", "clients_refused", "nodes_refused", "lost_in_transit", "undeliverable",
+)  # fmt: skip
+
+
 class NodeState(str, Enum):
     """Where a node is in its life; see docs/PROTOCOL.md for the transitions."""
 

@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from balancer.nodes import Joined, NodeTable
-from balancer.records import ACCEPTED, FINISHED, Node, NodeState, Outbox, Request, Submitted
+from balancer.nodes import Joined, NodeTable, Refused
+from balancer.records import ACCEPTED, COUNTERS, FINISHED, Node, NodeState, Outbox, Request, Submitted
 from balancer.sessions import ClientSessions, payload_digest
 from balancer.waiting import WaitingQueue
 from wire import events as ev
@@ -39,16 +39,6 @@ DEFAULT_CLIENT_LEASE_S = 10.0
 def _size(body: Any) -> int:
     """Bytes of a kept result (bytes or a zmq frame); 0 when there is none."""
     return len(body) if body is not None else 0
-
-
-class Refused(Exception):
-    """A HELLO the balancer will not take: `fenced` when this incarnation was replaced."""
-
-    def __init__(self, reason: str, fenced: bool, holder: tuple[int | None, str | None] = (None, None)) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.fenced = fenced
-        self.holder = holder  # (pid, host) of the process that holds the id, when refused
 
 
 class Scheduler:
@@ -77,24 +67,7 @@ class Scheduler:
         self.table = NodeTable(self.outbox, heartbeat_s, liveness)
         self.nodes = self.table.nodes
         self.routes = self.table.routes
-        self.counters: dict[str, int] = dict.fromkeys(
-            (
-                "submitted",
-                "processed",
-                "failed",
-                "requeued",
-                "rejected",
-                "duplicates",
-                "replays",
-                "conflicts",
-                "late_results",
-                "clients_refused",
-                "nodes_refused",
-                "lost_in_transit",
-                "undeliverable",
-            ),
-            0,
-        )
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.sessions = ClientSessions(client_lease_s)
         self._queue = WaitingQueue()
         self._finished: deque[Request] = deque()
@@ -409,33 +382,17 @@ class Scheduler:
 
     def mark_down(self, node_id: int) -> Node:
         """Stop using a node and re-queue its in-flight work."""
-        node = self.table.live(node_id)
-        node.state = NodeState.DOWN
-        lost = self.table.take_all(node)
-        self.table.refresh(node)
-        self.outbox.events.append((ev.NODE_DOWN, node_id, len(lost)))
+        node, lost = self.table.mark_down(node_id)
         self._requeue_many(lost, node_id)
         return node
 
     def mark_up(self, node_id: int) -> Node:
         """Put a down or draining node back in service."""
-        node = self.table.live(node_id)
-        node.state = NodeState.ACTIVE
-        self.table.refresh(node)
-        self.outbox.events.append((ev.NODE_UP, node_id))
-        return node
+        return self.table.mark_up(node_id)
 
     def drain(self, node_id: int) -> Node:
         """Send a node no new work; its in-flight work finishes."""
-        node = self.table.live(node_id)
-        node.state = NodeState.DRAINING
-        self.table.refresh(node)
-        self.outbox.events.append((ev.NODE_DRAINING, node_id, len(node.in_flight)))
-        if not node.in_flight:
-            self.outbox.events.append((ev.NODE_DRAINED, node_id))
-        return node
-
-    # ---- queries --------------------------------------------------------
+        return self.table.drain(node_id)
 
     def in_flight(self) -> int:
         """Requests currently running on nodes."""

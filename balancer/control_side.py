@@ -1,0 +1,55 @@
+"""The balancer's control side: admin requests and queries on the control ROUTER.
+
+A mixin of the Balancer (balancer/loop.py); the commands themselves are in
+balancer/control.py. Under curve with --admin-allow, the ZAP user id of each
+request says whether its key may change anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from balancer import control
+from balancer.clients import DRAIN_BATCH
+from wire import protocol as p
+from wire.protocol import ProtocolError
+from wire.security import ADMIN
+
+
+class ControlSide:
+    """Control handlers of the Balancer."""
+
+    def _drain_control(self, now: float) -> None:
+        # What happened before a question is in the log it may ask for: an admin's /logs
+        # right after /server_up must show "marked as up" (control traffic is rare).
+        if self.sched.events:
+            self._publish()
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = self.control_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                if len(frames) != 2:
+                    raise ProtocolError("bad_frames", f"expected route and one map, got {len(frames)} frames")
+                request = p.decode_map(frames[1].bytes)
+            except ProtocolError as exc:
+                self._bad_input("control", exc, now)
+                reply = p.encode_map({"ok": False, "error": f"bad message: {exc}"})
+            else:
+                reply = self._control_reply(request, self._is_admin(frames[1]), now)
+            self.control_sock.send_multipart([frames[0], reply])
+
+    def _is_admin(self, frame: zmq.Frame) -> bool:
+        """Under curve, the ZAP user id the balancer's authenticator gave the sender's key."""
+        return self.curve is None or frame.get("User-Id") == ADMIN
+
+    def _control_reply(self, request: dict[str, Any], admin: bool, now: float) -> bytes:
+        """Run a control command; an unforeseen failure becomes an error reply, never a crash."""
+        try:
+            return p.encode_map(control.handle(self.state, request, now, admin))
+        except Exception as exc:  # noqa: BLE001 - hostile arguments may reach corners no command foresaw
+            self._bad_input("control", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
+            return p.encode_map({"ok": False, "error": f"cannot answer: {exc.__class__.__name__}"})
