@@ -6,6 +6,7 @@ scheduler; these methods only decode, call the scheduler and send.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -24,6 +25,37 @@ _MORE_NOWAIT = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _NOWAIT = int(zmq.NOBLOCK)
 
 
+def received(sock: zmq.Socket, copy: bool = True) -> Iterator[list[Any]]:
+    """The messages waiting on a socket, at most DRAIN_BATCH of them, without blocking."""
+    recv = sock.recv_multipart
+    for _ in range(DRAIN_BATCH):
+        try:
+            yield recv(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return
+
+
+def send_routed(sock: zmq.Socket, route: bytes, frames: list[Any]) -> str:
+    """Send [route, *frames] on a ROUTER without blocking; '' or why it could not ("dropped", "unroutable").
+
+    EAGAIN (a full queue) and EHOSTUNREACH (no connection, with ROUTER_MANDATORY) can
+    only come on the first frame, before anything is queued.
+    """
+    send = sock.send
+    try:
+        send(route, _MORE_NOWAIT)
+        for frame in frames[:-1]:
+            send(frame, _MORE_NOWAIT)
+        send(frames[-1], _NOWAIT, copy=False)
+    except zmq.Again:
+        return "dropped"
+    except zmq.ZMQError as exc:
+        if exc.errno != zmq.EHOSTUNREACH:
+            raise
+        return "unroutable"
+    return ""
+
+
 class ClientSide:
     """Frontend handlers of the Balancer."""
 
@@ -32,24 +64,10 @@ class ClientSide:
 
         A result that cannot leave stays remembered: the client's retry fetches it.
         """
-        send = self.frontend.send
-        try:
-            if body is None:
-                send(route, _MORE_NOWAIT)
-                send(header, _NOWAIT)
-            else:
-                send(route, _MORE_NOWAIT)
-                send(header, _MORE_NOWAIT)
-                send(body, _NOWAIT, copy=False)
-        except zmq.Again:
-            self._count("client_send_dropped")
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self._count("client_unroutable")
-            return False
-        return True
+        failed = send_routed(self.frontend, route, [header] if body is None else [header, body])
+        if failed:
+            self._count(f"client_{failed}")
+        return not failed
 
     def _send_results(self, replies: list[Any], replay: bool) -> None:
         encode = p.encode
@@ -64,19 +82,11 @@ class ClientSide:
     # ---- frontend: clients ----------------------------------------------
 
     def _drain_frontend(self, now: float) -> None:
-        recv = self.frontend.recv_multipart
-        decode = p.decode
+        decode = p.decode_routed
         submit = MsgType.SUBMIT
-        for _ in range(DRAIN_BATCH):
+        for frames in received(self.frontend):
             try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                if len(frames) < 2:
-                    raise ProtocolError("bad_frames", "empty message")
-                msg_type, fields = decode(frames[1])
-                body = p.split_body(msg_type, frames[1:])
+                msg_type, fields, body = decode(frames)
                 if msg_type is not submit and msg_type not in self._client_handlers:
                     raise ProtocolError("unknown_type", f"{msg_type.name} is not a client message")
             except ProtocolError as exc:
@@ -89,7 +99,10 @@ class ClientSide:
             if msg_type is submit:
                 self._on_submit(route, fields, body, now)
             else:
-                self._client_handlers[msg_type](self, route, fields, now)
+                try:
+                    self._client_handlers[msg_type](self, route, fields, now)
+                except ProtocolError as exc:
+                    self._bad_input("frontend", exc, now)
 
     def _on_submit(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         client_id, request_id, priority, incarnation = fields
@@ -97,33 +110,32 @@ class ClientSide:
         if outcome is Submitted.QUEUED or outcome is Submitted.DUPLICATE or outcome is Submitted.FINISHED:
             return
         if outcome is Submitted.ID_IN_USE:
-            self._refuse_client(route, client_id, incarnation, now)
+            self._claim_session(route, (client_id, incarnation, None, None), now, welcome=False)
         elif outcome is Submitted.CONFLICT:
             reason = self.sched.conflict_reason(client_id, request_id)
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
         else:
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, self.sched.queue_full_reason()))
 
-    def _refuse_client(self, route: bytes, client_id: int, incarnation: int, now: float) -> None:
-        reason = self.sched.client_hello(client_id, incarnation, None, None, now)
+    def _claim_session(self, route: bytes, claim: tuple[Any, ...], now: float, welcome: bool) -> None:
+        """Open or renew the session (client_id, incarnation, pid, host); answer REFUSED, or WELCOME if asked."""
+        reason = self.sched.sessions.hello(*claim, now)
         if reason:
-            self.sched.outbox.events.append((ev.SYSTEM_CLIENT_REFUSED, client_id, reason))
+            self._refusal(ev.SYSTEM_CLIENT_REFUSED, claim[0], reason, now)
             self._send_client(route, p.encode(MsgType.REFUSED, reason, None, None))
-
-    def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
-        client_id, incarnation, pid, host = fields
-        reason = self.sched.client_hello(client_id, incarnation, pid, host, now)
-        if reason:
-            self.sched.outbox.events.append((ev.SYSTEM_CLIENT_REFUSED, client_id, reason))
-            self._send_client(route, p.encode(MsgType.REFUSED, reason, None, None))
-        else:
+        elif welcome:
             self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, int(self.sched.client_lease_s * 1000)))
 
+    def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
+        if len(fields[3]) > p.MAX_HOST_CHARS:
+            raise ProtocolError("bad_fields", f"CLIENT_HELLO with a {len(fields[3])}-char host")
+        self._claim_session(route, tuple(fields), now, welcome=True)
+
     def _on_client_ping(self, route: bytes, fields: list[Any], now: float) -> None:
-        self._refuse_client(route, fields[0], fields[1], now)
+        self._claim_session(route, (fields[0], fields[1], None, None), now, welcome=False)
 
     def _on_client_bye(self, route: bytes, fields: list[Any], now: float) -> None:
-        self.sched.client_bye(fields[0], fields[1])
+        self.sched.sessions.bye(fields[0], fields[1])
         self._routes.pop(route, None)
 
     _client_handlers = {

@@ -12,7 +12,7 @@ from typing import Any
 import zmq
 
 from balancer import control
-from balancer.clients import DRAIN_BATCH
+from balancer.clients import received
 from wire import protocol as p
 from wire.protocol import ProtocolError
 from wire.security import ADMIN
@@ -26,11 +26,7 @@ class ControlSide:
         # right after /server_up must show "marked as up" (control traffic is rare).
         if self.sched.events:
             self._publish()
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = self.control_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in received(self.control_sock, copy=False):
             try:
                 if len(frames) != 2:
                     raise ProtocolError("bad_frames", f"expected route and one map, got {len(frames)} frames")

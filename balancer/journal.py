@@ -134,16 +134,15 @@ def _valid(rec: Any) -> bool:
     """A record of a known kind and length with integer ids (anything else is skipped)."""
     if type(rec) is not list or not rec:
         return False
-    size = {ACCEPTED: 6, FINISHED: 8}.get(rec[0])
-    return size == len(rec) and type(rec[1]) is int and type(rec[2]) is int
+    sizes = {ACCEPTED: (6,), FINISHED: (8, 9)}.get(rec[0], ())  # 8: written before payload digests were kept
+    return len(rec) in sizes and type(rec[1]) is int and type(rec[2]) is int
 
 
 def restore(sched: Scheduler, recovered: Recovered) -> None:
     """Load replayed requests into a fresh scheduler."""
-    for _kind, cid, rid, status, server_id, attempts, result, priority in (
-        (r[0], r[1], r[2], r[4], r[5], r[6], r[7], r[3]) for r in recovered.finished
-    ):
-        sched.restore_finished(cid, rid, priority, status, server_id, attempts, result)
+    for rec in recovered.finished:
+        # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result[, payload_digest])
+        sched.restore_finished(*rec[1:])
     for _kind, cid, rid, priority, route, payload in recovered.pending:
         sched.restore_pending(cid, rid, priority, route, payload)
 
@@ -163,6 +162,7 @@ def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
                     req.server_id,
                     req.attempts,
                     req.body,
+                    req.payload_digest,
                 )
             )
         else:

@@ -286,6 +286,7 @@ class Balancer(ClientSide, NodeSide, ControlSide):
         """Heartbeat the live nodes and publish the periodic stats."""
         sched = self.sched
         control.record_sample(self.state, now)
+        sched.sessions.sweep(now)
         ping = p.encode(MsgType.PING)
         for route in sched.routes:
             self._send_node(route, [ping])
@@ -353,6 +354,13 @@ class Balancer(ClientSide, NodeSide, ControlSide):
         if last is None or now - last >= BAD_INPUT_LOG_INTERVAL_S:
             self._bad_logged[(sock_name, exc.kind)] = now
             self.sched.events.append((ev.SYSTEM_BAD_INPUT, sock_name, exc.kind, exc.detail[:200], count))
+
+    def _refusal(self, kind: str, subject: Any, reason: str, now: float) -> None:
+        """Log a refused id unless one of this kind was logged lately (the scheduler counts every one)."""
+        last = self._bad_logged.get(("refused", kind))
+        if last is None or now - last >= BAD_INPUT_LOG_INTERVAL_S:
+            self._bad_logged[("refused", kind)] = now
+            self.sched.events.append((kind, subject, reason))
 
 
 def run_balancer(config: BalancerConfig) -> None:

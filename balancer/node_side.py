@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import zmq
-
-from balancer.clients import _MORE_NOWAIT, _NOWAIT, DRAIN_BATCH
+from balancer.clients import received, send_routed
 from balancer.records import NodeState
 from balancer.scheduler import Refused
+from wire import events as ev
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 
@@ -34,38 +33,18 @@ class NodeSide:
 
     def _send_node(self, route: bytes, frames: list[Any]) -> bool:
         """One message to a node; False (counted) when it has no connection or a full queue."""
-        send = self.backend.send
-        try:
-            # EAGAIN and EHOSTUNREACH can only come on the first frame, before anything is queued.
-            send(route, _MORE_NOWAIT)
-            for frame in frames[:-1]:
-                send(frame, _MORE_NOWAIT)
-            send(frames[-1], _NOWAIT, copy=False)
-        except zmq.Again:
-            self._count("node_send_dropped")
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self._count("node_unroutable")
-            return False
-        return True
+        failed = send_routed(self.backend, route, frames)
+        if failed:
+            self._count(f"node_{failed}")
+        return not failed
 
     # ---- backend: server nodes ------------------------------------------
 
     def _drain_backend(self, now: float) -> None:
-        recv = self.backend.recv_multipart
-        decode = p.decode
-        for _ in range(DRAIN_BATCH):
+        decode = p.decode_routed
+        for frames in received(self.backend):
             try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                if len(frames) < 2:
-                    raise ProtocolError("bad_frames", "empty message")
-                msg_type, fields = decode(frames[1])
-                body = p.split_body(msg_type, frames[1:])
+                msg_type, fields, body = decode(frames)
                 handler = self._node_handlers.get(msg_type)
                 if handler is None:
                     raise ProtocolError("unknown_type", f"{msg_type.name} is not a node message")
@@ -93,13 +72,15 @@ class NodeSide:
             self._unknown_node(route)
 
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        node_id, capacity, pid, host, incarnation = fields
-        if capacity < 1:
-            raise ProtocolError("bad_fields", f"capacity {capacity} < 1")
+        node_id, capacity, pid, host, incarnation, max_seen = fields
+        if capacity < 1 or (node_id is not None and node_id < 0) or len(host) > p.MAX_HOST_CHARS:
+            raise ProtocolError("bad_fields", f"HELLO with capacity {capacity}, id {node_id}, {len(host)}-char host")
         held = p.decode_tickets(body)
         try:
-            node = self.sched.hello(route, node_id, capacity, pid, host, now, incarnation, held)
+            node = self.sched.hello(route, node_id, capacity, pid, host, now, incarnation, held, max_seen)
         except Refused as refusal:
+            if not refusal.fenced:
+                self._refusal(ev.NODE_REFUSED, node_id, refusal.reason, now)
             if refusal.fenced:
                 self._count("fenced_messages")
             if refusal.fenced:
@@ -112,7 +93,7 @@ class NodeSide:
 
     def _on_heartbeat(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         held = p.decode_tickets(body)
-        if self.sched.heartbeat(route, fields[0], fields[1], now, fields[2], held) is None:
+        if self.sched.heartbeat(route, fields[0], fields[1], now, fields[2], held, fields[3]) is None:
             self._unknown_node(route)
 
     def _on_leaving(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:

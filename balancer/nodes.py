@@ -22,6 +22,8 @@ from typing import Any
 from balancer.records import Node, NodeState, Outbox, Request
 from wire import events as ev
 
+# Heartbeats in a row a ticket beyond the node's highest seen may be missing before it counts as lost.
+MISSES_TO_LOSE = 3
 # Routes of replaced incarnations remembered to answer FENCED; the oldest are forgotten.
 MAX_FENCED = 4096
 
@@ -65,15 +67,15 @@ class NodeTable:
     # ---- sessions ---------------------------------------------------------
 
     def hello(
-        self, route: Any, node_id: int | None, spec: tuple[int, int, str, int], held: list[int], now: float
+        self, route: Any, node_id: int | None, spec: tuple[int, int, str, int, int], held: list[int], now: float
     ) -> tuple[Joined, Node | str, list[Request]]:
-        """Admit, resync, refuse or fence a node saying HELLO; spec is (capacity, pid, host, incarnation)."""
-        capacity, pid, host, incarnation = spec
+        """Admit, resync, refuse or fence a node saying HELLO; spec is (capacity, pid, host, incarnation, max_seen)."""
+        capacity, pid, host, incarnation, max_seen = spec
         lost: list[Request] = []
         known = self.routes.get(route)
         if known is not None:
             if known.incarnation == incarnation and node_id in (None, known.node_id):
-                return Joined.RESYNCED, known, self._resync(known, held, now)
+                return Joined.RESYNCED, known, self._resync(known, held, max_seen, now)
             lost = self.drop(known, ev.NODE_LEFT)  # one identity, another session: the old one is over
         reason = self.fenced.get(route)
         if reason is not None:
@@ -82,7 +84,7 @@ class NodeTable:
         holder = self.nodes.get(node_id)
         if holder is not None and holder.incarnation == incarnation and holder.state is not NodeState.DEAD:
             self._move(holder, route)  # the same process on a fresh identity
-            return Joined.RESYNCED, holder, lost + self._resync(holder, held, now)
+            return Joined.RESYNCED, holder, lost + self._resync(holder, held, max_seen, now)
         if holder is not None and holder.incarnation != incarnation:
             if holder.state is not NodeState.DEAD and now - holder.last_seen < self.deadline_s:
                 return Joined.REFUSED, f"server id {node_id} is in use by pid {holder.pid} on host {holder.host}", lost
@@ -107,27 +109,37 @@ class NodeTable:
         node.route = route
         self.routes[route] = node
 
-    def _resync(self, node: Node, held: list[int], now: float) -> list[Request]:
-        """The holder said HELLO again: whatever it does not hold was lost with its old connection."""
+    def _resync(self, node: Node, held: list[int], max_seen: int, now: float) -> list[Request]:
+        """The holder said HELLO again: what it saw pass and does not hold was lost with its old connection.
+
+        WORK above the highest ticket it has seen may have been sent after its HELLO left;
+        the heartbeats settle those (see `heartbeat`).
+        """
         self.touch(node, now)
         keep = set(held)
-        lost_tickets = [t for t in node.in_flight if t not in keep]
-        node.missing.clear()
+        lost_tickets = [t for t in node.in_flight if t not in keep and t <= max_seen]
         lost = self._take(node, lost_tickets)
-        self.outbox.events.append((ev.NODE_RESYNCED, node.node_id, len(lost)))
+        if lost:
+            self.outbox.events.append((ev.NODE_RESYNCED, node.node_id, len(lost)))
         return lost
 
-    def heartbeat(self, route: Any, report: tuple[int, int, int], held: list[int] | None, mark: int, now: float) -> Any:
-        """A load report listing held tickets; returns (node or None, lost requests).
+    def heartbeat(
+        self, route: Any, report: tuple[int, int, int, int], held: list[int] | None, mark: int, now: float
+    ) -> Any:
+        """A load report (in_flight, handled, dropped, max_seen) listing held tickets; returns (node, lost).
 
-        Work dispatched before the previous heartbeat arrived has had an interval to
-        reach the node; missing from two heartbeats in a row, it was lost on the way
-        (a dropped connection takes what was in it) and goes back to the queue.
+        WORK reaches a node in ticket order on one connection and its DONEs come back
+        ahead of the heartbeat, so a ticket up to the highest the node has seen that it
+        neither holds nor answered was lost on the way (a dropped connection takes what
+        was in it): it goes back to the queue at once. A ticket above that may still be in
+        transit; once it had an interval to arrive and is missing from MISSES_TO_LOSE
+        heartbeats in a row, it is taken as lost too (its connection dropped with no later
+        WORK behind it).
         """
         node = self.seen(route, now)
         if node is None:
             return None, []
-        node.reported_in_flight, node.reported_handled, node.reported_dropped = report
+        node.reported_in_flight, node.reported_handled, node.reported_dropped, max_seen = report
         prev_mark, node.ticket_mark = node.ticket_mark, mark
         if held is None:
             return node, []  # a report without its tickets checks nothing
@@ -135,10 +147,10 @@ class NodeTable:
         missing = node.missing
         lost_tickets = []
         for ticket in node.in_flight:
-            if ticket in keep or ticket > prev_mark:
+            if ticket in keep or (ticket > prev_mark and ticket > max_seen):
                 continue
             count = missing.get(ticket, 0) + 1
-            if count >= 2:
+            if ticket <= max_seen or count >= MISSES_TO_LOSE:
                 lost_tickets.append(ticket)
             missing[ticket] = count
         for ticket in [t for t in missing if t in keep or t not in node.in_flight]:

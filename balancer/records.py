@@ -15,7 +15,7 @@ from wire.protocol import PENDING
 
 # Journal record kinds (the first element of each record tuple).
 ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
-FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result)
+FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result, payload_digest)
 
 
 # The scheduler's counters, shown by `zlb status` under "requests".

@@ -68,7 +68,7 @@ class Scheduler:
         self.nodes = self.table.nodes
         self.routes = self.table.routes
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self.sessions = ClientSessions(client_lease_s)
+        self.sessions = ClientSessions(client_lease_s, self.counters)
         self._queue = WaitingQueue()
         self._finished: deque[Request] = deque()
         self._finished_bytes = 0
@@ -91,19 +91,6 @@ class Scheduler:
     def journal(self) -> list[tuple[Any, ...]] | None:
         """Journal records not yet written (None without --journal)."""
         return self.outbox.journal
-
-    # ---- client sessions --------------------------------------------------
-
-    def client_hello(self, client_id: int, incarnation: int, pid: int | None, host: str | None, now: float) -> str:
-        """Open (or refresh) a client's session; return '' or the reason it is refused."""
-        reason = self.sessions.hello(client_id, incarnation, pid, host, now)
-        if reason:
-            self.counters["clients_refused"] += 1
-        return reason
-
-    def client_bye(self, client_id: int, incarnation: int) -> None:
-        """A client leaves: its id is free at once (its requests stay)."""
-        self.sessions.bye(client_id, incarnation)
 
     # ---- requests -------------------------------------------------------
 
@@ -130,7 +117,6 @@ class Scheduler:
         """Queue a client's request, or recognise it as one already known."""
         session = self.sessions.of(client_id)
         if self.sessions.claim(session, incarnation, now):
-            self.counters["clients_refused"] += 1
             return Submitted.ID_IN_USE
         req = session.get(request_id)
         if req is not None:
@@ -207,9 +193,8 @@ class Scheduler:
         self.counters[status] += 1
         self.outbox.replies.append(req)
         if self.outbox.journal is not None:
-            self.outbox.journal.append(
-                (FINISHED, req.client_id, req.request_id, req.priority, status, req.server_id, req.attempts, result)
-            )
+            outcome = (status, req.server_id, req.attempts, result, req.payload_digest)
+            self.outbox.journal.append((FINISHED, req.client_id, req.request_id, req.priority, *outcome))
         self._remember_finished(req)
 
     def _remember_finished(self, req: Request) -> None:
@@ -234,12 +219,13 @@ class Scheduler:
         self.sessions.of(client_id)[request_id] = req
         self._queue.push_fresh(req)
 
-    def restore_finished(
-        self, client_id: int, request_id: int, priority: int, status: str, server_id: Any, attempts: int, result: Any
-    ) -> None:
-        """Remember a request that a previous balancer finished, to answer resubmissions."""
+    def restore_finished(self, client_id: int, request_id: int, priority: int, *outcome: Any) -> None:
+        """Remember a request a previous balancer finished, to answer resubmissions.
+
+        `outcome` is (status, server_id, attempts, result[, payload_digest]).
+        """
         self._seq += 1
-        req = Request(client_id, request_id, priority, self._seq, None, result, status, server_id, attempts)
+        req = Request(client_id, request_id, priority, self._seq, None, outcome[3], *outcome[:3], *outcome[4:])
         self.sessions.of(client_id)[request_id] = req
         self._remember_finished(req)
 
@@ -336,27 +322,39 @@ class Scheduler:
         now: float,
         incarnation: int = 0,
         held: list[int] | tuple[int, ...] = (),
+        max_seen: int = 0,
     ) -> Node:
         """A node's HELLO: join or resync, or raise Refused (the id is another's, or this one was fenced)."""
-        outcome, node, lost = self.table.hello(route, node_id, (capacity, pid, host, incarnation), list(held), now)
+        spec = (capacity, pid, host, incarnation, max_seen)
+        outcome, node, lost = self.table.hello(route, node_id, spec, list(held), now)
         if lost:
             self._lost(lost, node.node_id if isinstance(node, Node) else -1)
         if outcome is Joined.REFUSED:
             self.counters["nodes_refused"] += 1
-            self.outbox.events.append((ev.NODE_REFUSED, node_id, node))
         if isinstance(node, str):
             raise Refused(node, outcome is Joined.FENCED, self.table.holder(node_id))
         return node
 
     def _lost(self, lost: list[Request], server_id: int) -> None:
+        """Work a live node never got (or whose answer never came): back to the queue, the attempt uncounted."""
         self.counters["lost_in_transit"] += len(lost)
-        self._requeue_many(lost, server_id)
+        for req in lost:
+            req.attempts -= 1
+            self._requeue(req, server_id)
 
     def heartbeat(
-        self, route: Any, in_flight: int, handled: int, now: float, dropped: int = 0, held: list[int] | None = None
+        self,
+        route: Any,
+        in_flight: int,
+        handled: int,
+        now: float,
+        dropped: int = 0,
+        held: list[int] | None = None,
+        max_seen: int = 0,
     ) -> Node | None:
         """A node's load report; with `held` (the tickets it holds) work lost on the way is re-queued."""
-        node, lost = self.table.heartbeat(route, (in_flight, handled, dropped), held, self._ticket, now)
+        report = (in_flight, handled, dropped, max_seen)
+        node, lost = self.table.heartbeat(route, report, held, self._ticket, now)
         if lost:
             self._lost(lost, node.node_id)
         return node

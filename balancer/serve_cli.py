@@ -13,15 +13,9 @@ import click
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
-from wire.options import endpoints, grace_option, heartbeat_options
+from wire.options import endpoints, grace_option, heartbeat_options, path_option, shown_option
 from wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from wire.security import CurveConfigError, generate_keys
-
-
-def shown_option(name: str, kind: click.ParamType, default: float, help_text: str) -> Callable[..., Any]:
-    """A typed option whose default --help shows: the common shape of zlb's numeric options."""
-    return click.option(name, type=kind, default=default, show_default=True, help=help_text)
-
 
 LOG_FILE_HELP = "$XDG_STATE_HOME/zlb/balancer.log (~/.local/state/zlb/balancer.log when XDG_STATE_HOME is unset)"
 
@@ -88,26 +82,14 @@ def prepare_log_file(path: str) -> None:
     default=None,
     help="Record accepted and finished requests here; a restart on the same file loses none.",
 )
-@click.option(
-    "--curve-secret",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="This balancer's secret key file (zlb keys generate); turns on CurveZMQ for every socket.",
+@path_option(
+    "--curve-secret", "This balancer's secret key file (zlb keys generate); turns on CurveZMQ for every socket."
 )
-@click.option(
-    "--allow",
-    "allow_dir",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Directory of public keys (*.key) admitted with --curve-secret.",
-)
-@click.option(
+@path_option("--allow", "Directory of public keys (*.key) admitted with --curve-secret.", "allow_dir")
+@path_option(
     "--admin-allow",
+    "Directory of admin public keys: only these may down, up, drain and configure (without it every --allow key may).",
     "admin_allow_dir",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Directory of admin public keys: only these may down, up, drain and configure"
-    " (without it every --allow key may).",
 )
 @grace_option(DEFAULT_GRACE_S)
 def balancer(keep_finished_mb: float, log_file: str, **options: Any) -> None:

@@ -17,6 +17,10 @@ def payload_digest(payload: Any) -> int:
     return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
 
 
+# Client ids the balancer keeps sessions for at once; a HELLO for a new one beyond is refused.
+MAX_SESSIONS = 200_000
+
+
 class ClientSession(dict):
     """One client id's remembered requests by request id, and the incarnation that holds the id.
 
@@ -39,9 +43,19 @@ class ClientSession(dict):
 class ClientSessions(dict):
     """ClientSession by client id."""
 
-    def __init__(self, lease_s: float) -> None:
+    def __init__(self, lease_s: float, counters: dict[str, int]) -> None:
         super().__init__()
         self.lease_s = lease_s
+        self.counters = counters  # the scheduler's: refusals count under "clients_refused"
+
+    def sweep(self, now: float) -> int:
+        """Forget sessions that remember no request and whose holder left or went quiet; return how many."""
+        idle = [
+            cid for cid, s in self.items() if not s and (s.incarnation is None or now - s.last_seen >= self.lease_s)
+        ]
+        for cid in idle:
+            del self[cid]
+        return len(idle)
 
     def of(self, client_id: int) -> ClientSession:
         """The session of a client id, made on first use."""
@@ -52,6 +66,8 @@ class ClientSessions(dict):
 
     def hello(self, client_id: int, incarnation: int, pid: int | None, host: str | None, now: float) -> str:
         """Open (or refresh) a session; return '' or the reason it is refused."""
+        if client_id not in self and len(self) >= MAX_SESSIONS:
+            return f"too many client sessions ({MAX_SESSIONS}); try again later"
         session = self.of(client_id)
         refusal = self.claim(session, incarnation, now)
         if not refusal and pid is not None:
@@ -62,6 +78,7 @@ class ClientSessions(dict):
         """The session's holder is `incarnation` from now on, unless another live one holds it."""
         if session.incarnation != incarnation:
             if session.incarnation is not None and now - session.last_seen < self.lease_s:
+                self.counters["clients_refused"] += 1
                 where = f" (pid {session.pid} on host {session.host})" if session.pid is not None else ""
                 return f"client id {session.client_id} is in use by another process{where}; pick another --id"
             session.incarnation, session.pid, session.host = incarnation, None, None

@@ -42,7 +42,7 @@ class SimNodes:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IDENTITY, f"sim-{pid}-{first_id + i}".encode())
             sock.connect(backend_ep)
-            hello = p.encode(MsgType.HELLO, first_id + i, capacity, pid, host, (pid << 20) + first_id + i)
+            hello = p.encode(MsgType.HELLO, first_id + i, capacity, pid, host, (pid << 20) + first_id + i, 0)
             sock.send_multipart([hello, p.encode_tickets([])])
             self.poller.register(sock, zmq.POLLIN)
             self.socks.append(sock)
@@ -70,7 +70,8 @@ class SimNodes:
             now = time.monotonic()
             if now >= next_beat:
                 # Work is answered as it arrives, so a simulated node never holds a ticket.
-                beat = [p.encode(MsgType.HEARTBEAT, 0, self.handled, 0), p.encode_tickets([])]
+                # max_seen 0: a simulated node does not track tickets, so only the slow rule applies.
+                beat = [p.encode(MsgType.HEARTBEAT, 0, self.handled, 0, 0), p.encode_tickets([])]
                 for sock in self.socks:
                     try:
                         sock.send_multipart(beat, zmq.NOBLOCK)

@@ -21,7 +21,7 @@ from client_node.client import (
     Result,
     json_payload,
 )
-from wire.options import endpoint_option
+from wire.options import endpoint_option, shown_option
 
 
 def describe(result: Result) -> str:
@@ -132,13 +132,7 @@ def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--requests", "count", type=click.IntRange(0), default=2, show_default=True, help="Requests to send.")
 @click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="Lower is more urgent.")
 @click.option("--cost-ms", type=click.FloatRange(0), default=0, show_default=True, help="Simulated work per request.")
-@click.option(
-    "--first-request-id",
-    type=click.IntRange(0),
-    default=1,
-    show_default=True,
-    help="Id of the first request; the rest follow.",
-)
+@shown_option("--first-request-id", click.IntRange(0), 1, "Id of the first request; the rest follow.")
 @click.option(
     "--retry-s",
     type=click.FloatRange(0, min_open=True),

@@ -143,6 +143,8 @@ class Client:
         connect_timeout_s: float | None = None,
     ) -> None:
         self.frontend = frontend or p.endpoint("frontend")
+        if not 0 <= client_id < 2**64:
+            raise ValueError(f"client id {client_id} is out of the wire's range (0 to 2**64 - 1)")
         self.client_id = client_id
         self.incarnation = secrets.randbits(64)
         self.retry_s = retry_s
@@ -203,11 +205,21 @@ class Client:
     def submit(
         self, payload: bytes | str = b"", priority: int = DEFAULT_PRIORITY, request_id: int | None = None
     ) -> Pending:
-        """Send a request; lower priority numbers are served first."""
+        """Send a request; lower priority numbers are served first.
+
+        ValueError for a request id still outstanding here, or one (or a priority) the wire
+        cannot carry (ids 0 to 2**64 - 1); nothing changes then. RuntimeError after close().
+        """
+        if self.sock.closed:
+            raise RuntimeError("this Client is closed")
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
         if request_id is None:
             request_id = self._next_id
+        if request_id in self._outstanding:
+            raise ValueError(f"request {request_id} is still outstanding; wait for it or use another id")
+        if not 0 <= request_id < 2**64 or not -(2**63) <= priority < 2**63:
+            raise ValueError(f"request id {request_id} or priority {priority} is out of the wire's 64-bit range")
         self._next_id = max(self._next_id, request_id + 1)
         if request_id in self._answered:
             self._reused.add(request_id)
@@ -322,7 +334,7 @@ class Client:
         answered[request_id] = (status, server_id, hash(body))
         if request_id in self._reused:
             self._reused.discard(request_id)
-            replay = True
+            replay = status != REJECTED
         self._results[request_id] = Result(
             self.client_id, request_id, sent.priority, status, server_id, attempts, body, replay
         )

@@ -17,7 +17,7 @@ from http_gateway.processes import NodeSettings, Processes
 from http_gateway.serve import HEADER_TIMEOUT_S, listen, serve
 from http_gateway.submitter import Submitter
 from http_gateway.web import App
-from wire.options import endpoints, heartbeat_options
+from wire.options import endpoints, heartbeat_options, shown_option
 from zlb.supervisor import Supervisor
 
 EXIT_CONFIG = 2
@@ -82,29 +82,18 @@ def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> No
     default=None,
     help=f"File whose first line is the bearer token POSTs need (else ${TOKEN_ENV}).",
 )
-@click.option(
-    "--cost-ms",
-    type=click.FloatRange(0),
-    default=500,
-    show_default=True,
-    help="Simulated work per request sent by /configure's clients and /send_request.",
-)
+@shown_option("--cost-ms", click.FloatRange(0), 500, "Simulated work per request sent by /configure and /send_request.")
 @click.option(
     "--capacity", type=click.IntRange(1), default=1, show_default=True, help="Capacity of /configure's nodes."
 )
-@click.option(
-    "--control-timeout",
-    type=click.FloatRange(0.05),
-    default=CONTROL_TIMEOUT_S,
-    show_default=True,
-    help="Seconds to wait for the balancer before answering 503.",
+@shown_option(
+    "--control-timeout", click.FloatRange(0.05), CONTROL_TIMEOUT_S, "Seconds to wait for the balancer before a 503."
 )
-@click.option(
+@shown_option(
     "--header-timeout",
-    type=click.FloatRange(0.1),
-    default=HEADER_TIMEOUT_S,
-    show_default=True,
-    help="Seconds a client may take to send a request's line and headers before it is disconnected.",
+    click.FloatRange(0.1),
+    HEADER_TIMEOUT_S,
+    "Seconds a client may take to send a request's line and headers before it is disconnected.",
 )
 @heartbeat_options
 @click.option("--quiet", is_flag=True, help="No access log on stderr.")

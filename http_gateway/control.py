@@ -15,9 +15,8 @@ from typing import Any
 
 import zmq
 
-from wire import protocol as p
+from wire import control_client
 from wire.control_client import BalancerUnreachable, ControlError
-from wire.protocol import ProtocolError
 from wire.security import SERVER_KEY_ENV, load_public, load_secret, secure_client_socket
 
 ADMIN_SECRET_ENV = "ZLB_HTTP_ADMIN_SECRET"
@@ -25,34 +24,24 @@ ADMIN_SECRET_ENV = "ZLB_HTTP_ADMIN_SECRET"
 __all__ = ["ADMIN_SECRET_ENV", "BalancerUnreachable", "ControlError", "admin_socket", "call"]
 
 
-def admin_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
-    """A connecting socket with the admin key pair (or the process's client keys, or none)."""
-    sock = ctx.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
+def secure_admin(sock: zmq.Socket) -> zmq.Socket:
+    """Give a connecting socket the admin key pair (or the process's client keys, or none)."""
     admin = os.environ.get(ADMIN_SECRET_ENV)
     server_key = os.environ.get(SERVER_KEY_ENV)
     if admin and server_key:
         sock.curve_publickey, sock.curve_secretkey = load_secret(admin)
         sock.curve_serverkey = load_public(server_key)
-    else:
-        secure_client_socket(sock)
-    return sock
+        return sock
+    return secure_client_socket(sock)
+
+
+def admin_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
+    """A connecting socket with the admin key pair, for the event subscription."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    return secure_admin(sock)
 
 
 def call(endpoint: str, cmd: str, timeout_s: float, **args: Any) -> Any:
-    """One control command with a deadline; its result, or ControlError / BalancerUnreachable."""
-    sock = admin_socket(zmq.Context.instance(), zmq.DEALER)
-    try:
-        sock.connect(endpoint)
-        sock.send(p.encode_map({"cmd": cmd, **args}))
-        if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-            raise BalancerUnreachable(f"no answer from the balancer at {endpoint} within {timeout_s:g} s")
-        try:
-            reply = p.decode_map(sock.recv(), limit=p.DEFAULT_MAX_MESSAGE_BYTES)
-        except ProtocolError as exc:
-            raise ControlError(f"unreadable reply from {endpoint}: {exc}") from None
-    finally:
-        sock.close(linger=0)
-    if not reply.get("ok"):
-        raise ControlError(str(reply.get("error", "unknown error")))
-    return reply.get("result")
+    """One control command with a deadline, made with the admin key; ControlError / BalancerUnreachable."""
+    return control_client.call(endpoint, cmd, timeout_s, secure=secure_admin, **args)

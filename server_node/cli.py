@@ -24,9 +24,7 @@ from wire.options import endpoint_option, grace_option, heartbeat_options
 )
 @grace_option(DEFAULT_GRACE_S)
 @heartbeat_options
-def server(
-    backend: str, node_id: int | None, capacity: int, handler: str, grace_s: float, heartbeat_ms: int, liveness: int
-) -> None:
+def server(backend: str, node_id: int | None, capacity: int, handler: str, **timings: float) -> None:
     """Run a server node that takes work from the balancer."""
     try:
         handlers.load(handler)
@@ -35,17 +33,8 @@ def server(
     who = f"zlb server (pid {os.getpid()}, {'id ' + str(node_id) if node_id is not None else 'id from the balancer'})"
     # On stderr, so a terminal shows what runs where while stdout stays for data.
     click.echo(f"{who}: connecting to {backend}, capacity {capacity}, handler {handler}", err=True)
-    code = run_node(
-        NodeConfig(
-            backend=backend,
-            node_id=node_id,
-            capacity=capacity,
-            handler=handler,
-            heartbeat_ms=heartbeat_ms,
-            liveness=liveness,
-            grace_s=grace_s,
-        )
-    )
+    # The timing options (grace_s, heartbeat_ms, liveness) are NodeConfig fields of the same name.
+    code = run_node(NodeConfig(backend=backend, node_id=node_id, capacity=capacity, handler=handler, **timings))
     if code == 0:
         click.echo(f"{who} stopped", err=True)
     sys.exit(code)

@@ -33,6 +33,12 @@ class PeerLiveness:
         self.expires_at = now + self.interval_s * self.liveness
         self.backoff_s = 0.0
 
+    def adopt(self, interval_s: float, liveness: int, now: float) -> None:
+        """Use the balancer's heartbeat interval and liveness (from WELCOME) from now on."""
+        self.interval_s, self.liveness = interval_s, liveness
+        self.expires_at = now + interval_s * liveness
+        self.next_heartbeat = min(self.next_heartbeat, now + interval_s)
+
     def heartbeat_due(self, now: float) -> bool:
         """True once per interval: time to send a heartbeat."""
         if now < self.next_heartbeat:

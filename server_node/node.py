@@ -35,6 +35,9 @@ DEFAULT_GRACE_S = 10.0
 # Exit codes of run_node besides 0: the balancer refused our id, or fenced us off it.
 EXIT_REFUSED = 3
 EXIT_FENCED = 4
+# How long a node restarted on the same host keeps asking for the id of its dead predecessor:
+# past any balancer's deadline for it (liveness x heartbeat, 1.5 s by default).
+REFUSED_RETRY_S = 30.0
 
 
 @dataclass
@@ -64,9 +67,11 @@ class ServerNode:
         self.welcomed = False
         self.exit_code: int | None = None  # set when the balancer refuses or fences this node
         self.exit_reason = ""
-        self._refusals = 0
+        self._refused_since: float | None = None
+        self._last_hello = 0.0
         # Tickets received whose DONE has not been sent, in arrival order.
         self.held: dict[int, None] = {}
+        self.max_seen = 0  # the highest ticket received: WORK arrives in ticket order
         self._ctx = context or zmq.Context.instance()
         self.incarnation = secrets.randbits(64)
         # A stable identity across reconnects lets the balancer recognise us.
@@ -100,8 +105,15 @@ class ServerNode:
 
     def _hello(self) -> None:
         header = p.encode(
-            MsgType.HELLO, self.node_id, self.config.capacity, os.getpid(), socket.gethostname(), self.incarnation
+            MsgType.HELLO,
+            self.node_id,
+            self.config.capacity,
+            os.getpid(),
+            socket.gethostname()[: p.MAX_HOST_CHARS],
+            self.incarnation,
+            self.max_seen,
         )
+        self._last_hello = time.monotonic()
         self._send(header, p.encode_tickets(self.held))
 
     @property
@@ -154,7 +166,7 @@ class ServerNode:
             self._disconnect()
             self._redial_at = now + self.live.reconnected(now)
         elif self.live.heartbeat_due(now):
-            header = p.encode(MsgType.HEARTBEAT, len(self.held), self.handled, self.dropped)
+            header = p.encode(MsgType.HEARTBEAT, len(self.held), self.handled, self.dropped, self.max_seen)
             self._send(header, p.encode_tickets(self.held))
 
     def _leave(self, now: float) -> bool:
@@ -195,14 +207,13 @@ class ServerNode:
             if msg_type is MsgType.WORK:
                 self._on_work(fields, body)
             elif msg_type is MsgType.WELCOME:
-                self.node_id = fields[0]
-                self.welcomed = True
-                self._refusals = 0
+                self._on_welcome(now, *fields)
             elif msg_type is MsgType.RECONNECT:
                 if fields[0] == p.REASON_STOPPING:
                     self._on_shutdown(now)
                     return
-                self._hello()
+                if now - self._last_hello >= self.live.interval_s:
+                    self._hello()  # one HELLO per interval however many late DONEs were answered RECONNECT
             elif msg_type is MsgType.REFUSED:
                 self._on_refused(now, *fields)
                 return
@@ -210,14 +221,26 @@ class ServerNode:
                 self._end(EXIT_FENCED, f"replaced: {fields[0]}; this process stops")
                 return
 
+    def _on_welcome(self, now: float, node_id: int, heartbeat_ms: int, liveness: int) -> None:
+        """Joined: take the id and the balancer's timing (one heartbeat model on both sides)."""
+        self.node_id = node_id
+        self.welcomed = True
+        self._refused_since = None
+        self.live.adopt(heartbeat_ms / 1000, liveness, now)
+
     def _on_refused(self, now: float, reason: str, holder_pid: int | None, holder_host: str | None) -> None:
         """Another process holds our id. If it is a dead process on this host (we were restarted
-        faster than the balancer noticed), ask again until its liveness runs out; else give up."""
-        self._refusals += 1
-        if holder_host == socket.gethostname() and holder_pid is not None and not _alive(holder_pid):
-            if self._refusals <= 4 * self.config.liveness:
+        faster than the balancer noticed), ask again until its deadline surely passed; else give up."""
+        if self._refused_since is None:
+            self._refused_since = now
+        if (
+            holder_host == socket.gethostname()[: p.MAX_HOST_CHARS]
+            and holder_pid is not None
+            and not _alive(holder_pid)
+        ):
+            if now - self._refused_since < REFUSED_RETRY_S:
                 self._disconnect()
-                self._redial_at = now + self.config.heartbeat_ms / 1000
+                self._redial_at = now + self.live.interval_s
                 return
         self._end(EXIT_REFUSED, f"refused by the balancer: {reason}")
 
@@ -238,6 +261,7 @@ class ServerNode:
 
     def _on_work(self, fields: list[Any], payload: bytes) -> None:
         ticket, client_id, request_id, priority, attempt = fields
+        self.max_seen = max(self.max_seen, ticket)
         if ticket in self.held:
             return  # tickets are unique: the same WORK twice runs once
         work = handlers.Work(client_id, request_id, priority, attempt, self.node_id, payload)

@@ -20,31 +20,54 @@ def dispatch_one(sched: Scheduler, rid: int = 1) -> int:
     return ticket
 
 
-def test_resync_hello_requeues_at_once_what_the_node_does_not_hold():
-    """The same incarnation saying HELLO again lists its tickets; the rest was lost and goes back to the queue."""
+def test_resync_hello_requeues_at_once_what_the_node_saw_pass_and_does_not_hold():
+    """A HELLO again from the same incarnation: what it saw and does not hold goes back; later WORK may be in flight."""
     sched = make()
-    sched.hello(b"n0", 0, 2, 1, "h", 0.0, incarnation=A)
+    sched.hello(b"n0", 0, 3, 1, "h", 0.0, incarnation=A)
     kept = dispatch_one(sched, 1)
-    dispatch_one(sched, 2)
-    sched.hello(b"n0", 0, 2, 1, "h", 0.5, incarnation=A, held=[kept])
-    assert list(sched.nodes[0].in_flight) == [kept]
+    lost = dispatch_one(sched, 2)
+    later = dispatch_one(sched, 3)  # sent after the HELLO left the node: not seen yet, not lost
+    sched.hello(b"n0", 0, 3, 1, "h", 0.5, incarnation=A, held=[kept], max_seen=lost)
+    assert list(sched.nodes[0].in_flight) == [kept, later]
     assert sched.get(0, 2).status == "pending"
+    assert sched.get(0, 2).attempts == 0  # lost on the way is not an attempt
     assert sched.counters["lost_in_transit"] == 1
     assert ev.NODE_RESYNCED in [e[0] for e in sched.events]
 
 
-def test_heartbeats_find_work_lost_on_the_way_after_two_reports():
-    """A ticket missing from two heartbeats in a row, though it had an interval to arrive, is re-queued once."""
+def test_hello_storms_of_a_healthy_node_never_fail_a_request():
+    """Many resync HELLOs of one incarnation listing nothing re-queue, but never use up a request's attempts."""
+    sched = make(max_attempts=3)
+    sched.hello(b"n0", 0, 1, 1, "h", 0.0, incarnation=A)
+    for round_ in range(10):
+        ticket = dispatch_one(sched, 1) if round_ == 0 else next(t for _n, t, _r in sched.dispatch())
+        sched.hello(b"n0", 0, 1, 1, "h", 0.1 * round_, incarnation=A, held=[], max_seen=ticket)
+    assert sched.get(0, 1).status == "pending" and sched.counters["failed"] == 0
+
+
+def test_a_ticket_below_the_highest_seen_and_not_held_is_lost_at_once():
+    """WORK arrives in ticket order: a later ticket seen means an earlier one not held was lost on the way."""
     sched = make()
     sched.hello(b"n0", 0, 4, 1, "h", 0.0, incarnation=A)
     lost = dispatch_one(sched, 1)
-    sched.heartbeat(b"n0", 0, 0, 0.5, held=[])  # sent before the work could arrive: says nothing
-    assert sched.get(0, 1).status == "assigned"
-    sched.heartbeat(b"n0", 0, 0, 1.0, held=[])  # first miss
-    assert sched.get(0, 1).status == "assigned"
-    sched.heartbeat(b"n0", 0, 0, 1.5, held=[])  # second miss in a row: lost
-    assert sched.get(0, 1).status == "pending"
+    later = dispatch_one(sched, 2)
+    sched.heartbeat(b"n0", 1, 0, 0.5, held=[later], max_seen=later)
+    assert sched.get(0, 1).status == "pending" and sched.get(0, 2).status == "assigned"
     assert lost not in sched.nodes[0].in_flight
+    assert sched.counters["lost_in_transit"] == 1
+
+
+def test_a_ticket_never_seen_is_lost_only_after_three_heartbeats_without_it():
+    """With nothing later seen, a ticket may be in transit: lost once missing from three reports after an interval."""
+    sched = make()
+    sched.hello(b"n0", 0, 4, 1, "h", 0.0, incarnation=A)
+    dispatch_one(sched, 1)
+    sched.heartbeat(b"n0", 0, 0, 0.5, held=[])  # sent before the work could arrive: says nothing
+    for now in (1.0, 1.5):
+        sched.heartbeat(b"n0", 0, 0, now, held=[])
+        assert sched.get(0, 1).status == "assigned"
+    sched.heartbeat(b"n0", 0, 0, 2.0, held=[])  # the third miss in a row
+    assert sched.get(0, 1).status == "pending"
     assert sched.counters["lost_in_transit"] == 1
 
 
@@ -117,10 +140,10 @@ def test_a_second_client_incarnation_is_refused_within_the_lease_and_takes_over_
     sched = make(client_lease_s=10.0)
     assert sched.submit(5, 1, 5, b"r1", b"x", incarnation=A, now=0.0) is Submitted.QUEUED
     assert sched.submit(5, 2, 5, b"r2", b"x", incarnation=B, now=1.0) is Submitted.ID_IN_USE
-    assert "client id 5 is in use by another process" in sched.client_hello(5, B, 9, "h", 2.0)
-    assert sched.client_hello(5, B, 9, "h", 11.0) == ""  # A silent past its lease
+    assert "client id 5 is in use by another process" in sched.sessions.hello(5, B, 9, "h", 2.0)
+    assert sched.sessions.hello(5, B, 9, "h", 11.0) == ""  # A silent past its lease
     assert sched.submit(5, 2, 5, b"r2", b"x", incarnation=A, now=11.5) is Submitted.ID_IN_USE
-    sched.client_bye(5, B)
+    sched.sessions.bye(5, B)
     assert sched.submit(5, 3, 5, b"r1", b"x", incarnation=A, now=12.0) is Submitted.QUEUED
 
 
@@ -135,3 +158,21 @@ def test_a_reused_request_id_with_another_payload_is_a_conflict():
     assert sched.submit(0, 1, 5, b"d", b"two") is Submitted.CONFLICT
     assert sched.submit(0, 1, 5, b"d", b"one") is Submitted.FINISHED
     assert sched.counters["conflicts"] == 2 and sched.counters["replays"] == 1
+
+
+def test_idle_client_sessions_are_swept_and_their_number_is_capped(monkeypatch):
+    """A session with no request is forgotten once its holder left or went quiet; past the cap, HELLOs are refused."""
+    from balancer import sessions
+
+    sched = make(client_lease_s=10.0)
+    for cid in range(100):
+        assert sched.sessions.hello(cid, A, 1, "h", 0.0) == ""
+    sched.submit(7, 1, 5, b"r", b"x", incarnation=A, now=1.0)
+    sched.sessions.bye(3, A)
+    assert 3 not in sched.sessions  # BYE forgets an empty session at once
+    assert sched.sessions.sweep(5.0) == 0  # the others are within their lease
+    assert sched.sessions.sweep(20.0) == 98  # quiet past the lease; client 7 keeps its request
+    assert list(sched.sessions) == [7]
+    monkeypatch.setattr(sessions, "MAX_SESSIONS", 2)
+    assert sched.sessions.hello(8, A, 1, "h", 21.0) == ""
+    assert "too many client sessions" in sched.sessions.hello(9, A, 1, "h", 21.0)

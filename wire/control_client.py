@@ -7,6 +7,7 @@ to the next question.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -27,14 +28,19 @@ class BalancerUnreachable(Exception):
 
 
 def call(
-    endpoint: str, cmd: str, timeout_s: float = DEFAULT_TIMEOUT_S, context: zmq.Context | None = None, **args: Any
+    endpoint: str,
+    cmd: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    context: zmq.Context | None = None,
+    secure: Callable[[zmq.Socket], zmq.Socket] = secure_client_socket,
+    **args: Any,
 ) -> Any:
-    """Send one control command and return its result, or raise."""
+    """Send one control command and return its result, or raise; `secure` sets the socket's curve keys."""
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        secure_client_socket(sock)
+        secure(sock)
         sock.connect(endpoint)
         sock.send(p.encode_map({"cmd": cmd, **args}))
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):

@@ -73,9 +73,9 @@ class MsgType(IntEnum):
     CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; keeps the session's lease
     CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; frees the client id at once
     REFUSED = 8  # frontend or backend -> peer: [reason, holder_pid, holder_host]; the id is another live process's
-    HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host, incarnation] + held tickets
+    HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host, incarnation, max_seen] + held tickets
     WELCOME = 11  # backend -> node: [node_id, heartbeat_ms, liveness]
-    HEARTBEAT = 12  # node -> backend: [in_flight, handled, dropped] + held tickets
+    HEARTBEAT = 12  # node -> backend: [in_flight, handled, dropped, max_seen_ticket] + held tickets
     PING = 13  # backend -> node: []
     WORK = 14  # backend -> node: [ticket, client_id, request_id, priority, attempt] + payload
     DONE = 15  # node -> backend: [ticket, ok] + result
@@ -96,9 +96,9 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.CLIENT_PING: (int, int),
     MsgType.CLIENT_BYE: (int, int),
     MsgType.REFUSED: (str, OptInt, (str, type(None))),
-    MsgType.HELLO: (OptInt, int, int, str, int),
+    MsgType.HELLO: (OptInt, int, int, str, int, int),
     MsgType.WELCOME: (int, int, int),
-    MsgType.HEARTBEAT: (int, int, int),
+    MsgType.HEARTBEAT: (int, int, int, int),
     MsgType.PING: (),
     MsgType.WORK: (int, int, int, int, int),
     MsgType.DONE: (int, bool),
@@ -151,16 +151,8 @@ def _unpack(data: bytes, limit: int, max_items: int = MAX_SMALL_ITEMS) -> Any:
         raise ProtocolError("too_large", f"{len(data)} bytes over the {limit}-byte limit")
     try:
         # Tight unpack limits stop a tiny message from claiming huge containers.
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=limit,
-            max_bin_len=limit,
-            max_array_len=max_items,
-            max_map_len=max_items,
-            max_ext_len=0,
-        )
+        limits = {"max_str_len": limit, "max_bin_len": limit, "max_array_len": max_items, "max_map_len": max_items}
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0, **limits)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError("malformed", f"undecodable msgpack ({exc.__class__.__name__})") from None
 
@@ -192,6 +184,14 @@ def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
     return msg_type, fields
 
 
+def decode_routed(frames: list[Any]) -> tuple[MsgType, list[Any], Any]:
+    """A message received on a ROUTER, [route, header, body?], as (type, fields, body or None)."""
+    if len(frames) < 2:
+        raise ProtocolError("bad_frames", "empty message")
+    msg_type, fields = decode(frames[1])
+    return msg_type, fields, split_body(msg_type, frames[1:])
+
+
 def split_body(msg_type: MsgType, frames: list[Any]) -> Any:
     """Return the body frame of a decoded message, checking the frame count."""
     if msg_type in WITH_BODY:
@@ -203,6 +203,8 @@ def split_body(msg_type: MsgType, frames: list[Any]) -> Any:
     return None
 
 
+# A host name longer than this in a HELLO is garbage (DNS names stop at 253).
+MAX_HOST_CHARS = 255
 # A node holds at most --capacity (10,000) tickets; a claim of more is garbage.
 MAX_HELD_TICKETS = 10_000
 

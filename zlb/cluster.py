@@ -19,12 +19,12 @@ from typing import Any
 
 import click
 
-from balancer.serve_cli import log_file_option, shown_option
+from balancer.serve_cli import log_file_option
 from monitor.plain import LOG_TOPICS, plain_line
 from monitor.stream import EventStream
 from wire import control_client
 from wire import events as ev
-from wire.options import endpoints, heartbeat_options
+from wire.options import endpoints, heartbeat_options, shown_option
 from wire.protocol import TOPIC_STATS
 from zlb.supervisor import Supervisor, wait_for_balancer
 

@@ -52,12 +52,13 @@ def test_a_fresh_socket_hello_requeues_what_the_old_socket_took(balancer: LiveBa
     ctx = zmq.Context.instance()
     identity = b"node-test-fresh-socket"
 
-    def dial() -> zmq.Socket:
+    def dial(max_seen: int = 0) -> zmq.Socket:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, identity)
         sock.connect(balancer.endpoints.backend)
-        sock.send_multipart([p.encode(MsgType.HELLO, 4, 1, os.getpid(), "test", 99), p.encode_tickets([])])
+        hello = p.encode(MsgType.HELLO, 4, 1, os.getpid(), "test", 99, max_seen)
+        sock.send_multipart([hello, p.encode_tickets([])])
         assert sock.poll(5000) and p.decode(sock.recv_multipart()[0])[0] is MsgType.WELCOME
         return sock
 
@@ -71,7 +72,7 @@ def test_a_fresh_socket_hello_requeues_what_the_old_socket_took(balancer: LiveBa
             if p.decode(frames[0])[0] is MsgType.WORK:
                 break
         first.close(linger=0)
-        second = dial()
+        second = dial(max_seen=p.decode(frames[0])[1][0])  # saw that WORK, holds nothing
         try:
             wait_until(lambda: balancer.call("request", client_id=3, request_id=1)["status"] == "pending", 5, "requeue")
             balancer.start_server(0)
@@ -176,3 +177,19 @@ def test_sigterm_ends_a_node_with_a_stuck_handler_at_its_grace(balancer: LiveBal
         assert time.monotonic() - started <= 1 + 1.0
         result = pending.result(timeout=15)
     assert result.ok and result.server_id == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_node_takes_the_balancers_heartbeat_and_never_flaps(balancer: LiveBalancer, procs: ProcessGroup):
+    """A node started with a slower heartbeat than the balancer's adopts the balancer's from WELCOME: one join."""
+    node = procs.start("slow-node", "server", "--id", "0", "--heartbeat-ms", "500")
+    balancer.wait_servers_active({0})
+    with Client(balancer.endpoints.frontend, client_id=9) as client:
+        pendings = [client.submit(json_payload(0, i), request_id=i) for i in range(1, 21)]
+        assert all(pending.result(timeout=20).ok for pending in pendings)
+    # Ten of the balancer's liveness windows (3 x 100 ms) later the node has not been declared dead once.
+    give_up = time.monotonic() + 3.0
+    wait_until(lambda: time.monotonic() >= give_up, 5, "three seconds of service")
+    log = (procs.workdir / "balancer.log").read_text()
+    assert log.count("Server 0 joined") == 1 and "Server 0 is dead" not in log
+    assert node.popen.poll() is None

@@ -51,11 +51,11 @@ def test_kill9_balancer_restarts_on_its_journal(procs: ProcessGroup, endpoints: 
     balancer.wait_servers_active({0})
     with Client(endpoints.frontend, client_id=5, retry_s=0.5) as client:
         for rid in (1, 2, 3):
-            client.submit(json_payload(0, rid), request_id=rid)
+            client.submit(json_payload(0.0, rid), request_id=rid)  # the bytes `zlb send --payload N` sends
         first = collect(client, {1, 2, 3})
         procs.kill9(node)
         for rid in (4, 5, 6):
-            client.submit(json_payload(0, rid), request_id=rid)
+            client.submit(json_payload(0.0, rid), request_id=rid)  # the bytes `zlb send --payload N` sends
         wait_until(lambda: statuses(balancer, 5) == HALF_DONE, 10, "three finished, three waiting")
         procs.kill9(balancer.proc)
         balancer = start_balancer(procs, endpoints, 100, "--journal", journal)
@@ -66,7 +66,7 @@ def test_kill9_balancer_restarts_on_its_journal(procs: ProcessGroup, endpoints: 
         assert {r.status for r in later.values()} == {"processed"}
         assert {r.server_id for r in later.values()} == {1}
         assert client.conflicting_answers == 0
-    again = procs.run("send", "--client-id", "5", "--request-id", "2", "--json", "--timeout", "10")
+    again = procs.run("send", "--client-id", "5", "--request-id", "2", "--payload", "2", "--json", "--timeout", "10")
     assert again.returncode == 0, again.stderr
     assert '"server_id": 0' in again.stdout  # the one result from before the crash, not a new run
     assert first[2].server_id == 0
