@@ -198,6 +198,11 @@ class Client:
             pass  # no room to queue it: the next submit or ping names the session anyway
 
     @property
+    def unanswered(self) -> int:
+        """How many requests were sent and not yet answered (cheap, unlike `outstanding`)."""
+        return len(self._outstanding)
+
+    @property
     def outstanding(self) -> list[int]:
         """Ids of requests sent and not yet answered, in submission order."""
         return list(self._outstanding)
@@ -248,6 +253,12 @@ class Client:
                 raise KeyError(f"request {request_id} was never submitted or was already collected")
             self.pump(self._time_left(deadline))
         return self._results.pop(request_id)
+
+    def take_results(self) -> list[Result]:
+        """Every result that has arrived and was not yet taken (without waiting)."""
+        results = list(self._results.values())
+        self._results.clear()
+        return results
 
     def as_completed(self, timeout: float | None = None) -> Iterator[Result]:
         """Yield results as they arrive until nothing is outstanding."""

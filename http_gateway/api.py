@@ -104,7 +104,11 @@ class Gateway:
         deadline = time.monotonic() + ACK_TIMEOUT_S
         while self._find(client_id, request_id) is None:
             if time.monotonic() > deadline:
-                raise HttpError(503, f"Request {request_id} was not queued within {ACK_TIMEOUT_S:g} s (see /logs)")
+                raise HttpError(
+                    503,
+                    f"Request {request_id} was not confirmed queued within {ACK_TIMEOUT_S:g} s; it may still be:"
+                    " check GET /requests before sending it again",
+                )
             time.sleep(0.01)  # wait-ok: a deadline-bounded poll of the balancer
         return {"message": f"Request {request_id} added successfully!"}
 

@@ -14,6 +14,8 @@ import hmac
 import ipaddress
 import os
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 TOKEN_ENV = "ZLB_HTTP_TOKEN"
 # Shorter tokens are refused: they could be guessed.
@@ -68,6 +70,22 @@ class Policy:
                 "(or listen on 127.0.0.1)"
             )
         return cls(token, not loopback)
+
+    def cross_site(self, headers: Any) -> str:
+        """Why a changing request looks sent by another site's page ('' if it does not).
+
+        A page elsewhere can make a browser POST here (a "no-cors" fetch or a form) but
+        cannot set a JSON content type without asking first, and the browser names the
+        page's origin; a DNS-rebound name shows in Host. So: the Origin, when sent, must
+        be this host; without a token, Host must be a loopback name.
+        """
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != host:
+            return f"cross-site request from {origin} refused"
+        if self.token is None and not is_loopback(urlsplit(f"//{host}").hostname or ""):
+            return f"Host {host!r} is not a loopback name; without a token only loopback names are served"
+        return ""
 
     def allows(self, authorization: str | None, query_token: str | None = None) -> bool:
         """True when the token is off, or the header (or stream query) carries it."""

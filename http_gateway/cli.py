@@ -51,7 +51,7 @@ def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> No
     ):  # nodes and clients get neither the admin key nor the token
         sup.env.pop(secret, None)
     submitter = Submitter(link.frontend)
-    processes = Processes(sup, settings, lambda: link.call("servers"), submitter.submit, link.known)
+    processes = Processes(sup, settings, lambda: link.call("servers"), submitter.submit_batch, link.known)
     gateway = Gateway(link, submitter, processes)
     registry, tracker = metrics.make_registry(gateway.status_and_servers, admin_control.BalancerUnreachable)
     hub = EventHub(link.events, tracker, gateway.snapshot, processes.reap)

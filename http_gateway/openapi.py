@@ -102,11 +102,12 @@ def spec() -> dict[str, Any]:
     paths = {
         "/configure": {
             "post": _post(
-                f"Start servers and clients; answers once the servers have joined (at most {JOIN_TIMEOUT_S:g} s)",
+                "Start servers and clients; answers once the servers have joined"
+                f" (at most {JOIN_TIMEOUT_S:g} s + 0.5 s per server)",
                 _json(
                     {"type": "object", "properties": {k: COUNT for k in ("servers", "clients", "requests_per_client")}}
                 ),
-                (400, 409, 413, 429, 503, 504),
+                (400, 409, 413, 503, 504),
                 requestBody=configure_body,
             )
         },

@@ -24,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from client_node.client import DEFAULT_PRIORITY, json_payload
-from http_gateway.submitter import Submission
+from client_node.client import json_payload
 from http_gateway.validation import HttpError
 from zlb.supervisor import Supervisor
 
@@ -34,7 +33,12 @@ MAX_CLIENTS = 64
 REQUEST_ID_BLOCK = 100_000
 MAX_REQUESTS_PER_CLIENT = REQUEST_ID_BLOCK - 1
 # How long /configure waits for the nodes it started to join before answering 504.
+# (plus JOIN_S_PER_SERVER for each: 64 Python start-ups take about 20 s of CPU on 2 cores).
 JOIN_TIMEOUT_S = 20.0
+JOIN_S_PER_SERVER = 0.5
+# Requests one /configure may ask for in all (clients x requests_per_client); the gateway holds
+# each until it is answered, so this bounds its memory and the time /send_request may wait behind.
+MAX_CONFIGURED_REQUESTS = 100_000
 # How long a second /configure waits for the first to finish before answering 409.
 CONFIGURE_LOCK_WAIT_S = 30.0
 
@@ -57,11 +61,11 @@ class Processes:
         sup: Supervisor,
         settings: NodeSettings,
         servers: Callable[[], list[dict[str, Any]]],
-        send: Callable[[Submission], None],
+        send_batch: Callable[[int, int, int, Callable[[int], bytes]], None],
         known: Callable[[int, int], bool] = lambda client_id, request_id: False,
     ) -> None:
         self.sup = sup
-        self._send = send
+        self._send_batch = send_batch
         self.settings = settings
         self._servers = servers
         self._known = known
@@ -91,6 +95,8 @@ class Processes:
             self._lock.release()
 
     def _check_limits(self, servers: int, clients: int, per_client: int) -> None:
+        if clients * per_client > MAX_CONFIGURED_REQUESTS:
+            raise HttpError(400, f"{clients} clients x {per_client} requests pass the {MAX_CONFIGURED_REQUESTS} limit")
         for client_id in range(clients):
             if client_id not in self._used:
                 self._used[client_id] = self._used_before(client_id)
@@ -108,16 +114,17 @@ class Processes:
                 self.sup.start_server(node_id, s.capacity, s.heartbeat_ms, s.liveness)
 
     def _await_joined(self, count: int) -> None:
-        """Block until nodes 0..count-1 are active on the balancer, or raise 504."""
+        """Block until nodes 0..count-1 are live on the balancer (an admin's `down` is kept), or raise 504."""
         want = set(range(count))
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        wait_s = JOIN_TIMEOUT_S + JOIN_S_PER_SERVER * count
+        deadline = time.monotonic() + wait_s
         while True:
-            active = {s["server_id"] for s in self._servers() if s["active"]}
-            if want <= active:
+            live = {s["server_id"] for s in self._servers() if s["state"] != "dead"}
+            if want <= live:
                 return
             if time.monotonic() > deadline:
-                missing = ", ".join(str(i) for i in sorted(want - active))
-                raise HttpError(504, f"servers {missing} did not join within {JOIN_TIMEOUT_S:g} s")
+                missing = ", ".join(str(i) for i in sorted(want - live))
+                raise HttpError(504, f"servers {missing} did not join within {wait_s:g} s")
             time.sleep(0.05)  # wait-ok: a deadline-bounded poll of the balancer for joins
 
     def _used_before(self, client_id: int) -> int:
@@ -144,6 +151,5 @@ class Processes:
             self._used[client_id] = self._used_before(client_id)
         first = (client_id + 1) * REQUEST_ID_BLOCK + 1 + self._used[client_id]
         self._used[client_id] += count
-        for n in range(count):
-            payload = json_payload(self.settings.cost_ms, {"n": n})
-            self._send(Submission(client_id, first + n, DEFAULT_PRIORITY, payload))
+        cost_ms = self.settings.cost_ms
+        self._send_batch(client_id, first, count, lambda n: json_payload(cost_ms, {"n": n}))

@@ -1,23 +1,34 @@
 """The gateway's clients: one thread owns every client socket.
 
 HTTP handlers run on many threads and zmq sockets must not be shared, so
-handlers put submissions on a queue and this thread sends them, one
-`Client` per client id, then collects (and discards) their results so the
-sockets never back up. Retries of unanswered requests happen here too.
+handlers hand submissions to this thread, which sends them with one `Client`
+per client id (the gateway's session for that id) and takes their results so
+the sockets never back up. Retries of unanswered requests happen here too.
+
+Two lanes: a /send_request goes ahead of everything; /configure's requests are
+batches the thread sends a slice at a time, so a large /configure neither holds
+up /send_request nor is held in memory as millions of queued messages.
+Open clients are bounded: the least recently used idle one is closed first.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import zmq
 
-from client_node.client import Client, ClientIdInUse, Pending
+from client_node.client import Client, ClientIdInUse
 
 # How long the owner thread waits for a submission before pumping results.
 PUMP_INTERVAL_S = 0.05
+# Requests of /configure batches sent per pass, between looks at the /send_request lane.
+BATCH_SLICE = 200
+# Client sockets kept open at once; idle ones beyond are closed, least recently used first.
+MAX_OPEN_CLIENTS = 256
 
 
 @dataclass(frozen=True)
@@ -33,73 +44,116 @@ class Submission:
 class Submitter:
     """A thread that owns the gateway's Client sockets, fed through a queue."""
 
-    def __init__(self, frontend: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, frontend: str) -> None:
         self.frontend = frontend
         self.sent = 0
         self.answered = 0
         self.refused = 0
-        self._ctx = context or zmq.Context.instance()
-        self._inbox: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
-        self._clients: dict[int, Client] = {}
-        self._pending: dict[int, list[Pending]] = {}
+        self.errors = 0
+        # Its own context: the gateway's control calls never compete with these sockets for slots.
+        self._ctx = zmq.Context()
+        self._ctx.max_sockets = 4 * MAX_OPEN_CLIENTS
+        self._urgent: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
+        self._batches: deque[Iterator[Submission]] = deque()
+        self._batch_lock = threading.Lock()
+        self._clients: OrderedDict[int, Client] = OrderedDict()
         self._thread = threading.Thread(target=self._run, name="zlb-http-submitter", daemon=True)
         self._thread.start()
 
     def submit(self, submission: Submission) -> None:
-        """Queue a request for sending (returns at once; safe from any thread)."""
-        self._inbox.put(submission)
+        """Send one request ahead of any batch (returns at once; safe from any thread)."""
+        self._urgent.put(submission)
+
+    def submit_batch(self, client_id: int, first_id: int, count: int, payload: Callable[[int], bytes]) -> None:
+        """Send requests first_id.. first_id + count - 1 of a client, the n-th with payload(n), in slices."""
+        batch = (Submission(client_id, first_id + n, 5, payload(n)) for n in range(count))
+        with self._batch_lock:
+            self._batches.append(batch)
+        self._urgent.put(Submission(-1, -1, 0, b""))  # wake the thread
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop the thread and close its sockets."""
-        self._inbox.put(None)
+        self._urgent.put(None)
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
         try:
-            while True:
-                try:
-                    item = self._inbox.get(timeout=PUMP_INTERVAL_S)
-                except queue.Empty:
-                    item = Submission(-1, -1, 0, b"")  # nothing to send: just pump
-                if item is None:
-                    return
-                if item.client_id >= 0:
-                    self._send(item)
-                self._collect()
+            while self._pass():
+                pass
         finally:
             for client in self._clients.values():
                 client.close()
+            self._ctx.term()
+
+    def _pass(self) -> bool:
+        """Send what is urgent, a slice of a batch, collect results; False once told to stop."""
+        idle = not self._batches
+        try:
+            item = self._urgent.get(timeout=PUMP_INTERVAL_S if idle else 0)
+        except queue.Empty:
+            item = Submission(-1, -1, 0, b"")
+        while item is not None:
+            self._guarded(self._send, item)
+            try:
+                item = self._urgent.get_nowait()
+            except queue.Empty:
+                break
+        if item is None:
+            return False
+        self._send_slice()
+        self._collect()
+        return True
+
+    def _guarded(self, send: Callable[[Submission], None], item: Submission) -> None:
+        """One failure (a refused id, an exhausted socket table) is counted; the thread lives on."""
+        try:
+            send(item)
+        except (ClientIdInUse, ValueError, zmq.ZMQError):
+            self.errors += 1
+
+    def _send_slice(self) -> None:
+        with self._batch_lock:
+            batch = self._batches[0] if self._batches else None
+        if batch is None:
+            return
+        for _ in range(BATCH_SLICE):
+            item = next(batch, None)
+            if item is None:
+                with self._batch_lock:
+                    self._batches.popleft()
+                return
+            self._guarded(self._send, item)
 
     def _send(self, item: Submission) -> None:
-        client = self._clients.get(item.client_id)
-        if client is None:
-            client = self._clients[item.client_id] = Client(self.frontend, item.client_id, context=self._ctx)
-            self._pending[item.client_id] = []
-        self._pending[item.client_id].append(client.submit(item.payload, item.priority, item.request_id))
+        if item.client_id < 0:
+            return  # a wake-up
+        self._client(item.client_id).submit(item.payload, item.priority, item.request_id)
         self.sent += 1
 
+    def _client(self, client_id: int) -> Client:
+        client = self._clients.get(client_id)
+        if client is None:
+            self._close_idle()
+            client = self._clients[client_id] = Client(self.frontend, client_id, context=self._ctx)
+        self._clients.move_to_end(client_id)
+        return client
+
+    def _close_idle(self) -> None:
+        """Make room for one more client by closing the least recently used idle ones."""
+        for client_id in list(self._clients):
+            if len(self._clients) < MAX_OPEN_CLIENTS:
+                return
+            if not self._clients[client_id].unanswered:
+                self._clients.pop(client_id).close()
+
     def _collect(self) -> None:
-        for client_id, client in self._clients.items():
-            pending = self._pending[client_id]
-            if not pending:
+        for client_id, client in list(self._clients.items()):
+            if not client.unanswered:
                 continue
             try:
                 client.pump(0)
-                self._pending[client_id] = self._unanswered(pending)
+                self.answered += len(client.take_results())
             except ClientIdInUse:
-                # Another process holds this client id: its requests were never queued (/send_request says 503).
-                self.refused += len(pending)
-                self._pending[client_id] = []
-
-    def _unanswered(self, pending: list[Pending]) -> list[Pending]:
-        still = []
-        for p in pending:
-            if not p.done():
-                still.append(p)
-                continue
-            self.answered += 1
-            try:
-                p.result(0)
-            except KeyError:
-                pass  # the same id submitted twice: its one answer was already taken
-        return still
+                # Another process holds this client id: its requests were never queued (/send_request says so).
+                self.refused += client.unanswered
+                self._clients.pop(client_id).close()

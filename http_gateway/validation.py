@@ -98,7 +98,9 @@ def int_field(
 def number_field(obj: dict[str, Any], name: str, default: float, maximum: float) -> float:
     """A finite non-negative number field (int or float), or a 400."""
     value = obj.get(name, default)
-    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= maximum:
+    # An int is compared as it is: math.isfinite would overflow on one of 400 digits.
+    finite = type(value) is int or (type(value) is float and math.isfinite(value))
+    if not finite or not 0 <= value <= maximum:
         raise HttpError(400, f"'{name}' must be a finite number from 0 to {maximum:g}, got {_short(value)}")
     return float(value)
 

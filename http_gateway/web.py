@@ -64,6 +64,16 @@ async def read_body(request: Request) -> bytes:
         raise HttpError(408, f"request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
 
 
+def json_content(headers: Any) -> str:
+    """Why a body's declared type is not JSON ('' if it is, or if there is no body)."""
+    declared = headers.get("content-type")
+    if declared is None or declared.split(";", 1)[0].strip().lower() == "application/json":
+        return ""
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return ""  # an empty POST (/server_down/1) carries no body to type
+    return f"the body must be application/json, not {declared}"
+
+
 class App:
     """Builds the Starlette app around a `Gateway`, an auth `Policy` and an `EventHub`."""
 
@@ -82,6 +92,13 @@ class App:
                 return error(
                     401, "missing or wrong token: send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"}
                 )
+            if changes:
+                for status, refusal in (
+                    (403, self.policy.cross_site(request.headers)),
+                    (415, json_content(request.headers)),
+                ):
+                    if refusal:
+                        return error(status, refusal)
             try:
                 body = await read_body(request) if changes else b""
                 result = await run_in_threadpool(run, request, body)

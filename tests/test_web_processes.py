@@ -19,7 +19,7 @@ def processes_knowing(known: set[tuple[int, int]]) -> tuple[Processes, list[tupl
         asked.append((client_id, request_id))
         return (client_id, request_id) in known
 
-    return Processes(Supervisor(), NodeSettings(), lambda: [], lambda _submission: None, lookup), asked
+    return Processes(Supervisor(), NodeSettings(), lambda: [], lambda *_batch: None, lookup), asked
 
 
 @pytest.mark.parametrize("used", [0, 1, 2, 37, 1000, MAX_REQUESTS_PER_CLIENT])

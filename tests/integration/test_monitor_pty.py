@@ -200,7 +200,8 @@ def test_dashboard_survives_a_balancer_restart_and_says_so(
 
 def post_json(url: str, body: dict) -> dict:
     """POST a JSON body and return the JSON answer."""
-    with urllib.request.urlopen(url, data=json.dumps(body).encode(), timeout=10) as reply:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
         return json.loads(reply.read())
 
 
