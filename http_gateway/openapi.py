@@ -46,17 +46,14 @@ def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
 
 
 COUNT = {"type": "integer", "minimum": 0}
+STATUS = {"type": "string", "enum": ["pending", "assigned", "processed", "failed"]}
 REQUEST_ROW = {
     "type": "object",
-    "properties": {
-        "client_id": WIRE_ID,
-        "request_id": WIRE_ID,
-        "priority": {"type": "integer"},
-        "status": {"type": "string", "enum": ["pending", "assigned", "processed", "failed"]},
-        "server_id": {"type": ["integer", "null"]},
-        "attempts": COUNT,
-    },
-}
+    "properties": dict(
+        client_id=WIRE_ID, request_id=WIRE_ID, priority={"type": "integer"}, status=STATUS,
+        server_id={"type": ["integer", "null"]}, attempts=COUNT,
+    ),
+}  # fmt: skip
 SERVER_ROW = {
     "type": "object",
     "properties": {

@@ -49,16 +49,15 @@ BAD_INPUTS = [
     ("POST", "/configure", b'{"num_servers": 0, "num_clients": 64, "requests_per_client": 99999}', 400, "limit"),
     ("POST", "/server_down/7", b"", 404, "Server 7 not found"),
     ("POST", "/server_up/7", b"", 404, "Server 7 not found"),
-    ("POST", "/server_down/abc", b"", 400, "non-negative integer"),
-    ("POST", "/server_up/-1", b"", 400, "non-negative integer"),
-    ("POST", f"/server_down/{OVERLONG}", b"", 400, "non-negative integer"),
-    ("POST", "/server_down/%C2%B2", b"", 400, "non-negative integer"),
-    ("POST", "/server_drain/%D9%A3", b"", 400, "non-negative integer"),
+    *[
+        ("POST", f"/server_{path}", b"", 400, "non-negative integer")
+        for path in ("down/abc", "up/-1", f"down/{OVERLONG}", "down/%C2%B2", "drain/%D9%A3")
+    ],
     ("GET", "/requests?status=lost", b"", 400, "unknown status"),
-    ("GET", "/requests?limit=many", b"", 400, "must be an integer"),
-    ("GET", f"/requests?limit={OVERLONG}", b"", 400, "must be an integer"),
-    ("GET", f"/requests?client={OVERLONG}", b"", 400, "must be an integer"),
-    ("GET", "/requests?client=%C2%B2", b"", 400, "must be an integer"),
+    *[
+        ("GET", f"/requests?{query}", b"", 400, "must be an integer")
+        for query in ("limit=many", f"limit={OVERLONG}", f"client={OVERLONG}", "client=%C2%B2")
+    ],
     ("GET", "/requests?limit=-1", b"", 400, "at least 0"),
     ("GET", "/logs?limit=-3", b"", 400, "at least 0"),
     ("GET", f"/logs?limit={OVERLONG}", b"", 400, "must be an integer"),
