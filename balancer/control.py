@@ -20,8 +20,7 @@ from wire import events as ev
 from wire.protocol import STATUSES
 
 DEFAULT_REQUEST_LIMIT = 1000
-# A control reply decodes with at most 1024 array items (protocol unpack limit),
-# so list replies are capped below it; callers page with `offset`.
+# List replies are capped so one reply stays small and one query cheap; callers page with `offset`.
 MAX_LIST_REPLY = 1000
 # Rates are measured over this window of counter samples (see record_sample).
 RATE_WINDOW_S = 10.0
