@@ -135,8 +135,9 @@ class Bench:
         handler: str = "echo",
         heartbeat_ms: int | None = None,
         with_ids: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> Target:
-        """A zlb balancer plus `nodes` real `zlb server` processes, all active."""
+        """A zlb balancer (its defaults, plus `extra` options) and `nodes` real `zlb server` processes, all active."""
         frontend, backend, events, control = (free_endpoint() for _ in range(4))
         hb = [] if heartbeat_ms is None else ["--heartbeat-ms", str(heartbeat_ms)]
         name = self.name("balancer")
@@ -145,6 +146,7 @@ class Bench:
             *("--frontend", frontend, "--backend", backend, "--events", events, "--control", control),
             *("--log-file", os.path.join(self.workdir, f"{name}.log")),
             *hb,
+            *extra,
         )
         broker = self.procs.start(name, argv)
         target = Target("zlb", frontend, backend, broker, control)
@@ -276,6 +278,7 @@ class Bench:
         priority: int = 5,
         rate: float = 0.0,
         record_replies: bool = False,
+        drain_s: float | None = None,
     ) -> Clients:
         """Start `count` load generators, wait until each is connected, then say go.
 
@@ -285,7 +288,7 @@ class Bench:
         """
         procs, files = [], []
         for _ in range(count):
-            self._client_ids += 1
+            self.next_client_id()
             name = self.name("client")
             lat_file = os.path.join(self.workdir, f"{name}.lat")
             argv = python_argv(
@@ -297,8 +300,18 @@ class Bench:
             argv += ["--requests", str(requests)] if requests is not None else ["--duration", str(duration)]
             argv += ["--payload", payload] if payload is not None else []
             argv += ["--record-replies"] if record_replies else []
+            argv += ["--drain-s", str(drain_s)] if drain_s is not None else []
             procs.append(self.procs.start(name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
             files.append(lat_file)
+        return self.go(target, procs, files)
+
+    def next_client_id(self) -> int:
+        """A client id never used before in this run."""
+        self._client_ids += 1
+        return self._client_ids
+
+    def go(self, target: Target, procs: list[subprocess.Popen], files: list[str]) -> Clients:
+        """Wait until every load process says ready, note the broker's CPU, then tell them all to go."""
         for proc in procs:
             if LineReader(proc).line(START_TIMEOUT_S, "a load generator to connect") != "ready":
                 raise BenchError("a load generator did not start")

@@ -22,6 +22,24 @@ COMMON_FIELDS = ("requests_per_s", "p50_us", "p99_us", "balancer_cpu_us_per_requ
 SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
     "throughput": ("p90_us", "max_us", "nodes", "clients", "window", "errors"),
     "latency": ("p90_us", "max_us", "errors"),
+    "harness": (
+        "relay_p50_us",
+        "proxy_requests_per_s",
+        "proxy_cpu_us_per_request",
+        "proxy_p50_us",
+        "proxy_vs_relay",
+        "verdict",
+    ),
+    "userpath": (
+        "requests",
+        "resent",
+        "relay_requests_per_s",
+        "relay_cpu_us_per_request",
+        "relay_p50_us",
+        "vs_relay",
+        "p50_vs_relay",
+        "balancer_cpu_us_per_request_window_1",
+    ),
     "ceiling": (
         "relay_requests_per_s",
         "relay_p50_us",
@@ -42,6 +60,7 @@ SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
         "drain_per_s",
         "lost",
     ),
+    "stall": ("longest_stall_ms", "stall_ms_by_phase", "target_ms", "pings", "admin_query_ms", "journal_compactions"),
     "nodes": (
         "nodes_connected",
         "idle_cpu_percent",
@@ -74,6 +93,7 @@ class BenchConfig:
     heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
     service_ms: float = 5.0
     payload_sizes: tuple[int, ...] = (1024, 256 * 1024)
+    user_requests: int = 50_000  # the user-path scenario's submits, shared by its client processes
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -88,6 +108,7 @@ class BenchConfig:
             sim_procs=2,
             heartbeat_ms=200,  # short for a quick failover, long enough not to starve on a busy CI box
             service_ms=1.0,
+            user_requests=1000,
         )
 
 

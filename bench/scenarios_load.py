@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
-from bench import procstat, stats
+from bench import baselines, procstat, stats
 from bench.harness import LoadResult, Target
 from bench.scenario_kit import COMMON_FIELDS, Outcome, RunnerBase, common, row
+
+# The harness check: zmq.proxy must reach this multiple of the frame relay, or the run is harness-bound.
+HARNESS_HEADROOM = 2.0
 
 
 class LoadScenarios(RunnerBase):
@@ -87,6 +92,93 @@ class LoadScenarios(RunnerBase):
             f"window-1 p50 = {record['p50_vs_relay']} x relay, {record['p50_vs_proxy']} x zmq.proxy"
         ]
         return Outcome(record, rows, notes)
+
+    def scenario_harness(self) -> Outcome:
+        """The harness check: the lean clients and raw nodes drive zmq.proxy to >= 2x the frame relay, or say so."""
+        cfg = self.cfg
+        relay_many, relay_one, relay_rss = self._lean_pair(self._frame_relay())
+        proxy_many, proxy_one, proxy_rss = self._lean_pair(lambda: self.bench.start_proxy(cfg.nodes))
+        headroom = stats.ratio(proxy_many.requests_per_s, relay_many.requests_per_s)
+        verdict = "ok" if headroom is not None and headroom >= HARNESS_HEADROOM else "harness-bound"
+        record = {
+            **common(relay_many, relay_rss),
+            "relay_p50_us": relay_one.latency_us["p50_us"],
+            "relay_cpu_us_per_request_window_1": relay_one.cpu_us_per_request,
+            **baselines.cpu_fields("proxy", proxy_many),
+            "proxy_p50_us": proxy_one.latency_us["p50_us"],
+            "proxy_vs_relay": headroom,
+            "required": HARNESS_HEADROOM,
+            "verdict": verdict,
+            "load_average": _load_average(),
+            "errors": sum(x.errors for x in (relay_many, relay_one, proxy_many, proxy_one)),
+        }
+        load = f"lean clients {cfg.clients} x window {cfg.window}, {cfg.nodes} raw echo nodes"
+        rows = [
+            row("harness", "frame relay", relay_many, relay_rss, load),
+            row("harness", "zmq.proxy", proxy_many, proxy_rss, load),
+            row("harness", "frame relay", relay_one, relay_rss, "1 lean client, window 1"),
+            row("harness", "zmq.proxy", proxy_one, proxy_rss, "1 lean client, window 1"),
+        ]
+        notes = [
+            f"harness: zmq.proxy = {headroom} x the frame relay with the same clients and nodes "
+            f"(needs >= {HARNESS_HEADROOM}): {verdict}"
+        ]
+        return Outcome(record, rows, notes)
+
+    def scenario_userpath(self) -> Outcome:
+        """The user's path (zlb defaults, `zlb server --handler echo`, the Client API) against the frame relay."""
+        cfg = self.cfg
+
+        def user(target: Target) -> tuple[LoadResult, LoadResult, float]:
+            many = baselines.user_submit(self.bench, target, cfg.clients, cfg.user_requests)
+            one = baselines.user_one_at_a_time(self.bench, target, cfg.duration, cfg.warmup_s)
+            return many, one, procstat.peak_rss_mib(target.pid)
+
+        zlb_many, zlb_one, zlb_rss = self._with(self._zlb(), user)
+        relay_many, relay_one, relay_rss = self._lean_pair(self._frame_relay())
+        record = {
+            **common(zlb_many, zlb_rss),
+            "p50_us": zlb_one.latency_us["p50_us"],
+            "p99_us": zlb_one.latency_us["p99_us"],
+            "requests": cfg.user_requests,
+            "resent": baselines.resent(zlb_many),
+            "balancer_cpu_us_per_request_window_1": zlb_one.cpu_us_per_request,
+            **baselines.cpu_fields("relay", relay_many),
+            "relay_p50_us": relay_one.latency_us["p50_us"],
+            "relay_cpu_us_per_request_window_1": relay_one.cpu_us_per_request,
+            "vs_relay": stats.ratio(zlb_many.requests_per_s, relay_many.requests_per_s),
+            "p50_vs_relay": stats.ratio(zlb_one.latency_us["p50_us"], relay_one.latency_us["p50_us"]),
+            "load_average": _load_average(),
+            "errors": sum(x.errors for x in (zlb_many, zlb_one, relay_many, relay_one)),
+        }
+        rows = [
+            row(
+                "userpath", "zlb", zlb_many, zlb_rss, f"Client API: {cfg.clients} processes submit {cfg.user_requests}"
+            ),
+            row("userpath", "frame relay", relay_many, relay_rss, f"lean clients {cfg.clients} x window {cfg.window}"),
+            row("userpath", "zlb", zlb_one, zlb_rss, "Client API: submit().result(), one at a time"),
+            row("userpath", "frame relay", relay_one, relay_rss, "1 lean client, window 1"),
+        ]
+        notes = [
+            f"userpath: zlb throughput = {record['vs_relay']} x the frame relay (target >= 1.0); one at a time "
+            f"p50 = {record['p50_vs_relay']} x (target <= 1.2); balancer CPU "
+            f"{record['balancer_cpu_us_per_request']} us/request vs relay {record['relay_cpu_us_per_request']}"
+        ]
+        return Outcome(record, rows, notes)
+
+    def _frame_relay(self) -> Callable[[], Target]:
+        return lambda: baselines.start_frame_relay(self.bench, self.cfg.nodes, self.cfg.capacity)
+
+    def _lean_pair(self, start: Callable[[], Target]) -> tuple[LoadResult, LoadResult, float]:
+        """Lean clients at full window, then one lean client at window 1, against one broker."""
+        cfg = self.cfg
+
+        def measure(target: Target) -> tuple[LoadResult, LoadResult, float]:
+            many = baselines.lean_load(self.bench, target, cfg.clients, cfg.window, cfg.duration, cfg.warmup_s)
+            one = baselines.lean_load(self.bench, target, 1, 1, cfg.duration, cfg.warmup_s)
+            return many, one, procstat.peak_rss_mib(target.pid)
+
+        return self._with(start, measure)
 
     def scenario_priority(self) -> Outcome:
         """Priority-1 requests at a low rate while priority-9 requests saturate every node."""
@@ -169,6 +261,11 @@ class LoadScenarios(RunnerBase):
             f"payload {_size_name(s['payload_bytes'])}: {s['mib_per_s']} MiB/s, {s['vs_relay']} x relay" for s in sizes
         ]
         return Outcome(record, rows, notes)
+
+
+def _load_average() -> float:
+    """The machine's 1-minute load average: other work on a shared machine moves every figure."""
+    return round(os.getloadavg()[0], 2)
 
 
 def _mib_per_s(rps: float | None, size: int) -> float | None:

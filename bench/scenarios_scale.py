@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import procstat, stats
+from bench import baselines, procstat, stats
 from bench.harness import Target
 from bench.scenario_kit import Outcome, RunnerBase, common, row
+from wire import control_client
 from wire import protocol as p
+
+# Longest the queue and stall scenarios wait for a deep queue to drain (a million at ~30k/s is ~35 s).
+QUEUE_DRAIN_WAIT_S = 1200.0
+# Admin queries run while the queue is full, one after another, for this long (at least a few rounds).
+ADMIN_PHASE_S = 3.0
+ADMIN_QUERIES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("requests", {"limit": 10}),
+    ("requests", {"status": "pending", "limit": 10}),
+    ("status", {}),
+    ("servers", {}),
+    ("snapshot", {}),
+    ("logs", {"limit": 100}),
+)
 
 
 class ScaleScenarios(RunnerBase):
@@ -62,14 +78,18 @@ class ScaleScenarios(RunnerBase):
 
         def measure(target: Target) -> dict[str, Any]:
             rss_before = procstat.memory_kib(target.pid)["VmRSS"]
-            run = self.bench.start_clients(target, 1, count, requests=count, rate=cfg.queue_rate)
+            # The sender waits for its answers from its last send until the queue has drained:
+            # enqueue plus drain of a million takes far longer than the generator's default wait.
+            run = self.bench.start_clients(
+                target, 1, count, requests=count, rate=cfg.queue_rate, drain_s=QUEUE_DRAIN_WAIT_S
+            )
             go = time.monotonic()
             self.bench.wait_status(target, lambda s: s["queue_depth"] >= count, f"{count} queued requests", 600)
             enqueue_s = time.monotonic() - go
             rss_full = procstat.memory_kib(target.pid)["VmRSS"]
             for _ in range(cfg.nodes):
                 self.bench.add_zlb_node(target, cfg.capacity, "echo", [])
-            load = self.bench.collect(run, 1200)
+            load = self.bench.collect(run, QUEUE_DRAIN_WAIT_S + 60)
             client = load.clients[0]
             drain_s = (client["last_reply_mono_ns"] - client["first_reply_mono_ns"]) / 1e9
             return {
@@ -155,3 +175,78 @@ class ScaleScenarios(RunnerBase):
             f"= {record['dispatch_vs_4_nodes']} x (target <= 1.5)"
         ]
         return Outcome(record, rows, notes)
+
+    def scenario_stall(self) -> Outcome:
+        """The longest loop iteration while a million requests wait, admin queries run and the journal compacts."""
+        cfg = self.cfg
+        count = cfg.queue_size
+        journal = os.path.join(self.bench.workdir, f"{self.bench.name('journal')}.zlj")
+
+        def measure(target: Target) -> dict[str, Any]:
+            probe = baselines.start_probe(self.bench, target)
+            marks = {"idle": time.monotonic_ns()}
+            run = self.bench.start_clients(target, 1, count, requests=count, drain_s=QUEUE_DRAIN_WAIT_S)
+            marks["enqueue"] = time.monotonic_ns()
+            self.bench.wait_status(target, lambda s: s["queue_depth"] >= count, f"{count} queued requests", 600)
+            marks["admin"] = time.monotonic_ns()
+            admin_ms = self._admin_queries(target, min(ADMIN_PHASE_S, max(0.3, cfg.duration)))
+            marks["drain"] = time.monotonic_ns()
+            for _ in range(cfg.nodes):
+                self.bench.add_zlb_node(target, cfg.capacity, "echo", [])
+            load = self.bench.collect(run, QUEUE_DRAIN_WAIT_S + 60)
+            marks["end"] = time.monotonic_ns()
+            status = self.bench.status(target)
+            samples, pings = baselines.stop_probe(self.bench, probe)
+            phases = stall_phases(samples, marks)
+            worst = max((v for v in phases.values() if v is not None), default=None)
+            return {
+                **common(None, procstat.peak_rss_mib(target.pid)),
+                "queued": count,
+                "longest_stall_ms": worst,
+                "stall_ms_by_phase": phases,
+                "target_ms": STALL_TARGET_MS,
+                "pings": pings,
+                "admin_query_ms": admin_ms,
+                "journal_compactions": status.get("counters", {}).get("journal_compactions", 0),
+                "balancer_cpu_us_per_request": load.cpu_us_per_request,
+                "lost": load.unanswered,
+                "errors": load.errors,
+            }
+
+        record = self._with(self._zlb(nodes=0, extra=("--journal", journal)), measure)
+        note = (
+            f"longest ping round trip {record['longest_stall_ms']} ms (target {STALL_TARGET_MS}) with {count} "
+            f"waiting, admin queries and {record['journal_compactions']} journal compactions; by phase "
+            + ", ".join(f"{k} {v}" for k, v in record["stall_ms_by_phase"].items())
+        )
+        return Outcome(
+            record, [row("stall", "zlb --journal", None, record["balancer_rss_mb"], note)], [f"stall: {note}"]
+        )
+
+    def _admin_queries(self, target: Target, seconds: float) -> dict[str, float]:
+        """Run every admin query in turn for `seconds`; the slowest answer of each, in ms."""
+        slowest: dict[str, float] = {}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for cmd, args in ADMIN_QUERIES:
+                t0 = time.monotonic()
+                control_client.call(target.control, cmd, timeout_s=60.0, **args)
+                key = cmd + "".join(f" --{k} {v}" for k, v in args.items())
+                slowest[key] = max(slowest.get(key, 0.0), round((time.monotonic() - t0) * 1000, 1))
+        return slowest
+
+
+# The issue's target for the longest loop iteration.
+STALL_TARGET_MS = 20.0
+
+
+def stall_phases(samples: list[tuple[int, int]], marks: dict[str, int]) -> dict[str, float | None]:
+    """The longest ping round trip (ms) sent within each phase; `marks` holds each phase's start and "end"."""
+    names = list(marks)
+    out: dict[str, float | None] = {}
+    for name, nxt in itertools.pairwise(names):
+        if name == "end":
+            break
+        rtts = [rtt for sent, rtt in samples if marks[name] <= sent < marks[nxt]]
+        out[name] = round(max(rtts) / 1e6, 2) if rtts else None
+    return out

@@ -1,0 +1,130 @@
+"""Starting the frame-only baseline and driving the lean and the user-path load.
+
+Split from harness.py to keep each module small: these helpers take a Bench
+and use its process set, so everything they start is stopped by PID with
+the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from array import array
+from typing import Any
+
+from bench import stats
+from bench.harness import START_TIMEOUT_S, Bench, BenchError, LineReader, LoadResult, Target, free_endpoint
+from bench.procs import python_argv
+
+# A user-path run answers 50,000 requests; even a slow, shared machine does that well within this.
+USER_RUN_TIMEOUT_S = 600.0
+
+
+def start_frame_relay(bench: Bench, nodes: int, capacity: int) -> Target:
+    """bench.framerelay plus `nodes` raw echo nodes, each announced to the relay."""
+    frontend, backend = free_endpoint(), free_endpoint()
+    argv = python_argv("bench.framerelay", "--frontend", frontend, "--backend", backend, "--announce")
+    relay = bench.procs.start(bench.name("framerelay"), argv, stdout=subprocess.PIPE)
+    target = Target("frame relay", frontend, backend, relay)
+    reader = LineReader(relay)
+    if reader.line(START_TIMEOUT_S, "the frame relay to bind") != "ready":
+        raise BenchError("the frame relay did not start")
+    for _ in range(nodes):
+        argv = python_argv("bench.rawecho", "--backend", backend, "--capacity", str(capacity))
+        target.nodes.append(bench.procs.start(bench.name("rawecho"), argv, stdout=subprocess.DEVNULL))
+    for _ in range(nodes):
+        reader.line(START_TIMEOUT_S, f"{nodes} raw nodes to say HELLO to the frame relay")
+    return target
+
+
+def lean_load(
+    bench: Bench, target: Target, clients: int, window: int, duration: float, warmup_s: float, payload_bytes: int = 16
+) -> LoadResult:
+    """`clients` bench.leanload processes against a broker whose nodes echo frames."""
+    procs, files = [], []
+    for _ in range(clients):
+        name = bench.name("leanload")
+        lat_file = os.path.join(bench.workdir, f"{name}.lat")
+        argv = python_argv(
+            "bench.leanload",
+            *("--frontend", target.frontend, "--client-id", str(bench.next_client_id()), "--window", str(window)),
+            *("--duration", str(duration), "--warmup-s", str(warmup_s), "--payload-bytes", str(payload_bytes)),
+            *("--latency-file", lat_file, "--wait-go"),
+        )
+        procs.append(bench.procs.start(name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        files.append(lat_file)
+    return bench.collect(bench.go(target, procs, files), warmup_s + duration + 60)
+
+
+def user_submit(bench: Bench, target: Target, clients: int, total: int) -> LoadResult:
+    """`clients` processes using the Client API share `total` submits, then wait with as_completed.
+
+    Throughput is every answer over the union of the processes' windows
+    (first submit to last result), as a user timing the whole job would see it.
+    """
+    per_client = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
+    procs = []
+    for count in per_client:
+        argv = python_argv(
+            "bench.userclient",
+            *("--frontend", target.frontend, "--client-id", str(bench.next_client_id())),
+            *("--submit", str(count), "--wait-go"),
+        )
+        procs.append(bench.procs.start(bench.name("userclient"), argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+    load = bench.collect(bench.go(target, procs, []), USER_RUN_TIMEOUT_S)
+    start = min(c["start_mono_ns"] for c in load.clients)
+    end = max(c["end_mono_ns"] for c in load.clients)
+    load.requests_per_s = stats.rate(load.completed, (end - start) / 1e9)
+    return load
+
+
+def user_one_at_a_time(bench: Bench, target: Target, duration: float, warmup_s: float) -> LoadResult:
+    """One process using the Client API: submit(...).result(), one request at a time."""
+    name = bench.name("userclient")
+    lat_file = os.path.join(bench.workdir, f"{name}.lat")
+    argv = python_argv(
+        "bench.userclient",
+        *("--frontend", target.frontend, "--client-id", str(bench.next_client_id()), "--one-at-a-time"),
+        *("--duration", str(duration), "--warmup-s", str(warmup_s), "--latency-file", lat_file, "--wait-go"),
+    )
+    proc = bench.procs.start(name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    return bench.collect(bench.go(target, [proc], [lat_file]), warmup_s + duration + 60)
+
+
+def resent(load: LoadResult) -> int:
+    """Requests the Client API sent again (its retry timer) during a user-path run."""
+    return sum(int(c.get("resent", 0)) for c in load.clients)
+
+
+def cpu_fields(prefix: str, load: LoadResult) -> dict[str, Any]:
+    """The broker's CPU per request and requests/s under a prefix, for a JSON record."""
+    return {f"{prefix}_requests_per_s": load.requests_per_s, f"{prefix}_cpu_us_per_request": load.cpu_us_per_request}
+
+
+def start_probe(bench: Bench, target: Target) -> tuple[subprocess.Popen, str]:
+    """bench.stallprobe pinging the target's control socket; returns the process and its output file."""
+    name = bench.name("stallprobe")
+    out = os.path.join(bench.workdir, f"{name}.bin")
+    argv = python_argv("bench.stallprobe", "--control", str(target.control), "--out", out)
+    proc = bench.procs.start(name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    if LineReader(proc).line(START_TIMEOUT_S, "the stall probe to start") != "ready":
+        raise BenchError("the stall probe did not start")
+    return proc, out
+
+
+def stop_probe(bench: Bench, probe: tuple[subprocess.Popen, str]) -> tuple[list[tuple[int, int]], int]:
+    """Tell the probe to stop; its (sent monotonic ns, round trip ns) samples and how many pings it made."""
+    proc, path = probe
+    try:
+        out, _ = proc.communicate(b"stop\n", timeout=60)
+    except subprocess.TimeoutExpired:
+        raise BenchError("the stall probe did not stop within 60 s") from None
+    bench.procs.stop([proc])
+    if proc.returncode != 0:
+        raise BenchError(f"the stall probe exited with code {proc.returncode}")
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    raw = array("q")
+    with open(path, "rb") as fh:
+        raw.frombytes(fh.read())
+    return list(zip(raw[0::2], raw[1::2])), summary["pings"]
