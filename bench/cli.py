@@ -57,7 +57,10 @@ def run_bench(config: BenchConfig, names: list[str], as_json: bool) -> int:
             for name in names:
                 if not as_json:
                     click.echo(f"running {name} ...", err=True)
+                began = time.monotonic()
                 outcomes[name] = runner.run(name)
+                # How long each scenario took, so a slow one is visible (the --quick smoke has a time budget).
+                outcomes[name].record["scenario_s"] = round(time.monotonic() - began, 2)
         except BenchError as exc:
             click.echo(f"Error: {name}: {exc}", err=True)
             return 1

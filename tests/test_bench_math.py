@@ -7,8 +7,10 @@ import pytest
 
 from bench import report, stats
 from bench.cli import parse_scenarios
+from bench.interleave import summarise
 from bench.profile import top_functions
 from bench.scenarios import SCENARIOS
+from bench.scenarios_scale import stall_phases
 
 
 def test_percentile_nearest_rank_of_ten_values() -> None:
@@ -106,3 +108,23 @@ def test_table_right_aligns_numbers_and_dashes_missing_values() -> None:
     cells = lines[1].split()
     assert cells[:4] == ["throughput", "zlb", "18,048", "452.8"]
     assert cells[4:] == ["-"] * 6
+
+
+def test_stall_phases_take_the_longest_round_trip_sent_within_each_phase() -> None:
+    """Each ping counts for the phase in which it was sent; an empty phase is None, not zero."""
+    marks = {"idle": 0, "enqueue": 100, "admin": 200, "drain": 300, "end": 400}
+    samples = [(10, 2_000_000), (50, 5_000_000), (150, 1_000_000), (250, 42_000_000), (399, 3_000_000), (400, 9e9)]
+    assert stall_phases(samples, marks) == {"idle": 5.0, "enqueue": 1.0, "admin": 42.0, "drain": 3.0}
+    assert stall_phases([(10, 1_000_000)], {"idle": 0, "drain": 50, "end": 60}) == {"idle": 1.0, "drain": None}
+
+
+def test_interleave_summary_gives_median_and_range_of_numeric_fields_only() -> None:
+    """Medians and ranges cover numbers; strings, booleans and missing values are left out."""
+    records = [
+        {"requests_per_s": 10.0, "verdict": "ok", "p50_us": None, "ok": True},
+        {"requests_per_s": 30.0, "verdict": "harness-bound", "p50_us": 2.0, "ok": False},
+        {"requests_per_s": 20.0, "verdict": "ok", "p50_us": 3.0, "ok": True},
+    ]
+    assert summarise(records) == {
+        "requests_per_s": {"median": 20.0, "min": 10.0, "max": 30.0, "runs": [10.0, 30.0, 20.0]}
+    }

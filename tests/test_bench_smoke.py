@@ -49,6 +49,14 @@ def test_quick_bench_prints_every_scenario_and_stops_its_processes(tmp_path: Pat
     assert result["failover"]["lost"] == 0
     assert result["failover"]["duplicated"] == 0
     assert result["queue"]["lost"] == 0
+    assert result["harness"]["verdict"] in ("ok", "harness-bound")
+    assert (result["harness"]["verdict"] == "ok") == (result["harness"]["proxy_vs_relay"] >= 2.0)
+    assert result["userpath"]["requests_per_s"] > 0
+    assert result["userpath"]["relay_requests_per_s"] > 0
+    assert result["userpath"]["balancer_cpu_us_per_request"] > 0
+    assert result["stall"]["lost"] == 0
+    assert result["stall"]["pings"] > 0
+    assert set(result["stall"]["stall_ms_by_phase"]) == {"idle", "enqueue", "admin", "drain"}
     assert [s["payload_bytes"] for s in result["payload"]["sizes"]] == [1024, 256 * 1024]
     match = re.search(r"pids: ([\d ]+)", done.stderr)
     assert match, done.stderr[-2000:]
