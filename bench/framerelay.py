@@ -70,9 +70,11 @@ def serve(frontend_ep: str, backend_ep: str, announce: bool) -> None:
                         break
                     node = frames[0]
                     if len(frames) == 2 and frames[1].startswith(HELLO):
+                        if node in capacity:
+                            continue  # a repeated HELLO must not add its slots twice
                         capacity[node] = int(frames[1][len(HELLO) :] or b"1")
-                        in_flight.setdefault(node, 0)
-                        free_slots += capacity[node] - in_flight[node]
+                        in_flight[node] = 0
+                        free_slots += capacity[node]
                         if announce:
                             print("node", flush=True)
                         continue
@@ -87,7 +89,8 @@ def serve(frontend_ep: str, backend_ep: str, announce: bool) -> None:
                         frames = frontend.recv_multipart(NOBLOCK)
                     except zmq.Again:
                         break
-                    # Least loaded by count; a linear scan is cheapest for a handful of nodes.
+                    # Least loaded by count (most free slots; with equal capacities, fewest in flight).
+                    # A linear scan is the cheapest choice for a handful of nodes.
                     node = min(in_flight, key=lambda n: in_flight[n] - capacity[n])
                     in_flight[node] += 1
                     free_slots -= 1
