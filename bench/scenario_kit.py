@@ -101,8 +101,8 @@ class BenchConfig:
         return cls(
             nodes=2,
             window=20,
-            duration=0.3,
-            warmup_s=0.1,
+            duration=0.2,
+            warmup_s=0.05,
             queue_size=2000,
             sim_nodes=40,
             sim_procs=2,

@@ -13,7 +13,7 @@ import pytest
 
 from bench.scenarios import COMMON_FIELDS, SCENARIO_FIELDS
 
-BENCH_TIMEOUT_S = 50
+BENCH_TIMEOUT_S = 50  # the run takes under 30 s on a quiet 2-core machine; the margin is for a busy one
 
 
 def _alive(pid: int) -> bool:
