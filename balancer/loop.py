@@ -24,6 +24,7 @@ from balancer import control
 from balancer import journal as jr
 from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB, hwm_for
 from balancer.clients import ClientSide
+from balancer.compaction import Compaction
 from balancer.control_side import ControlSide
 from balancer.eventlog import EventLog
 from balancer.node_side import NodeSide
@@ -112,6 +113,7 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         self.state.loop_max_ms = self.loop_max_ms
         self._bad_logged: dict[tuple[str, str], float] = {}
         self.journal: jr.Journal | None = None
+        self._compaction: Compaction | None = None
         self.curve: CurveServer | None = None
         self._monitors: dict[zmq.Socket, str] = {}
         if config.journal is not None:
@@ -229,7 +231,7 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
-            timeout_ms = max(0, int((deadline - now) * 1000) + 1)
+            timeout_ms = 0 if self._compaction else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
             woke = time.monotonic()
             for sock, _ in ready:
@@ -306,6 +308,8 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
                 break  # all left; otherwise what could not leave was re-queued: dispatch again
         if out.journal:
             self._append_journal()
+        if self._compaction is not None and self._compaction.step():
+            self._compaction = None
         if self._held:
             self._retry_held()  # results held for full client pipes go first, in order
         if out.replies:
@@ -321,8 +325,8 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         sched = self.sched
         self.journal.append(sched.outbox.take_journal())
         live = sched.remembered_finished + sched.waiting + sched.in_flight()
-        if self.journal.due_for_compaction(live):
-            self.journal.compact(jr.snapshot(sched))
+        if self._compaction is None and self.journal.due_for_compaction(live):
+            self._compaction = Compaction(self.journal, sched)  # a slice per iteration (balancer/compaction.py)
 
     def publish_last_events(self) -> None:
         """Publish and log what is pending, on the way out after a failure."""
