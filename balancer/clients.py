@@ -11,7 +11,7 @@ from typing import Any
 
 import zmq
 
-from balancer.records import Submitted
+from balancer.records import Submitted, conflict_reason
 from wire import events as ev
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
@@ -72,12 +72,10 @@ class ClientSide:
     def _send_results(self, replies: list[Any], replay: bool) -> None:
         encode = p.encode
         result = MsgType.RESULT
-        send_client = self._send_client
+        deliver = self._deliver  # balancer/pressure.py: a full pipe holds the result and pauses its client
         for req in replies:
             if req.route is not None:
-                send_client(
-                    req.route, encode(result, req.request_id, req.status, req.server_id, req.attempts, replay), req.body
-                )
+                deliver(req, encode(result, req.request_id, req.status, req.server_id, req.attempts, replay))
 
     # ---- frontend: clients ----------------------------------------------
 
@@ -93,9 +91,7 @@ class ClientSide:
                 self._bad_input("frontend", exc, now)
                 self._send_client(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
                 continue
-            route = self._routes.get(frames[0])
-            if route is None:
-                route = self._routes[frames[0]] = frames[0]
+            route = self._routes.get(frames[0]) or self._route(frames[0])
             if msg_type is submit:
                 self._on_submit(route, fields, body, now)
             else:
@@ -111,8 +107,12 @@ class ClientSide:
             return
         if outcome is Submitted.ID_IN_USE:
             self._claim_session(route, (client_id, incarnation, None, None), now, welcome=False)
+        elif outcome is Submitted.BUSY:
+            reason = self.sched.last_refusal
+            self._refusal(ev.SYSTEM_BUSY, client_id, reason, now)
+            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
         elif outcome is Submitted.CONFLICT:
-            reason = self.sched.conflict_reason(client_id, request_id)
+            reason = conflict_reason(client_id, request_id)
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
         else:
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, self.sched.queue_full_reason()))
@@ -137,6 +137,7 @@ class ClientSide:
     def _on_client_bye(self, route: bytes, fields: list[Any], now: float) -> None:
         self.sched.sessions.bye(fields[0], fields[1])
         self._routes.pop(route, None)
+        self._routes_old.pop(route, None)
 
     _client_handlers = {
         MsgType.CLIENT_HELLO: _on_client_hello,

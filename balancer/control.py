@@ -44,6 +44,8 @@ class BalancerState:
     counters: dict[str, int] = field(default_factory=dict)
     # (monotonic time, submitted, processed) samples, newest last; see record_sample.
     samples: deque[tuple[float, int, int]] = field(default_factory=deque)
+    # The loop's longest iteration over its recent window (balancer/pressure.py), in ms.
+    loop_max_ms: Callable[[], float] = lambda: 0.0
 
 
 def record_sample(state: BalancerState, now: float) -> None:
@@ -169,6 +171,9 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "rates": rates(state, now),
         "bad_input": dict(state.bad_input),
         "counters": dict(state.counters),
+        "memory": sched.budget.view(),
+        "paused_clients": len(sched._queue.paused),
+        "loop_max_ms": state.loop_max_ms(),
         # What is remembered: every pending and running request plus the newest finished ones.
         "retention": {
             "finished_requests": sched.keep_finished,

@@ -49,3 +49,26 @@ class ControlSide:
         except Exception as exc:  # noqa: BLE001 - hostile arguments may reach corners no command foresaw
             self._bad_input("control", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
             return p.encode_map({"ok": False, "error": f"cannot answer: {exc.__class__.__name__}"})
+
+    # ---- curve handshake refusals, on every socket ---------------------------
+
+    def _watch_handshakes(self) -> None:
+        """With curve on, count and log peers refused during the handshake, per socket."""
+        names = {self.frontend: "frontend", self.backend: "backend", self.control_sock: "control"}
+        names[self.events_sock] = "events"
+        for sock, name in names.items():
+            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            self._monitors[mon] = name
+            self._readers[mon] = self._drain_monitor
+
+    def _drain_monitor(self, now: float) -> None:
+        for mon, name in self._monitors.items():
+            while True:
+                try:
+                    frames = mon.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                # The first frame packs a 16-bit event id and a 32-bit value; the peer is not named.
+                event = int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
+                kind = "auth_refused" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake_failed"
+                self._bad_input(name, ProtocolError(kind, "curve handshake refused (unknown key or no curve)"), now)

@@ -188,6 +188,7 @@ class Journal:
         self.failure: JournalError | None = None  # set once by the fsync thread, read by the loop
         self._since_compact = 0
         self._fd = -1
+        self.rewrite_fd = -1  # the new file of an incremental compaction (balancer/compaction.py)
         self._dirty: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._syncer: threading.Thread | None = None
 
@@ -209,6 +210,8 @@ class Journal:
         data = jf.frame(p.encode_records(records))
         try:
             _write_all(self._fd, data)
+            if self.rewrite_fd >= 0:
+                _write_all(self.rewrite_fd, data)  # a compaction under way sees every change after its copy
         except OSError as exc:
             # Part of the batch may be in the file: refuse further appends, and let close() skip the fsync
             # so it cannot raise a second error over this one on the way out.
@@ -227,6 +230,42 @@ class Journal:
         """Replace the file with `records` only."""
         self.check()
         self._rewrite(records)
+        self.compactions += 1
+
+    def start_rewrite(self) -> None:
+        """Open the new file of an incremental compaction and write its first record."""
+        self.check()
+        try:
+            self.rewrite_fd = os.open(f"{self.path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise JournalError(f"cannot write journal {self.path}: {exc}") from None
+        self.write_rewrite([MAGIC])
+        self._since_compact = 0  # appends from here on are in the new file too
+
+    def write_rewrite(self, records: list[tuple[Any, ...]]) -> None:
+        """One slice of the live state into the new file."""
+        try:
+            _write_all(self.rewrite_fd, jf.frame(p.encode_records(records)))
+        except OSError as exc:
+            self.end_rewrite(exc)
+
+    def end_rewrite(self, failure: BaseException | None) -> None:
+        """The new file is on disk (or failed): rename it over the journal, or remove it and raise."""
+        tmp, fd, self.rewrite_fd = f"{self.path}.tmp", self.rewrite_fd, -1
+        try:
+            if failure is not None:
+                raise failure
+            old = os.dup(self._fd)  # the replaced file's last reference, dropped off the loop below
+            os.replace(tmp, self.path)
+            os.dup2(fd, self._fd)  # same descriptor number for the fsync thread, now on the new file
+            # Freeing a large replaced file's blocks takes the kernel 100+ ms at 1 GiB: let a thread wait.
+            threading.Thread(target=os.close, args=(old,), name="zlb-journal-release", daemon=True).start()
+            _fsync_dir(self.path)
+        except OSError as exc:
+            _remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
+            raise JournalError(f"cannot write journal {self.path}: {exc}") from None
+        finally:
+            os.close(fd)
         self.compactions += 1
 
     def _rewrite(self, records: list[tuple[Any, ...]]) -> None:
@@ -270,6 +309,10 @@ class Journal:
         """Flush everything to disk and close the file; raise if that failed."""
         if self._fd < 0:
             return
+        if self.rewrite_fd >= 0:  # a compaction under way: the journal itself is whole, drop the copy
+            os.close(self.rewrite_fd)
+            self.rewrite_fd = -1
+            _remove_quietly(f"{self.path}.tmp")
         if self._syncer is not None:
             self._dirty.put(False)
             self._syncer.join(5)

@@ -22,10 +22,13 @@ import zmq
 
 from balancer import control
 from balancer import journal as jr
+from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB, hwm_for
 from balancer.clients import ClientSide
+from balancer.compaction import Compaction
 from balancer.control_side import ControlSide
 from balancer.eventlog import EventLog
 from balancer.node_side import NodeSide
+from balancer.pressure import Pressure
 from balancer.scheduler import (
     DEFAULT_KEEP_FINISHED,
     DEFAULT_KEEP_FINISHED_BYTES,
@@ -68,6 +71,7 @@ class BalancerConfig:
     allow_dir: str | None = None
     admin_allow_dir: str | None = None
     grace_s: float = DEFAULT_GRACE_S
+    max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_MB * MIB  # None: no budget (bytes still counted)
     endpoints: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,7 +83,7 @@ class BalancerConfig:
         }
 
 
-class Balancer(ClientSide, NodeSide, ControlSide):
+class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
     """Owns the sockets and the scheduler; nothing else touches either."""
 
     def __init__(self, config: BalancerConfig, context: zmq.Context | None = None) -> None:
@@ -98,15 +102,18 @@ class Balancer(ClientSide, NodeSide, ControlSide):
             # Microseconds since the epoch: a later balancer's tickets never repeat an earlier one's.
             first_ticket=time.time_ns() // 1000,
             journal=config.journal is not None,
+            max_memory_bytes=config.max_memory_bytes,
         )
         self.eventlog = EventLog(config.log_file)
         self.state = control.BalancerState(self.sched, self.eventlog, config.endpoints, time.monotonic(), time.time())
         self._ctx = context or zmq.Context.instance()
         self._stopping = False
         self._stop_deadline: float | None = None
-        self._routes: dict[bytes, bytes] = {}
+        self._init_pressure(time.monotonic())
+        self.state.loop_max_ms = self.loop_max_ms
         self._bad_logged: dict[tuple[str, str], float] = {}
         self.journal: jr.Journal | None = None
+        self._compaction: Compaction | None = None
         self.curve: CurveServer | None = None
         self._monitors: dict[zmq.Socket, str] = {}
         if config.journal is not None:
@@ -171,37 +178,18 @@ class Balancer(ClientSide, NodeSide, ControlSide):
         for sock in self._readers:
             self.poller.register(sock, zmq.POLLIN)
 
-    def _watch_handshakes(self) -> None:
-        """With curve on, count and log peers refused during the handshake, per socket."""
-        names = {self.frontend: "frontend", self.backend: "backend", self.control_sock: "control"}
-        names[self.events_sock] = "events"
-        for sock, name in names.items():
-            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
-            self._monitors[mon] = name
-            self._readers[mon] = self._drain_monitor
-
-    def _drain_monitor(self, now: float) -> None:
-        for mon, name in self._monitors.items():
-            while True:
-                try:
-                    frames = mon.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                # The first frame packs a 16-bit event id and a 32-bit value; the peer is not named.
-                event = int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
-                kind = "auth_refused" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake_failed"
-                self._bad_input(name, ProtocolError(kind, "curve handshake refused (unknown key or no curve)"), now)
-
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.secure(sock)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
-        # Results and work are bounded by capacity and by what clients sent;
-        # the default HWM of 1000 would silently drop replies under load.
-        sock.setsockopt(zmq.SNDHWM, 1_000_000)
-        sock.setsockopt(zmq.RCVHWM, 1_000_000)
+        # Messages queued per peer follow from the memory budget (balancer/budget.py): a full
+        # send pipe says EAGAIN (ROUTER_MANDATORY) and pauses that client, a full receive
+        # pipe stops reading its peer, so neither grows without bound.
+        hwm = hwm_for(self.config.max_memory_bytes)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -243,9 +231,11 @@ class Balancer(ClientSide, NodeSide, ControlSide):
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
-            timeout_ms = max(0, int((deadline - now) * 1000) + 1)
-            for sock, _ in poll(timeout_ms):
-                readers[sock](time.monotonic())
+            timeout_ms = 0 if self._compaction else max(0, int((deadline - now) * 1000) + 1)
+            ready = poll(timeout_ms)
+            woke = time.monotonic()
+            for sock, _ in ready:
+                readers[sock](woke)
             now = time.monotonic()
             if now >= next_expiry:
                 self.sched.expire(now)
@@ -258,6 +248,7 @@ class Balancer(ClientSide, NodeSide, ControlSide):
             if events and (now >= next_publish or len(events) >= PUBLISH_MAX_EVENTS):
                 self._publish()
                 next_publish = now + PUBLISH_INTERVAL_S
+            self._note_iteration(time.monotonic() - woke)  # poll wait excluded: the stall a probe sees
         self._say_goodbye()
 
     def _wound_down(self) -> bool:
@@ -267,7 +258,7 @@ class Balancer(ClientSide, NodeSide, ControlSide):
             self._stop_deadline = now + self.config.grace_s
             self.poller.unregister(self.frontend)  # stop accepting: clients re-send to the next balancer
             shutdown = p.encode(MsgType.REJECTED, None, p.REASON_STOPPING)
-            for route in self._routes:
+            for route in self._known_routes():
                 self._send_client(route, shutdown)
             self.sched.outbox.events.append((ev.SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
             return False
@@ -279,6 +270,9 @@ class Balancer(ClientSide, NodeSide, ControlSide):
         for route in self.sched.routes:
             self._send_node(route, [shutdown])
         self._flush()
+        self._flush_events()
+
+    def _flush_events(self) -> None:
         if self.sched.events:
             self._publish()
 
@@ -286,6 +280,8 @@ class Balancer(ClientSide, NodeSide, ControlSide):
         """Heartbeat the live nodes and publish the periodic stats."""
         sched = self.sched
         control.record_sample(self.state, now)
+        self._age_routes(now)
+        self._roll_loop_max(now)
         sched.sessions.sweep(now)
         ping = p.encode(MsgType.PING)
         for route in sched.routes:
@@ -312,27 +308,29 @@ class Balancer(ClientSide, NodeSide, ControlSide):
                 break  # all left; otherwise what could not leave was re-queued: dispatch again
         if out.journal:
             self._append_journal()
+        if self._compaction is not None and self._compaction.step():
+            self._compaction = None
+        if self._held:
+            self._retry_held()  # results held for full client pipes go first, in order
         if out.replies:
             self._send_results(out.take_replies(), False)
         if out.replays:
             self._send_results(out.take_replays(), True)
 
     def _count(self, name: str) -> None:
-        counters = self.state.counters
-        counters[name] = counters.get(name, 0) + 1
+        self.state.counters[name] = self.state.counters.get(name, 0) + 1
 
     def _append_journal(self) -> None:
         """One write for the iteration's records, before any of its results leave."""
         sched = self.sched
         self.journal.append(sched.outbox.take_journal())
         live = sched.remembered_finished + sched.waiting + sched.in_flight()
-        if self.journal.due_for_compaction(live):
-            self.journal.compact(jr.snapshot(sched))
+        if self._compaction is None and self.journal.due_for_compaction(live):
+            self._compaction = Compaction(self.journal, sched)  # a slice per iteration (balancer/compaction.py)
 
     def publish_last_events(self) -> None:
         """Publish and log what is pending, on the way out after a failure."""
-        if self.sched.events:
-            self._publish()
+        self._flush_events()
 
     def _publish(self) -> None:
         batch = self.sched.outbox.take_events()

@@ -21,8 +21,19 @@ FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, a
 # The scheduler's counters, shown by `zlb status` under "requests".
 COUNTERS = (
     "submitted", "processed", "failed", "requeued", "rejected", "duplicates", "replays", "conflicts",
-    "late_results", "clients_refused", "nodes_refused", "lost_in_transit", "undeliverable",
+    "late_results", "clients_refused", "nodes_refused", "lost_in_transit", "undeliverable", "busy",
 )  # fmt: skip
+
+
+def queue_full_reason(max_queue: int | None) -> str:
+    return f"queue full ({max_queue} waiting)"
+
+
+def conflict_reason(client_id: int, request_id: int) -> str:
+    return (
+        f"request id {request_id} of client {client_id} was already used with another payload;"
+        " request ids are idempotency keys: pick a new one"
+    )
 
 
 class NodeState(str, Enum):
@@ -96,6 +107,7 @@ class Submitted(Enum):
     FINISHED = "finished"  # already finished; its result was queued for the client again
     CONFLICT = "conflict"  # the id was used before with another payload
     REJECTED = "rejected"  # the queue is full
+    BUSY = "busy"  # over the memory budget, or the client over its share: retry later
     ID_IN_USE = "id_in_use"  # another live process holds this client id
 
 

@@ -1,15 +1,12 @@
 """The balancer's brain: a pure model of requests, client sessions and nodes.
 
-No sockets, no clock, no logging. Every method takes `now` (monotonic seconds)
-where time matters and records what should happen in the outbox
-(balancer/records.py) that the socket loop takes from after each batch:
-events to publish, replies and replays for clients and, with --journal,
-records for the journal writer. `dispatch()` returns the assignments to send.
-
-A request is named by (client_id, request_id): the request id is an
-idempotency key within a client id. A client id belongs to one incarnation at
-a time (a session with a lease); the node side of sessions is in
-balancer/nodes.py, the queue in balancer/waiting.py.
+No sockets, no clock, no logging. Methods take `now` (monotonic seconds) where
+time matters and record what should happen in the outbox (balancer/records.py):
+events, replies and replays for clients and, with --journal, journal records.
+`dispatch()` returns the assignments to send. A request is named by
+(client_id, request_id), an idempotency key within a client id. Sessions are in
+balancer/sessions.py and balancer/nodes.py, the queue in balancer/waiting.py,
+the memory budget in balancer/budget.py, queries in balancer/index.py.
 """
 
 from __future__ import annotations
@@ -18,9 +15,11 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from balancer import index, records
+from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget
 from balancer.nodes import Joined, NodeTable, Refused
 from balancer.records import ACCEPTED, COUNTERS, FINISHED, Node, NodeState, Outbox, Request, Submitted
-from balancer.sessions import ClientSessions, payload_digest
+from balancer.sessions import ClientSessions, payload_digest, resubmitted
 from balancer.waiting import WaitingQueue
 from wire import events as ev
 from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
@@ -55,6 +54,7 @@ class Scheduler:
         first_ticket: int = 0,
         journal: bool = False,
         client_lease_s: float = DEFAULT_CLIENT_LEASE_S,
+        max_memory_bytes: int | None = None,
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
@@ -70,6 +70,8 @@ class Scheduler:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.sessions = ClientSessions(client_lease_s, self.counters)
         self._queue = WaitingQueue()
+        self.budget = MemoryBudget(max_memory_bytes)
+        self.last_refusal = ""  # why the last submit was refused for the budget
         self._finished: deque[Request] = deque()
         self._finished_bytes = 0
         self._seq = 0
@@ -101,8 +103,8 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
-        """How many requests wait for a node."""
-        return len(self._queue)
+        """How many requests wait for a node (those of paused clients included)."""
+        return len(self._queue) + self._queue.parked
 
     def submit(
         self,
@@ -120,14 +122,22 @@ class Scheduler:
             return Submitted.ID_IN_USE
         req = session.get(request_id)
         if req is not None:
-            return self._resubmitted(req, route, body)
+            return resubmitted(req, route, body, self.counters, self.outbox)
         if self.max_queue is not None and len(self._queue) >= self.max_queue:
             self.counters["rejected"] += 1
             self.outbox.events.append((ev.REQUEST_REJECTED, client_id, request_id, self.queue_full_reason()))
             return Submitted.REJECTED
         client_id = session.client_id
+        refusal = self.budget.refusal(client_id, len(body))
+        if refusal:
+            self.counters["busy"] += 1  # counted, not logged one by one: a flood would flood the log
+            self.last_refusal = refusal
+            return Submitted.BUSY
         req = Request(client_id, request_id, priority, None, route, body)
         session[request_id] = req
+        self.budget.charge(client_id, len(body))
+        if self.budget.over():
+            self._trim_kept()
         self._queue.push_fresh(req)
         self.counters["submitted"] += 1
         self.outbox.events.append((ev.REQUEST_ADDED, client_id, request_id, priority))
@@ -136,35 +146,7 @@ class Scheduler:
         return Submitted.QUEUED
 
     def queue_full_reason(self) -> str:
-        return f"queue full ({self.max_queue} waiting)"
-
-    def _resubmitted(self, req: Request, route: Any, body: Any) -> Submitted:
-        """A known request id again: the same request (answer it), or a conflicting reuse."""
-        finished = req.status in (PROCESSED, FAILED)
-        if finished:
-            same = req.payload_digest is None or req.payload_digest == payload_digest(body)
-        else:
-            same = bytes(req.body) == bytes(body)
-        if not same:
-            self.counters["conflicts"] += 1
-            return Submitted.CONFLICT
-        self.counters["duplicates"] += 1
-        replay = finished and req.route != route  # another process asks for a result it did not see made
-        req.route = route  # answer wherever the client is now
-        if not finished:
-            return Submitted.DUPLICATE
-        if replay:
-            self.counters["replays"] += 1
-            self.outbox.replays.append(req)
-        else:
-            self.outbox.replies.append(req)
-        return Submitted.FINISHED
-
-    def conflict_reason(self, client_id: int, request_id: int) -> str:
-        return (
-            f"request id {request_id} of client {client_id} was already used with another payload;"
-            " request ids are idempotency keys: pick a new one"
-        )
+        return records.queue_full_reason(self.max_queue)
 
     def _requeue(self, req: Request, server_id: int) -> None:
         """Put a lost request back ahead of later arrivals of its priority."""
@@ -189,6 +171,7 @@ class Scheduler:
         req.status = status
         if req.payload_digest is None:
             req.payload_digest = payload_digest(req.body)
+        self.budget.release(req.client_id, _size(req.body))
         req.body = result
         self.counters[status] += 1
         self.outbox.replies.append(req)
@@ -199,12 +182,20 @@ class Scheduler:
 
     def _remember_finished(self, req: Request) -> None:
         """Keep a finished request (and its result); forget the oldest beyond either bound."""
-        finished = self._finished
-        finished.append(req)
+        self._finished.append(req)
         self._finished_bytes += _size(req.body)
-        while finished and (len(finished) > self.keep_finished or self._finished_bytes > self.keep_finished_bytes):
+        self._trim_kept()
+
+    def _trim_kept(self) -> None:
+        """Forget the oldest finished requests beyond the count, the bytes or the memory budget."""
+        finished, budget = self._finished, self.budget
+        budget.kept = self._finished_bytes + REQUEST_OVERHEAD_BYTES * len(finished)
+        while finished and (
+            len(finished) > self.keep_finished or self._finished_bytes > self.keep_finished_bytes or budget.over()
+        ):
             old = finished.popleft()
             self._finished_bytes -= _size(old.body)
+            budget.kept = self._finished_bytes + REQUEST_OVERHEAD_BYTES * len(finished)
             session = self.sessions.get(old.client_id)
             if session is not None and session.get(old.request_id) is old:
                 del session[old.request_id]
@@ -218,6 +209,7 @@ class Scheduler:
         req = Request(client_id, request_id, priority, None, route, body)
         self.sessions.of(client_id)[request_id] = req
         self._queue.push_fresh(req)
+        self.budget.charge(client_id, _size(body))
 
     def restore_finished(self, client_id: int, request_id: int, priority: int, *outcome: Any) -> None:
         """Remember a request a previous balancer finished, to answer resubmissions.
@@ -234,14 +226,8 @@ class Scheduler:
         return self.sessions.get(client_id, {}).get(request_id)
 
     def requests(self, status: str | None = None, client_id: int | None = None) -> Iterator[Request]:
-        """Remembered requests, optionally filtered: in dispatch order, never-dispatched ones last."""
-        if client_id is not None:
-            pools = [self.sessions.get(client_id, {})]
-        else:
-            pools = list(self.sessions.values())
-        found = [r for pool in pools for r in pool.values() if status is None or r.status == status]
-        found.sort(key=lambda req: (req.seq is None, req.seq or 0))
-        return iter(found)
+        """Remembered requests, optionally filtered, at a cost that follows what is read (balancer/index.py)."""
+        return index.requests(self, status, client_id)
 
     def waiting_by_priority(self) -> dict[int, int]:
         """Queue depth per priority, most urgent first."""
@@ -261,6 +247,9 @@ class Scheduler:
             if node is None:
                 break
             req = queue.pop()
+            if req is None:  # only paused clients' requests were left: the node stays free
+                push(node)
+                break
             if req.seq is None:
                 self._seq += 1
                 req.seq = self._seq

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from balancer.budget import DEFAULT_MAX_MEMORY_MB
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
@@ -73,6 +74,13 @@ def prepare_log_file(path: str) -> None:
     "Also forget the oldest finished requests once their kept results exceed this many MiB.",
 )
 @shown_option(
+    "--max-memory-mb",
+    click.IntRange(0),
+    DEFAULT_MAX_MEMORY_MB,
+    "Budget for the request and result bytes held (waiting payloads, unsent and kept results);"
+    " over it submits are answered busy and retried by clients. 0: no budget.",
+)
+@shown_option(
     "--max-message-bytes", click.IntRange(1024), DEFAULT_MAX_MESSAGE_BYTES, "Largest message accepted on any socket."
 )
 @log_file_option
@@ -92,7 +100,7 @@ def prepare_log_file(path: str) -> None:
     "admin_allow_dir",
 )
 @grace_option(DEFAULT_GRACE_S)
-def balancer(keep_finished_mb: float, log_file: str, **options: Any) -> None:
+def balancer(keep_finished_mb: float, max_memory_mb: int, log_file: str, **options: Any) -> None:
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
     if (options["curve_secret"] is None) != (options["allow_dir"] is None):
         raise click.UsageError("--curve-secret and --allow go together")
@@ -100,7 +108,12 @@ def balancer(keep_finished_mb: float, log_file: str, **options: Any) -> None:
         raise click.UsageError("--admin-allow needs --curve-secret and --allow")
     prepare_log_file(log_file)
     # Every other option is a BalancerConfig field of the same name.
-    config = BalancerConfig(keep_finished_bytes=int(keep_finished_mb * 2**20), log_file=log_file or None, **options)
+    config = BalancerConfig(
+        keep_finished_bytes=int(keep_finished_mb * 2**20),
+        max_memory_bytes=max_memory_mb * 2**20 or None,
+        log_file=log_file or None,
+        **options,
+    )
     # Said before binding: if a bind fails, the error line follows this one.
     ends = "  ".join(f"{role} {url}" for role, url in config.endpoints.items())
     say(f"zlb balancer (pid {os.getpid()}): {ends}  log {log_file or 'off'}")

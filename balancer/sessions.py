@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from balancer.records import Outbox, Request, Submitted
+from wire.protocol import FAILED, PROCESSED
+
 
 def payload_digest(payload: Any) -> int:
     """A stable 64-bit digest of a payload (stable across processes, unlike hash())."""
@@ -92,3 +95,26 @@ class ClientSessions(dict):
             session.incarnation = None
             if not session:
                 del self[client_id]
+
+
+def resubmitted(req: Request, route: Any, body: Any, counters: dict[str, int], outbox: Outbox) -> Submitted:
+    """A known request id again: the same request (answer it), or a conflicting reuse."""
+    finished = req.status in (PROCESSED, FAILED)
+    if finished:
+        same = req.payload_digest is None or req.payload_digest == payload_digest(body)
+    else:
+        same = bytes(req.body) == bytes(body)
+    if not same:
+        counters["conflicts"] += 1
+        return Submitted.CONFLICT
+    counters["duplicates"] += 1
+    replay = finished and req.route != route  # another process asks for a result it did not see made
+    req.route = route  # answer wherever the client is now
+    if not finished:
+        return Submitted.DUPLICATE
+    if replay:
+        counters["replays"] += 1
+        outbox.replays.append(req)
+    else:
+        outbox.replies.append(req)
+    return Submitted.FINISHED

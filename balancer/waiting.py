@@ -4,12 +4,18 @@ Requests live in per-priority buckets (a deque of fresh arrivals and a
 seq-ordered heap of re-queued ones) under a heap of priorities, so push and
 pop are O(log P) for P distinct priorities. A re-queued request goes ahead of
 later arrivals of its priority, in the order it was first dispatched.
+
+A paused client (one whose results pile up unread, see balancer/pressure.py)
+has its requests set aside as pop() meets them, O(1) each; resume() puts
+them back at the head of their priority, so others go on meanwhile and the
+paused client loses no place.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from balancer.records import Request
@@ -34,9 +40,48 @@ class WaitingQueue:
         self._buckets: dict[int, _Bucket] = {}
         self._priorities: list[int] = []
         self._count = 0
+        self.paused: set[int] = set()  # client ids whose requests are not dispatched
+        self._parked: dict[int, list[Request]] = {}
+        self.parked = 0  # requests set aside for paused clients
 
     def __len__(self) -> int:
+        """Requests in the queue proper (the parked ones of paused clients are not)."""
         return self._count
+
+    def pause(self, client_id: int) -> None:
+        """Dispatch none of this client's requests until resume()."""
+        self.paused.add(client_id)
+
+    def resume(self, client_id: int) -> None:
+        """Dispatch this client's requests again, the set-aside ones first."""
+        self.paused.discard(client_id)
+        parked = self._parked.pop(client_id, None)
+        if not parked:
+            return
+        self.parked -= len(parked)
+        for req in reversed(parked):
+            if req.seq is None:
+                self._bucket(req.priority).fresh.appendleft(req)
+                self._count += 1
+            else:
+                self.push_retry(req)
+
+    def retried(self) -> Iterator[Request]:
+        """The waiting requests that were dispatched before (few: lost work), in no order."""
+        for bucket in self._buckets.values():
+            for _seq, req in bucket.retry:
+                yield req
+        for reqs in self._parked.values():
+            yield from (req for req in reqs if req.seq is not None)
+
+    def __iter__(self) -> Iterator[Request]:
+        """Waiting requests in dispatch order (re-queued first within a priority), then parked ones."""
+        for priority in sorted(self._buckets):
+            bucket = self._buckets[priority]
+            yield from (req for _seq, req in sorted(bucket.retry, key=lambda e: e[0]))
+            yield from bucket.fresh
+        for reqs in list(self._parked.values()):
+            yield from reqs
 
     def push_fresh(self, req: Request) -> None:
         """A new arrival: behind everything of its priority."""
@@ -48,7 +93,17 @@ class WaitingQueue:
         heapq.heappush(self._bucket(req.priority).retry, (req.seq, req))
         self._count += 1
 
-    def pop(self) -> Request:
+    def pop(self) -> Request | None:
+        """The most urgent waiting request of a client not paused; None if only paused ones wait."""
+        req = self._pop()
+        paused = self.paused
+        while paused and req is not None and req.client_id in paused:
+            self._parked.setdefault(req.client_id, []).append(req)
+            self.parked += 1
+            req = self._pop() if self._count else None
+        return req
+
+    def _pop(self) -> Request:
         """The most urgent waiting request (the caller checks that one waits)."""
         priorities = self._priorities
         while True:

@@ -60,10 +60,30 @@ def collect(client: Client, timeout: float | None, as_json: bool) -> int:
 CONNECT_TIMEOUT_S = 5.0
 
 
+# A balancer at its memory budget answers every submit busy: say so once per this many seconds.
+BUSY_NOTICE_INTERVAL_S = 5.0
+
+
+class BusyNotice:
+    """Prints the balancer's busy reason on stderr, at most once per BUSY_NOTICE_INTERVAL_S."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._said_at: float | None = None
+
+    def __call__(self, request_id: int, reason: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if self._said_at is None or now - self._said_at >= BUSY_NOTICE_INTERVAL_S:
+            self._said_at = now
+            click.echo(f"Balancer busy ({reason}); {self.count} submits so far will be re-sent with back-off", err=True)
+
+
 def run_session(frontend: str, client_id: int, retry_s: float, work: Callable[[Client], int]) -> None:
     """Open a client, run `work` with it and exit with its count of failures (1 if any); one line on refusal."""
     try:
         with Client(frontend, client_id, retry_s=retry_s, connect_timeout_s=CONNECT_TIMEOUT_S) as c:
+            c.on_busy = BusyNotice()
             bad = work(c)
     except (ClientIdInUse, BalancerUnreachable) as exc:
         click.echo(f"Error: {exc}", err=True)

@@ -15,7 +15,10 @@ retry never runs a finished request twice; it answers with the one result.
 The socket reconnects by itself when a balancer restarts, and the retries
 carry every unanswered request to the new one; the notice of a stopping
 balancer (REJECTED without a request id) resets the back-off so they go out
-soon after it returns.
+soon after it returns. A REJECTED whose reason starts with REASON_BUSY is
+back-pressure (the balancer is at its memory budget), not a verdict: the
+request stays outstanding and goes again after its back-off, jittered, and
+`on_busy` (if set) is told the reason so a command line can print it.
 The DEALER identity is stable for the life of a Client, so a balancer that
 restarts from its journal can answer restored requests without a retry.
 
@@ -32,18 +35,22 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
+from client_node.result import Result
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
+
+__all__ = ["BalancerUnreachable", "Client", "ClientIdInUse", "Pending", "Result", "json_payload"]
 
 DEFAULT_PRIORITY = 5
 DEFAULT_RETRY_S = 5.0
@@ -64,44 +71,6 @@ class ClientIdInUse(Exception):
 
 class BalancerUnreachable(Exception):
     """No answer from the balancer within the connect timeout."""
-
-
-@dataclass(slots=True)
-class Result:
-    """What came back for one request."""
-
-    client_id: int
-    request_id: int
-    priority: int
-    status: str  # processed, failed or rejected
-    server_id: int | None
-    attempts: int
-    body: bytes
-    replay: bool = False  # the stored result of a request id finished before this process asked
-
-    @property
-    def ok(self) -> bool:
-        return self.status == p.PROCESSED
-
-    def value(self) -> Any:
-        """The body decoded as JSON when it is JSON, else as text."""
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
-            return self.body.decode("utf-8", "replace")
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON line `zlb client --json` prints."""
-        return {
-            "client_id": self.client_id,
-            "request_id": self.request_id,
-            "priority": self.priority,
-            "status": self.status,
-            "server_id": self.server_id,
-            "attempts": self.attempts,
-            "replay": self.replay,
-            "result": self.value(),
-        }
 
 
 @dataclass(slots=True)
@@ -159,6 +128,8 @@ class Client:
         self.repeated_answers = 0  # a second, identical answer (a retry crossed the result): harmless
         self.conflicting_answers = 0  # a second answer that differs: would break exactly-once; should stay 0
         self.shutdown_notices = 0
+        self.busy_notices = 0  # submits the balancer answered busy; each is re-sent after its back-off
+        self.on_busy: Callable[[int, str], None] | None = None  # told (request_id, reason) of each
         self._answered: dict[int, tuple[str, int | None, int]] = {}
         self._next_id = 1
         self._next_resend_scan = 0.0
@@ -329,6 +300,9 @@ class Client:
             # Not about one request: a stopping balancer (or a message it could not read).
             self._on_shutdown()
             return 0
+        elif msg_type is MsgType.REJECTED and fields[1].startswith(p.REASON_BUSY) and self.retry_s is not None:
+            self._on_busy(fields[0], fields[1])
+            return 0
         elif msg_type is MsgType.REJECTED:
             request_id, status, server_id, attempts, body = fields[0], REJECTED, None, 0, fields[1].encode()
         else:
@@ -370,6 +344,18 @@ class Client:
         for sent in self._outstanding.values():
             sent.due_at = due
             sent.delay_s = self.retry_s
+
+    def _on_busy(self, request_id: int, reason: str) -> None:
+        """Back-pressure: send this request again after its back-off (jittered so clients spread out)."""
+        sent = self._outstanding.get(request_id)
+        if sent is None:
+            return
+        self.busy_notices += 1
+        now = time.monotonic()
+        sent.due_at = now + sent.delay_s * (0.5 + random.random() / 2)
+        self._next_resend_scan = min(self._next_resend_scan, sent.due_at)
+        if self.on_busy is not None:
+            self.on_busy(request_id, reason)
 
     def _resend_overdue(self, now: float) -> None:
         # Scanning every outstanding request is O(n): do it a few times per retry period only.

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import zmq
 
 from client_node.client import Client
-from tests.harness import free_port
+from tests.harness import free_port, wait_until
+from wire import protocol as p
+from wire.protocol import MsgType
 
 
 @pytest.fixture
@@ -40,3 +45,41 @@ def test_a_closed_client_says_so_and_a_bad_client_id_is_refused():
         c.submit(b"x")
     with pytest.raises(ValueError, match="client id"):
         Client(f"tcp://127.0.0.1:{free_port()}", client_id=2**64)
+
+
+@pytest.mark.timeout(20)
+def test_a_busy_rejection_is_retried_with_back_off_not_reported_as_a_result():
+    """REJECTED "busy: ..." keeps the request outstanding, tells on_busy, and the re-send gets the result."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = free_port()
+    router.bind(f"tcp://127.0.0.1:{port}")
+    told: list[tuple[int, str]] = []
+    submits: list[float] = []
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", client_id=3, retry_s=0.2) as client:
+            client.on_busy = lambda rid, reason: told.append((rid, reason))
+            pending = client.submit(b"work", request_id=9)
+
+            def answer() -> bool:
+                client.pump(0.01)
+                while router.poll(0):
+                    route, header, *_ = router.recv_multipart()
+                    if p.decode(header)[0] is not MsgType.SUBMIT:
+                        continue
+                    submits.append(time.monotonic())
+                    if len(submits) == 1:
+                        router.send_multipart([route, p.encode(MsgType.REJECTED, 9, f"{p.REASON_BUSY}: full")])
+                    else:
+                        router.send_multipart([route, p.encode(MsgType.RESULT, 9, "processed", 1, 1, False), b"ok"])
+                return 9 in client._results
+
+            wait_until(answer, 10, "the re-sent request to be answered")
+            result = pending.result(timeout=1)
+        assert result.ok and result.body == b"ok"
+        assert told == [(9, f"{p.REASON_BUSY}: full")]
+        assert client.busy_notices == 1
+        assert submits[1] - submits[0] >= 0.09  # it waited (half the back-off at least) before re-sending
+    finally:
+        router.close(linger=0)

@@ -45,6 +45,8 @@ SYSTEM_JOURNAL_DAMAGED = "system.journal_damaged"
 SYSTEM_JOURNAL_FAILED = "system.journal_failed"
 SYSTEM_LOG_DEGRADED = "system.log_degraded"
 SYSTEM_LOG_RESUMED = "system.log_resumed"
+SYSTEM_BUSY = "system.busy"
+SYSTEM_CLIENT_PAUSED = "system.client_paused"
 
 # Positional argument names of each kind, for JSON output and lookups by name.
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -76,6 +78,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     SYSTEM_JOURNAL_FAILED: ("path", "error"),
     SYSTEM_LOG_DEGRADED: ("path", "error"),
     SYSTEM_LOG_RESUMED: ("path", "lines_dropped"),
+    SYSTEM_BUSY: ("client_id", "reason"),
+    SYSTEM_CLIENT_PAUSED: ("client_id", "reason"),
 }
 
 LEVELS: dict[str, str] = {
@@ -93,6 +97,8 @@ LEVELS: dict[str, str] = {
     SYSTEM_JOURNAL_DAMAGED: "ERROR",
     SYSTEM_JOURNAL_FAILED: "ERROR",
     SYSTEM_LOG_DEGRADED: "ERROR",
+    SYSTEM_BUSY: "WARNING",
+    SYSTEM_CLIENT_PAUSED: "WARNING",
 }
 
 
@@ -133,6 +139,8 @@ _TEMPLATES: dict[str, Any] = {
     SYSTEM_JOURNAL_FAILED: lambda a: f"Journal {a[0]} failed, balancer stopping: {a[1]}",
     SYSTEM_LOG_DEGRADED: lambda a: f"Log file {a[0]} cannot be written ({a[1]}); lines are dropped and counted",
     SYSTEM_LOG_RESUMED: lambda a: f"Log file {a[0]} is written again; {a[1]} lines were dropped",
+    SYSTEM_BUSY: lambda a: f"Submit of Client {a[0]} refused for now: {a[1]}",
+    SYSTEM_CLIENT_PAUSED: lambda a: f"Client {a[0]} paused: {a[1]}",
 }
 
 

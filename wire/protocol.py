@@ -51,6 +51,9 @@ HEARTBEAT_INTERVAL_MS = 500
 LIVENESS = 3
 # The reason a stopping balancer gives in REJECTED (to clients) and RECONNECT (to nodes).
 REASON_STOPPING = "balancer stopping"
+# REJECTED [request_id, reason] whose reason starts with this is back-pressure, not a verdict:
+# the balancer holds its memory budget (balancer/budget.py); the Client re-sends with back-off.
+REASON_BUSY = "busy"
 # A node that lost the balancer retries HELLO with a doubling back-off up to this cap.
 RECONNECT_BACKOFF_MAX_S = 4.0
 

@@ -1,0 +1,123 @@
+"""The memory budget: one ceiling for the request and result bytes the balancer holds.
+
+Pure bookkeeping, owned by the scheduler (balancer/scheduler.py); the loop
+charges the results it holds back for a client whose pipe is full. Three
+things count, each as its bytes plus REQUEST_OVERHEAD_BYTES per request:
+
+- live payloads: requests waiting or running (charged to their client);
+- unsent results: results the loop could not hand to a full client pipe
+  (charged to that client too, until they leave or the client is gone);
+- kept results: finished requests remembered for resubmissions. They are the
+  only evictable part: beyond the budget the oldest are forgotten first, so
+  they never cause a rejection.
+
+A submit is refused when the live and unsent bytes would pass the budget, or
+when its client already holds more than its share: the budget divided by the
+number of clients holding bytes plus one, so a newcomer always finds room and
+one flooding client cannot starve another.
+"""
+
+from __future__ import annotations
+
+from wire.protocol import REASON_BUSY
+
+# The default of `zlb balancer --max-memory-mb`: a quarter of a 1 GiB machine.
+DEFAULT_MAX_MEMORY_MB = 256
+# What one remembered request costs beyond its bytes (the Request, its session entry,
+# the bytes object's header), measured with tracemalloc: ~330 bytes for a million
+# queued requests; rounded up so the budget errs towards less.
+REQUEST_OVERHEAD_BYTES = 400
+MIB = 2**20
+
+
+def hwm_for(limit_bytes: int | None) -> int:
+    """Messages libzmq may queue per peer and direction: one per 64 KiB of budget, at least 1,000.
+
+    256 MiB gives 4,096: a non-reading client pins at most that many results in its pipe
+    (4 MiB at 1 KiB), and a flood at most that many messages per connection before libzmq
+    stops reading it. 1,000 (libzmq's default) keeps pipelining clients at full speed.
+    """
+    if limit_bytes is None:
+        return 100_000
+    return max(1000, limit_bytes // 65536)
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.1f} MiB"
+
+
+class MemoryBudget:
+    """Bytes held, in total and per client, against a limit (None: no limit, bytes still counted)."""
+
+    __slots__ = ("by_client", "kept", "limit", "live", "unsent")
+
+    def __init__(self, limit_bytes: int | None) -> None:
+        self.limit = limit_bytes
+        self.live = 0  # payloads of waiting and running requests
+        self.unsent = 0  # results held back for clients whose pipe is full
+        self.kept = 0  # finished requests remembered (the scheduler sets it)
+        self.by_client: dict[int, int] = {}  # live + unsent bytes per client id
+
+    @property
+    def held(self) -> int:
+        """Every byte that counts against the budget."""
+        return self.live + self.unsent + self.kept
+
+    def over(self) -> bool:
+        """True when kept results should be evicted (oldest first) to fit the budget."""
+        return self.limit is not None and self.held > self.limit
+
+    def charge(self, client_id: int, size: int, unsent: bool = False) -> None:
+        """Count `size` bytes (plus the per-request overhead) for a client."""
+        size += REQUEST_OVERHEAD_BYTES
+        if unsent:
+            self.unsent += size
+        else:
+            self.live += size
+        by_client = self.by_client
+        by_client[client_id] = by_client.get(client_id, 0) + size
+
+    def release(self, client_id: int, size: int, unsent: bool = False) -> None:
+        """Stop counting what charge() counted."""
+        size += REQUEST_OVERHEAD_BYTES
+        if unsent:
+            self.unsent -= size
+        else:
+            self.live -= size
+        by_client = self.by_client
+        left = by_client.get(client_id, 0) - size
+        if left > 0:
+            by_client[client_id] = left
+        else:
+            by_client.pop(client_id, None)
+
+    def refusal(self, client_id: int, size: int) -> str:
+        """'' if a new request of `size` bytes from this client fits, else why not (REASON_BUSY first)."""
+        limit = self.limit
+        if limit is None:
+            return ""
+        size += REQUEST_OVERHEAD_BYTES
+        if self.live + self.unsent + size > limit:
+            return f"{REASON_BUSY}: the balancer holds {_mib(self.live + self.unsent)} of its {_mib(limit)}"
+        mine = self.by_client.get(client_id, 0)
+        if not mine:
+            return ""  # a client holding nothing always gets a request in while the total fits
+        holders = len(self.by_client)
+        share = limit // (holders + 1)
+        if mine + size > share:
+            return (
+                f"{REASON_BUSY}: client {client_id} holds {_mib(mine)}, its share of the"
+                f" {_mib(limit)} budget with {holders} clients holding requests"
+            )
+        return ""
+
+    def view(self) -> dict[str, int | None]:
+        """What `zlb status` shows under "memory"."""
+        return {
+            "max_bytes": self.limit,
+            "held_bytes": self.held,
+            "live_bytes": self.live,
+            "unsent_bytes": self.unsent,
+            "kept_bytes": self.kept,
+            "clients_holding": len(self.by_client),
+        }

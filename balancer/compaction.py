@@ -1,0 +1,100 @@
+"""Journal compaction a slice at a time, so a million live requests never stall the loop.
+
+Rewriting the journal inline took 421 ms at 500,000 waiting requests. Instead
+the loop starts a Compaction: it lists the client sessions and then, once
+per loop iteration, writes the records of CHUNK requests to a new file beside
+the journal. Appends made meanwhile go to both files, in loop order. Each
+request's record is taken when its slice is written, from its state then, and
+any later change is an append that lands after it; so in the new file, as in
+the old, the last record of every request is its current state. A request
+forgotten before its slice is skipped.
+
+When every slice is written, a helper thread fsyncs the new file (a disk
+flush of the whole state must not sit on the loop) and reports on a queue;
+the loop then renames it over the journal. Single owner: only the loop writes
+either file; the thread only fsyncs a descriptor it is handed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+from balancer.records import ACCEPTED, FINISHED, Request
+from wire.protocol import FAILED, PROCESSED
+
+if TYPE_CHECKING:
+    from balancer.journal import Journal
+    from balancer.scheduler import Scheduler
+
+# Requests written per loop iteration. At 1 KiB each, 500 keep the longest step under 8 ms;
+# 2,000 took up to 27 ms, because the kernel throttles a writer of many dirty pages.
+CHUNK = 500
+
+
+def record_of(req: Request) -> tuple[Any, ...]:
+    """The journal record that describes a request's state now."""
+    if req.status in (PROCESSED, FAILED):
+        outcome = (req.status, req.server_id, req.attempts, req.body, req.payload_digest)
+        return (FINISHED, req.client_id, req.request_id, req.priority, *outcome)
+    return (ACCEPTED, req.client_id, req.request_id, req.priority, req.route, req.body)
+
+
+class Compaction:
+    """One incremental rewrite of a journal; step() once per loop iteration until it returns True."""
+
+    def __init__(self, journal: Journal, sched: Scheduler) -> None:
+        self.journal = journal
+        self._sessions = [session for session in sched.sessions.values() if session]
+        self._keys: list[int] = []  # request ids of the session being written, copied when it is reached
+        self._at = 0
+        self._synced: queue.SimpleQueue[BaseException | None] | None = None
+        journal.start_rewrite()
+
+    def step(self) -> bool:
+        """Write the next slice, or finish; True once the new file has replaced the journal."""
+        if self._synced is None:
+            records = self._next_slice()
+            if records:
+                self.journal.write_rewrite(records)
+                return False
+            self._synced = queue.SimpleQueue()
+            fd = self.journal.rewrite_fd
+            threading.Thread(target=_fsync, args=(fd, self._synced), name="zlb-journal-compact", daemon=True).start()
+            return False
+        try:
+            failure = self._synced.get_nowait()
+        except queue.Empty:
+            return False
+        self.journal.end_rewrite(failure)  # raises JournalError if the fsync failed
+        return True
+
+    def _next_slice(self) -> list[tuple[Any, ...]]:
+        """Records of the next CHUNK requests, each from its state now; forgotten ones are skipped."""
+        out: list[tuple[Any, ...]] = []
+        while len(out) < CHUNK:
+            if self._at >= len(self._keys):
+                if not self._sessions:
+                    break
+                # Keys, not values: copying a million ints takes 6 ms, a million Requests 20 (each is touched).
+                self._session = self._sessions.pop()
+                self._keys, self._at = list(self._session), 0
+            end = min(len(self._keys), self._at + CHUNK - len(out))
+            get = self._session.get
+            for rid in self._keys[self._at : end]:
+                req = get(rid)
+                if req is not None:
+                    out.append(record_of(req))
+            self._at = end
+        return out
+
+
+def _fsync(fd: int, done: queue.SimpleQueue[BaseException | None]) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        done.put(exc)
+    else:
+        done.put(None)

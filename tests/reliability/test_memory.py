@@ -1,0 +1,197 @@
+"""Memory under pressure, measured on a live balancer's RSS from /proc.
+
+A client that submits without ever reading its results, and a burst of
+garbage on every socket: the balancer's resident memory stays within its
+budget plus a fixed allowance, other clients are served meanwhile, and
+every bad message is counted.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+
+import pytest
+import zmq
+
+from client_node.client import Client, json_payload
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from wire import protocol as p
+from wire.protocol import MsgType
+
+MIB = 2**20
+
+
+def rss(pid: int) -> int:
+    """Resident set size of a process in bytes, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class PeakRss:
+    """Samples a process's RSS whenever asked and keeps the highest."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = rss(pid)
+        self.peak = self.base
+
+    def sample(self) -> int:
+        now = rss(self.pid)
+        self.peak = max(self.peak, now)
+        return now
+
+    def sampling(self, predicate: Callable[[], bool]) -> Callable[[], bool]:
+        """`predicate`, sampling the RSS on each call (for wait_until)."""
+
+        def check() -> bool:
+            self.sample()
+            return predicate()
+
+        return check
+
+
+def flood_without_reading(balancer: LiveBalancer, count: int, peak: PeakRss) -> zmq.Socket:
+    """Submit `count` requests of about 1 KiB from a raw DEALER that never reads; return the socket."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 10)  # never read: its pipe and then TCP fill, and the balancer's send says EAGAIN
+    sock.setsockopt(zmq.SNDTIMEO, 10_000)  # a blocked send fails the test instead of hanging it
+    sock.connect(balancer.endpoints.frontend)
+    payload = json_payload(0, "x" * 1000)
+    sock.send(p.encode(MsgType.CLIENT_HELLO, 1, 77, os.getpid(), "flooder"))
+    for rid in range(count):
+        sock.send_multipart([p.encode(MsgType.SUBMIT, 1, rid, 5, 77), payload])
+        if rid % 10_000 == 0:
+            peak.sample()
+    return sock
+
+
+def run_non_reading_client(procs: ProcessGroup, endpoints: Endpoints, budget_mb: int, count: int) -> None:
+    balancer = start_balancer(procs, endpoints, 100, "--max-memory-mb", str(budget_mb))
+    balancer.start_server(1)
+    balancer.start_server(2)
+    balancer.wait_servers_active({1, 2}, timeout=15)
+    peak = PeakRss(balancer.proc.pid)
+    sock = flood_without_reading(balancer, count, peak)
+    try:
+        # The flood is in: wait until the balancer has read all of it (each submit is counted one way or another).
+        def all_read() -> bool:
+            c = balancer.call("status")["requests"]
+            return c["submitted"] + c["busy"] >= count
+
+        wait_until(peak.sampling(all_read), 120, f"the balancer to read {count} submits")
+        status = balancer.call("status")
+        assert status["paused_clients"] == 1, status  # its results pile up unread
+        assert status["requests"]["busy"] > 0, status["requests"]
+        assert status["memory"]["held_bytes"] <= budget_mb * MIB, status["memory"]
+        # Another client is served meanwhile.
+        with Client(endpoints.frontend, client_id=2, retry_s=1.0) as other:
+            pending = [other.submit(json_payload(0, i), request_id=i) for i in range(10)]
+            results = [r.result(timeout=30) for r in pending]
+            peak.sample()
+        assert [r.value()["echo"] for r in results] == list(range(10))
+        assert all(r.ok for r in results)
+    finally:
+        sock.close(linger=0)
+    limit = peak.base + (budget_mb + 100) * MIB
+    print(
+        f"non-reading client: {count} x 1 KiB, budget {budget_mb} MiB: RSS base {peak.base / MIB:.0f} MiB,"
+        f" peak {peak.peak / MIB:.0f} MiB; held {status['memory']['held_bytes'] / MIB:.1f} MiB,"
+        f" busy {status['requests']['busy']}, submitted {status['requests']['submitted']}"
+    )  # for -s runs
+    assert peak.peak < limit, f"RSS peaked at {peak.peak / MIB:.0f} MiB, base {peak.base / MIB:.0f} MiB"
+
+
+@pytest.mark.timeout(180)
+def test_a_client_that_never_reads_is_paused_within_its_budget_and_others_are_served(
+    procs: ProcessGroup, endpoints: Endpoints
+):
+    """40,000 x 1 KiB from a client that never reads under a 16 MiB budget: RSS bounded, another client served."""
+    run_non_reading_client(procs, endpoints, 16, 40_000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_hundred_thousand_unread_requests_under_a_64_mb_budget(procs: ProcessGroup, endpoints: Endpoints):
+    """Issue 10's figure: 200,000 x 1 KiB never read, --max-memory-mb 64: RSS under base + 164 MiB."""
+    run_non_reading_client(procs, endpoints, 64, 200_000)
+
+
+def garbage(rng: random.Random) -> list[bytes]:
+    """A message no socket can accept: a never-used msgpack byte, a wrong version or an unknown type."""
+    kind = rng.randrange(4)
+    tail = rng.randbytes(rng.randrange(48))
+    if kind == 0:
+        return [b"\xc1" + tail]
+    if kind == 1:
+        return [p.encode(MsgType.SUBMIT, 1, 2, 3)[:3] + b"\xc1", tail]  # truncated, then garbage
+    if kind == 2:
+        return [b"\x93\x07\x02\xc1", tail]  # protocol version 7
+    return [b"x" * (p.MAX_HEADER_BYTES + 1 + rng.randrange(64))]
+
+
+def fuzz_burst(balancer: LiveBalancer, per_socket: int, peak: PeakRss) -> int:
+    """Send `per_socket` garbage messages to the frontend, backend and control; return how many were sent."""
+    ctx = zmq.Context.instance()
+    rng = random.Random(10)
+    ends = balancer.endpoints
+    socks = []
+    for ep in (ends.frontend, ends.backend, ends.control):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, 20_000)  # the balancer's receive pipe pushes back; never hang
+        sock.setsockopt(zmq.RCVHWM, 10)  # replies are never read
+        sock.connect(ep)
+        socks.append(sock)
+    try:
+        for i in range(per_socket):
+            for sock in socks:
+                sock.send_multipart(garbage(rng))
+            if i % 10_000 == 0:
+                peak.sample()
+
+        def all_counted() -> bool:
+            return sum(balancer.call("status")["bad_input"].values()) >= 3 * per_socket
+
+        wait_until(peak.sampling(all_counted), 120, f"{3 * per_socket} bad messages counted")
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+    return 3 * per_socket
+
+
+def run_fuzz_burst(procs: ProcessGroup, endpoints: Endpoints, per_socket: int) -> None:
+    balancer = start_balancer(procs, endpoints, 100)
+    balancer.call("status")  # the control path is warm before the base is taken
+    peak = PeakRss(balancer.proc.pid)
+    sent = fuzz_burst(balancer, per_socket, peak)
+    bad = balancer.call("status")["bad_input"]
+    assert sum(bad.values()) == sent, bad  # every one counted, once
+    assert "internal_error" not in " ".join(bad), bad
+    after = peak.sample()
+    print(
+        f"garbage burst: {sent} messages: RSS {peak.base / MIB:.0f} MiB before, peak {peak.peak / MIB:.0f},"
+        f" {after / MIB:.0f} after"
+    )  # for -s runs
+    assert after - peak.base < 40 * MIB, (
+        f"RSS {after / MIB:.0f} MiB after the burst, {peak.base / MIB:.0f} MiB before (peak {peak.peak / MIB:.0f})"
+    )
+    assert balancer.proc.popen.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_a_garbage_burst_leaves_nothing_behind(procs: ProcessGroup, endpoints: Endpoints):
+    """30,000 garbage messages over frontend, backend and control: all counted, RSS back within 40 MiB."""
+    run_fuzz_burst(procs, endpoints, 10_000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_three_hundred_thousand_garbage_messages_leave_nothing_behind(procs: ProcessGroup, endpoints: Endpoints):
+    """Issue 10's figure: 300,000 garbage messages, RSS within 40 MiB of before, every one counted."""
+    run_fuzz_burst(procs, endpoints, 100_000)
