@@ -128,6 +128,13 @@ def _pairs(mapping: dict[str, Any], empty: str = "none") -> str:
     return "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in mapping.items()) or empty
 
 
+def _counter_rows(counters: dict[str, Any]) -> list[tuple[str, str]]:
+    """The journal's figures (records lost to damage among them) and every other balancer counter."""
+    journal = {k.removeprefix("journal_"): v for k, v in counters.items() if k.startswith("journal_")}
+    others = {k: v for k, v in counters.items() if not k.startswith("journal_")}
+    return [(name, _pairs(pairs)) for name, pairs in (("Journal", journal), ("Counters", others)) if pairs]
+
+
 def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     """`zlb status` as (heading, text) rows."""
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["started_at"]))
@@ -150,6 +157,7 @@ def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
             f"(over {rates.get('window_s', 0):g} s)",
         ),
         ("Bad input", _pairs(result.get("bad_input", {}))),
+        *_counter_rows(result.get("counters", {})),
         (
             "Retention",
             f"all pending and running requests + the last {retention.get('finished_requests', '?')} finished; "

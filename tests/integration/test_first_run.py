@@ -148,3 +148,14 @@ def test_balancer_help_states_where_the_log_goes():
     )
     text = " ".join(done.stdout.split())
     assert "$XDG_STATE_HOME/zlb/balancer.log" in text and "'' for none" in text
+
+
+@pytest.mark.timeout(60)
+def test_send_and_client_without_a_balancer_end_naming_the_endpoint(procs: ProcessGroup, endpoints: Endpoints):
+    """With nothing listening, zlb send and zlb client end within 10 s, non-zero, naming the frontend they tried."""
+    for args in (("send", "--client-id", "1", "--request-id", "1"), ("client", "--id", "1", "--requests", "3")):
+        started = time.monotonic()
+        done = procs.run(*args, timeout=15)
+        assert time.monotonic() - started < 10
+        assert done.returncode != 0
+        assert f"no answer from the balancer at {endpoints.frontend}" in done.stderr

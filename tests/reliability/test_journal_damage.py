@@ -69,6 +69,8 @@ def test_one_flipped_byte_mid_journal_costs_one_request_and_is_reported(
     assert counters["journal_restored_pending"] == len(restored)
     assert counters["journal_records_lost"] >= 1
     assert counters["journal_bytes_skipped"] > 0
+    plain = procs.run("status").stdout  # what an operator reads without --json
+    assert f"records lost {counters['journal_records_lost']}" in plain
     line = wait_until(
         lambda: next((ln for ln in log_text(procs).splitlines() if "system.journal_damaged" in ln), None),
         10,
