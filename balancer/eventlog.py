@@ -65,9 +65,19 @@ class EventLog:
                 yield [ts, *event]
 
     def recent(self, limit: int | None = None) -> list[list[Any]]:
-        """The newest `limit` stamped events (all kept ones when None), oldest first."""
-        events = list(self)
-        return events if limit is None else events[-limit:] if limit > 0 else []
+        """The newest `limit` stamped events (all kept ones when None), oldest first.
+
+        Walks batches from the newest, so `logs --limit 100` costs about 100 events, not the ring.
+        """
+        if limit is None:
+            return list(self)
+        newest: list[list[Any]] = []
+        for ts, batch in reversed(self._ring):
+            for event in reversed(batch):
+                if len(newest) >= limit:
+                    return newest[::-1]
+                newest.append([ts, *event])
+        return newest[::-1]
 
     @property
     def dropped_lines(self) -> int:

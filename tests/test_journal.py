@@ -305,3 +305,14 @@ def test_a_log_file_that_comes_back_is_written_again(tmp_path: Path, monkeypatch
     log.close()
     assert back[:2] == (ev.SYSTEM_LOG_RESUMED, str(path))
     assert "Server 2 marked as up" in path.read_text()
+
+
+def test_recent_events_are_the_newest_in_order_without_copying_the_ring():
+    """`recent(n)` gives the newest n stamped events oldest first, across batches; None gives all."""
+    from balancer.eventlog import EventLog
+
+    log = EventLog(None)
+    for i in range(10):
+        log.add(float(i), [("k", i, j) for j in range(3)])
+    assert log.recent(4) == [[8.0, "k", 8, 2], [9.0, "k", 9, 0], [9.0, "k", 9, 1], [9.0, "k", 9, 2]]
+    assert log.recent(0) == [] and len(log.recent(None)) == 30 and len(log.recent(100)) == 30
