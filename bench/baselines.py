@@ -14,7 +14,7 @@ from array import array
 from typing import Any
 
 from bench import stats
-from bench.harness import START_TIMEOUT_S, Bench, BenchError, LineReader, LoadResult, Target, free_endpoint
+from bench.harness import START_TIMEOUT_S, Bench, BenchError, LineReader, LoadResult, Target
 from bench.procs import python_argv
 
 # A user-path run answers 50,000 requests; even a slow, shared machine does that well within this.
@@ -23,19 +23,12 @@ USER_RUN_TIMEOUT_S = 600.0
 
 def start_frame_relay(bench: Bench, nodes: int, capacity: int) -> Target:
     """bench.framerelay plus `nodes` raw echo nodes, each announced to the relay."""
-    frontend, backend = free_endpoint(), free_endpoint()
-    argv = python_argv("bench.framerelay", "--frontend", frontend, "--backend", backend, "--announce")
-    relay = bench.procs.start(bench.name("framerelay"), argv, stdout=subprocess.PIPE)
-    target = Target("frame relay", frontend, backend, relay)
-    reader = LineReader(relay)
-    if reader.line(START_TIMEOUT_S, "the frame relay to bind") != "ready":
-        raise BenchError("the frame relay did not start")
-    for _ in range(nodes):
-        argv = python_argv("bench.rawecho", "--backend", backend, "--capacity", str(capacity))
+
+    def add_node(target: Target) -> None:
+        argv = python_argv("bench.rawecho", "--backend", target.backend, "--capacity", str(capacity))
         target.nodes.append(bench.procs.start(bench.name("rawecho"), argv, stdout=subprocess.DEVNULL))
-    for _ in range(nodes):
-        reader.line(START_TIMEOUT_S, f"{nodes} raw nodes to say HELLO to the frame relay")
-    return target
+
+    return bench.start_announcing_relay("framerelay", "frame relay", nodes, add_node, "raw nodes")
 
 
 def lean_load(

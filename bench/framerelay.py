@@ -17,16 +17,14 @@ liveness, no events: whatever zlb costs beyond this is the price of those.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 
 import zmq
 
+from bench.zmqkit import SNDMORE, broker_parser, close_all, drain, send_frames, unbounded_socket
+
 HELLO = b"HELLO"
-# Plain ints: pyzmq ORs Flag enums per frame in send_multipart, which costs more than the send.
-SNDMORE = int(zmq.SNDMORE)
-NOBLOCK = int(zmq.NOBLOCK)
 # Messages taken from a socket per poll; bounded so neither side starves the other.
 DRAIN_BATCH = 256
 
@@ -34,13 +32,8 @@ DRAIN_BATCH = 256
 def serve(frontend_ep: str, backend_ep: str, announce: bool) -> None:
     """Relay until SIGTERM or SIGINT."""
     ctx = zmq.Context()
-    frontend = ctx.socket(zmq.ROUTER)
-    backend = ctx.socket(zmq.ROUTER)
-    for sock, ep in ((frontend, frontend_ep), (backend, backend_ep)):
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.bind(ep)
+    frontend = unbounded_socket(ctx, zmq.ROUTER, frontend_ep, bind=True)
+    backend = unbounded_socket(ctx, zmq.ROUTER, backend_ep, bind=True)
     if announce:
         print("ready", flush=True)
     in_flight: dict[bytes, int] = {}
@@ -63,11 +56,7 @@ def serve(frontend_ep: str, backend_ep: str, announce: bool) -> None:
                 reading_front = False
             events = dict(poller.poll(200))
             if backend in events:
-                for _ in range(DRAIN_BATCH):
-                    try:
-                        frames = backend.recv_multipart(NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in drain(backend, DRAIN_BATCH):
                     node = frames[0]
                     if len(frames) == 2 and frames[1].startswith(HELLO):
                         if node in capacity:
@@ -80,40 +69,26 @@ def serve(frontend_ep: str, backend_ep: str, announce: bool) -> None:
                         continue
                     in_flight[node] -= 1
                     free_slots += 1
-                    _send(frontend, frames, 1)
+                    send_frames(frontend, frames, 1)
             if frontend in events:
-                for _ in range(DRAIN_BATCH):
-                    if not free_slots:
-                        break
-                    try:
-                        frames = frontend.recv_multipart(NOBLOCK)
-                    except zmq.Again:
-                        break
+                # The frontend is polled only while free_slots > 0, and reading the backend only adds
+                # slots, so the loop starts with room; it stops reading once the last slot is taken.
+                for frames in drain(frontend, DRAIN_BATCH):
                     # Least loaded by count (most free slots; with equal capacities, fewest in flight).
                     # A linear scan is the cheapest choice for a handful of nodes.
                     node = min(in_flight, key=lambda n: in_flight[n] - capacity[n])
                     in_flight[node] += 1
                     free_slots -= 1
                     backend.send(node, SNDMORE)
-                    _send(backend, frames, 0)
+                    send_frames(backend, frames)
+                    if not free_slots:
+                        break
     finally:
-        frontend.close(linger=0)
-        backend.close(linger=0)
-        ctx.term()
-
-
-def _send(sock: zmq.Socket, frames: list[bytes], first: int) -> None:
-    """Send frames[first:] as one message."""
-    last = len(frames) - 1
-    for i in range(first, last):
-        sock.send(frames[i], SNDMORE)
-    sock.send(frames[last])
+        close_all(ctx, frontend, backend)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.framerelay", description=__doc__.splitlines()[0])
-    parser.add_argument("--frontend", required=True)
-    parser.add_argument("--backend", required=True)
+    parser = broker_parser("bench.framerelay", __doc__)
     parser.add_argument("--announce", action="store_true", help="print ready, then one line per node HELLO")
     args = parser.parse_args(argv)
     serve(args.frontend, args.backend, args.announce)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,17 +203,27 @@ class Bench:
 
     def start_relay(self, nodes: int, capacity: int) -> Target:
         """The minimal relay from bench/ plus `nodes` real `zlb server` echo nodes."""
-        frontend, backend = free_endpoint(), free_endpoint()
-        argv = python_argv("bench.relay", "--frontend", frontend, "--backend", backend, "--announce")
-        relay = self.procs.start(self.name("relay"), argv, stdout=subprocess.PIPE)
-        target = Target("relay", frontend, backend, relay)
-        reader = LineReader(relay)
-        if reader.line(START_TIMEOUT_S, "the relay to bind") != "ready":
-            raise BenchError("the relay did not start")
-        for _ in range(nodes):
+
+        def add_node(target: Target) -> None:
             self.add_zlb_node(target, capacity, "echo", [])
+
+        return self.start_announcing_relay("relay", "relay", nodes, add_node)
+
+    def start_announcing_relay(
+        self, module: str, label: str, nodes: int, add_node: Callable[[Target], None], node_noun: str = "nodes"
+    ) -> Target:
+        """bench.<module> started with --announce, then `nodes` nodes added, each awaited as its HELLO line."""
+        frontend, backend = free_endpoint(), free_endpoint()
+        argv = python_argv(f"bench.{module}", "--frontend", frontend, "--backend", backend, "--announce")
+        relay = self.procs.start(self.name(module), argv, stdout=subprocess.PIPE)
+        target = Target(label, frontend, backend, relay)
+        reader = LineReader(relay)
+        if reader.line(START_TIMEOUT_S, f"the {label} to bind") != "ready":
+            raise BenchError(f"the {label} did not start")
         for _ in range(nodes):
-            reader.line(START_TIMEOUT_S, f"{nodes} nodes to say HELLO to the relay")
+            add_node(target)
+        for _ in range(nodes):
+            reader.line(START_TIMEOUT_S, f"{nodes} {node_noun} to say HELLO to the {label}")
         return target
 
     def start_proxy(self, nodes: int) -> Target:

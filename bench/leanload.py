@@ -27,12 +27,11 @@ from typing import Any
 
 import zmq
 
+from bench.loadargs import load_parser, wait_for_go, write_latencies
+from bench.zmqkit import SNDMORE, drain, unbounded_socket
 from wire import protocol as p
 from wire.protocol import MsgType
 
-# Plain ints: pyzmq ORs Flag enums per frame in send_multipart, which costs more than the send.
-SNDMORE = int(zmq.SNDMORE)
-NOBLOCK = int(zmq.NOBLOCK)
 # Replies taken per poll: enough to amortise the poll, small enough to refill the window often.
 DRAIN_BATCH = 512
 # After the measured window, wait at most this long for the answers still in flight.
@@ -65,11 +64,7 @@ def run(args: argparse.Namespace, sock: zmq.Socket) -> dict[str, Any]:
         if not poll(100, zmq.POLLIN):
             now = clock()
             continue
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = recv(NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in drain(sock, DRAIN_BATCH):
             now = clock()
             at = sent_at.pop(frames[0], None)
             if at is None:
@@ -89,9 +84,7 @@ def run(args: argparse.Namespace, sock: zmq.Socket) -> dict[str, Any]:
                 duplicates += 1
             else:
                 completed += 1
-    if args.latency_file:
-        with open(args.latency_file, "wb") as fh:
-            latencies.tofile(fh)
+    write_latencies(args, latencies)
     return {
         "sent": sent,
         "completed": completed,
@@ -106,15 +99,8 @@ def run(args: argparse.Namespace, sock: zmq.Socket) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.leanload", description=__doc__.splitlines()[0])
-    parser.add_argument("--frontend", required=True)
-    parser.add_argument("--client-id", type=int, default=1001)
+    parser = load_parser("bench.leanload", __doc__, 1001, 0.5, "measured seconds")
     parser.add_argument("--window", type=int, default=100, help="requests in flight")
-    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds")
-    parser.add_argument("--warmup-s", type=float, default=0.5)
-    parser.add_argument("--payload-bytes", type=int, default=16)
-    parser.add_argument("--latency-file", default=None)
-    parser.add_argument("--wait-go", action="store_true", help="print ready, then wait for a line on stdin")
     return parser.parse_args(argv)
 
 
@@ -122,16 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.connect(args.frontend)
+    sock = unbounded_socket(ctx, zmq.DEALER, args.frontend, bind=False)
     try:
-        if args.wait_go:
-            print("ready", flush=True)
-            if not sys.stdin.readline():
-                return 1
+        if not wait_for_go(args):
+            return 1
         print(json.dumps(run(args, sock)), flush=True)
         return 0
     except KeyboardInterrupt:

@@ -28,6 +28,7 @@ from typing import Any
 
 import zmq
 
+from bench.loadargs import load_parser, wait_for_go, write_latencies
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 
@@ -159,9 +160,7 @@ class LoadGen:
         return self.summary(measure_from, window_end)
 
     def summary(self, measure_from: int, window_end: int) -> dict[str, Any]:
-        if self.args.latency_file:
-            with open(self.args.latency_file, "wb") as fh:
-                self.latencies.tofile(fh)
+        write_latencies(self.args, self.latencies)
         out: dict[str, Any] = {
             "sent": self.sent,
             "completed": self.completed,
@@ -192,21 +191,14 @@ def _to_monotonic(perf_ns: int | None) -> int | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.splitlines()[0])
-    parser.add_argument("--frontend", required=True)
-    parser.add_argument("--client-id", type=int, default=1)
+    parser = load_parser("bench.loadgen", __doc__, 1, 0.0, "measured seconds (unless --requests)")
     parser.add_argument("--window", type=int, default=100, help="requests in flight")
-    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds (unless --requests)")
     parser.add_argument("--requests", type=int, default=None, help="measured requests instead of a duration")
-    parser.add_argument("--warmup-s", type=float, default=0.0)
     parser.add_argument("--drain-s", type=float, default=DEFAULT_DRAIN_S)
-    parser.add_argument("--payload-bytes", type=int, default=16)
     parser.add_argument("--payload", default=None, help="literal payload text (overrides --payload-bytes)")
     parser.add_argument("--priority", type=int, default=5)
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s (0: as fast as the window allows)")
-    parser.add_argument("--latency-file", default=None)
     parser.add_argument("--record-replies", action="store_true")
-    parser.add_argument("--wait-go", action="store_true", help="print ready, then wait for a line on stdin")
     return parser.parse_args(argv)
 
 
@@ -216,10 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     gen = LoadGen(args)
     try:
-        if args.wait_go:
-            print("ready", flush=True)
-            if not sys.stdin.readline():
-                return 1
+        if not wait_for_go(args):
+            return 1
         result = gen.run()
         print(json.dumps(result), flush=True)
         return 0

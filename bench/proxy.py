@@ -10,23 +10,19 @@ back unchanged and the clients accept their own SUBMIT header as the answer.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 
 import zmq
 
+from bench.zmqkit import broker_parser, unbounded_socket
+
 
 def serve(frontend_ep: str, backend_ep: str) -> None:
     """Proxy until SIGTERM or SIGINT."""
     ctx = zmq.Context()
-    frontend = ctx.socket(zmq.ROUTER)
-    backend = ctx.socket(zmq.DEALER)
-    for sock, ep in ((frontend, frontend_ep), (backend, backend_ep)):
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.bind(ep)
+    frontend = unbounded_socket(ctx, zmq.ROUTER, frontend_ep, bind=True)
+    backend = unbounded_socket(ctx, zmq.DEALER, backend_ep, bind=True)
     # zmq.proxy blocks in C; a signal ends it by closing the context underneath.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -39,9 +35,7 @@ def serve(frontend_ep: str, backend_ep: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.splitlines()[0])
-    parser.add_argument("--frontend", required=True)
-    parser.add_argument("--backend", required=True)
+    parser = broker_parser("bench.proxy", __doc__)
     args = parser.parse_args(argv)
     serve(args.frontend, args.backend)
     return 0

@@ -15,39 +15,27 @@ import sys
 
 import zmq
 
+from bench.zmqkit import drain, send_frames, unbounded_socket
+
+# Copied bytes, sent frame by frame: for small frames pyzmq's Frame objects cost more than they save.
 DRAIN_BATCH = 256
-# Plain ints and copied bytes: for small frames pyzmq's Flag enums and Frame objects cost more than they save.
-SNDMORE = int(zmq.SNDMORE)
-NOBLOCK = int(zmq.NOBLOCK)
 
 
 def serve(backend_ep: str, capacity: int) -> None:
     """Echo until SIGTERM or SIGINT."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.connect(backend_ep)
+    sock = unbounded_socket(ctx, zmq.DEALER, backend_ep, bind=False)
     sock.send(b"HELLO%d" % capacity)
     print("ready", flush=True)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    recv, send = sock.recv_multipart, sock.send
     try:
         while not stopping:
             if not sock.poll(200, zmq.POLLIN):
                 continue
-            for _ in range(DRAIN_BATCH):
-                try:
-                    frames = recv(NOBLOCK)
-                except zmq.Again:
-                    break
-                last = len(frames) - 1
-                for i in range(last):
-                    send(frames[i], SNDMORE)
-                send(frames[last])
+            for frames in drain(sock, DRAIN_BATCH):
+                send_frames(sock, frames)
     finally:
         sock.close(linger=0)
         ctx.term()

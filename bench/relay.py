@@ -13,7 +13,6 @@ DONE header, encode a RESULT header. Payloads pass through as opaque frames.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
@@ -21,6 +20,7 @@ from collections import deque
 
 import zmq
 
+from bench.zmqkit import broker_parser, close_all, drain, unbounded_socket
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 
@@ -30,13 +30,8 @@ DRAIN_BATCH = 256
 def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool = False) -> None:
     """Relay until SIGTERM or SIGINT; with `announce`, print `ready` and a line per new node."""
     ctx = zmq.Context()
-    frontend = ctx.socket(zmq.ROUTER)
-    backend = ctx.socket(zmq.ROUTER)
-    for sock, ep in ((frontend, frontend_ep), (backend, backend_ep)):
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.bind(ep)
+    frontend = unbounded_socket(ctx, zmq.ROUTER, frontend_ep, bind=True)
+    backend = unbounded_socket(ctx, zmq.ROUTER, backend_ep, bind=True)
     if announce:
         print("ready", flush=True)
     stopping = []
@@ -61,11 +56,7 @@ def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool 
             poller = both if free_slots else nodes_only
             ready = dict(poller.poll(int(heartbeat_s * 1000)))
             if backend in ready:
-                for _ in range(DRAIN_BATCH):
-                    try:
-                        frames = backend.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in drain(backend, DRAIN_BATCH):
                     try:
                         msg_type, fields = decode(frames[1])
                     except ProtocolError:
@@ -84,13 +75,9 @@ def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool 
                         if announce:
                             print(f"node {len(nodes)}", flush=True)
             if frontend in ready:
-                for _ in range(DRAIN_BATCH):
-                    if not free_slots:
-                        break
-                    try:
-                        frames = frontend.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                # Clients are polled only while a slot is free and nodes only free slots, so the loop
+                # starts with room; it stops reading once the last slot is given out.
+                for frames in drain(frontend, DRAIN_BATCH):
                     try:
                         _type, (client_id, request_id, priority, _incarnation) = decode(frames[1])
                     except (ProtocolError, ValueError):
@@ -99,6 +86,8 @@ def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool 
                     waiting[ticket] = (frames[0], request_id)
                     header = encode(work_type, ticket, client_id, request_id, priority, 1)
                     backend.send_multipart([free_slots.popleft(), header, frames[2]], copy=False)
+                    if not free_slots:
+                        break
             now = time.monotonic()
             if now >= next_ping:
                 # Nodes that hear nothing reconnect; a ping per interval keeps them.
@@ -106,15 +95,11 @@ def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool 
                     backend.send_multipart([route, ping])
                 next_ping = now + heartbeat_s
     finally:
-        frontend.close(linger=0)
-        backend.close(linger=0)
-        ctx.term()
+        close_all(ctx, frontend, backend)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.splitlines()[0])
-    parser.add_argument("--frontend", required=True)
-    parser.add_argument("--backend", required=True)
+    parser = broker_parser("bench.relay", __doc__)
     parser.add_argument("--heartbeat-ms", type=int, default=p.HEARTBEAT_INTERVAL_MS)
     parser.add_argument("--announce", action="store_true", help="print ready and one line per new node")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ import time
 
 import zmq
 
+from bench.zmqkit import drain
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 
@@ -55,11 +56,7 @@ class SimNodes:
         while not stopping:
             timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000) + 1)
             for sock, _ in self.poller.poll(timeout_ms):
-                for _ in range(DRAIN_BATCH):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in drain(sock, DRAIN_BATCH):
                     try:
                         msg_type, fields = p.decode(frames[0])
                     except ProtocolError:

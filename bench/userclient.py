@@ -21,6 +21,7 @@ import time
 from array import array
 from typing import Any
 
+from bench.loadargs import load_parser, wait_for_go, write_latencies
 from client_node.client import Client
 
 PROCESSED = "processed"
@@ -67,9 +68,7 @@ def one_at_a_time(client: Client, args: argparse.Namespace, payload: bytes) -> d
         failed += result.status != PROCESSED
         if sent >= measure_from:
             latencies.append(now - sent)
-    if args.latency_file:
-        with open(args.latency_file, "wb") as fh:
-            latencies.tofile(fh)
+    write_latencies(args, latencies)
     return {
         "sent": completed,
         "completed": completed,
@@ -80,16 +79,9 @@ def one_at_a_time(client: Client, args: argparse.Namespace, payload: bytes) -> d
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.userclient", description=__doc__.splitlines()[0])
-    parser.add_argument("--frontend", required=True)
-    parser.add_argument("--client-id", type=int, default=1001)
+    parser = load_parser("bench.userclient", __doc__, 1001, 0.5, "measured seconds (--one-at-a-time)")
     parser.add_argument("--submit", type=int, default=None, help="submit this many, then as_completed")
     parser.add_argument("--one-at-a-time", action="store_true", help="submit(...).result() in a loop")
-    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds (--one-at-a-time)")
-    parser.add_argument("--warmup-s", type=float, default=0.5)
-    parser.add_argument("--payload-bytes", type=int, default=16)
-    parser.add_argument("--latency-file", default=None)
-    parser.add_argument("--wait-go", action="store_true", help="print ready, then wait for a line on stdin")
     return parser.parse_args(argv)
 
 
@@ -98,10 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     payload = b"x" * args.payload_bytes
     with Client(args.frontend, client_id=args.client_id) as client:
-        if args.wait_go:
-            print("ready", flush=True)
-            if not sys.stdin.readline():
-                return 1
+        if not wait_for_go(args):
+            return 1
         if args.one_at_a_time:
             out = one_at_a_time(client, args, payload)
         else:

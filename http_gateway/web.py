@@ -33,6 +33,11 @@ from http_gateway.validation import MAX_BODY_BYTES, HttpError
 
 # A body that has not fully arrived within this long is answered 408.
 BODY_TIMEOUT_S = 10.0
+# An oversized body up to this size is read and discarded before the 413 goes out. Closing a
+# connection with unread bytes in its receive queue makes the kernel send RST, which can destroy
+# the 413 before the client reads it (urllib sends Connection: close, so uvicorn closes right after
+# the response). Larger bodies are not worth reading: those clients may see a reset.
+MAX_DRAIN_BYTES = 16 * 1024 * 1024
 STATIC = Path(__file__).parent / "static"
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -44,24 +49,36 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 
 async def read_body(request: Request) -> bytes:
-    """The body, at most MAX_BODY_BYTES, within BODY_TIMEOUT_S; else 413 or 408."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HttpError(413, f"request body must be at most {MAX_BODY_BYTES} bytes")
+    """The body, at most MAX_BODY_BYTES, within BODY_TIMEOUT_S; else 413 or 408.
 
-    async def collect() -> bytes:
+    An oversized body is drained (up to MAX_DRAIN_BYTES, within the same deadline) so that the
+    413 reaches the client instead of a connection reset.
+    """
+    too_large = HttpError(413, f"request body must be at most {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    declared_size = int(declared) if declared.isascii() and declared.isdigit() else 0
+    if declared_size > MAX_DRAIN_BYTES:
+        raise too_large
+
+    async def collect() -> tuple[bytes, int]:
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise HttpError(413, f"request body must be at most {MAX_BODY_BYTES} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if size <= MAX_BODY_BYTES:
+                chunks.append(chunk)
+            elif size > MAX_DRAIN_BYTES:
+                break  # not worth draining further; refuse now
+        return b"".join(chunks), size
 
     try:
-        return await asyncio.wait_for(collect(), BODY_TIMEOUT_S)
+        body, size = await asyncio.wait_for(collect(), BODY_TIMEOUT_S)
     except asyncio.TimeoutError:
+        if declared_size > MAX_BODY_BYTES:
+            raise too_large from None
         raise HttpError(408, f"request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+    if size > MAX_BODY_BYTES:
+        raise too_large
+    return body
 
 
 def json_content(headers: Any) -> str:

@@ -30,6 +30,10 @@ def balancer_with_waiting_requests(procs: ProcessGroup, endpoints: Endpoints, jo
         for rid in range(1, WAITING + 1):
             client.submit(json_payload(0, rid), request_id=rid)
         wait_until(lambda: len(waiting(balancer)) == WAITING, 10, f"{WAITING} requests waiting")
+    # The control view is not the journal: the loop answers a control call in the same iteration that
+    # accepted a SUBMIT, before it appends that iteration's records, so `waiting` can already count a
+    # request whose record is not in the file yet. kill -9 only after the file holds all WAITING.
+    wait_until(lambda: len(jr.replay(str(journal), 0).pending) == WAITING, 10, f"{WAITING} records in the journal")
     procs.kill9(balancer.proc)
     return balancer
 
