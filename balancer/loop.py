@@ -223,7 +223,7 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
 
     def run(self) -> None:
         """Serve until stop() is called, then wind down."""
-        self.sched.outbox.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
+        self.sched.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
         next_tick = next_expiry = time.monotonic() + self.heartbeat_s
         next_publish = 0.0
         poll = self.poller.poll
@@ -260,7 +260,7 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
             shutdown = p.encode(MsgType.REJECTED, None, p.REASON_STOPPING)
             for route in self._known_routes():
                 self._send_client(route, shutdown)
-            self.sched.outbox.events.append((ev.SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
+            self.sched.events.append((ev.SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
             return False
         return not self.sched.in_flight() or now >= self._stop_deadline
 

@@ -139,7 +139,8 @@ class NodeTable:
         node = self.seen(route, now)
         if node is None:
             return None, []
-        node.reported_in_flight, node.reported_handled, node.reported_dropped, max_seen = report
+        # The node's own counts of in-flight and handled work are not kept: its held tickets say more.
+        _in_flight, _handled, node.reported_dropped, max_seen = report
         prev_mark, node.ticket_mark = node.ticket_mark, mark
         if held is None:
             return node, []  # a report without its tickets checks nothing

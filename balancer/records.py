@@ -81,9 +81,7 @@ class Node:
     state: NodeState = NodeState.ACTIVE
     in_flight: dict[int, Request] = field(default_factory=dict)
     handled: int = 0
-    reported_in_flight: int = 0
-    reported_handled: int = 0
-    reported_dropped: int = 0
+    reported_dropped: int = 0  # messages the node could not send, from its heartbeat
     last_assigned: int = 0
     heap_seq: int = -1  # the push that is this node's live entry in the node heap
     # False after a send found no connection to it: no work until it is heard from again.

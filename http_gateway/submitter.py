@@ -93,7 +93,7 @@ class Submitter:
         except queue.Empty:
             item = Submission(-1, -1, 0, b"")
         while item is not None:
-            self._guarded(self._send, item)
+            self._send_guarded(item)
             try:
                 item = self._urgent.get_nowait()
             except queue.Empty:
@@ -104,10 +104,10 @@ class Submitter:
         self._collect()
         return True
 
-    def _guarded(self, send: Callable[[Submission], None], item: Submission) -> None:
-        """One failure (a refused id, an exhausted socket table) is counted; the thread lives on."""
+    def _send_guarded(self, item: Submission) -> None:
+        """Send one; a failure (a refused id, an exhausted socket table) is counted and the thread lives on."""
         try:
-            send(item)
+            self._send(item)
         except (ClientIdInUse, ValueError, zmq.ZMQError):
             self.errors += 1
 
@@ -122,7 +122,7 @@ class Submitter:
                 with self._batch_lock:
                     self._batches.popleft()
                 return
-            self._guarded(self._send, item)
+            self._send_guarded(item)
 
     def _send(self, item: Submission) -> None:
         if item.client_id < 0:
