@@ -25,6 +25,11 @@ _MORE_NOWAIT = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _NOWAIT = int(zmq.NOBLOCK)
 
 
+def _body_size(req: Any) -> int:
+    body = req.body
+    return 0 if body is None else len(body)
+
+
 def received(sock: zmq.Socket, copy: bool = True) -> Iterator[list[Any]]:
     """The messages waiting on a socket, at most DRAIN_BATCH of them, without blocking."""
     recv = sock.recv_multipart
@@ -70,44 +75,63 @@ class ClientSide:
         return not failed
 
     def _send_results(self, replies: list[Any], replay: bool) -> None:
-        encode = p.encode
-        result = MsgType.RESULT
-        deliver = self._deliver  # balancer/pressure.py: a full pipe holds the result and pauses its client
+        """One RESULT_BATCH per client (more only past the batch limits); a full pipe holds it."""
+        by_route: dict[Any, list[Any]] = {}
         for req in replies:
-            if req.route is not None:
-                deliver(req, encode(result, req.request_id, req.status, req.server_id, req.attempts, replay))
+            route = req.route
+            if route is not None:
+                reqs = by_route.get(route)
+                if reqs is None:
+                    by_route[route] = [req]
+                else:
+                    reqs.append(req)
+        encode, result_batch = p.encode, MsgType.RESULT_BATCH
+        deliver = self._deliver  # balancer/pressure.py: a full pipe holds the result and pauses its client
+        for route, reqs in by_route.items():
+            for batch in p.batches(reqs, _body_size):
+                items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
+                deliver(batch[0].client_id, route, encode(result_batch, items), sum(map(_body_size, batch)))
 
     # ---- frontend: clients ----------------------------------------------
 
     def _drain_frontend(self, now: float) -> None:
         decode = p.decode_routed
-        submit = MsgType.SUBMIT
+        submit, submit_batch = MsgType.SUBMIT, MsgType.SUBMIT_BATCH
         for frames in received(self.frontend):
             try:
                 msg_type, fields, body = decode(frames)
-                if msg_type is not submit and msg_type not in self._client_handlers:
+                if msg_type is not submit_batch and msg_type is not submit and msg_type not in self._client_handlers:
                     raise ProtocolError("unknown_type", f"{msg_type.name} is not a client message")
             except ProtocolError as exc:
                 self._bad_input("frontend", exc, now)
                 self._send_client(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
                 continue
             route = self._routes.get(frames[0]) or self._route(frames[0])
-            if msg_type is submit:
-                self._on_submit(route, fields, body, now)
+            if msg_type is submit_batch:
+                client_id, incarnation, items = fields
+                for request_id, priority, payload in items:
+                    if not self._on_submit(route, client_id, request_id, priority, incarnation, payload, now):
+                        break  # the id is another process's: so is the rest of the batch
+            elif msg_type is submit:
+                client_id, request_id, priority, incarnation = fields
+                self._on_submit(route, client_id, request_id, priority, incarnation, body, now)
             else:
                 try:
                     self._client_handlers[msg_type](self, route, fields, now)
                 except ProtocolError as exc:
                     self._bad_input("frontend", exc, now)
 
-    def _on_submit(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        client_id, request_id, priority, incarnation = fields
+    def _on_submit(
+        self, route: bytes, client_id: int, request_id: int, priority: int, incarnation: int, body: Any, now: float
+    ) -> bool:
+        """Hand one submission to the scheduler and answer what it refused; False if the id is in use."""
         outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
         if outcome is Submitted.QUEUED or outcome is Submitted.DUPLICATE or outcome is Submitted.FINISHED:
-            return
+            return True
         if outcome is Submitted.ID_IN_USE:
             self._claim_session(route, (client_id, incarnation, None, None), now, welcome=False)
-        elif outcome is Submitted.BUSY:
+            return False
+        if outcome is Submitted.BUSY:
             reason = self.sched.last_refusal
             self._refusal(ev.SYSTEM_BUSY, client_id, reason, now)
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
@@ -116,6 +140,7 @@ class ClientSide:
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
         else:
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, self.sched.queue_full_reason()))
+        return True
 
     def _claim_session(self, route: bytes, claim: tuple[Any, ...], now: float, welcome: bool) -> None:
         """Open or renew the session (client_id, incarnation, pid, host); answer REFUSED, or WELCOME if asked."""

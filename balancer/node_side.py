@@ -16,19 +16,32 @@ from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 
 
+def _payload_size(assignment: tuple[Any, int, Any]) -> int:
+    return len(assignment[2].body)
+
+
 class NodeSide:
     """Backend handlers of the Balancer."""
 
     def _send_work(self, assignments: list[Any]) -> bool:
-        """Send WORK; a node with no connection gets its work back in the queue. True if all left."""
-        encode = p.encode
-        work = MsgType.WORK
+        """One WORK_BATCH per node; a node with no connection gets its work back in the queue. True if all left."""
+        by_node: dict[Any, list[Any]] = {}
+        for assignment in assignments:
+            node = assignment[0]
+            batch = by_node.get(node)
+            if batch is None:
+                by_node[node] = [assignment]
+            else:
+                batch.append(assignment)
+        encode, work_batch = p.encode, MsgType.WORK_BATCH
         all_sent = True
-        for node, ticket, req in assignments:
-            header = encode(work, ticket, req.client_id, req.request_id, req.priority, req.attempts)
-            if not self._send_node(node.route, [header, req.body]):
-                self.sched.undeliverable(node, ticket)
-                all_sent = False
+        for node, assigned in by_node.items():
+            for batch in p.batches(assigned, _payload_size):
+                items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
+                if not self._send_node(node.route, [encode(work_batch, items)]):
+                    for _node, ticket, _req in batch:
+                        self.sched.undeliverable(node, ticket)
+                    all_sent = False
         return all_sent
 
     def _send_node(self, route: bytes, frames: list[Any]) -> bool:
@@ -71,6 +84,15 @@ class NodeSide:
         if self.sched.complete(route, fields[0], fields[1], body, now) is None and route not in self.sched.routes:
             self._unknown_node(route)
 
+    def _on_done_batch(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
+        complete = self.sched.complete
+        unknown = False
+        for ticket, ok, result in fields[0]:
+            if complete(route, ticket, ok, result, now) is None:
+                unknown = True
+        if unknown and route not in self.sched.routes:
+            self._unknown_node(route)
+
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         node_id, capacity, pid, host, incarnation, max_seen = fields
         if capacity < 1 or (node_id is not None and node_id < 0) or len(host) > p.MAX_HOST_CHARS:
@@ -108,6 +130,7 @@ class NodeSide:
 
     _node_handlers = {
         MsgType.DONE: _on_done,
+        MsgType.DONE_BATCH: _on_done_batch,
         MsgType.HELLO: _on_hello,
         MsgType.HEARTBEAT: _on_heartbeat,
         MsgType.LEAVING: _on_leaving,

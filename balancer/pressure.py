@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
 
 from balancer.clients import send_routed
 from wire import events as ev
 
-# At most this many results are held for one client; beyond, a result is dropped
+# At most this many result batches are held for one client; beyond, a batch is dropped
 # (counted as client_dropped) and stays remembered for the client's retry to fetch.
 MAX_HELD_PER_CLIENT = 1000
 ROUTE_GENERATION_S = 60.0
@@ -37,8 +36,8 @@ class Pressure:
     """Held results, paused clients, route generations and the loop's longest iteration."""
 
     def _init_pressure(self, now: float) -> None:
-        # client_id -> results (route, header, body) its full pipe could not take, oldest first
-        self._held: dict[int, deque[tuple[bytes, bytes, Any]]] = {}
+        # client_id -> result batches (route, message, payload bytes) its full pipe could not take, oldest first
+        self._held: dict[int, deque[tuple[bytes, bytes, int]]] = {}
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
@@ -72,26 +71,26 @@ class Pressure:
 
     # ---- held results ------------------------------------------------------
 
-    def _deliver(self, req: Any, header: bytes) -> None:
-        """Send a result, or hold it (and pause its client) when the client's pipe is full."""
-        held = self._held.get(req.client_id)
+    def _deliver(self, client_id: int, route: bytes, message: bytes, size: int) -> None:
+        """Send a result batch, or hold it (and pause its client) when the client's pipe is full."""
+        held = self._held.get(client_id)
         if held is None:
-            failed = send_routed(self.frontend, req.route, [header, req.body])
+            failed = send_routed(self.frontend, route, [message])
             if not failed:
                 return
             self._count(f"client_{failed}")
             if failed != "dropped":
-                return  # no connection: the result stays remembered for the client's retry
-            held = self._held[req.client_id] = deque()
-            self.sched._queue.pause(req.client_id)
+                return  # no connection: the results stay remembered for the client's retry
+            held = self._held[client_id] = deque()
+            self.sched._queue.pause(client_id)
             self._count("clients_paused")
             reason = "its results pile up unread; its requests wait until it reads"
-            self._refusal(ev.SYSTEM_CLIENT_PAUSED, req.client_id, reason, time.monotonic())
+            self._refusal(ev.SYSTEM_CLIENT_PAUSED, client_id, reason, time.monotonic())
         if len(held) >= MAX_HELD_PER_CLIENT:
             self._count("client_dropped")
             return
-        held.append((req.route, header, req.body))
-        self.sched.budget.charge(req.client_id, len(req.body), unsent=True)
+        held.append((route, message, size))
+        self.sched.budget.charge(client_id, size, unsent=True)
 
     def _retry_held(self) -> None:
         """Hand held results to pipes that drained; resume the clients left with none."""
@@ -99,12 +98,12 @@ class Pressure:
         for client_id in list(self._held):
             held = self._held[client_id]
             while held:
-                route, header, body = held[0]
-                failed = send_routed(frontend, route, [header, body])
+                route, message, size = held[0]
+                failed = send_routed(frontend, route, [message])
                 if failed == "dropped":
                     break
                 held.popleft()
-                budget.release(client_id, len(body), unsent=True)
+                budget.release(client_id, size, unsent=True)
                 if failed:  # gone: its retries fetch the remembered results from the next connection
                     self._count(f"client_{failed}")
             if not held:

@@ -92,6 +92,12 @@ class LoadGen:
         except ProtocolError:
             self.failed += 1
             return
+        if msg_type is MsgType.RESULT_BATCH:
+            for request_id, status, server_id, attempts, _replay, _body in fields[0]:
+                if status != p.PROCESSED:
+                    self.failed += 1
+                self.on_answer(request_id, server_id, attempts, now, measure_from_ns, window_end_ns)
+            return
         if msg_type is MsgType.RESULT:
             request_id, status, server_id, attempts, _replay = fields
             if status != p.PROCESSED:
@@ -105,6 +111,11 @@ class LoadGen:
         else:
             self.failed += 1
             return
+        self.on_answer(request_id, server_id, attempts, now, measure_from_ns, window_end_ns)
+
+    def on_answer(
+        self, request_id: int, server_id: int | None, attempts: int, now: int, measure_from_ns: int, window_end_ns: int
+    ) -> None:
         sent = self.sent_at.pop(request_id, None)
         if sent is None:
             self.duplicates += 1

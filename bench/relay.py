@@ -62,13 +62,13 @@ def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool 
                     except ProtocolError:
                         continue
                     route = frames[0]
-                    if msg_type is MsgType.DONE:
-                        client_route, request_id = waiting.pop(fields[0])
-                        free_slots.append(route)
-                        frontend.send_multipart(
-                            [client_route, encode(result_type, request_id, processed, None, 1, False), frames[2]],
-                            copy=False,
-                        )
+                    if msg_type is MsgType.DONE_BATCH:  # zlb nodes answer in batches since protocol 3
+                        for done_ticket, _ok, result in fields[0]:
+                            client_route, request_id = waiting.pop(done_ticket)
+                            free_slots.append(route)
+                            frontend.send_multipart(
+                                [client_route, encode(result_type, request_id, processed, None, 1, False), result]
+                            )
                     elif msg_type is MsgType.HELLO and route not in nodes:
                         nodes.add(route)
                         free_slots.extend([route] * fields[1])

@@ -51,7 +51,7 @@ class SimNodes:
 
     def run(self, stopping: list[int]) -> None:
         """Serve work and heartbeat until `stopping` is non-empty."""
-        done_type = MsgType.DONE
+        done_type, done_batch = MsgType.DONE, MsgType.DONE_BATCH
         next_beat = time.monotonic() + self.heartbeat_s
         while not stopping:
             timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000) + 1)
@@ -61,7 +61,10 @@ class SimNodes:
                         msg_type, fields = p.decode(frames[0])
                     except ProtocolError:
                         continue
-                    if msg_type is MsgType.WORK:
+                    if msg_type is MsgType.WORK_BATCH:
+                        self.handled += len(fields[0])
+                        sock.send(p.encode(done_batch, [[item[0], True, item[5]] for item in fields[0]]))
+                    elif msg_type is MsgType.WORK:
                         self.handled += 1
                         sock.send_multipart([p.encode(done_type, fields[0], True), frames[1]], copy=False)
             now = time.monotonic()

@@ -2,7 +2,8 @@
 
 Two modes, as a user would write them:
 
-    python -m bench.userclient --frontend EP --submit 25000        # submit all, then as_completed
+    python -m bench.userclient --frontend EP --submit 25000        # submit_many, then as_completed
+    python -m bench.userclient --frontend EP --submit 25000 --one-by-one   # submit() in a loop, then as_completed
     python -m bench.userclient --frontend EP --one-at-a-time --duration 3 --latency-file F
 
 Prints `ready` once the Client exists, waits for a line on stdin with
@@ -29,11 +30,14 @@ PROCESSED = "processed"
 RESULT_TIMEOUT_S = 300.0
 
 
-def submit_all(client: Client, count: int, payload: bytes) -> dict[str, Any]:
-    """Submit `count` requests, then collect every result with as_completed."""
+def submit_all(client: Client, count: int, payload: bytes, one_by_one: bool) -> dict[str, Any]:
+    """Submit `count` requests (submit_many, or submit() in a loop), then collect every result with as_completed."""
     started = time.monotonic_ns()
-    for _ in range(count):
-        client.submit(payload)
+    if one_by_one:
+        for _ in range(count):
+            client.submit(payload)
+    else:
+        client.submit_many(payload for _ in range(count))
     completed = failed = 0
     for result in client.as_completed(timeout=RESULT_TIMEOUT_S):
         completed += 1
@@ -82,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = load_parser("bench.userclient", __doc__, 1001, 0.5, "measured seconds (--one-at-a-time)")
     parser.add_argument("--submit", type=int, default=None, help="submit this many, then as_completed")
     parser.add_argument("--one-at-a-time", action="store_true", help="submit(...).result() in a loop")
+    parser.add_argument("--one-by-one", action="store_true", help="with --submit: submit() in a loop, not submit_many")
     return parser.parse_args(argv)
 
 
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.one_at_a_time:
             out = one_at_a_time(client, args, payload)
         else:
-            out = submit_all(client, args.submit or 0, payload)
+            out = submit_all(client, args.submit or 0, payload, args.one_by_one)
         out.update(
             unanswered=len(client.outstanding),
             duplicates=client.conflicting_answers,

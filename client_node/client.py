@@ -39,7 +39,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +134,7 @@ class Client:
         self._next_id = 1
         self._next_resend_scan = 0.0
         self._outstanding: dict[int, _Outstanding] = {}
+        self._unsent: list[tuple[int, int, bytes]] = []  # checked submissions not yet handed to ZeroMQ
         self._results: dict[int, Result] = {}
         self._reused: set[int] = set()  # ids submitted again after this client had their answer
         self._started = self._last_sent = time.monotonic()
@@ -186,10 +187,31 @@ class Client:
         ValueError for a request id still outstanding here, or one (or a priority) the wire
         cannot carry (ids 0 to 2**64 - 1); nothing changes then. RuntimeError after close().
         """
+        request_id = self._queue(request_id, priority, payload)
+        self._flush()
+        return Pending(self, request_id)
+
+    def submit_many(self, payloads: Iterable[bytes | str], priority: int = DEFAULT_PRIORITY) -> list[Pending]:
+        """Submit many requests in as few messages as the batch limits allow; same rules as submit().
+
+        The fast way to send a burst: one SUBMIT_BATCH carries up to p.BATCH_ITEMS requests, so the
+        balancer and this process each handle one message where submit() in a loop costs one per request.
+        """
+        pending = []
+        try:
+            for payload in payloads:
+                pending.append(Pending(self, self._queue(self._next_id, priority, payload)))
+        finally:
+            self._flush()  # whatever was queued before an error still goes
+        return pending
+
+    def _queue(self, request_id: int | None, priority: int, payload: bytes | str) -> int:
+        """Check a submission and queue it for the next flush; its id."""
         if self.sock.closed:
             raise RuntimeError("this Client is closed")
-        if isinstance(payload, str):
-            payload = payload.encode("utf-8")
+        if type(payload) is not bytes:
+            # a str as UTF-8, any buffer (bytearray, memoryview) as its bytes; TypeError for anything else
+            payload = payload.encode("utf-8") if isinstance(payload, str) else bytes(memoryview(payload))
         if request_id is None:
             request_id = self._next_id
         if request_id in self._outstanding:
@@ -201,20 +223,23 @@ class Client:
             self._reused.add(request_id)
         retry = self.retry_s or 0.0
         self._outstanding[request_id] = _Outstanding(priority, payload, time.monotonic() + retry, retry)
-        self._send(request_id, priority, payload)
-        return Pending(self, request_id)
+        self._unsent.append((request_id, priority, payload))
+        return request_id
 
-    def _send(self, request_id: int, priority: int, payload: bytes) -> None:
-        header = p.encode(MsgType.SUBMIT, self.client_id, request_id, priority, self.incarnation)
+    def _flush(self) -> None:
+        """Hand what is queued to ZeroMQ, in SUBMIT_BATCH messages of at most the batch limits."""
+        unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
-        if self.retry_s is None:
-            self.sock.send_multipart([header, payload], copy=False)
-            return
-        try:
-            # Never block: with no connection (balancer down, or curve refused us) the retries send it later.
-            self.sock.send_multipart([header, payload], flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            pass
+        for batch in p.batches(unsent, _payload_size):
+            message = p.encode(MsgType.SUBMIT_BATCH, self.client_id, self.incarnation, batch)
+            if self.retry_s is None:
+                self.sock.send(message)
+                continue
+            try:
+                # Never block: with no connection (balancer down, or curve refused us) the retries send it later.
+                self.sock.send(message, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def wait(self, request_id: int, timeout: float | None = None) -> Result:
         """Wait for one request's result and hand it over."""
@@ -287,7 +312,9 @@ class Client:
         except ProtocolError:
             self.bad_messages += 1
             return 0
-        replay = False
+        if msg_type is MsgType.RESULT_BATCH:
+            take = self._take
+            return sum([take(*item) for item in fields[0]])
         if msg_type is MsgType.RESULT:
             request_id, status, server_id, attempts, replay = fields
         elif msg_type is MsgType.CLIENT_WELCOME:
@@ -304,11 +331,17 @@ class Client:
             self._on_busy(fields[0], fields[1])
             return 0
         elif msg_type is MsgType.REJECTED:
-            request_id, status, server_id, attempts, body = fields[0], REJECTED, None, 0, fields[1].encode()
+            request_id, status, server_id, attempts, replay, body = fields[0], REJECTED, None, 0, False, fields[1]
+            body = body.encode()
         else:
             self.bad_messages += 1
             return 0
-        body = bytes(body)
+        return self._take(request_id, status, server_id, attempts, replay, bytes(body))
+
+    def _take(
+        self, request_id: int, status: str, server_id: int | None, attempts: int, replay: bool, body: bytes
+    ) -> int:
+        """Keep the answer to an outstanding request as its Result; 1 if it was one, else 0."""
         sent = self._outstanding.pop(request_id, None)
         if sent is None:
             self._repeated(request_id, status, server_id, body)
@@ -368,7 +401,13 @@ class Client:
                 sent.delay_s = min(cap, sent.delay_s * 2)
                 sent.due_at = now + sent.delay_s
                 self.resent += 1
-                self._send(request_id, sent.priority, sent.payload)
+                self._unsent.append((request_id, sent.priority, sent.payload))
+        if self._unsent:
+            self._flush()  # every overdue request, in as few messages as the batch limits allow
+
+
+def _payload_size(unsent: tuple[int, int, bytes]) -> int:
+    return len(unsent[2])
 
 
 def json_payload(cost_ms: float = 0, payload: Any = None) -> bytes:

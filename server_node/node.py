@@ -71,6 +71,7 @@ class ServerNode:
         self._last_hello = 0.0
         # Tickets received whose DONE has not been sent, in arrival order.
         self.held: dict[int, None] = {}
+        self._done: list[tuple[int, bool, bytes]] = []  # finished this iteration, DONE not yet sent
         self.max_seen = 0  # the highest ticket received: WORK arrives in ticket order
         self._ctx = context or zmq.Context.instance()
         self.incarnation = secrets.randbits(64)
@@ -155,6 +156,8 @@ class ServerNode:
             if self._pool is not None and self._pool.wake_fd in ready:
                 for ticket, ok, result in self._pool.finished():
                     self._finished(ticket, ok, result)
+            if self._done:
+                self._send_done()
             if self._stopping and self._leave(now):
                 return
             if self.sock is not None:
@@ -204,7 +207,10 @@ class ServerNode:
             except ProtocolError:
                 self.bad_messages += 1
                 continue
-            if msg_type is MsgType.WORK:
+            if msg_type is MsgType.WORK_BATCH:
+                for item in fields[0]:
+                    self._on_work(item, item[5])
+            elif msg_type is MsgType.WORK:
                 self._on_work(fields, body)
             elif msg_type is MsgType.WELCOME:
                 self._on_welcome(now, *fields)
@@ -260,7 +266,7 @@ class ServerNode:
         self._redial_at = now + self.live.reconnected(now)
 
     def _on_work(self, fields: list[Any], payload: bytes) -> None:
-        ticket, client_id, request_id, priority, attempt = fields
+        ticket, client_id, request_id, priority, attempt = fields[:5]
         self.max_seen = max(self.max_seen, ticket)
         if ticket in self.held:
             return  # tickets are unique: the same WORK twice runs once
@@ -276,11 +282,24 @@ class ServerNode:
         return handlers.run(self.handler, work)
 
     def _finished(self, ticket: int, ok: bool, result: bytes) -> None:
-        if ticket not in self.held:
-            return
-        del self.held[ticket]
-        self.handled += 1
-        self._send(p.encode(MsgType.DONE, ticket, ok), result)
+        """Queue a DONE; the loop sends what this iteration finished as one DONE_BATCH."""
+        if ticket in self.held:
+            self._done.append((ticket, ok, bytes(result)))
+
+    def _send_done(self) -> None:
+        """Send the iteration's results as DONE_BATCH. A ticket stops being held either way: one
+        whose DONE could not leave is missing from the next heartbeat, and the balancer re-queues it."""
+        done, self._done = self._done, []
+        held = self.held
+        for ticket, _ok, _result in done:
+            del held[ticket]
+        self.handled += len(done)
+        for batch in p.batches(done, _result_size):
+            self._send(p.encode(MsgType.DONE_BATCH, batch))
+
+
+def _result_size(done: tuple[int, bool, bytes]) -> int:
+    return len(done[2])
 
 
 def _alive(pid: int) -> bool:

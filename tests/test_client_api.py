@@ -66,7 +66,7 @@ def test_a_busy_rejection_is_retried_with_back_off_not_reported_as_a_result():
                 client.pump(0.01)
                 while router.poll(0):
                     route, header, *_ = router.recv_multipart()
-                    if p.decode(header)[0] is not MsgType.SUBMIT:
+                    if p.decode(header)[0] is not MsgType.SUBMIT_BATCH:
                         continue
                     submits.append(time.monotonic())
                     if len(submits) == 1:
@@ -81,5 +81,46 @@ def test_a_busy_rejection_is_retried_with_back_off_not_reported_as_a_result():
         assert told == [(9, f"{p.REASON_BUSY}: full")]
         assert client.busy_notices == 1
         assert submits[1] - submits[0] >= 0.09  # it waited (half the back-off at least) before re-sending
+    finally:
+        router.close(linger=0)
+
+
+@pytest.mark.timeout(20)
+def test_submit_many_sends_a_burst_in_batches_and_a_lone_submit_at_once():
+    """submit_many puts 600 requests into 3 SUBMIT_BATCH messages in order; submit() sends a batch of one
+    before it returns; a payload that is not bytes-like fails alone, and what came before it still goes."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = free_port()
+    router.bind(f"tcp://127.0.0.1:{port}")
+    batches: list[list] = []
+
+    def take(count: int) -> None:
+        def got() -> bool:
+            while router.poll(10):
+                _route, header = router.recv_multipart()
+                msg_type, fields = p.decode(header)
+                if msg_type is MsgType.SUBMIT_BATCH:
+                    batches.append(fields[2])
+            return len(batches) >= count
+
+        wait_until(got, 10, f"{count} SUBMIT_BATCH messages")
+
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", client_id=4) as client:
+            pending = client.submit_many([b"x%d" % i for i in range(600)], priority=2)
+            take(3)
+            assert [len(b) for b in batches] == [p.BATCH_ITEMS, p.BATCH_ITEMS, 600 - 2 * p.BATCH_ITEMS]
+            items = [item for batch in batches for item in batch]
+            assert [i[0] for i in items] == [pend.request_id for pend in pending] == list(range(1, 601))
+            assert items[7] == [8, 2, b"x7"]
+            client.submit(bytearray(b"lone"), priority=1)  # no further call: it must be on the wire already
+            take(4)
+            assert batches[3] == [[601, 1, b"lone"]]
+            with pytest.raises(TypeError):
+                client.submit_many([b"ok", 42])
+            take(5)
+            assert batches[4] == [[602, 5, b"ok"]] and client.unanswered == 602
     finally:
         router.close(linger=0)

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 
+V = p.PROTOCOL_VERSION
+
 
 def test_round_trip_of_every_message_type():
     """What encode writes, decode reads back with the same type and fields."""
@@ -32,6 +34,10 @@ def test_round_trip_of_every_message_type():
         MsgType.BYE: (),
         MsgType.RECONNECT: ("unknown node",),
         MsgType.LEAVING: (),
+        MsgType.SUBMIT_BATCH: (5, 7, [[101, 1, b"a"], [102, 9, b""]]),
+        MsgType.RESULT_BATCH: ([[101, "processed", 2, 1, False, b"r"], [102, "failed", None, 3, True, b""]],),
+        MsgType.WORK_BATCH: ([[7, 0, 101, 1, 1, b"a"]],),
+        MsgType.DONE_BATCH: ([[7, True, b"r"], [8, False, b"boom"]],),
     }
     assert set(samples) == set(MsgType)
     for msg_type, fields in samples.items():
@@ -47,14 +53,14 @@ def test_round_trip_of_every_message_type():
         (msgpack.packb([1]), "malformed"),
         (msgpack.packb([9, 1, 0, 1, 1]), "bad_version"),
         (msgpack.packb([True, 1, 0, 1, 1]), "bad_version"),
-        (msgpack.packb([2, 99]), "unknown_type"),
-        (msgpack.packb([2, "SUBMIT", 0, 1, 1]), "unknown_type"),
-        (msgpack.packb([2, 1, 0, 1]), "bad_fields"),
-        (msgpack.packb([2, 1, 0, "101", 1]), "bad_fields"),
-        (msgpack.packb([2, 1, 0, True, 1]), "bad_fields"),
-        (msgpack.packb([2, 15, 7, 1]), "bad_fields"),
+        (msgpack.packb([V, 99]), "unknown_type"),
+        (msgpack.packb([V, "SUBMIT", 0, 1, 1]), "unknown_type"),
+        (msgpack.packb([V, 1, 0, 1]), "bad_fields"),
+        (msgpack.packb([V, 1, 0, "101", 1]), "bad_fields"),
+        (msgpack.packb([V, 1, 0, True, 1]), "bad_fields"),
+        (msgpack.packb([V, 15, 7, 1]), "bad_fields"),
         (b"\x91" * 5000, "too_large"),
-        (msgpack.packb([2, 1, 0, 1, 1])[:-1], "malformed"),
+        (msgpack.packb([V, 1, 0, 1, 1])[:-1], "malformed"),
         (b"\xdd\xff\xff\xff\xff", "malformed"),
     ],
 )
@@ -63,6 +69,42 @@ def test_bad_headers_are_protocol_errors_of_the_right_kind(frame, kind):
     with pytest.raises(ProtocolError) as info:
         p.decode(frame)
     assert info.value.kind == kind
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],  # a batch of nothing
+        [[101, 1]],  # an item one field short
+        [[101, 1, "text"]],  # a payload that is not bytes
+        [[101, True, b"a"]],  # a bool where an int goes
+        [[101, 1, b"a"], 5],  # an item that is not an array
+        [[101, 1, b"a"]] * (p.MAX_BATCH_ITEMS + 1),  # more items than any sender may put in one batch
+    ],
+)
+def test_a_batch_with_one_bad_item_is_refused_whole(items):
+    """A batch is checked item by item; any bad item makes the whole message a ProtocolError."""
+    with pytest.raises(ProtocolError):
+        p.decode(p.encode(MsgType.SUBMIT_BATCH, 5, 7, items))
+
+
+def test_only_batches_may_exceed_the_header_limit():
+    """A 2 MiB SUBMIT_BATCH decodes; a header of another type over MAX_HEADER_BYTES is too_large."""
+    big = [[i, 1, b"x" * 4096] for i in range(512)]
+    msg_type, fields = p.decode(p.encode(MsgType.SUBMIT_BATCH, 5, 7, big))
+    assert msg_type is MsgType.SUBMIT_BATCH and len(fields[2]) == 512
+    with pytest.raises(ProtocolError, match="too_large"):
+        p.decode(p.encode(MsgType.REJECTED, 1, "x" * (p.MAX_HEADER_BYTES + 1)))
+
+
+def test_batches_close_at_the_item_and_byte_limits():
+    """batches() keeps order, closes a batch at BATCH_ITEMS or BATCH_BYTES, and sends a huge item alone."""
+    small = list(range(p.BATCH_ITEMS * 2 + 3))
+    split = p.batches(small, lambda _i: 1)
+    assert [len(b) for b in split] == [p.BATCH_ITEMS, p.BATCH_ITEMS, 3] and [i for b in split for i in b] == small
+    sizes = {0: 10, 1: p.BATCH_BYTES + 1, 2: p.BATCH_BYTES // 2, 3: p.BATCH_BYTES // 2, 4: 1}
+    assert p.batches(list(sizes), sizes.__getitem__) == [[0], [1], [2, 3], [4]]
+    assert p.batches([7], lambda _i: 0) == [[7]]
 
 
 def test_deeply_nested_header_is_rejected():

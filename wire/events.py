@@ -155,6 +155,10 @@ def topic_of(kind: str) -> bytes:
     return TOPIC_SYSTEM
 
 
+# The topic of every known kind, looked up once per published event.
+TOPICS: dict[str, bytes] = {kind: topic_of(kind) for kind in FIELDS}
+
+
 def message(event: list[Any] | tuple[Any, ...]) -> str:
     """The human log line of a stamped event `[ts, kind, *args]`."""
     kind = event[1]

@@ -123,7 +123,7 @@ def test_bad_input_is_counted_answered_and_survived(balancer: LiveBalancer, proc
         sockets["frontend"].send_multipart([b"\xc1garbage", b"payload"])
         sockets["frontend"].send_multipart([p.encode(MsgType.SUBMIT, 1, 1, 1, 1)])  # no payload frame
         sockets["backend"].send_multipart([b"\x93\x09\x0a\xc0"])  # version 9
-        sockets["backend"].send_multipart([b"\x92\x02\x63"])  # unknown type 99
+        sockets["backend"].send_multipart([bytes([0x92, p.PROTOCOL_VERSION, 0x63])])  # unknown type 99
         sockets["control"].send(b"\xff\xfe")
         assert sockets["frontend"].poll(5000), "the frontend answers a bad submit"
         assert b"bad message" in sockets["frontend"].recv_multipart()[0]

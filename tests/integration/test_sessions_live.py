@@ -69,10 +69,11 @@ def test_a_fresh_socket_hello_requeues_what_the_old_socket_took(balancer: LiveBa
         while True:  # skip PINGs until the WORK arrives
             assert first.poll(max(1, int((deadline - time.monotonic()) * 1000))), "no WORK for the fake node"
             frames = first.recv_multipart()
-            if p.decode(frames[0])[0] is MsgType.WORK:
+            if p.decode(frames[0])[0] is MsgType.WORK_BATCH:
                 break
         first.close(linger=0)
-        second = dial(max_seen=p.decode(frames[0])[1][0])  # saw that WORK, holds nothing
+        [[ticket, *_]] = p.decode(frames[0])[1][0]
+        second = dial(max_seen=ticket)  # saw that WORK, holds nothing
         try:
             wait_until(lambda: balancer.call("request", client_id=3, request_id=1)["status"] == "pending", 5, "requeue")
             balancer.start_server(0)
