@@ -6,59 +6,18 @@ scheduler; these methods only decode, call the scheduler and send.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
-
-import zmq
 
 from balancer.records import Submitted, conflict_reason
 from wire import events as ev
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
-
-# Messages taken from one socket before looking at the others: large enough to
-# amortise the poll, small enough that no socket starves the rest.
-DRAIN_BATCH = 256
-# Plain-int send flags and one send per frame: pyzmq's send_multipart combines
-# enum flags for every frame, measured at 4 us per 3-frame message against 1 us.
-_MORE_NOWAIT = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
-_NOWAIT = int(zmq.NOBLOCK)
+from wire.sockets import received, send_routed
 
 
 def _body_size(req: Any) -> int:
     body = req.body
     return 0 if body is None else len(body)
-
-
-def received(sock: zmq.Socket, copy: bool = True) -> Iterator[list[Any]]:
-    """The messages waiting on a socket, at most DRAIN_BATCH of them, without blocking."""
-    recv = sock.recv_multipart
-    for _ in range(DRAIN_BATCH):
-        try:
-            yield recv(zmq.NOBLOCK, copy=copy)
-        except zmq.Again:
-            return
-
-
-def send_routed(sock: zmq.Socket, route: bytes, frames: list[Any]) -> str:
-    """Send [route, *frames] on a ROUTER without blocking; '' or why it could not ("dropped", "unroutable").
-
-    EAGAIN (a full queue) and EHOSTUNREACH (no connection, with ROUTER_MANDATORY) can
-    only come on the first frame, before anything is queued.
-    """
-    send = sock.send
-    try:
-        send(route, _MORE_NOWAIT)
-        for frame in frames[:-1]:
-            send(frame, _MORE_NOWAIT)
-        send(frames[-1], _NOWAIT, copy=False)
-    except zmq.Again:
-        return "dropped"
-    except zmq.ZMQError as exc:
-        if exc.errno != zmq.EHOSTUNREACH:
-            raise
-        return "unroutable"
-    return ""
 
 
 class ClientSide:

@@ -12,10 +12,10 @@ from typing import Any
 import zmq
 
 from balancer import control
-from balancer.clients import received
 from wire import protocol as p
 from wire.protocol import ProtocolError
 from wire.security import ADMIN
+from wire.sockets import received
 
 
 class ControlSide:

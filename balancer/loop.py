@@ -49,6 +49,7 @@ PUBLISH_MAX_EVENTS = 4096
 # Bad input is logged at most this often per (socket, kind); every one is counted.
 BAD_INPUT_LOG_INTERVAL_S = 5.0
 DEFAULT_GRACE_S = 5.0
+
 # Container allocations between gen-0 collections (CPython's default is 700); see _tune_gc.
 GC_GEN0_THRESHOLD = 50_000
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from balancer.clients import received, send_routed
 from balancer.records import NodeState
 from balancer.scheduler import Refused
 from wire import events as ev
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
+from wire.sockets import received, send_routed
 
 
 def _payload_size(assignment: tuple[Any, int, Any]) -> int:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from balancer.clients import send_routed
 from wire import events as ev
+from wire.sockets import send_routed
 
 # At most this many result batches are held for one client; beyond, a batch is dropped
 # (counted as client_dropped) and stays remembered for the client's retry to fetch.

@@ -49,6 +49,7 @@ from client_node.result import Result
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
+from wire.sockets import received
 
 __all__ = ["BalancerUnreachable", "Client", "ClientIdInUse", "Pending", "Result", "json_payload"]
 
@@ -61,6 +62,8 @@ REJECTED = "rejected"
 _ANSWERED_KEEP = 100_000
 # Until the balancer says how long a session's lease is, assume this.
 DEFAULT_LEASE_S = 10.0
+# A client takes every reply waiting when it pumps (a result batch is one message).
+_DRAIN_ALL = 1_000_000
 # How long close() lets CLIENT_BYE leave before dropping the socket.
 BYE_LINGER_MS = 100
 
@@ -281,11 +284,7 @@ class Client:
         """
         got = 0
         if self.sock.poll(int(timeout * 1000), zmq.POLLIN):
-            while True:
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frames in received(self.sock, _DRAIN_ALL):
                 self.heard = True
                 got += self._on_reply(frames)
         if self.refused is not None:

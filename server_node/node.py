@@ -30,6 +30,7 @@ from server_node.pool import HandlerPool
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
+from wire.sockets import received
 
 DEFAULT_GRACE_S = 10.0
 # Exit codes of run_node besides 0: the balancer refused our id, or fenced us off it.
@@ -125,7 +126,7 @@ class ServerNode:
         """Send without blocking; a message that cannot leave is counted (the balancer finds the gap)."""
         if self.sock is not None:
             try:
-                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
                 return True
             except zmq.Again:
                 pass
@@ -194,13 +195,9 @@ class ServerNode:
     # ---- messages from the balancer -------------------------------------
 
     def _drain_socket(self, now: float) -> None:
-        sock = self.sock
-        for _ in range(256):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.live.heard(now)
+        heard = self.live.heard
+        for frames in received(self.sock):
+            heard(now)
             try:
                 msg_type, fields = p.decode(frames[0])
                 body = p.split_body(msg_type, frames)
