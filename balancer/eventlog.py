@@ -1,35 +1,47 @@
 """The balancer's memory of recent events and its log file.
 
 The loop hands over one batch of event tuples per iteration with a single
-wall-clock stamp. Batches are kept in a bounded ring for `zlb logs` and
-passed to a writer thread that formats them and appends them to a
-size-rotated log file, so no line is formatted on the loop's thread.
+wall-clock stamp. Batches are kept in a bounded ring for `zlb logs`, formatted
+only when read. The log file is written by a child process
+(balancer/logwriter.py): formatting ~2 µs a line in a thread here held the GIL
+the loop needs, so the loop's thread only packs each batch (msgpack, a few
+tenths of a µs an event) and writes it to the child's pipe without blocking.
+The file stays plain text for people to read.
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
-import queue
+import select
+import signal
+import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from balancer import logwriter
 from wire import events as ev
+from wire import protocol as p
 
 DEFAULT_KEEP_EVENTS = 100_000
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 3
-# The writer wakes at most this often: one write of many batches costs the
-# loop far less GIL time and far fewer syscalls than a write per loop iteration.
-LOG_FLUSH_INTERVAL_S = 0.1
 # A log file that failed is tried again this often (a full disk may be freed).
 LOG_RETRY_INTERVAL_S = 5.0
-# Events waiting for the writer beyond this are dropped and counted, so a stuck
-# disk cannot grow the balancer's memory (as many as the ring keeps).
+# Events waiting for room in the writer's pipe beyond this are dropped and counted,
+# so a stuck writer or disk cannot grow the balancer's memory (as many as the ring keeps).
 MAX_QUEUED_EVENTS = DEFAULT_KEEP_EVENTS
+# The pipe to the writer is widened to this (Linux's default cap for a user), so a
+# burst waits in the kernel rather than here; 64 KiB is a few thousand events.
+PIPE_BYTES = 1 << 20
+# close() waits this long for the writer to write what it has, then kills it.
+CLOSE_WAIT_S = 5.0
+# Linux takes at most this many buffers in one writev.
+IOV_MAX = 1024
 
 
 class EventLog:
@@ -46,7 +58,7 @@ class EventLog:
         self.path = path
         self._ring: deque[tuple[float, list[tuple[Any, ...]]]] = deque()
         self._count = 0
-        self._writer = _LogWriter(path, max_bytes, backups) if path else None
+        self._writer = _LogProcess(path, max_bytes, backups) if path else None
         self._problem_told: str | None = None
 
     def add(self, ts: float, batch: list[tuple[Any, ...]]) -> None:
@@ -81,14 +93,20 @@ class EventLog:
 
     @property
     def dropped_lines(self) -> int:
-        """Log lines that never reached the file (a failing file or a full writer queue)."""
+        """Log lines that never reached the file (a failing file, a full pipe, a writer gone)."""
         writer = self._writer
-        return 0 if writer is None else writer.dropped_writing + writer.dropped_queueing
+        if writer is None:
+            return 0
+        writer.poll()
+        return writer.dropped_writing + writer.dropped_queueing
 
     def health_events(self) -> list[tuple[Any, ...]]:
         """An event when the log file went degraded or came back since the last call (cheap; per tick)."""
         writer = self._writer
-        if writer is None or writer.problem == self._problem_told:
+        if writer is None:
+            return []
+        writer.poll()
+        if writer.problem == self._problem_told:
             return []
         self._problem_told = writer.problem
         if writer.problem is None:
@@ -96,120 +114,195 @@ class EventLog:
         return [(ev.SYSTEM_LOG_DEGRADED, self.path, writer.problem)]
 
     def close(self) -> None:
-        """Flush the log file and stop its writer."""
+        """Hand the writer what is left, let it finish (CLOSE_WAIT_S at most) and reap it."""
         if self._writer is not None:
             self._writer.close()
 
 
-class _LogWriter:
-    """A thread that owns the log file; the loop talks to it through a queue.
+class _LogProcess:
+    """The balancer's end of the log-writer child: frames in on its stdin, health out on its stdout.
 
-    A log file that cannot be written must not take the balancer down nor
-    grow its memory: the writer goes *degraded* (`problem` says why), keeps
-    draining its queue, drops and counts the lines it cannot write, and tries
-    the file again every LOG_RETRY_INTERVAL_S. The queue is bounded too, for a
-    writer stuck in a slow write: beyond MAX_QUEUED_EVENTS, batches are dropped
-    and counted. Each counter is written by one thread only, so no lock.
+    The loop must never wait for the log. A frame the pipe cannot take now waits
+    here, whole, for the next add() or tick; beyond MAX_QUEUED_EVENTS waiting
+    (or one batch, if that is more) batches are dropped and counted. A frame
+    partly in the pipe goes on before anything else: the stream must stay in step.
+
+    The child reports (problem, lines it dropped) when that changes; it is read
+    without blocking, once per tick. A child that exited, or never started, is a
+    problem like a full disk: said once, every later line dropped and counted.
+    Lines a dead child held unwritten are not counted: no one is left to say how many.
     """
 
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
-        self._path = path
-        self._max_bytes = max_bytes
-        self._backups = backups
-        self._queue: queue.SimpleQueue[tuple[float, list[tuple[Any, ...]]] | None] = queue.SimpleQueue()
-        self.problem: str | None = None  # set and cleared by the writer thread
-        self.dropped_writing = 0  # lines the writer could not write (writer thread)
-        self.dropped_queueing = 0  # events refused at a full queue (loop thread)
-        self._queued = 0  # events put (loop thread)
-        self._taken = 0  # events taken (writer thread)
-        self._fh: Any = None
-        self._retry_at = 0.0
-        self._thread = threading.Thread(target=self._run, name="zlb-log-writer", daemon=True)
-        self._thread.start()
+        self.problem: str | None = None
+        self.dropped_writing = 0  # as the child last reported
+        self.dropped_queueing = 0  # refused or lost on this side of the pipe
+        self.queued_events = 0  # in frames not yet wholly in the pipe
+        self._frames: deque[tuple[bytes, int]] = deque()  # (frame, events), oldest first
+        self._offset = 0  # bytes of the oldest frame already in the pipe
+        self._health = logwriter.FrameReader()
+        self._closed = False  # close() began: an exit is expected, not a problem
+        self._gone = False  # the writer is lost: said once, nothing more to notice
+        self._proc: subprocess.Popen[bytes] | None = None
+        # Used by number; closed through Popen's file objects, which would close a reused number again.
+        self._stdin: Any = None
+        self._stdout: Any = None
+        self._fd_in: int | None = None
+        self._fd_out: int | None = None
+        try:
+            self._proc = _spawn(path, max_bytes, backups)
+        except OSError as exc:
+            self._lost(f"cannot start log writer: {exc}")
+            return
+        self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
+        self._fd_in, self._fd_out = self._stdin.fileno(), self._stdout.fileno()
+        for fd in (self._fd_in, self._fd_out):
+            os.set_blocking(fd, False)
+        _widen(self._fd_in)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def put(self, ts: float, batch: list[tuple[Any, ...]]) -> None:
-        if self._queued - self._taken >= MAX_QUEUED_EVENTS or not self._thread.is_alive():
+        if self._frames:
+            self._flush()
+        if self._fd_in is None or (self._frames and self.queued_events + len(batch) > MAX_QUEUED_EVENTS):
             self.dropped_queueing += len(batch)
             return
-        self._queued += len(batch)
-        self._queue.put((ts, batch))
+        self._frames.append((logwriter.frame([ts, batch]), len(batch)))
+        self.queued_events += len(batch)
+        if len(self._frames) == 1:  # more waiting means the pipe was full a moment ago
+            self._flush()
+
+    def poll(self) -> None:
+        """Flush what waits, read the child's health, notice its exit (non-blocking)."""
+        if self._frames:
+            self._flush()
+        self._read_health()
+        proc = self._proc
+        if proc is not None and not (self._closed or self._gone) and proc.poll() is not None:
+            self._read_health()  # its last report is in the pipe already
+            code = proc.returncode
+            self._lost(f"log writer exited ({f'code {code}' if code >= 0 else f'killed by signal {-code}'})")
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        try:
-            while self._write_some():
-                time.sleep(LOG_FLUSH_INTERVAL_S)  # wait-ok: batching interval of the writer thread
-        except Exception as exc:  # noqa: BLE001 - a bug here must show, not silently stop the log
-            self.problem = f"log writer stopped: {exc.__class__.__name__}: {exc}"
-            _say(f"zlb balancer: error: {self.problem}; later log lines are dropped and counted")
-        finally:
-            if self._fh is not None:
-                self._fh.close()
-
-    def _write_some(self) -> bool:
-        """Write what is queued (waiting for at least one batch); False once asked to stop."""
-        item = self._queue.get()
-        lines: list[str] = []
-        done = item is None
-        while item is not None:
-            ts, batch = item
-            self._taken += len(batch)
-            lines.extend(ev.log_line([ts, *event]) for event in batch)
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            done = item is None
-        if lines:
-            self._write(lines)
-        return not done
-
-    def _write(self, lines: list[str]) -> None:
-        if self.problem is not None and time.monotonic() < self._retry_at:
-            self.dropped_writing += len(lines)
+        proc = self._proc
+        if proc is None or self._closed:
             return
+        self._closed = True
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while self._frames and self._fd_in is not None and _wait_fd(self._fd_in, select.POLLOUT, deadline):
+            self._flush()
+        self._close_in()
+        while self._fd_out is not None and _wait_fd(self._fd_out, select.POLLIN, deadline):
+            self._read_health()
         try:
-            if self._fh is None:
-                self._fh = open(self._path, "a", encoding="utf-8")
-            self._fh.write("\n".join(lines) + "\n")
-            self._fh.flush()
-            if self._fh.tell() >= self._max_bytes:
-                self._rotate()
-        except OSError as exc:
-            self._fail(exc, len(lines))
-            return
-        if self.problem is not None:
-            _say(f"zlb balancer: log file {self._path} is written again; {self.dropped_writing} lines were dropped")
-        self.problem = None
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            _say(f"zlb balancer: error: the log writer did not finish within {CLOSE_WAIT_S:g} s; killed it")
+        self._close_out()
 
-    def _fail(self, exc: OSError, lines: int) -> None:
-        """Go degraded: drop these lines, close the file, try again later."""
-        self.dropped_writing += lines
-        self._retry_at = time.monotonic() + LOG_RETRY_INTERVAL_S
-        if self._fh is not None:
+    def _flush(self) -> None:
+        """Write waiting frames until the pipe is full (one writev, as a rule)."""
+        frames = self._frames
+        while frames and self._fd_in is not None:
+            bufs: list[Any] = [data for data, _ in itertools.islice(frames, IOV_MAX)]
+            bufs[0] = memoryview(bufs[0])[self._offset :]
+            want = sum(map(len, bufs))
             try:
-                self._fh.close()  # flushing again may fail the same way; the lines are counted already
+                written = os.writev(self._fd_in, bufs)
+            except BlockingIOError:
+                return
+            except OSError:  # EPIPE: the child is gone; poll() says how
+                self._close_in()
+                return
+            self._consume(written)
+            if written < want:
+                return
+
+    def _consume(self, written: int) -> None:
+        self._offset += written
+        frames = self._frames
+        while frames and self._offset >= len(frames[0][0]):
+            data, events = frames.popleft()
+            self._offset -= len(data)
+            self.queued_events -= events
+
+    def _read_health(self) -> None:
+        while self._fd_out is not None:
+            try:
+                data = os.read(self._fd_out, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self._close_out()
+                return
+            try:
+                for problem, dropped in self._health.feed(data):
+                    self.problem, self.dropped_writing = problem, int(dropped)
+            except (ValueError, TypeError, p.ProtocolError) as exc:  # a writer bug: stop trusting it
+                if self._proc is not None:
+                    self._proc.kill()
+                self._lost(f"log writer sent garbage ({exc})")
+
+    def _close_in(self) -> None:
+        """No more frames: count what waits as dropped and close the child's stdin (its EOF)."""
+        self.dropped_queueing += self.queued_events
+        self.queued_events = 0
+        self._frames.clear()
+        self._offset = 0
+        if self._stdin is not None:
+            try:
+                self._stdin.close()
             except OSError:
-                pass
-            self._fh = None
-        if self.problem is None:
-            _say(f"zlb balancer: error: cannot write log file {self._path}: {exc}; lines are dropped and counted")
-        self.problem = str(exc)
+                pass  # EPIPE on a flush of nothing: the child is gone, which is what closing means
+            self._stdin = self._fd_in = None
 
-    def _rotate(self) -> None:
-        self._fh.close()
-        self._fh = None
-        for i in range(self._backups - 1, 0, -1):
-            src = f"{self._path}.{i}"
-            if os.path.exists(src):
-                os.replace(src, f"{self._path}.{i + 1}")
-        if self._backups > 0:
-            os.replace(self._path, f"{self._path}.1")
-        else:
-            os.remove(self._path)
+    def _lost(self, reason: str) -> None:
+        """The writer is gone or never came: drop from now on, and say why once."""
+        self._gone = True
+        self._close_in()
+        self._close_out()
+        _say(f"zlb balancer: error: {reason}; log lines are dropped and counted")
+        self.problem = reason
+
+    def _close_out(self) -> None:
+        if self._stdout is not None:
+            self._stdout.close()
+            self._stdout = self._fd_out = None
+
+
+def _spawn(path: str, max_bytes: int, backups: int) -> subprocess.Popen[bytes]:
+    """Start the writer in the balancer's process group, immune to the stop signals meant for the balancer."""
+    args = [sys.executable, "-m", "balancer.logwriter", path, "--max-bytes", str(max_bytes)]
+    args += ["--backups", str(backups), "--retry-s", repr(LOG_RETRY_INTERVAL_S)]
+    # Blocked across fork and exec, a Ctrl-C in that window waits until the child ignores it.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, logwriter.STOP_SIGNALS)
+    try:
+        return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _widen(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # over the user's pipe quota: the default size works, with drops sooner
+
+
+def _wait_fd(fd: int, events: int, deadline: float) -> bool:
+    """Wait until `fd` is ready for `events` or `deadline` passes; False once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.poll(left * 1000)
+    return True
 
 
 def _say(line: str) -> None:
