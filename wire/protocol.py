@@ -22,6 +22,7 @@ decode_records are the msgpack half of that codec.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from enum import IntEnum
@@ -142,10 +143,13 @@ ITEM_SCHEMAS: dict[MsgType, tuple[type, ...]] = {
     MsgType.WORK_BATCH: (int, int, int, int, int, bytes),
     MsgType.DONE_BATCH: (int, bool, bytes),
 }
-_ITEM_TYPES: dict[MsgType, frozenset[tuple[type, ...]]] = {
-    t: frozenset(itertools.product(*((f if isinstance(f, tuple) else (f,)) for f in schema)))
-    for t, schema in ITEM_SCHEMAS.items()
-}
+def _type_tuples(schema: tuple[Any, ...]) -> frozenset[tuple[type, ...]]:
+    """Every exact type tuple a schema allows (a field of (int, None) allows both)."""
+    return frozenset(itertools.product(*((f if isinstance(f, tuple) else (f,)) for f in schema)))
+
+
+_FIELD_TYPES = {t: _type_tuples(schema) for t, schema in SCHEMAS.items()}
+_ITEM_TYPES = {t: _type_tuples(schema) for t, schema in ITEM_SCHEMAS.items()}
 # The first bytes of a batch header: a fixarray, the version, the type. Only these may
 # exceed MAX_HEADER_BYTES, so the check needs no decoding.
 _BATCH_PREFIXES = frozenset(bytes([0x90 | (len(SCHEMAS[t]) + 2), PROTOCOL_VERSION, int(t)]) for t in BATCH_TYPES)
@@ -190,10 +194,23 @@ def _unpack(data: bytes, limit: int, max_items: int = MAX_SMALL_ITEMS) -> Any:
         raise ProtocolError("too_large", f"{len(data)} bytes over the {limit}-byte limit")
     try:
         # Tight unpack limits stop a tiny message from claiming huge containers.
-        limits = {"max_str_len": limit, "max_bin_len": limit, "max_array_len": max_items, "max_map_len": max_items}
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0, **limits)
+        return msgpack.unpackb(data, **_unpack_options(limit, max_items))
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError("malformed", f"undecodable msgpack ({exc.__class__.__name__})") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _unpack_options(limit: int, max_items: int) -> dict[str, Any]:
+    """unpackb's keyword arguments for these limits, built once (a dict per message showed in profiles)."""
+    return {
+        "raw": False,
+        "strict_map_key": True,
+        "max_ext_len": 0,
+        "max_str_len": limit,
+        "max_bin_len": limit,
+        "max_array_len": max_items,
+        "max_map_len": max_items,
+    }
 
 
 def encode(msg_type: MsgType, *fields: Any) -> bytes:
@@ -216,16 +233,23 @@ def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
     if msg_type is None:
         raise ProtocolError("unknown_type", f"unknown message type {raw_type!r}")
     fields = header[2:]
+    # msgpack yields exact built-in types, so one lookup of the fields' type tuple checks them all.
+    if tuple(map(type, fields)) not in _FIELD_TYPES[msg_type]:
+        _explain_fields(msg_type, fields)
+    if msg_type in BATCH_TYPES:
+        _check_items(msg_type, fields[-1])
+    return msg_type, fields
+
+
+def _explain_fields(msg_type: MsgType, fields: list[Any]) -> None:
+    """Raise the ProtocolError that says which field of a header is off."""
     schema = SCHEMAS[msg_type]
     if len(fields) != len(schema):
         raise ProtocolError("bad_fields", f"{msg_type.name} takes {len(schema)} fields, got {len(fields)}")
     for value, expected in zip(fields, schema):
-        # bool is an int subclass; an int field must not accept True.
         if not isinstance(value, expected) or (expected is int and type(value) is bool):
-            raise ProtocolError("bad_fields", f"{msg_type.name} field {value!r} is not {expected}")
-    if msg_type in BATCH_TYPES:
-        _check_items(msg_type, fields[-1])
-    return msg_type, fields
+            raise ProtocolError("bad_fields", f"{msg_type.name} field {value!r:.80} is not {expected}")
+    raise ProtocolError("bad_fields", f"{msg_type.name} fields {fields!r:.80} do not match {schema}")
 
 
 def _check_items(msg_type: MsgType, items: list[Any]) -> None:
