@@ -254,8 +254,8 @@ def _explain_fields(msg_type: MsgType, fields: list[Any]) -> None:
 
 def _check_items(msg_type: MsgType, items: list[Any]) -> None:
     """Every item of a batch must match its schema; one bad item refuses the whole message."""
-    if not items:
-        raise ProtocolError("bad_fields", f"{msg_type.name} with no items")
+    if not items or len(items) > MAX_BATCH_ITEMS:
+        raise ProtocolError("bad_fields", f"{msg_type.name} with {len(items)} items (1 to {MAX_BATCH_ITEMS})")
     allowed = _ITEM_TYPES[msg_type]
     for item in items:
         # msgpack yields exact built-in types, so one lookup of the item's type tuple checks every field.
