@@ -61,7 +61,7 @@ class NodeTable:
         self.nodes: dict[int, Node] = {}
         self.routes: dict[Any, Node] = {}
         self.fenced: OrderedDict[Any, str] = OrderedDict()
-        self._heap: list[tuple[float, int, int, int, Node]] = []
+        self._heap: list[tuple[float, int, int, Node]] = []
         self._push = 0
 
     # ---- sessions ---------------------------------------------------------
@@ -266,13 +266,19 @@ class NodeTable:
             node.heap_seq = -1
 
     def push(self, node: Node) -> None:
-        """Rank a free node by (load ratio, handled, last assignment); older entries go stale."""
+        """Rank a free node by load ratio, ties to the most recently assigned; older entries go stale.
+
+        The tie rule keeps one-at-a-time traffic on one warm node: a node process woken for
+        every fourth request runs with cold caches, which cost a sequential client 10% of
+        its round trip (docs/PERFORMANCE.md). Any load spreads the work: a node with work
+        in flight ranks behind every idle one.
+        """
         self._push += 1
         node.heap_seq = self._push
-        key = (len(node.in_flight) / node.capacity, node.handled, node.last_assigned, self._push, node)
+        key = (len(node.in_flight) / node.capacity, -node.last_assigned, self._push, node)
         heapq.heappush(self._heap, key)
         if len(self._heap) > 4 * len(self.nodes) + 64:
-            self._heap = [e for e in self._heap if e[4].heap_seq == e[3]]
+            self._heap = [e for e in self._heap if e[3].heap_seq == e[2]]
             heapq.heapify(self._heap)
 
     def pop_free(self) -> Node | None:
@@ -280,8 +286,8 @@ class NodeTable:
         heap = self._heap
         while heap:
             entry = heapq.heappop(heap)
-            node = entry[4]
-            if node.heap_seq == entry[3]:
+            node = entry[3]
+            if node.heap_seq == entry[2]:
                 node.heap_seq = -1
                 return node
         return None

@@ -50,8 +50,11 @@ def lean_load(
     return bench.collect(bench.go(target, procs, files), warmup_s + duration + 60)
 
 
-def user_submit(bench: Bench, target: Target, clients: int, total: int) -> LoadResult:
+def user_submit(bench: Bench, target: Target, clients: int, total: int, one_by_one: bool = False) -> LoadResult:
     """`clients` processes using the Client API share `total` submits, then wait with as_completed.
+
+    They submit with submit_many (the documented way to send a burst), or with submit() in a
+    loop when `one_by_one`.
 
     Throughput is every answer over the union of the processes' windows
     (first submit to last result), as a user timing the whole job would see it.
@@ -63,6 +66,7 @@ def user_submit(bench: Bench, target: Target, clients: int, total: int) -> LoadR
             "bench.userclient",
             *("--frontend", target.frontend, "--client-id", str(bench.next_client_id())),
             *("--submit", str(count), "--wait-go"),
+            *(("--one-by-one",) if one_by_one else ()),
         )
         procs.append(bench.procs.start(bench.name("userclient"), argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
     load = bench.collect(bench.go(target, procs, []), USER_RUN_TIMEOUT_S)

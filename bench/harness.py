@@ -93,10 +93,16 @@ class LoadResult:
     failed: int
     broker_cpu_s: float
     clients: list[dict[str, Any]]
+    # CPU of the broker's child processes over the same window (zlb's log writer; 0 for the baselines).
+    helper_cpu_s: float = 0.0
 
     @property
     def cpu_us_per_request(self) -> float | None:
         return stats.per_item(self.broker_cpu_s * 1e6, self.completed)
+
+    @property
+    def helper_cpu_us_per_request(self) -> float | None:
+        return stats.per_item(self.helper_cpu_s * 1e6, self.completed)
 
     @property
     def errors(self) -> int:
@@ -111,6 +117,7 @@ class Clients:
     latency_files: list[str]
     cpu_before: float
     target: Target
+    helper_cpu_before: float = 0.0
 
 
 class Bench:
@@ -327,10 +334,11 @@ class Bench:
             if LineReader(proc).line(START_TIMEOUT_S, "a load generator to connect") != "ready":
                 raise BenchError("a load generator did not start")
         cpu_before = procstat.cpu_seconds(target.pid)
+        helper_before = procstat.children_cpu_seconds(target.pid)
         for proc in procs:
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
-        return Clients(procs, files, cpu_before, target)
+        return Clients(procs, files, cpu_before, target, helper_before)
 
     def collect(self, clients: Clients, timeout_s: float) -> LoadResult:
         """Wait for load generators to finish and merge what they measured."""
@@ -345,6 +353,7 @@ class Bench:
                 raise BenchError(f"a load generator exited with code {proc.returncode}")
             outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
         cpu_s = procstat.cpu_seconds(clients.target.pid) - clients.cpu_before
+        helper_s = procstat.children_cpu_seconds(clients.target.pid) - clients.helper_cpu_before
         self.procs.stop(clients.procs)
         latencies = array("q")
         for path in clients.latency_files:
@@ -364,6 +373,7 @@ class Bench:
             failed=sum(o["failed"] for o in outputs),
             broker_cpu_s=cpu_s,
             clients=outputs,
+            helper_cpu_s=max(0.0, helper_s),
         )
 
     def load(self, target: Target, count: int, window: int, duration: float, warmup_s: float, **kw: Any) -> LoadResult:

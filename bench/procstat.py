@@ -20,6 +20,33 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS_PER_S
 
 
+def children(pid: int) -> list[int]:
+    """The process's child processes (the balancer's log writer), from every thread's children file."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                found.extend(int(child) for child in fh.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time of the process's children so far (those that are still running)."""
+    total = 0.0
+    for child in children(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            continue  # it ended between the listing and the read
+    return total
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS (now) and VmHWM (peak) in KiB."""
     found: dict[str, int] = {}

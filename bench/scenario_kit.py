@@ -39,6 +39,9 @@ SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
         "vs_relay",
         "p50_vs_relay",
         "balancer_cpu_us_per_request_window_1",
+        "log_writer_cpu_us_per_request",
+        "submit_loop_requests_per_s",
+        "submit_loop_vs_relay",
     ),
     "ceiling": (
         "relay_requests_per_s",

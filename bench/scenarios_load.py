@@ -131,12 +131,13 @@ class LoadScenarios(RunnerBase):
         """The user's path (zlb defaults, `zlb server --handler echo`, the Client API) against the frame relay."""
         cfg = self.cfg
 
-        def user(target: Target) -> tuple[LoadResult, LoadResult, float]:
+        def user(target: Target) -> tuple[LoadResult, LoadResult, LoadResult, float]:
             many = baselines.user_submit(self.bench, target, cfg.clients, cfg.user_requests)
+            loop = baselines.user_submit(self.bench, target, cfg.clients, cfg.user_requests, one_by_one=True)
             one = baselines.user_one_at_a_time(self.bench, target, cfg.duration, cfg.warmup_s)
-            return many, one, procstat.peak_rss_mib(target.pid)
+            return many, loop, one, procstat.peak_rss_mib(target.pid)
 
-        zlb_many, zlb_one, zlb_rss = self._with(self._zlb(), user)
+        zlb_many, zlb_loop, zlb_one, zlb_rss = self._with(self._zlb(), user)
         relay_many, relay_one, relay_rss = self._lean_pair(self._frame_relay())
         record = {
             **common(zlb_many, zlb_rss),
@@ -145,18 +146,27 @@ class LoadScenarios(RunnerBase):
             "requests": cfg.user_requests,
             "resent": baselines.resent(zlb_many),
             "balancer_cpu_us_per_request_window_1": zlb_one.cpu_us_per_request,
+            "log_writer_cpu_us_per_request": zlb_many.helper_cpu_us_per_request,
+            "submit_loop_requests_per_s": zlb_loop.requests_per_s,
+            "submit_loop_cpu_us_per_request": zlb_loop.cpu_us_per_request,
             **baselines.cpu_fields("relay", relay_many),
             "relay_p50_us": relay_one.latency_us["p50_us"],
             "relay_cpu_us_per_request_window_1": relay_one.cpu_us_per_request,
             "vs_relay": stats.ratio(zlb_many.requests_per_s, relay_many.requests_per_s),
             "p50_vs_relay": stats.ratio(zlb_one.latency_us["p50_us"], relay_one.latency_us["p50_us"]),
+            "submit_loop_vs_relay": stats.ratio(zlb_loop.requests_per_s, relay_many.requests_per_s),
             "load_average": _load_average(),
-            "errors": sum(x.errors for x in (zlb_many, zlb_one, relay_many, relay_one)),
+            "errors": sum(x.errors for x in (zlb_many, zlb_loop, zlb_one, relay_many, relay_one)),
         }
         rows = [
             row(
-                "userpath", "zlb", zlb_many, zlb_rss, f"Client API: {cfg.clients} processes submit {cfg.user_requests}"
+                "userpath",
+                "zlb",
+                zlb_many,
+                zlb_rss,
+                f"Client API: {cfg.clients} processes submit_many {cfg.user_requests}",
             ),
+            row("userpath", "zlb", zlb_loop, zlb_rss, f"Client API: {cfg.clients} processes submit() in a loop"),
             row("userpath", "frame relay", relay_many, relay_rss, f"lean clients {cfg.clients} x window {cfg.window}"),
             row("userpath", "zlb", zlb_one, zlb_rss, "Client API: submit().result(), one at a time"),
             row("userpath", "frame relay", relay_one, relay_rss, "1 lean client, window 1"),
@@ -164,7 +174,9 @@ class LoadScenarios(RunnerBase):
         notes = [
             f"userpath: zlb throughput = {record['vs_relay']} x the frame relay (target >= 1.0); one at a time "
             f"p50 = {record['p50_vs_relay']} x (target <= 1.2); balancer CPU "
-            f"{record['balancer_cpu_us_per_request']} us/request vs relay {record['relay_cpu_us_per_request']}"
+            f"{record['balancer_cpu_us_per_request']} us/request (its log writer "
+            f"{record['log_writer_cpu_us_per_request']}) vs relay {record['relay_cpu_us_per_request']}; "
+            f"submit() in a loop instead of submit_many: {record['submit_loop_vs_relay']} x"
         ]
         return Outcome(record, rows, notes)
 

@@ -47,8 +47,8 @@ def test_urgent_request_overtakes_waiting_backlog_when_nodes_are_busy():
     assert assigned(sched) == [(0, 99)]
 
 
-def test_least_loaded_by_ratio_then_fewest_handled():
-    """Work goes to the lowest in-flight/capacity ratio; ties to the node that handled fewest."""
+def test_least_loaded_by_ratio_then_most_recently_used():
+    """Work goes to the lowest in-flight/capacity ratio; ties to the node used last (its caches are warm)."""
     sched = make({0: 4})
     sched.submit(0, 100, 5, b"c", b"")
     ((node, ticket, _req),) = sched.dispatch()
@@ -56,16 +56,28 @@ def test_least_loaded_by_ratio_then_fewest_handled():
     sched.hello(b"n1", 1, 1, 1, "h", 0.5)
     for rid in range(1, 4):
         sched.submit(0, rid, 5, b"c", b"")
-    # Both idle: node 1 has handled fewer. Then node 1 is full (1/1) and node 0 takes the rest.
-    assert assigned(sched) == [(1, 1), (0, 2), (0, 3)]
+    # Both idle: node 0 was used last and takes one; then node 1 (0/1) is less loaded than
+    # node 0 (1/4) and takes one; then node 1 is full and node 0 takes the rest.
+    assert assigned(sched) == [(0, 1), (1, 2), (0, 3)]
 
 
-def test_ties_rotate_round_robin():
-    """Equal load and equal handled counts rotate across nodes."""
+def test_a_burst_spreads_over_idle_nodes_and_one_at_a_time_stays_on_the_warm_one():
+    """Six at once fill three equal nodes evenly; then requests one at a time all go to the node used last."""
     sched = make({0: 10, 1: 10, 2: 10})
     for rid in range(1, 7):
         sched.submit(0, rid, 5, b"c", b"")
-    assert [n for n, _r in assigned(sched)] == [0, 1, 2, 0, 1, 2]
+    burst = sched.dispatch()
+    assert sorted(n.node_id for n, _t, _r in burst) == [0, 0, 1, 1, 2, 2]
+    for node, ticket, _req in burst:
+        sched.complete(node.route, ticket, True, b"ok", 0.1)
+    last = burst[-1][0].node_id
+    one_at_a_time = []
+    for rid in range(7, 12):
+        sched.submit(0, rid, 5, b"c", b"")
+        ((node, ticket, _req),) = sched.dispatch()
+        one_at_a_time.append(node.node_id)
+        sched.complete(node.route, ticket, True, b"ok", 0.2)
+    assert one_at_a_time == [last] * 5
 
 
 def test_never_over_capacity():
