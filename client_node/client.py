@@ -149,6 +149,9 @@ class Client:
         self.sock.setsockopt(zmq.IDENTITY, f"client-{client_id}-{os.getpid()}-{self.incarnation:016x}".encode())
         secure_client_socket(self.sock)
         self.sock.connect(self.frontend)
+        # One poller for the Client's life: Socket.poll builds a Poller per call (5.5 us against 2.9).
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
         self._send_session(MsgType.CLIENT_HELLO, os.getpid(), socket.gethostname())
 
     def __enter__(self) -> Client:
@@ -283,7 +286,7 @@ class Client:
         BalancerUnreachable when nothing was heard within the connect timeout.
         """
         got = 0
-        if self.sock.poll(int(timeout * 1000), zmq.POLLIN):
+        if self._poller.poll(int(timeout * 1000)):
             for frames in received(self.sock, _DRAIN_ALL):
                 self.heard = True
                 got += self._on_reply(frames)

@@ -143,6 +143,8 @@ ITEM_SCHEMAS: dict[MsgType, tuple[type, ...]] = {
     MsgType.WORK_BATCH: (int, int, int, int, int, bytes),
     MsgType.DONE_BATCH: (int, bool, bytes),
 }
+
+
 def _type_tuples(schema: tuple[Any, ...]) -> frozenset[tuple[type, ...]]:
     """Every exact type tuple a schema allows (a field of (int, None) allows both)."""
     return frozenset(itertools.product(*((f if isinstance(f, tuple) else (f,)) for f in schema)))
