@@ -40,6 +40,12 @@ MAX_QUEUED_EVENTS = DEFAULT_KEEP_EVENTS
 PIPE_BYTES = 1 << 20
 # close() waits this long for the writer to write what it has, then kills it.
 CLOSE_WAIT_S = 5.0
+# The writer is handed what waits at most this often, and at once past HANDOVER_EVENTS: each
+# hand-over wakes the child, which then competes for a core with the request path. One every
+# 10 ms (each publish) cost one-at-a-time requests 10-40 us of their p50 (docs/PERFORMANCE.md).
+# A quiet balancer hands the rest over at its next tick (every heartbeat interval).
+HANDOVER_S = 0.1
+HANDOVER_EVENTS = 4096
 # Linux takes at most this many buffers in one writev.
 IOV_MAX = 1024
 
@@ -140,6 +146,7 @@ class _LogProcess:
         self.queued_events = 0  # in frames not yet wholly in the pipe
         self._frames: deque[tuple[bytes, int]] = deque()  # (frame, events), oldest first
         self._offset = 0  # bytes of the oldest frame already in the pipe
+        self._handover_at = 0.0  # frames wait for the writer until then (see HANDOVER_S)
         self._health = logwriter.FrameReader()
         self._closed = False  # close() began: an exit is expected, not a problem
         self._gone = False  # the writer is lost: said once, nothing more to notice
@@ -165,14 +172,14 @@ class _LogProcess:
         return None if self._proc is None else self._proc.pid
 
     def put(self, ts: float, batch: list[tuple[Any, ...]]) -> None:
-        if self._frames:
-            self._flush()
         if self._fd_in is None or (self._frames and self.queued_events + len(batch) > MAX_QUEUED_EVENTS):
             self.dropped_queueing += len(batch)
             return
         self._frames.append((logwriter.frame([ts, batch]), len(batch)))
         self.queued_events += len(batch)
-        if len(self._frames) == 1:  # more waiting means the pipe was full a moment ago
+        now = time.monotonic()
+        if now >= self._handover_at or self.queued_events >= HANDOVER_EVENTS:
+            self._handover_at = now + HANDOVER_S
             self._flush()
 
     def poll(self) -> None:

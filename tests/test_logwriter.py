@@ -74,6 +74,26 @@ def test_lines_reach_the_file_in_order_with_the_text_of_log_line(tmp_path: Path)
     assert len(log.recent(None)) == 1200  # the ring is the ring, whatever the file does
 
 
+def test_batches_wait_for_the_hand_over_interval_then_go_together(tmp_path: Path, monkeypatch):
+    """add() hands the writer a batch at once after a quiet spell, keeps the next ones back for
+    HANDOVER_S (fewer wake-ups of the child), and the tick (health_events) hands them over."""
+    monkeypatch.setattr(eventlog, "HANDOVER_S", 60.0)  # a slow machine must not end the interval mid-test
+    path = tmp_path / "balancer.log"
+    log = EventLog(str(path))
+    try:
+        first, second, third = (1000.0, sample_batch(0)), (1000.01, sample_batch(1)), (1000.02, sample_batch(2))
+        log.add(*first)
+        wait_until(lambda: path.exists() and path.read_text(encoding="utf-8") == expected_text([first]), 10, "first")
+        log.add(*second)
+        log.add(*third)
+        assert log._writer is not None and log._writer.queued_events == len(second[1]) + len(third[1])
+        log.health_events()
+        want = expected_text([first, second, third])
+        wait_until(lambda: path.read_text(encoding="utf-8") == want, 10, "the kept-back batches")
+    finally:
+        log.close()
+
+
 def test_the_file_rotates_at_max_bytes_and_keeps_the_backups_asked_for(tmp_path: Path):
     """Rotation as before: a file that reached max_bytes becomes .1, .1 becomes .2, older ones go."""
     path = tmp_path / "balancer.log"
@@ -85,9 +105,9 @@ def test_the_file_rotates_at_max_bytes_and_keeps_the_backups_asked_for(tmp_path:
         return any(f.exists() and f.read_text(encoding="utf-8").endswith(last_line) for f in files[1:])
 
     try:
-        for ts, batch in batches:  # one write per batch, as when the loop publishes every 10 ms
+        for ts, batch in batches:  # one write per batch: the loop's tick hands over what add() kept back
             log.add(ts, batch)
-            wait_until(lambda b=[(ts, batch)]: written(expected_text(b)), 10, "the batch written")
+            wait_until(lambda b=[(ts, batch)]: log.dropped_lines == 0 and written(expected_text(b)), 10, "the batch")
     finally:
         log.close()
     assert all(f.stat().st_size >= 2000 for f in files[:2]) and not Path(f"{path}.3").exists()
