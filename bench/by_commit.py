@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", required=True)
     parser.add_argument("commits", nargs="+", help="anything git rev-parse takes")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the worktrees are removed on kill too
     records: dict[str, list[dict[str, Any]]] = {c: [] for c in args.commits}
     loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="zlb-by-commit-") as tmp:
