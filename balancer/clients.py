@@ -56,6 +56,7 @@ class ClientSide:
     def _drain_frontend(self, now: float) -> None:
         decode = p.decode_routed
         submit, submit_batch = MsgType.SUBMIT, MsgType.SUBMIT_BATCH
+        budget = p.DRAIN_ITEMS
         for frames in received(self.frontend):
             try:
                 msg_type, fields, body = decode(frames)
@@ -68,10 +69,12 @@ class ClientSide:
             route = self._routes.get(frames[0]) or self._route(frames[0])
             if msg_type is submit_batch:
                 client_id, incarnation, items = fields
+                budget -= len(items)
                 for request_id, priority, payload in items:
                     if not self._on_submit(route, client_id, request_id, priority, incarnation, payload, now):
                         break  # the id is another process's: so is the rest of the batch
             elif msg_type is submit:
+                budget -= 1
                 client_id, request_id, priority, incarnation = fields
                 self._on_submit(route, client_id, request_id, priority, incarnation, body, now)
             else:
@@ -79,11 +82,18 @@ class ClientSide:
                     self._client_handlers[msg_type](self, route, fields, now)
                 except ProtocolError as exc:
                     self._bad_input("frontend", exc, now)
+            if budget <= 0:
+                return  # the rest waits for the next iteration: nodes and admins are served in between
 
     def _on_submit(
         self, route: bytes, client_id: int, request_id: int, priority: int, incarnation: int, body: Any, now: float
     ) -> bool:
         """Hand one submission to the scheduler and answer what it refused; False if the id is in use."""
+        if len(body) > self.config.max_message_bytes:
+            self._count("payloads_too_large")
+            reason = p.too_large("payload", len(body), self.config.max_message_bytes).decode()
+            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
+            return True
         outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
         if outcome is Submitted.QUEUED or outcome is Submitted.DUPLICATE or outcome is Submitted.FINISHED:
             return True
@@ -108,7 +118,8 @@ class ClientSide:
             self._refusal(ev.SYSTEM_CLIENT_REFUSED, claim[0], reason, now)
             self._send_client(route, p.encode(MsgType.REFUSED, reason, None, None))
         elif welcome:
-            self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, int(self.sched.client_lease_s * 1000)))
+            lease_ms = int(self.sched.client_lease_s * 1000)
+            self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.config.max_message_bytes))
 
     def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
         if len(fields[3]) > p.MAX_HOST_CHARS:

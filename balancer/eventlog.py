@@ -64,8 +64,11 @@ class EventLog:
         self.path = path
         self._ring: deque[tuple[float, list[tuple[Any, ...]]]] = deque()
         self._count = 0
+        self._writer_args = (max_bytes, backups)
         self._writer = _LogProcess(path, max_bytes, backups) if path else None
         self._problem_told: str | None = None
+        self._dropped_before = 0  # lines dropped by writers that died (a restarted one counts from 0)
+        self._restart_at: float | None = None
 
     def add(self, ts: float, batch: list[tuple[Any, ...]]) -> None:
         """Remember a batch stamped `ts` and queue it for the log file."""
@@ -104,7 +107,7 @@ class EventLog:
         if writer is None:
             return 0
         writer.poll()
-        return writer.dropped_writing + writer.dropped_queueing
+        return self._dropped_before + writer.dropped_writing + writer.dropped_queueing
 
     def health_events(self) -> list[tuple[Any, ...]]:
         """An event when the log file went degraded or came back since the last call (cheap; per tick)."""
@@ -112,6 +115,8 @@ class EventLog:
         if writer is None:
             return []
         writer.poll()
+        if writer.gone:
+            writer = self._restart_writer(writer)
         if writer.problem == self._problem_told:
             return []
         self._problem_told = writer.problem
@@ -123,6 +128,18 @@ class EventLog:
         """Hand the writer what is left, let it finish (CLOSE_WAIT_S at most) and reap it."""
         if self._writer is not None:
             self._writer.close()
+
+    def _restart_writer(self, dead: _LogProcess) -> _LogProcess:
+        """A writer that died is started again LOG_RETRY_INTERVAL_S later (each time it dies)."""
+        now = time.monotonic()
+        if self._restart_at is None:
+            self._restart_at = now + LOG_RETRY_INTERVAL_S
+        if now < self._restart_at or self.path is None:
+            return dead
+        self._restart_at = None
+        self._dropped_before += dead.dropped_writing + dead.dropped_queueing
+        self._writer = _LogProcess(self.path, *self._writer_args)
+        return self._writer
 
 
 class _LogProcess:
@@ -168,13 +185,26 @@ class _LogProcess:
         _widen(self._fd_in)
 
     @property
+    def gone(self) -> bool:
+        """The writer exited or never started (not by close()): it may be started again."""
+        return self._gone
+
+    @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
     def put(self, ts: float, batch: list[tuple[Any, ...]]) -> None:
-        if self._fd_in is None or (self._frames and self.queued_events + len(batch) > MAX_QUEUED_EVENTS):
+        if self._fd_in is None:
             self.dropped_queueing += len(batch)
             return
+        if self._frames and self.queued_events + len(batch) > MAX_QUEUED_EVENTS:
+            # Behind: keep what an operator must see (warnings and errors), drop the routine lines.
+            kept = [event for event in batch if event[0] in ev.LEVELS]
+            self.dropped_queueing += len(batch) - len(kept)
+            if not kept or self.queued_events + len(kept) > 2 * MAX_QUEUED_EVENTS:
+                self.dropped_queueing += len(kept)
+                return
+            batch = kept
         self._frames.append((logwriter.frame([ts, batch]), len(batch)))
         self.queued_events += len(batch)
         now = time.monotonic()

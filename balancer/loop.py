@@ -187,7 +187,7 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.secure(sock)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.socket_limit(self.config.max_message_bytes))
         # Messages queued per peer follow from the memory budget (balancer/budget.py): a full
         # send pipe says EAGAIN (ROUTER_MANDATORY) and pauses that client, a full receive
         # pipe stops reading its peer, so neither grows without bound.

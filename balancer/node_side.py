@@ -55,6 +55,7 @@ class NodeSide:
 
     def _drain_backend(self, now: float) -> None:
         decode = p.decode_routed
+        budget = p.DRAIN_ITEMS
         for frames in received(self.backend):
             try:
                 msg_type, fields, body = decode(frames)
@@ -64,12 +65,15 @@ class NodeSide:
             except ProtocolError as exc:
                 self._bad_input("backend", exc, now)
                 continue
+            budget -= len(fields[0]) if msg_type is MsgType.DONE_BATCH else 1
             try:
                 handler(self, frames[0], fields, body, now)
             except ProtocolError as exc:
                 self._bad_input("backend", exc, now)
             except Exception as exc:  # noqa: BLE001 - a message we failed to foresee must not end the balancer
                 self._bad_input("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
+            if budget <= 0:
+                return  # the rest waits for the next iteration (see p.DRAIN_ITEMS)
 
     def _unknown_node(self, route: bytes) -> None:
         """A message from a route with no session: a fenced incarnation exits, anyone else says HELLO."""
@@ -85,9 +89,11 @@ class NodeSide:
             self._unknown_node(route)
 
     def _on_done_batch(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        complete = self.sched.complete
+        complete, limit = self.sched.complete, self.config.max_message_bytes
         unknown = False
         for ticket, ok, result in fields[0]:
+            if len(result) > limit:  # a node that was not told the limit (the node checks it first)
+                ok, result = False, p.too_large("result", len(result), limit)
             if complete(route, ticket, ok, result, now) is None:
                 unknown = True
         if unknown and route not in self.sched.routes:
@@ -110,7 +116,8 @@ class NodeSide:
             else:
                 self._send_node(route, [p.encode(MsgType.REFUSED, refusal.reason, *refusal.holder)])
             return
-        welcome = p.encode(MsgType.WELCOME, node.node_id, self.config.heartbeat_ms, self.config.liveness)
+        cfg = self.config
+        welcome = p.encode(MsgType.WELCOME, node.node_id, cfg.heartbeat_ms, cfg.liveness, cfg.max_message_bytes)
         self._send_node(route, [welcome])
 
     def _on_heartbeat(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:

@@ -33,6 +33,9 @@ DEFAULT_KEEP_FINISHED_BYTES = 64 * 1024 * 1024
 # A client id stays with its process this long after the process was last heard from
 # (clients with outstanding requests ping at a third of it); CLIENT_BYE frees it at once.
 DEFAULT_CLIENT_LEASE_S = 10.0
+# How often one request may be lost in transit before it fails (see Scheduler._lost): far more
+# than connection resets or resync storms of a healthy node cost one request (tests: 10 in a row).
+MAX_TRANSIT_LOSSES = 20
 
 
 def _size(body: Any) -> int:
@@ -72,6 +75,8 @@ class Scheduler:
         self._queue = WaitingQueue()
         self.budget = MemoryBudget(max_memory_bytes)
         self.last_refusal = ""  # why the last submit was refused for the budget
+        # Requests lost in transit, and how often: rare, so a dict beside them, not a field in each.
+        self._transit_losses: dict[Request, int] = {}
         self._finished: deque[Request] = deque()
         self._finished_bytes = 0
         self._seq = 0
@@ -168,6 +173,8 @@ class Scheduler:
             self._requeue(req, server_id)
 
     def _finish(self, req: Request, status: str, result: Any) -> None:
+        if self._transit_losses:
+            self._transit_losses.pop(req, None)
         req.status = status
         if req.payload_digest is None:
             req.payload_digest = payload_digest(req.body)
@@ -325,9 +332,22 @@ class Scheduler:
         return node
 
     def _lost(self, lost: list[Request], server_id: int) -> None:
-        """Work a live node never got (or whose answer never came): back to the queue, the attempt uncounted."""
+        """Work a live node never got (or whose answer never came): back to the queue, the attempt uncounted.
+
+        A connection reset loses work once or twice; a request lost MAX_TRANSIT_LOSSES times is
+        one the transport itself refuses (a node that cannot take it, an answer too big to come
+        back: nodes and the balancer check sizes first, so this is the last line) and would go
+        round for ever: it fails instead.
+        """
         self.counters["lost_in_transit"] += len(lost)
+        losses = self._transit_losses
         for req in lost:
+            times = losses[req] = losses.get(req, 0) + 1
+            if times >= MAX_TRANSIT_LOSSES:
+                reason = f"lost in transit {times} times, the last on the way to or from Server {server_id}"
+                self._finish(req, FAILED, reason.encode())
+                self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, server_id, reason))
+                continue
             req.attempts -= 1
             self._requeue(req, server_id)
 

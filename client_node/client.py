@@ -124,6 +124,7 @@ class Client:
         self.connect_timeout_s = connect_timeout_s
         self.heard = False
         self.lease_s = DEFAULT_LEASE_S
+        self.max_payload = p.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from CLIENT_WELCOME
         self.refused: str | None = None
         self.retry_max_s = None if retry_s is None else retry_s * RETRY_BACKOFF_FACTOR_MAX
         self.resent = 0
@@ -222,6 +223,8 @@ class Client:
             request_id = self._next_id
         if request_id in self._outstanding:
             raise ValueError(f"request {request_id} is still outstanding; wait for it or use another id")
+        if len(payload) > self.max_payload:
+            raise ValueError(f"payload of {len(payload)} bytes is over the balancer's limit of {self.max_payload}")
         if not 0 <= request_id < 2**64 or not -(2**63) <= priority < 2**63:
             raise ValueError(f"request id {request_id} or priority {priority} is out of the wire's 64-bit range")
         self._next_id = max(self._next_id, request_id + 1)
@@ -321,6 +324,7 @@ class Client:
             request_id, status, server_id, attempts, replay = fields
         elif msg_type is MsgType.CLIENT_WELCOME:
             self.lease_s = max(fields[0] / 1000, 0.1)
+            self.max_payload = fields[1]
             return 0
         elif msg_type is MsgType.REFUSED:
             self.refused = fields[0]

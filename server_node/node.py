@@ -73,6 +73,7 @@ class ServerNode:
         # Tickets received whose DONE has not been sent, in arrival order.
         self.held: dict[int, None] = {}
         self._done: list[tuple[int, bool, bytes]] = []  # finished this iteration, DONE not yet sent
+        self.max_payload = p.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from WELCOME
         self.max_seen = 0  # the highest ticket received: WORK arrives in ticket order
         self._ctx = context or zmq.Context.instance()
         self.incarnation = secrets.randbits(64)
@@ -224,9 +225,10 @@ class ServerNode:
                 self._end(EXIT_FENCED, f"replaced: {fields[0]}; this process stops")
                 return
 
-    def _on_welcome(self, now: float, node_id: int, heartbeat_ms: int, liveness: int) -> None:
-        """Joined: take the id and the balancer's timing (one heartbeat model on both sides)."""
+    def _on_welcome(self, now: float, node_id: int, heartbeat_ms: int, liveness: int, max_payload: int) -> None:
+        """Joined: take the id, the balancer's timing (one heartbeat model on both sides) and its size limit."""
         self.node_id = node_id
+        self.max_payload = max_payload
         self.welcomed = True
         self._refused_since = None
         self.live.adopt(heartbeat_ms / 1000, liveness, now)
@@ -281,7 +283,10 @@ class ServerNode:
     def _finished(self, ticket: int, ok: bool, result: bytes) -> None:
         """Queue a DONE; the loop sends what this iteration finished as one DONE_BATCH."""
         if ticket in self.held:
-            self._done.append((ticket, ok, bytes(result)))
+            result = bytes(result)
+            if len(result) > self.max_payload:  # the balancer would refuse it: say why instead
+                ok, result = False, p.too_large("result", len(result), self.max_payload)
+            self._done.append((ticket, ok, result))
 
     def _send_done(self) -> None:
         """Send the iteration's results as DONE_BATCH. A ticket stops being held either way: one

@@ -124,3 +124,24 @@ def test_submit_many_sends_a_burst_in_batches_and_a_lone_submit_at_once():
             assert batches[4] == [[602, 5, b"ok"]] and client.unanswered == 602
     finally:
         router.close(linger=0)
+
+
+def test_nothing_to_send_sends_nothing_and_a_payload_over_the_limit_is_refused_here(client: Client):
+    """submit_many of nothing (or of a first item that is no payload) sends no empty batch; a payload
+    over the balancer's limit (as CLIENT_WELCOME said) is a ValueError before anything changes."""
+    sent: list[bytes] = []
+    real_send = client.sock.send
+    client.sock.send = lambda data, *a, **k: (sent.append(data), real_send(data, *a, **k))[1]  # type: ignore[method-assign]
+    try:
+        assert client.submit_many([]) == []
+        with pytest.raises(TypeError):
+            client.submit_many([5])
+        assert sent == [] and client.unanswered == 0
+        client.max_payload = 1000
+        with pytest.raises(ValueError, match="over the balancer's limit of 1000"):
+            client.submit(b"x" * 1001)
+        assert client.unanswered == 0 and sent == []
+        client.submit(b"x" * 1000)
+        assert len(sent) == 1 and client.unanswered == 1
+    finally:
+        client.sock.send = real_send  # type: ignore[method-assign]

@@ -274,3 +274,48 @@ def children_of(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
     return [c for c in found if running(c)]
+
+
+def test_a_writer_that_dies_is_started_again_and_the_file_goes_on(tmp_path: Path, monkeypatch):
+    """kill -9 of the writer: degraded at once, a new writer LOG_RETRY_INTERVAL_S later, resumed,
+    and lines reach the file again; lines dropped meanwhile stay counted."""
+    monkeypatch.setattr(eventlog, "LOG_RETRY_INTERVAL_S", 0.2)
+    path = tmp_path / "balancer.log"
+    log = EventLog(str(path))
+    try:
+        log.add(1000.0, [(ev.NODE_UP, 1)])
+        wait_until(lambda: line_count(path) == 1, 10, "the first line")
+        first = writer_pid(log)
+        os.kill(first, signal.SIGKILL)
+        [degraded] = wait_until(log.health_events, 10, "the writer's death to show")
+        assert degraded[0] == ev.SYSTEM_LOG_DEGRADED
+        log.add(1001.0, [(ev.NODE_UP, 2)] * 3)  # nobody to write them: dropped and counted
+        [resumed] = wait_until(log.health_events, 10, "a new writer")
+        assert resumed == (ev.SYSTEM_LOG_RESUMED, str(path), 3) and writer_pid(log) != first
+        log.add(1002.0, [(ev.NODE_UP, 3)])
+        wait_until(lambda: log.health_events() == [] and line_count(path) == 2, 10, "the line after the restart")
+    finally:
+        log.close()
+    assert log.dropped_lines == 3
+    assert "Server 3 marked as up" in path.read_text(encoding="utf-8")
+
+
+def test_a_writer_far_behind_keeps_warnings_and_drops_routine_lines(tmp_path: Path, monkeypatch):
+    """Beyond MAX_QUEUED_EVENTS waiting, INFO events are dropped and counted, warnings still go."""
+    monkeypatch.setattr(eventlog, "MAX_QUEUED_EVENTS", 1000)
+    monkeypatch.setattr(eventlog, "HANDOVER_S", 60.0)  # everything waits on this side until the tick
+    path = tmp_path / "balancer.log"
+    log = EventLog(str(path))
+    routine = [(ev.REQUEST_ADDED, 2, j, 5) for j in range(1000)]
+    warning = (ev.NODE_DEAD, 4, 1.5, 7)
+    try:
+        log.add(1000.0, [(ev.NODE_UP, 1)])  # the first goes at once; later ones wait for the tick
+        log.add(1001.0, routine)
+        log.add(1002.0, [*routine, warning])
+        assert log._writer is not None and log._writer.dropped_queueing == 1000
+        wait_until(lambda: log.health_events() == [] and line_count(path) == 1002, 10, "the kept lines")
+    finally:
+        log.close()
+    text = path.read_text(encoding="utf-8")
+    assert ev.log_line([1002.0, *warning]) in text and text.count("added to queue") == 1000
+    assert log.dropped_lines == 1000

@@ -62,7 +62,9 @@ RECONNECT_BACKOFF_MAX_S = 4.0
 
 # A header is tiny; anything bigger is garbage or an attack.
 MAX_HEADER_BYTES = 4096
-# Whole-message cap enforced by libzmq (ZMQ_MAXMSGSIZE) on every bound socket.
+# The largest payload or result a request may carry (`zlb balancer --max-message-bytes`). The
+# balancer's sockets let libzmq drop anything bigger than socket_limit() of it before Python
+# sees it, checks each payload against it, and tells peers in WELCOME and CLIENT_WELCOME.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Control requests carry small maps only.
 MAX_CONTROL_BYTES = 64 * 1024
@@ -75,12 +77,12 @@ class MsgType(IntEnum):
     RESULT = 2  # frontend -> client: [request_id, status, server_id, attempts, replay] + result
     REJECTED = 3  # frontend -> client: [request_id | None, reason]
     CLIENT_HELLO = 4  # client -> frontend: [client_id, incarnation, pid, host]; opens a session
-    CLIENT_WELCOME = 5  # frontend -> client: [lease_ms]; the session is this incarnation's
+    CLIENT_WELCOME = 5  # frontend -> client: [lease_ms, max_payload_bytes]; the session is this incarnation's
     CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; keeps the session's lease
     CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; frees the client id at once
     REFUSED = 8  # frontend or backend -> peer: [reason, holder_pid, holder_host]; the id is another live process's
     HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host, incarnation, max_seen] + held tickets
-    WELCOME = 11  # backend -> node: [node_id, heartbeat_ms, liveness]
+    WELCOME = 11  # backend -> node: [node_id, heartbeat_ms, liveness, max_payload_bytes]
     HEARTBEAT = 12  # node -> backend: [in_flight, handled, dropped, max_seen_ticket] + held tickets
     PING = 13  # backend -> node: []
     WORK = 14  # backend -> node: [ticket, client_id, request_id, priority, attempt] + payload
@@ -103,12 +105,12 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.RESULT: (int, str, OptInt, int, bool),
     MsgType.REJECTED: (OptInt, str),
     MsgType.CLIENT_HELLO: (int, int, int, str),
-    MsgType.CLIENT_WELCOME: (int,),
+    MsgType.CLIENT_WELCOME: (int, int),
     MsgType.CLIENT_PING: (int, int),
     MsgType.CLIENT_BYE: (int, int),
     MsgType.REFUSED: (str, OptInt, (str, type(None))),
     MsgType.HELLO: (OptInt, int, int, str, int, int),
-    MsgType.WELCOME: (int, int, int),
+    MsgType.WELCOME: (int, int, int, int),
     MsgType.HEARTBEAT: (int, int, int, int),
     MsgType.PING: (),
     MsgType.WORK: (int, int, int, int, int),
@@ -136,6 +138,28 @@ BATCH_TYPES = frozenset({MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH, MsgType.WOR
 BATCH_ITEMS = 256
 BATCH_BYTES = 1024 * 1024
 MAX_BATCH_ITEMS = 1024
+# Requests a loop takes from one socket per iteration, counted by item, not by message: 256
+# messages of 1,024 items held one iteration for 0.75-2.2 s, long enough for nodes to be
+# declared dead. At a few microseconds an item, this is a few milliseconds.
+DRAIN_ITEMS = 2048
+# Room for the item headers of a batch beyond its payload bytes (256 items of about 50 bytes).
+BATCH_OVERHEAD_BYTES = 64 * 1024
+# A batch frame is unpacked with no size limit of its own: the transport took it whole already
+# (the balancer's ZMQ_MAXMSGSIZE), and no item can claim more bytes than the frame holds.
+_ANY_SIZE = 2**31 - 1
+
+
+def too_large(what: str, size: int, limit: int) -> bytes:
+    """Why a payload or result was refused for its size (a failed result's text, or a REJECTED reason)."""
+    return f"{what} of {size} bytes is over the balancer's --max-message-bytes {limit}".encode()
+
+
+def socket_limit(max_payload_bytes: int) -> int:
+    """ZMQ_MAXMSGSIZE for a socket whose requests carry at most `max_payload_bytes`: a lone
+    item of that size, or a full batch (BATCH_BYTES of payload), plus the item headers."""
+    return max(max_payload_bytes, BATCH_BYTES) + BATCH_OVERHEAD_BYTES
+
+
 # Field types of one item of each batch, in order; the last is the payload (bytes).
 ITEM_SCHEMAS: dict[MsgType, tuple[type, ...]] = {
     MsgType.SUBMIT_BATCH: (int, int, bytes),
@@ -223,7 +247,7 @@ def encode(msg_type: MsgType, *fields: Any) -> bytes:
 def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
     """Decode and validate a header frame; raise ProtocolError on anything off."""
     if len(frame) > MAX_HEADER_BYTES and bytes(frame[:3]) in _BATCH_PREFIXES:
-        header = _unpack(frame, DEFAULT_MAX_MESSAGE_BYTES, MAX_BATCH_ITEMS)
+        header = _unpack(frame, _ANY_SIZE, MAX_BATCH_ITEMS)
     else:
         header = _unpack(frame, MAX_HEADER_BYTES)
     if type(header) is not list or len(header) < 2:
@@ -271,6 +295,8 @@ def batches(items: list[Any], size: Any) -> list[list[Any]]:
 
     An item bigger than BATCH_BYTES travels alone. Most calls hold one small batch: returned as is.
     """
+    if not items:
+        return []
     if len(items) <= BATCH_ITEMS and sum(map(size, items)) <= BATCH_BYTES:
         return [items]
     out: list[list[Any]] = []

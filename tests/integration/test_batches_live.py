@@ -263,3 +263,77 @@ def test_a_done_batch_with_an_unknown_ticket_completes_the_known_one(balancer: L
         assert second.result(timeout=0).body == b"again"
     assert balancer.servers()[fake_node.node_id]["state"] == "active"
     assert balancer.call("status")["requests"]["late_results"] == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_small_message_limit_still_passes_full_batches_and_refuses_each_payload_over_it(procs, endpoints):
+    """`--max-message-bytes 1 MiB`: 512 payloads of 4 KiB in full batches (more than 1 MiB each) all run;
+    the Client learns the limit and refuses a bigger payload itself; a raw batch with one such payload
+    gets that item REJECTED with the reason while its neighbour runs."""
+    from tests.harness import start_balancer
+
+    limit = 1024 * 1024
+    live = start_balancer(procs, endpoints, 100, "--max-message-bytes", str(limit))
+    live.start_server(0, "--handler", "echo", "--capacity", "300")
+    live.wait_servers_active({0})
+    with Client(endpoints.frontend, client_id=61) as client:
+        pending = client.submit_many([bytes([i % 251]) * 4096 for i in range(512)])
+        results = {r.request_id: r for r in client.as_completed(timeout=60)}
+        assert len(results) == 512 and all(r.ok for r in results.values())
+        assert all(results[q.request_id].body == bytes([i % 251]) * 4096 for i, q in enumerate(pending))
+        assert client.max_payload == limit and client.resent == 0
+        with pytest.raises(ValueError, match="over the balancer's limit"):
+            client.submit(b"x" * (limit + 1))
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(endpoints.frontend)
+    try:
+        raw.send(p.encode(MsgType.SUBMIT_BATCH, 62, 1, [[1, 5, b"y" * (limit + 1)], [2, 5, b"small"]]))
+        answers: dict[int, tuple[Any, ...]] = {}
+
+        def answered() -> bool:
+            while raw.poll(20):
+                msg_type, fields = p.decode(raw.recv())
+                if msg_type is MsgType.REJECTED:
+                    answers[fields[0]] = ("rejected", fields[1])
+                elif msg_type is MsgType.RESULT_BATCH:
+                    answers.update({item[0]: (item[1], item[5]) for item in fields[0]})
+            return len(answers) == 2
+
+        wait_until(answered, 20, "both items answered")
+        assert answers[2] == ("processed", b"small")
+        assert answers[1][0] == "rejected" and "over the balancer's --max-message-bytes" in answers[1][1]
+        assert live.call("status")["counters"]["payloads_too_large"] == 1
+    finally:
+        raw.close(linger=0)
+
+
+@pytest.mark.timeout(30)
+def test_one_loop_iteration_takes_at_most_drain_items_submissions(tmp_path):
+    """Five SUBMIT_BATCH of 1,024 waiting: one frontend drain takes two of them (DRAIN_ITEMS = 2,048), so a
+    burst cannot hold the loop (nodes and admins are served between drains); the rest come later."""
+    from balancer.loop import Balancer, BalancerConfig
+    from tests.harness import free_port
+
+    eps = {role: f"tcp://127.0.0.1:{free_port()}" for role in ("frontend", "backend", "events", "control")}
+    ctx = zmq.Context()
+    balancer = Balancer(BalancerConfig(**eps, log_file=None), context=ctx)
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(eps["frontend"])
+    try:
+        for batch in range(5):
+            items = [[batch * 1024 + i, 5, b"p"] for i in range(1024)]
+            sock.send(p.encode(MsgType.SUBMIT_BATCH, 7, 1, items))
+        wait_until(lambda: balancer.frontend.poll(10), 10, "the batches to arrive")
+        waiting = []
+        for _ in range(4):
+            wait_until(lambda: balancer.frontend.poll(10) or balancer.sched.waiting == 5 * 1024, 10, "more input")
+            balancer._drain_frontend(time.monotonic())
+            waiting.append(balancer.sched.waiting)
+        assert p.DRAIN_ITEMS == 2048 and waiting[0] == 2048 and waiting[-1] == 5 * 1024
+        assert all(b - a <= p.DRAIN_ITEMS for a, b in zip([0, *waiting], waiting))
+    finally:
+        sock.close(linger=0)
+        balancer.close()
+        ctx.term()
