@@ -81,7 +81,10 @@ def prepare_log_file(path: str) -> None:
     " over it submits are answered busy and retried by clients. 0: no budget.",
 )
 @shown_option(
-    "--max-message-bytes", click.IntRange(1024), DEFAULT_MAX_MESSAGE_BYTES, "Largest message accepted on any socket."
+    "--max-message-bytes",
+    click.IntRange(1024),
+    DEFAULT_MAX_MESSAGE_BYTES,
+    "Largest payload or result one request may carry (a batch of them may be larger).",
 )
 @log_file_option
 @click.option(
