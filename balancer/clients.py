@@ -89,6 +89,10 @@ class ClientSide:
         self, route: bytes, client_id: int, request_id: int, priority: int, incarnation: int, body: Any, now: float
     ) -> bool:
         """Hand one submission to the scheduler and answer what it refused; False if the id is in use."""
+        if client_id < 0 or request_id < 0:  # the Client and the CLI cannot name one: garbage, or another tool
+            reason = f"client id {client_id} or request id {request_id} is out of range (0 to 2**64 - 1)"
+            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
+            return True
         if len(body) > self.config.max_message_bytes:
             self._count("payloads_too_large")
             reason = p.too_large("payload", len(body), self.config.max_message_bytes).decode()

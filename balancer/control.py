@@ -174,6 +174,8 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "memory": sched.budget.view(),
         "paused_clients": len(sched._queue.paused),
         "loop_max_ms": state.loop_max_ms(),
+        # The log file and its writer: a problem stays here while it lasts (its event may leave the ring).
+        "log": {"path": state.eventlog.path, "problem": state.eventlog.problem},
         # What is remembered: every pending and running request plus the newest finished ones.
         "retention": {
             "finished_requests": sched.keep_finished,

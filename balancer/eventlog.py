@@ -101,6 +101,11 @@ class EventLog:
         return newest[::-1]
 
     @property
+    def problem(self) -> str | None:
+        """Why the log file is not being written now (None: it is, or there is no file)."""
+        return None if self._writer is None else self._writer.problem
+
+    @property
     def dropped_lines(self) -> int:
         """Log lines that never reached the file (a failing file, a full pipe, a writer gone)."""
         writer = self._writer

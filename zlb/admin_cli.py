@@ -158,12 +158,20 @@ def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("Bad input", _pairs(result.get("bad_input", {}))),
         *_counter_rows(result.get("counters", {})),
+        ("Log", _log_line(result.get("log", {}))),
         (
             "Retention",
             f"all pending and running requests + the last {retention.get('finished_requests', '?')} finished; "
             f"the last {retention.get('log_events', '?')} log events",
         ),
     ]
+
+
+def _log_line(log: dict[str, Any]) -> str:
+    if not log.get("path"):
+        return "off"
+    problem = log.get("problem")
+    return f"{log['path']}" + (f"  DEGRADED: {problem}" if problem else "")
 
 
 @query_command("status")

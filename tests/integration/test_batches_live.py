@@ -337,3 +337,30 @@ def test_one_loop_iteration_takes_at_most_drain_items_submissions(tmp_path):
         sock.close(linger=0)
         balancer.close()
         ctx.term()
+
+
+@pytest.mark.timeout(30)
+def test_negative_ids_are_refused_item_by_item(balancer: LiveBalancer):
+    """A raw SUBMIT_BATCH naming a negative request id or client id: those items are REJECTED as out of
+    range and never queued; a good item beside them is queued."""
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(balancer.endpoints.frontend)
+    try:
+        raw.send(p.encode(MsgType.SUBMIT_BATCH, 71, 1, [[-5, 5, b"a"], [6, 5, b"b"]]))
+        raw.send(p.encode(MsgType.SUBMIT_BATCH, -1, 1, [[7, 5, b"c"]]))
+        reasons: dict[int, str] = {}
+
+        def refused() -> bool:
+            while raw.poll(20):
+                msg_type, fields = p.decode(raw.recv())
+                if msg_type is MsgType.REJECTED:
+                    reasons[fields[0]] = fields[1]
+            return len(reasons) == 2
+
+        wait_until(refused, 10, "two refusals")
+        assert all("out of range" in r for r in reasons.values()) and set(reasons) == {-5, 7}
+        assert [r["request_id"] for r in balancer.call("requests", client=71)] == [6]
+        assert balancer.call("status")["requests"]["submitted"] == 1
+    finally:
+        raw.close(linger=0)

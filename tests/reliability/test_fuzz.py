@@ -85,6 +85,15 @@ def fuzz(balancer: LiveBalancer, examples: int) -> None:
     ends = balancer.endpoints
     front, back, ctl = (dealer(ctx, ep) for ep in (ends.frontend, ends.backend, ends.control))
     sent_control = [0]
+    replies = [0]
+
+    def read_replies() -> None:
+        # An admin reads its replies as they come: unread, they would pile up past the control
+        # socket's send HWM, where the ROUTER drops them (as it must for any peer that never reads).
+        while ctl.poll(0):
+            ctl.recv_multipart()
+            replies[0] += 1
+
     try:
 
         @settings(
@@ -100,6 +109,7 @@ def fuzz(balancer: LiveBalancer, examples: int) -> None:
             back.send_multipart(to_back)
             ctl.send_multipart(to_control)
             sent_control[0] += 1
+            read_replies()
 
         throw()
         # Random generation need not hit every kind; these make the counters below certain.
@@ -108,12 +118,9 @@ def fuzz(balancer: LiveBalancer, examples: int) -> None:
         back.send_multipart([b"\xc1"])
         ctl.send_multipart([b"\xc1"])
         sent_control[0] += 1
-        replies = [0]
 
         def all_answered() -> bool:
-            while ctl.poll(0):
-                ctl.recv_multipart()
-                replies[0] += 1
+            read_replies()
             return replies[0] >= sent_control[0]
 
         wait_until(all_answered, 30, "a reply to every control message")

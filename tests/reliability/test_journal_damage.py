@@ -175,6 +175,10 @@ def test_a_log_file_on_a_full_disk_degrades_visibly_and_the_balancer_serves_on(b
     [event] = wait_until(degraded, 10, "the degraded-log event")
     assert "No space left on device" in event["error"]
     wait_until(lambda: balancer.call("status")["counters"].get("log_lines_dropped", 0) > 0, 5, "dropped lines counted")
+    log = balancer.call("status")["log"]
+    assert log["path"] == "/dev/full" and "No space left on device" in log["problem"]
+    shown = balancer.procs.run("status", timeout=20)
+    assert shown.returncode == 0 and "/dev/full  DEGRADED: " in shown.stdout
     assert "cannot write log file /dev/full" in balancer.proc.stderr()
 
 
