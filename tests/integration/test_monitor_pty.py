@@ -147,7 +147,7 @@ def test_logs_follow_prints_backlog_then_new_lines_once(balancer: LiveBalancer, 
 
 
 def test_status_reads_as_labelled_lines(balancer: LiveBalancer, procs: ProcessGroup):
-    """`zlb status` prints uptime, totals, queue, rates, bad input and retention as labelled lines."""
+    """`zlb status` prints uptime, totals, queue, rates, bad input, the log file and retention as labelled lines."""
     done = procs.run("status")
     assert done.returncode == 0, done.stderr
     headings = [line.split()[0] for line in done.stdout.splitlines()]
@@ -163,9 +163,12 @@ def test_status_reads_as_labelled_lines(balancer: LiveBalancer, procs: ProcessGr
         "Rates",
         "Bad",
         *counters,
+        "Log",
         "Retention",
     ]
     assert "the last 10000 finished" in done.stdout
+    [log_line] = [line for line in done.stdout.splitlines() if line.startswith("Log")]
+    assert log_line.rstrip().endswith("balancer.log")  # the file, and no DEGRADED after it
 
 
 def test_client_shows_progress_on_a_terminal_and_plain_lines_in_a_pipe(balancer: LiveBalancer, procs: ProcessGroup):
