@@ -24,7 +24,7 @@ import sys
 import tempfile
 from typing import Any
 
-from bench.interleave import RUN_TIMEOUT_S, summarise
+from bench.interleave import RUN_TIMEOUT_S, run_rounds, summarise
 
 
 def bench_at(worktree: str, scenario: str) -> dict[str, Any]:
@@ -46,18 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("commits", nargs="+", help="anything git rev-parse takes")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the worktrees are removed on kill too
-    records: dict[str, list[dict[str, Any]]] = {c: [] for c in args.commits}
-    loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="zlb-by-commit-") as tmp:
         trees = {c: os.path.join(tmp, f"tree{i}") for i, c in enumerate(args.commits)}
         try:
             for commit, tree in trees.items():
                 subprocess.run(["git", "worktree", "add", "--detach", tree, commit], check=True, capture_output=True)
-            for i in range(args.rounds):
-                for commit, tree in trees.items():
-                    loads.append(round(os.getloadavg()[0], 2))
-                    records[commit].append(bench_at(tree, args.scenario))
-                    print(f"round {i + 1}/{args.rounds} {commit} done (load {loads[-1]})", file=sys.stderr, flush=True)
+            records, loads = run_rounds(
+                args.rounds, args.commits, lambda commit: bench_at(trees[commit], args.scenario), "round"
+            )
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", tree], capture_output=True)

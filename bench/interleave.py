@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 # One `zlb bench --scenario X` at full size takes well under this; a stuck run must not hang the session.
@@ -44,19 +45,28 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_rounds(
+    rounds: int, names: list[str], run: Callable[[str], dict[str, Any]], noun: str = "run"
+) -> tuple[dict[str, list[dict[str, Any]]], list[float]]:
+    """`rounds` times, `run(name)` for each name in turn: the records by name, and the load average
+    before each run (both in run order)."""
+    records: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    loads: list[float] = []
+    for i in range(rounds):
+        for name in names:
+            loads.append(round(os.getloadavg()[0], 2))
+            records[name].append(run(name))
+            print(f"{noun} {i + 1}/{rounds} {name} done (load average {loads[-1]})", file=sys.stderr, flush=True)
+    return records, loads
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.interleave", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", action="append", required=True, help="repeat for several, run in turn")
     parser.add_argument("bench_args", nargs="*", help="passed to zlb bench after --, e.g. -- --duration 5")
     args = parser.parse_args(argv)
-    records: dict[str, list[dict[str, Any]]] = {name: [] for name in args.scenario}
-    loads: list[float] = []
-    for i in range(args.runs):
-        for name in args.scenario:
-            loads.append(round(os.getloadavg()[0], 2))
-            records[name].append(run_once(name, args.bench_args))
-            print(f"run {i + 1}/{args.runs} {name} done (load average {loads[-1]})", file=sys.stderr, flush=True)
+    records, loads = run_rounds(args.runs, args.scenario, lambda name: run_once(name, args.bench_args))
     result = {
         "runs": args.runs,
         "load_average_before_each_run": loads,
