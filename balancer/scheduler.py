@@ -33,8 +33,10 @@ DEFAULT_KEEP_FINISHED_BYTES = 64 * 1024 * 1024
 # A client id stays with its process this long after the process was last heard from
 # (clients with outstanding requests ping at a third of it); CLIENT_BYE frees it at once.
 DEFAULT_CLIENT_LEASE_S = 10.0
-# How often one request may be lost in transit before it fails (see Scheduler._lost): far more
-# than connection resets or resync storms of a healthy node cost one request (tests: 10 in a row).
+# How often one request may be lost in transit before it fails: far more than connection resets
+# or resync storms of a healthy node cost one request (tests: 10 in a row). Lost that often, the
+# transport itself refuses it (a node that cannot take it, an answer too big to come back; sizes
+# are checked before this last line) and it would go round for ever.
 MAX_TRANSIT_LOSSES = 20
 
 
@@ -156,9 +158,7 @@ class Scheduler:
     def _requeue(self, req: Request, server_id: int) -> None:
         """Put a lost request back ahead of later arrivals of its priority."""
         if req.attempts >= self.max_attempts:
-            reason = f"gave up after {req.attempts} attempts; the last on Server {server_id}"
-            self._finish(req, FAILED, reason.encode())
-            self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, server_id, reason))
+            self._fail(req, server_id, f"gave up after {req.attempts} attempts; the last on Server {server_id}")
             return
         req.status = PENDING
         req.server_id = None
@@ -171,6 +171,11 @@ class Scheduler:
     def _requeue_many(self, lost: list[Request], server_id: int) -> None:
         for req in lost:
             self._requeue(req, server_id)
+
+    def _fail(self, req: Request, server_id: int | None, reason: str, result: Any = None) -> None:
+        """Finish a request as failed: its result is the node's error text, or else the reason."""
+        self._finish(req, FAILED, reason.encode() if result is None else result)
+        self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, server_id, reason))
 
     def _finish(self, req: Request, status: str, result: Any) -> None:
         if self._transit_losses:
@@ -298,9 +303,7 @@ class Scheduler:
             self._finish(req, PROCESSED, result)
             self.outbox.events.append((ev.REQUEST_PROCESSED, req.client_id, req.request_id, node.node_id))
         else:
-            reason = bytes(result).decode("utf-8", "replace")
-            self._finish(req, FAILED, result)
-            self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, node.node_id, reason))
+            self._fail(req, node.node_id, bytes(result).decode("utf-8", "replace"), result)
         self.table.refresh(node)
         if node.state is NodeState.DRAINING and not node.in_flight:
             self.outbox.events.append((ev.NODE_DRAINED, node.node_id))
@@ -332,21 +335,15 @@ class Scheduler:
         return node
 
     def _lost(self, lost: list[Request], server_id: int) -> None:
-        """Work a live node never got (or whose answer never came): back to the queue, the attempt uncounted.
-
-        A connection reset loses work once or twice; a request lost MAX_TRANSIT_LOSSES times is
-        one the transport itself refuses (a node that cannot take it, an answer too big to come
-        back: nodes and the balancer check sizes first, so this is the last line) and would go
-        round for ever: it fails instead.
-        """
+        """Work a live node never got (or whose answer never came): back to the queue, the attempt
+        uncounted, unless it was lost MAX_TRANSIT_LOSSES times: then it fails."""
         self.counters["lost_in_transit"] += len(lost)
         losses = self._transit_losses
         for req in lost:
             times = losses[req] = losses.get(req, 0) + 1
             if times >= MAX_TRANSIT_LOSSES:
                 reason = f"lost in transit {times} times, the last on the way to or from Server {server_id}"
-                self._finish(req, FAILED, reason.encode())
-                self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, server_id, reason))
+                self._fail(req, server_id, reason)
                 continue
             req.attempts -= 1
             self._requeue(req, server_id)
