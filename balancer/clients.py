@@ -11,8 +11,13 @@ from typing import Any
 from balancer.records import Submitted, conflict_reason
 from wire import events as ev
 from wire import protocol as p
+from wire.batching import batches, grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
+
+
+def _route_of(req: Any) -> Any:
+    return req.route
 
 
 def _body_size(req: Any) -> int:
@@ -35,19 +40,12 @@ class ClientSide:
 
     def _send_results(self, replies: list[Any], replay: bool) -> None:
         """One RESULT_BATCH per client (more only past the batch limits); a full pipe holds it."""
-        by_route: dict[Any, list[Any]] = {}
-        for req in replies:
-            route = req.route
-            if route is not None:
-                reqs = by_route.get(route)
-                if reqs is None:
-                    by_route[route] = [req]
-                else:
-                    reqs.append(req)
+        by_route = grouped(replies, _route_of)
+        by_route.pop(None, None)  # no route known for these: their client's retry fetches them
         encode, result_batch = p.encode, MsgType.RESULT_BATCH
         deliver = self._deliver  # balancer/pressure.py: a full pipe holds the result and pauses its client
         for route, reqs in by_route.items():
-            for batch in p.batches(reqs, _body_size):
+            for batch in batches(reqs, _body_size):
                 items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
                 deliver(batch[0].client_id, route, encode(result_batch, items), sum(map(_body_size, batch)))
 

@@ -38,6 +38,7 @@ from balancer.scheduler import (
 )
 from wire import events as ev
 from wire import protocol as p
+from wire.batching import grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.security import CurveServer, exposed_endpoints
 
@@ -340,16 +341,7 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         batch = self.sched.outbox.take_events()
         ts = time.time()
         self.eventlog.add(ts, batch)
-        by_topic: dict[bytes, list[Any]] = {}
-        topics = ev.TOPICS
-        for event in batch:
-            topic = topics.get(event[0]) or ev.topic_of(event[0])
-            events = by_topic.get(topic)
-            if events is None:
-                by_topic[topic] = [event]
-            else:
-                events.append(event)
-        for topic, events in by_topic.items():
+        for topic, events in grouped(batch, ev.topic_of_event).items():
             self.events_sock.send_multipart([topic, p.encode_events([ts, events])])
 
     # ---- bad input ------------------------------------------------------

@@ -12,8 +12,13 @@ from balancer.records import NodeState
 from balancer.scheduler import Refused
 from wire import events as ev
 from wire import protocol as p
+from wire.batching import batches, grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
+
+
+def _node_of(assignment: tuple[Any, int, Any]) -> Any:
+    return assignment[0]
 
 
 def _payload_size(assignment: tuple[Any, int, Any]) -> int:
@@ -25,18 +30,11 @@ class NodeSide:
 
     def _send_work(self, assignments: list[Any]) -> bool:
         """One WORK_BATCH per node; a node with no connection gets its work back in the queue. True if all left."""
-        by_node: dict[Any, list[Any]] = {}
-        for assignment in assignments:
-            node = assignment[0]
-            batch = by_node.get(node)
-            if batch is None:
-                by_node[node] = [assignment]
-            else:
-                batch.append(assignment)
+        by_node = grouped(assignments, _node_of)
         encode, work_batch = p.encode, MsgType.WORK_BATCH
         all_sent = True
         for node, assigned in by_node.items():
-            for batch in p.batches(assigned, _payload_size):
+            for batch in batches(assigned, _payload_size):
                 items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
                 if not self._send_node(node.route, [encode(work_batch, items)]):
                     for _node, ticket, _req in batch:

@@ -45,8 +45,9 @@ from typing import Any
 
 import zmq
 
-from client_node.result import Result
+from client_node.result import Pending, Result
 from wire import protocol as p
+from wire.batching import batches
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import received
@@ -82,25 +83,6 @@ class _Outstanding:
     payload: bytes
     due_at: float  # when to re-send if still unanswered
     delay_s: float  # the current back-off
-
-
-class Pending:
-    """A submitted request; `result()` waits for it."""
-
-    __slots__ = ("_client", "request_id")
-
-    def __init__(self, client: Client, request_id: int) -> None:
-        self._client = client
-        self.request_id = request_id
-
-    def done(self) -> bool:
-        """True once the result has arrived (without waiting)."""
-        self._client.pump(0)
-        return self.request_id in self._client._results
-
-    def result(self, timeout: float | None = None) -> Result:
-        """Wait for the result; raise TimeoutError after `timeout` seconds."""
-        return self._client.wait(self.request_id, timeout)
 
 
 class Client:
@@ -239,7 +221,7 @@ class Client:
         """Hand what is queued to ZeroMQ, in SUBMIT_BATCH messages of at most the batch limits."""
         unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
-        for batch in p.batches(unsent, _payload_size):
+        for batch in batches(unsent, _payload_size):
             message = p.encode(MsgType.SUBMIT_BATCH, self.client_id, self.incarnation, batch)
             if self.retry_s is None:
                 self.sock.send(message)

@@ -1,12 +1,15 @@
-"""What came back for one request: the record a Client hands over."""
+"""What a Client hands over: a Pending handle per submitted request, then its Result."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wire import protocol as p
+
+if TYPE_CHECKING:  # the Client module imports this one
+    from client_node.client import Client
 
 
 @dataclass(slots=True)
@@ -45,3 +48,22 @@ class Result:
             "replay": self.replay,
             "result": self.value(),
         }
+
+
+class Pending:
+    """A submitted request; `result()` waits for it."""
+
+    __slots__ = ("_client", "request_id")
+
+    def __init__(self, client: Client, request_id: int) -> None:
+        self._client = client
+        self.request_id = request_id
+
+    def done(self) -> bool:
+        """True once the result has arrived (without waiting)."""
+        self._client.pump(0)
+        return self.request_id in self._client._results
+
+    def result(self, timeout: float | None = None) -> Result:
+        """Wait for the result; raise TimeoutError after `timeout` seconds."""
+        return self._client.wait(self.request_id, timeout)

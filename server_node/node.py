@@ -28,6 +28,7 @@ from server_node import handlers
 from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
 from wire import protocol as p
+from wire.batching import batches
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import received
@@ -296,7 +297,7 @@ class ServerNode:
         for ticket, _ok, _result in done:
             del held[ticket]
         self.handled += len(done)
-        for batch in p.batches(done, _result_size):
+        for batch in batches(done, _result_size):
             self._send(p.encode(MsgType.DONE_BATCH, batch))
 
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wire import protocol as p
+from wire.batching import batches, grouped
 from wire.protocol import MsgType, ProtocolError
 
 V = p.PROTOCOL_VERSION
@@ -100,11 +101,11 @@ def test_only_batches_may_exceed_the_header_limit():
 def test_batches_close_at_the_item_and_byte_limits():
     """batches() keeps order, closes a batch at BATCH_ITEMS or BATCH_BYTES, and sends a huge item alone."""
     small = list(range(p.BATCH_ITEMS * 2 + 3))
-    split = p.batches(small, lambda _i: 1)
+    split = batches(small, lambda _i: 1)
     assert [len(b) for b in split] == [p.BATCH_ITEMS, p.BATCH_ITEMS, 3] and [i for b in split for i in b] == small
     sizes = {0: 10, 1: p.BATCH_BYTES + 1, 2: p.BATCH_BYTES // 2, 3: p.BATCH_BYTES // 2, 4: 1}
-    assert p.batches(list(sizes), sizes.__getitem__) == [[0], [1], [2, 3], [4]]
-    assert p.batches([7], lambda _i: 0) == [[7]]
+    assert batches(list(sizes), sizes.__getitem__) == [[0], [1], [2, 3], [4]]
+    assert batches([7], lambda _i: 0) == [[7]]
 
 
 def test_deeply_nested_header_is_rejected():
@@ -184,3 +185,10 @@ def test_events_parse_into_named_records_and_unknown_shapes_into_none():
     assert ev.parse([1.0, ev.REQUEST_ASSIGNED, 3]) is None
     assert ev.parse([1.0, "request.from_the_future", 1, 2]) is None
     assert ev.parse([1.0]) is None
+
+
+def test_grouped_keeps_arrival_order_within_each_group():
+    """grouped() collects items by key, first-seen keys first, each group in the order items came."""
+    items = [("b", 1), ("a", 2), ("b", 3), ("c", 4), ("a", 5)]
+    assert grouped(items, lambda i: i[0]) == {"b": [("b", 1), ("b", 3)], "a": [("a", 2), ("a", 5)], "c": [("c", 4)]}
+    assert list(grouped(items, lambda i: i[0])) == ["b", "a", "c"] and grouped([], len) == {}

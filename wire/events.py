@@ -159,6 +159,11 @@ def topic_of(kind: str) -> bytes:
 TOPICS: dict[str, bytes] = {kind: topic_of(kind) for kind in FIELDS}
 
 
+def topic_of_event(event: tuple[Any, ...]) -> bytes:
+    """The PUB topic of an event tuple `(kind, *args)`."""
+    return TOPICS.get(event[0]) or topic_of(event[0])
+
+
 def message(event: list[Any] | tuple[Any, ...]) -> str:
     """The human log line of a stamped event `[ts, kind, *args]`."""
     kind = event[1]

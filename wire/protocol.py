@@ -290,29 +290,6 @@ def _check_items(msg_type: MsgType, items: list[Any]) -> None:
             raise ProtocolError("bad_fields", f"{msg_type.name} item {item!r:.80} does not match {schema}")
 
 
-def batches(items: list[Any], size: Any) -> list[list[Any]]:
-    """Split items into batches of at most BATCH_ITEMS and about BATCH_BYTES (`size(item)` bytes each).
-
-    An item bigger than BATCH_BYTES travels alone. Most calls hold one small batch: returned as is.
-    """
-    if not items:
-        return []
-    if len(items) <= BATCH_ITEMS and sum(map(size, items)) <= BATCH_BYTES:
-        return [items]
-    out: list[list[Any]] = []
-    current: list[Any] = []
-    held = 0
-    for item in items:
-        n = size(item)
-        if current and (len(current) >= BATCH_ITEMS or held + n > BATCH_BYTES):
-            out.append(current)
-            current, held = [], 0
-        current.append(item)
-        held += n
-    out.append(current)
-    return out
-
-
 def decode_routed(frames: list[Any]) -> tuple[MsgType, list[Any], Any]:
     """A message received on a ROUTER, [route, header, body?], as (type, fields, body or None)."""
     if len(frames) < 2:

@@ -18,6 +18,7 @@ import zmq
 from client_node.client import Client
 from tests.harness import LiveBalancer, wait_until
 from wire import protocol as p
+from wire.batching import batches
 from wire.protocol import MsgType
 
 
@@ -201,7 +202,7 @@ def test_big_payloads_split_into_batches_and_come_back_intact(balancer: LiveBala
     """20 payloads of 300 KiB (past BATCH_BYTES and MAX_HEADER_BYTES) through echo nodes come back byte for byte."""
     echo_nodes(balancer)
     payloads = [bytes([i]) * 1024 + os.urandom(299 * 1024) for i in range(20)]
-    assert len(p.batches([(0, 0, x) for x in payloads], lambda u: len(u[2]))) > 1  # the client must split
+    assert len(batches([(0, 0, x) for x in payloads], lambda u: len(u[2]))) > 1  # the client must split
     with Client(balancer.endpoints.frontend, client_id=13) as client:
         pendings = client.submit_many(payloads)
         results = {r.request_id: r for r in client.as_completed(timeout=30)}

@@ -1,0 +1,52 @@
+"""How every sender cuts what waits into batches: by peer, then by the protocol's batch limits.
+
+The balancer groups an iteration's work by node and its results by client; a node
+and a Client send what is queued. All of them send what is already waiting and
+never wait to fill a batch (docs/PROTOCOL.md, "Why batches").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, TypeVar
+
+from wire.protocol import BATCH_BYTES, BATCH_ITEMS
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+def grouped(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
+    """Items by key, each group in arrival order (the order its peer must see)."""
+    groups: dict[K, list[T]] = {}
+    for item in items:
+        k = key(item)
+        group = groups.get(k)
+        if group is None:
+            groups[k] = [item]
+        else:
+            group.append(item)
+    return groups
+
+
+def batches(items: list[Any], size: Callable[[Any], int]) -> list[list[Any]]:
+    """Split items into batches of at most BATCH_ITEMS and about BATCH_BYTES (`size(item)` bytes each).
+
+    An item bigger than BATCH_BYTES travels alone. Most calls hold one small batch: returned as is.
+    """
+    if not items:
+        return []
+    if len(items) <= BATCH_ITEMS and sum(map(size, items)) <= BATCH_BYTES:
+        return [items]
+    out: list[list[Any]] = []
+    current: list[Any] = []
+    held = 0
+    for item in items:
+        n = size(item)
+        if current and (len(current) >= BATCH_ITEMS or held + n > BATCH_BYTES):
+            out.append(current)
+            current, held = [], 0
+        current.append(item)
+        held += n
+    out.append(current)
+    return out
