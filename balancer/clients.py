@@ -51,11 +51,11 @@ class ClientSide:
 
     # ---- frontend: clients ----------------------------------------------
 
-    def _drain_frontend(self, now: float) -> None:
+    def _drain_frontend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
         submit, submit_batch = MsgType.SUBMIT, MsgType.SUBMIT_BATCH
         budget = p.DRAIN_ITEMS
-        for frames in received(self.frontend):
+        for frames in received(self.frontend, limit, routed=True):
             try:
                 msg_type, fields, body = decode(frames)
                 if msg_type is not submit_batch and msg_type is not submit and msg_type not in self._client_handlers:

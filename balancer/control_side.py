@@ -21,12 +21,12 @@ from wire.sockets import received
 class ControlSide:
     """Control handlers of the Balancer."""
 
-    def _drain_control(self, now: float) -> None:
+    def _drain_control(self, now: float, limit: int) -> None:
         # What happened before a question is in the log it may ask for: an admin's /logs
         # right after /server_up must show "marked as up" (control traffic is rare).
         if self.sched.events:
             self._publish()
-        for frames in received(self.control_sock, copy=False):
+        for frames in received(self.control_sock, limit, copy=False, routed=True):
             try:
                 if len(frames) != 2:
                     raise ProtocolError("bad_frames", f"expected route and one map, got {len(frames)} frames")
@@ -61,7 +61,7 @@ class ControlSide:
             self._monitors[mon] = name
             self._readers[mon] = self._drain_monitor
 
-    def _drain_monitor(self, now: float) -> None:
+    def _drain_monitor(self, now: float, _limit: int) -> None:
         for mon, name in self._monitors.items():
             while True:
                 try:

@@ -41,6 +41,7 @@ from wire import protocol as p
 from wire.batching import grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.security import CurveServer, exposed_endpoints
+from wire.sockets import DRAIN_BATCH
 
 # Events are published (and handed to the log) at most this often, and sooner
 # once this many wait: one PUB message and one log hand-over per interval rather
@@ -237,10 +238,14 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
             timeout_ms = 0 if self._compaction else max(0, int((deadline - now) * 1000) + 1)
-            ready = poll(timeout_ms)
+            # Woken from idle, the loop answers the message that woke it before asking for more:
+            # one message per socket, then the flush (wire/sockets.py). Busy, it drains in batches.
+            ready, limit = poll(0), DRAIN_BATCH
+            if not ready and timeout_ms:
+                ready, limit = poll(timeout_ms), 1
             woke = time.monotonic()
             for sock, _ in ready:
-                readers[sock](woke)
+                readers[sock](woke, limit)
             now = time.monotonic()
             if now >= next_expiry:
                 self.sched.expire(now)

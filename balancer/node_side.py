@@ -51,10 +51,10 @@ class NodeSide:
 
     # ---- backend: server nodes ------------------------------------------
 
-    def _drain_backend(self, now: float) -> None:
+    def _drain_backend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
         budget = p.DRAIN_ITEMS
-        for frames in received(self.backend):
+        for frames in received(self.backend, limit, routed=True):
             try:
                 msg_type, fields, body = decode(frames)
                 handler = self._node_handlers.get(msg_type)

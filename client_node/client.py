@@ -50,7 +50,7 @@ from wire import protocol as p
 from wire.batching import batches
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
-from wire.sockets import received
+from wire.sockets import DRAIN_BATCH, received, send_frames
 
 __all__ = ["BalancerUnreachable", "Client", "ClientIdInUse", "Pending", "Result", "json_payload"]
 
@@ -63,8 +63,6 @@ REJECTED = "rejected"
 _ANSWERED_KEEP = 100_000
 # Until the balancer says how long a session's lease is, assume this.
 DEFAULT_LEASE_S = 10.0
-# A client takes every reply waiting when it pumps (a result batch is one message).
-_DRAIN_ALL = 1_000_000
 # How long close() lets CLIENT_BYE leave before dropping the socket.
 BYE_LINGER_MS = 100
 
@@ -221,16 +219,13 @@ class Client:
         """Hand what is queued to ZeroMQ, in SUBMIT_BATCH messages of at most the batch limits."""
         unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
-        for batch in batches(unsent, _payload_size):
+        for batch in (unsent,) if len(unsent) == 1 else batches(unsent, _payload_size):
             message = p.encode(MsgType.SUBMIT_BATCH, self.client_id, self.incarnation, batch)
             if self.retry_s is None:
                 self.sock.send(message)
-                continue
-            try:
+            else:
                 # Never block: with no connection (balancer down, or curve refused us) the retries send it later.
-                self.sock.send(message, zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+                send_frames(self.sock, (message,))
 
     def wait(self, request_id: int, timeout: float | None = None) -> Result:
         """Wait for one request's result and hand it over."""
@@ -270,19 +265,33 @@ class Client:
         Raises ClientIdInUse once the balancer refused this client id, and
         BalancerUnreachable when nothing was heard within the connect timeout.
         """
+        self._keep_up(time.monotonic())  # before waiting: off the path of an answer on its way
+        poll = self._poller.poll
         got = 0
-        if self._poller.poll(int(timeout * 1000)):
-            for frames in received(self.sock, _DRAIN_ALL):
-                self.heard = True
-                got += self._on_reply(frames)
+        if poll(0):
+            got = self._receive(DRAIN_BATCH)
+        elif poll(int(timeout * 1000)):
+            got = self._receive(1)  # woken for an answer: hand it over before looking for more
         if self.refused is not None:
             raise ClientIdInUse(self.refused)
-        now = time.monotonic()
-        self._check_connected(now)
+        if not got:
+            now = time.monotonic()
+            self._check_connected(now)
+            self._keep_up(now)
+        return got
+
+    def _receive(self, limit: int) -> int:
+        got = 0
+        for frames in received(self.sock, limit):
+            self.heard = True
+            got += self._on_reply(frames)
+        return got
+
+    def _keep_up(self, now: float) -> None:
+        """Re-send what is overdue, and ping within the session's lease."""
         self._resend_overdue(now)
         if self._outstanding and now - self._last_sent >= self.lease_s / 3:
             self._send_session(MsgType.CLIENT_PING)
-        return got
 
     def _check_connected(self, now: float) -> None:
         if self.heard or self.connect_timeout_s is None or now - self._started < self.connect_timeout_s:

@@ -31,7 +31,7 @@ from wire import protocol as p
 from wire.batching import batches
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
-from wire.sockets import received
+from wire.sockets import DRAIN_BATCH, received, send_frames
 
 DEFAULT_GRACE_S = 10.0
 # Exit codes of run_node besides 0: the balancer refused our id, or fenced us off it.
@@ -126,12 +126,8 @@ class ServerNode:
 
     def _send(self, *frames: Any) -> bool:
         """Send without blocking; a message that cannot leave is counted (the balancer finds the gap)."""
-        if self.sock is not None:
-            try:
-                self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
-                return True
-            except zmq.Again:
-                pass
+        if self.sock is not None and send_frames(self.sock, frames):
+            return True
         self.dropped += 1  # the next HELLO or HEARTBEAT lists what we hold, and the balancer re-queues the rest
         return False
 
@@ -152,13 +148,17 @@ class ServerNode:
                 self._connect()
             deadline = self._redial_at if self.sock is None else self.live.next_deadline()
             timeout_ms = max(0, int((deadline - now) * 1000) + 1)
-            ready = dict(self._poller.poll(min(timeout_ms, 100) if self._stopping else timeout_ms))
+            # Woken from idle, answer the message that woke us before asking for more (wire/sockets.py).
+            ready, limit = self._poller.poll(0), DRAIN_BATCH
+            if not ready:
+                ready, limit = self._poller.poll(min(timeout_ms, 100) if self._stopping else timeout_ms), 1
             now = time.monotonic()
-            if self.sock is not None and self.sock in ready:
-                self._drain_socket(now)
-            if self._pool is not None and self._pool.wake_fd in ready:
-                for ticket, ok, result in self._pool.finished():
-                    self._finished(ticket, ok, result)
+            for source, _ in ready:
+                if source is self.sock:
+                    self._drain_socket(now, limit)
+                elif self._pool is not None:  # the pool's wake-up pipe
+                    for ticket, ok, result in self._pool.finished():
+                        self._finished(ticket, ok, result)
             if self._done:
                 self._send_done()
             if self._stopping and self._leave(now):
@@ -196,9 +196,9 @@ class ServerNode:
 
     # ---- messages from the balancer -------------------------------------
 
-    def _drain_socket(self, now: float) -> None:
+    def _drain_socket(self, now: float, limit: int) -> None:
         heard = self.live.heard
-        for frames in received(self.sock):
+        for frames in received(self.sock, limit):
             heard(now)
             try:
                 msg_type, fields = p.decode(frames[0])
@@ -209,6 +209,8 @@ class ServerNode:
             if msg_type is MsgType.WORK_BATCH:
                 for item in fields[0]:
                     self._on_work(item, item[5])
+                if self._done:
+                    self._send_done()  # inline results leave before the next message is even looked at
             elif msg_type is MsgType.WORK:
                 self._on_work(fields, body)
             elif msg_type is MsgType.WELCOME:

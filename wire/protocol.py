@@ -176,6 +176,9 @@ def _type_tuples(schema: tuple[Any, ...]) -> frozenset[tuple[type, ...]]:
 
 _FIELD_TYPES = {t: _type_tuples(schema) for t, schema in SCHEMAS.items()}
 _ITEM_TYPES = {t: _type_tuples(schema) for t, schema in ITEM_SCHEMAS.items()}
+# (version, type) of each message this version speaks, and the exact type tuples of its whole header.
+_KNOWN = {(PROTOCOL_VERSION, int(t)): t for t in MsgType}
+_HEADER_TYPES = {t: frozenset((int, int, *types) for types in _FIELD_TYPES[t]) for t in MsgType}
 # The first bytes of a batch header: a fixarray, the version, the type. Only these may
 # exceed MAX_HEADER_BYTES, so the check needs no decoding.
 _BATCH_PREFIXES = frozenset(bytes([0x90 | (len(SCHEMAS[t]) + 2), PROTOCOL_VERSION, int(t)]) for t in BATCH_TYPES)
@@ -215,14 +218,22 @@ _pack = _packer.pack
 MAX_SMALL_ITEMS = 1024
 
 
+_unpackb = msgpack.unpackb
+_UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+
+
 def _unpack(data: bytes, limit: int, max_items: int = MAX_SMALL_ITEMS) -> Any:
     if len(data) > limit:
         raise ProtocolError("too_large", f"{len(data)} bytes over the {limit}-byte limit")
     try:
         # Tight unpack limits stop a tiny message from claiming huge containers.
-        return msgpack.unpackb(data, **_unpack_options(limit, max_items))
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError("malformed", f"undecodable msgpack ({exc.__class__.__name__})") from None
+        return _unpackb(data, **_unpack_options(limit, max_items))
+    except _UNPACK_ERRORS as exc:
+        raise _undecodable(exc) from None
+
+
+def _undecodable(exc: Exception) -> ProtocolError:
+    return ProtocolError("malformed", f"undecodable msgpack ({exc.__class__.__name__})")
 
 
 @functools.lru_cache(maxsize=64)
@@ -245,11 +256,40 @@ def encode(msg_type: MsgType, *fields: Any) -> bytes:
 
 
 def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
-    """Decode and validate a header frame; raise ProtocolError on anything off."""
+    """Decode and validate a header frame; raise ProtocolError on anything off.
+
+    Every message on every hop comes through here, so the common case takes two
+    lookups: (version, type) names the message, and the exact type tuple of the
+    whole header checks every field (msgpack yields exact built-in types, so a
+    bool or a float cannot pass for an int). Anything else goes to _explain_header,
+    which says what is wrong.
+    """
     if len(frame) > MAX_HEADER_BYTES and bytes(frame[:3]) in _BATCH_PREFIXES:
         header = _unpack(frame, _ANY_SIZE, MAX_BATCH_ITEMS)
+    elif len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", f"{len(frame)} bytes over the {MAX_HEADER_BYTES}-byte limit")
     else:
-        header = _unpack(frame, MAX_HEADER_BYTES)
+        try:
+            # msgpack's defaults: str keys, no raw strings, and every length bounded by the frame's
+            # own size (4 KiB here), so nothing small can claim a huge container; other types fail
+            # the type check below. Passing the options costs a third of the unpack.
+            header = _unpackb(frame)
+        except _UNPACK_ERRORS as exc:
+            raise _undecodable(exc) from None
+    try:
+        msg_type = _KNOWN[header[0], header[1]] if type(header) is list else None
+    except (KeyError, IndexError, TypeError):
+        msg_type = None
+    if msg_type is None or tuple(map(type, header)) not in _HEADER_TYPES[msg_type]:
+        _explain_header(header)
+    fields = header[2:]
+    if msg_type in BATCH_TYPES:
+        _check_items(msg_type, fields[-1])
+    return msg_type, fields
+
+
+def _explain_header(header: Any) -> None:
+    """Raise the ProtocolError that says what is wrong with a decoded header."""
     if type(header) is not list or len(header) < 2:
         raise ProtocolError("malformed", "header is not an array of [version, type, ...]")
     version, raw_type = header[0], header[1]
@@ -258,13 +298,7 @@ def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
     msg_type = _TYPES.get(raw_type) if type(raw_type) is int else None
     if msg_type is None:
         raise ProtocolError("unknown_type", f"unknown message type {raw_type!r}")
-    fields = header[2:]
-    # msgpack yields exact built-in types, so one lookup of the fields' type tuple checks them all.
-    if tuple(map(type, fields)) not in _FIELD_TYPES[msg_type]:
-        _explain_fields(msg_type, fields)
-    if msg_type in BATCH_TYPES:
-        _check_items(msg_type, fields[-1])
-    return msg_type, fields
+    _explain_fields(msg_type, header[2:])
 
 
 def _explain_fields(msg_type: MsgType, fields: list[Any]) -> None:
@@ -292,6 +326,11 @@ def _check_items(msg_type: MsgType, items: list[Any]) -> None:
 
 def decode_routed(frames: list[Any]) -> tuple[MsgType, list[Any], Any]:
     """A message received on a ROUTER, [route, header, body?], as (type, fields, body or None)."""
+    if len(frames) == 2:  # the common case: a header alone (every batch)
+        msg_type, fields = decode(frames[1])
+        if msg_type in WITH_BODY:
+            split_body(msg_type, frames[1:])  # raises: says which frame is missing
+        return msg_type, fields, None
     if len(frames) < 2:
         raise ProtocolError("bad_frames", "empty message")
     msg_type, fields = decode(frames[1])

@@ -1,9 +1,18 @@
 """Receiving and sending without blocking, the way every zlb loop does.
 
-A loop polls, then takes what is waiting. Receiving until EAGAIN costs a failed
-recv and a raised zmq.Again per drain (12 us on a just-woken process here,
-measured with bench traces: see docs/PERFORMANCE.md); asking ZMQ_EVENTS after
-each message costs less and says the same thing, so the drain stops there.
+Measured costs on this machine (bench traces and opcode counts: see
+docs/PERFORMANCE.md, "One at a time"): pyzmq's getsockopt looks its option up
+in a Python enum on every call (1.3 us, most of it the lookup), its
+recv_multipart asks RCVMORE that way after every frame, its send_multipart and
+the Python `send` wrapper add another layer per frame, and a recv that fails
+raises zmq.Again (12 us on a just-woken process). So:
+
+- frames are received as zmq.Frame and `Frame.more` says whether another
+  follows; a ROUTER's first frame (the route) always has one, so it is taken
+  as plain bytes;
+- a drain asks ZMQ_EVENTS after a message only while it may take another, so
+  a loop that takes one message (the one it woke for) never asks;
+- sends go straight to the Cython socket's `send`, with plain-int flags.
 """
 
 from __future__ import annotations
@@ -12,29 +21,56 @@ from collections.abc import Iterator
 from typing import Any
 
 import zmq
+from zmq.backend import Socket as _CSocket
 
 # Messages taken from one socket before looking at the others: large enough to
 # amortise the poll, small enough that no socket starves the rest.
 DRAIN_BATCH = 256
-# Plain-int flags and one send per frame: pyzmq's send_multipart combines enum flags
-# for every frame, measured at 4 us per 3-frame message against 1 us.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.SNDMORE) | _NOBLOCK
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_send = _CSocket.send  # pyzmq's Python wrapper only adds draft-socket options zlb does not use
 
 
-def received(sock: zmq.Socket, limit: int = DRAIN_BATCH, copy: bool = True) -> Iterator[list[Any]]:
-    """The messages waiting on a socket, at most `limit` of them, without blocking."""
-    recv, events = sock.recv_multipart, sock.getsockopt
-    for _ in range(limit):
+def received(
+    sock: zmq.Socket, limit: int = DRAIN_BATCH, copy: bool = True, routed: bool = False
+) -> Iterator[list[Any]]:
+    """The messages waiting on a socket, at most `limit` of them, without blocking.
+
+    Frames come as bytes, or as zmq.Frame with copy=False. `routed`: the socket
+    is a ROUTER, so every message starts with its route.
+    """
+    recv, events = sock.recv, sock.getsockopt
+    while True:
         try:
-            message = recv(_NOBLOCK, copy=copy)
+            if routed:
+                message = [recv(_NOBLOCK)]
+                frame = recv(_NOBLOCK, copy=False)
+            else:
+                message = []
+                frame = recv(_NOBLOCK, copy=False)
         except zmq.Again:
             return  # a wake-up with nothing to read (a poll may say readable for a command)
+        message.append(frame.bytes if copy else frame)
+        while frame.more:
+            frame = recv(_NOBLOCK, copy=False)
+            message.append(frame.bytes if copy else frame)
         yield message
-        if not events(_EVENTS) & _POLLIN:
+        limit -= 1
+        if limit <= 0 or not events(_EVENTS) & _POLLIN:
             return
+
+
+def send_frames(sock: zmq.Socket, frames: list[Any] | tuple[Any, ...]) -> bool:
+    """Send frames as one message without blocking; False when the queue is full (nothing was queued)."""
+    try:
+        for frame in frames[:-1]:
+            _send(sock, frame, _MORE_NOWAIT)
+        _send(sock, frames[-1], _NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
 
 
 def send_routed(sock: zmq.Socket, route: bytes, frames: list[Any]) -> str:
@@ -43,12 +79,14 @@ def send_routed(sock: zmq.Socket, route: bytes, frames: list[Any]) -> str:
     EAGAIN (a full queue) and EHOSTUNREACH (no connection, with ROUTER_MANDATORY) can
     only come on the first frame, before anything is queued.
     """
-    send = sock.send
     try:
-        send(route, _MORE_NOWAIT)
-        for frame in frames[:-1]:
-            send(frame, _MORE_NOWAIT)
-        send(frames[-1], _NOBLOCK)
+        _send(sock, route, _MORE_NOWAIT)
+        if len(frames) == 1:
+            _send(sock, frames[0], _NOBLOCK)
+        else:
+            for frame in frames[:-1]:
+                _send(sock, frame, _MORE_NOWAIT)
+            _send(sock, frames[-1], _NOBLOCK)
     except zmq.Again:
         return "dropped"
     except zmq.ZMQError as exc:

@@ -315,6 +315,7 @@ def test_one_loop_iteration_takes_at_most_drain_items_submissions(tmp_path):
     burst cannot hold the loop (nodes and admins are served between drains); the rest come later."""
     from balancer.loop import Balancer, BalancerConfig
     from tests.harness import free_port
+    from wire.sockets import DRAIN_BATCH
 
     eps = {role: f"tcp://127.0.0.1:{free_port()}" for role in ("frontend", "backend", "events", "control")}
     ctx = zmq.Context()
@@ -330,7 +331,7 @@ def test_one_loop_iteration_takes_at_most_drain_items_submissions(tmp_path):
         waiting = []
         for _ in range(4):
             wait_until(lambda: balancer.frontend.poll(10) or balancer.sched.waiting == 5 * 1024, 10, "more input")
-            balancer._drain_frontend(time.monotonic())
+            balancer._drain_frontend(time.monotonic(), DRAIN_BATCH)
             waiting.append(balancer.sched.waiting)
         assert p.DRAIN_ITEMS == 2048 and waiting[0] == 2048 and waiting[-1] == 5 * 1024
         assert all(b - a <= p.DRAIN_ITEMS for a, b in zip([0, *waiting], waiting))
