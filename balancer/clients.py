@@ -40,6 +40,12 @@ class ClientSide:
 
     def _send_results(self, replies: list[Any], replay: bool) -> None:
         """One RESULT_BATCH per client (more only past the batch limits); a full pipe holds it."""
+        if len(replies) == 1:  # a lone result, the latency path: no grouping to do
+            r = replies[0]
+            if r.route is not None:
+                items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body)]
+                self._deliver(r.client_id, r.route, p.encode(MsgType.RESULT_BATCH, items), _body_size(r))
+            return
         by_route = grouped(replies, _route_of)
         by_route.pop(None, None)  # no route known for these: their client's retry fetches them
         encode, result_batch = p.encode, MsgType.RESULT_BATCH

@@ -30,6 +30,13 @@ class NodeSide:
 
     def _send_work(self, assignments: list[Any]) -> bool:
         """One WORK_BATCH per node; a node with no connection gets its work back in the queue. True if all left."""
+        if len(assignments) == 1:  # a lone request, the latency path: no grouping to do
+            node, ticket, r = assignments[0]
+            items = [(ticket, r.client_id, r.request_id, r.priority, r.attempts, r.body)]
+            if self._send_node(node.route, [p.encode(MsgType.WORK_BATCH, items)]):
+                return True
+            self.sched.undeliverable(node, ticket)
+            return False
         by_node = grouped(assignments, _node_of)
         encode, work_batch = p.encode, MsgType.WORK_BATCH
         all_sent = True

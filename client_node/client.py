@@ -207,7 +207,8 @@ class Client:
             raise ValueError(f"payload of {len(payload)} bytes is over the balancer's limit of {self.max_payload}")
         if not 0 <= request_id < 2**64 or not -(2**63) <= priority < 2**63:
             raise ValueError(f"request id {request_id} or priority {priority} is out of the wire's 64-bit range")
-        self._next_id = max(self._next_id, request_id + 1)
+        if request_id >= self._next_id:
+            self._next_id = request_id + 1
         if request_id in self._answered:
             self._reused.add(request_id)
         retry = self.retry_s or 0.0
@@ -304,13 +305,15 @@ class Client:
     def _on_reply(self, frames: list[bytes]) -> int:
         try:
             msg_type, fields = p.decode(frames[0])
+            if msg_type is MsgType.RESULT_BATCH and len(frames) == 1:  # nearly every reply
+                take, got = self._take, 0
+                for item in fields[0]:
+                    got += take(*item)
+                return got
             body = p.split_body(msg_type, frames)
         except ProtocolError:
             self.bad_messages += 1
             return 0
-        if msg_type is MsgType.RESULT_BATCH:
-            take = self._take
-            return sum([take(*item) for item in fields[0]])
         if msg_type is MsgType.RESULT:
             request_id, status, server_id, attempts, replay = fields
         elif msg_type is MsgType.CLIENT_WELCOME:

@@ -299,7 +299,7 @@ class ServerNode:
         for ticket, _ok, _result in done:
             del held[ticket]
         self.handled += len(done)
-        for batch in batches(done, _result_size):
+        for batch in (done,) if len(done) == 1 else batches(done, _result_size):
             self._send(p.encode(MsgType.DONE_BATCH, batch))
 
 

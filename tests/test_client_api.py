@@ -126,22 +126,38 @@ def test_submit_many_sends_a_burst_in_batches_and_a_lone_submit_at_once():
         router.close(linger=0)
 
 
-def test_nothing_to_send_sends_nothing_and_a_payload_over_the_limit_is_refused_here(client: Client):
+@pytest.mark.timeout(20)
+def test_nothing_to_send_sends_nothing_and_a_payload_over_the_limit_is_refused_here():
     """submit_many of nothing (or of a first item that is no payload) sends no empty batch; a payload
-    over the balancer's limit (as CLIENT_WELCOME said) is a ValueError before anything changes."""
-    sent: list[bytes] = []
-    real_send = client.sock.send
-    client.sock.send = lambda data, *a, **k: (sent.append(data), real_send(data, *a, **k))[1]  # type: ignore[method-assign]
+    over the balancer's limit (as CLIENT_WELCOME said) is a ValueError before anything changes. A real
+    ROUTER sees what left: the first SUBMIT_BATCH to arrive is the one valid submit, made last."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = free_port()
+    router.bind(f"tcp://127.0.0.1:{port}")
+    submits: list[list] = []
+
+    def arrived() -> bool:
+        while router.poll(10):
+            msg_type, fields = p.decode(router.recv_multipart()[1])
+            if msg_type is MsgType.SUBMIT_BATCH:
+                submits.append(fields[2])
+        return bool(submits)
+
     try:
-        assert client.submit_many([]) == []
-        with pytest.raises(TypeError):
-            client.submit_many([5])
-        assert sent == [] and client.unanswered == 0
-        client.max_payload = 1000
-        with pytest.raises(ValueError, match="over the balancer's limit of 1000"):
-            client.submit(b"x" * 1001)
-        assert client.unanswered == 0 and sent == []
-        client.submit(b"x" * 1000)
-        assert len(sent) == 1 and client.unanswered == 1
+        with Client(f"tcp://127.0.0.1:{port}", client_id=3) as client:
+            assert client.submit_many([]) == []
+            with pytest.raises(TypeError):
+                client.submit_many([5])
+            assert client.unanswered == 0
+            client.max_payload = 1000
+            with pytest.raises(ValueError, match="over the balancer's limit of 1000"):
+                client.submit(b"x" * 1001)
+            assert client.unanswered == 0
+            client.submit(b"y" * 1000)
+            assert client.unanswered == 1
+            wait_until(arrived, 10, "the valid submit at the ROUTER")
+            assert submits == [[[1, 5, b"y" * 1000]]]
     finally:
-        client.sock.send = real_send  # type: ignore[method-assign]
+        router.close(linger=0)
