@@ -174,11 +174,10 @@ def _type_tuples(schema: tuple[Any, ...]) -> frozenset[tuple[type, ...]]:
     return frozenset(itertools.product(*((f if isinstance(f, tuple) else (f,)) for f in schema)))
 
 
-_FIELD_TYPES = {t: _type_tuples(schema) for t, schema in SCHEMAS.items()}
 _ITEM_TYPES = {t: _type_tuples(schema) for t, schema in ITEM_SCHEMAS.items()}
-# (version, type) of each message this version speaks, and the exact type tuples of its whole header.
-_KNOWN = {(PROTOCOL_VERSION, int(t)): t for t in MsgType}
-_HEADER_TYPES = {t: frozenset((int, int, *types) for types in _FIELD_TYPES[t]) for t in MsgType}
+# Every header this version accepts, keyed by its version, its type and the exact type of each
+# of its elements (version and type included, so neither a bool nor a float passes for an int).
+_ACCEPTED = {(PROTOCOL_VERSION, int(t), int, int, *types): t for t in MsgType for types in _type_tuples(SCHEMAS[t])}
 # The first bytes of a batch header: a fixarray, the version, the type. Only these may
 # exceed MAX_HEADER_BYTES, so the check needs no decoding.
 _BATCH_PREFIXES = frozenset(bytes([0x90 | (len(SCHEMAS[t]) + 2), PROTOCOL_VERSION, int(t)]) for t in BATCH_TYPES)
@@ -258,11 +257,11 @@ def encode(msg_type: MsgType, *fields: Any) -> bytes:
 def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
     """Decode and validate a header frame; raise ProtocolError on anything off.
 
-    Every message on every hop comes through here, so the common case takes two
-    lookups: (version, type) names the message, and the exact type tuple of the
-    whole header checks every field (msgpack yields exact built-in types, so a
-    bool or a float cannot pass for an int). Anything else goes to _explain_header,
-    which says what is wrong.
+    Every message on every hop comes through here, so an acceptable header takes
+    one lookup: its version, type and the exact type of each element name it in
+    _ACCEPTED (msgpack yields exact built-in types). Anything else goes to
+    _explain_header, which says what is wrong. A batch's items are checked the
+    same way, one lookup each.
     """
     if len(frame) > MAX_HEADER_BYTES and bytes(frame[:3]) in _BATCH_PREFIXES:
         header = _unpack(frame, _ANY_SIZE, MAX_BATCH_ITEMS)
@@ -277,14 +276,20 @@ def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
         except _UNPACK_ERRORS as exc:
             raise _undecodable(exc) from None
     try:
-        msg_type = _KNOWN[header[0], header[1]] if type(header) is list else None
-    except (KeyError, IndexError, TypeError):
+        msg_type = _ACCEPTED.get((header[0], header[1], *map(type, header))) if type(header) is list else None
+    except (IndexError, TypeError):  # fewer than two elements, or an unhashable one
         msg_type = None
-    if msg_type is None or tuple(map(type, header)) not in _HEADER_TYPES[msg_type]:
+    if msg_type is None:
         _explain_header(header)
     fields = header[2:]
     if msg_type in BATCH_TYPES:
-        _check_items(msg_type, fields[-1])
+        items = fields[-1]
+        allowed = _ITEM_TYPES[msg_type]
+        if not 0 < len(items) <= MAX_BATCH_ITEMS:
+            _explain_items(msg_type, items)
+        for item in items:
+            if type(item) is not list or tuple(map(type, item)) not in allowed:
+                _explain_items(msg_type, items)
     return msg_type, fields
 
 
@@ -312,16 +317,16 @@ def _explain_fields(msg_type: MsgType, fields: list[Any]) -> None:
     raise ProtocolError("bad_fields", f"{msg_type.name} fields {fields!r:.80} do not match {schema}")
 
 
-def _check_items(msg_type: MsgType, items: list[Any]) -> None:
-    """Every item of a batch must match its schema; one bad item refuses the whole message."""
+def _explain_items(msg_type: MsgType, items: list[Any]) -> None:
+    """Raise the ProtocolError that says what is wrong with a batch's items (one bad item refuses it all)."""
     if not items or len(items) > MAX_BATCH_ITEMS:
         raise ProtocolError("bad_fields", f"{msg_type.name} with {len(items)} items (1 to {MAX_BATCH_ITEMS})")
     allowed = _ITEM_TYPES[msg_type]
     for item in items:
-        # msgpack yields exact built-in types, so one lookup of the item's type tuple checks every field.
         if type(item) is not list or tuple(map(type, item)) not in allowed:
             schema = ITEM_SCHEMAS[msg_type]
             raise ProtocolError("bad_fields", f"{msg_type.name} item {item!r:.80} does not match {schema}")
+    raise ProtocolError("bad_fields", f"{msg_type.name} items do not match {ITEM_SCHEMAS[msg_type]}")
 
 
 def decode_routed(frames: list[Any]) -> tuple[MsgType, list[Any], Any]:
