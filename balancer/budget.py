@@ -65,7 +65,8 @@ class MemoryBudget:
 
     def over(self) -> bool:
         """True when kept results should be evicted (oldest first) to fit the budget."""
-        return self.limit is not None and self.held > self.limit
+        limit = self.limit
+        return limit is not None and self.live + self.unsent + self.kept > limit
 
     def charge(self, client_id: int, size: int, unsent: bool = False) -> None:
         """Count `size` bytes (plus the per-request overhead) for a client."""

@@ -39,14 +39,14 @@ class WaitingQueue:
     def __init__(self) -> None:
         self._buckets: dict[int, _Bucket] = {}
         self._priorities: list[int] = []
-        self._count = 0
+        self.count = 0  # requests in the queue proper; an attribute, read on every dispatch
         self.paused: set[int] = set()  # client ids whose requests are not dispatched
         self._parked: dict[int, list[Request]] = {}
         self.parked = 0  # requests set aside for paused clients
 
     def __len__(self) -> int:
         """Requests in the queue proper (the parked ones of paused clients are not)."""
-        return self._count
+        return self.count
 
     def pause(self, client_id: int) -> None:
         """Dispatch none of this client's requests until resume()."""
@@ -62,7 +62,7 @@ class WaitingQueue:
         for req in reversed(parked):
             if req.seq is None:
                 self._bucket(req.priority).fresh.appendleft(req)
-                self._count += 1
+                self.count += 1
             else:
                 self.push_retry(req)
 
@@ -86,12 +86,12 @@ class WaitingQueue:
     def push_fresh(self, req: Request) -> None:
         """A new arrival: behind everything of its priority."""
         self._bucket(req.priority).fresh.append(req)
-        self._count += 1
+        self.count += 1
 
     def push_retry(self, req: Request) -> None:
         """A request that was dispatched and lost: ahead of later arrivals of its priority."""
         heapq.heappush(self._bucket(req.priority).retry, (req.seq, req))
-        self._count += 1
+        self.count += 1
 
     def pop(self) -> Request | None:
         """The most urgent waiting request of a client not paused; None if only paused ones wait."""
@@ -100,7 +100,7 @@ class WaitingQueue:
         while paused and req is not None and req.client_id in paused:
             self._parked.setdefault(req.client_id, []).append(req)
             self.parked += 1
-            req = self._pop() if self._count else None
+            req = self._pop() if self.count else None
         return req
 
     def _pop(self) -> Request:
@@ -116,7 +116,7 @@ class WaitingQueue:
                 bucket.in_heap = False
                 heapq.heappop(priorities)
                 continue
-            self._count -= 1
+            self.count -= 1
             return req
 
     def by_priority(self) -> dict[int, int]:
