@@ -41,7 +41,7 @@ from wire import protocol as p
 from wire.batching import grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.security import CurveServer, exposed_endpoints
-from wire.sockets import DRAIN_BATCH
+from wire.sockets import drain_limit
 
 # Events are published (and handed to the log) at most this often, and sooner
 # once this many wait: one PUB message and one log hand-over per interval rather
@@ -238,12 +238,11 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
             timeout_ms = 0 if self._compaction else max(0, int((deadline - now) * 1000) + 1)
-            # Woken from idle, the loop answers the message that woke it before asking for more:
-            # one message per socket, then the flush (wire/sockets.py). Busy, it drains in batches.
-            ready, limit = poll(0), DRAIN_BATCH
-            if not ready and timeout_ms:
-                ready, limit = poll(timeout_ms), 1
+            ready = poll(timeout_ms)
             woke = time.monotonic()
+            # Woken from idle, one message per socket, then the flush: what woke the loop is
+            # answered first (wire/sockets.py). Busy, it drains in batches.
+            limit = drain_limit(woke - now)
             for sock, _ in ready:
                 readers[sock](woke, limit)
             now = time.monotonic()

@@ -50,7 +50,7 @@ from wire import protocol as p
 from wire.batching import batches
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
-from wire.sockets import DRAIN_BATCH, received, send_frames
+from wire.sockets import drain_limit, received, send_frames
 
 __all__ = ["BalancerUnreachable", "Client", "ClientIdInUse", "Pending", "Result", "json_payload"]
 
@@ -269,12 +269,11 @@ class Client:
         BalancerUnreachable when nothing was heard within the connect timeout.
         """
         self._keep_up(time.monotonic())  # before waiting: off the path of an answer on its way
-        poll = self._poller.poll
+        before = time.monotonic()
         got = 0
-        if poll(0):
-            got = self._receive(DRAIN_BATCH)
-        elif poll(int(timeout * 1000)):
-            got = self._receive(1)  # woken for an answer: hand it over before looking for more
+        if self._poller.poll(int(timeout * 1000)):
+            # Woken for an answer, hand it over before looking for more (wire/sockets.py).
+            got = self._receive(drain_limit(time.monotonic() - before))
         if self.refused is not None:
             raise ClientIdInUse(self.refused)
         if not got:

@@ -31,7 +31,7 @@ from wire import protocol as p
 from wire.batching import batches
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
-from wire.sockets import DRAIN_BATCH, received, send_frames
+from wire.sockets import drain_limit, received, send_frames
 
 DEFAULT_GRACE_S = 10.0
 # Exit codes of run_node besides 0: the balancer refused our id, or fenced us off it.
@@ -150,11 +150,10 @@ class ServerNode:
                 self._connect()
             deadline = self._redial_at if self.sock is None else self.live.next_deadline()
             timeout_ms = max(0, int((deadline - now) * 1000) + 1)
-            # Woken from idle, answer the message that woke us before asking for more (wire/sockets.py).
-            ready, limit = self._poller.poll(0), DRAIN_BATCH
-            if not ready:
-                ready, limit = self._poller.poll(min(timeout_ms, 100) if self._stopping else timeout_ms), 1
-            now = time.monotonic()
+            ready = self._poller.poll(min(timeout_ms, 100) if self._stopping else timeout_ms)
+            woke = time.monotonic()
+            limit = drain_limit(woke - now)  # woken from idle: answer what woke us first (wire/sockets.py)
+            now = woke
             for source, _ in ready:
                 if source is self.sock:
                     self._drain_socket(now, limit)
