@@ -89,6 +89,54 @@ def user_one_at_a_time(bench: Bench, target: Target, duration: float, warmup_s: 
     return bench.collect(bench.go(target, [proc], [lat_file]), warmup_s + duration + 60)
 
 
+# One-at-a-time comparisons alternate between the two brokers in this many slices (ABBA order),
+# so a change in the shared machine's load during a run weighs on both alike.
+PAIRED_SLICES = 4
+
+
+def paired_one_at_a_time(
+    bench: Bench, zlb: Target, relay: Target, duration: float, warmup_s: float
+) -> tuple[LoadResult, LoadResult]:
+    """zlb's Client API and a lean client on the frame relay, one request at a time, in alternating slices.
+
+    Both brokers run throughout (the idle one only heartbeats); each slice is a fresh client with
+    its own warm-up; every slice's round trips are pooled. Returns (zlb, relay).
+    """
+    slice_s = duration / PAIRED_SLICES
+    zlb_parts: list[LoadResult] = []
+    relay_parts: list[LoadResult] = []
+    for i in range(PAIRED_SLICES):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for which in order:
+            if which == 0:
+                zlb_parts.append(user_one_at_a_time(bench, zlb, slice_s, warmup_s))
+            else:
+                relay_parts.append(lean_load(bench, relay, 1, 1, slice_s, warmup_s))
+    return pooled(zlb_parts), pooled(relay_parts)
+
+
+def pooled(parts: list[LoadResult]) -> LoadResult:
+    """Several runs against one broker as one: counts and CPU summed, round trips pooled."""
+    latencies = array("q")
+    for part in parts:
+        latencies.extend(part.latencies_ns)
+    rates = [part.requests_per_s for part in parts if part.requests_per_s is not None]
+    return LoadResult(
+        requests_per_s=round(sum(rates) / len(rates), 1) if rates else None,
+        latency_us=stats.latency_summary_us(latencies),
+        completed=sum(part.completed for part in parts),
+        sent=sum(part.sent for part in parts),
+        unanswered=sum(part.unanswered for part in parts),
+        duplicates=sum(part.duplicates for part in parts),
+        rejected=sum(part.rejected for part in parts),
+        failed=sum(part.failed for part in parts),
+        broker_cpu_s=sum(part.broker_cpu_s for part in parts),
+        clients=[client for part in parts for client in part.clients],
+        helper_cpu_s=sum(part.helper_cpu_s for part in parts),
+        latencies_ns=latencies,
+    )
+
+
 def resent(load: LoadResult) -> int:
     """Requests the Client API sent again (its retry timer) during a user-path run."""
     return sum(int(c.get("resent", 0)) for c in load.clients)

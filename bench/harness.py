@@ -95,6 +95,8 @@ class LoadResult:
     clients: list[dict[str, Any]]
     # CPU of the broker's child processes over the same window (zlb's log writer; 0 for the baselines).
     helper_cpu_s: float = 0.0
+    # Every measured round trip in nanoseconds, so runs can be pooled (baselines.pooled).
+    latencies_ns: array = field(default_factory=lambda: array("q"))
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -374,6 +376,7 @@ class Bench:
             broker_cpu_s=cpu_s,
             clients=outputs,
             helper_cpu_s=max(0.0, helper_s),
+            latencies_ns=latencies,
         )
 
     def load(self, target: Target, count: int, window: int, duration: float, warmup_s: float, **kw: Any) -> LoadResult:

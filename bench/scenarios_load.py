@@ -131,14 +131,18 @@ class LoadScenarios(RunnerBase):
         """The user's path (zlb defaults, `zlb server --handler echo`, the Client API) against the frame relay."""
         cfg = self.cfg
 
-        def user(target: Target) -> tuple[LoadResult, LoadResult, LoadResult, float]:
-            many = baselines.user_submit(self.bench, target, cfg.clients, cfg.user_requests)
-            loop = baselines.user_submit(self.bench, target, cfg.clients, cfg.user_requests, one_by_one=True)
-            one = baselines.user_one_at_a_time(self.bench, target, cfg.duration, cfg.warmup_s)
-            return many, loop, one, procstat.peak_rss_mib(target.pid)
-
-        zlb_many, zlb_loop, zlb_one, zlb_rss = self._with(self._zlb(), user)
-        relay_many, relay_one, relay_rss = self._lean_pair(self._frame_relay())
+        zlb, relay = self._zlb()(), None
+        try:
+            relay = self._frame_relay()()
+            zlb_many = baselines.user_submit(self.bench, zlb, cfg.clients, cfg.user_requests)
+            zlb_loop = baselines.user_submit(self.bench, zlb, cfg.clients, cfg.user_requests, one_by_one=True)
+            relay_many = baselines.lean_load(self.bench, relay, cfg.clients, cfg.window, cfg.duration, cfg.warmup_s)
+            zlb_one, relay_one = baselines.paired_one_at_a_time(self.bench, zlb, relay, cfg.duration, cfg.warmup_s)
+            zlb_rss, relay_rss = procstat.peak_rss_mib(zlb.pid), procstat.peak_rss_mib(relay.pid)
+        finally:
+            for target in (zlb, relay):
+                if target is not None:
+                    self.bench.stop(target)
         record = {
             **common(zlb_many, zlb_rss),
             "p50_us": zlb_one.latency_us["p50_us"],
