@@ -92,6 +92,23 @@ class MemoryBudget:
         else:
             by_client.pop(client_id, None)
 
+    def admit(self, client_id: int, size: int) -> str:
+        """Charge a new request of `size` bytes to this client if it fits: ''; else why not (nothing charged).
+
+        refusal() and charge() in one call: every submission comes through here.
+        """
+        limit = self.limit
+        by_client = self.by_client
+        mine = by_client.get(client_id, 0)
+        size += REQUEST_OVERHEAD_BYTES
+        if limit is not None and (self.live + self.unsent + size > limit or mine):
+            refusal = self.refusal(client_id, size - REQUEST_OVERHEAD_BYTES)
+            if refusal:
+                return refusal
+        self.live += size
+        by_client[client_id] = mine + size
+        return ""
+
     def refusal(self, client_id: int, size: int) -> str:
         """'' if a new request of `size` bytes from this client fits, else why not (REASON_BUSY first)."""
         limit = self.limit

@@ -178,8 +178,8 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "log": {"path": state.eventlog.path, "problem": state.eventlog.problem},
         # What is remembered: every pending and running request plus the newest finished ones.
         "retention": {
-            "finished_requests": sched.keep_finished,
-            "finished_result_bytes": sched.keep_finished_bytes,
+            "finished_requests": sched.kept.keep,
+            "finished_result_bytes": sched.kept.keep_bytes,
             "log_events": state.eventlog.keep,
         },
     }

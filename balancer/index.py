@@ -40,7 +40,7 @@ def requests(sched: Scheduler, status: str | None = None, client_id: int | None 
         return (r for r in pool if status is None or r.status == status)
     dispatched: list[Request] = []
     if status in (None, PROCESSED, FAILED):
-        dispatched.extend(r for r in sched._finished if status is None or r.status == status)
+        dispatched.extend(r for r in sched.kept if status is None or r.status == status)
     if status in (None, ASSIGNED):
         for node in sched.routes.values():
             dispatched.extend(node.in_flight.values())

@@ -11,12 +11,13 @@ the memory budget in balancer/budget.py, queries in balancer/index.py.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from balancer import index, records
-from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget
+from balancer.budget import MemoryBudget
+from balancer.kept import KeptResults
+from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
 from balancer.records import ACCEPTED, COUNTERS, FINISHED, Node, NodeState, Outbox, Request, Submitted
 from balancer.sessions import ClientSessions, payload_digest, resubmitted
@@ -43,11 +44,6 @@ MAX_TRANSIT_LOSSES = 20
 _QUEUED, _DRAINING = Submitted.QUEUED, NodeState.DRAINING
 
 
-def _size(body: Any) -> int:
-    """Bytes of a kept result (bytes or a zmq frame); 0 when there is none."""
-    return len(body) if body is not None else 0
-
-
 class Scheduler:
     """Priority queue, client sessions, node table and least-loaded dispatch."""
 
@@ -68,8 +64,6 @@ class Scheduler:
         self.liveness = liveness
         self.max_queue = max_queue
         self.max_attempts = max_attempts
-        self.keep_finished = keep_finished
-        self.keep_finished_bytes = keep_finished_bytes
         self.client_lease_s = client_lease_s
         self.outbox = Outbox(journal=[] if journal else None)
         self.table = NodeTable(self.outbox, heartbeat_s, liveness)
@@ -82,8 +76,7 @@ class Scheduler:
         self.last_refusal = ""  # why the last submit was refused for the budget
         # Requests lost in transit, and how often: rare, so a dict beside them, not a field in each.
         self._transit_losses: dict[Request, int] = {}
-        self._finished: deque[Request] = deque()
-        self._finished_bytes = 0
+        self.kept = KeptResults(keep_finished, keep_finished_bytes, self.budget, self.sessions)
         self._seq = 0
         # Tickets must never repeat across balancer restarts (see protocol), so they start where told.
         self._ticket = first_ticket
@@ -109,7 +102,7 @@ class Scheduler:
     @property
     def remembered_finished(self) -> int:
         """How many finished requests are kept for queries and resubmissions."""
-        return len(self._finished)
+        return len(self.kept)
 
     @property
     def waiting(self) -> int:
@@ -127,9 +120,13 @@ class Scheduler:
         now: float = 0.0,
     ) -> Submitted:
         """Queue a client's request, or recognise it as one already known."""
-        session = self.sessions.of(client_id)
-        if self.sessions.claim(session, incarnation, now):
-            return Submitted.ID_IN_USE
+        session = self.sessions.get(client_id)
+        if session is not None and session.incarnation == incarnation:
+            session.last_seen = now  # its holder, again: all that claim() would do
+        else:
+            session = self.sessions.of(client_id)
+            if self.sessions.claim(session, incarnation, now):
+                return Submitted.ID_IN_USE
         req = session.get(request_id)
         if req is not None:
             return resubmitted(req, route, body, self.counters, self.outbox)
@@ -138,16 +135,15 @@ class Scheduler:
             self.outbox.events.append((ev.REQUEST_REJECTED, client_id, request_id, self.queue_full_reason()))
             return Submitted.REJECTED
         client_id = session.client_id
-        refusal = self.budget.refusal(client_id, len(body))
+        refusal = self.budget.admit(client_id, len(body))
         if refusal:
             self.counters["busy"] += 1  # counted, not logged one by one: a flood would flood the log
             self.last_refusal = refusal
             return Submitted.BUSY
         req = Request(client_id, request_id, priority, None, route, body)
         session[request_id] = req
-        self.budget.charge(client_id, len(body))
         if self.budget.over():
-            self._trim_kept()
+            self.kept.trim()
         self._queue.push_fresh(req)
         self.counters["submitted"] += 1
         self.outbox.events.append((ev.REQUEST_ADDED, client_id, request_id, priority))
@@ -193,29 +189,7 @@ class Scheduler:
         if self.outbox.journal is not None:
             outcome = (status, req.server_id, req.attempts, result, req.payload_digest)
             self.outbox.journal.append((FINISHED, req.client_id, req.request_id, req.priority, *outcome))
-        self._remember_finished(req)
-
-    def _remember_finished(self, req: Request) -> None:
-        """Keep a finished request (and its result); forget the oldest beyond either bound."""
-        self._finished.append(req)
-        self._finished_bytes += _size(req.body)
-        self._trim_kept()
-
-    def _trim_kept(self) -> None:
-        """Forget the oldest finished requests beyond the count, the bytes or the memory budget."""
-        finished, budget = self._finished, self.budget
-        budget.kept = self._finished_bytes + REQUEST_OVERHEAD_BYTES * len(finished)
-        while finished and (
-            len(finished) > self.keep_finished or self._finished_bytes > self.keep_finished_bytes or budget.over()
-        ):
-            old = finished.popleft()
-            self._finished_bytes -= _size(old.body)
-            budget.kept = self._finished_bytes + REQUEST_OVERHEAD_BYTES * len(finished)
-            session = self.sessions.get(old.client_id)
-            if session is not None and session.get(old.request_id) is old:
-                del session[old.request_id]
-                if not session and session.incarnation is None:
-                    del self.sessions[old.client_id]
+        self.kept.add(req)
 
     # ---- restart from a journal ------------------------------------------
 
@@ -234,7 +208,7 @@ class Scheduler:
         self._seq += 1
         req = Request(client_id, request_id, priority, self._seq, None, outcome[3], *outcome[:3], *outcome[4:])
         self.sessions.of(client_id)[request_id] = req
-        self._remember_finished(req)
+        self.kept.add(req)
 
     def get(self, client_id: int, request_id: int) -> Request | None:
         """The request with these ids, if it is still remembered."""

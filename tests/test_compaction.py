@@ -50,7 +50,7 @@ def test_changes_during_an_incremental_compaction_survive_it(tmp_path: Path, mon
     assert not (tmp_path / "j.tmp").exists()
     journal.close()
     restored = Scheduler()
-    jr.restore(restored, jr.replay(str(path), sched.keep_finished))
+    jr.restore(restored, jr.replay(str(path), sched.kept.keep))
     assert view(restored) == view(sched)
 
 

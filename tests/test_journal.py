@@ -153,7 +153,7 @@ def test_replaying_the_journal_rebuilds_what_the_scheduler_remembers(tmp_path_fa
         sched.journal.clear()
     journal.close()
     restored = Scheduler()
-    jr.restore(restored, jr.replay(str(path), sched.keep_finished))
+    jr.restore(restored, jr.replay(str(path), sched.kept.keep))
 
     def view(s: Scheduler) -> dict:
         # Unfinished requests come back waiting with their payload; finished ones with their status and result.
