@@ -11,12 +11,13 @@ from typing import Any
 from balancer.records import Submitted, conflict_reason
 from wire import events as ev
 from wire import protocol as p
-from wire.batching import batches, grouped
+from wire.batching import batches, grouped, lone
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
 
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _SUBMIT, _SUBMIT_BATCH, _RESULT_BATCH = MsgType.SUBMIT, MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH
+_RESULT = MsgType.RESULT
 _QUEUED, _DUPLICATE, _FINISHED = Submitted.QUEUED, Submitted.DUPLICATE, Submitted.FINISHED
 
 
@@ -45,19 +46,25 @@ class ClientSide:
     def _send_results(self, replies: list[Any], replay: bool) -> None:
         """One RESULT_BATCH per client (more only past the batch limits); a full pipe holds it."""
         if len(replies) == 1:  # a lone result, the latency path: no grouping to do
-            r = replies[0]
-            if r.route is not None:
-                items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body)]
-                self._deliver(r.client_id, r.route, p.encode(_RESULT_BATCH, items), _body_size(r))
+            if replies[0].route is not None:
+                self._deliver_batch(replies[0].route, replies, replay)
             return
         by_route = grouped(replies, _route_of)
         by_route.pop(None, None)  # no route known for these: their client's retry fetches them
-        encode, result_batch = p.encode, _RESULT_BATCH
-        deliver = self._deliver  # balancer/pressure.py: a full pipe holds the result and pauses its client
         for route, reqs in by_route.items():
             for batch in batches(reqs, _body_size):
-                items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
-                deliver(batch[0].client_id, route, encode(result_batch, items), sum(map(_body_size, batch)))
+                self._deliver_batch(route, batch, replay)
+
+    def _deliver_batch(self, route: bytes, batch: list[Any], replay: bool) -> None:
+        """A RESULT_BATCH, or the RESULT of one big result (p.LONE_PAYLOAD_BYTES); a full pipe holds it
+        and pauses its client (balancer/pressure.py)."""
+        if lone(batch, _body_size):
+            r = batch[0]
+            frames = [p.encode(_RESULT, r.request_id, r.status, r.server_id, r.attempts, replay), r.body]
+        else:
+            items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
+            frames = [p.encode(_RESULT_BATCH, items)]
+        self._deliver(batch[0].client_id, route, frames, sum(map(_body_size, batch)))
 
     # ---- frontend: clients ----------------------------------------------
 

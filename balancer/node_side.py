@@ -12,12 +12,12 @@ from balancer.records import NodeState
 from balancer.scheduler import Refused
 from wire import events as ev
 from wire import protocol as p
-from wire.batching import batches, grouped
+from wire.batching import batches, grouped, lone
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
 
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
-_WORK_BATCH, _DONE_BATCH = MsgType.WORK_BATCH, MsgType.DONE_BATCH
+_WORK, _WORK_BATCH, _DONE_BATCH = MsgType.WORK, MsgType.WORK_BATCH, MsgType.DONE_BATCH
 
 
 def _node_of(assignment: tuple[Any, int, Any]) -> Any:
@@ -34,23 +34,26 @@ class NodeSide:
     def _send_work(self, assignments: list[Any]) -> bool:
         """One WORK_BATCH per node; a node with no connection gets its work back in the queue. True if all left."""
         if len(assignments) == 1:  # a lone request, the latency path: no grouping to do
-            node, ticket, r = assignments[0]
-            items = [(ticket, r.client_id, r.request_id, r.priority, r.attempts, r.body)]
-            if self._send_node(node.route, [p.encode(_WORK_BATCH, items)]):
-                return True
-            self.sched.undeliverable(node, ticket)
-            return False
-        by_node = grouped(assignments, _node_of)
-        encode, work_batch = p.encode, _WORK_BATCH
+            return self._send_batch(assignments[0][0], assignments)
         all_sent = True
-        for node, assigned in by_node.items():
+        for node, assigned in grouped(assignments, _node_of).items():
             for batch in batches(assigned, _payload_size):
-                items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
-                if not self._send_node(node.route, [encode(work_batch, items)]):
-                    for _node, ticket, _req in batch:
-                        self.sched.undeliverable(node, ticket)
-                    all_sent = False
+                all_sent = self._send_batch(node, batch) and all_sent
         return all_sent
+
+    def _send_batch(self, node: Any, batch: list[Any]) -> bool:
+        """A WORK_BATCH, or the WORK of one big payload (p.LONE_PAYLOAD_BYTES); what cannot leave is re-queued."""
+        if lone(batch, _payload_size):
+            _node, ticket, r = batch[0]
+            frames = [p.encode(_WORK, ticket, r.client_id, r.request_id, r.priority, r.attempts), r.body]
+        else:
+            items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
+            frames = [p.encode(_WORK_BATCH, items)]
+        if self._send_node(node.route, frames):
+            return True
+        for _node, ticket, _req in batch:
+            self.sched.undeliverable(node, ticket)
+        return False
 
     def _send_node(self, route: bytes, frames: list[Any]) -> bool:
         """One message to a node; False (counted) when it has no connection or a full queue."""

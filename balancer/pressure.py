@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Any
 
 from wire import events as ev
 from wire.sockets import send_routed
@@ -36,8 +37,8 @@ class Pressure:
     """Held results, paused clients, route generations and the loop's longest iteration."""
 
     def _init_pressure(self, now: float) -> None:
-        # client_id -> result batches (route, message, payload bytes) its full pipe could not take, oldest first
-        self._held: dict[int, deque[tuple[bytes, bytes, int]]] = {}
+        # client_id -> result batches (route, frames, payload bytes) its full pipe could not take, oldest first
+        self._held: dict[int, deque[tuple[bytes, list[Any], int]]] = {}
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
@@ -71,11 +72,11 @@ class Pressure:
 
     # ---- held results ------------------------------------------------------
 
-    def _deliver(self, client_id: int, route: bytes, message: bytes, size: int) -> None:
+    def _deliver(self, client_id: int, route: bytes, frames: list[Any], size: int) -> None:
         """Send a result batch, or hold it (and pause its client) when the client's pipe is full."""
         held = self._held.get(client_id)
         if held is None:
-            failed = send_routed(self.frontend, route, [message])
+            failed = send_routed(self.frontend, route, frames)
             if not failed:
                 return
             self._count(f"client_{failed}")
@@ -89,7 +90,7 @@ class Pressure:
         if len(held) >= MAX_HELD_PER_CLIENT:
             self._count("client_dropped")
             return
-        held.append((route, message, size))
+        held.append((route, frames, size))
         self.sched.budget.charge(client_id, size, unsent=True)
 
     def _retry_held(self) -> None:
@@ -98,8 +99,8 @@ class Pressure:
         for client_id in list(self._held):
             held = self._held[client_id]
             while held:
-                route, message, size = held[0]
-                failed = send_routed(frontend, route, [message])
+                route, frames, size = held[0]
+                failed = send_routed(frontend, route, frames)
                 if failed == "dropped":
                     break
                 held.popleft()

@@ -47,7 +47,7 @@ import zmq
 
 from client_node.result import Pending, Result
 from wire import protocol as p
-from wire.batching import batches
+from wire.batching import batches, lone
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import drain_limit, received, send_frames
@@ -66,7 +66,7 @@ DEFAULT_LEASE_S = 10.0
 # How long close() lets CLIENT_BYE leave before dropping the socket.
 BYE_LINGER_MS = 100
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
-_SUBMIT_BATCH, _RESULT_BATCH = MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH
+_SUBMIT, _SUBMIT_BATCH, _RESULT_BATCH = MsgType.SUBMIT, MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH
 
 
 class ClientIdInUse(Exception):
@@ -222,13 +222,17 @@ class Client:
         """Hand what is queued to ZeroMQ, in SUBMIT_BATCH messages of at most the batch limits."""
         unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
-        for batch in (unsent,) if len(unsent) == 1 else batches(unsent, _payload_size):
-            message = p.encode(_SUBMIT_BATCH, self.client_id, self.incarnation, batch)
+        for batch in batches(unsent, _payload_size):
+            if lone(batch, _payload_size):  # a big payload in its own frame (see p.LONE_PAYLOAD_BYTES)
+                request_id, priority, payload = batch[0]
+                frames = [p.encode(_SUBMIT, self.client_id, request_id, priority, self.incarnation), payload]
+            else:
+                frames = [p.encode(_SUBMIT_BATCH, self.client_id, self.incarnation, batch)]
             if self.retry_s is None:
-                self.sock.send(message)
+                self.sock.send_multipart(frames)
             else:
                 # Never block: with no connection (balancer down, or curve refused us) the retries send it later.
-                send_frames(self.sock, (message,))
+                send_frames(self.sock, frames)
 
     def wait(self, request_id: int, timeout: float | None = None) -> Result:
         """Wait for one request's result and hand it over."""

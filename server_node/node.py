@@ -28,7 +28,7 @@ from server_node import handlers
 from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
 from wire import protocol as p
-from wire.batching import batches
+from wire.batching import batches, lone
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import drain_limit, received, send_frames
@@ -41,7 +41,7 @@ EXIT_FENCED = 4
 # past any balancer's deadline for it (liveness x heartbeat, 1.5 s by default).
 REFUSED_RETRY_S = 30.0
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
-_WORK_BATCH, _DONE_BATCH = MsgType.WORK_BATCH, MsgType.DONE_BATCH
+_WORK_BATCH, _DONE, _DONE_BATCH = MsgType.WORK_BATCH, MsgType.DONE, MsgType.DONE_BATCH
 
 
 @dataclass
@@ -303,8 +303,12 @@ class ServerNode:
         for ticket, _ok, _result in done:
             del held[ticket]
         self.handled += len(done)
-        for batch in (done,) if len(done) == 1 else batches(done, _result_size):
-            self._send(p.encode(_DONE_BATCH, batch))
+        for batch in batches(done, _result_size):
+            if lone(batch, _result_size):  # a big result in its own frame (see p.LONE_PAYLOAD_BYTES)
+                ticket, ok, result = batch[0]
+                self._send(p.encode(_DONE, ticket, ok), result)
+            else:
+                self._send(p.encode(_DONE_BATCH, batch))
 
 
 # Work is a NamedTuple: tuple.__new__ with the fields in order skips its generated __new__ (a frame per request).

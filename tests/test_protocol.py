@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wire import protocol as p
-from wire.batching import batches, grouped
+from wire.batching import batches, grouped, lone
 from wire.protocol import MsgType, ProtocolError
 
 V = p.PROTOCOL_VERSION
@@ -99,13 +99,20 @@ def test_only_batches_may_exceed_the_header_limit():
 
 
 def test_batches_close_at_the_item_and_byte_limits():
-    """batches() keeps order, closes a batch at BATCH_ITEMS or BATCH_BYTES, and sends a huge item alone."""
+    """batches() keeps order, closes a batch at BATCH_ITEMS or BATCH_BYTES, and sends an item over
+    LONE_PAYLOAD_BYTES alone, which lone() tells its sender to send in the single form."""
     small = list(range(p.BATCH_ITEMS * 2 + 3))
     split = batches(small, lambda _i: 1)
     assert [len(b) for b in split] == [p.BATCH_ITEMS, p.BATCH_ITEMS, 3] and [i for b in split for i in b] == small
-    sizes = {0: 10, 1: p.BATCH_BYTES + 1, 2: p.BATCH_BYTES // 2, 3: p.BATCH_BYTES // 2, 4: 1}
-    assert batches(list(sizes), sizes.__getitem__) == [[0], [1], [2, 3], [4]]
-    assert batches([7], lambda _i: 0) == [[7]]
+    lone_max = p.LONE_PAYLOAD_BYTES
+    sizes = {0: 10, 1: lone_max + 1, 2: lone_max, 3: lone_max, 4: 1}
+    assert batches(list(sizes), sizes.__getitem__) == [[0], [1], [2, 3, 4]]
+    assert [lone(b, sizes.__getitem__) for b in batches(list(sizes), sizes.__getitem__)] == [False, True, False]
+    per_batch = p.BATCH_BYTES // lone_max
+    split = batches(list(range(per_batch + 8)), lambda _i: lone_max)
+    assert [len(b) for b in split] == [per_batch, 8]
+    assert batches([7], lambda _i: 0) == [[7]] and not lone([7, 8], lambda _i: lone_max + 1)
+    assert batches([1, 2], lambda _i: lone_max + 1) == [[1], [2]]  # no empty batch after a lone last item
 
 
 def test_deeply_nested_header_is_rejected():

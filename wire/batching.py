@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
-from wire.protocol import BATCH_BYTES, BATCH_ITEMS
+from wire.protocol import BATCH_BYTES, BATCH_ITEMS, LONE_PAYLOAD_BYTES
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -32,21 +32,36 @@ def grouped(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
 def batches(items: list[Any], size: Callable[[Any], int]) -> list[list[Any]]:
     """Split items into batches of at most BATCH_ITEMS and about BATCH_BYTES (`size(item)` bytes each).
 
-    An item bigger than BATCH_BYTES travels alone. Most calls hold one small batch: returned as is.
+    An item bigger than LONE_PAYLOAD_BYTES travels alone, and its sender sends it in the single
+    form (see lone()). Most calls hold one small batch: returned as is.
     """
     if not items:
         return []
-    if len(items) <= BATCH_ITEMS and sum(map(size, items)) <= BATCH_BYTES:
-        return [items]
+    if len(items) <= BATCH_ITEMS:
+        sizes = list(map(size, items))
+        if sum(sizes) <= BATCH_BYTES and max(sizes) <= LONE_PAYLOAD_BYTES:
+            return [items]
     out: list[list[Any]] = []
     current: list[Any] = []
     held = 0
     for item in items:
         n = size(item)
+        if n > LONE_PAYLOAD_BYTES:
+            if current:
+                out.append(current)
+                current, held = [], 0
+            out.append([item])
+            continue
         if current and (len(current) >= BATCH_ITEMS or held + n > BATCH_BYTES):
             out.append(current)
             current, held = [], 0
         current.append(item)
         held += n
-    out.append(current)
+    if current:  # empty when the last item travelled alone
+        out.append(current)
     return out
+
+
+def lone(batch: list[Any], size: Callable[[Any], int]) -> bool:
+    """True for a batch of one item too big to ride inside a batch frame: send it in the single form."""
+    return len(batch) == 1 and size(batch[0]) > LONE_PAYLOAD_BYTES
