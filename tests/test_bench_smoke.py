@@ -78,3 +78,23 @@ def test_bench_rejects_an_unknown_scenario(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "unknown scenario 'warp'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", ["zlb", "relay"])
+def test_hops_traces_every_part_of_a_round_trip(tmp_path: Path, target: str) -> None:
+    """`python -m bench.hops` traces real processes and lines their notes up into whole round trips:
+    every wake-up and every process's Python between wake and send comes out positive."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hops", "--target", target, "--duration", "0.5", "--warmup-s", "0.2", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["round_trips_traced"] >= 20
+    assert len(out["parts_us"]) == 7 and all(v > 0 for v in out["parts_us"].values()), out
+    assert out["chain_us"] > out["wake_ups_us"] > 0 and out["round_trip_p50_us"] > 0
