@@ -85,79 +85,95 @@ def test_a_busy_rejection_is_retried_with_back_off_not_reported_as_a_result():
         router.close(linger=0)
 
 
+class FakeFrontend:
+    """A ROUTER where a balancer's frontend would be: keeps, in arrival order, what a Client sends."""
+
+    def __init__(self) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.sock.bind(self.endpoint)
+        self.arrived: list[tuple[MsgType, list]] = []  # SUBMIT_BATCH items, or a SUBMIT's [*fields, payload]
+
+    def batches(self) -> list[list]:
+        return [items for msg_type, items in self.arrived if msg_type is MsgType.SUBMIT_BATCH]
+
+    def wait_for(self, count: int, what: str) -> None:
+        """Until `count` submissions (batches or singles) arrived."""
+
+        def got() -> bool:
+            while self.sock.poll(10):
+                frames = self.sock.recv_multipart()
+                msg_type, fields = p.decode(frames[1])
+                if msg_type is MsgType.SUBMIT_BATCH:
+                    self.arrived.append((msg_type, fields[2]))
+                elif msg_type is MsgType.SUBMIT:
+                    self.arrived.append((msg_type, [*fields, frames[2]]))
+            return len(self.arrived) >= count
+
+        wait_until(got, 10, what)
+
+
+@pytest.fixture
+def frontend():
+    fake = FakeFrontend()
+    try:
+        yield fake
+    finally:
+        fake.sock.close(linger=0)
+
+
 @pytest.mark.timeout(20)
-def test_submit_many_sends_a_burst_in_batches_and_a_lone_submit_at_once():
+def test_submit_many_sends_a_burst_in_batches_and_a_lone_submit_at_once(frontend: FakeFrontend):
     """submit_many puts 600 requests into 3 SUBMIT_BATCH messages in order; submit() sends a batch of one
     before it returns; a payload that is not bytes-like fails alone, and what came before it still goes."""
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = free_port()
-    router.bind(f"tcp://127.0.0.1:{port}")
-    batches: list[list] = []
-
-    def take(count: int) -> None:
-        def got() -> bool:
-            while router.poll(10):
-                _route, header = router.recv_multipart()
-                msg_type, fields = p.decode(header)
-                if msg_type is MsgType.SUBMIT_BATCH:
-                    batches.append(fields[2])
-            return len(batches) >= count
-
-        wait_until(got, 10, f"{count} SUBMIT_BATCH messages")
-
-    try:
-        with Client(f"tcp://127.0.0.1:{port}", client_id=4) as client:
-            pending = client.submit_many([b"x%d" % i for i in range(600)], priority=2)
-            take(3)
-            assert [len(b) for b in batches] == [p.BATCH_ITEMS, p.BATCH_ITEMS, 600 - 2 * p.BATCH_ITEMS]
-            items = [item for batch in batches for item in batch]
-            assert [i[0] for i in items] == [pend.request_id for pend in pending] == list(range(1, 601))
-            assert items[7] == [8, 2, b"x7"]
-            client.submit(bytearray(b"lone"), priority=1)  # no further call: it must be on the wire already
-            take(4)
-            assert batches[3] == [[601, 1, b"lone"]]
-            with pytest.raises(TypeError):
-                client.submit_many([b"ok", 42])
-            take(5)
-            assert batches[4] == [[602, 5, b"ok"]] and client.unanswered == 602
-    finally:
-        router.close(linger=0)
+    with Client(frontend.endpoint, client_id=4) as client:
+        pending = client.submit_many([b"x%d" % i for i in range(600)], priority=2)
+        frontend.wait_for(3, "3 SUBMIT_BATCH messages")
+        batches = frontend.batches()
+        assert [len(b) for b in batches] == [p.BATCH_ITEMS, p.BATCH_ITEMS, 600 - 2 * p.BATCH_ITEMS]
+        items = [item for batch in batches for item in batch]
+        assert [i[0] for i in items] == [pend.request_id for pend in pending] == list(range(1, 601))
+        assert items[7] == [8, 2, b"x7"]
+        client.submit(bytearray(b"lone"), priority=1)  # no further call: it must be on the wire already
+        frontend.wait_for(4, "the lone submit")
+        assert frontend.batches()[3] == [[601, 1, b"lone"]]
+        with pytest.raises(TypeError):
+            client.submit_many([b"ok", 42])
+        frontend.wait_for(5, "what came before the bad payload")
+        assert frontend.batches()[4] == [[602, 5, b"ok"]] and client.unanswered == 602
 
 
 @pytest.mark.timeout(20)
-def test_nothing_to_send_sends_nothing_and_a_payload_over_the_limit_is_refused_here():
+def test_nothing_to_send_sends_nothing_and_a_payload_over_the_limit_is_refused_here(frontend: FakeFrontend):
     """submit_many of nothing (or of a first item that is no payload) sends no empty batch; a payload
-    over the balancer's limit (as CLIENT_WELCOME said) is a ValueError before anything changes. A real
-    ROUTER sees what left: the first SUBMIT_BATCH to arrive is the one valid submit, made last."""
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = free_port()
-    router.bind(f"tcp://127.0.0.1:{port}")
-    submits: list[list] = []
+    over the balancer's limit (as CLIENT_WELCOME said) is a ValueError before anything changes. The
+    first submission to reach the ROUTER is the one valid submit, made last."""
+    with Client(frontend.endpoint, client_id=3) as client:
+        assert client.submit_many([]) == []
+        with pytest.raises(TypeError):
+            client.submit_many([5])
+        assert client.unanswered == 0
+        client.max_payload = 1000
+        with pytest.raises(ValueError, match="over the balancer's limit of 1000"):
+            client.submit(b"x" * 1001)
+        assert client.unanswered == 0
+        client.submit(b"y" * 1000)
+        assert client.unanswered == 1
+        frontend.wait_for(1, "the valid submit at the ROUTER")
+        assert frontend.arrived == [(MsgType.SUBMIT_BATCH, [[1, 5, b"y" * 1000]])]
 
-    def arrived() -> bool:
-        while router.poll(10):
-            msg_type, fields = p.decode(router.recv_multipart()[1])
-            if msg_type is MsgType.SUBMIT_BATCH:
-                submits.append(fields[2])
-        return bool(submits)
 
-    try:
-        with Client(f"tcp://127.0.0.1:{port}", client_id=3) as client:
-            assert client.submit_many([]) == []
-            with pytest.raises(TypeError):
-                client.submit_many([5])
-            assert client.unanswered == 0
-            client.max_payload = 1000
-            with pytest.raises(ValueError, match="over the balancer's limit of 1000"):
-                client.submit(b"x" * 1001)
-            assert client.unanswered == 0
-            client.submit(b"y" * 1000)
-            assert client.unanswered == 1
-            wait_until(arrived, 10, "the valid submit at the ROUTER")
-            assert submits == [[[1, 5, b"y" * 1000]]]
-    finally:
-        router.close(linger=0)
+@pytest.mark.timeout(20)
+def test_a_big_payload_leaves_in_its_own_submit_between_the_batches_around_it(frontend: FakeFrontend):
+    """A payload over LONE_PAYLOAD_BYTES goes as a single SUBMIT with its own frame, in its place: the
+    small ones before and after it still go in batches, and the order of submission is kept."""
+    big = b"B" * (p.LONE_PAYLOAD_BYTES + 1)
+    at_limit = b"L" * p.LONE_PAYLOAD_BYTES  # not over: rides in a batch
+    with Client(frontend.endpoint, client_id=5) as client:
+        client.submit_many([b"a", at_limit, big, b"c"], priority=3)
+        frontend.wait_for(3, "batch, single, batch")
+    assert frontend.arrived[0] == (MsgType.SUBMIT_BATCH, [[1, 3, b"a"], [2, 3, at_limit]])
+    msg_type, (client_id, request_id, priority, _incarnation, payload) = frontend.arrived[1]
+    assert (msg_type, client_id, request_id, priority, payload) == (MsgType.SUBMIT, 5, 3, 3, big)
+    assert frontend.arrived[2] == (MsgType.SUBMIT_BATCH, [[4, 3, b"c"]])
