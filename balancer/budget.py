@@ -92,6 +92,10 @@ class MemoryBudget:
         else:
             by_client.pop(client_id, None)
 
+    def could_hold(self, size: int) -> bool:
+        """Whether a request of `size` bytes could ever fit the budget (with nothing else held)."""
+        return self.limit is None or size + REQUEST_OVERHEAD_BYTES <= self.limit
+
     def admit(self, client_id: int, size: int) -> str:
         """Charge a new request of `size` bytes to this client if it fits: ''; else why not (nothing charged).
 

@@ -71,8 +71,9 @@ class ClientSide:
     def _drain_frontend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
         submit, submit_batch = _SUBMIT, _SUBMIT_BATCH
-        budget = p.DRAIN_ITEMS
+        budget, byte_budget = p.DRAIN_ITEMS, p.DRAIN_BYTES
         for frames in received(self.frontend, limit, routed=True):
+            byte_budget -= sum(map(len, frames))
             try:
                 msg_type, fields, body = decode(frames)
                 if msg_type is not submit_batch and msg_type is not submit and msg_type not in self._client_handlers:
@@ -97,7 +98,7 @@ class ClientSide:
                     self._client_handlers[msg_type](self, route, fields, now)
                 except ProtocolError as exc:
                     self._bad_input("frontend", exc, now)
-            if budget <= 0:
+            if budget <= 0 or byte_budget <= 0:
                 return  # the rest waits for the next iteration: nodes and admins are served in between
 
     def _on_submit(
@@ -111,6 +112,11 @@ class ClientSide:
         if len(body) > self.config.max_message_bytes:
             self._count("payloads_too_large")
             reason = p.too_large("payload", len(body), self.config.max_message_bytes).decode()
+            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
+            return True
+        if not self.sched.budget.could_hold(len(body)):  # never, however long the client waits: not busy
+            self._count("payloads_too_large")
+            reason = f"payload of {len(body)} bytes is over the balancer's whole --max-memory-mb"
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
             return True
         outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
@@ -141,8 +147,8 @@ class ClientSide:
             self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.config.max_message_bytes))
 
     def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
-        if len(fields[3]) > p.MAX_HOST_CHARS:
-            raise ProtocolError("bad_fields", f"CLIENT_HELLO with a {len(fields[3])}-char host")
+        if p.bad_host(fields[3]) or not 0 <= fields[2] <= p.MAX_PID:
+            raise ProtocolError("bad_fields", f"CLIENT_HELLO with pid {fields[2]} and host {fields[3]!r:.80}")
         self._claim_session(route, tuple(fields), now, welcome=True)
 
     def _on_client_ping(self, route: bytes, fields: list[Any], now: float) -> None:

@@ -66,8 +66,9 @@ class NodeSide:
 
     def _drain_backend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
-        budget = p.DRAIN_ITEMS
+        budget, byte_budget = p.DRAIN_ITEMS, p.DRAIN_BYTES
         for frames in received(self.backend, limit, routed=True):
+            byte_budget -= sum(map(len, frames))
             try:
                 msg_type, fields, body = decode(frames)
                 handler = self._node_handlers.get(msg_type)
@@ -83,8 +84,8 @@ class NodeSide:
                 self._bad_input("backend", exc, now)
             except Exception as exc:  # noqa: BLE001 - a message we failed to foresee must not end the balancer
                 self._bad_input("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
-            if budget <= 0:
-                return  # the rest waits for the next iteration (see p.DRAIN_ITEMS)
+            if budget <= 0 or byte_budget <= 0:
+                return  # the rest waits for the next iteration (see p.DRAIN_ITEMS and p.DRAIN_BYTES)
 
     def _unknown_node(self, route: bytes) -> None:
         """A message from a route with no session: a fenced incarnation exits, anyone else says HELLO."""
@@ -96,8 +97,7 @@ class NodeSide:
             self._send_node(route, [p.encode(MsgType.RECONNECT, "unknown node; say HELLO")])
 
     def _on_done(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        if self.sched.complete(route, fields[0], fields[1], body, now) is None and route not in self.sched.routes:
-            self._unknown_node(route)
+        self._on_done_batch(route, [[[fields[0], fields[1], body]]], None, now)
 
     def _on_done_batch(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         complete, limit = self.sched.complete, self.config.max_message_bytes
@@ -112,8 +112,9 @@ class NodeSide:
 
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         node_id, capacity, pid, host, incarnation, max_seen = fields
-        if capacity < 1 or (node_id is not None and node_id < 0) or len(host) > p.MAX_HOST_CHARS:
-            raise ProtocolError("bad_fields", f"HELLO with capacity {capacity}, id {node_id}, {len(host)}-char host")
+        if capacity < 1 or (node_id is not None and node_id < 0) or p.bad_host(host) or not 0 <= pid <= p.MAX_PID:
+            detail = f"HELLO with capacity {capacity}, id {node_id}, pid {pid}, host {host!r:.80}"
+            raise ProtocolError("bad_fields", detail)
         held = p.decode_tickets(body)
         try:
             node = self.sched.hello(route, node_id, capacity, pid, host, now, incarnation, held, max_seen)

@@ -29,6 +29,8 @@ import tempfile
 from typing import Any
 
 from bench.interleave import RUN_TIMEOUT_S, run_rounds, summarise
+from bench.procs import STOP_TIMEOUT_S
+from zlb.supervisor import terminate
 
 
 def bench_at(worktree: str, scenario: str, bench_dir: str | None = None) -> dict[str, Any]:
@@ -36,18 +38,23 @@ def bench_at(worktree: str, scenario: str, bench_dir: str | None = None) -> dict
     env = dict(os.environ, PYTHONPATH=worktree if bench_dir is None else f"{bench_dir}{os.pathsep}{worktree}")
     argv = [sys.executable, "-m", "zlb", "bench", "--json", "--scenario", scenario]
     # `python -m` puts its working directory first on the path: run from bench_dir so its bench/ wins.
-    done = subprocess.run(
+    proc = subprocess.Popen(
         argv,
         cwd=worktree if bench_dir is None else bench_dir,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=RUN_TIMEOUT_S,
         stdin=subprocess.DEVNULL,
     )
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} in {worktree} failed: {done.stderr[-800:]}")
-    return json.loads(done.stdout)[scenario]
+    try:
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:  # stopped or timed out: SIGTERM first, so the bench stops its own processes
+            terminate([proc], STOP_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} in {worktree} failed: {err[-800:]}")
+    return json.loads(out)[scenario]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--same-bench", action="store_true", help="measure every commit with this bench/")
     parser.add_argument("commits", nargs="+", help="anything git rev-parse takes")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    for commit in args.commits:
+        known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], capture_output=True)
+        if known.returncode != 0:
+            parser.error(f"{commit!r} names no commit in this repository")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the worktrees are removed on kill too
     with tempfile.TemporaryDirectory(prefix="zlb-by-commit-") as tmp:
         trees = {c: os.path.join(tmp, f"tree{i}") for i, c in enumerate(args.commits)}

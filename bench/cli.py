@@ -25,6 +25,10 @@ WANTED_OPEN_FILES = 16_384
 def parse_scenarios(values: tuple[str, ...]) -> list[str]:
     """Scenario names from repeated or comma-separated options, in the canonical order."""
     names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if values and not names:
+        raise click.BadParameter(
+            f"no scenario named in {', '.join(map(repr, values))}; choose from {', '.join(SCENARIOS)}"
+        )
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise click.BadParameter(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
@@ -98,7 +102,10 @@ def run_bench(config: BenchConfig, names: list[str], as_json: bool) -> int:
     "--window", type=click.IntRange(1, 100_000), default=100, show_default=True, help="Requests in flight per client."
 )
 @click.option(
-    "--requests", type=click.IntRange(1), default=None, help="Requests per measurement instead of --duration."
+    "--requests",
+    type=click.IntRange(1),
+    default=None,
+    help="Requests per measurement instead of --duration (userpath: its submits in total [50000]).",
 )
 @click.option(
     "--duration", type=click.FloatRange(0.1, 600), default=3.0, show_default=True, help="Seconds per measurement."
@@ -153,4 +160,6 @@ def bench(
     ):
         if given(name) is not ParameterSource.DEFAULT and value is not None:
             setattr(config, name, value)
+    if requests is not None:
+        config.user_requests = requests  # the user path counts submits, not a duration
     sys.exit(run_bench(config, names, as_json))

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", required=True, help="repeat for several, run in turn")
     parser.add_argument("bench_args", nargs="*", help="passed to zlb bench after --, e.g. -- --duration 5")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     records, loads = run_rounds(args.runs, args.scenario, lambda name: run_once(name, args.bench_args))
     result = {
         "runs": args.runs,

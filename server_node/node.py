@@ -40,6 +40,8 @@ EXIT_FENCED = 4
 # How long a node restarted on the same host keeps asking for the id of its dead predecessor:
 # past any balancer's deadline for it (liveness x heartbeat, 1.5 s by default).
 REFUSED_RETRY_S = 30.0
+# The longest heartbeat interval a node follows: an hour (beyond, a WELCOME is garbage).
+MAX_HEARTBEAT_MS = 3_600_000
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _WORK_BATCH, _DONE, _DONE_BATCH = MsgType.WORK_BATCH, MsgType.DONE, MsgType.DONE_BATCH
 
@@ -215,6 +217,9 @@ class ServerNode:
             elif msg_type is MsgType.WORK:
                 self._on_work(fields, body)
             elif msg_type is MsgType.WELCOME:
+                if not _sane_welcome(*fields):
+                    self.bad_messages += 1  # not a balancer we can follow: wait for a sane one
+                    continue
                 self._on_welcome(now, *fields)
             elif msg_type is MsgType.RECONNECT:
                 if fields[0] == p.REASON_STOPPING:
@@ -319,8 +324,15 @@ def _result_size(done: tuple[int, bool, bytes]) -> int:
     return len(done[2])
 
 
+def _sane_welcome(node_id: int, heartbeat_ms: int, liveness: int, max_payload: int) -> bool:
+    """A WELCOME whose timing and limit a node can follow (the balancer's CLI allows no others)."""
+    return 0 <= node_id and 1 <= heartbeat_ms <= MAX_HEARTBEAT_MS and 1 <= liveness <= 1000 and max_payload >= 0
+
+
 def _alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
+    """Whether a process with this pid exists on this host (no real pid is out of MAX_PID's range)."""
+    if not 0 < pid <= p.MAX_PID:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -142,6 +142,10 @@ MAX_BATCH_ITEMS = 1024
 # messages of 1,024 items held one iteration for 0.75-2.2 s, long enough for nodes to be
 # declared dead. At a few microseconds an item, this is a few milliseconds.
 DRAIN_ITEMS = 2048
+# ... and at most this many payload or result bytes: a burst of 60 MiB payloads took 3.9 s of one
+# iteration (each copied out of its frame, and again into WORK) and a node was declared dead.
+# The first message of a drain is always taken, whatever its size.
+DRAIN_BYTES = 32 * 1024 * 1024
 # A payload or result bigger than this travels alone, in the single form (SUBMIT, WORK, DONE,
 # RESULT) with its own body frame: inside a batch it is copied into the msgpack frame and out
 # again on every hop, which at 256 KiB cost a third of the throughput (190 MiB/s against 300).
@@ -269,7 +273,8 @@ def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
     same way, one lookup each.
     """
     if len(frame) > MAX_HEADER_BYTES and bytes(frame[:3]) in _BATCH_PREFIXES:
-        header = _unpack(frame, _ANY_SIZE, MAX_BATCH_ITEMS)
+        # Room past MAX_BATCH_ITEMS, so a batch a little too long is refused saying so, not as "malformed".
+        header = _unpack(frame, _ANY_SIZE, 16 * MAX_BATCH_ITEMS)
     elif len(frame) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", f"{len(frame)} bytes over the {MAX_HEADER_BYTES}-byte limit")
     else:
@@ -360,6 +365,15 @@ def split_body(msg_type: MsgType, frames: list[Any]) -> Any:
 
 # A host name longer than this in a HELLO is garbage (DNS names stop at 253).
 MAX_HOST_CHARS = 255
+# Process ids fit in 31 bits everywhere zlb runs (Linux caps them at 2**22).
+MAX_PID = 2**31 - 1
+
+
+def bad_host(host: str) -> bool:
+    """A host name no real peer sends: too long, or with control characters (a forged log line)."""
+    return len(host) > MAX_HOST_CHARS or not host.isprintable()
+
+
 # A node holds at most --capacity (10,000) tickets; a claim of more is garbage.
 MAX_HELD_TICKETS = 10_000
 

@@ -1,0 +1,28 @@
+"""What a server node accepts from whatever answers on the balancer's address."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from server_node.node import _alive, _sane_welcome
+
+
+@pytest.mark.parametrize(
+    ("heartbeat_ms", "liveness", "sane"),
+    [(500, 3, True), (1, 1, True), (0, 3, False), (-500, 3, False), (2**40, 3, False), (500, 0, False)],
+)
+def test_a_welcome_with_timing_no_balancer_sends_is_not_followed(heartbeat_ms: int, liveness: int, sane: bool):
+    """0 ms made the node say HELLO in a busy loop, 2**40 overflowed its poll, -500 divided into infinity."""
+    assert _sane_welcome(0, heartbeat_ms, liveness, 1024) is sane
+
+
+@pytest.mark.parametrize("pid", [2**31, 2**63, -1, 0])
+def test_a_pid_no_process_can_have_is_not_alive(pid: int):
+    """A REFUSED naming such a holder pid crashed the node in os.kill (OverflowError)."""
+    assert _alive(pid) is False
+
+
+def test_this_process_is_alive():
+    assert _alive(os.getpid()) is True
