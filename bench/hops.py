@@ -2,6 +2,7 @@
 
     python -m bench.hops --target zlb      # the Client API, a zlb balancer, one `zlb server --handler echo`
     python -m bench.hops --target relay    # a lean client, bench.framerelay, one bench.rawecho
+    python -m bench.hops --target zlb --code /tmp/old   # zlb as in another checkout (a worktree of an older commit)
 
 Every process is started with bench/hoptrace first on its path, whose sitecustomize notes
 when the process woke (a poll returned something) and when it sent a message. Requests go
@@ -43,9 +44,14 @@ PARTS = (
 )
 
 
-def run(target_kind: str, duration: float, warmup_s: float, trace_dir: str) -> tuple[LoadResult, dict[int, str]]:
-    """Start the target traced, run one client one request at a time; the load and each traced pid's role."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def run(
+    target_kind: str, duration: float, warmup_s: float, trace_dir: str, code: str | None = None
+) -> tuple[LoadResult, dict[int, str]]:
+    """Start the target traced, run one client one request at a time; the load and each traced pid's role.
+
+    `code`: a checkout whose zlb (and bench clients) the started processes run instead of this one's.
+    """
+    root = code or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (HOPTRACE_DIR, root, os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, ZLB_HOPTRACE=trace_dir, PYTHONPATH=path)
     with tempfile.TemporaryDirectory(prefix="zlb-hops-") as workdir:
@@ -119,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds")
     parser.add_argument("--warmup-s", type=float, default=0.5)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--code", help="run the processes from this checkout (e.g. a worktree of an older commit)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup_s < 0:
         parser.error("--duration must be positive and --warmup-s not negative")
+    if args.code is not None and not os.path.isdir(os.path.join(args.code, "balancer")):
+        parser.error(f"--code {args.code!r} is not a zlb checkout")
     with tempfile.TemporaryDirectory(prefix="zlb-hoptrace-") as trace_dir:
-        load, roles = run(args.target, args.duration, args.warmup_s, trace_dir)
+        load, roles = run(args.target, args.duration, args.warmup_s, trace_dir, args.code)
         found = chains(trace_dir, roles)
     if not found:
         print("bench.hops: no complete round trip in the traces", file=sys.stderr)
