@@ -65,10 +65,12 @@ if os.environ.get("ZLB_HOPTRACE"):
     _Socket.send, _Socket.send_multipart, _Socket.poll = _traced_send, _traced_send_multipart, _traced_socket_poll
     zmq.Poller.poll = _traced_poller_poll
 
-    try:  # zlb's own sends bypass the Python Socket.send (wire/sockets.py)
+    try:  # zlb's own sends bypass the Python Socket.send (wire/sockets.py; older checkouts have none)
         import wire.sockets as _wire_sockets
-
-        _raw_send = _wire_sockets._send
+    except ImportError:
+        _wire_sockets = None
+    _raw_send = getattr(_wire_sockets, "_send", None)
+    if _raw_send is not None:
 
         def _traced_raw_send(sock, data, flags=0):
             if _counted(sock, flags):
@@ -76,8 +78,6 @@ if os.environ.get("ZLB_HOPTRACE"):
             return _raw_send(sock, data, flags)
 
         _wire_sockets._send = _traced_raw_send
-    except ImportError:
-        pass
 
     def _write() -> None:
         with open(os.path.join(os.environ["ZLB_HOPTRACE"], f"{os.getpid()}.json"), "w") as fh:
