@@ -101,17 +101,10 @@ class MemoryBudget:
 
         refusal() and charge() in one call: every submission comes through here.
         """
-        limit = self.limit
-        by_client = self.by_client
-        mine = by_client.get(client_id, 0)
-        size += REQUEST_OVERHEAD_BYTES
-        if limit is not None and (self.live + self.unsent + size > limit or mine):
-            refusal = self.refusal(client_id, size - REQUEST_OVERHEAD_BYTES)
-            if refusal:
-                return refusal
-        self.live += size
-        by_client[client_id] = mine + size
-        return ""
+        refusal = self.refusal(client_id, size)
+        if not refusal:
+            self.charge(client_id, size)
+        return refusal
 
     def refusal(self, client_id: int, size: int) -> str:
         """'' if a new request of `size` bytes from this client fits, else why not (REASON_BUSY first)."""

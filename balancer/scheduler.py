@@ -120,13 +120,9 @@ class Scheduler:
         now: float = 0.0,
     ) -> Submitted:
         """Queue a client's request, or recognise it as one already known."""
-        session = self.sessions.get(client_id)
-        if session is not None and session.incarnation == incarnation:
-            session.last_seen = now  # its holder, again: all that claim() would do
-        else:
-            session = self.sessions.of(client_id)
-            if self.sessions.claim(session, incarnation, now):
-                return Submitted.ID_IN_USE
+        session = self.sessions.of(client_id)
+        if self.sessions.claim(session, incarnation, now):
+            return Submitted.ID_IN_USE
         req = session.get(request_id)
         if req is not None:
             return resubmitted(req, route, body, self.counters, self.outbox)

@@ -279,13 +279,10 @@ class ServerNode:
             self.max_seen = ticket
         if ticket in self.held:
             return  # tickets are unique: the same WORK twice runs once
-        work = _new_work(handlers.Work, (client_id, request_id, priority, attempt, self.node_id, payload))
+        work = handlers.Work(client_id, request_id, priority, attempt, self.node_id, payload)
         self.held[ticket] = None
-        if self._pool is None:  # an instant handler, on this thread: run() always gives bytes
-            ok, result = handlers.run(self.handler, work)
-            if len(result) > self.max_payload:  # the balancer would refuse it: say why instead
-                ok, result = False, p.too_large("result", len(result), self.max_payload)
-            self._done.append((ticket, ok, result))
+        if self._pool is None:
+            self._finished(ticket, *self._run_handler(work))
         else:
             self._pool.submit(ticket, work)
 
@@ -314,10 +311,6 @@ class ServerNode:
                 self._send(p.encode(_DONE, ticket, ok), result)
             else:
                 self._send(p.encode(_DONE_BATCH, batch))
-
-
-# Work is a NamedTuple: tuple.__new__ with the fields in order skips its generated __new__ (a frame per request).
-_new_work = tuple.__new__
 
 
 def _result_size(done: tuple[int, bool, bytes]) -> int:
