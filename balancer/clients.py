@@ -71,9 +71,8 @@ class ClientSide:
     def _drain_frontend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
         submit, submit_batch = _SUBMIT, _SUBMIT_BATCH
-        budget, byte_budget = p.DRAIN_ITEMS, p.DRAIN_BYTES
-        for frames in received(self.frontend, limit, routed=True):
-            byte_budget -= sum(map(len, frames))
+        budget = p.DRAIN_ITEMS
+        for frames in received(self.frontend, limit, routed=True, max_bytes=p.DRAIN_BYTES):
             try:
                 msg_type, fields, body = decode(frames)
                 if msg_type is not submit_batch and msg_type is not submit and msg_type not in self._client_handlers:
@@ -98,7 +97,7 @@ class ClientSide:
                     self._client_handlers[msg_type](self, route, fields, now)
                 except ProtocolError as exc:
                     self._bad_input("frontend", exc, now)
-            if budget <= 0 or byte_budget <= 0:
+            if budget <= 0:
                 return  # the rest waits for the next iteration: nodes and admins are served in between
 
     def _on_submit(

@@ -66,9 +66,8 @@ class NodeSide:
 
     def _drain_backend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
-        budget, byte_budget = p.DRAIN_ITEMS, p.DRAIN_BYTES
-        for frames in received(self.backend, limit, routed=True):
-            byte_budget -= sum(map(len, frames))
+        budget = p.DRAIN_ITEMS
+        for frames in received(self.backend, limit, routed=True, max_bytes=p.DRAIN_BYTES):
             try:
                 msg_type, fields, body = decode(frames)
                 handler = self._node_handlers.get(msg_type)
@@ -84,8 +83,8 @@ class NodeSide:
                 self._bad_input("backend", exc, now)
             except Exception as exc:  # noqa: BLE001 - a message we failed to foresee must not end the balancer
                 self._bad_input("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
-            if budget <= 0 or byte_budget <= 0:
-                return  # the rest waits for the next iteration (see p.DRAIN_ITEMS and p.DRAIN_BYTES)
+            if budget <= 0:
+                return  # the rest waits for the next iteration (see p.DRAIN_ITEMS; received() stops at DRAIN_BYTES)
 
     def _unknown_node(self, route: bytes) -> None:
         """A message from a route with no session: a fenced incarnation exits, anyone else says HELLO."""

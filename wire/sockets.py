@@ -1,7 +1,7 @@
 """Receiving and sending without blocking, the way every zlb loop does.
 
-Measured costs on this machine (bench traces and opcode counts: see
-docs/PERFORMANCE.md, "One at a time"): pyzmq's getsockopt looks its option up
+Why, as measured on this machine (python -m bench.hops; docs/PERFORMANCE.md,
+"One at a time: the second latency round"): pyzmq's getsockopt looks its option up
 in a Python enum on every call (1.3 us, most of it the lookup), its
 recv_multipart asks RCVMORE that way after every frame, its send_multipart and
 the Python `send` wrapper add another layer per frame, and a recv that fails
@@ -49,22 +49,19 @@ def drain_limit(polled_s: float) -> int:
 
 
 def received(
-    sock: zmq.Socket, limit: int = DRAIN_BATCH, copy: bool = True, routed: bool = False
+    sock: zmq.Socket, limit: int = DRAIN_BATCH, copy: bool = True, routed: bool = False, max_bytes: int | None = None
 ) -> Iterator[list[Any]]:
     """The messages waiting on a socket, at most `limit` of them, without blocking.
 
     Frames come as bytes, or as zmq.Frame with copy=False. `routed`: the socket
-    is a ROUTER, so every message starts with its route.
+    is a ROUTER, so every message starts with its route. `max_bytes`: stop after
+    the message that reaches this many bytes (the first is always taken).
     """
     recv, events = sock.recv, sock.getsockopt
     while True:
         try:
-            if routed:
-                message = [recv(_NOBLOCK)]
-                frame = recv(_NOBLOCK, copy=False)
-            else:
-                message = []
-                frame = recv(_NOBLOCK, copy=False)
+            message = [recv(_NOBLOCK)] if routed else []
+            frame = recv(_NOBLOCK, copy=False)
         except zmq.Again:
             return  # a wake-up with nothing to read (a poll may say readable for a command)
         message.append(frame.bytes if copy else frame)
@@ -73,16 +70,24 @@ def received(
             message.append(frame.bytes if copy else frame)
         yield message
         limit -= 1
+        if max_bytes is not None:
+            max_bytes -= sum(map(len, message))
+            if max_bytes <= 0:
+                return
         if limit <= 0 or not events(_EVENTS) & _POLLIN:
             return
+
+
+def _send_message(sock: zmq.Socket, frames: list[Any] | tuple[Any, ...]) -> None:
+    for frame in frames[:-1]:
+        _send(sock, frame, _MORE_NOWAIT)
+    _send(sock, frames[-1], _NOBLOCK)
 
 
 def send_frames(sock: zmq.Socket, frames: list[Any] | tuple[Any, ...]) -> bool:
     """Send frames as one message without blocking; False when the queue is full (nothing was queued)."""
     try:
-        for frame in frames[:-1]:
-            _send(sock, frame, _MORE_NOWAIT)
-        _send(sock, frames[-1], _NOBLOCK)
+        _send_message(sock, frames)
     except zmq.Again:
         return False
     return True
@@ -96,12 +101,7 @@ def send_routed(sock: zmq.Socket, route: bytes, frames: list[Any]) -> str:
     """
     try:
         _send(sock, route, _MORE_NOWAIT)
-        if len(frames) == 1:
-            _send(sock, frames[0], _NOBLOCK)
-        else:
-            for frame in frames[:-1]:
-                _send(sock, frame, _MORE_NOWAIT)
-            _send(sock, frames[-1], _NOBLOCK)
+        _send_message(sock, frames)
     except zmq.Again:
         return "dropped"
     except zmq.ZMQError as exc:
