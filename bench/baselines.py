@@ -103,16 +103,15 @@ def paired_one_at_a_time(
     its own warm-up; every slice's round trips are pooled. Returns (zlb, relay).
     """
     slice_s = duration / PAIRED_SLICES
-    zlb_parts: list[LoadResult] = []
-    relay_parts: list[LoadResult] = []
+    parts: dict[str, list[LoadResult]] = {"zlb": [], "relay": []}
+    runs = {
+        "zlb": lambda: user_one_at_a_time(bench, zlb, slice_s, warmup_s),
+        "relay": lambda: lean_load(bench, relay, 1, 1, slice_s, warmup_s),
+    }
     for i in range(PAIRED_SLICES):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for which in order:
-            if which == 0:
-                zlb_parts.append(user_one_at_a_time(bench, zlb, slice_s, warmup_s))
-            else:
-                relay_parts.append(lean_load(bench, relay, 1, 1, slice_s, warmup_s))
-    return pooled(zlb_parts), pooled(relay_parts)
+        for name in ("zlb", "relay") if i % 2 == 0 else ("relay", "zlb"):
+            parts[name].append(runs[name]())
+    return pooled(parts["zlb"]), pooled(parts["relay"])
 
 
 def pooled(parts: list[LoadResult]) -> LoadResult:

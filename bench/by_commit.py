@@ -28,7 +28,7 @@ import sys
 import tempfile
 from typing import Any
 
-from bench.interleave import RUN_TIMEOUT_S, run_rounds, summarise
+from bench.interleave import RUN_TIMEOUT_S, print_report, run_rounds
 from bench.procs import STOP_TIMEOUT_S
 from zlb.supervisor import terminate
 
@@ -87,14 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", tree], capture_output=True)
-    result = {
-        "scenario": args.scenario,
-        "rounds": args.rounds,
-        "load_average_before_each_run": loads,
-        "summary": {c: summarise(recs) for c, recs in records.items()},
-        "records": records,
-    }
-    print(json.dumps(result, indent=1))
+    print_report({"scenario": args.scenario, "rounds": args.rounds}, records, loads)
     return 0
 
 

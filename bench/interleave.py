@@ -69,14 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     records, loads = run_rounds(args.runs, args.scenario, lambda name: run_once(name, args.bench_args))
-    result = {
-        "runs": args.runs,
-        "load_average_before_each_run": loads,
-        "summary": {name: summarise(recs) for name, recs in records.items()},
-        "records": records,
-    }
-    print(json.dumps(result, indent=1))
+    print_report({"runs": args.runs}, records, loads)
     return 0
+
+
+def print_report(head: dict[str, Any], records: dict[str, list[dict[str, Any]]], loads: list[float]) -> None:
+    """One JSON object: `head`, the load before each run, per name the summary, and every record."""
+    summary = {name: summarise(recs) for name, recs in records.items()}
+    report = {**head, "load_average_before_each_run": loads, "summary": summary, "records": records}
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
