@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,29 @@ def start_balancer(procs: ProcessGroup, endpoints: Endpoints, heartbeat_ms: int 
 
     wait_until(answers, 15, "the balancer to answer ping")
     return live
+
+
+@contextmanager
+def balancer_in_process(**config: Any) -> Iterator[tuple[Any, Any]]:
+    """A Balancer object in this process, its frontend on inproc, and a DEALER connected to it.
+
+    Over inproc a message is in the frontend's queue when its send returns, so a test can call the
+    loop's drains directly and know exactly what waits: no race with a TCP transfer.
+    """
+    import zmq
+
+    from balancer.loop import Balancer, BalancerConfig
+
+    eps = {role: f"tcp://127.0.0.1:{free_port()}" for role in ("backend", "events", "control")}
+    eps["frontend"] = f"inproc://frontend-{os.getpid()}-{time.monotonic_ns()}"
+    ctx = zmq.Context()
+    balancer = Balancer(BalancerConfig(**eps, log_file=None, **config), context=ctx)
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(eps["frontend"])
+    try:
+        yield balancer, sock
+    finally:
+        sock.close(linger=0)
+        balancer.close()
+        ctx.term()

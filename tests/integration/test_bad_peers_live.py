@@ -80,26 +80,14 @@ def test_one_drain_takes_at_most_drain_bytes_of_payloads():
     """Three 20 MiB SUBMITs waiting: one frontend drain takes two (the second passes DRAIN_BYTES), so
     a burst of big payloads cannot hold the loop for seconds (it held 3.9 s and a node died). The
     frontend is inproc, where a send is in the receiver's queue when it returns: no race."""
-    from balancer.loop import Balancer, BalancerConfig
-    from tests.harness import free_port
+    from tests.harness import balancer_in_process
 
-    eps = {role: f"tcp://127.0.0.1:{free_port()}" for role in ("backend", "events", "control")}
-    eps["frontend"] = f"inproc://frontend-{secrets.token_hex(4)}"
-    ctx = zmq.Context()
-    balancer = Balancer(BalancerConfig(**eps, log_file=None, max_memory_bytes=None), context=ctx)
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(eps["frontend"])
-    try:
-        big = 20 * 1024 * 1024
-        assert 2 * big > p.DRAIN_BYTES > big
+    big = 20 * 1024 * 1024
+    assert 2 * big > p.DRAIN_BYTES > big
+    with balancer_in_process(max_memory_bytes=None) as (balancer, sock):
         for request_id in range(3):
             sock.send_multipart([p.encode(MsgType.SUBMIT, 9, request_id, 5, 1), b"p" * big])
         balancer._drain_frontend(time.monotonic(), 256)
         assert balancer.sched.waiting == 2
         balancer._drain_frontend(time.monotonic(), 256)
         assert balancer.sched.waiting == 3
-    finally:
-        sock.close(linger=0)
-        balancer.close()
-        ctx.term()
