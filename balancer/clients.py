@@ -11,7 +11,7 @@ from typing import Any
 from balancer.records import Submitted, conflict_reason
 from wire import events as ev
 from wire import protocol as p
-from wire.batching import batches, grouped, lone
+from wire.batching import batches, grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
 
@@ -19,6 +19,7 @@ from wire.sockets import received, send_routed
 _SUBMIT, _SUBMIT_BATCH, _RESULT_BATCH = MsgType.SUBMIT, MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH
 _RESULT = MsgType.RESULT
 _QUEUED, _DUPLICATE, _FINISHED = Submitted.QUEUED, Submitted.DUPLICATE, Submitted.FINISHED
+_PROCESSED, _FAILED = p.PROCESSED, p.FAILED
 
 
 def _route_of(req: Any) -> Any:
@@ -28,6 +29,15 @@ def _route_of(req: Any) -> Any:
 def _body_size(req: Any) -> int:
     body = req.body
     return 0 if body is None else len(body)
+
+
+def _result_frames(items: list[tuple[Any, ...]]) -> list[Any]:
+    """A RESULT_BATCH of (request_id, status, server_id, attempts, replay, body) items, or the
+    single-form RESULT of one result too big to ride in a batch (p.LONE_PAYLOAD_BYTES)."""
+    if len(items) == 1 and items[0][5] is not None and len(items[0][5]) > p.LONE_PAYLOAD_BYTES:
+        *fields, body = items[0]
+        return [p.encode(_RESULT, *fields), body]
+    return [p.encode(_RESULT_BATCH, items)]
 
 
 class ClientSide:
@@ -58,13 +68,20 @@ class ClientSide:
     def _deliver_batch(self, route: bytes, batch: list[Any], replay: bool) -> None:
         """A RESULT_BATCH, or the RESULT of one big result (p.LONE_PAYLOAD_BYTES); a full pipe holds it
         and pauses its client (balancer/pressure.py)."""
-        if lone(batch, _body_size):
-            r = batch[0]
-            frames = [p.encode(_RESULT, r.request_id, r.status, r.server_id, r.attempts, replay), r.body]
-        else:
-            items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
-            frames = [p.encode(_RESULT_BATCH, items)]
-        self._deliver(batch[0].client_id, route, frames, sum(map(_body_size, batch)))
+        items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
+        self._deliver(batch[0].client_id, route, _result_frames(items), sum(map(_body_size, batch)))
+
+    def _answer(self, req: Any, ok: bool, result: bytes) -> bool:
+        """Send a node's result for `req` before the scheduler completes it; False if `req` is None.
+
+        The RESULT says what complete() will record: processed or failed, on the node it ran on.
+        """
+        if req is None:
+            return False
+        if req.route is not None:  # else no route is known: the client's retry fetches it
+            items = [(req.request_id, _PROCESSED if ok else _FAILED, req.server_id, req.attempts, False, result)]
+            self._deliver(req.client_id, req.route, _result_frames(items), len(result))
+        return True
 
     # ---- frontend: clients ----------------------------------------------
 

@@ -31,6 +31,8 @@ def _payload_size(assignment: tuple[Any, int, Any]) -> int:
 class NodeSide:
     """Backend handlers of the Balancer."""
 
+    _answer_first = False  # set per drain (_drain_backend)
+
     def _send_work(self, assignments: list[Any]) -> bool:
         """One WORK_BATCH per node; a node with no connection gets its work back in the queue. True if all left."""
         if len(assignments) == 1:  # a lone request, the latency path: no grouping to do
@@ -67,6 +69,9 @@ class NodeSide:
     def _drain_backend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
         budget = p.DRAIN_ITEMS
+        # Woken from idle for one message: a lone result goes to its client before the books are kept.
+        # Not with a journal: a result may only leave once its record is written (balancer/journal.py).
+        self._answer_first = limit == 1 and self.journal is None
         for frames in received(self.backend, limit, routed=True, max_bytes=p.DRAIN_BYTES):
             try:
                 msg_type, fields, body = decode(frames)
@@ -101,10 +106,12 @@ class NodeSide:
     def _on_done_batch(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         complete, limit = self.sched.complete, self.config.max_message_bytes
         unknown = False
+        answer_first = self._answer_first and len(fields[0]) == 1
         for ticket, ok, result in fields[0]:
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
                 ok, result = False, p.too_large("result", len(result), limit)
-            if complete(route, ticket, ok, result, now) is None:
+            answered = answer_first and self._answer(self.sched.finishing(route, ticket), ok, result)
+            if complete(route, ticket, ok, result, now, answered) is None:
                 unknown = True
         if unknown and route not in self.sched.routes:
             self._unknown_node(route)

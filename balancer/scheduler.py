@@ -167,12 +167,15 @@ class Scheduler:
         for req in lost:
             self._requeue(req, server_id)
 
-    def _fail(self, req: Request, server_id: int | None, reason: str, result: Any = None) -> None:
+    def _fail(
+        self, req: Request, server_id: int | None, reason: str, result: Any = None, answered: bool = False
+    ) -> None:
         """Finish a request as failed: its result is the node's error text, or else the reason."""
-        self._finish(req, FAILED, reason.encode() if result is None else result)
+        self._finish(req, FAILED, reason.encode() if result is None else result, answered)
         self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, server_id, reason))
 
-    def _finish(self, req: Request, status: str, result: Any) -> None:
+    def _finish(self, req: Request, status: str, result: Any, answered: bool = False) -> None:
+        """`answered`: the loop already sent the result (see complete()), so it is not queued as a reply."""
         if self._transit_losses:
             self._transit_losses.pop(req, None)
         req.status = status
@@ -181,7 +184,8 @@ class Scheduler:
         self.budget.release(req.client_id, _size(req.body))
         req.body = result
         self.counters[status] += 1
-        self.outbox.replies.append(req)
+        if not answered:
+            self.outbox.replies.append(req)
         if self.outbox.journal is not None:
             outcome = (status, req.server_id, req.attempts, result, req.payload_digest)
             self.outbox.journal.append((FINISHED, req.client_id, req.request_id, req.priority, *outcome))
@@ -261,8 +265,22 @@ class Scheduler:
         req.attempts -= 1
         self._requeue(req, node.node_id)
 
-    def complete(self, route: Any, ticket: int, ok: bool, result: Any, now: float) -> Request | None:
-        """Record a node's result; None when it is late or unknown (dropped)."""
+    def finishing(self, route: Any, ticket: int) -> Request | None:
+        """The request a node's result for `ticket` would finish, changing nothing; None if late or unknown.
+
+        A loop woken for one result may send it from this before complete() keeps the books, and
+        complete it with answered=True: the client's answer does not wait for the bookkeeping.
+        """
+        node = self.routes.get(route)
+        return node.in_flight.get(ticket) if node is not None else None
+
+    def complete(
+        self, route: Any, ticket: int, ok: bool, result: Any, now: float, answered: bool = False
+    ) -> Request | None:
+        """Record a node's result; None when it is late or unknown (dropped).
+
+        `answered`: the loop already sent this result to its client (see finishing()).
+        """
         node = self.routes.get(route)
         req = node.in_flight.pop(ticket, None) if node is not None else None
         if req is None:
@@ -273,10 +291,10 @@ class Scheduler:
         self.table.touch(node, now)
         node.handled += 1
         if ok:
-            self._finish(req, PROCESSED, result)
+            self._finish(req, PROCESSED, result, answered)
             self.outbox.events.append((ev.REQUEST_PROCESSED, req.client_id, req.request_id, node.node_id))
         else:
-            self._fail(req, node.node_id, bytes(result).decode("utf-8", "replace"), result)
+            self._fail(req, node.node_id, bytes(result).decode("utf-8", "replace"), result, answered)
         self.table.refresh(node)
         if node.state is _DRAINING and not node.in_flight:
             self.outbox.events.append((ev.NODE_DRAINED, node.node_id))

@@ -252,3 +252,28 @@ def test_kept_results_are_bounded_in_bytes_too():
         sched.complete(node.route, ticket, True, b"x" * 100, 1.0)
     assert [r.request_id for r in sched.requests(status="processed")] == [2, 3]
     assert len(sched.replies) == 4  # every result was still handed to its client
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_result_answered_first_is_finished_the_same_but_not_queued_as_a_reply(ok):
+    """finishing() changes nothing; complete(answered=True) keeps every book complete() keeps, minus the reply."""
+    answered, queued = make({0: 2}, max_memory_bytes=1 << 20), make({0: 2}, max_memory_bytes=1 << 20)
+    for sched in (answered, queued):
+        sched.submit(7, 1, 1, b"c", b"payload")
+        ((_node, ticket, _req),) = sched.dispatch()
+        sched.events.clear()
+        held = sched.budget.live
+        req = sched.finishing(b"n0", ticket)
+        assert req is not None and req.status == "assigned" and sched.budget.live == held and not sched.events
+        assert sched.finishing(b"n0", ticket + 1) is None and sched.finishing(b"n9", ticket) is None
+        done = sched.complete(b"n0", ticket, ok, b"result", 1.0, answered=sched is answered)
+        assert done is req and req.body == b"result" and req.status == ("processed" if ok else "failed")
+    assert [r.request_id for r in queued.replies] == [1] and answered.replies == []
+    for field in ("counters", "events"):
+        assert getattr(answered, field) == getattr(queued, field)
+    assert answered.budget.live == queued.budget.live and answered.budget.by_client == queued.budget.by_client
+    assert answered.remembered_finished == queued.remembered_finished == 1
+    assert answered.in_flight() == queued.in_flight() == 0
+    assert [n for n, _t, _r in answered.dispatch()] == [] and answered.submit(
+        7, 1, 1, b"c", b"payload"
+    ) is Submitted.FINISHED
