@@ -10,6 +10,7 @@ from typing import Any
 
 from balancer.records import Submitted, conflict_reason
 from wire import events as ev
+from wire import limits
 from wire import protocol as p
 from wire.batching import batches, grouped
 from wire.protocol import MsgType, ProtocolError
@@ -33,8 +34,8 @@ def _body_size(req: Any) -> int:
 
 def _result_frames(items: list[tuple[Any, ...]]) -> list[Any]:
     """A RESULT_BATCH of (request_id, status, server_id, attempts, replay, body) items, or the
-    single-form RESULT of one result too big to ride in a batch (p.LONE_PAYLOAD_BYTES)."""
-    if len(items) == 1 and items[0][5] is not None and len(items[0][5]) > p.LONE_PAYLOAD_BYTES:
+    single-form RESULT of one result too big to ride in a batch (limits.LONE_PAYLOAD_BYTES)."""
+    if len(items) == 1 and items[0][5] is not None and len(items[0][5]) > limits.LONE_PAYLOAD_BYTES:
         *fields, body = items[0]
         return [p.encode(_RESULT, *fields), body]
     return [p.encode(_RESULT_BATCH, items)]
@@ -66,7 +67,7 @@ class ClientSide:
                 self._deliver_batch(route, batch, replay)
 
     def _deliver_batch(self, route: bytes, batch: list[Any], replay: bool) -> None:
-        """A RESULT_BATCH, or the RESULT of one big result (p.LONE_PAYLOAD_BYTES); a full pipe holds it
+        """A RESULT_BATCH, or the RESULT of one big result (limits.LONE_PAYLOAD_BYTES); a full pipe holds it
         and pauses its client (balancer/pressure.py)."""
         items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
         self._deliver(batch[0].client_id, route, _result_frames(items), sum(map(_body_size, batch)))
@@ -88,8 +89,8 @@ class ClientSide:
     def _drain_frontend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
         submit, submit_batch = _SUBMIT, _SUBMIT_BATCH
-        budget = p.DRAIN_ITEMS
-        for frames in received(self.frontend, limit, routed=True, max_bytes=p.DRAIN_BYTES):
+        budget = limits.DRAIN_ITEMS
+        for frames in received(self.frontend, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
             try:
                 msg_type, fields, body = decode(frames)
                 if msg_type is not submit_batch and msg_type is not submit and msg_type not in self._client_handlers:
@@ -127,7 +128,7 @@ class ClientSide:
             return True
         if len(body) > self.config.max_message_bytes:
             self._count("payloads_too_large")
-            reason = p.too_large("payload", len(body), self.config.max_message_bytes).decode()
+            reason = limits.too_large("payload", len(body), self.config.max_message_bytes).decode()
             self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
             return True
         if not self.sched.budget.could_hold(len(body)):  # never, however long the client waits: not busy
@@ -163,7 +164,7 @@ class ClientSide:
             self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.config.max_message_bytes))
 
     def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
-        if p.bad_host(fields[3]) or not 0 <= fields[2] <= p.MAX_PID:
+        if limits.bad_host(fields[3]) or not 0 <= fields[2] <= limits.MAX_PID:
             raise ProtocolError("bad_fields", f"CLIENT_HELLO with pid {fields[2]} and host {fields[3]!r:.80}")
         self._claim_session(route, tuple(fields), now, welcome=True)
 

@@ -35,11 +35,12 @@ import time
 from typing import Any
 
 from wire import events as ev
+from wire import limits
 from wire import protocol as p
 
 FRAME_HEADER = struct.Struct(">I")
 # decode_events refuses more; a batch is a few thousand events, about 100 KB.
-MAX_FRAME_BYTES = p.DEFAULT_MAX_MESSAGE_BYTES
+MAX_FRAME_BYTES = limits.DEFAULT_MAX_MESSAGE_BYTES
 READ_BYTES = 1 << 20
 # Stop signals meant for the balancer, which reach the writer too: blocked across the spawn, then ignored.
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})

@@ -37,6 +37,7 @@ from balancer.scheduler import (
     Scheduler,
 )
 from wire import events as ev
+from wire import limits
 from wire import protocol as p
 from wire.batching import grouped
 from wire.protocol import MsgType, ProtocolError
@@ -70,7 +71,7 @@ class BalancerConfig:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     keep_finished: int = DEFAULT_KEEP_FINISHED
     keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES
-    max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES
     log_file: str | None = None  # the CLI passes its default (under XDG_STATE_HOME); None writes no file
     journal: str | None = None
     curve_secret: str | None = None
@@ -189,7 +190,7 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.secure(sock)
-        sock.setsockopt(zmq.MAXMSGSIZE, p.socket_limit(self.config.max_message_bytes))
+        sock.setsockopt(zmq.MAXMSGSIZE, limits.socket_limit(self.config.max_message_bytes))
         # Messages queued per peer follow from the memory budget (balancer/budget.py): a full
         # send pipe says EAGAIN (ROUTER_MANDATORY) and pauses that client, a full receive
         # pipe stops reading its peer, so neither grows without bound.

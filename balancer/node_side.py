@@ -11,6 +11,7 @@ from typing import Any
 from balancer.records import NodeState
 from balancer.scheduler import Refused
 from wire import events as ev
+from wire import limits
 from wire import protocol as p
 from wire.batching import batches, grouped, lone
 from wire.protocol import MsgType, ProtocolError
@@ -44,7 +45,7 @@ class NodeSide:
         return all_sent
 
     def _send_batch(self, node: Any, batch: list[Any]) -> bool:
-        """A WORK_BATCH, or the WORK of one big payload (p.LONE_PAYLOAD_BYTES); what cannot leave is re-queued."""
+        """A WORK_BATCH, or the WORK of one big payload (limits.LONE_PAYLOAD_BYTES); what cannot leave is re-queued."""
         if lone(batch, _payload_size):
             _node, ticket, r = batch[0]
             frames = [p.encode(_WORK, ticket, r.client_id, r.request_id, r.priority, r.attempts), r.body]
@@ -68,11 +69,11 @@ class NodeSide:
 
     def _drain_backend(self, now: float, limit: int) -> None:
         decode = p.decode_routed
-        budget = p.DRAIN_ITEMS
+        budget = limits.DRAIN_ITEMS
         # Woken from idle for one message: a lone result goes to its client before the books are kept.
         # Not with a journal: a result may only leave once its record is written (balancer/journal.py).
         self._answer_first = limit == 1 and self.journal is None
-        for frames in received(self.backend, limit, routed=True, max_bytes=p.DRAIN_BYTES):
+        for frames in received(self.backend, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
             try:
                 msg_type, fields, body = decode(frames)
                 handler = self._node_handlers.get(msg_type)
@@ -89,7 +90,7 @@ class NodeSide:
             except Exception as exc:  # noqa: BLE001 - a message we failed to foresee must not end the balancer
                 self._bad_input("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
             if budget <= 0:
-                return  # the rest waits for the next iteration (see p.DRAIN_ITEMS; received() stops at DRAIN_BYTES)
+                return  # the rest waits for the next iteration (limits.DRAIN_ITEMS; received() stops at DRAIN_BYTES)
 
     def _unknown_node(self, route: bytes) -> None:
         """A message from a route with no session: a fenced incarnation exits, anyone else says HELLO."""
@@ -109,7 +110,7 @@ class NodeSide:
         answer_first = self._answer_first and len(fields[0]) == 1
         for ticket, ok, result in fields[0]:
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
-                ok, result = False, p.too_large("result", len(result), limit)
+                ok, result = False, limits.too_large("result", len(result), limit)
             answered = answer_first and self._answer(self.sched.finishing(route, ticket), ok, result)
             if complete(route, ticket, ok, result, now, answered) is None:
                 unknown = True
@@ -118,7 +119,12 @@ class NodeSide:
 
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         node_id, capacity, pid, host, incarnation, max_seen = fields
-        if capacity < 1 or (node_id is not None and node_id < 0) or p.bad_host(host) or not 0 <= pid <= p.MAX_PID:
+        if (
+            capacity < 1
+            or (node_id is not None and node_id < 0)
+            or limits.bad_host(host)
+            or not 0 <= pid <= limits.MAX_PID
+        ):
             detail = f"HELLO with capacity {capacity}, id {node_id}, pid {pid}, host {host!r:.80}"
             raise ProtocolError("bad_fields", detail)
         held = p.decode_tickets(body)

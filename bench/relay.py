@@ -62,7 +62,7 @@ def serve(frontend_ep: str, backend_ep: str, heartbeat_s: float, announce: bool 
                     except ProtocolError:
                         continue
                     route = frames[0]
-                    # zlb nodes answer in batches since protocol 3, and a big result alone (p.LONE_PAYLOAD_BYTES)
+                    # zlb nodes answer in batches since protocol 3, and a big result alone (LONE_PAYLOAD_BYTES)
                     if msg_type is MsgType.DONE_BATCH or msg_type is MsgType.DONE:
                         done = fields[0] if msg_type is MsgType.DONE_BATCH else [(fields[0], fields[1], frames[2])]
                         for done_ticket, _ok, result in done:

@@ -46,6 +46,7 @@ from typing import Any
 import zmq
 
 from client_node.result import Pending, Result
+from wire import limits
 from wire import protocol as p
 from wire.batching import batches, lone
 from wire.protocol import MsgType, ProtocolError
@@ -106,7 +107,7 @@ class Client:
         self.connect_timeout_s = connect_timeout_s
         self.heard = False
         self.lease_s = DEFAULT_LEASE_S
-        self.max_payload = p.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from CLIENT_WELCOME
+        self.max_payload = limits.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from CLIENT_WELCOME
         self.refused: str | None = None
         self.retry_max_s = None if retry_s is None else retry_s * RETRY_BACKOFF_FACTOR_MAX
         self.resent = 0
@@ -183,7 +184,7 @@ class Client:
     def submit_many(self, payloads: Iterable[bytes | str], priority: int = DEFAULT_PRIORITY) -> list[Pending]:
         """Submit many requests in as few messages as the batch limits allow; same rules as submit().
 
-        The fast way to send a burst: one SUBMIT_BATCH carries up to p.BATCH_ITEMS requests, so the
+        The fast way to send a burst: one SUBMIT_BATCH carries up to limits.BATCH_ITEMS requests, so the
         balancer and this process each handle one message where submit() in a loop costs one per request.
         """
         pending = []
@@ -223,7 +224,7 @@ class Client:
         unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
         for batch in batches(unsent, _payload_size):
-            if lone(batch, _payload_size):  # a big payload in its own frame (see p.LONE_PAYLOAD_BYTES)
+            if lone(batch, _payload_size):  # a big payload in its own frame (see limits.LONE_PAYLOAD_BYTES)
                 request_id, priority, payload = batch[0]
                 frames = [p.encode(_SUBMIT, self.client_id, request_id, priority, self.incarnation), payload]
             else:

@@ -27,6 +27,7 @@ import zmq
 from server_node import handlers
 from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
+from wire import limits
 from wire import protocol as p
 from wire.batching import batches, lone
 from wire.protocol import MsgType, ProtocolError
@@ -78,7 +79,7 @@ class ServerNode:
         # Tickets received whose DONE has not been sent, in arrival order.
         self.held: dict[int, None] = {}
         self._done: list[tuple[int, bool, bytes]] = []  # finished this iteration, DONE not yet sent
-        self.max_payload = p.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from WELCOME
+        self.max_payload = limits.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from WELCOME
         self.max_seen = 0  # the highest ticket received: WORK arrives in ticket order
         self._ctx = context or zmq.Context.instance()
         self.incarnation = secrets.randbits(64)
@@ -117,7 +118,7 @@ class ServerNode:
             self.node_id,
             self.config.capacity,
             os.getpid(),
-            socket.gethostname()[: p.MAX_HOST_CHARS],
+            socket.gethostname()[: limits.MAX_HOST_CHARS],
             self.incarnation,
             self.max_seen,
         )
@@ -248,7 +249,7 @@ class ServerNode:
         if self._refused_since is None:
             self._refused_since = now
         if (
-            holder_host == socket.gethostname()[: p.MAX_HOST_CHARS]
+            holder_host == socket.gethostname()[: limits.MAX_HOST_CHARS]
             and holder_pid is not None
             and not _alive(holder_pid)
         ):
@@ -294,7 +295,7 @@ class ServerNode:
         if ticket in self.held:
             result = bytes(result)
             if len(result) > self.max_payload:  # the balancer would refuse it: say why instead
-                ok, result = False, p.too_large("result", len(result), self.max_payload)
+                ok, result = False, limits.too_large("result", len(result), self.max_payload)
             self._done.append((ticket, ok, result))
 
     def _send_done(self) -> None:
@@ -306,7 +307,7 @@ class ServerNode:
             del held[ticket]
         self.handled += len(done)
         for batch in batches(done, _result_size):
-            if lone(batch, _result_size):  # a big result in its own frame (see p.LONE_PAYLOAD_BYTES)
+            if lone(batch, _result_size):  # a big result in its own frame (see limits.LONE_PAYLOAD_BYTES)
                 ticket, ok, result = batch[0]
                 self._send(p.encode(_DONE, ticket, ok), result)
             else:
@@ -324,7 +325,7 @@ def _sane_welcome(node_id: int, heartbeat_ms: int, liveness: int, max_payload: i
 
 def _alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (no real pid is out of MAX_PID's range)."""
-    if not 0 < pid <= p.MAX_PID:
+    if not 0 < pid <= limits.MAX_PID:
         return False
     try:
         os.kill(pid, 0)

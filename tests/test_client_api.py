@@ -9,6 +9,7 @@ import zmq
 
 from client_node.client import Client
 from tests.harness import free_port, wait_until
+from wire import limits
 from wire import protocol as p
 from wire.protocol import MsgType
 
@@ -131,7 +132,7 @@ def test_submit_many_sends_a_burst_in_batches_and_a_lone_submit_at_once(frontend
         pending = client.submit_many([b"x%d" % i for i in range(600)], priority=2)
         frontend.wait_for(3, "3 SUBMIT_BATCH messages")
         batches = frontend.batches()
-        assert [len(b) for b in batches] == [p.BATCH_ITEMS, p.BATCH_ITEMS, 600 - 2 * p.BATCH_ITEMS]
+        assert [len(b) for b in batches] == [limits.BATCH_ITEMS, limits.BATCH_ITEMS, 600 - 2 * limits.BATCH_ITEMS]
         items = [item for batch in batches for item in batch]
         assert [i[0] for i in items] == [pend.request_id for pend in pending] == list(range(1, 601))
         assert items[7] == [8, 2, b"x7"]
@@ -168,8 +169,8 @@ def test_nothing_to_send_sends_nothing_and_a_payload_over_the_limit_is_refused_h
 def test_a_big_payload_leaves_in_its_own_submit_between_the_batches_around_it(frontend: FakeFrontend):
     """A payload over LONE_PAYLOAD_BYTES goes as a single SUBMIT with its own frame, in its place: the
     small ones before and after it still go in batches, and the order of submission is kept."""
-    big = b"B" * (p.LONE_PAYLOAD_BYTES + 1)
-    at_limit = b"L" * p.LONE_PAYLOAD_BYTES  # not over: rides in a batch
+    big = b"B" * (limits.LONE_PAYLOAD_BYTES + 1)
+    at_limit = b"L" * limits.LONE_PAYLOAD_BYTES  # not over: rides in a batch
     with Client(frontend.endpoint, client_id=5) as client:
         client.submit_many([b"a", at_limit, big, b"c"], priority=3)
         frontend.wait_for(3, "batch, single, batch")

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wire import limits
 from wire import protocol as p
 from wire.batching import batches, grouped, lone
 from wire.protocol import MsgType, ProtocolError
@@ -80,7 +81,7 @@ def test_bad_headers_are_protocol_errors_of_the_right_kind(frame, kind):
         [[101, 1, "text"]],  # a payload that is not bytes
         [[101, True, b"a"]],  # a bool where an int goes
         [[101, 1, b"a"], 5],  # an item that is not an array
-        [[101, 1, b"a"]] * (p.MAX_BATCH_ITEMS + 1),  # more items than any sender may put in one batch
+        [[101, 1, b"a"]] * (limits.MAX_BATCH_ITEMS + 1),  # more items than any sender may put in one batch
     ],
 )
 def test_a_batch_with_one_bad_item_is_refused_whole(items):
@@ -95,20 +96,21 @@ def test_only_batches_may_exceed_the_header_limit():
     msg_type, fields = p.decode(p.encode(MsgType.SUBMIT_BATCH, 5, 7, big))
     assert msg_type is MsgType.SUBMIT_BATCH and len(fields[2]) == 512
     with pytest.raises(ProtocolError, match="too_large"):
-        p.decode(p.encode(MsgType.REJECTED, 1, "x" * (p.MAX_HEADER_BYTES + 1)))
+        p.decode(p.encode(MsgType.REJECTED, 1, "x" * (limits.MAX_HEADER_BYTES + 1)))
 
 
 def test_batches_close_at_the_item_and_byte_limits():
     """batches() keeps order, closes a batch at BATCH_ITEMS or BATCH_BYTES, and sends an item over
     LONE_PAYLOAD_BYTES alone, which lone() tells its sender to send in the single form."""
-    small = list(range(p.BATCH_ITEMS * 2 + 3))
+    small = list(range(limits.BATCH_ITEMS * 2 + 3))
     split = batches(small, lambda _i: 1)
-    assert [len(b) for b in split] == [p.BATCH_ITEMS, p.BATCH_ITEMS, 3] and [i for b in split for i in b] == small
-    lone_max = p.LONE_PAYLOAD_BYTES
+    assert [len(b) for b in split] == [limits.BATCH_ITEMS, limits.BATCH_ITEMS, 3]
+    assert [i for b in split for i in b] == small
+    lone_max = limits.LONE_PAYLOAD_BYTES
     sizes = {0: 10, 1: lone_max + 1, 2: lone_max, 3: lone_max, 4: 1}
     assert batches(list(sizes), sizes.__getitem__) == [[0], [1], [2, 3, 4]]
     assert [lone(b, sizes.__getitem__) for b in batches(list(sizes), sizes.__getitem__)] == [False, True, False]
-    per_batch = p.BATCH_BYTES // lone_max
+    per_batch = limits.BATCH_BYTES // lone_max
     split = batches(list(range(per_batch + 8)), lambda _i: lone_max)
     assert [len(b) for b in split] == [per_batch, 8]
     assert batches([7], lambda _i: 0) == [[7]] and not lone([7, 8], lambda _i: lone_max + 1)
@@ -166,7 +168,7 @@ def test_large_event_batches_and_replies_decode():
     batch = [1.0, [["request.added", 0, i, 5] for i in range(5000)]]
     assert p.decode_events(p.encode_events(batch))[1][4999] == ["request.added", 0, 4999, 5]
     reply = {"ok": True, "result": [{"request_id": i} for i in range(3000)]}
-    assert len(p.decode_map(p.encode_map(reply), limit=p.DEFAULT_MAX_MESSAGE_BYTES)["result"]) == 3000
+    assert len(p.decode_map(p.encode_map(reply), limit=limits.DEFAULT_MAX_MESSAGE_BYTES)["result"]) == 3000
     with pytest.raises(ProtocolError):
         p.decode_map(p.encode_map({"cmd": "x", "items": list(range(3000))}))
 

@@ -1,4 +1,4 @@
-"""How every sender cuts what waits into batches: by peer, then by the protocol's batch limits.
+"""How every sender cuts what waits into batches: by peer, then by the batch limits (wire/limits.py).
 
 The balancer groups an iteration's work by node and its results by client; a node
 and a Client send what is queued. All of them send what is already waiting and
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
-from wire.protocol import BATCH_BYTES, BATCH_ITEMS, LONE_PAYLOAD_BYTES
+from wire.limits import BATCH_BYTES, BATCH_ITEMS, LONE_PAYLOAD_BYTES
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)

@@ -12,6 +12,7 @@ from typing import Any
 
 import zmq
 
+from wire import limits
 from wire import protocol as p
 from wire.protocol import ProtocolError
 from wire.security import secure_client_socket
@@ -46,7 +47,7 @@ def call(
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
             raise BalancerUnreachable(f"no answer from the balancer at {endpoint} within {timeout_s:g} s")
         try:
-            reply = p.decode_map(sock.recv(), limit=p.DEFAULT_MAX_MESSAGE_BYTES)
+            reply = p.decode_map(sock.recv(), limit=limits.DEFAULT_MAX_MESSAGE_BYTES)
         except ProtocolError as exc:
             raise ControlError(f"unreadable reply from {endpoint}: {exc}") from None
     finally:

@@ -3,7 +3,8 @@
 Every role imports this module; nothing else imports msgpack. A message is a
 small msgpack *header* (an array: version, type, fields...) optionally followed
 by one opaque *body* frame (a request's payload or a result) that the balancer
-never decodes. docs/PROTOCOL.md describes the same thing in prose.
+never decodes. docs/PROTOCOL.md describes the same thing in prose, and
+wire/limits.py holds the bounds (of a header, a batch, a drain) it checks against.
 
 Exactly-once delivery rests on three rules: a request is named by
 (client_id, request_id) and a resubmission of a known one is never run again;
@@ -29,6 +30,9 @@ from enum import IntEnum
 from typing import Any
 
 import msgpack
+
+from wire import limits
+from wire.limits import MAX_BATCH_ITEMS, MAX_HEADER_BYTES  # bound as names: decode() reads both for every message
 
 # Version 2: sessions (incarnations in HELLO and SUBMIT, held tickets in HELLO and
 # HEARTBEAT, REFUSED and FENCED, client HELLO/PING/BYE, replay flag in RESULT).
@@ -59,15 +63,6 @@ REASON_STOPPING = "balancer stopping"
 REASON_BUSY = "busy"
 # A node that lost the balancer retries HELLO with a doubling back-off up to this cap.
 RECONNECT_BACKOFF_MAX_S = 4.0
-
-# A header is tiny; anything bigger is garbage or an attack.
-MAX_HEADER_BYTES = 4096
-# The largest payload or result a request may carry (`zlb balancer --max-message-bytes`). The
-# balancer's sockets let libzmq drop anything bigger than socket_limit() of it before Python
-# sees it, checks each payload against it, and tells peers in WELCOME and CLIENT_WELCOME.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Control requests carry small maps only.
-MAX_CONTROL_BYTES = 64 * 1024
 
 
 class MsgType(IntEnum):
@@ -133,41 +128,9 @@ _TYPES = {int(t): t for t in MsgType}
 # Senders batch what is already waiting, never wait to fill a batch: a lone request
 # goes as a batch of one, in one frame (cheaper than the two frames of the single forms).
 BATCH_TYPES = frozenset({MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH, MsgType.WORK_BATCH, MsgType.DONE_BATCH})
-# A sender closes a batch at this many items or this many payload bytes (a larger
-# payload travels alone); a receiver refuses a batch of more than MAX_BATCH_ITEMS.
-BATCH_ITEMS = 256
-BATCH_BYTES = 1024 * 1024
-MAX_BATCH_ITEMS = 1024
-# Requests a loop takes from one socket per iteration, counted by item, not by message: 256
-# messages of 1,024 items held one iteration for 0.75-2.2 s, long enough for nodes to be
-# declared dead. At a few microseconds an item, this is a few milliseconds.
-DRAIN_ITEMS = 2048
-# ... and at most this many payload or result bytes: a burst of 60 MiB payloads took 3.9 s of one
-# iteration (each copied out of its frame, and again into WORK) and a node was declared dead.
-# The first message of a drain is always taken, whatever its size.
-DRAIN_BYTES = 32 * 1024 * 1024
-# A payload or result bigger than this travels alone, in the single form (SUBMIT, WORK, DONE,
-# RESULT) with its own body frame: inside a batch it is copied into the msgpack frame and out
-# again on every hop, which at 256 KiB cost a third of the throughput (190 MiB/s against 300).
-# A frame costs a send and a receive of its own (a microsecond or two); a copy of 32 KiB about as much.
-LONE_PAYLOAD_BYTES = 32 * 1024
-# Room for the item headers of a batch beyond its payload bytes (256 items of about 50 bytes).
-BATCH_OVERHEAD_BYTES = 64 * 1024
 # A batch frame is unpacked with no size limit of its own: the transport took it whole already
 # (the balancer's ZMQ_MAXMSGSIZE), and no item can claim more bytes than the frame holds.
 _ANY_SIZE = 2**31 - 1
-
-
-def too_large(what: str, size: int, limit: int) -> bytes:
-    """Why a payload or result was refused for its size (a failed result's text, or a REJECTED reason)."""
-    return f"{what} of {size} bytes is over the balancer's --max-message-bytes {limit}".encode()
-
-
-def socket_limit(max_payload_bytes: int) -> int:
-    """ZMQ_MAXMSGSIZE for a socket whose requests carry at most `max_payload_bytes`: a lone
-    item of that size, or a full batch (BATCH_BYTES of payload), plus the item headers."""
-    return max(max_payload_bytes, BATCH_BYTES) + BATCH_OVERHEAD_BYTES
-
 
 # Field types of one item of each batch, in order; the last is the payload (bytes).
 ITEM_SCHEMAS: dict[MsgType, tuple[type, ...]] = {
@@ -221,16 +184,11 @@ class ProtocolError(Exception):
 _packer = msgpack.Packer(use_bin_type=True)
 _pack = _packer.pack
 
-
-# Containers in headers and control requests are tiny; a claim of more is an attack.
-MAX_SMALL_ITEMS = 1024
-
-
 _unpackb = msgpack.unpackb
 _UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
 
 
-def _unpack(data: bytes, limit: int, max_items: int = MAX_SMALL_ITEMS) -> Any:
+def _unpack(data: bytes, limit: int, max_items: int = limits.MAX_SMALL_ITEMS) -> Any:
     if len(data) > limit:
         raise ProtocolError("too_large", f"{len(data)} bytes over the {limit}-byte limit")
     try:
@@ -363,21 +321,6 @@ def split_body(msg_type: MsgType, frames: list[Any]) -> Any:
     return None
 
 
-# A host name longer than this in a HELLO is garbage (DNS names stop at 253).
-MAX_HOST_CHARS = 255
-# Process ids fit in 31 bits everywhere zlb runs (Linux caps them at 2**22).
-MAX_PID = 2**31 - 1
-
-
-def bad_host(host: str) -> bool:
-    """A host name no real peer sends: too long, or with control characters (a forged log line)."""
-    return len(host) > MAX_HOST_CHARS or not host.isprintable()
-
-
-# A node holds at most --capacity (10,000) tickets; a claim of more is garbage.
-MAX_HELD_TICKETS = 10_000
-
-
 def encode_tickets(tickets: Any) -> bytes:
     """The body of HELLO and HEARTBEAT: the WORK tickets a node holds (received, DONE not yet sent)."""
     return _pack(list(tickets))
@@ -386,7 +329,7 @@ def encode_tickets(tickets: Any) -> bytes:
 def decode_tickets(body: Any) -> list[int]:
     """Decode and check a held-tickets body; raise ProtocolError on anything off."""
     data = bytes(body)
-    value = _unpack(data, max(len(data), 1), MAX_HELD_TICKETS)
+    value = _unpack(data, max(len(data), 1), limits.MAX_HELD_TICKETS)
     if type(value) is not list or any(type(t) is not int for t in value):
         raise ProtocolError("bad_fields", "held tickets are not an array of integers")
     return value
@@ -397,13 +340,13 @@ def encode_map(value: dict[str, Any]) -> bytes:
     return _pack(value)
 
 
-def decode_map(frame: bytes, limit: int = MAX_CONTROL_BYTES) -> dict[str, Any]:
+def decode_map(frame: bytes, limit: int = limits.MAX_CONTROL_BYTES) -> dict[str, Any]:
     """Decode a control request or reply; it must be a map with string keys.
 
     Requests (the default limit) may hold small containers only; a reply, read
     with a larger limit, may list as many items as its bytes can hold.
     """
-    max_items = MAX_SMALL_ITEMS if limit <= MAX_CONTROL_BYTES else max(len(frame), MAX_SMALL_ITEMS)
+    max_items = limits.MAX_SMALL_ITEMS if limit <= limits.MAX_CONTROL_BYTES else max(len(frame), limits.MAX_SMALL_ITEMS)
     value = _unpack(frame, limit, max_items)
     if type(value) is not dict:
         raise ProtocolError("malformed", "control message is not a map")
@@ -421,7 +364,7 @@ def decode_events(frame: bytes) -> list[Any]:
     One busy loop iteration can publish thousands of events in a batch; no
     container can hold more items than the frame has bytes.
     """
-    value = _unpack(frame, DEFAULT_MAX_MESSAGE_BYTES, max(len(frame), MAX_SMALL_ITEMS))
+    value = _unpack(frame, limits.DEFAULT_MAX_MESSAGE_BYTES, max(len(frame), limits.MAX_SMALL_ITEMS))
     if type(value) is not list:
         raise ProtocolError("malformed", "event batch is not an array")
     return value

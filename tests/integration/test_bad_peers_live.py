@@ -12,6 +12,7 @@ import zmq
 
 from client_node.client import Client
 from tests.harness import start_balancer, wait_until
+from wire import limits
 from wire import protocol as p
 from wire.protocol import MsgType
 
@@ -83,7 +84,7 @@ def test_one_drain_takes_at_most_drain_bytes_of_payloads():
     from tests.harness import balancer_in_process
 
     big = 20 * 1024 * 1024
-    assert 2 * big > p.DRAIN_BYTES > big
+    assert 2 * big > limits.DRAIN_BYTES > big
     with balancer_in_process(max_memory_bytes=None) as (balancer, sock):
         for request_id in range(3):
             sock.send_multipart([p.encode(MsgType.SUBMIT, 9, request_id, 5, 1), b"p" * big])

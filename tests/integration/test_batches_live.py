@@ -17,6 +17,7 @@ import zmq
 
 from client_node.client import Client
 from tests.harness import LiveBalancer, wait_until
+from wire import limits
 from wire import protocol as p
 from wire.batching import batches
 from wire.protocol import MsgType
@@ -226,7 +227,7 @@ def test_a_big_payload_travels_alone_in_the_single_forms(balancer: LiveBalancer,
     """A big payload skips the batch frame on every hop (copying it in and out of msgpack cost a third
     of the throughput at 256 KiB): the node gets it as WORK with its own body frame and answers with
     DONE and a body; the small ones around it still ride in batches; all three come back intact."""
-    big = os.urandom(p.LONE_PAYLOAD_BYTES + 8 * 1024)
+    big = os.urandom(limits.LONE_PAYLOAD_BYTES + 8 * 1024)
     with Client(balancer.endpoints.frontend, client_id=21) as client:
         pendings = client.submit_many([b"small-1", big, b"small-2"])
         fake_node.serve_until(lambda: len(fake_node.held) >= 3, 10, "three requests at the fake node")
@@ -247,7 +248,7 @@ def test_a_bad_or_oversized_submit_batch_is_refused_whole(balancer: LiveBalancer
     echo_nodes(balancer, 1)
     incarnation = secrets.randbits(64)
     bad_item = [[1, 5, b"good"], [2, 5, "a str, not bin"], [3, 5, b"good too"]]
-    too_many = [[i, 5, b"x"] for i in range(1, p.MAX_BATCH_ITEMS + 2)]
+    too_many = [[i, 5, b"x"] for i in range(1, limits.MAX_BATCH_ITEMS + 2)]
     for items in (bad_item, too_many):
         raw_client.send(p.encode(MsgType.SUBMIT_BATCH, 41, incarnation, items))
         [(msg_type, (request_id, reason))] = collect(raw_client, bool, "an answer to the bad batch")
@@ -351,7 +352,7 @@ def test_one_loop_iteration_takes_at_most_drain_items_submissions():
         for _ in range(3):
             balancer._drain_frontend(time.monotonic(), DRAIN_BATCH)
             waiting.append(balancer.sched.waiting)
-    assert p.DRAIN_ITEMS == 2048 and waiting == [2048, 4096, 5 * 1024]
+    assert limits.DRAIN_ITEMS == 2048 and waiting == [2048, 4096, 5 * 1024]
 
 
 @pytest.mark.timeout(30)

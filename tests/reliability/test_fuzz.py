@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from client_node.client import Client, json_payload
 from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from wire import limits
 from wire import protocol as p
 from wire.protocol import MsgType
 
@@ -49,7 +50,7 @@ nasty = st.sampled_from(
         b"\xd4\x01\x00",  # an ext type
         b"\xc1",  # the never-used byte
         b"\x93\x01\x01" + b"\xcf" + b"\xff" * 8,  # SUBMIT with a truncated field list
-        b"x" * (p.MAX_HEADER_BYTES + 1),  # over the header limit
+        b"x" * (limits.MAX_HEADER_BYTES + 1),  # over the header limit
         b"",
     ]
 )
@@ -114,7 +115,7 @@ def fuzz(balancer: LiveBalancer, examples: int) -> None:
         throw()
         # Random generation need not hit every kind; these make the counters below certain.
         front.send_multipart([b"\xc1", b"payload"])
-        front.send_multipart([b"x" * (p.MAX_HEADER_BYTES + 1), b"payload"])
+        front.send_multipart([b"x" * (limits.MAX_HEADER_BYTES + 1), b"payload"])
         back.send_multipart([b"\xc1"])
         ctl.send_multipart([b"\xc1"])
         sent_control[0] += 1

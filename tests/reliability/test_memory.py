@@ -17,6 +17,7 @@ import zmq
 
 from client_node.client import Client, json_payload
 from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from wire import limits
 from wire import protocol as p
 from wire.protocol import MsgType
 
@@ -132,7 +133,7 @@ def garbage(rng: random.Random) -> list[bytes]:
         return [p.encode(MsgType.SUBMIT, 1, 2, 3)[:3] + b"\xc1", tail]  # truncated, then garbage
     if kind == 2:
         return [b"\x93\x07\x02\xc1", tail]  # protocol version 7
-    return [b"x" * (p.MAX_HEADER_BYTES + 1 + rng.randrange(64))]
+    return [b"x" * (limits.MAX_HEADER_BYTES + 1 + rng.randrange(64))]
 
 
 def fuzz_burst(balancer: LiveBalancer, per_socket: int, peak: PeakRss) -> int:
