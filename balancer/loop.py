@@ -16,26 +16,21 @@ import gc
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from balancer import control
 from balancer import journal as jr
-from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB, hwm_for
+from balancer.budget import hwm_for
 from balancer.clients import ClientSide
 from balancer.compaction import Compaction
+from balancer.config import BalancerConfig
 from balancer.control_side import ControlSide
 from balancer.eventlog import EventLog
 from balancer.node_side import NodeSide
 from balancer.pressure import Pressure
-from balancer.scheduler import (
-    DEFAULT_KEEP_FINISHED,
-    DEFAULT_KEEP_FINISHED_BYTES,
-    DEFAULT_MAX_ATTEMPTS,
-    Scheduler,
-)
+from balancer.scheduler import Scheduler
 from wire import events as ev
 from wire import limits
 from wire import protocol as p
@@ -51,43 +46,9 @@ PUBLISH_INTERVAL_S = 0.01
 PUBLISH_MAX_EVENTS = 4096
 # Bad input is logged at most this often per (socket, kind); every one is counted.
 BAD_INPUT_LOG_INTERVAL_S = 5.0
-DEFAULT_GRACE_S = 5.0
 
 # Container allocations between gen-0 collections (CPython's default is 700); see _tune_gc.
 GC_GEN0_THRESHOLD = 50_000
-
-
-@dataclass
-class BalancerConfig:
-    """Everything `zlb balancer` can set."""
-
-    frontend: str = p.DEFAULT_FRONTEND
-    backend: str = p.DEFAULT_BACKEND
-    events: str = p.DEFAULT_EVENTS
-    control: str = p.DEFAULT_CONTROL
-    heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
-    liveness: int = p.LIVENESS
-    max_queue: int | None = None
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    keep_finished: int = DEFAULT_KEEP_FINISHED
-    keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES
-    max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES
-    log_file: str | None = None  # the CLI passes its default (under XDG_STATE_HOME); None writes no file
-    journal: str | None = None
-    curve_secret: str | None = None
-    allow_dir: str | None = None
-    admin_allow_dir: str | None = None
-    grace_s: float = DEFAULT_GRACE_S
-    max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_MB * MIB  # None: no budget (bytes still counted)
-    endpoints: dict[str, str] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.endpoints = {
-            "frontend": self.frontend,
-            "backend": self.backend,
-            "events": self.events,
-            "control": self.control,
-        }
 
 
 class Balancer(ClientSide, NodeSide, ControlSide, Pressure):

@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB
+from balancer.config import DEFAULT_GRACE_S, BalancerConfig
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
-from balancer.loop import DEFAULT_GRACE_S, BalancerConfig, run_balancer
+from balancer.loop import run_balancer
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
 from wire.limits import DEFAULT_MAX_MESSAGE_BYTES
 from wire.options import endpoints, grace_option, heartbeat_options, path_option, shown_option

@@ -8,10 +8,11 @@ A Client owns one DEALER socket and is used from one thread (make one per
 thread). Results are received whenever you wait on any of them, so waiting
 on one request also collects the others that arrive meanwhile.
 
-Lazy Pirate retries: a request not answered within `retry_s` is sent again
-with the same ids, then again after a doubling delay (capped at
-RETRY_BACKOFF_FACTOR_MAX times retry_s). The balancer recognises the ids, so a
-retry never runs a finished request twice; it answers with the one result.
+Lazy Pirate retries (client_node/retries.py): a request not answered within
+`retry_s` is sent again with the same ids, then again after a doubling
+delay (capped at RETRY_BACKOFF_FACTOR_MAX times retry_s). The balancer
+recognises the ids, so a retry never runs a finished request twice; it
+answers with the one result.
 The socket reconnects by itself when a balancer restarts, and the retries
 carry every unanswered request to the new one; the notice of a stopping
 balancer (REJECTED without a request id) resets the back-off so they go out
@@ -35,20 +36,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from client_node.result import Pending, Result
+from client_node.retries import RETRY_BACKOFF_FACTOR_MAX, Outstanding, Retries
 from wire import limits
 from wire import protocol as p
-from wire.batching import batches, lone
+from wire.batching import batches, lone, payload_size
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import drain_limit, received, send_frames
@@ -57,8 +57,6 @@ __all__ = ["BalancerUnreachable", "Client", "ClientIdInUse", "Pending", "Result"
 
 DEFAULT_PRIORITY = 5
 DEFAULT_RETRY_S = 5.0
-# Retries back off by doubling up to this multiple of retry_s.
-RETRY_BACKOFF_FACTOR_MAX = 4
 REJECTED = "rejected"
 # Answers remembered to tell a harmless repeat from a conflicting second result.
 _ANSWERED_KEEP = 100_000
@@ -78,15 +76,7 @@ class BalancerUnreachable(Exception):
     """No answer from the balancer within the connect timeout."""
 
 
-@dataclass(slots=True)
-class _Outstanding:
-    priority: int
-    payload: bytes
-    due_at: float  # when to re-send if still unanswered
-    delay_s: float  # the current back-off
-
-
-class Client:
+class Client(Retries):
     """Submits requests over a DEALER socket and collects their results."""
 
     def __init__(
@@ -120,7 +110,7 @@ class Client:
         self._answered: dict[int, tuple[str, int | None, int]] = {}
         self._next_id = 1
         self._next_resend_scan = 0.0
-        self._outstanding: dict[int, _Outstanding] = {}
+        self._outstanding: dict[int, Outstanding] = {}
         self._unsent: list[tuple[int, int, bytes]] = []  # checked submissions not yet handed to ZeroMQ
         self._results: dict[int, Result] = {}
         self._reused: set[int] = set()  # ids submitted again after this client had their answer
@@ -215,7 +205,7 @@ class Client:
         if request_id in self._answered:
             self._reused.add(request_id)
         retry = self.retry_s or 0.0
-        self._outstanding[request_id] = _Outstanding(priority, payload, time.monotonic() + retry, retry)
+        self._outstanding[request_id] = Outstanding(priority, payload, time.monotonic() + retry, retry)
         self._unsent.append((request_id, priority, payload))
         return request_id
 
@@ -223,8 +213,8 @@ class Client:
         """Hand what is queued to ZeroMQ, in SUBMIT_BATCH messages of at most the batch limits."""
         unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
-        for batch in batches(unsent, _payload_size):
-            if lone(batch, _payload_size):  # a big payload in its own frame (see limits.LONE_PAYLOAD_BYTES)
+        for batch in batches(unsent, payload_size):
+            if lone(batch, payload_size):  # a big payload in its own frame (see limits.LONE_PAYLOAD_BYTES)
                 request_id, priority, payload = batch[0]
                 frames = [p.encode(_SUBMIT, self.client_id, request_id, priority, self.incarnation), payload]
             else:
@@ -373,47 +363,6 @@ class Client:
             self.repeated_answers += 1
         else:
             self.conflicting_answers += 1
-
-    def _on_shutdown(self) -> None:
-        """The balancer is stopping (or refused a message): re-send soon, from the first back-off step."""
-        self.shutdown_notices += 1
-        if self.retry_s is None:
-            return
-        due = time.monotonic() + self.retry_s
-        for sent in self._outstanding.values():
-            sent.due_at = due
-            sent.delay_s = self.retry_s
-
-    def _on_busy(self, request_id: int, reason: str) -> None:
-        """Back-pressure: send this request again after its back-off (jittered so clients spread out)."""
-        sent = self._outstanding.get(request_id)
-        if sent is None:
-            return
-        self.busy_notices += 1
-        now = time.monotonic()
-        sent.due_at = now + sent.delay_s * (0.5 + random.random() / 2)
-        self._next_resend_scan = min(self._next_resend_scan, sent.due_at)
-        if self.on_busy is not None:
-            self.on_busy(request_id, reason)
-
-    def _resend_overdue(self, now: float) -> None:
-        # Scanning every outstanding request is O(n): do it a few times per retry period only.
-        if self.retry_s is None or now < self._next_resend_scan:
-            return
-        self._next_resend_scan = now + self.retry_s / 4
-        cap = self.retry_max_s
-        for request_id, sent in self._outstanding.items():
-            if now >= sent.due_at:
-                sent.delay_s = min(cap, sent.delay_s * 2)
-                sent.due_at = now + sent.delay_s
-                self.resent += 1
-                self._unsent.append((request_id, sent.priority, sent.payload))
-        if self._unsent:
-            self._flush()  # every overdue request, in as few messages as the batch limits allow
-
-
-def _payload_size(unsent: tuple[int, int, bytes]) -> int:
-    return len(unsent[2])
 
 
 def json_payload(cost_ms: float = 0, payload: Any = None) -> bytes:

@@ -29,7 +29,7 @@ from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
 from wire import limits
 from wire import protocol as p
-from wire.batching import batches, lone
+from wire.batching import batches, lone, payload_size
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import drain_limit, received, send_frames
@@ -306,16 +306,12 @@ class ServerNode:
         for ticket, _ok, _result in done:
             del held[ticket]
         self.handled += len(done)
-        for batch in batches(done, _result_size):
-            if lone(batch, _result_size):  # a big result in its own frame (see limits.LONE_PAYLOAD_BYTES)
+        for batch in batches(done, payload_size):
+            if lone(batch, payload_size):  # a big result in its own frame (see limits.LONE_PAYLOAD_BYTES)
                 ticket, ok, result = batch[0]
                 self._send(p.encode(_DONE, ticket, ok), result)
             else:
                 self._send(p.encode(_DONE_BATCH, batch))
-
-
-def _result_size(done: tuple[int, bool, bytes]) -> int:
-    return len(done[2])
 
 
 def _sane_welcome(node_id: int, heartbeat_ms: int, liveness: int, max_payload: int) -> bool:

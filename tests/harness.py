@@ -220,7 +220,8 @@ def balancer_in_process(**config: Any) -> Iterator[tuple[Any, Any]]:
     """
     import zmq
 
-    from balancer.loop import Balancer, BalancerConfig
+    from balancer.config import BalancerConfig
+    from balancer.loop import Balancer
 
     eps = {role: f"tcp://127.0.0.1:{free_port()}" for role in ("backend", "events", "control")}
     eps["frontend"] = f"inproc://frontend-{os.getpid()}-{time.monotonic_ns()}"

@@ -65,3 +65,9 @@ def batches(items: list[Any], size: Callable[[Any], int]) -> list[list[Any]]:
 def lone(batch: list[Any], size: Callable[[Any], int]) -> bool:
     """True for a batch of one item too big to ride inside a batch frame: send it in the single form."""
     return len(batch) == 1 and size(batch[0]) > LONE_PAYLOAD_BYTES
+
+
+def payload_size(item: tuple[Any, Any, bytes]) -> int:
+    """The size of an item whose third element is its payload: a Client's queued submission
+    (request_id, priority, payload), a node's finished request (ticket, ok, result)."""
+    return len(item[2])

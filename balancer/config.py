@@ -1,0 +1,51 @@
+"""What `zlb balancer` can set: BalancerConfig, with a default for every field.
+
+The defaults belong to the modules that use them (the wire, the scheduler, the
+memory budget); the grace of a graceful stop is the config's own.
+balancer/serve_cli.py builds a config from the command line (every option is a
+field of the same name); balancer/loop.py runs a Balancer with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB
+from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
+from wire import limits
+from wire import protocol as p
+
+DEFAULT_GRACE_S = 5.0
+
+
+@dataclass
+class BalancerConfig:
+    """Everything `zlb balancer` can set."""
+
+    frontend: str = p.DEFAULT_FRONTEND
+    backend: str = p.DEFAULT_BACKEND
+    events: str = p.DEFAULT_EVENTS
+    control: str = p.DEFAULT_CONTROL
+    heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
+    liveness: int = p.LIVENESS
+    max_queue: int | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    keep_finished: int = DEFAULT_KEEP_FINISHED
+    keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES
+    max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES
+    log_file: str | None = None  # the CLI passes its default (under XDG_STATE_HOME); None writes no file
+    journal: str | None = None
+    curve_secret: str | None = None
+    allow_dir: str | None = None
+    admin_allow_dir: str | None = None
+    grace_s: float = DEFAULT_GRACE_S
+    max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_MB * MIB  # None: no budget (bytes still counted)
+    endpoints: dict[str, str] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.endpoints = {
+            "frontend": self.frontend,
+            "backend": self.backend,
+            "events": self.events,
+            "control": self.control,
+        }
