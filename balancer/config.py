@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB
 from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
-from wire import limits
+from wire import endpoints, limits
 from wire import protocol as p
 
 DEFAULT_GRACE_S = 5.0
@@ -22,10 +22,10 @@ DEFAULT_GRACE_S = 5.0
 class BalancerConfig:
     """Everything `zlb balancer` can set."""
 
-    frontend: str = p.DEFAULT_FRONTEND
-    backend: str = p.DEFAULT_BACKEND
-    events: str = p.DEFAULT_EVENTS
-    control: str = p.DEFAULT_CONTROL
+    frontend: str = endpoints.DEFAULT_FRONTEND
+    backend: str = endpoints.DEFAULT_BACKEND
+    events: str = endpoints.DEFAULT_EVENTS
+    control: str = endpoints.DEFAULT_CONTROL
     heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
     liveness: int = p.LIVENESS
     max_queue: int | None = None

@@ -46,7 +46,7 @@ import zmq
 
 from client_node.result import Pending, Result
 from client_node.retries import RETRY_BACKOFF_FACTOR_MAX, Outstanding, Retries
-from wire import limits
+from wire import endpoints, limits
 from wire import protocol as p
 from wire.batching import batches, lone, payload_size
 from wire.protocol import MsgType, ProtocolError
@@ -87,7 +87,7 @@ class Client(Retries):
         retry_s: float | None = DEFAULT_RETRY_S,
         connect_timeout_s: float | None = None,
     ) -> None:
-        self.frontend = frontend or p.endpoint("frontend")
+        self.frontend = frontend or endpoints.endpoint("frontend")
         if not 0 <= client_id < 2**64:
             raise ValueError(f"client id {client_id} is out of the wire's range (0 to 2**64 - 1)")
         self.client_id = client_id

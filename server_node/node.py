@@ -27,7 +27,7 @@ import zmq
 from server_node import handlers
 from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
-from wire import limits
+from wire import endpoints, limits
 from wire import protocol as p
 from wire.batching import batches, lone, payload_size
 from wire.protocol import MsgType, ProtocolError
@@ -51,7 +51,7 @@ _WORK_BATCH, _DONE, _DONE_BATCH = MsgType.WORK_BATCH, MsgType.DONE, MsgType.DONE
 class NodeConfig:
     """Everything `zlb server` can set."""
 
-    backend: str = p.DEFAULT_BACKEND
+    backend: str = endpoints.DEFAULT_BACKEND
     node_id: int | None = None
     capacity: int = 1
     handler: str = "simulate"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire import limits
+from wire import endpoints, limits
 from wire import protocol as p
 from wire.batching import batches, grouped, lone
 from wire.protocol import MsgType, ProtocolError
@@ -158,9 +158,9 @@ def test_random_bytes_raise_only_protocol_errors(frame):
 def test_endpoint_reads_environment(monkeypatch):
     """ZLB_* variables override the default endpoints."""
     monkeypatch.setenv("ZLB_BACKEND", "tcp://127.0.0.1:7000")
-    assert p.endpoint("backend") == "tcp://127.0.0.1:7000"
+    assert endpoints.endpoint("backend") == "tcp://127.0.0.1:7000"
     monkeypatch.delenv("ZLB_FRONTEND", raising=False)
-    assert p.endpoint("frontend") == p.DEFAULT_FRONTEND
+    assert endpoints.endpoint("frontend") == endpoints.DEFAULT_FRONTEND
 
 
 def test_large_event_batches_and_replies_decode():

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from wire import protocol as p
+from wire.endpoints import ENDPOINT_ENV
 
 HELP = {
     "frontend": "Client endpoint (ROUTER on the balancer).",
@@ -19,7 +20,7 @@ HELP = {
 
 def endpoint_option(role: str) -> Callable[[Any], Any]:
     """`--<role>` with its ZLB_* variable and default, as every command reads it."""
-    var, default = p.ENDPOINT_ENV[role]
+    var, default = ENDPOINT_ENV[role]
     return click.option(
         f"--{role}",
         envvar=var,

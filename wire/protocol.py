@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from enum import IntEnum
-from typing import Any
+from typing import Any, NoReturn
 
 import msgpack
 
@@ -38,19 +37,6 @@ from wire.limits import MAX_BATCH_ITEMS, MAX_HEADER_BYTES  # bound as names: dec
 # HEARTBEAT, REFUSED and FENCED, client HELLO/PING/BYE, replay flag in RESULT).
 # Version 3: batches (SUBMIT_BATCH, RESULT_BATCH, WORK_BATCH, DONE_BATCH).
 PROTOCOL_VERSION = 3
-
-# Default endpoints; every zlb command reads the ZLB_* variables, the balancer
-# binds them and every other role connects to them.
-DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
-DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
-DEFAULT_EVENTS = "tcp://127.0.0.1:5557"
-DEFAULT_CONTROL = "tcp://127.0.0.1:5558"
-ENDPOINT_ENV = {
-    "frontend": ("ZLB_FRONTEND", DEFAULT_FRONTEND),
-    "backend": ("ZLB_BACKEND", DEFAULT_BACKEND),
-    "events": ("ZLB_EVENTS", DEFAULT_EVENTS),
-    "control": ("ZLB_CONTROL", DEFAULT_CONTROL),
-}
 
 # Liveness: a peer silent for LIVENESS intervals is dead. 3 to 5 is the usual
 # range; 3 keeps failover under two seconds at the default interval.
@@ -149,7 +135,12 @@ def _type_tuples(schema: tuple[Any, ...]) -> frozenset[tuple[type, ...]]:
 _ITEM_TYPES = {t: _type_tuples(schema) for t, schema in ITEM_SCHEMAS.items()}
 # Every header this version accepts, keyed by its version, its type and the exact type of each
 # of its elements (version and type included, so neither a bool nor a float passes for an int).
-_ACCEPTED = {(PROTOCOL_VERSION, int(t), int, int, *types): t for t in MsgType for types in _type_tuples(SCHEMAS[t])}
+# Each names its type and, for a batch, the type tuples its items may have (else None).
+_ACCEPTED = {
+    (PROTOCOL_VERSION, int(t), int, int, *types): (t, _ITEM_TYPES.get(t))
+    for t in MsgType
+    for types in _type_tuples(SCHEMAS[t])
+}
 # The first bytes of a batch header: a fixarray, the version, the type. Only these may
 # exceed MAX_HEADER_BYTES, so the check needs no decoding.
 _BATCH_PREFIXES = frozenset(bytes([0x90 | (len(SCHEMAS[t]) + 2), PROTOCOL_VERSION, int(t)]) for t in BATCH_TYPES)
@@ -230,11 +221,8 @@ def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
     _explain_header, which says what is wrong. A batch's items are checked the
     same way, one lookup each.
     """
-    if len(frame) > MAX_HEADER_BYTES and bytes(frame[:3]) in _BATCH_PREFIXES:
-        # Room past MAX_BATCH_ITEMS, so a batch a little too long is refused saying so, not as "malformed".
-        header = _unpack(frame, _ANY_SIZE, 16 * MAX_BATCH_ITEMS)
-    elif len(frame) > MAX_HEADER_BYTES:
-        raise ProtocolError("too_large", f"{len(frame)} bytes over the {MAX_HEADER_BYTES}-byte limit")
+    if len(frame) > MAX_HEADER_BYTES:
+        header = _unpack_large(frame)
     else:
         try:
             # msgpack's defaults: str keys, no raw strings, and every length bounded by the frame's
@@ -243,25 +231,31 @@ def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
             header = _unpackb(frame)
         except _UNPACK_ERRORS as exc:
             raise _undecodable(exc) from None
-    try:
-        msg_type = _ACCEPTED.get((header[0], header[1], *map(type, header))) if type(header) is list else None
-    except (IndexError, TypeError):  # fewer than two elements, or an unhashable one
-        msg_type = None
-    if msg_type is None:
+    if type(header) is not list:
         _explain_header(header)
-    fields = header[2:]
-    if msg_type in BATCH_TYPES:
-        items = fields[-1]
-        allowed = _ITEM_TYPES[msg_type]
-        if not 0 < len(items) <= MAX_BATCH_ITEMS:
+    try:
+        msg_type, item_types = _ACCEPTED[(header[0], header[1], *map(type, header))]
+    except (IndexError, TypeError, KeyError):  # under two elements, an unhashable one, or not a message
+        _explain_header(header)
+    if item_types is not None:
+        items = header[-1]
+        if not items or len(items) > MAX_BATCH_ITEMS:
             _explain_items(msg_type, items)
         for item in items:
-            if type(item) is not list or tuple(map(type, item)) not in allowed:
+            if type(item) is not list or tuple(map(type, item)) not in item_types:
                 _explain_items(msg_type, items)
-    return msg_type, fields
+    return msg_type, header[2:]
 
 
-def _explain_header(header: Any) -> None:
+def _unpack_large(frame: bytes) -> Any:
+    """A header over MAX_HEADER_BYTES: only a batch may be (its first bytes say so, undecoded)."""
+    if bytes(frame[:3]) not in _BATCH_PREFIXES:
+        raise ProtocolError("too_large", f"{len(frame)} bytes over the {MAX_HEADER_BYTES}-byte limit")
+    # Room past MAX_BATCH_ITEMS, so a batch a little too long is refused saying so, not as "malformed".
+    return _unpack(frame, _ANY_SIZE, 16 * MAX_BATCH_ITEMS)
+
+
+def _explain_header(header: Any) -> NoReturn:
     """Raise the ProtocolError that says what is wrong with a decoded header."""
     if type(header) is not list or len(header) < 2:
         raise ProtocolError("malformed", "header is not an array of [version, type, ...]")
@@ -274,7 +268,7 @@ def _explain_header(header: Any) -> None:
     _explain_fields(msg_type, header[2:])
 
 
-def _explain_fields(msg_type: MsgType, fields: list[Any]) -> None:
+def _explain_fields(msg_type: MsgType, fields: list[Any]) -> NoReturn:
     """Raise the ProtocolError that says which field of a header is off."""
     schema = SCHEMAS[msg_type]
     if len(fields) != len(schema):
@@ -285,7 +279,7 @@ def _explain_fields(msg_type: MsgType, fields: list[Any]) -> None:
     raise ProtocolError("bad_fields", f"{msg_type.name} fields {fields!r:.80} do not match {schema}")
 
 
-def _explain_items(msg_type: MsgType, items: list[Any]) -> None:
+def _explain_items(msg_type: MsgType, items: list[Any]) -> NoReturn:
     """Raise the ProtocolError that says what is wrong with a batch's items (one bad item refuses it all)."""
     if not items or len(items) > MAX_BATCH_ITEMS:
         raise ProtocolError("bad_fields", f"{msg_type.name} with {len(items)} items (1 to {MAX_BATCH_ITEMS})")
@@ -389,9 +383,3 @@ def decode_records(payloads: list[Any]) -> list[Any]:
         except (ValueError, TypeError, msgpack.UnpackException):
             out.append(None)
     return out
-
-
-def endpoint(role: str) -> str:
-    """The endpoint for a socket role, from its ZLB_* variable or the default."""
-    var, default = ENDPOINT_ENV[role]
-    return os.environ.get(var) or default
