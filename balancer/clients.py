@@ -12,7 +12,7 @@ from balancer.records import Submitted, conflict_reason
 from wire import events as ev
 from wire import limits
 from wire import protocol as p
-from wire.batching import batches, grouped
+from wire.batching import batch_frames, batches, grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
 
@@ -30,15 +30,6 @@ def _route_of(req: Any) -> Any:
 def _body_size(req: Any) -> int:
     body = req.body
     return 0 if body is None else len(body)
-
-
-def _result_frames(items: list[tuple[Any, ...]]) -> list[Any]:
-    """A RESULT_BATCH of (request_id, status, server_id, attempts, replay, body) items, or the
-    single-form RESULT of one result too big to ride in a batch (limits.LONE_PAYLOAD_BYTES)."""
-    if len(items) == 1 and items[0][5] is not None and len(items[0][5]) > limits.LONE_PAYLOAD_BYTES:
-        *fields, body = items[0]
-        return [p.encode(_RESULT, *fields), body]
-    return [p.encode(_RESULT_BATCH, items)]
 
 
 class ClientSide:
@@ -70,7 +61,9 @@ class ClientSide:
         """A RESULT_BATCH, or the RESULT of one big result (limits.LONE_PAYLOAD_BYTES); a full pipe holds it
         and pauses its client (balancer/pressure.py)."""
         items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
-        self._deliver(batch[0].client_id, route, _result_frames(items), sum(map(_body_size, batch)))
+        self._deliver(
+            batch[0].client_id, route, batch_frames(_RESULT_BATCH, _RESULT, items), sum(map(_body_size, batch))
+        )
 
     def _answer(self, req: Any, ok: bool, result: bytes) -> bool:
         """Send a node's result for `req` before the scheduler completes it; False if `req` is None.
@@ -81,7 +74,7 @@ class ClientSide:
             return False
         if req.route is not None:  # else no route is known: the client's retry fetches it
             items = [(req.request_id, _PROCESSED if ok else _FAILED, req.server_id, req.attempts, False, result)]
-            self._deliver(req.client_id, req.route, _result_frames(items), len(result))
+            self._deliver(req.client_id, req.route, batch_frames(_RESULT_BATCH, _RESULT, items), len(result))
         return True
 
     # ---- frontend: clients ----------------------------------------------

@@ -13,7 +13,7 @@ from balancer.scheduler import Refused
 from wire import events as ev
 from wire import limits
 from wire import protocol as p
-from wire.batching import batches, grouped, lone
+from wire.batching import batch_frames, batches, grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
 
@@ -46,13 +46,8 @@ class NodeSide:
 
     def _send_batch(self, node: Any, batch: list[Any]) -> bool:
         """A WORK_BATCH, or the WORK of one big payload (limits.LONE_PAYLOAD_BYTES); what cannot leave is re-queued."""
-        if lone(batch, _payload_size):
-            _node, ticket, r = batch[0]
-            frames = [p.encode(_WORK, ticket, r.client_id, r.request_id, r.priority, r.attempts), r.body]
-        else:
-            items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
-            frames = [p.encode(_WORK_BATCH, items)]
-        if self._send_node(node.route, frames):
+        items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
+        if self._send_node(node.route, batch_frames(_WORK_BATCH, _WORK, items)):
             return True
         for _node, ticket, _req in batch:
             self.sched.undeliverable(node, ticket)

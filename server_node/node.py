@@ -29,7 +29,7 @@ from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
 from wire import endpoints, limits
 from wire import protocol as p
-from wire.batching import batches, lone, payload_size
+from wire.batching import batch_frames, batches, payload_size
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import drain_limit, received, send_frames
@@ -302,16 +302,12 @@ class ServerNode:
         """Send the iteration's results as DONE_BATCH. A ticket stops being held either way: one
         whose DONE could not leave is missing from the next heartbeat, and the balancer re-queues it."""
         done, self._done = self._done, []
-        held = self.held
+        for batch in batches(done, payload_size):
+            self._send(*batch_frames(_DONE_BATCH, _DONE, batch))
+        held = self.held  # after the sends: the books wait, the balancer does not
         for ticket, _ok, _result in done:
             del held[ticket]
         self.handled += len(done)
-        for batch in batches(done, payload_size):
-            if lone(batch, payload_size):  # a big result in its own frame (see limits.LONE_PAYLOAD_BYTES)
-                ticket, ok, result = batch[0]
-                self._send(p.encode(_DONE, ticket, ok), result)
-            else:
-                self._send(p.encode(_DONE_BATCH, batch))
 
 
 def _sane_welcome(node_id: int, heartbeat_ms: int, liveness: int, max_payload: int) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 from wire.limits import BATCH_BYTES, BATCH_ITEMS, LONE_PAYLOAD_BYTES
+from wire.protocol import MsgType, encode
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -35,8 +36,8 @@ def batches(items: list[Any], size: Callable[[Any], int]) -> list[list[Any]]:
     An item bigger than LONE_PAYLOAD_BYTES travels alone, and its sender sends it in the single
     form (see lone()). Most calls hold one small batch: returned as is.
     """
-    if not items:
-        return []
+    if len(items) <= 1:  # nothing, or one item: alone if big, and its sender checks lone()
+        return [items] if items else []
     if len(items) <= BATCH_ITEMS:
         sizes = list(map(size, items))
         if sum(sizes) <= BATCH_BYTES and max(sizes) <= LONE_PAYLOAD_BYTES:
@@ -71,3 +72,16 @@ def payload_size(item: tuple[Any, Any, bytes]) -> int:
     """The size of an item whose third element is its payload: a Client's queued submission
     (request_id, priority, payload), a node's finished request (ticket, ok, result)."""
     return len(item[2])
+
+
+def batch_frames(batch_type: MsgType, single_type: MsgType, items: list[tuple[Any, ...]]) -> list[Any]:
+    """The frames of a batch whose items end with their payload: one batch header, or for one item
+    too big to ride in it, the single form (its fields, then the payload in a frame of its own).
+
+    Work, results and a node's DONEs are built this way; the single form's fields are the item's.
+    """
+    if len(items) == 1:
+        *fields, body = items[0]
+        if body is not None and len(body) > LONE_PAYLOAD_BYTES:
+            return [encode(single_type, *fields), body]
+    return [encode(batch_type, items)]

@@ -70,11 +70,13 @@ def received(
             message.append(frame.bytes if copy else frame)
         yield message
         limit -= 1
+        if limit <= 0:
+            return
         if max_bytes is not None:
             max_bytes -= sum(map(len, message))
             if max_bytes <= 0:
                 return
-        if limit <= 0 or not events(_EVENTS) & _POLLIN:
+        if not events(_EVENTS) & _POLLIN:
             return
 
 
