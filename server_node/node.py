@@ -32,7 +32,7 @@ from wire import protocol as p
 from wire.batching import batch_frames, batches, payload_size
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
-from wire.sockets import drain_limit, received, send_frames
+from wire.sockets import Waiter, drain_limit, received, send_frames
 
 DEFAULT_GRACE_S = 10.0
 # Exit codes of run_node besides 0: the balancer refused our id, or fenced us off it.
@@ -104,6 +104,7 @@ class ServerNode:
         secure_client_socket(self.sock)
         self.sock.connect(self.config.backend)
         self._poller.register(self.sock, zmq.POLLIN)
+        self._waiter = Waiter(self.sock)
         self.welcomed = False
         self._hello()
 
@@ -153,10 +154,16 @@ class ServerNode:
                 self._connect()
             deadline = self._redial_at if self.sock is None else self.live.next_deadline()
             timeout_ms = max(0, int((deadline - now) * 1000) + 1)
-            ready = self._poller.poll(min(timeout_ms, 100) if self._stopping else timeout_ms)
+            timeout_ms = min(timeout_ms, 100) if self._stopping else timeout_ms
+            if self._pool is None and self.sock is not None:  # one socket to wait on: a blocking receive
+                message, ready = self._waiter.message(timeout_ms), ()
+            else:
+                message, ready = None, self._poller.poll(timeout_ms)
             woke = time.monotonic()
             limit = drain_limit(woke - now)  # woken from idle: answer what woke us first (wire/sockets.py)
             now = woke
+            if message is not None and self._on_message(now, message) and limit > 1:
+                self._drain_socket(now, limit)
             for source, _ in ready:
                 if source is self.sock:
                     self._drain_socket(now, limit)
@@ -201,39 +208,45 @@ class ServerNode:
     # ---- messages from the balancer -------------------------------------
 
     def _drain_socket(self, now: float, limit: int) -> None:
-        heard = self.live.heard
+        on_message = self._on_message
         for frames in received(self.sock, limit):
-            heard(now)
-            try:
-                msg_type, fields = p.decode(frames[0])
-                body = p.split_body(msg_type, frames)
-            except ProtocolError:
-                self.bad_messages += 1
-                continue
-            if msg_type is _WORK_BATCH:
-                for item in fields[0]:
-                    self._on_work(item, item[5])
-                if self._done:
-                    self._send_done()  # inline results leave before the next message is even looked at
-            elif msg_type is MsgType.WORK:
-                self._on_work(fields, body)
-            elif msg_type is MsgType.WELCOME:
-                if not _sane_welcome(*fields):
-                    self.bad_messages += 1  # not a balancer we can follow: wait for a sane one
-                    continue
+            if not on_message(now, frames):
+                return
+
+    def _on_message(self, now: float, frames: list[bytes]) -> bool:
+        """Handle one message from the balancer; False when what follows it must wait (or never come)."""
+        self.live.heard(now)
+        try:
+            msg_type, fields = p.decode(frames[0])
+            body = p.split_body(msg_type, frames)
+        except ProtocolError:
+            self.bad_messages += 1
+            return True
+        if msg_type is _WORK_BATCH:
+            for item in fields[0]:
+                self._on_work(item, item[5])
+            if self._done:
+                self._send_done()  # inline results leave before the next message is even looked at
+        elif msg_type is MsgType.WORK:
+            self._on_work(fields, body)
+        elif msg_type is MsgType.WELCOME:
+            if _sane_welcome(*fields):
                 self._on_welcome(now, *fields)
-            elif msg_type is MsgType.RECONNECT:
-                if fields[0] == p.REASON_STOPPING:
-                    self._on_shutdown(now)
-                    return
-                if now - self._last_hello >= self.live.interval_s:
-                    self._hello()  # one HELLO per interval however many late DONEs were answered RECONNECT
-            elif msg_type is MsgType.REFUSED:
-                self._on_refused(now, *fields)
-                return
-            elif msg_type is MsgType.FENCED:
-                self._end(EXIT_FENCED, f"replaced: {fields[0]}; this process stops")
-                return
+            else:
+                self.bad_messages += 1  # not a balancer we can follow: wait for a sane one
+        elif msg_type is MsgType.RECONNECT:
+            if fields[0] == p.REASON_STOPPING:
+                self._on_shutdown(now)
+                return False
+            if now - self._last_hello >= self.live.interval_s:
+                self._hello()  # one HELLO per interval however many late DONEs were answered RECONNECT
+        elif msg_type is MsgType.REFUSED:
+            self._on_refused(now, *fields)
+            return False
+        elif msg_type is MsgType.FENCED:
+            self._end(EXIT_FENCED, f"replaced: {fields[0]}; this process stops")
+            return False
+        return True
 
     def _on_welcome(self, now: float, node_id: int, heartbeat_ms: int, liveness: int, max_payload: int) -> None:
         """Joined: take the id, the balancer's timing (one heartbeat model on both sides) and its size limit."""

@@ -14,7 +14,13 @@ raises zmq.Again (12 us on a just-woken process). So:
   a loop that takes one message (the one it woke for) never asks: after a
   poll that slept (drain_limit), a loop answers that one message first and
   drains the rest on its next turn, while a busy loop drains in batches;
-- sends go straight to the Cython socket's `send`, with plain-int flags.
+- sends go straight to the Cython socket's `send`, with plain-int flags;
+- a process waiting on one socket alone (the Client, a node running its
+  handler inline) blocks in a receive with ZMQ_RCVTIMEO instead of polling:
+  zmq_poll checks ZMQ_EVENTS before and after it sleeps, each a poll(2) on
+  the socket's mailbox, so a blocking receive makes three fewer syscalls per
+  message (the Client: 8 polls per request -> 5, strace -c) and builds no
+  poll result.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOWAIT = int(zmq.SNDMORE) | _NOBLOCK
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_RCVTIMEO = int(zmq.RCVTIMEO)
 _send = _CSocket.send  # pyzmq's Python wrapper only adds draft-socket options zlb does not use
+_set = _CSocket.set
 # A poll that took this long slept: the process was idle and woke for what arrived. A busy
 # loop's poll returns in a few microseconds; a wake-up takes tens (50-60 us here).
 SLEPT_S = 25e-6
@@ -78,6 +86,33 @@ def received(
                 return
         if not events(_EVENTS) & _POLLIN:
             return
+
+
+class Waiter:
+    """Waits for the next message on one socket in a blocking receive with a timeout (see above)."""
+
+    __slots__ = ("_recv", "_sock", "_timeout_ms")
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._sock = sock
+        self._recv = sock.recv
+        self._timeout_ms: int | None = None  # the socket's ZMQ_RCVTIMEO, once set
+
+    def message(self, timeout_ms: int) -> list[bytes] | None:
+        """The next message's frames, waiting up to `timeout_ms` (0: not at all); None if none came."""
+        if timeout_ms != self._timeout_ms:
+            _set(self._sock, _RCVTIMEO, timeout_ms)
+            self._timeout_ms = timeout_ms
+        recv = self._recv
+        try:
+            frame = recv(0, copy=False)
+        except zmq.Again:
+            return None
+        message = [frame.bytes]
+        while frame.more:
+            frame = recv(_NOBLOCK, copy=False)
+            message.append(frame.bytes)
+        return message
 
 
 def _send_message(sock: zmq.Socket, frames: list[Any] | tuple[Any, ...]) -> None:
