@@ -21,6 +21,11 @@ from wire.sockets import received
 class ControlSide:
     """Control handlers of the Balancer."""
 
+    # The loop polls the control socket's ZMQ_FD, which signals new arrivals once: after a drain
+    # that stopped early, or a reply whose send took in the news of an arrival, messages can wait
+    # unsignalled. True then: the loop drains again before it sleeps.
+    _control_waiting = False
+
     def _drain_control(self, now: float, limit: int) -> None:
         # What happened before a question is in the log it may ask for: an admin's /logs
         # right after /server_up must show "marked as up" (control traffic is rare).
@@ -37,6 +42,7 @@ class ControlSide:
             else:
                 reply = self._control_reply(request, self._is_admin(frames[1]), now)
             self.control_sock.send_multipart([frames[0], reply])
+        self._control_waiting = bool(self.control_sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
     def _is_admin(self, frame: zmq.Frame) -> bool:
         """Under curve, the ZAP user id the balancer's authenticator gave the sender's key."""

@@ -37,7 +37,7 @@ from wire import protocol as p
 from wire.batching import grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.security import CurveServer, exposed_endpoints
-from wire.sockets import drain_limit
+from wire.sockets import DRAIN_BATCH, drain_limit
 
 # Events are published (and handed to the log) at most this often, and sooner
 # once this many wait: one PUB message and one log hand-over per interval rather
@@ -136,10 +136,14 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         self.control_sock = self._bind(zmq.ROUTER, cfg.control)
         self.events_sock = self._bind(zmq.PUB, cfg.events)
         self.poller = zmq.Poller()
+        # The control socket is polled by its file descriptor (ZMQ_FD), not as a socket: zmq_poll
+        # asks each socket for ZMQ_EVENTS before and after it sleeps, a poll(2) each, and control
+        # traffic is rare, so requests pay for two sockets, not three. _drain_control notes what
+        # the descriptor will not signal again (balancer/control_side.py).
         self._readers = {
             self.frontend: self._drain_frontend,
             self.backend: self._drain_backend,
-            self.control_sock: self._drain_control,
+            self.control_sock.getsockopt(zmq.FD): self._drain_control,
         }
         if self.curve is not None:
             self._watch_handshakes()
@@ -199,7 +203,10 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
-            timeout_ms = 0 if self._compaction else max(0, int((deadline - now) * 1000) + 1)
+            if self._control_waiting:
+                self._drain_control(now, DRAIN_BATCH)
+            busy = self._compaction or self._control_waiting
+            timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
             woke = time.monotonic()
             # Woken from idle, one message per socket, then the flush: what woke the loop is

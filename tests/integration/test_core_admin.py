@@ -210,3 +210,36 @@ def test_cluster_runs_the_seed_example(procs: ProcessGroup):
         assert f"Request {rid} from Client {client} added to queue with priority 5" in out
         assert f"Request {rid} from Client {client} processed by Server" in out
     assert "All 2 clients finished: 4 requests sent, 0 clients failed." in out
+
+
+def test_a_burst_of_admin_requests_from_many_connections_is_all_answered(balancer: LiveBalancer):
+    """The balancer polls the control socket by its descriptor, which signals an arrival once: requests
+    that land while others are read or answered must still be answered, with no new arrival to wake it.
+    Each round, 40 connections send at once, some two requests back to back; every one gets its reply."""
+    ctx = zmq.Context.instance()
+    socks = []
+    try:
+        for _ in range(40):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(balancer.endpoints.control)
+            socks.append(sock)
+        for round_no in range(5):
+            for i, sock in enumerate(socks):
+                for _ in range(1 + (i + round_no) % 2):
+                    sock.send(p.encode_map({"cmd": "servers"}))
+            expected = {i: 1 + (i + round_no) % 2 for i in range(len(socks))}
+            got = dict.fromkeys(expected, 0)
+            poller = zmq.Poller()
+            for sock in socks:
+                poller.register(sock, zmq.POLLIN)
+            deadline = time.monotonic() + 10
+            while got != expected and time.monotonic() < deadline:
+                for sock, _ in poller.poll(200):
+                    while sock.poll(0):
+                        assert p.decode_map(sock.recv())["ok"]
+                        got[socks.index(sock)] += 1
+            assert got == expected, f"round {round_no}: unanswered {[i for i in got if got[i] != expected[i]]}"
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
