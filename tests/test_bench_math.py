@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import click
 import pytest
 
-from bench import report, stats
+from bench import procstat, report, stats
 from bench.cli import parse_scenarios
 from bench.interleave import summarise
 from bench.profile import top_functions
@@ -128,3 +131,23 @@ def test_interleave_summary_gives_median_and_range_of_numeric_fields_only() -> N
     assert summarise(records) == {
         "requests_per_s": {"median": 20.0, "min": 10.0, "max": 30.0, "runs": [10.0, 30.0, 20.0]}
     }
+
+
+def test_cpu_seconds_of_another_process_is_precise_and_agrees_with_proc_stat():
+    """The CPU-time clock counts in nanoseconds where /proc/PID/stat counts 10 ms ticks; both agree."""
+    code = (
+        "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.2: pass\n"
+        "print(1, flush=True)\nsys.stdin.read()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"1\n"
+        precise = procstat.cpu_seconds(child.pid)
+        with open(f"/proc/{child.pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        ticks = (int(fields[11]) + int(fields[12])) / procstat.CLOCK_TICKS_PER_S
+        assert precise >= 0.2 and abs(precise - ticks) <= 0.05
+        assert round(precise * 1e9) % 10_000_000 != 0  # not a whole number of ticks: the clock, not /proc
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)

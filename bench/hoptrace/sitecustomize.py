@@ -1,9 +1,11 @@
 """Hop tracing for `python -m bench.hops`: loaded only when this directory is first on PYTHONPATH.
 
-With ZLB_HOPTRACE set to a directory, wraps pyzmq's poll and send (and zlb's own
-wire.sockets send) to note when this process woke (a poll that returned something,
-"W") and when it sent a message (its last frame, "S"; PUB sockets excluded), in
-monotonic nanoseconds, in memory; writes them to ZLB_HOPTRACE/<pid>.json at exit.
+With ZLB_HOPTRACE set to a directory, wraps pyzmq's poll and send, and zlb's own
+wire.sockets send and blocking receive (Waiter), to note when this process woke
+("W": a poll that returned something, or a blocking receive that got a message,
+which puts that receive on the wake-up's side) and when it sent a message ("S":
+its last frame; PUB sockets excluded), in monotonic nanoseconds, in memory;
+writes them to ZLB_HOPTRACE/<pid>.json at exit.
 The wrappers cost about a microsecond per call: the same for every broker traced.
 """
 
@@ -78,6 +80,17 @@ if os.environ.get("ZLB_HOPTRACE"):
             return _raw_send(sock, data, flags)
 
         _wire_sockets._send = _traced_raw_send
+    _waiter = getattr(_wire_sockets, "Waiter", None)
+    if _waiter is not None:  # the Client and an inline node wait in a blocking receive, not a poll
+        _message = _waiter.message
+
+        def _traced_message(self, timeout_ms):
+            message = _message(self, timeout_ms)
+            if message is not None:
+                _note(("W", _clock()))
+            return message
+
+        _waiter.message = _traced_message
 
     def _write() -> None:
         with open(os.path.join(os.environ["ZLB_HOPTRACE"], f"{os.getpid()}.json"), "w") as fh:
