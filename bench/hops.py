@@ -45,15 +45,21 @@ PARTS = (
 
 
 def run(
-    target_kind: str, duration: float, warmup_s: float, trace_dir: str, code: str | None = None
+    target_kind: str,
+    duration: float,
+    warmup_s: float,
+    trace_dir: str,
+    code: str | None = None,
+    tracer: tuple[str, str] = (HOPTRACE_DIR, "ZLB_HOPTRACE"),
 ) -> tuple[LoadResult, dict[int, str]]:
     """Start the target traced, run one client one request at a time; the load and each traced pid's role.
 
     `code`: a checkout whose zlb (and bench clients) the started processes run instead of this one's.
+    `tracer`: the directory whose sitecustomize every process loads, and the variable naming `trace_dir`.
     """
     root = code or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join(p for p in (HOPTRACE_DIR, root, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, ZLB_HOPTRACE=trace_dir, PYTHONPATH=path)
+    path = os.pathsep.join(p for p in (tracer[0], root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, tracer[1]: trace_dir, "PYTHONPATH": path}
     with tempfile.TemporaryDirectory(prefix="zlb-hops-") as workdir:
         bench = Bench(workdir, env)
         target: Target | None = None

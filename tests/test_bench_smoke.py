@@ -98,3 +98,25 @@ def test_hops_traces_every_part_of_a_round_trip(tmp_path: Path, target: str) -> 
     assert out["round_trips_traced"] >= 20
     assert len(out["parts_us"]) == 7 and all(v > 0 for v in out["parts_us"].values()), out
     assert out["chain_us"] > out["wake_ups_us"] > 0 and out["round_trip_p50_us"] > 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", ["zlb", "relay"])
+def test_opcodes_counts_every_process_of_a_round_trip(tmp_path: Path, target: str) -> None:
+    """`python -m bench.opcodes` counts the bytecode each real process runs before and after its sends;
+    a zlb balancer's two hops come out apart, and its result hop runs less before its send than after."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.opcodes", "--target", target, "--duration", "0.5", "--warmup-s", "0.2", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert set(out) == {"client", "broker", "node"}
+    assert all(row["before"] > 0 and row["top_before"] for row in out.values()), out
+    if target == "zlb":
+        broker = out["broker"]
+        assert broker["before_submit"] > 0 and broker["after_result"] > broker["before_result"] > 0, broker
