@@ -80,13 +80,10 @@ def test_bench_rejects_an_unknown_scenario(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("target", ["zlb", "relay"])
-def test_hops_traces_every_part_of_a_round_trip(tmp_path: Path, target: str) -> None:
-    """`python -m bench.hops` traces real processes and lines their notes up into whole round trips:
-    every wake-up and every process's Python between wake and send comes out positive."""
+def _one_at_a_time_tool(tmp_path: Path, module: str, target: str) -> dict:
+    """Run a one-at-a-time bench tool (bench.hops, bench.opcodes) briefly; its JSON output."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.hops", "--target", target, "--duration", "0.5", "--warmup-s", "0.2", "--json"],
+        [sys.executable, "-m", module, "--target", target, "--duration", "0.5", "--warmup-s", "0.2", "--json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -94,7 +91,15 @@ def test_hops_traces_every_part_of_a_round_trip(tmp_path: Path, target: str) -> 
         stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", ["zlb", "relay"])
+def test_hops_traces_every_part_of_a_round_trip(tmp_path: Path, target: str) -> None:
+    """`python -m bench.hops` traces real processes and lines their notes up into whole round trips:
+    every wake-up and every process's Python between wake and send comes out positive."""
+    out = _one_at_a_time_tool(tmp_path, "bench.hops", target)
     assert out["round_trips_traced"] >= 20
     assert len(out["parts_us"]) == 7 and all(v > 0 for v in out["parts_us"].values()), out
     assert out["chain_us"] > out["wake_ups_us"] > 0 and out["round_trip_p50_us"] > 0
@@ -105,16 +110,7 @@ def test_hops_traces_every_part_of_a_round_trip(tmp_path: Path, target: str) -> 
 def test_opcodes_counts_every_process_of_a_round_trip(tmp_path: Path, target: str) -> None:
     """`python -m bench.opcodes` counts the bytecode each real process runs before and after its sends;
     a zlb balancer's two hops come out apart, and its result hop runs less before its send than after."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.opcodes", "--target", target, "--duration", "0.5", "--warmup-s", "0.2", "--json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout)
+    out = _one_at_a_time_tool(tmp_path, "bench.opcodes", target)
     assert set(out) == {"client", "broker", "node"}
     assert all(row["before"] > 0 and row["top_before"] for row in out.values()), out
     if target == "zlb":
