@@ -23,7 +23,7 @@ class ControlSide:
 
     # The loop polls the control socket's ZMQ_FD, which signals new arrivals once: after a drain
     # that stopped early, or a reply whose send took in the news of an arrival, messages can wait
-    # unsignalled. True then: the loop drains again before it sleeps.
+    # unsignalled. True then: the loop's next pass polls without sleeping and drains it again.
     _control_waiting = False
 
     def _drain_control(self, now: float, limit: int) -> None:

@@ -37,7 +37,7 @@ from wire import protocol as p
 from wire.batching import grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.security import CurveServer, exposed_endpoints
-from wire.sockets import DRAIN_BATCH, drain_limit
+from wire.sockets import drain_limit
 
 # Events are published (and handed to the log) at most this often, and sooner
 # once this many wait: one PUB message and one log hand-over per interval rather
@@ -139,11 +139,13 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         # The control socket is polled by its file descriptor (ZMQ_FD), not as a socket: zmq_poll
         # asks each socket for ZMQ_EVENTS before and after it sleeps, a poll(2) each, and control
         # traffic is rare, so requests pay for two sockets, not three. _drain_control notes what
-        # the descriptor will not signal again (balancer/control_side.py).
+        # the descriptor will not signal again (balancer/control_side.py); the loop drains it then
+        # as if signalled, once per pass and inside the pass's timing, like any socket.
+        self._control_fd = self.control_sock.getsockopt(zmq.FD)
         self._readers = {
             self.frontend: self._drain_frontend,
             self.backend: self._drain_backend,
-            self.control_sock.getsockopt(zmq.FD): self._drain_control,
+            self._control_fd: self._drain_control,
         }
         if self.curve is not None:
             self._watch_handshakes()
@@ -200,18 +202,20 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         next_publish = 0.0
         poll = self.poller.poll
         readers = self._readers
+        control_fd = self._control_fd
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
-            if self._control_waiting:
-                self._drain_control(now, DRAIN_BATCH)
-            busy = self._compaction or self._control_waiting
+            control_waiting = self._control_waiting
+            busy = self._compaction or control_waiting
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
             woke = time.monotonic()
             # Woken from idle, one message per socket, then the flush: what woke the loop is
             # answered first (wire/sockets.py). Busy, it drains in batches.
             limit = drain_limit(woke - now)
+            if control_waiting and all(sock != control_fd for sock, _ in ready):
+                ready.append((control_fd, zmq.POLLIN))  # arrivals its descriptor will not signal again
             for sock, _ in ready:
                 readers[sock](woke, limit)
             now = time.monotonic()

@@ -256,7 +256,7 @@ class Client(Retries):
         return min(left, 1.0)
 
     def pump(self, timeout: float) -> int:
-        """Receive results for up to `timeout` seconds; return how many arrived.
+        """Receive results for up to `timeout` seconds (0 or less: only what has arrived); how many arrived.
 
         Raises ClientIdInUse once the balancer refused this client id, and
         BalancerUnreachable when nothing was heard within the connect timeout.
@@ -264,7 +264,7 @@ class Client(Retries):
         self._keep_up(time.monotonic())  # before waiting: off the path of an answer on its way
         before = time.monotonic()
         got = 0
-        message = self._waiter.message(int(timeout * 1000))
+        message = self._waiter.message(max(0, int(timeout * 1000)))  # no time left: a look, no wait
         if message is not None:
             self.heard = True
             got = self._on_reply(message)

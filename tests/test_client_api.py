@@ -178,3 +178,12 @@ def test_a_big_payload_leaves_in_its_own_submit_between_the_batches_around_it(fr
     msg_type, (client_id, request_id, priority, _incarnation, payload) = frontend.arrived[1]
     assert (msg_type, client_id, request_id, priority, payload) == (MsgType.SUBMIT, 5, 3, 3, big)
     assert frontend.arrived[2] == (MsgType.SUBMIT_BATCH, [[4, 3, b"c"]])
+
+
+@pytest.mark.parametrize("timeout", [0.0, -0.0015, -1.0])
+def test_pump_with_no_time_left_only_looks(client: Client, timeout: float):
+    """A timeout of 0 or less (a caller's `deadline - now`) takes what has arrived and returns at once:
+    no wait for ever, and no socket error from a negative ZMQ_RCVTIMEO."""
+    started = time.monotonic()
+    assert client.pump(timeout) == 0
+    assert time.monotonic() - started < 0.5
