@@ -72,11 +72,7 @@ def received(
             frame = recv(_NOBLOCK, copy=False)
         except zmq.Again:
             return  # a wake-up with nothing to read (a poll may say readable for a command)
-        message.append(frame.bytes if copy else frame)
-        while frame.more:
-            frame = recv(_NOBLOCK, copy=False)
-            message.append(frame.bytes if copy else frame)
-        yield message
+        yield _with_rest(recv, frame, message, copy)
         limit -= 1
         if limit <= 0:
             return
@@ -108,11 +104,17 @@ class Waiter:
             frame = recv(0, copy=False)
         except zmq.Again:
             return None
-        message = [frame.bytes]
-        while frame.more:
-            frame = recv(_NOBLOCK, copy=False)
-            message.append(frame.bytes)
-        return message
+        return _with_rest(recv, frame, [], True)
+
+
+def _with_rest(recv: Any, frame: zmq.Frame, message: list[Any], copy: bool) -> list[Any]:
+    """`message` with `frame` and the frames that follow it appended (as bytes if `copy`): a message
+    arrives whole, so once its first frame is in, the rest are taken without waiting."""
+    message.append(frame.bytes if copy else frame)
+    while frame.more:
+        frame = recv(_NOBLOCK, copy=False)
+        message.append(frame.bytes if copy else frame)
+    return message
 
 
 def _send_message(sock: zmq.Socket, frames: list[Any] | tuple[Any, ...]) -> None:
