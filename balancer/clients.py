@@ -1,20 +1,46 @@
-"""The balancer's client side: sessions, submissions and results on the frontend ROUTER.
+"""The frontend: client sessions, submissions, and every result on its way out.
 
-A mixin of the Balancer (balancer/loop.py), which owns the socket and the
-scheduler; these methods only decode, call the scheduler and send.
+ClientSide owns what the balancer knows of its clients' connections and
+nothing else; the loop (balancer/loop.py) owns the socket and hands it over,
+the scheduler owns the requests. Back-pressure lives here too, since it is
+about results leaving:
+
+- **Unread results pause their client.** Results go out with ROUTER_MANDATORY
+  and NOBLOCK; when a client's pipe is full (it does not read) the send says
+  EAGAIN. A client is paused while the balancer holds results it could not
+  hand to its pipe. Held results are charged to the memory budget and retried
+  each loop iteration; meanwhile the client's waiting requests are set aside
+  by dispatch (balancer/waiting.py) and everyone else's go on.
+- **Routes are forgotten when quiet.** Each client's routing identity is
+  interned so every request from it shares one bytes object; the table is
+  kept in two generations swapped every ROUTE_GENERATION_S (or at
+  ROUTE_GENERATION_MAX entries), so identities unheard for two generations
+  are dropped and a stream of one-off identities cannot grow it.
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import Any
 
-from balancer.records import Submitted, conflict_reason
+import zmq
+
+from balancer.incidents import Incidents
+from balancer.records import Request, Submitted, conflict_reason
+from balancer.scheduler import Scheduler
 from wire import events as ev
 from wire import limits
 from wire import protocol as p
 from wire.batching import batch_frames, batches, grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
+
+# At most this many result batches are held for one client; beyond, a batch is dropped
+# (counted as client_dropped) and stays remembered for the client's retry to fetch.
+MAX_HELD_PER_CLIENT = 1000
+ROUTE_GENERATION_S = 60.0
+ROUTE_GENERATION_MAX = 50_000
 
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _SUBMIT, _SUBMIT_BATCH, _RESULT_BATCH = MsgType.SUBMIT, MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH
@@ -23,49 +49,143 @@ _QUEUED, _DUPLICATE, _FINISHED = Submitted.QUEUED, Submitted.DUPLICATE, Submitte
 _PROCESSED, _FAILED = p.PROCESSED, p.FAILED
 
 
-def _route_of(req: Any) -> Any:
+def _route_of(req: Request) -> Any:
     return req.route
 
 
-def _body_size(req: Any) -> int:
+def _body_size(req: Request) -> int:
     body = req.body
     return 0 if body is None else len(body)
 
 
 class ClientSide:
-    """Frontend handlers of the Balancer."""
+    """Frontend handlers, held results and client routes."""
 
-    def _send_client(self, route: bytes, header: bytes, body: Any = None) -> bool:
-        """One message to a client; False (counted) when it is gone or its queue is full.
+    def __init__(
+        self, sock: zmq.Socket, sched: Scheduler, incidents: Incidents, max_message_bytes: int, now: float
+    ) -> None:
+        self.sock = sock
+        self.sched = sched
+        self.incidents = incidents
+        self.max_message_bytes = max_message_bytes
+        # client_id -> result batches (route, frames, payload bytes) its full pipe could not take, oldest first
+        self._held: dict[int, deque[tuple[bytes, list[Any], int]]] = {}
+        self._routes: dict[bytes, bytes] = {}
+        self._routes_old: dict[bytes, bytes] = {}
+        self._routes_swapped_at = now
+        self._handlers = {
+            MsgType.CLIENT_HELLO: self._on_hello,
+            MsgType.CLIENT_PING: self._on_ping,
+            MsgType.CLIENT_BYE: self._on_bye,
+        }
 
-        A result that cannot leave stays remembered: the client's retry fetches it.
-        """
-        failed = send_routed(self.frontend, route, [header] if body is None else [header, body])
-        if failed:
-            self._count(f"client_{failed}")
-        return not failed
+    # ---- in: the frontend ------------------------------------------------
 
-    def _send_results(self, replies: list[Any], replay: bool) -> None:
-        """One RESULT_BATCH per client (more only past the batch limits); a full pipe holds it."""
-        if len(replies) == 1:  # a lone result, the latency path: no grouping to do
-            if replies[0].route is not None:
-                self._deliver_batch(replies[0].route, replies, replay)
-            return
-        by_route = grouped(replies, _route_of)
-        by_route.pop(None, None)  # no route known for these: their client's retry fetches them
-        for route, reqs in by_route.items():
-            for batch in batches(reqs, _body_size):
-                self._deliver_batch(route, batch, replay)
+    def drain(self, now: float, limit: int) -> None:
+        """Take up to `limit` messages (and limits.DRAIN_ITEMS requests, DRAIN_BYTES of payloads)."""
+        decode = p.decode_routed
+        submit, submit_batch, handlers = _SUBMIT, _SUBMIT_BATCH, self._handlers
+        budget = limits.DRAIN_ITEMS
+        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
+            try:
+                msg_type, fields, body = decode(frames)
+                if msg_type is not submit_batch and msg_type is not submit and msg_type not in handlers:
+                    raise ProtocolError("unknown_type", f"{msg_type.name} is not a client message")
+            except ProtocolError as exc:
+                self.incidents.bad("frontend", exc, now)
+                self._send(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
+                continue
+            route = self._routes.get(frames[0]) or self._route(frames[0])
+            if msg_type is submit_batch:
+                client_id, incarnation, items = fields
+                budget -= len(items)
+                for request_id, priority, payload in items:
+                    if not self._submit(route, client_id, request_id, priority, incarnation, payload, now):
+                        break  # the id is another process's: so is the rest of the batch
+            elif msg_type is submit:
+                budget -= 1
+                client_id, request_id, priority, incarnation = fields
+                self._submit(route, client_id, request_id, priority, incarnation, body, now)
+            else:
+                try:
+                    handlers[msg_type](route, fields, now)
+                except ProtocolError as exc:
+                    self.incidents.bad("frontend", exc, now)
+            if budget <= 0:
+                return  # the rest waits for the next iteration: nodes and admins are served in between
 
-    def _deliver_batch(self, route: bytes, batch: list[Any], replay: bool) -> None:
-        """A RESULT_BATCH, or the RESULT of one big result (limits.LONE_PAYLOAD_BYTES); a full pipe holds it
-        and pauses its client (balancer/pressure.py)."""
-        items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
-        self._deliver(
-            batch[0].client_id, route, batch_frames(_RESULT_BATCH, _RESULT, items), sum(map(_body_size, batch))
-        )
+    def _submit(
+        self, route: bytes, client_id: int, request_id: int, priority: int, incarnation: int, body: Any, now: float
+    ) -> bool:
+        """Hand one submission to the scheduler and answer what it refused; False if the id is in use."""
+        refusal = self._refuse_outright(client_id, request_id, len(body))
+        if refusal:
+            self._send(route, p.encode(MsgType.REJECTED, request_id, refusal))
+            return True
+        outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
+        if outcome is _QUEUED or outcome is _DUPLICATE or outcome is _FINISHED:
+            return True
+        if outcome is Submitted.ID_IN_USE:
+            self._claim(route, (client_id, incarnation, None, None), now, welcome=False)
+            return False
+        if outcome is Submitted.BUSY:
+            reason = self.sched.last_refusal
+            self.incidents.refusal(ev.SYSTEM_BUSY, client_id, reason, now)
+        elif outcome is Submitted.CONFLICT:
+            reason = conflict_reason(client_id, request_id)
+        else:
+            reason = self.sched.queue_full_reason()
+        self._send(route, p.encode(MsgType.REJECTED, request_id, reason))
+        return True
 
-    def _answer(self, req: Any, ok: bool, result: bytes) -> bool:
+    def _refuse_outright(self, client_id: int, request_id: int, size: int) -> str:
+        """Why no wait could ever let this submission in, or ''."""
+        if client_id < 0 or request_id < 0:  # the Client and the CLI cannot name one: garbage, or another tool
+            return f"client id {client_id} or request id {request_id} is out of range (0 to 2**64 - 1)"
+        if size > self.max_message_bytes:
+            self.incidents.count("payloads_too_large")
+            return limits.too_large("payload", size, self.max_message_bytes).decode()
+        if not self.sched.budget.could_hold(size):
+            self.incidents.count("payloads_too_large")
+            return f"payload of {size} bytes is over the balancer's whole --max-memory-mb"
+        return ""
+
+    def _claim(self, route: bytes, claim: tuple[Any, ...], now: float, welcome: bool) -> None:
+        """Open or renew the session (client_id, incarnation, pid, host); answer REFUSED, or WELCOME if asked."""
+        reason = self.sched.sessions.hello(*claim, now)
+        if reason:
+            self.incidents.refusal(ev.SYSTEM_CLIENT_REFUSED, claim[0], reason, now)
+            self._send(route, p.encode(MsgType.REFUSED, reason, None, None))
+        elif welcome:
+            lease_ms = int(self.sched.client_lease_s * 1000)
+            self._send(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.max_message_bytes))
+
+    def _on_hello(self, route: bytes, fields: list[Any], now: float) -> None:
+        if limits.bad_host(fields[3]) or not 0 <= fields[2] <= limits.MAX_PID:
+            raise ProtocolError("bad_fields", f"CLIENT_HELLO with pid {fields[2]} and host {fields[3]!r:.80}")
+        self._claim(route, tuple(fields), now, welcome=True)
+
+    def _on_ping(self, route: bytes, fields: list[Any], now: float) -> None:
+        self._claim(route, (fields[0], fields[1], None, None), now, welcome=False)
+
+    def _on_bye(self, route: bytes, fields: list[Any], now: float) -> None:
+        self.sched.sessions.bye(fields[0], fields[1])
+        self._routes.pop(route, None)
+        self._routes_old.pop(route, None)
+
+    # ---- out: results ------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what the scheduler finished: results held for full pipes first, in order."""
+        if self._held:
+            self._retry_held()
+        out = self.sched.outbox
+        if out.replies:
+            self._send_results(out.take_replies(), False)
+        if out.replays:
+            self._send_results(out.take_replays(), True)
+
+    def answer(self, req: Request | None, ok: bool, result: bytes) -> bool:
         """Send a node's result for `req` before the scheduler completes it; False if `req` is None.
 
         The RESULT says what complete() will record: processed or failed, on the node it ran on.
@@ -77,100 +197,90 @@ class ClientSide:
             self._deliver(req.client_id, req.route, batch_frames(_RESULT_BATCH, _RESULT, items), len(result))
         return True
 
-    # ---- frontend: clients ----------------------------------------------
+    def tell_stopping(self) -> None:
+        """Every client heard from lately is told to re-send to the next balancer."""
+        shutdown = p.encode(MsgType.REJECTED, None, p.REASON_STOPPING)
+        for route in [*self._routes, *self._routes_old]:
+            self._send(route, shutdown)
 
-    def _drain_frontend(self, now: float, limit: int) -> None:
-        decode = p.decode_routed
-        submit, submit_batch = _SUBMIT, _SUBMIT_BATCH
-        budget = limits.DRAIN_ITEMS
-        for frames in received(self.frontend, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
-            try:
-                msg_type, fields, body = decode(frames)
-                if msg_type is not submit_batch and msg_type is not submit and msg_type not in self._client_handlers:
-                    raise ProtocolError("unknown_type", f"{msg_type.name} is not a client message")
-            except ProtocolError as exc:
-                self._bad_input("frontend", exc, now)
-                self._send_client(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
-                continue
-            route = self._routes.get(frames[0]) or self._route(frames[0])
-            if msg_type is submit_batch:
-                client_id, incarnation, items = fields
-                budget -= len(items)
-                for request_id, priority, payload in items:
-                    if not self._on_submit(route, client_id, request_id, priority, incarnation, payload, now):
-                        break  # the id is another process's: so is the rest of the batch
-            elif msg_type is submit:
-                budget -= 1
-                client_id, request_id, priority, incarnation = fields
-                self._on_submit(route, client_id, request_id, priority, incarnation, body, now)
-            else:
-                try:
-                    self._client_handlers[msg_type](self, route, fields, now)
-                except ProtocolError as exc:
-                    self._bad_input("frontend", exc, now)
-            if budget <= 0:
-                return  # the rest waits for the next iteration: nodes and admins are served in between
+    def _send(self, route: bytes, header: bytes) -> None:
+        """One message to a client; counted when it is gone or its queue is full (a result stays remembered)."""
+        failed = send_routed(self.sock, route, [header])
+        if failed:
+            self.incidents.count(f"client_{failed}")
 
-    def _on_submit(
-        self, route: bytes, client_id: int, request_id: int, priority: int, incarnation: int, body: Any, now: float
-    ) -> bool:
-        """Hand one submission to the scheduler and answer what it refused; False if the id is in use."""
-        if client_id < 0 or request_id < 0:  # the Client and the CLI cannot name one: garbage, or another tool
-            reason = f"client id {client_id} or request id {request_id} is out of range (0 to 2**64 - 1)"
-            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
-            return True
-        if len(body) > self.config.max_message_bytes:
-            self._count("payloads_too_large")
-            reason = limits.too_large("payload", len(body), self.config.max_message_bytes).decode()
-            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
-            return True
-        if not self.sched.budget.could_hold(len(body)):  # never, however long the client waits: not busy
-            self._count("payloads_too_large")
-            reason = f"payload of {len(body)} bytes is over the balancer's whole --max-memory-mb"
-            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
-            return True
-        outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
-        if outcome is _QUEUED or outcome is _DUPLICATE or outcome is _FINISHED:
-            return True
-        if outcome is Submitted.ID_IN_USE:
-            self._claim_session(route, (client_id, incarnation, None, None), now, welcome=False)
-            return False
-        if outcome is Submitted.BUSY:
-            reason = self.sched.last_refusal
-            self._refusal(ev.SYSTEM_BUSY, client_id, reason, now)
-            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
-        elif outcome is Submitted.CONFLICT:
-            reason = conflict_reason(client_id, request_id)
-            self._send_client(route, p.encode(MsgType.REJECTED, request_id, reason))
-        else:
-            self._send_client(route, p.encode(MsgType.REJECTED, request_id, self.sched.queue_full_reason()))
-        return True
+    def _send_results(self, replies: list[Request], replay: bool) -> None:
+        """One RESULT_BATCH per client (more only past the batch limits); a full pipe holds it."""
+        if len(replies) == 1:  # a lone result, the latency path: no grouping to do
+            if replies[0].route is not None:
+                self._deliver_batch(replies[0].route, replies, replay)
+            return
+        by_route = grouped(replies, _route_of)
+        by_route.pop(None, None)  # no route known for these: their client's retry fetches them
+        for route, reqs in by_route.items():
+            for batch in batches(reqs, _body_size):
+                self._deliver_batch(route, batch, replay)
 
-    def _claim_session(self, route: bytes, claim: tuple[Any, ...], now: float, welcome: bool) -> None:
-        """Open or renew the session (client_id, incarnation, pid, host); answer REFUSED, or WELCOME if asked."""
-        reason = self.sched.sessions.hello(*claim, now)
-        if reason:
-            self._refusal(ev.SYSTEM_CLIENT_REFUSED, claim[0], reason, now)
-            self._send_client(route, p.encode(MsgType.REFUSED, reason, None, None))
-        elif welcome:
-            lease_ms = int(self.sched.client_lease_s * 1000)
-            self._send_client(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.config.max_message_bytes))
+    def _deliver_batch(self, route: bytes, batch: list[Request], replay: bool) -> None:
+        """A RESULT_BATCH, or the RESULT of one big result (limits.LONE_PAYLOAD_BYTES)."""
+        items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
+        size = sum(map(_body_size, batch))
+        self._deliver(batch[0].client_id, route, batch_frames(_RESULT_BATCH, _RESULT, items), size)
 
-    def _on_client_hello(self, route: bytes, fields: list[Any], now: float) -> None:
-        if limits.bad_host(fields[3]) or not 0 <= fields[2] <= limits.MAX_PID:
-            raise ProtocolError("bad_fields", f"CLIENT_HELLO with pid {fields[2]} and host {fields[3]!r:.80}")
-        self._claim_session(route, tuple(fields), now, welcome=True)
+    def _deliver(self, client_id: int, route: bytes, frames: list[Any], size: int) -> None:
+        """Send a result batch, or hold it (and pause its client) when the client's pipe is full."""
+        held = self._held.get(client_id)
+        if held is None:
+            failed = send_routed(self.sock, route, frames)
+            if not failed:
+                return
+            self.incidents.count(f"client_{failed}")
+            if failed != "dropped":
+                return  # no connection: the results stay remembered for the client's retry
+            held = self._held[client_id] = deque()
+            self._pause(client_id)
+        if len(held) >= MAX_HELD_PER_CLIENT:
+            self.incidents.count("client_dropped")
+            return
+        held.append((route, frames, size))
+        self.sched.budget.charge(client_id, size, unsent=True)
 
-    def _on_client_ping(self, route: bytes, fields: list[Any], now: float) -> None:
-        self._claim_session(route, (fields[0], fields[1], None, None), now, welcome=False)
+    def _pause(self, client_id: int) -> None:
+        self.sched.pause_client(client_id)
+        self.incidents.count("clients_paused")
+        reason = "its results pile up unread; its requests wait until it reads"
+        self.incidents.refusal(ev.SYSTEM_CLIENT_PAUSED, client_id, reason, time.monotonic())
 
-    def _on_client_bye(self, route: bytes, fields: list[Any], now: float) -> None:
-        self.sched.sessions.bye(fields[0], fields[1])
-        self._routes.pop(route, None)
-        self._routes_old.pop(route, None)
+    def _retry_held(self) -> None:
+        """Hand held results to pipes that drained; resume the clients left with none."""
+        budget, sock = self.sched.budget, self.sock
+        for client_id in list(self._held):
+            held = self._held[client_id]
+            while held:
+                route, frames, size = held[0]
+                failed = send_routed(sock, route, frames)
+                if failed == "dropped":
+                    break
+                held.popleft()
+                budget.release(client_id, size, unsent=True)
+                if failed:  # gone: its retries fetch the remembered results from the next connection
+                    self.incidents.count(f"client_{failed}")
+            if not held:
+                del self._held[client_id]
+                self.sched.resume_client(client_id)
 
-    _client_handlers = {
-        MsgType.CLIENT_HELLO: _on_client_hello,
-        MsgType.CLIENT_PING: _on_client_ping,
-        MsgType.CLIENT_BYE: _on_client_bye,
-    }
+    # ---- routes ----------------------------------------------------------
+
+    def _route(self, identity: bytes) -> bytes:
+        """The one interned copy of a client's routing identity."""
+        route = self._routes_old.pop(identity, None) or identity
+        self._routes[identity] = route
+        if len(self._routes) >= ROUTE_GENERATION_MAX:
+            self._routes_old, self._routes = self._routes, {}
+        return route
+
+    def tick(self, now: float) -> None:
+        """Once per heartbeat: a new route generation when the current one is old enough."""
+        if now - self._routes_swapped_at >= ROUTE_GENERATION_S:
+            self._routes_old, self._routes = self._routes, {}
+            self._routes_swapped_at = now

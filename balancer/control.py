@@ -44,7 +44,7 @@ class BalancerState:
     counters: dict[str, int] = field(default_factory=dict)
     # (monotonic time, submitted, processed) samples, newest last; see record_sample.
     samples: deque[tuple[float, int, int]] = field(default_factory=deque)
-    # The loop's longest iteration over its recent window (balancer/pressure.py), in ms.
+    # The loop's longest iteration over its recent window (balancer/loop.py, IterationTimes), in ms.
     loop_max_ms: Callable[[], float] = lambda: 0.0
 
 
@@ -172,7 +172,7 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "bad_input": dict(state.bad_input),
         "counters": dict(state.counters),
         "memory": sched.budget.view(),
-        "paused_clients": len(sched._queue.paused),
+        "paused_clients": sched.paused_clients,
         "loop_max_ms": state.loop_max_ms(),
         # The log file and its writer: a problem stays here while it lasts (its event may leave the ring).
         "log": {"path": state.eventlog.path, "problem": state.eventlog.problem},

@@ -16,37 +16,42 @@ the order they will be dispatched; with --client it is submission order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import chain
-from typing import TYPE_CHECKING
 
-from balancer.records import Request
+from balancer.kept import KeptResults
+from balancer.records import Node, Request
+from balancer.sessions import ClientSessions
+from balancer.waiting import WaitingQueue
 from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
-
-if TYPE_CHECKING:
-    from balancer.scheduler import Scheduler
 
 
 def _seq(req: Request) -> int:
     return req.seq or 0
 
 
-def requests(sched: Scheduler, status: str | None = None, client_id: int | None = None) -> Iterator[Request]:
+def requests(
+    queue: WaitingQueue,
+    kept: KeptResults,
+    nodes: Mapping[bytes, Node],
+    sessions: ClientSessions,
+    status: str | None = None,
+    client_id: int | None = None,
+) -> Iterator[Request]:
     """Remembered requests, optionally filtered by status and client, read lazily where the list is long."""
     if client_id is not None:
         # Lazy over the session dict: a query runs to its end within one loop step, nothing changes meanwhile.
-        session = sched.sessions.get(client_id)
+        session = sessions.get(client_id)
         pool: Iterable[Request] = session.values() if session else ()
         return (r for r in pool if status is None or r.status == status)
     dispatched: list[Request] = []
     if status in (None, PROCESSED, FAILED):
-        dispatched.extend(r for r in sched.kept if status is None or r.status == status)
+        dispatched.extend(r for r in kept if status is None or r.status == status)
     if status in (None, ASSIGNED):
-        for node in sched.routes.values():
+        for node in nodes.values():
             dispatched.extend(node.in_flight.values())
     waiting: Iterable[Request] = ()
     if status in (None, PENDING):
-        queue = sched._queue
         dispatched.extend(queue.retried())
         waiting = (r for r in queue if r.seq is None)
     dispatched.sort(key=_seq)

@@ -1,8 +1,13 @@
-"""The balancer process: one thread, one poller, four sockets.
+"""The balancer process: one thread, one poller, four sockets, and the parts that use them.
 
-Thin by design: drain each readable socket in a batch, decode headers, call
-the scheduler, then send what it decided and publish the iteration's events
-as one message per topic. Payloads pass through as opaque frames.
+The Balancer owns the sockets, the poller and the scheduler, and holds one
+part per socket: ClientSide (frontend, balancer/clients.py), NodeSide
+(backend, balancer/node_side.py) and ControlSide (control,
+balancer/control_side.py). Each part owns its own state and is called through
+a few named methods: `drain` when its socket is readable, `flush`/`dispatch`
+after the drains, `tick` on the heartbeat. The loop publishes the events the
+scheduler recorded, as one message per topic. Payloads pass through as opaque
+frames.
 
 With --journal, the iteration's accepted and finished records are appended
 with one write before its results are sent (balancer/journal.py). SIGTERM
@@ -16,6 +21,7 @@ import gc
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import zmq
@@ -28,14 +34,13 @@ from balancer.compaction import Compaction
 from balancer.config import BalancerConfig
 from balancer.control_side import ControlSide
 from balancer.eventlog import EventLog
+from balancer.incidents import Incidents
 from balancer.node_side import NodeSide
-from balancer.pressure import Pressure
 from balancer.scheduler import Scheduler
 from wire import events as ev
 from wire import limits
 from wire import protocol as p
 from wire.batching import grouped
-from wire.protocol import MsgType, ProtocolError
 from wire.security import CurveServer, exposed_endpoints
 from wire.sockets import drain_limit
 
@@ -44,15 +49,35 @@ from wire.sockets import drain_limit
 # than per loop iteration, so a lone request does not pay for two extra sends.
 PUBLISH_INTERVAL_S = 0.01
 PUBLISH_MAX_EVENTS = 4096
-# Bad input is logged at most this often per (socket, kind); every one is counted.
-BAD_INPUT_LOG_INTERVAL_S = 5.0
+# `zlb status` reports the longest loop iteration over this window (loop_max_ms), for stall probes.
+LOOP_WINDOW_S = 10.0
 
 # Container allocations between gen-0 collections (CPython's default is 700); see _tune_gc.
 GC_GEN0_THRESHOLD = 50_000
 
 
-class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
-    """Owns the sockets and the scheduler; nothing else touches either."""
+class IterationTimes:
+    """The longest loop iteration (poll wait excluded) over the last LOOP_WINDOW_S."""
+
+    def __init__(self) -> None:
+        self.longest_s = 0.0  # in the current tick
+        self._per_tick: deque[tuple[float, float]] = deque()  # (until, longest iteration)
+
+    def roll(self, now: float) -> None:
+        """Once per tick: close this tick's longest iteration, forget those older than the window."""
+        per_tick = self._per_tick
+        per_tick.append((now, self.longest_s))
+        self.longest_s = 0.0
+        while per_tick and now - per_tick[0][0] > LOOP_WINDOW_S:
+            per_tick.popleft()
+
+    def max_ms(self) -> float:
+        longest = max((m for _t, m in self._per_tick), default=0.0)
+        return round(max(longest, self.longest_s) * 1000, 2)
+
+
+class Balancer:
+    """Owns the sockets, the poller and the scheduler; its parts use the sockets it hands them."""
 
     def __init__(self, config: BalancerConfig, context: zmq.Context | None = None) -> None:
         self.config = config
@@ -73,17 +98,24 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
             max_memory_bytes=config.max_memory_bytes,
         )
         self.eventlog = EventLog(config.log_file)
-        self.state = control.BalancerState(self.sched, self.eventlog, config.endpoints, time.monotonic(), time.time())
+        self.incidents = Incidents(self.sched.outbox)
+        self.times = IterationTimes()
+        self.state = control.BalancerState(
+            self.sched,
+            self.eventlog,
+            config.endpoints,
+            time.monotonic(),
+            time.time(),
+            bad_input=self.incidents.bad_input,
+            counters=self.incidents.counters,
+            loop_max_ms=self.times.max_ms,
+        )
         self._ctx = context or zmq.Context.instance()
         self._stopping = False
         self._stop_deadline: float | None = None
-        self._init_pressure(time.monotonic())
-        self.state.loop_max_ms = self.loop_max_ms
-        self._bad_logged: dict[tuple[str, str], float] = {}
         self.journal: jr.Journal | None = None
         self._compaction: Compaction | None = None
         self.curve: CurveServer | None = None
-        self._monitors: dict[zmq.Socket, str] = {}
         if config.journal is not None:
             self._open_journal(config.journal)
         if config.curve_secret is not None:
@@ -102,24 +134,18 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         jr.restore(self.sched, recovered)
         self.journal = jr.Journal(path)
         self.journal.open(jr.snapshot(self.sched))
-        counters = self.state.counters
+        counters = self.incidents.counters
         counters["journal_restored_pending"] = len(recovered.pending)
         counters["journal_restored_finished"] = len(recovered.finished)
         counters["journal_records_lost"] = recovered.records_lost
         counters["journal_bytes_skipped"] = recovered.bytes_skipped
+        events = self.sched.events
         if recovered.damaged:
             lost, skipped = recovered.records_lost, recovered.bytes_skipped
-            self.sched.events.append((ev.SYSTEM_JOURNAL_DAMAGED, path, lost, skipped, recovered.kept_as))
+            events.append((ev.SYSTEM_JOURNAL_DAMAGED, path, lost, skipped, recovered.kept_as))
         if recovered.records:
-            self.sched.events.append(
-                (
-                    ev.SYSTEM_JOURNAL_RESTORED,
-                    path,
-                    len(recovered.pending),
-                    len(recovered.finished),
-                    recovered.torn_bytes,
-                )
-            )
+            restored = (len(recovered.pending), len(recovered.finished), recovered.torn_bytes)
+            events.append((ev.SYSTEM_JOURNAL_RESTORED, path, *restored))
 
     # ---- sockets --------------------------------------------------------
 
@@ -130,25 +156,32 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         # A node keeps its identity across reconnects; let its new connection take over.
         self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # A send to a route with no connection raises instead of vanishing: work that
-        # cannot leave goes straight back to the queue (see _send_work).
+        # cannot leave goes straight back to the queue (NodeSide._send_batch).
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.control_sock = self._bind(zmq.ROUTER, cfg.control)
         self.events_sock = self._bind(zmq.PUB, cfg.events)
-        self.poller = zmq.Poller()
+        now = time.monotonic()
+        self.client_side = ClientSide(self.frontend, self.sched, self.incidents, cfg.max_message_bytes, now)
+        self.node_side = NodeSide(self.backend, self.sched, self.incidents, self.client_side, cfg)
+        self.control_side = ControlSide(
+            self.control_sock, self.state, self.incidents, self.curve is not None, self._publish
+        )
         # The control socket is polled by its file descriptor (ZMQ_FD), not as a socket: zmq_poll
         # asks each socket for ZMQ_EVENTS before and after it sleeps, a poll(2) each, and control
-        # traffic is rare, so requests pay for two sockets, not three. _drain_control notes what
-        # the descriptor will not signal again (balancer/control_side.py); the loop drains it then
-        # as if signalled, once per pass and inside the pass's timing, like any socket.
-        self._control_fd = self.control_sock.getsockopt(zmq.FD)
+        # traffic is rare, so requests pay for two sockets, not three. The control side notes what
+        # the descriptor will not signal again (ControlSide.waiting); the loop drains it then as if
+        # signalled, once per pass and inside the pass's timing, like any socket.
         self._readers = {
-            self.frontend: self._drain_frontend,
-            self.backend: self._drain_backend,
-            self._control_fd: self._drain_control,
+            self.frontend: self.client_side.drain,
+            self.backend: self.node_side.drain,
+            self.control_side.fd: self.control_side.drain,
         }
         if self.curve is not None:
-            self._watch_handshakes()
+            sockets = {"frontend": self.frontend, "backend": self.backend, "control": self.control_sock}
+            for mon in self.control_side.watch_handshakes({**sockets, "events": self.events_sock}):
+                self._readers[mon] = self.control_side.drain_monitors
+        self.poller = zmq.Poller()
         for sock in self._readers:
             self.poller.register(sock, zmq.POLLIN)
 
@@ -175,8 +208,7 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         """Close every socket, flush the journal and the log file."""
         for sock in (self.frontend, self.backend, self.control_sock, self.events_sock):
             sock.close(linger=0)
-        for mon in self._monitors:
-            mon.close(linger=0)
+        self.control_side.close()
         if self.journal is not None:
             self.journal.close()
         self.eventlog.close()
@@ -202,11 +234,13 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         next_publish = 0.0
         poll = self.poller.poll
         readers = self._readers
-        control_fd = self._control_fd
+        control = self.control_side
+        control_fd = control.fd
+        times = self.times
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
-            control_waiting = self._control_waiting
+            control_waiting = control.waiting
             busy = self._compaction or control_waiting
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
@@ -230,7 +264,9 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
             if events and (now >= next_publish or len(events) >= PUBLISH_MAX_EVENTS):
                 self._publish()
                 next_publish = now + PUBLISH_INTERVAL_S
-            self._note_iteration(time.monotonic() - woke)  # poll wait excluded: the stall a probe sees
+            busy_s = time.monotonic() - woke  # poll wait excluded: the stall a probe sees
+            if busy_s > times.longest_s:
+                times.longest_s = busy_s
         self._say_goodbye()
 
     def _wound_down(self) -> bool:
@@ -239,68 +275,48 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         if self._stop_deadline is None:
             self._stop_deadline = now + self.config.grace_s
             self.poller.unregister(self.frontend)  # stop accepting: clients re-send to the next balancer
-            shutdown = p.encode(MsgType.REJECTED, None, p.REASON_STOPPING)
-            for route in self._known_routes():
-                self._send_client(route, shutdown)
+            self.client_side.tell_stopping()
             self.sched.events.append((ev.SYSTEM_STOPPING, self.sched.in_flight(), self.sched.waiting))
             return False
         return not self.sched.in_flight() or now >= self._stop_deadline
 
     def _say_goodbye(self) -> None:
         """Tell nodes to reconnect later and publish the last events."""
-        shutdown = p.encode(MsgType.RECONNECT, p.REASON_STOPPING)
-        for route in self.sched.routes:
-            self._send_node(route, [shutdown])
+        self.node_side.tell_stopping()
         self._flush()
-        self._flush_events()
-
-    def _flush_events(self) -> None:
-        if self.sched.events:
-            self._publish()
+        self.publish_pending()
 
     def _tick(self, now: float) -> None:
         """Heartbeat the live nodes and publish the periodic stats."""
         sched = self.sched
         control.record_sample(self.state, now)
-        self._age_routes(now)
-        self._roll_loop_max(now)
+        self.client_side.tick(now)
+        self.times.roll(now)
         sched.sessions.sweep(now)
-        ping = p.encode(MsgType.PING)
-        for route in sched.routes:
-            self._send_node(route, [ping])
+        self.node_side.ping_all()
         c = sched.counters
         active = sum(1 for n in sched.routes.values() if n.active)
         stats = (ev.STATS, sched.waiting, sched.in_flight(), active, c["submitted"], c["processed"], c["failed"])
         self.events_sock.send_multipart([p.TOPIC_STATS, p.encode_events([time.time(), [(*stats, c["requeued"])]])])
-        self.sched.events.extend(self.eventlog.health_events())  # a log writer gone degraded, or back
-        self.state.counters["log_lines_dropped"] = self.eventlog.dropped_lines
+        sched.events.extend(self.eventlog.health_events())  # a log writer gone degraded, or back
+        counters = self.incidents.counters
+        counters["log_lines_dropped"] = self.eventlog.dropped_lines
         if self.journal is not None:
             self.journal.check()  # a failed fsync stops the balancer (run_balancer says why)
-            journal, counters = self.journal, self.state.counters
-            counters["journal_records"] = journal.appended
-            counters["journal_bytes"] = journal.bytes_written
-            counters["journal_compactions"] = journal.compactions
+            counters["journal_records"] = self.journal.appended
+            counters["journal_bytes"] = self.journal.bytes_written
+            counters["journal_compactions"] = self.journal.compactions
 
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
         sched = self.sched
-        out = sched.outbox
-        while sched.waiting and not self._stopping:  # a stopping balancer starts no new work
-            if self._send_work(sched.dispatch()):
-                break  # all left; otherwise what could not leave was re-queued: dispatch again
-        if out.journal:
+        if sched.waiting and not self._stopping:  # a stopping balancer starts no new work
+            self.node_side.dispatch()
+        if sched.outbox.journal:
             self._append_journal()
         if self._compaction is not None and self._compaction.step():
             self._compaction = None
-        if self._held:
-            self._retry_held()  # results held for full client pipes go first, in order
-        if out.replies:
-            self._send_results(out.take_replies(), False)
-        if out.replays:
-            self._send_results(out.take_replays(), True)
-
-    def _count(self, name: str) -> None:
-        self.state.counters[name] = self.state.counters.get(name, 0) + 1
+        self.client_side.flush()
 
     def _append_journal(self) -> None:
         """One write for the iteration's records, before any of its results leave."""
@@ -310,9 +326,10 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         if self._compaction is None and self.journal.due_for_compaction(live):
             self._compaction = Compaction(self.journal, sched)  # a slice per iteration (balancer/compaction.py)
 
-    def publish_last_events(self) -> None:
-        """Publish and log what is pending, on the way out after a failure."""
-        self._flush_events()
+    def publish_pending(self) -> None:
+        """Publish and log the events not yet published (also on the way out after a failure)."""
+        if self.sched.events:
+            self._publish()
 
     def _publish(self) -> None:
         batch = self.sched.outbox.take_events()
@@ -320,24 +337,6 @@ class Balancer(ClientSide, NodeSide, ControlSide, Pressure):
         self.eventlog.add(ts, batch)
         for topic, events in grouped(batch, ev.topic_of_event).items():
             self.events_sock.send_multipart([topic, p.encode_events([ts, events])])
-
-    # ---- bad input ------------------------------------------------------
-
-    def _bad_input(self, sock_name: str, exc: ProtocolError, now: float) -> None:
-        """Count a bad message, and log it unless that kind was logged lately."""
-        key = f"{sock_name}.{exc.kind}"
-        count = self.state.bad_input[key] = self.state.bad_input.get(key, 0) + 1
-        last = self._bad_logged.get((sock_name, exc.kind))
-        if last is None or now - last >= BAD_INPUT_LOG_INTERVAL_S:
-            self._bad_logged[(sock_name, exc.kind)] = now
-            self.sched.events.append((ev.SYSTEM_BAD_INPUT, sock_name, exc.kind, exc.detail[:200], count))
-
-    def _refusal(self, kind: str, subject: Any, reason: str, now: float) -> None:
-        """Log a refused id unless one of this kind was logged lately (the scheduler counts every one)."""
-        last = self._bad_logged.get(("refused", kind))
-        if last is None or now - last >= BAD_INPUT_LOG_INTERVAL_S:
-            self._bad_logged[("refused", kind)] = now
-            self.sched.events.append((kind, subject, reason))
 
 
 def _tune_gc() -> None:
@@ -369,7 +368,7 @@ def run_balancer(config: BalancerConfig) -> None:
     except jr.JournalError as exc:
         # Durability is the journal's promise: stop rather than answer from state it cannot keep.
         balancer.sched.events.append((ev.SYSTEM_JOURNAL_FAILED, config.journal, str(exc)))
-        balancer.publish_last_events()
+        balancer.publish_pending()
         raise
     finally:
         balancer.close()

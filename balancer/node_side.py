@@ -1,15 +1,22 @@
-"""The balancer's node side: sessions, work and results on the backend ROUTER.
+"""The backend: server nodes' sessions, work out, results in.
 
-A mixin of the Balancer (balancer/loop.py), which owns the socket and the
-scheduler; these methods only decode, call the scheduler and send.
+NodeSide decodes what nodes send, calls the scheduler and sends work; the
+loop (balancer/loop.py) owns the socket and hands it over. Results go on to
+their clients through the ClientSide (balancer/clients.py), the only part
+that sends to clients.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from balancer.records import NodeState
-from balancer.scheduler import Refused
+import zmq
+
+from balancer.clients import ClientSide
+from balancer.config import BalancerConfig
+from balancer.incidents import Incidents
+from balancer.records import Node, NodeState, Request
+from balancer.scheduler import Refused, Scheduler
 from wire import events as ev
 from wire import limits
 from wire import protocol as p
@@ -20,21 +27,51 @@ from wire.sockets import received, send_routed
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _WORK, _WORK_BATCH, _DONE_BATCH = MsgType.WORK, MsgType.WORK_BATCH, MsgType.DONE_BATCH
 
+Assignment = tuple[Node, int, Request]
 
-def _node_of(assignment: tuple[Any, int, Any]) -> Any:
+
+def _node_of(assignment: Assignment) -> Node:
     return assignment[0]
 
 
-def _payload_size(assignment: tuple[Any, int, Any]) -> int:
+def _payload_size(assignment: Assignment) -> int:
     return len(assignment[2].body)
 
 
 class NodeSide:
-    """Backend handlers of the Balancer."""
+    """Backend handlers and work dispatch."""
 
-    _answer_first = False  # set per drain (_drain_backend)
+    def __init__(
+        self, sock: zmq.Socket, sched: Scheduler, incidents: Incidents, clients: ClientSide, config: BalancerConfig
+    ) -> None:
+        self.sock = sock
+        self.sched = sched
+        self.incidents = incidents
+        self.clients = clients
+        self.config = config
+        # A lone result may reach its client before the books are kept, but not with a journal:
+        # a result may only leave once its record is written (balancer/journal.py).
+        self._may_answer_first = config.journal is None
+        self._answer_first = False  # set per drain
+        self._handlers = {
+            MsgType.DONE: self._on_done,
+            MsgType.DONE_BATCH: self._on_done_batch,
+            MsgType.HELLO: self._on_hello,
+            MsgType.HEARTBEAT: self._on_heartbeat,
+            MsgType.LEAVING: self._on_leaving,
+            MsgType.BYE: self._on_bye,
+        }
 
-    def _send_work(self, assignments: list[Any]) -> bool:
+    # ---- out: work ----------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Pair waiting requests with free nodes and send the work; what cannot leave is dispatched again."""
+        sched = self.sched
+        while sched.waiting:
+            if self._send_work(sched.dispatch()):
+                break
+
+    def _send_work(self, assignments: list[Assignment]) -> bool:
         """One WORK_BATCH per node; a node with no connection gets its work back in the queue. True if all left."""
         if len(assignments) == 1:  # a lone request, the latency path: no grouping to do
             return self._send_batch(assignments[0][0], assignments)
@@ -44,46 +81,58 @@ class NodeSide:
                 all_sent = self._send_batch(node, batch) and all_sent
         return all_sent
 
-    def _send_batch(self, node: Any, batch: list[Any]) -> bool:
+    def _send_batch(self, node: Node, batch: list[Assignment]) -> bool:
         """A WORK_BATCH, or the WORK of one big payload (limits.LONE_PAYLOAD_BYTES); what cannot leave is re-queued."""
         items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
-        if self._send_node(node.route, batch_frames(_WORK_BATCH, _WORK, items)):
+        if self._send(node.route, batch_frames(_WORK_BATCH, _WORK, items)):
             return True
         for _node, ticket, _req in batch:
             self.sched.undeliverable(node, ticket)
         return False
 
-    def _send_node(self, route: bytes, frames: list[Any]) -> bool:
+    def ping_all(self) -> None:
+        """The balancer's heartbeat to every node it knows."""
+        self._to_all(p.encode(MsgType.PING))
+
+    def tell_stopping(self) -> None:
+        """Every node is told to reconnect later: this balancer is going."""
+        self._to_all(p.encode(MsgType.RECONNECT, p.REASON_STOPPING))
+
+    def _to_all(self, message: bytes) -> None:
+        for route in self.sched.routes:
+            self._send(route, [message])
+
+    def _send(self, route: bytes, frames: list[Any]) -> bool:
         """One message to a node; False (counted) when it has no connection or a full queue."""
-        failed = send_routed(self.backend, route, frames)
+        failed = send_routed(self.sock, route, frames)
         if failed:
-            self._count(f"node_{failed}")
+            self.incidents.count(f"node_{failed}")
         return not failed
 
-    # ---- backend: server nodes ------------------------------------------
+    # ---- in: the backend ----------------------------------------------------
 
-    def _drain_backend(self, now: float, limit: int) -> None:
-        decode = p.decode_routed
+    def drain(self, now: float, limit: int) -> None:
+        """Take up to `limit` messages (and limits.DRAIN_ITEMS results, DRAIN_BYTES of them)."""
+        decode, handlers = p.decode_routed, self._handlers
         budget = limits.DRAIN_ITEMS
         # Woken from idle for one message: a lone result goes to its client before the books are kept.
-        # Not with a journal: a result may only leave once its record is written (balancer/journal.py).
-        self._answer_first = limit == 1 and self.journal is None
-        for frames in received(self.backend, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
+        self._answer_first = limit == 1 and self._may_answer_first
+        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
             try:
                 msg_type, fields, body = decode(frames)
-                handler = self._node_handlers.get(msg_type)
+                handler = handlers.get(msg_type)
                 if handler is None:
                     raise ProtocolError("unknown_type", f"{msg_type.name} is not a node message")
             except ProtocolError as exc:
-                self._bad_input("backend", exc, now)
+                self.incidents.bad("backend", exc, now)
                 continue
             budget -= len(fields[0]) if msg_type is _DONE_BATCH else 1
             try:
-                handler(self, frames[0], fields, body, now)
+                handler(frames[0], fields, body, now)
             except ProtocolError as exc:
-                self._bad_input("backend", exc, now)
+                self.incidents.bad("backend", exc, now)
             except Exception as exc:  # noqa: BLE001 - a message we failed to foresee must not end the balancer
-                self._bad_input("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
+                self.incidents.bad("backend", ProtocolError("internal_error", f"{exc.__class__.__name__}: {exc}"), now)
             if budget <= 0:
                 return  # the rest waits for the next iteration (limits.DRAIN_ITEMS; received() stops at DRAIN_BYTES)
 
@@ -91,25 +140,25 @@ class NodeSide:
         """A message from a route with no session: a fenced incarnation exits, anyone else says HELLO."""
         reason = self.sched.table.fenced.get(route)
         if reason is not None:
-            self._count("fenced_messages")
-            self._send_node(route, [p.encode(MsgType.FENCED, reason)])
+            self.incidents.count("fenced_messages")
+            self._send(route, [p.encode(MsgType.FENCED, reason)])
         else:
-            self._send_node(route, [p.encode(MsgType.RECONNECT, "unknown node; say HELLO")])
+            self._send(route, [p.encode(MsgType.RECONNECT, "unknown node; say HELLO")])
 
     def _on_done(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         self._on_done_batch(route, [[[fields[0], fields[1], body]]], None, now)
 
     def _on_done_batch(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        complete, limit = self.sched.complete, self.config.max_message_bytes
+        sched, limit = self.sched, self.config.max_message_bytes
         unknown = False
         answer_first = self._answer_first and len(fields[0]) == 1
         for ticket, ok, result in fields[0]:
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
                 ok, result = False, limits.too_large("result", len(result), limit)
-            answered = answer_first and self._answer(self.sched.finishing(route, ticket), ok, result)
-            if complete(route, ticket, ok, result, now, answered) is None:
+            answered = answer_first and self.clients.answer(sched.finishing(route, ticket), ok, result)
+            if sched.complete(route, ticket, ok, result, now, answered) is None:
                 unknown = True
-        if unknown and route not in self.sched.routes:
+        if unknown and route not in sched.routes:
             self._unknown_node(route)
 
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
@@ -126,18 +175,20 @@ class NodeSide:
         try:
             node = self.sched.hello(route, node_id, capacity, pid, host, now, incarnation, held, max_seen)
         except Refused as refusal:
-            if not refusal.fenced:
-                self._refusal(ev.NODE_REFUSED, node_id, refusal.reason, now)
-            if refusal.fenced:
-                self._count("fenced_messages")
-            if refusal.fenced:
-                self._send_node(route, [p.encode(MsgType.FENCED, refusal.reason)])
-            else:
-                self._send_node(route, [p.encode(MsgType.REFUSED, refusal.reason, *refusal.holder)])
+            self._refused(route, node_id, refusal, now)
             return
         cfg = self.config
         welcome = p.encode(MsgType.WELCOME, node.node_id, cfg.heartbeat_ms, cfg.liveness, cfg.max_message_bytes)
-        self._send_node(route, [welcome])
+        self._send(route, [welcome])
+
+    def _refused(self, route: bytes, node_id: int | None, refusal: Refused, now: float) -> None:
+        """A fenced incarnation is told so and exits; a newcomer whose id is held is told who holds it."""
+        if refusal.fenced:
+            self.incidents.count("fenced_messages")
+            self._send(route, [p.encode(MsgType.FENCED, refusal.reason)])
+        else:
+            self.incidents.refusal(ev.NODE_REFUSED, node_id, refusal.reason, now)
+            self._send(route, [p.encode(MsgType.REFUSED, refusal.reason, *refusal.holder)])
 
     def _on_heartbeat(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         held = p.decode_tickets(body)
@@ -153,12 +204,3 @@ class NodeSide:
 
     def _on_bye(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         self.sched.bye(route)
-
-    _node_handlers = {
-        MsgType.DONE: _on_done,
-        MsgType.DONE_BATCH: _on_done_batch,
-        MsgType.HELLO: _on_hello,
-        MsgType.HEARTBEAT: _on_heartbeat,
-        MsgType.LEAVING: _on_leaving,
-        MsgType.BYE: _on_bye,
-    }

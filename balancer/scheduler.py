@@ -88,11 +88,6 @@ class Scheduler:
         return self.outbox.events
 
     @property
-    def replies(self) -> list[Request]:
-        """Finished requests whose result is still to be sent."""
-        return self.outbox.replies
-
-    @property
     def journal(self) -> list[tuple[Any, ...]] | None:
         """Journal records not yet written (None without --journal)."""
         return self.outbox.journal
@@ -216,11 +211,22 @@ class Scheduler:
 
     def requests(self, status: str | None = None, client_id: int | None = None) -> Iterator[Request]:
         """Remembered requests, optionally filtered, at a cost that follows what is read (balancer/index.py)."""
-        return index.requests(self, status, client_id)
+        return index.requests(self._queue, self.kept, self.routes, self.sessions, status, client_id)
 
     def waiting_by_priority(self) -> dict[int, int]:
         """Queue depth per priority, most urgent first."""
         return self._queue.by_priority()
+
+    def pause_client(self, client_id: int) -> None:
+        """Set a client's waiting requests aside (its results pile up unread) until resume_client."""
+        self._queue.pause(client_id)
+
+    def resume_client(self, client_id: int) -> None:
+        self._queue.resume(client_id)
+
+    @property
+    def paused_clients(self) -> int:
+        return len(self._queue.paused)
 
     # ---- dispatch and results ---------------------------------------------
 

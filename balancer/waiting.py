@@ -5,7 +5,7 @@ seq-ordered heap of re-queued ones) under a heap of priorities, so push and
 pop are O(log P) for P distinct priorities. A re-queued request goes ahead of
 later arrivals of its priority, in the order it was first dispatched.
 
-A paused client (one whose results pile up unread, see balancer/pressure.py)
+A paused client (one whose results pile up unread, see balancer/clients.py)
 has its requests set aside as pop() meets them, O(1) each; resume() puts
 them back at the head of their priority, so others go on meanwhile and the
 paused client loses no place.

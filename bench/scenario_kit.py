@@ -155,10 +155,6 @@ class RunnerBase:
         self.bench = bench
         self.cfg = config
 
-    def run(self, name: str) -> Outcome:
-        """Run scenario `name` (method `scenario_<name>`) and return its outcome."""
-        return getattr(self, f"scenario_{name}")()
-
     # ---- helpers ----------------------------------------------------------
 
     def _load(self, target: Target, clients: int, window: int, **kw: Any) -> LoadResult:

@@ -2,11 +2,12 @@
 
 The scenarios live in two modules (scenarios_load: speed under load;
 scenarios_scale: failover, queue depth, many nodes) over what they share
-(scenario_kit); `Runner` is all of them, and `zlb bench` runs them by name.
+(scenario_kit); `Runner` holds one of each, and `zlb bench` runs them by name.
 """
 
 from __future__ import annotations
 
+from bench.harness import Bench
 from bench.scenario_kit import COMMON_FIELDS, SCENARIO_FIELDS, SCENARIOS, BenchConfig, Outcome
 from bench.scenarios_load import LoadScenarios
 from bench.scenarios_scale import ScaleScenarios
@@ -14,5 +15,15 @@ from bench.scenarios_scale import ScaleScenarios
 __all__ = ["COMMON_FIELDS", "SCENARIOS", "SCENARIO_FIELDS", "BenchConfig", "Outcome", "Runner"]
 
 
-class Runner(LoadScenarios, ScaleScenarios):
-    """Every scenario, run by name (`run("throughput")` calls `scenario_throughput`)."""
+class Runner:
+    """Every scenario, run by name (`run("throughput")` calls `scenario_throughput` of the group that has it)."""
+
+    def __init__(self, bench: Bench, config: BenchConfig) -> None:
+        self._groups = (LoadScenarios(bench, config), ScaleScenarios(bench, config))
+
+    def run(self, name: str) -> Outcome:
+        for group in self._groups:
+            scenario = getattr(group, f"scenario_{name}", None)
+            if scenario is not None:
+                return scenario()
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")

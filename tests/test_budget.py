@@ -67,14 +67,14 @@ def test_a_paused_client_waits_while_others_are_dispatched_and_resumes_in_its_or
         sched.submit(1, rid, 5, b"c1", b"a")
     for rid in range(3):
         sched.submit(2, rid, 5, b"c2", b"b")
-    sched._queue.pause(1)
+    sched.pause_client(1)
     sched.hello(b"n0", 0, 10, 1, "h", 0.0)
     out = sched.dispatch()
     assert [(r.client_id, r.request_id) for _n, _t, r in out] == [(2, 0), (2, 1), (2, 2)]
-    assert sched.waiting == 3 and sched._queue.parked == 3
+    assert sched.waiting == 3 and sched.paused_clients == 1 and sched.dispatch() == []
     assert [r.request_id for r in sched.requests(status=PENDING)] == [0, 1, 2]
     sched.submit(2, 3, 5, b"c2", b"b")
-    sched._queue.resume(1)
+    sched.resume_client(1)
     out = sched.dispatch()
     assert [(r.client_id, r.request_id) for _n, _t, r in out] == [(1, 0), (1, 1), (1, 2), (2, 3)]
     assert sched.waiting == 0
@@ -84,7 +84,7 @@ def test_a_node_stays_free_when_only_paused_work_waits():
     """A node offered nothing but paused work is still free for the next request."""
     sched = make({0: 1})
     sched.submit(1, 1, 5, b"c1", b"a")
-    sched._queue.pause(1)
+    sched.pause_client(1)
     assert sched.dispatch() == []
     sched.submit(2, 1, 5, b"c2", b"b")
     assert [(n.node_id, r.client_id) for n, _t, r in sched.dispatch()] == [(0, 2)]

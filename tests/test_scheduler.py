@@ -118,7 +118,7 @@ def test_late_result_from_dead_node_is_dropped():
     sched.expire(10.0)
     assert sched.complete(b"n0", ticket, True, b"late", 10.0) is None
     assert sched.counters["late_results"] == 1
-    assert sched.replies == []
+    assert sched.outbox.replies == []
     assert sched.get(0, 1).status == "pending"
 
 
@@ -134,7 +134,7 @@ def test_requeue_gives_up_after_max_attempts():
     req = sched.get(0, 1)
     assert req.status == "failed"
     assert b"gave up after 2 attempts" in req.body
-    assert sched.replies == [req]
+    assert sched.outbox.replies == [req]
 
 
 def test_down_requeues_and_up_restores():
@@ -201,9 +201,9 @@ def test_duplicate_submit_is_recognised_and_finished_request_is_answered_again()
     assert sched.submit(0, 1, 5, b"c2", b"") is Submitted.DUPLICATE
     ((node, ticket, _req),) = sched.dispatch()
     sched.complete(node.route, ticket, True, b"result", 1.0)
-    sched.replies.clear()
+    sched.outbox.replies.clear()
     assert sched.submit(0, 1, 5, b"c2", b"") is Submitted.FINISHED
-    assert [(r.body, r.route) for r in sched.replies] == [(b"result", b"c2")]
+    assert [(r.body, r.route) for r in sched.outbox.replies] == [(b"result", b"c2")]
     assert sched.outbox.replays == []  # the process that submitted it: a retry, not a replay
     assert sched.submit(0, 1, 5, b"c3", b"") is Submitted.FINISHED
     assert [(r.body, r.route) for r in sched.outbox.replays] == [(b"result", b"c3")]
@@ -251,7 +251,7 @@ def test_kept_results_are_bounded_in_bytes_too():
         ((node, ticket, _req),) = sched.dispatch()
         sched.complete(node.route, ticket, True, b"x" * 100, 1.0)
     assert [r.request_id for r in sched.requests(status="processed")] == [2, 3]
-    assert len(sched.replies) == 4  # every result was still handed to its client
+    assert len(sched.outbox.replies) == 4  # every result was still handed to its client
 
 
 @pytest.mark.parametrize("ok", [True, False])
@@ -268,7 +268,7 @@ def test_a_result_answered_first_is_finished_the_same_but_not_queued_as_a_reply(
         assert sched.finishing(b"n0", ticket + 1) is None and sched.finishing(b"n9", ticket) is None
         done = sched.complete(b"n0", ticket, ok, b"result", 1.0, answered=sched is answered)
         assert done is req and req.body == b"result" and req.status == ("processed" if ok else "failed")
-    assert [r.request_id for r in queued.replies] == [1] and answered.replies == []
+    assert [r.request_id for r in queued.outbox.replies] == [1] and answered.outbox.replies == []
     for field in ("counters", "events"):
         assert getattr(answered, field) == getattr(queued, field)
     assert answered.budget.live == queued.budget.live and answered.budget.by_client == queued.budget.by_client

@@ -88,7 +88,7 @@ def test_one_drain_takes_at_most_drain_bytes_of_payloads():
     with balancer_in_process(max_memory_bytes=None) as (balancer, sock):
         for request_id in range(3):
             sock.send_multipart([p.encode(MsgType.SUBMIT, 9, request_id, 5, 1), b"p" * big])
-        balancer._drain_frontend(time.monotonic(), 256)
+        balancer.client_side.drain(time.monotonic(), 256)
         assert balancer.sched.waiting == 2
-        balancer._drain_frontend(time.monotonic(), 256)
+        balancer.client_side.drain(time.monotonic(), 256)
         assert balancer.sched.waiting == 3

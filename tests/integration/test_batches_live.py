@@ -339,20 +339,23 @@ def test_a_small_message_limit_still_passes_full_batches_and_refuses_each_payloa
 
 @pytest.mark.timeout(30)
 def test_one_loop_iteration_takes_at_most_drain_items_submissions():
-    """Five SUBMIT_BATCH of 1,024 waiting: one frontend drain takes two of them (DRAIN_ITEMS = 2,048), so a
-    burst cannot hold the loop (nodes and admins are served between drains); the rest come later."""
+    """Batches of 1,024 waiting, twice DRAIN_ITEMS' worth and more: each frontend drain stops at the first
+    batch that reaches DRAIN_ITEMS, so a burst cannot hold the loop (nodes and admins are served between
+    drains); the rest come in later drains, none lost."""
     from tests.harness import balancer_in_process
     from wire.sockets import DRAIN_BATCH
 
+    size = 1024
+    per_drain = -(-limits.DRAIN_ITEMS // size) * size  # whole batches until the budget is spent
+    total = 2 * per_drain + size
     with balancer_in_process() as (balancer, sock):
-        for batch in range(5):
-            items = [[batch * 1024 + i, 5, b"p"] for i in range(1024)]
-            sock.send(p.encode(MsgType.SUBMIT_BATCH, 7, 1, items))
+        for first in range(0, total, size):
+            sock.send(p.encode(MsgType.SUBMIT_BATCH, 7, 1, [[first + i, 5, b"p"] for i in range(size)]))
         waiting = []
         for _ in range(3):
-            balancer._drain_frontend(time.monotonic(), DRAIN_BATCH)
+            balancer.client_side.drain(time.monotonic(), DRAIN_BATCH)
             waiting.append(balancer.sched.waiting)
-    assert limits.DRAIN_ITEMS == 2048 and waiting == [2048, 4096, 5 * 1024]
+    assert waiting == [per_drain, 2 * per_drain, total]
 
 
 @pytest.mark.timeout(30)
