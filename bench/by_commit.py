@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.interleave import RUN_TIMEOUT_S, print_report, run_rounds
 from bench.procs import STOP_TIMEOUT_S
-from zlb.supervisor import terminate
+from process_supervisor.supervisor import terminate
 
 
 def bench_at(worktree: str, scenario: str, bench_dir: str | None = None) -> dict[str, Any]:

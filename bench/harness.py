@@ -20,8 +20,8 @@ from typing import Any
 
 from bench import procstat, stats
 from bench.procs import ProcessSet, python_argv
+from process_supervisor.supervisor import zlb_argv
 from wire import control_client
-from zlb.supervisor import zlb_argv
 
 START_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.02
