@@ -10,10 +10,10 @@ import pytest
 
 from bench import procstat, report, stats
 from bench.cli import parse_scenarios
-from bench.interleave import summarise
-from bench.profile import top_functions
 from bench.scenarios import SCENARIOS
 from bench.scenarios_scale import stall_phases
+from tools.interleave import summarise
+from tools.profile import top_functions
 
 
 def test_percentile_nearest_rank_of_ten_values() -> None:
