@@ -28,7 +28,7 @@ def start_frame_relay(bench: Bench, nodes: int, capacity: int) -> Target:
         argv = python_argv("bench.rawecho", "--backend", target.backend, "--capacity", str(capacity))
         target.nodes.append(bench.procs.start(bench.name("rawecho"), argv, stdout=subprocess.DEVNULL))
 
-    return bench.start_announcing_relay("framerelay", "frame relay", nodes, add_node, "raw nodes")
+    return bench.start_announcing_relay("bench.framerelay", "frame relay", nodes, add_node, "raw nodes")
 
 
 def lean_load(

@@ -20,8 +20,8 @@ from typing import Any
 
 from bench import procstat, stats
 from bench.procs import ProcessSet, python_argv
+from process_supervisor.supervisor import zlb_argv
 from wire import control_client
-from zlb.supervisor import zlb_argv
 
 START_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.02
@@ -216,15 +216,20 @@ class Bench:
         def add_node(target: Target) -> None:
             self.add_zlb_node(target, capacity, "echo", [])
 
-        return self.start_announcing_relay("relay", "relay", nodes, add_node)
+        return self.start_announcing_relay("bench.relay", "relay", nodes, add_node)
 
     def start_announcing_relay(
         self, module: str, label: str, nodes: int, add_node: Callable[[Target], None], node_noun: str = "nodes"
     ) -> Target:
-        """bench.<module> started with --announce, then `nodes` nodes added, each awaited as its HELLO line."""
+        """`module` (a relay: bench.relay, bench.framerelay) started with --announce, then `nodes` nodes added,
+        each awaited as its HELLO line.
+
+        The module's full name is spelled out by every caller, so a search for it (and the wheel test's
+        reachability walk) finds where it is launched.
+        """
         frontend, backend = free_endpoint(), free_endpoint()
-        argv = python_argv(f"bench.{module}", "--frontend", frontend, "--backend", backend, "--announce")
-        relay = self.procs.start(self.name(module), argv, stdout=subprocess.PIPE)
+        argv = python_argv(module, "--frontend", frontend, "--backend", backend, "--announce")
+        relay = self.procs.start(self.name(module.rpartition(".")[2]), argv, stdout=subprocess.PIPE)
         target = Target(label, frontend, backend, relay)
         reader = LineReader(relay)
         if reader.line(START_TIMEOUT_S, f"the {label} to bind") != "ready":

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from zlb.supervisor import terminate
+from process_supervisor.supervisor import terminate
 
 STOP_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1

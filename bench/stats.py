@@ -1,37 +1,19 @@
-"""Pure arithmetic for the benchmark: percentiles, ratios, rates.
+"""Pure arithmetic for the benchmark: latency summaries, ratios, rates.
 
 No clock and no I/O here, so the unit tests can pin every edge case.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-PERCENTILES = (50, 90, 99)
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float | None:
-    """The nearest-rank percentile of already sorted values; None when empty.
-
-    Nearest rank (the smallest value with at least pct% of the values at or
-    below it) never invents a latency that was not measured.
-    """
-    if not 0 <= pct <= 100:
-        raise ValueError(f"percentile {pct} is outside 0..100")
-    n = len(sorted_values)
-    if n == 0:
-        return None
-    rank = max(1, math.ceil(pct / 100 * n))
-    return sorted_values[rank - 1]
+from wire.percentiles import p50_p90_p99
 
 
 def latency_summary_us(latencies_ns: Sequence[int]) -> dict[str, float | None]:
     """p50/p90/p99/max in microseconds (one decimal) of round trips in nanoseconds."""
     ordered = sorted(latencies_ns)
-    summary: dict[str, float | None] = {}
-    for pct in PERCENTILES:
-        summary[f"p{pct}_us"] = _us(percentile(ordered, pct))
+    summary = {f"{name}_us": _us(ns) for name, ns in p50_p90_p99(ordered).items()}
     summary["max_us"] = _us(ordered[-1] if ordered else None)
     return summary
 

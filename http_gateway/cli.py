@@ -17,8 +17,8 @@ from http_gateway.processes import NodeSettings, Processes
 from http_gateway.serve import HEADER_TIMEOUT_S, listen, serve
 from http_gateway.submitter import Submitter
 from http_gateway.web import App
+from process_supervisor.supervisor import Supervisor
 from wire.options import endpoints, heartbeat_options, shown_option
-from zlb.supervisor import Supervisor
 
 EXIT_CONFIG = 2
 

@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from wire import events as ev
+from wire.percentiles import p50_p90_p99
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Upper bounds in seconds; waits run from sub-millisecond (idle nodes) to seconds (backlog).
@@ -89,10 +90,7 @@ class LatencyTracker:
         while self.recent and self.recent[0][0] < now - RECENT_WINDOW_S:
             self.recent.popleft()
         values = sorted(v for _, v in self.recent)
-        if not values:
-            return {"p50": None, "p90": None, "p99": None, "count": 0}
-        pick = {q: values[min(len(values) - 1, int(q / 100 * len(values)))] for q in (50, 90, 99)}
-        return {"p50": pick[50], "p90": pick[90], "p99": pick[99], "count": len(values)}
+        return {**p50_p90_p99(values), "count": len(values)}
 
 
 class BalancerCollector(Collector):

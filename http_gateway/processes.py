@@ -26,7 +26,7 @@ from typing import Any
 
 from client_node.client import json_payload
 from http_gateway.validation import HttpError
-from zlb.supervisor import Supervisor
+from process_supervisor.supervisor import Supervisor
 
 MAX_SERVERS = 64
 MAX_CLIENTS = 64

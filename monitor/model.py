@@ -17,6 +17,7 @@ from itertools import pairwise
 from typing import Any
 
 from wire import events as ev
+from wire.percentiles import p50_p90_p99
 
 # Latency percentiles are over this many recent seconds.
 WINDOW_S = 10.0
@@ -183,15 +184,10 @@ class DashboardModel:
                 bins[seconds - 1 - age] += max(0, done1 - done0)
         return bins
 
-    def latency_percentiles(self, now: float) -> dict[str, float] | None:
+    def latency_percentiles(self, now: float) -> dict[str, float | None] | None:
         """p50/p90/p99 of submit-to-result seconds over the last WINDOW_S seconds, if any finished."""
         values = sorted(s for ts, s in self._latencies if now - ts <= WINDOW_S)
-        if not values:
-            return None
-        return {name: values[min(len(values) - 1, int(q * len(values)))] for name, q in PERCENTILES}
-
-
-PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+        return p50_p90_p99(values) if values else None
 
 
 def node_row(row: dict[str, Any]) -> NodeRow:

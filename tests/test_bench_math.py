@@ -1,4 +1,4 @@
-"""Unit tests for the benchmark's arithmetic: percentiles, ratios, rates."""
+"""Unit tests for the benchmark's arithmetic: latency summaries, ratios, rates (percentiles: test_percentiles)."""
 
 from __future__ import annotations
 
@@ -10,34 +10,10 @@ import pytest
 
 from bench import procstat, report, stats
 from bench.cli import parse_scenarios
-from bench.interleave import summarise
-from bench.profile import top_functions
 from bench.scenarios import SCENARIOS
 from bench.scenarios_scale import stall_phases
-
-
-def test_percentile_nearest_rank_of_ten_values() -> None:
-    """Nearest rank picks a measured value: p50 of 1..10 is 5, p90 is 9, p99 and p100 are 10."""
-    values = list(range(1, 11))
-    assert [stats.percentile(values, q) for q in (0, 50, 90, 99, 100)] == [1, 5, 9, 10, 10]
-
-
-def test_percentile_of_one_value_and_of_none() -> None:
-    """A single sample is every percentile; no samples give None."""
-    assert stats.percentile([7], 50) == 7
-    assert stats.percentile([7], 99) == 7
-    assert stats.percentile([], 50) is None
-
-
-def test_percentile_rejects_out_of_range() -> None:
-    """A percentile outside 0..100 is a programming error."""
-    with pytest.raises(ValueError):
-        stats.percentile([1, 2], 101)
-
-
-def test_p99_of_a_thousand_values_ignores_the_top_ten() -> None:
-    """p99 of 1..1000 is 990: ten samples are above it."""
-    assert stats.percentile(list(range(1, 1001)), 99) == 990
+from tools.interleave import summarise
+from tools.profile import top_functions
 
 
 def test_latency_summary_converts_ns_to_us_and_sorts() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from bench.scenarios import COMMON_FIELDS, SCENARIO_FIELDS
 
+ROOT = Path(__file__).resolve().parent.parent
 BENCH_TIMEOUT_S = 50  # the run takes under 30 s on a quiet 2-core machine; the margin is for a busy one
 
 
@@ -81,10 +82,13 @@ def test_bench_rejects_an_unknown_scenario(tmp_path: Path) -> None:
 
 
 def _one_at_a_time_tool(tmp_path: Path, module: str, target: str) -> dict:
-    """Run a one-at-a-time bench tool (bench.hops, bench.opcodes) briefly; its JSON output."""
+    """Run a one-at-a-time developer tool (tools.hops, tools.opcodes) briefly; its JSON output."""
+    # tools/ is not installed: it runs from a checkout, so the checkout goes on the path.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     done = subprocess.run(
         [sys.executable, "-m", module, "--target", target, "--duration", "0.5", "--warmup-s", "0.2", "--json"],
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
         text=True,
         timeout=50,
@@ -97,9 +101,9 @@ def _one_at_a_time_tool(tmp_path: Path, module: str, target: str) -> dict:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("target", ["zlb", "relay"])
 def test_hops_traces_every_part_of_a_round_trip(tmp_path: Path, target: str) -> None:
-    """`python -m bench.hops` traces real processes and lines their notes up into whole round trips:
+    """`python -m tools.hops` traces real processes and lines their notes up into whole round trips:
     every wake-up and every process's Python between wake and send comes out positive."""
-    out = _one_at_a_time_tool(tmp_path, "bench.hops", target)
+    out = _one_at_a_time_tool(tmp_path, "tools.hops", target)
     assert out["round_trips_traced"] >= 20
     assert len(out["parts_us"]) == 7 and all(v > 0 for v in out["parts_us"].values()), out
     assert out["chain_us"] > out["wake_ups_us"] > 0 and out["round_trip_p50_us"] > 0
@@ -108,9 +112,9 @@ def test_hops_traces_every_part_of_a_round_trip(tmp_path: Path, target: str) -> 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("target", ["zlb", "relay"])
 def test_opcodes_counts_every_process_of_a_round_trip(tmp_path: Path, target: str) -> None:
-    """`python -m bench.opcodes` counts the bytecode each real process runs before and after its sends;
+    """`python -m tools.opcodes` counts the bytecode each real process runs before and after its sends;
     a zlb balancer's two hops come out apart, and its result hop runs less before its send than after."""
-    out = _one_at_a_time_tool(tmp_path, "bench.opcodes", target)
+    out = _one_at_a_time_tool(tmp_path, "tools.opcodes", target)
     assert set(out) == {"client", "broker", "node"}
     assert all(row["before"] > 0 and row["top_before"] for row in out.values()), out
     if target == "zlb":

@@ -7,9 +7,9 @@ import signal
 import pytest
 
 from http_gateway.processes import MAX_REQUESTS_PER_CLIENT, REQUEST_ID_BLOCK, NodeSettings, Processes
+from process_supervisor.supervisor import Supervisor
 from tests.harness import LiveBalancer, ProcessGroup, wait_until
 from tests.test_http_gateway import start_gateway
-from zlb.supervisor import Supervisor
 
 
 def processes_knowing(known: set[tuple[int, int]]) -> tuple[Processes, list[tuple[int, int]]]:

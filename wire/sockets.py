@@ -1,6 +1,6 @@
 """Receiving and sending without blocking, the way every zlb loop does.
 
-Why, as measured on this machine (python -m bench.hops; docs/PERFORMANCE.md,
+Why, as measured on this machine (python -m tools.hops; docs/PERFORMANCE.md,
 "One at a time: the second latency round"): pyzmq's getsockopt looks its option up
 in a Python enum on every call (1.3 us, most of it the lookup), its
 recv_multipart asks RCVMORE that way after every frame, its send_multipart and

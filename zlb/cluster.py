@@ -22,11 +22,11 @@ import click
 from balancer.serve_cli import log_file_option
 from monitor.plain import LOG_TOPICS, plain_line
 from monitor.stream import EventStream
+from process_supervisor.supervisor import Supervisor, wait_for_balancer
 from wire import control_client
 from wire import events as ev
 from wire.options import endpoints, heartbeat_options, shown_option
 from wire.protocol import TOPIC_STATS
-from zlb.supervisor import Supervisor, wait_for_balancer
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Profile the balancer's hot loop with py-spy while the bench loads it.
 
     .venv/bin/pip install py-spy        # a profiling tool, not a zlb dependency
-    python -m bench.profile --load throughput --duration 5
+    python -m tools.profile --load throughput --duration 5
 
 Starts a balancer with echo nodes (as the throughput scenario does), samples
 it with `py-spy record --format raw` while clients keep their windows full,
@@ -52,7 +52,7 @@ def top_functions(raw: str, limit: int) -> tuple[int, list[tuple[str, int, int]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.profile", description=__doc__.splitlines()[0])
     parser.add_argument("--load", choices=sorted(LOADS), default="throughput")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--nodes", type=int, default=4)

@@ -1,10 +1,10 @@
 """Python bytecode instructions per hop, one request at a time: zlb or the frame relay.
 
-    python -m bench.opcodes --target zlb                  # the Client API, a zlb balancer, one echo node
-    python -m bench.opcodes --target relay                # a lean client, bench.framerelay, bench.rawecho
-    python -m bench.opcodes --target zlb --code /tmp/old  # zlb as in another checkout (a worktree)
+    python -m tools.opcodes --target zlb                  # the Client API, a zlb balancer, one echo node
+    python -m tools.opcodes --target relay                # a lean client, bench.framerelay, bench.rawecho
+    python -m tools.opcodes --target zlb --code /tmp/old  # zlb as in another checkout (a worktree)
 
-Every process runs with bench/opcount first on its path, whose sitecustomize counts the
+Every process runs with tools/opcount first on its path, whose sitecustomize counts the
 opcodes its main thread runs from each wake-up to the next message it sends ("before the
 send": on the request's path) and from that send to its next wait ("after": off the path,
 but on a shared machine's cores). The table gives, per process, the median count per
@@ -25,7 +25,7 @@ import sys
 import tempfile
 from typing import Any
 
-from bench import hops
+from tools import hops
 
 OPCOUNT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "opcount")
 # Segments counted only after this many of a process's first: imports and the warm-up are not the loop.
@@ -47,7 +47,7 @@ def summarise(counted: dict[str, Any], top: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.opcodes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.opcodes", description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=("zlb", "relay"), required=True)
     parser.add_argument("--duration", type=float, default=1.0, help="measured seconds")
     parser.add_argument("--warmup-s", type=float, default=0.5)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             if counted["segments"]["before"]:  # the bench's own processes wait without sending
                 out[role] = summarise(counted, args.top)
     if not out:
-        print("bench.opcodes: nothing was counted", file=sys.stderr)
+        print("tools.opcodes: nothing was counted", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(out))

@@ -1,4 +1,4 @@
-"""Opcode counting for `python -m bench.opcodes`: loaded only when this directory is first on PYTHONPATH.
+"""Opcode counting for `python -m tools.opcodes`: loaded only when this directory is first on PYTHONPATH.
 
 With ZLB_OPCOUNT set to a directory, counts the Python bytecode instructions the main thread
 runs (sys.settrace with opcode events; this file's own frames excluded) in two kinds of

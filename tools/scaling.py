@@ -1,7 +1,7 @@
 """The scaling tables of docs/PERFORMANCE.md, from repeated `zlb bench --json` runs.
 
-    python -m bench.scaling                # nodes 1/2/4/8, clients 1/2/4/8, queue depths
-    python -m bench.scaling --duration 2 --depths 10000,100000
+    python -m tools.scaling                # nodes 1/2/4/8, clients 1/2/4/8, queue depths
+    python -m tools.scaling --duration 2 --depths 10000,100000
 
 Prints Markdown tables: throughput against nodes (2 clients) and against
 clients (4 nodes), and balancer memory against queue depth.
@@ -41,7 +41,7 @@ def throughput_row(label: str, result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.scaling", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", default="3")
     parser.add_argument("--depths", default="10000,100000,1000000")
     args = parser.parse_args(argv)

@@ -1,10 +1,10 @@
 """Where a request's round trip goes, hop by hop, one request at a time: zlb or the frame relay.
 
-    python -m bench.hops --target zlb      # the Client API, a zlb balancer, one `zlb server --handler echo`
-    python -m bench.hops --target relay    # a lean client, bench.framerelay, one bench.rawecho
-    python -m bench.hops --target zlb --code /tmp/old   # zlb as in another checkout (a worktree of an older commit)
+    python -m tools.hops --target zlb      # the Client API, a zlb balancer, one `zlb server --handler echo`
+    python -m tools.hops --target relay    # a lean client, bench.framerelay, one bench.rawecho
+    python -m tools.hops --target zlb --code /tmp/old   # zlb as in another checkout (a worktree of an older commit)
 
-Every process is started with bench/hoptrace first on its path, whose sitecustomize notes
+Every process is started with tools/hoptrace first on its path, whose sitecustomize notes
 when the process woke (a poll returned something) and when it sent a message. Requests go
 one at a time, so the notes line up: client send, broker wakes, broker sends, node wakes,
 node sends, broker wakes, broker sends, client wakes. The table gives the median of each
@@ -126,7 +126,7 @@ def report(load: LoadResult, found: list[list[int]], skip: int) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.hops", description=__doc__.splitlines()[0])
     parser.add_argument("--target", choices=("zlb", "relay"), required=True)
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds")
     parser.add_argument("--warmup-s", type=float, default=0.5)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         load, roles = run(args.target, args.duration, args.warmup_s, trace_dir, args.code)
         found = chains(trace_dir, roles)
     if not found:
-        print("bench.hops: no complete round trip in the traces", file=sys.stderr)
+        print("tools.hops: no complete round trip in the traces", file=sys.stderr)
         return 1
     # The warm-up's round trips are traced too: skip as many as the warm-up held.
     skip = max(0, len(found) - load.completed + int(len(found) * args.warmup_s / (args.warmup_s + args.duration)))

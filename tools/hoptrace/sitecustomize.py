@@ -1,4 +1,4 @@
-"""Hop tracing for `python -m bench.hops`: loaded only when this directory is first on PYTHONPATH.
+"""Hop tracing for `python -m tools.hops`: loaded only when this directory is first on PYTHONPATH.
 
 With ZLB_HOPTRACE set to a directory, wraps pyzmq's poll and send, and zlb's own
 wire.sockets send and blocking receive (Waiter), to note when this process woke

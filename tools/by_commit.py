@@ -1,6 +1,6 @@
 """One scenario at several commits, in interleaved rounds: the before and after of each optimisation.
 
-    python -m bench.by_commit --rounds 3 --scenario userpath 8d13fd4 db1cce6 HEAD
+    python -m tools.by_commit --rounds 3 --scenario userpath 8d13fd4 db1cce6 HEAD
 
 Each commit is checked out in a temporary git worktree; every round runs
 `zlb bench --json --scenario NAME` once per commit, in the order given, with
@@ -28,9 +28,12 @@ import sys
 import tempfile
 from typing import Any
 
-from bench.interleave import RUN_TIMEOUT_S, print_report, run_rounds
 from bench.procs import STOP_TIMEOUT_S
-from zlb.supervisor import terminate
+from process_supervisor.supervisor import terminate
+from tools.interleave import RUN_TIMEOUT_S, print_report, run_rounds
+
+# This checkout's bench package (tools/ sits beside it), lent to every commit by --same-bench.
+THIS_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
 def bench_at(worktree: str, scenario: str, bench_dir: str | None = None) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def bench_at(worktree: str, scenario: str, bench_dir: str | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.by_commit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.by_commit", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scenario", required=True)
     parser.add_argument("--same-bench", action="store_true", help="measure every commit with this bench/")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.same_bench:  # a directory holding only this checkout's bench package, first on the path
             bench_dir = os.path.join(tmp, "bench-only")
             os.mkdir(bench_dir)
-            os.symlink(os.path.dirname(os.path.abspath(__file__)), os.path.join(bench_dir, "bench"))
+            os.symlink(THIS_BENCH, os.path.join(bench_dir, "bench"))
         try:
             for commit, tree in trees.items():
                 subprocess.run(["git", "worktree", "add", "--detach", tree, commit], check=True, capture_output=True)

@@ -1,7 +1,7 @@
 """Per-request cost of handing work to the node's daemon-thread pool vs a process pool.
 
 A trivial handler, one request at a time (round trip through the pool), 5,000 per run:
-    python -m bench.handler_pool
+    python -m tools.handler_pool
 """
 
 from __future__ import annotations

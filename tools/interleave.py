@@ -4,7 +4,7 @@ Each round runs every named scenario once, each in its own `zlb bench --json`
 process, so broker A and broker B alternate through the whole session rather
 than one running in a quiet minute and the other in a busy one.
 
-    python -m bench.interleave --runs 5 --scenario harness --scenario userpath
+    python -m tools.interleave --runs 5 --scenario harness --scenario userpath
 
 Prints one JSON object: per scenario, per numeric field, the median, the
 minimum, the maximum and every value in run order; plus the load average
@@ -61,7 +61,7 @@ def run_rounds(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.interleave", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.interleave", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", action="append", required=True, help="repeat for several, run in turn")
     parser.add_argument("bench_args", nargs="*", help="passed to zlb bench after --, e.g. -- --duration 5")
