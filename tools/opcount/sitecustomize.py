@@ -44,8 +44,14 @@ if os.environ.get("ZLB_OPCOUNT"):
         frame.f_trace_lines = False
         return _local
 
-    # A zlb balancer's segment is one hop or the other by the drain it ran.
-    _HOPS = ((("_drain_frontend", "clients.py"), "submit"), (("_drain_backend", "node_side.py"), "result"))
+    # A zlb balancer's segment is one hop or the other by the drain it ran (its name before and after
+    # the balancer held its parts instead of mixing them in, so older checkouts count too).
+    _HOPS = (
+        (("drain", "clients.py"), "submit"),
+        (("_drain_frontend", "clients.py"), "submit"),
+        (("drain", "node_side.py"), "result"),
+        (("_drain_backend", "node_side.py"), "result"),
+    )
 
     def _hop_of(functions) -> str:
         return next((hop for function, hop in _HOPS if function in functions), "")
