@@ -32,7 +32,7 @@ from balancer.scheduler import Scheduler
 from wire import events as ev
 from wire import limits
 from wire import protocol as p
-from wire.batching import batch_frames, batches, grouped
+from wire.batching import batches, grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
 
@@ -68,8 +68,9 @@ class ClientSide:
         self.sched = sched
         self.incidents = incidents
         self.max_message_bytes = max_message_bytes
-        # client_id -> result batches (route, frames, payload bytes) its full pipe could not take, oldest first
-        self._held: dict[int, deque[tuple[bytes, list[Any], int]]] = {}
+        # client_id -> result batches (route, frames, payload bytes) its full pipe could not take, oldest
+        # first; the loop reads whether any are held, to know if flush() has work
+        self.held: dict[int, deque[tuple[bytes, list[Any], int]]] = {}
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
@@ -131,6 +132,9 @@ class ClientSide:
         if outcome is Submitted.BUSY:
             reason = self.sched.last_refusal
             self.incidents.refusal(ev.SYSTEM_BUSY, client_id, reason, now)
+        elif outcome is Submitted.TOO_LARGE:
+            self.incidents.count("payloads_too_large")
+            reason = f"payload of {len(body)} bytes is over the balancer's whole --max-memory-mb"
         elif outcome is Submitted.CONFLICT:
             reason = conflict_reason(client_id, request_id)
         else:
@@ -145,9 +149,6 @@ class ClientSide:
         if size > self.max_message_bytes:
             self.incidents.count("payloads_too_large")
             return limits.too_large("payload", size, self.max_message_bytes).decode()
-        if not self.sched.budget.could_hold(size):
-            self.incidents.count("payloads_too_large")
-            return f"payload of {size} bytes is over the balancer's whole --max-memory-mb"
         return ""
 
     def _claim(self, route: bytes, claim: tuple[Any, ...], now: float, welcome: bool) -> None:
@@ -177,7 +178,7 @@ class ClientSide:
 
     def flush(self) -> None:
         """Send what the scheduler finished: results held for full pipes first, in order."""
-        if self._held:
+        if self.held:
             self._retry_held()
         out = self.sched.outbox
         if out.replies:
@@ -194,7 +195,7 @@ class ClientSide:
             return False
         if req.route is not None:  # else no route is known: the client's retry fetches it
             items = [(req.request_id, _PROCESSED if ok else _FAILED, req.server_id, req.attempts, False, result)]
-            self._deliver(req.client_id, req.route, batch_frames(_RESULT_BATCH, _RESULT, items), len(result))
+            self._deliver(req.client_id, req.route, p.batch_frames(_RESULT_BATCH, _RESULT, items), len(result))
         return True
 
     def tell_stopping(self) -> None:
@@ -225,11 +226,11 @@ class ClientSide:
         """A RESULT_BATCH, or the RESULT of one big result (limits.LONE_PAYLOAD_BYTES)."""
         items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
         size = sum(map(_body_size, batch))
-        self._deliver(batch[0].client_id, route, batch_frames(_RESULT_BATCH, _RESULT, items), size)
+        self._deliver(batch[0].client_id, route, p.batch_frames(_RESULT_BATCH, _RESULT, items), size)
 
     def _deliver(self, client_id: int, route: bytes, frames: list[Any], size: int) -> None:
         """Send a result batch, or hold it (and pause its client) when the client's pipe is full."""
-        held = self._held.get(client_id)
+        held = self.held.get(client_id)
         if held is None:
             failed = send_routed(self.sock, route, frames)
             if not failed:
@@ -237,7 +238,7 @@ class ClientSide:
             self.incidents.count(f"client_{failed}")
             if failed != "dropped":
                 return  # no connection: the results stay remembered for the client's retry
-            held = self._held[client_id] = deque()
+            held = self.held[client_id] = deque()
             self._pause(client_id)
         if len(held) >= MAX_HELD_PER_CLIENT:
             self.incidents.count("client_dropped")
@@ -254,8 +255,8 @@ class ClientSide:
     def _retry_held(self) -> None:
         """Hand held results to pipes that drained; resume the clients left with none."""
         budget, sock = self.sched.budget, self.sock
-        for client_id in list(self._held):
-            held = self._held[client_id]
+        for client_id in list(self.held):
+            held = self.held[client_id]
             while held:
                 route, frames, size = held[0]
                 failed = send_routed(sock, route, frames)
@@ -266,7 +267,7 @@ class ClientSide:
                 if failed:  # gone: its retries fetch the remembered results from the next connection
                     self.incidents.count(f"client_{failed}")
             if not held:
-                del self._held[client_id]
+                del self.held[client_id]
                 self.sched.resume_client(client_id)
 
     # ---- routes ----------------------------------------------------------

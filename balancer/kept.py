@@ -8,13 +8,51 @@ client's session, so a resubmission of a forgotten id runs again.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget
-from balancer.records import Request
+from balancer.records import Outbox, Request, Submitted
 from balancer.sessions import ClientSessions
+from wire.protocol import FAILED, PROCESSED
+
+
+def payload_digest(payload: Any, like: int | None = None) -> int:
+    """A stable 63-bit digest of a payload (stable across processes, unlike hash()), negative.
+
+    SHA-256, which runs at 1.7 GB/s here against BLAKE2b's 0.67 (a 256 KiB payload cost the
+    balancer 370 us of BLAKE2b per request). Journals written before kept BLAKE2b digests, which
+    are never negative: `like` such a digest, the payload is digested the old way, so a
+    resubmission after an upgrade is still recognised.
+    """
+    if like is not None and like >= 0:
+        return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+    return -1 - (int.from_bytes(hashlib.sha256(payload).digest()[:8], "little") >> 1)
+
+
+def resubmitted(req: Request, route: Any, body: Any, counters: dict[str, int], outbox: Outbox) -> Submitted:
+    """A known request id again: the same request (answer it), or a conflicting reuse."""
+    finished = req.status in (PROCESSED, FAILED)
+    if finished:
+        same = req.payload_digest is None or req.payload_digest == payload_digest(body, like=req.payload_digest)
+    else:
+        same = bytes(req.body) == bytes(body)
+    if not same:
+        counters["conflicts"] += 1
+        return Submitted.CONFLICT
+    counters["duplicates"] += 1
+    replay = finished and req.route != route  # another process asks for a result it did not see made
+    req.route = route  # answer wherever the client is now
+    if not finished:
+        return Submitted.DUPLICATE
+    if replay:
+        counters["replays"] += 1
+        outbox.replays.append(req)
+    else:
+        outbox.replies.append(req)
+    return Submitted.FINISHED
 
 
 def body_size(body: Any) -> int:
@@ -39,8 +77,18 @@ class KeptResults:
     def __iter__(self) -> Iterator[Request]:
         return iter(self._requests)
 
-    def add(self, req: Request) -> None:
-        """Remember a finished request (and its result); forget the oldest beyond any bound."""
+    def add(self, req: Request, result: Any) -> None:
+        """Remember a request just finished with `result`: its payload's digest (for conflicting resubmissions)
+        instead of the payload, whose bytes the budget stops counting; forget the oldest beyond any bound."""
+        payload = req.body
+        if req.payload_digest is None:
+            req.payload_digest = payload_digest(payload)
+        self._budget.release(req.client_id, body_size(payload))
+        req.body = result
+        self.remember(req)
+
+    def remember(self, req: Request) -> None:
+        """Keep a finished request as it is (one restored from a journal holds its result and digest)."""
         self._requests.append(req)
         self._bytes += body_size(req.body)
         self.trim()

@@ -42,7 +42,7 @@ from wire import limits
 from wire import protocol as p
 from wire.batching import grouped
 from wire.security import CurveServer, exposed_endpoints
-from wire.sockets import drain_limit
+from wire.sockets import DRAIN_BATCH, SLEPT_S
 
 # Events are published (and handed to the log) at most this often, and sooner
 # once this many wait: one PUB message and one log hand-over per interval rather
@@ -246,8 +246,8 @@ class Balancer:
             ready = poll(timeout_ms)
             woke = time.monotonic()
             # Woken from idle, one message per socket, then the flush: what woke the loop is
-            # answered first (wire/sockets.py). Busy, it drains in batches.
-            limit = drain_limit(woke - now)
+            # answered first (wire/sockets.SLEPT_S).
+            limit = 1 if woke - now >= SLEPT_S else DRAIN_BATCH
             if control_waiting and all(sock != control_fd for sock, _ in ready):
                 ready.append((control_fd, zmq.POLLIN))  # arrivals its descriptor will not signal again
             for sock, _ in ready:
@@ -309,14 +309,15 @@ class Balancer:
 
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
-        sched = self.sched
-        if sched.waiting and not self._stopping:  # a stopping balancer starts no new work
+        out = self.sched.outbox
+        if not self._stopping:  # a stopping balancer starts no new work
             self.node_side.dispatch()
-        if sched.outbox.journal:
+        if out.journal:
             self._append_journal()
         if self._compaction is not None and self._compaction.step():
             self._compaction = None
-        self.client_side.flush()
+        if out.replies or out.replays or self.client_side.held:
+            self.client_side.flush()
 
     def _append_journal(self) -> None:
         """One write for the iteration's records, before any of its results leave."""

@@ -20,7 +20,7 @@ from balancer.scheduler import Refused, Scheduler
 from wire import events as ev
 from wire import limits
 from wire import protocol as p
-from wire.batching import batch_frames, batches, grouped
+from wire.batching import batches, grouped
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received, send_routed
 
@@ -66,15 +66,14 @@ class NodeSide:
 
     def dispatch(self) -> None:
         """Pair waiting requests with free nodes and send the work; what cannot leave is dispatched again."""
-        sched = self.sched
-        while sched.waiting:
-            if self._send_work(sched.dispatch()):
-                break
+        dispatch = self.sched.dispatch
+        while not self._send_work(dispatch()):
+            pass
 
     def _send_work(self, assignments: list[Assignment]) -> bool:
         """One WORK_BATCH per node; a node with no connection gets its work back in the queue. True if all left."""
-        if len(assignments) == 1:  # a lone request, the latency path: no grouping to do
-            return self._send_batch(assignments[0][0], assignments)
+        if len(assignments) <= 1:  # nothing to send, or a lone request, the latency path: no grouping to do
+            return not assignments or self._send_batch(assignments[0][0], assignments)
         all_sent = True
         for node, assigned in grouped(assignments, _node_of).items():
             for batch in batches(assigned, _payload_size):
@@ -84,7 +83,7 @@ class NodeSide:
     def _send_batch(self, node: Node, batch: list[Assignment]) -> bool:
         """A WORK_BATCH, or the WORK of one big payload (limits.LONE_PAYLOAD_BYTES); what cannot leave is re-queued."""
         items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
-        if self._send(node.route, batch_frames(_WORK_BATCH, _WORK, items)):
+        if self._send(node.route, p.batch_frames(_WORK_BATCH, _WORK, items)):
             return True
         for _node, ticket, _req in batch:
             self.sched.undeliverable(node, ticket)

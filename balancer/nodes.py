@@ -181,6 +181,13 @@ class NodeTable:
             node.reachable = True
             self.refresh(node)
 
+    def finished(self, node: Node, now: float) -> None:
+        """A node's result: a sign of life, and a free slot that may rank it again."""
+        node.expires_at = now + self.deadline_s
+        node.last_seen = now
+        node.reachable = True
+        self.refresh(node)
+
     def seen(self, route: Any, now: float) -> Node | None:
         """Any message from a node is a sign of life; None if it is unknown."""
         node = self.routes.get(route)

@@ -107,6 +107,7 @@ class Submitted(Enum):
     REJECTED = "rejected"  # the queue is full
     BUSY = "busy"  # over the memory budget, or the client over its share: retry later
     ID_IN_USE = "id_in_use"  # another live process holds this client id
+    TOO_LARGE = "too_large"  # over the whole memory budget: no wait could let it in
 
 
 @dataclass(slots=True)

@@ -16,11 +16,11 @@ from typing import Any
 
 from balancer import index, records
 from balancer.budget import MemoryBudget
-from balancer.kept import KeptResults
+from balancer.kept import KeptResults, resubmitted
 from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
 from balancer.records import ACCEPTED, COUNTERS, FINISHED, Node, NodeState, Outbox, Request, Submitted
-from balancer.sessions import ClientSessions, payload_digest, resubmitted
+from balancer.sessions import ClientSessions
 from balancer.waiting import WaitingQueue
 from wire import events as ev
 from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
@@ -115,8 +115,8 @@ class Scheduler:
         now: float = 0.0,
     ) -> Submitted:
         """Queue a client's request, or recognise it as one already known."""
-        session = self.sessions.of(client_id)
-        if self.sessions.claim(session, incarnation, now):
+        session = self.sessions.held_by(client_id, incarnation, now)
+        if session is None:
             return Submitted.ID_IN_USE
         req = session.get(request_id)
         if req is not None:
@@ -128,8 +128,10 @@ class Scheduler:
         client_id = session.client_id
         refusal = self.budget.admit(client_id, len(body))
         if refusal:
-            self.counters["busy"] += 1  # counted, not logged one by one: a flood would flood the log
             self.last_refusal = refusal
+            if not self.budget.could_hold(len(body)):  # never, however long the client waits: not busy
+                return Submitted.TOO_LARGE
+            self.counters["busy"] += 1  # counted, not logged one by one: a flood would flood the log
             return Submitted.BUSY
         req = Request(client_id, request_id, priority, None, route, body)
         session[request_id] = req
@@ -174,17 +176,13 @@ class Scheduler:
         if self._transit_losses:
             self._transit_losses.pop(req, None)
         req.status = status
-        if req.payload_digest is None:
-            req.payload_digest = payload_digest(req.body)
-        self.budget.release(req.client_id, _size(req.body))
-        req.body = result
+        self.kept.add(req, result)
         self.counters[status] += 1
         if not answered:
             self.outbox.replies.append(req)
         if self.outbox.journal is not None:
             outcome = (status, req.server_id, req.attempts, result, req.payload_digest)
             self.outbox.journal.append((FINISHED, req.client_id, req.request_id, req.priority, *outcome))
-        self.kept.add(req)
 
     # ---- restart from a journal ------------------------------------------
 
@@ -203,7 +201,7 @@ class Scheduler:
         self._seq += 1
         req = Request(client_id, request_id, priority, self._seq, None, outcome[3], *outcome[:3], *outcome[4:])
         self.sessions.of(client_id)[request_id] = req
-        self.kept.add(req)
+        self.kept.remember(req)
 
     def get(self, client_id: int, request_id: int) -> Request | None:
         """The request with these ids, if it is still remembered."""
@@ -294,14 +292,13 @@ class Scheduler:
             self.outbox.events.append((ev.REQUEST_LATE_RESULT, node.node_id if node else None, ticket))
             return None
         node.missing.pop(ticket, None)
-        self.table.touch(node, now)
         node.handled += 1
         if ok:
             self._finish(req, PROCESSED, result, answered)
             self.outbox.events.append((ev.REQUEST_PROCESSED, req.client_id, req.request_id, node.node_id))
         else:
             self._fail(req, node.node_id, bytes(result).decode("utf-8", "replace"), result, answered)
-        self.table.refresh(node)
+        self.table.finished(node, now)
         if node.state is _DRAINING and not node.in_flight:
             self.outbox.events.append((ev.NODE_DRAINED, node.node_id))
         return req

@@ -48,10 +48,10 @@ from client_node.result import Pending, Result
 from client_node.retries import RETRY_BACKOFF_FACTOR_MAX, Outstanding, Retries
 from wire import endpoints, limits
 from wire import protocol as p
-from wire.batching import batches, lone, payload_size
+from wire.batching import batches, payload_size
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
-from wire.sockets import DRAIN_BATCH, Waiter, drain_limit, received, send_frames
+from wire.sockets import DRAIN_BATCH, SLEPT_S, Waiter, received, send_frames
 
 __all__ = ["BalancerUnreachable", "Client", "ClientIdInUse", "Pending", "Result", "json_payload"]
 
@@ -211,8 +211,8 @@ class Client(Retries):
         """Hand what is queued to ZeroMQ, in SUBMIT_BATCH messages of at most the batch limits."""
         unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
-        for batch in batches(unsent, payload_size):
-            if lone(batch, payload_size):  # a big payload in its own frame (see limits.LONE_PAYLOAD_BYTES)
+        for batch in [unsent] if len(unsent) == 1 else batches(unsent, payload_size):
+            if len(batch) == 1 and len(batch[0][2]) > limits.LONE_PAYLOAD_BYTES:  # a big payload in its own frame
                 request_id, priority, payload = batch[0]
                 frames = [p.encode(_SUBMIT, self.client_id, request_id, priority, self.incarnation), payload]
             else:
@@ -268,8 +268,8 @@ class Client(Retries):
         if message is not None:
             self.heard = True
             got = self._on_reply(message)
-            # Woken for an answer, it is handed over before looking for more (wire/sockets.py).
-            if drain_limit(time.monotonic() - before) > 1:
+            # Woken for an answer, it is handed over before looking for more (wire/sockets.SLEPT_S).
+            if time.monotonic() - before < SLEPT_S:
                 got += self._receive(DRAIN_BATCH)
         if self.refused is not None:
             raise ClientIdInUse(self.refused)
@@ -288,7 +288,8 @@ class Client(Retries):
 
     def _keep_up(self, now: float) -> None:
         """Re-send what is overdue, and ping within the session's lease."""
-        self._resend_overdue(now)
+        if self.retry_s is not None and now >= self._next_resend_scan:
+            self._resend_overdue(now)
         if self._outstanding and now - self._last_sent >= self.lease_s / 3:
             self._send_session(MsgType.CLIENT_PING)
 

@@ -52,9 +52,7 @@ class Retries:
             self.on_busy(request_id, reason)
 
     def _resend_overdue(self, now: float) -> None:
-        # Scanning every outstanding request is O(n): do it a few times per retry period only.
-        if self.retry_s is None or now < self._next_resend_scan:
-            return
+        # Scanning every outstanding request is O(n): the caller does it a few times per retry period only.
         self._next_resend_scan = now + self.retry_s / 4
         cap = self.retry_max_s
         for request_id, sent in self._outstanding.items():

@@ -29,10 +29,10 @@ from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
 from wire import endpoints, limits
 from wire import protocol as p
-from wire.batching import batch_frames, batches, payload_size
+from wire.batching import batches, payload_size
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
-from wire.sockets import Waiter, drain_limit, received, send_frames
+from wire.sockets import DRAIN_BATCH, SLEPT_S, Waiter, received, send_frames
 
 DEFAULT_GRACE_S = 10.0
 # Exit codes of run_node besides 0: the balancer refused our id, or fenced us off it.
@@ -160,7 +160,8 @@ class ServerNode:
             else:
                 message, ready = None, self._poller.poll(timeout_ms)
             woke = time.monotonic()
-            limit = drain_limit(woke - now)  # woken from idle: answer what woke us first (wire/sockets.py)
+            # Woken from idle: answer what woke us first (wire/sockets.SLEPT_S).
+            limit = 1 if woke - now >= SLEPT_S else DRAIN_BATCH
             now = woke
             if message is not None and self._on_message(now, message) and limit > 1:
                 self._drain_socket(now, limit)
@@ -218,7 +219,7 @@ class ServerNode:
         self.live.heard(now)
         try:
             msg_type, fields = p.decode(frames[0])
-            body = p.split_body(msg_type, frames)
+            body = None if msg_type is _WORK_BATCH and len(frames) == 1 else p.split_body(msg_type, frames)
         except ProtocolError:
             self.bad_messages += 1
             return True
@@ -315,8 +316,8 @@ class ServerNode:
         """Send the iteration's results as DONE_BATCH. A ticket stops being held either way: one
         whose DONE could not leave is missing from the next heartbeat, and the balancer re-queues it."""
         done, self._done = self._done, []
-        for batch in batches(done, payload_size):
-            self._send(*batch_frames(_DONE_BATCH, _DONE, batch))
+        for batch in [done] if len(done) == 1 else batches(done, payload_size):  # one: batch_frames sees if big
+            self._send(*p.batch_frames(_DONE_BATCH, _DONE, batch))
         held = self.held  # after the sends: the books wait, the balancer does not
         for ticket, _ok, _result in done:
             del held[ticket]

@@ -11,7 +11,6 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 from wire.limits import BATCH_BYTES, BATCH_ITEMS, LONE_PAYLOAD_BYTES
-from wire.protocol import MsgType, encode
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -72,16 +71,3 @@ def payload_size(item: tuple[Any, Any, bytes]) -> int:
     """The size of an item whose third element is its payload: a Client's queued submission
     (request_id, priority, payload), a node's finished request (ticket, ok, result)."""
     return len(item[2])
-
-
-def batch_frames(batch_type: MsgType, single_type: MsgType, items: list[tuple[Any, ...]]) -> list[Any]:
-    """The frames of a batch whose items end with their payload: one batch header, or for one item
-    too big to ride in it, the single form (its fields, then the payload in a frame of its own).
-
-    Work, results and a node's DONEs are built this way; the single form's fields are the item's.
-    """
-    if len(items) == 1:
-        *fields, body = items[0]
-        if body is not None and len(body) > LONE_PAYLOAD_BYTES:
-            return [encode(single_type, *fields), body]
-    return [encode(batch_type, items)]

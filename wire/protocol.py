@@ -212,6 +212,20 @@ def encode(msg_type: MsgType, *fields: Any) -> bytes:
     return _pack([PROTOCOL_VERSION, msg_type, *fields])
 
 
+def batch_frames(batch_type: MsgType, single_type: MsgType, items: list[tuple[Any, ...]]) -> list[Any]:
+    """The frames of a batch whose items end with their payload: one batch header, or for one item
+    too big to ride in it, the single form (its fields, then the payload in a frame of its own).
+
+    Work, results and a node's DONEs are built this way; the single form's fields are the item's.
+    wire/batching.py cuts what waits into such batches.
+    """
+    if len(items) == 1:
+        *fields, body = items[0]
+        if body is not None and len(body) > limits.LONE_PAYLOAD_BYTES:
+            return [encode(single_type, *fields), body]
+    return [encode(batch_type, items)]
+
+
 def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
     """Decode and validate a header frame; raise ProtocolError on anything off.
 

@@ -12,7 +12,7 @@ raises zmq.Again (12 us on a just-woken process). So:
   as plain bytes;
 - a drain asks ZMQ_EVENTS after a message only while it may take another, so
   a loop that takes one message (the one it woke for) never asks: after a
-  poll that slept (drain_limit), a loop answers that one message first and
+  poll that slept (SLEPT_S), a loop answers that one message first and
   drains the rest on its next turn, while a busy loop drains in batches;
 - sends go straight to the Cython socket's `send`, with plain-int flags;
 - a process waiting on one socket alone (the Client, a node running its
@@ -42,18 +42,11 @@ _RCVTIMEO = int(zmq.RCVTIMEO)
 _send = _CSocket.send  # pyzmq's Python wrapper only adds draft-socket options zlb does not use
 _set = _CSocket.set
 # A poll that took this long slept: the process was idle and woke for what arrived. A busy
-# loop's poll returns in a few microseconds; a wake-up takes tens (50-60 us here).
+# loop's poll returns in a few microseconds; a wake-up takes tens (50-60 us here). Woken from
+# idle, a loop takes one message from each ready socket and answers it before anything else is
+# asked (another poll, or ZMQ_EVENTS: each a syscall or two in libzmq); busy, it drains up to
+# DRAIN_BATCH. Each loop compares inline: deciding by the poll's duration costs no second poll.
 SLEPT_S = 25e-6
-
-
-def drain_limit(polled_s: float) -> int:
-    """Messages to take from each ready socket after a poll that took `polled_s` seconds.
-
-    Woken from idle, the message that woke the loop is answered before anything else is
-    asked (another poll, or ZMQ_EVENTS: each is a syscall or two in libzmq); busy, a loop
-    drains in batches. Deciding by the poll's duration costs no second poll.
-    """
-    return 1 if polled_s >= SLEPT_S else DRAIN_BATCH
 
 
 def received(
