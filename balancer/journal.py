@@ -226,12 +226,6 @@ class Journal:
         """True when the file holds far more records than the state it describes."""
         return self._since_compact > 2 * live_records + COMPACT_SLACK_RECORDS
 
-    def compact(self, records: list[tuple[Any, ...]]) -> None:
-        """Replace the file with `records` only."""
-        self.check()
-        self._rewrite(records)
-        self.compactions += 1
-
     def start_rewrite(self) -> None:
         """Open the new file of an incremental compaction and write its first record."""
         self.check()

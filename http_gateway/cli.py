@@ -67,7 +67,7 @@ def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> No
     finally:
         submitter.close()
         # Well inside the 5 s a supervising `zlb cluster` grants us, so no node outlives the gateway.
-        sup.stop_all(timeout_s=3.0)
+        processes.close(timeout_s=3.0)
 
 
 @click.command(name="http")

@@ -14,13 +14,19 @@
   balancer, or 504 after JOIN_TIMEOUT_S.
 - Reaped: `reap()` (called on every /configure and on each snapshot refresh of the event
   hub, at least every two seconds) collects exited node processes, so none stays a zombie.
+- Owned by one thread: the supervisor's process table and the request-id blocks are only
+  touched by the `zlb-http-processes` thread. /configure (from a web worker thread) and
+  reap (from the event loop) hand it work through a queue, so two /configure calls run one
+  after the other, never together.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +46,10 @@ JOIN_S_PER_SERVER = 0.5
 # each until it is answered, so this bounds its memory and the time /send_request may wait behind.
 MAX_CONFIGURED_REQUESTS = 100_000
 # How long a second /configure waits for the first to finish before answering 409.
-CONFIGURE_LOCK_WAIT_S = 30.0
+CONFIGURE_WAIT_S = 30.0
+SHUTTING_DOWN = "the gateway is shutting down"
+# How long closing waits for the owner thread to finish what it is doing before stopping the processes itself.
+CLOSE_WAIT_S = 1.0
 
 
 @dataclass
@@ -54,7 +63,7 @@ class NodeSettings:
 
 
 class Processes:
-    """The nodes and clients /configure started, through a `Supervisor`."""
+    """The nodes and clients /configure started, through a `Supervisor` that only its owner thread touches."""
 
     def __init__(
         self,
@@ -69,30 +78,66 @@ class Processes:
         self.settings = settings
         self._servers = servers
         self._known = known
-        self._lock = threading.Lock()
         self._used: dict[int, int] = {}  # client id -> request ids used from its block
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._closing = threading.Event()  # set once: queued /configure calls give up, a running one stops waiting
+        self._owner = threading.Thread(target=self._run, name="zlb-http-processes", daemon=True)
+        self._owner.start()
 
-    def reap(self) -> int:
-        """Collect exited node processes (no zombies); return how many were collected."""
+    def reap(self) -> None:
+        """Have the owner collect exited node processes (no zombies); returns at once, from any thread."""
+        self._jobs.put(self._reap)
+
+    def configure(self, servers: int, clients: int, per_client: int, announce: Callable[[], None]) -> None:
+        """Reach `servers` nodes, wait for them to join, then send `per_client` requests for each of `clients`.
+
+        Runs on the owner thread after any /configure queued before it, and blocks until it is done.
+        One that could not start within CONFIGURE_WAIT_S is withdrawn (it never runs) and answered 409.
+        """
+        done: Future[None] = Future()
+        self._jobs.put(lambda: _settle(done, lambda: self._configure(servers, clients, per_client, announce)))
+        wait([done], timeout=CONFIGURE_WAIT_S)
+        if done.cancel():  # still queued: withdrawn before the owner took it
+            raise HttpError(409, "another /configure is still running; try again")
+        done.result()
+
+    def close(self, timeout_s: float) -> None:
+        """Stop every process started here (SIGKILL after `timeout_s`), on the owner thread.
+
+        Queued /configure calls answer 503 instead of running; a running one stops waiting for
+        joins. An owner still busy after CLOSE_WAIT_S (stopping a node of a shrinking /configure
+        can take seconds) is not waited for: the processes are stopped from this thread then,
+        because no node may outlive the gateway, and `zlb cluster` allows the gateway 5 s.
+        """
+        self._closing.set()
+        stopped: Future[None] = Future()
+        self._jobs.put(lambda: _settle(stopped, lambda: self.sup.stop_all(timeout_s)))
+        self._jobs.put(None)
+        wait([stopped], timeout=CLOSE_WAIT_S)
+        if stopped.cancel():  # the owner never got to it
+            self.sup.stop_all(timeout_s)
+        else:
+            stopped.result()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def _reap(self) -> None:
         finished = [name for name, proc in self.sup.procs.items() if proc.poll() is not None]
         for name in finished:
             self.sup.procs.pop(name, None)
-        return len(finished)
 
-    def configure(self, servers: int, clients: int, per_client: int, announce: Callable[[], None]) -> None:
-        """Reach `servers` nodes, wait for them to join, then send `per_client` requests for each of `clients`."""
-        if not self._lock.acquire(timeout=CONFIGURE_LOCK_WAIT_S):
-            raise HttpError(409, "another /configure is still running; try again")
-        try:
-            self.reap()
-            self._check_limits(servers, clients, per_client)
-            announce()
-            self._scale_servers(servers)
-            self._await_joined(servers)
-            for client_id in range(clients):
-                self._start_client(client_id, per_client)
-        finally:
-            self._lock.release()
+    def _configure(self, servers: int, clients: int, per_client: int, announce: Callable[[], None]) -> None:
+        if self._closing.is_set():
+            raise HttpError(503, SHUTTING_DOWN)
+        self._reap()
+        self._check_limits(servers, clients, per_client)
+        announce()
+        self._scale_servers(servers)
+        self._await_joined(servers)
+        for client_id in range(clients):
+            self._start_client(client_id, per_client)
 
     def _check_limits(self, servers: int, clients: int, per_client: int) -> None:
         if clients * per_client > MAX_CONFIGURED_REQUESTS:
@@ -125,7 +170,8 @@ class Processes:
             if time.monotonic() > deadline:
                 missing = ", ".join(str(i) for i in sorted(want - live))
                 raise HttpError(504, f"servers {missing} did not join within {wait_s:g} s")
-            time.sleep(0.05)  # wait-ok: a deadline-bounded poll of the balancer for joins
+            if self._closing.wait(0.05):  # wait-ok: a deadline-bounded poll of the balancer for joins
+                raise HttpError(503, SHUTTING_DOWN)
 
     def _used_before(self, client_id: int) -> int:
         """Ids of this client's block a previous gateway already sent to this balancer.
@@ -153,3 +199,13 @@ class Processes:
         self._used[client_id] += count
         cost_ms = self.settings.cost_ms
         self._send_batch(client_id, first, count, lambda n: json_payload(cost_ms, {"n": n}))
+
+
+def _settle(future: Future[None], work: Callable[[], None]) -> None:
+    """Run `work` for `future`'s waiter, unless the waiter withdrew it; its outcome goes to the waiter."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(work())
+    except Exception as exc:  # noqa: BLE001 - not swallowed: the waiting /configure raises it
+        future.set_exception(exc)

@@ -5,6 +5,20 @@ stderr and exit status EXIT_PORT_IN_USE within a second, never a half-started
 gateway. uvicorn brings keep-alive timeouts, a real backlog and a bound on
 header size; what it lacks is a deadline for a client that opens a connection
 and sends its request head slowly (slowloris), which `DeadlineH11Protocol` adds.
+
+That subclass uses uvicorn's internals, because no public way gives the same
+protection: uvicorn's only timeout is keep-alive (its docs, "Server Behavior:
+Timeouts"; the request-start timeout of uvicorn issue #157 never landed) and
+the first byte received cancels it, so one client trickling a head holds a
+connection for ever, and MAX_CONNECTIONS of them make the gateway answer 503
+to everyone. ASGI middleware runs only once a head is complete, and a wrapper
+around the protocol would have to parse HTTP itself to know where a head ends.
+What it relies on: `H11Protocol` in uvicorn.protocols.http.h11_impl, its
+`cycle` (replaced when a request head completes), `loop` and `transport`,
+`on_response_complete` (a keep-alive connection starts waiting for its next
+head) and `send_400_response(msg)`. So pyproject pins uvicorn below the next
+minor release (>=0.55,<0.56) and tests/test_web_head_deadline.py fails if any
+of these change.
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ import sys
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol  # internal: pinned, see above
 
 # A request head (line and headers) must arrive within this long of the connection opening or going idle.
 HEADER_TIMEOUT_S = 10.0
@@ -84,10 +98,10 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: Any, sock: socket.socket, quiet: bool, header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn handles both and finishes in-flight requests)."""
+def gateway_config(app: Any, quiet: bool, header_timeout_s: float = HEADER_TIMEOUT_S) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway: the head deadline, the limits above, the logs `quiet` asks for."""
     protocol = type("ConfiguredH11Protocol", (DeadlineH11Protocol,), {"header_timeout_s": header_timeout_s})
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
         http=protocol,
         loop="asyncio",
@@ -101,4 +115,8 @@ def serve(app: Any, sock: socket.socket, quiet: bool, header_timeout_s: float = 
         log_level="warning" if quiet else "info",
         server_header=False,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve(app: Any, sock: socket.socket, quiet: bool, header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn handles both and finishes in-flight requests)."""
+    uvicorn.Server(gateway_config(app, quiet, header_timeout_s)).run(sockets=[sock])

@@ -9,6 +9,8 @@ Two lanes: a /send_request goes ahead of everything; /configure's requests are
 batches the thread sends a slice at a time, so a large /configure neither holds
 up /send_request nor is held in memory as millions of queued messages.
 Open clients are bounded: the least recently used idle one is closed first.
+Everything here but the queue belongs to the thread: a batch, too, reaches it
+through the queue, and only it keeps the list of batches in progress.
 """
 
 from __future__ import annotations
@@ -53,27 +55,24 @@ class Submitter:
         # Its own context: the gateway's control calls never compete with these sockets for slots.
         self._ctx = zmq.Context()
         self._ctx.max_sockets = 4 * MAX_OPEN_CLIENTS
-        self._urgent: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
-        self._batches: deque[Iterator[Submission]] = deque()
-        self._batch_lock = threading.Lock()
+        # Handlers' submissions and batches, in order; None stops the thread.
+        self._inbox: queue.SimpleQueue[Submission | Iterator[Submission] | None] = queue.SimpleQueue()
+        self._batches: deque[Iterator[Submission]] = deque()  # the thread's own: batches being sent a slice at a time
         self._clients: OrderedDict[int, Client] = OrderedDict()
         self._thread = threading.Thread(target=self._run, name="zlb-http-submitter", daemon=True)
         self._thread.start()
 
     def submit(self, submission: Submission) -> None:
         """Send one request ahead of any batch (returns at once; safe from any thread)."""
-        self._urgent.put(submission)
+        self._inbox.put(submission)
 
     def submit_batch(self, client_id: int, first_id: int, count: int, payload: Callable[[int], bytes]) -> None:
         """Send requests first_id.. first_id + count - 1 of a client, the n-th with payload(n), in slices."""
-        batch = (Submission(client_id, first_id + n, 5, payload(n)) for n in range(count))
-        with self._batch_lock:
-            self._batches.append(batch)
-        self._urgent.put(Submission(-1, -1, 0, b""))  # wake the thread
+        self._inbox.put(Submission(client_id, first_id + n, 5, payload(n)) for n in range(count))
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop the thread and close its sockets."""
-        self._urgent.put(None)
+        self._inbox.put(None)
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
@@ -86,20 +85,21 @@ class Submitter:
             self._ctx.term()
 
     def _pass(self) -> bool:
-        """Send what is urgent, a slice of a batch, collect results; False once told to stop."""
-        idle = not self._batches
-        try:
-            item = self._urgent.get(timeout=PUMP_INTERVAL_S if idle else 0)
-        except queue.Empty:
-            item = Submission(-1, -1, 0, b"")
-        while item is not None:
-            self._send_guarded(item)
+        """Send the submissions that came in and list the batches, send a slice of a batch, collect results;
+        False once told to stop."""
+        wait_s = PUMP_INTERVAL_S if not self._batches else 0
+        while True:
             try:
-                item = self._urgent.get_nowait()
+                item = self._inbox.get(timeout=wait_s) if wait_s else self._inbox.get_nowait()
             except queue.Empty:
                 break
-        if item is None:
-            return False
+            wait_s = 0
+            if item is None:
+                return False
+            if isinstance(item, Submission):
+                self._send_guarded(item)
+            else:
+                self._batches.append(item)
         self._send_slice()
         self._collect()
         return True
@@ -112,21 +112,17 @@ class Submitter:
             self.errors += 1
 
     def _send_slice(self) -> None:
-        with self._batch_lock:
-            batch = self._batches[0] if self._batches else None
-        if batch is None:
+        if not self._batches:
             return
+        batch = self._batches[0]
         for _ in range(BATCH_SLICE):
             item = next(batch, None)
             if item is None:
-                with self._batch_lock:
-                    self._batches.popleft()
+                self._batches.popleft()
                 return
             self._send_guarded(item)
 
     def _send(self, item: Submission) -> None:
-        if item.client_id < 0:
-            return  # a wake-up
         self._client(item.client_id).submit(item.payload, item.priority, item.request_id)
         self.sent += 1
 

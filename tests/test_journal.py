@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from balancer import eventlog
 from balancer import journal as jr
+from balancer.compaction import Compaction
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from tests.harness import wait_until
 from wire import events as ev
@@ -100,7 +101,8 @@ def test_compaction_rewrites_the_file_to_the_live_state(tmp_path: Path):
     for _node, ticket, _req in sched.dispatch()[:2]:
         sched.complete(b"n", ticket, True, b"ok", 1.0)
     journal.append(sched.journal)
-    journal.compact(jr.snapshot(sched))
+    run = Compaction(journal, sched)
+    wait_until(run.step, 10, "the compaction to finish")
     journal.close()
     rec = jr.replay(str(path), 10)
     assert rec.records == 1 + 2  # the magic record, one finished (keep_finished=1) and one assigned
@@ -220,16 +222,25 @@ def test_an_unframed_format_1_journal_is_refused_with_a_reason(tmp_path: Path):
 
 REWRITE_UNDER_A_SIZE_LIMIT = """
 import os, resource, signal, sys
-from balancer import eventlog
 from balancer import journal as jr
+from balancer.compaction import Compaction
+from balancer.scheduler import Scheduler
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, not a signal
-path = sys.argv[1]
+path, how = sys.argv[1], sys.argv[2]
 journal = jr.Journal(path)
 journal.open([(1, 1, i, 5, b"r", b"x" * 100) for i in range(10)])
 before = open(path, "rb").read()
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 try:
-    journal.compact([(1, 1, i, 5, b"r", b"y" * 1000) for i in range(100)])
+    if how == "open":  # a restarted balancer writes its replayed state afresh
+        jr.Journal(path).open([(1, 1, i, 5, b"r", b"y" * 1000) for i in range(100)])
+    else:
+        sched = Scheduler(journal=True)
+        for rid in range(100):
+            sched.submit(1, rid, 5, b"r", b"y" * 1000)
+        run = Compaction(journal, sched)
+        while not run.step():
+            pass
 except jr.JournalError as exc:
     print("refused:", exc)
 print("tmp left:", os.path.exists(path + ".tmp"))
@@ -237,10 +248,11 @@ print("intact:", open(path, "rb").read() == before)
 """
 
 
-def test_a_rewrite_that_cannot_be_written_whole_fails_cleanly(tmp_path: Path):
+@pytest.mark.parametrize("how", ["open", "compaction"])
+def test_a_rewrite_that_cannot_be_written_whole_fails_cleanly(tmp_path: Path, how: str):
     """A short write then EFBIG (a file-size limit, as a full disk would) fails the rewrite and keeps the old file."""
     done = subprocess.run(
-        [sys.executable, "-c", REWRITE_UNDER_A_SIZE_LIMIT, str(tmp_path / "j")],
+        [sys.executable, "-c", REWRITE_UNDER_A_SIZE_LIMIT, str(tmp_path / "j"), how],
         capture_output=True,
         text=True,
         timeout=30,

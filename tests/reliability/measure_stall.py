@@ -4,8 +4,9 @@
 
 In process, no sockets: the scheduler filled with WAITING requests of 1 KiB
 from CLIENTS clients, then (1) `zlb requests --limit 10` as the control
-command runs it, (2) the old inline compaction against the incremental one,
-step by step: the longest step is the longest the loop would wait.
+command runs it, (2) the incremental compaction, step by step: the longest
+step is the longest the loop would wait (the inline rewrite it replaced took
+421 ms at 500,000 waiting requests; balancer/compaction.py).
 """
 
 from __future__ import annotations
@@ -38,9 +39,6 @@ def main(waiting: int, clients: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         journal = jr.Journal(f"{tmp}/j")
         journal.open([])
-        start = time.perf_counter()
-        journal.compact(jr.snapshot(sched))
-        print(f"inline compaction (before): {ms(start):.0f} ms in one step")
         start = time.perf_counter()
         run = Compaction(journal, sched)
         longest, steps, total = ms(start), 1, time.perf_counter()

@@ -1,7 +1,8 @@
 """Hop tracing for `python -m tools.hops`: loaded only when this directory is first on PYTHONPATH.
 
-With ZLB_HOPTRACE set to a directory, wraps pyzmq's poll and send, and zlb's own
-wire.sockets send and blocking receive (Waiter), to note when this process woke
+With ZLB_HOPTRACE set to a directory, wraps pyzmq's poll and send, zlb's blocking
+receive (Waiter), and in older checkouts wire.sockets' own send past pyzmq's
+Python layer, to note when this process woke
 ("W": a poll that returned something, or a blocking receive that got a message,
 which puts that receive on the wake-up's side) and when it sent a message ("S":
 its last frame; PUB sockets excluded), in monotonic nanoseconds, in memory;
@@ -34,7 +35,7 @@ if os.environ.get("ZLB_HOPTRACE"):
             kind = _types[id(sock)] = int(sock.getsockopt(zmq.TYPE))
         return not int(flags) & _MORE and kind != _PUB
 
-    _Socket = zmq.sugar.socket.Socket
+    _Socket = zmq.Socket
     _send, _send_multipart, _socket_poll, _poller_poll = (
         _Socket.send,
         _Socket.send_multipart,
@@ -67,12 +68,13 @@ if os.environ.get("ZLB_HOPTRACE"):
     _Socket.send, _Socket.send_multipart, _Socket.poll = _traced_send, _traced_send_multipart, _traced_socket_poll
     zmq.Poller.poll = _traced_poller_poll
 
-    try:  # zlb's own sends bypass the Python Socket.send (wire/sockets.py; older checkouts have none)
+    try:  # zlb's blocking receives, and older checkouts' sends, bypass pyzmq's Python layer (wire/sockets.py)
         import wire.sockets as _wire_sockets
     except ImportError:
         _wire_sockets = None
     _raw_send = getattr(_wire_sockets, "_send", None)
-    if _raw_send is not None:
+    # Checkouts that call zmq.Socket.send took the wrapper above already; older ones call pyzmq's Cython send.
+    if _raw_send is not None and _raw_send is not _Socket.send:
 
         def _traced_raw_send(sock, data, flags=0):
             if _counted(sock, flags):

@@ -81,7 +81,7 @@ if os.environ.get("ZLB_OPCOUNT"):
         if _state["kind"] == "before" and _counted(sock, flags):
             _close("after")
 
-    _Socket = zmq.sugar.socket.Socket
+    _Socket = zmq.Socket
     _send, _send_multipart, _socket_poll = _Socket.send, _Socket.send_multipart, _Socket.poll
     _poller_poll = zmq.Poller.poll
 
@@ -111,12 +111,13 @@ if os.environ.get("ZLB_OPCOUNT"):
     _Socket.send, _Socket.send_multipart, _Socket.poll = _counted_send, _counted_send_multipart, _counted_socket_poll
     zmq.Poller.poll = _counted_poller_poll
 
-    try:  # zlb's own sends and blocking receives bypass pyzmq's Python layer (wire/sockets.py)
+    try:  # zlb's blocking receives, and older checkouts' sends, bypass pyzmq's Python layer (wire/sockets.py)
         import wire.sockets as _wire_sockets
     except ImportError:
         _wire_sockets = None
     _raw_send = getattr(_wire_sockets, "_send", None)
-    if _raw_send is not None:
+    # Checkouts that call zmq.Socket.send took the wrapper above already; older ones call pyzmq's Cython send.
+    if _raw_send is not None and _raw_send is not _Socket.send:
 
         def _counted_raw_send(sock, data, flags=0):
             _sent(sock, flags)
