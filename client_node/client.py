@@ -232,6 +232,11 @@ class Client(Retries):
             self.pump(self._time_left(deadline))
         return self._results.pop(request_id)
 
+    def has_result(self, request_id: int) -> bool:
+        """True once the result of `request_id` has arrived and was not yet taken (without waiting)."""
+        self.pump(0)
+        return request_id in self._results
+
     def take_results(self) -> list[Result]:
         """Every result that has arrived and was not yet taken (without waiting)."""
         results = list(self._results.values())

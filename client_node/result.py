@@ -61,8 +61,7 @@ class Pending:
 
     def done(self) -> bool:
         """True once the result has arrived (without waiting)."""
-        self._client.pump(0)
-        return self.request_id in self._client._results
+        return self._client.has_result(self.request_id)
 
     def result(self, timeout: float | None = None) -> Result:
         """Wait for the result; raise TimeoutError after `timeout` seconds."""

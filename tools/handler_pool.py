@@ -6,6 +6,7 @@ A trivial handler, one request at a time (round trip through the pool), 5,000 pe
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import select
 import time
@@ -37,5 +38,8 @@ def procs(n: int) -> float:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m tools.handler_pool", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000, help="round trips per run (3 runs each)")
+    n = parser.parse_args().requests
     for f in (threads, procs):
-        print(f.__name__, [round(f(5000), 1) for _ in range(3)], "us per request")
+        print(f.__name__, [round(f(n), 1) for _ in range(3)], "us per request")

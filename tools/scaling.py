@@ -1,4 +1,5 @@
-"""The scaling tables of docs/PERFORMANCE.md, from repeated `zlb bench --json` runs.
+"""Scaling tables (throughput against nodes and clients, memory against queue depth) from repeated
+`zlb bench --json` runs.
 
     python -m tools.scaling                # nodes 1/2/4/8, clients 1/2/4/8, queue depths
     python -m tools.scaling --duration 2 --depths 10000,100000

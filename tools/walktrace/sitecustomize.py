@@ -27,6 +27,8 @@ if os.environ.get("ZLB_WALKTRACE"):
     import json
     import sys
 
+    # pyzmq's backend and poll internals: older checkouts (--code) send through the Cython socket
+    # directly, so the tracer patches there too. A developer tool, never installed (docs/PERFORMANCE.md).
     import zmq
     import zmq.backend
     import zmq.sugar.poll
