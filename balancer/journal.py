@@ -143,7 +143,7 @@ class Journal:
         if self.rewrite_fd >= 0:
             self._rewrite_size += size
             self._rewrite_frames += count
-        self._dirty.put(self._sync_item())
+        self._dirty.put((*self._ident, self._size, self._frames))
 
     def _sync_item(self) -> tuple[int, int, int, int]:
         return (*self._ident, self._size, self._frames)
