@@ -81,6 +81,7 @@ class Journal:
         """Start the file afresh with `records` (the replayed state) and the fsync thread."""
         self._rewrite(records)
         self._start_syncer()
+        self._dirty.put(self._sync_item())  # the new file's mark
 
     def reopen(self, records: list[tuple[Any, ...]]) -> None:
         """After a failure: a fresh file holding `records` (the state now); raises JournalError if not yet."""
@@ -89,11 +90,11 @@ class Journal:
         self.failure = None
         if self._syncer is None or not self._syncer.is_alive():  # it stops after a failed fsync
             self._start_syncer()
+        self._dirty.put(self._sync_item())  # the new file's mark
 
     def _start_syncer(self) -> None:
         self._syncer = threading.Thread(target=self._sync_loop, name="zlb-journal-fsync", daemon=True)
         self._syncer.start()
-        self._dirty.put(self._sync_item())  # the new file's mark
 
     def check(self) -> None:
         """Raise the failure of a write or of the fsync thread, if there was one (cheap: one attribute test)."""

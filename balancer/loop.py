@@ -117,9 +117,13 @@ class Balancer:
         self.curve: CurveServer | None = None
         if config.journal is not None:
             # Locked first: a second balancer on this journal stops here, before it binds or reads anything.
-            self.journal = JournalKeeper(
-                config.journal, self.sched, self.incidents.counters, config.endpoints, config.keep_finished
-            )
+            try:
+                self.journal = JournalKeeper(
+                    config.journal, self.sched, self.incidents.counters, config.endpoints, config.keep_finished
+                )
+            except BaseException:
+                self.eventlog.close()
+                raise
             self.state.journal = self.journal.view
         try:
             if config.curve_secret is not None:
