@@ -135,6 +135,7 @@ def test_a_journal_cut_to_half_its_size_reports_the_records_it_lost(
     restored = waiting(balancer)
     assert 150 < len(restored) < 250 and restored == list(range(1, len(restored) + 1))
     counters = status_json(procs)["counters"]
+    print(f"restored {len(restored)} of 400; status says {counters['journal_records_lost']} records lost")
     assert counters["journal_records_lost"] == 400 - len(restored)
     assert counters["journal_bytes_missing"] == len(whole) - len(whole) // 2
     line = wait_until(
