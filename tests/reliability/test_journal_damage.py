@@ -186,7 +186,11 @@ def test_a_journal_that_cannot_be_written_refuses_new_work_and_says_so(
     assert "cannot append to journal" in state["reason"] and "File too large" in state["reason"]
     wait_until(lambda: live.call("status")["journal"]["retry_error"], 10, "a recovery to be tried")
     assert "File too large" in live.call("status")["journal"]["retry_error"]  # its snapshot is larger still
-    failed = [ln for ln in (tmp_path / "limited.log").read_text().splitlines() if "system.journal_failed" in ln]
+    failed = wait_until(
+        lambda: [ln for ln in (tmp_path / "limited.log").read_text().splitlines() if "system.journal_failed" in ln],
+        10,
+        "the failure in the log file",
+    )
     assert len(failed) == 1 and " ERROR " in failed[0] and "new requests are refused (busy)" in failed[0]
 
     proc.popen.send_signal(signal.SIGTERM)
