@@ -46,6 +46,8 @@ class BalancerState:
     samples: deque[tuple[float, int, int]] = field(default_factory=deque)
     # The loop's longest iteration over its recent window (balancer/loop.py, IterationTimes), in ms.
     loop_max_ms: Callable[[], float] = lambda: 0.0
+    # The journal's health for `status` (balancer/journal_keeper.py); None without --journal.
+    journal: Callable[[], dict[str, Any] | None] = lambda: None
 
 
 def record_sample(state: BalancerState, now: float) -> None:
@@ -176,6 +178,7 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "loop_max_ms": state.loop_max_ms(),
         # The log file and its writer: a problem stays here while it lasts (its event may leave the ring).
         "log": {"path": state.eventlog.path, "problem": state.eventlog.problem},
+        "journal": state.journal(),
         # What is remembered: every pending and running request plus the newest finished ones.
         "retention": {
             "finished_requests": sched.kept.keep,

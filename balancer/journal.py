@@ -7,176 +7,55 @@ the operating system's hands and survives `kill -9` of the balancer. A helper
 thread fsyncs at most every `fsync_interval_s` (group commit), which bounds
 what a power loss can take without putting a disk flush on the message path.
 
-Records are the scheduler's tuples (see scheduler.ACCEPTED and FINISHED). On
-start the file is replayed: the last record per (client_id, request_id) wins;
-unfinished requests are queued again and the newest `keep_finished` finished
-ones are remembered, so resubmissions get their one result. The file is then
-rewritten to just that (compaction), and again whenever it has grown to a few
-times the live state, so it stays bounded.
-
-Each record sits in a checked frame (balancer/journal_format.py), so a damaged
-record costs that record only; recover() keeps a damaged file aside before the
-rewrite, and the counts of what was lost travel in Recovered to the loop.
+Records are the scheduler's tuples (see scheduler.ACCEPTED and FINISHED), each
+in a checked frame (balancer/journal_format.py). On start the file is replayed
+(balancer/journal_replay.py) and then rewritten to just the state it describes
+(compaction), and again whenever it has grown to a few times the live state
+(balancer/compaction.py), so it stays bounded. The fsync thread also notes what
+each fsync covered (`synced`), which the journal's owner keeps beside it as the
+synced mark (balancer/journal_keeper.py, journal_lock.py): a later start tells
+a journal cut short from a crash by it.
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from balancer import journal_format as jf
-from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
+from balancer.compaction import record_of
+from balancer.journal_format import MAGIC, JournalError, fsync_dir
+from balancer.journal_replay import Recovered, keep_aside, lock_path, read_mark, recover, replay, restore
+from balancer.scheduler import Scheduler
 from wire import protocol as p
 
-# Version 2: every record in a checked frame (balancer/journal_format.py).
-MAGIC = (0, "zlb-journal", 2)
-_MAGIC_DECODED = list(MAGIC)  # as msgpack gives it back
+# Reading at start lives in balancer/journal_replay.py; its names are the journal's too.
+__all__ = [
+    "MAGIC", "Journal", "JournalError", "Recovered", "keep_aside", "lock_path", "read_mark", "recover", "replay",
+    "restore", "snapshot",
+]  # fmt: skip
 DEFAULT_FSYNC_INTERVAL_S = 0.05
 # Compact once this many records were appended beyond twice the live state.
 COMPACT_SLACK_RECORDS = 50_000
 
 
-class JournalError(OSError):
-    """A journal file that cannot be opened, read or written."""
-
-
-@dataclass
-class Recovered:
-    """What a replay found."""
-
-    pending: list[list[Any]] = field(default_factory=list)  # ACCEPTED records, oldest first
-    finished: list[list[Any]] = field(default_factory=list)  # FINISHED records, oldest first
-    records: int = 0
-    torn_bytes: int = 0  # an incomplete tail cut off (a crash mid-write)
-    records_lost: int = 0  # damaged frames skipped (an estimate) plus good frames that held no valid record
-    bytes_skipped: int = 0  # damaged bytes skipped
-    kept_as: str = ""  # where the damaged file was kept, by recover()
-
-    @property
-    def damaged(self) -> bool:
-        return self.records_lost > 0 or self.bytes_skipped > 0
-
-
-def replay(path: str, keep_finished: int) -> Recovered:
-    """Read a journal file (missing is empty) into the requests it describes; never writes."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return Recovered()
-    except OSError as exc:
-        raise JournalError(f"cannot read journal {path}: {exc}") from None
-    found = jf.scan(data)
-    records = p.decode_records(found.payloads)
-    _check_is_journal(path, data, found, records)
-    latest: dict[tuple[int, int], list[Any]] = {}
-    invalid = 0
-    for rec in records:
-        if _valid(rec):
-            key = (rec[1], rec[2])
-            latest.pop(key, None)  # re-inserting keeps dict order = order of last record
-            latest[key] = rec
-        elif rec != _MAGIC_DECODED:
-            invalid += 1
-    out = Recovered(records=len(records), torn_bytes=found.torn_bytes)
-    out.records_lost, out.bytes_skipped = found.frames_lost + invalid, found.skipped_bytes
-    for rec in latest.values():
-        (out.pending if rec[0] == ACCEPTED else out.finished).append(rec)
-    out.finished = out.finished[-keep_finished:] if keep_finished > 0 else []
-    return out
-
-
-def _check_is_journal(path: str, data: bytes, found: jf.Scan, records: list[Any]) -> None:
-    """Refuse a file that is not ours, so it is never rewritten; a damaged first frame is still ours."""
-    if not data:
-        return
-    starts_well = bool(records) and records[0] == _MAGIC_DECODED
-    if starts_well or (records and found.skipped and found.skipped[0][0] == 0):
-        return
-    if data.startswith(p.encode_records([(0, "zlb-journal", 1)])[0]):
-        raise JournalError(f"{path} is a zlb journal of the unframed format 1; move it aside to start afresh")
-    raise JournalError(f"{path} is not a zlb journal")
-
-
-def recover(path: str, keep_finished: int) -> Recovered:
-    """replay(), and when the file is damaged keep it as `<path>.damaged-<UTC time>` before it is rewritten."""
-    out = replay(path, keep_finished)
-    if out.damaged:
-        out.kept_as = keep_aside(path)
-    return out
-
-
-def keep_aside(path: str) -> str:
-    """A second name for the file as it is now (a hard link, or a copy where links fail)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = f"{path}.damaged-{stamp}"
-    suffix = 1
-    while os.path.exists(aside):
-        aside, suffix = f"{path}.damaged-{stamp}-{suffix}", suffix + 1
-    try:
-        # A link, not a rename: until the rewrite replaces it, the journal must stay where it is.
-        try:
-            os.link(path, aside)
-        except OSError:
-            shutil.copyfile(path, aside)
-        _fsync_dir(path)
-    except OSError as exc:
-        raise JournalError(f"cannot keep the damaged journal {path} as {aside}: {exc}") from None
-    return aside
-
-
-def _valid(rec: Any) -> bool:
-    """A record of a known kind and length with integer ids (anything else is skipped)."""
-    if type(rec) is not list or not rec:
-        return False
-    sizes = {ACCEPTED: (6,), FINISHED: (8, 9)}.get(rec[0], ())  # 8: written before payload digests were kept
-    return len(rec) in sizes and type(rec[1]) is int and type(rec[2]) is int
-
-
-def restore(sched: Scheduler, recovered: Recovered) -> None:
-    """Load replayed requests into a fresh scheduler."""
-    for rec in recovered.finished:
-        # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result[, payload_digest])
-        sched.restore_finished(*rec[1:])
-    for _kind, cid, rid, priority, route, payload in recovered.pending:
-        sched.restore_pending(cid, rid, priority, route, payload)
-
-
 def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
     """The records that describe the scheduler's remembered requests now."""
-    out: list[tuple[Any, ...]] = []
-    for req in sched.requests():
-        if req.status in (p.PROCESSED, p.FAILED):
-            out.append(
-                (
-                    FINISHED,
-                    req.client_id,
-                    req.request_id,
-                    req.priority,
-                    req.status,
-                    req.server_id,
-                    req.attempts,
-                    req.body,
-                    req.payload_digest,
-                )
-            )
-        else:
-            out.append((ACCEPTED, req.client_id, req.request_id, req.priority, req.route, req.body))
-    return out
+    return [record_of(req) for req in sched.requests()]
 
 
 class Journal:
     """An open journal file: the loop appends, a helper thread fsyncs.
 
-    A failed fsync cannot be retried safely (the kernel may have dropped the
-    dirty pages and reports the error once), so the helper thread records it
-    in `failure` and stops; the next append() or check() raises it and the
-    balancer stops rather than answer clients from a journal it cannot keep.
+    A failed write or fsync is kept in `failure` and raised by the next append() or check(); a
+    failed fsync cannot be retried safely (the kernel may have dropped the dirty pages and reports
+    the error once), so the helper thread stops. problem() also looks at the file itself, once per
+    tick: deleted, replaced, its directory gone or unwritable. After any of these the journal's
+    owner (balancer/journal_keeper.py) writes nothing more to it and, once it can, reopen()s it: a
+    fresh file with the whole state, as open() writes one.
     """
 
     def __init__(self, path: str, fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S) -> None:
@@ -185,23 +64,62 @@ class Journal:
         self.appended = 0
         self.bytes_written = 0
         self.compactions = 0
-        self.failure: JournalError | None = None  # set once by the fsync thread, read by the loop
+        self.failure: JournalError | None = None  # set by the fsync thread or a failed write, read by the loop
+        self.synced: jf.Mark | None = None  # what the last fsync covered, set by the fsync thread
         self._since_compact = 0
         self._fd = -1
+        # The current file: (inode, device), and the bytes and frames in it, for the synced mark.
+        self._ident = (0, 0)
+        self._size = self._frames = 0
         self.rewrite_fd = -1  # the new file of an incremental compaction (balancer/compaction.py)
-        self._dirty: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._rewrite_size = self._rewrite_frames = 0
+        # (inode, device, bytes, frames) of what was appended, for the fsync thread; None stops it.
+        self._dirty: queue.SimpleQueue[tuple[int, int, int, int] | None] = queue.SimpleQueue()
         self._syncer: threading.Thread | None = None
 
     def open(self, records: list[tuple[Any, ...]]) -> None:
         """Start the file afresh with `records` (the replayed state) and the fsync thread."""
         self._rewrite(records)
+        self._start_syncer()
+        self._dirty.put(self._sync_item())  # the new file's mark
+
+    def reopen(self, records: list[tuple[Any, ...]]) -> None:
+        """After a failure: a fresh file holding `records` (the state now); raises JournalError if not yet."""
+        self.abandon_rewrite()
+        self._rewrite(records)
+        self.failure = None
+        if self._syncer is None or not self._syncer.is_alive():  # it stops after a failed fsync
+            self._start_syncer()
+        self._dirty.put(self._sync_item())  # the new file's mark
+
+    def _start_syncer(self) -> None:
         self._syncer = threading.Thread(target=self._sync_loop, name="zlb-journal-fsync", daemon=True)
         self._syncer.start()
 
     def check(self) -> None:
-        """Raise the fsync thread's failure, if it had one (cheap: one attribute test)."""
+        """Raise the failure of a write or of the fsync thread, if there was one (cheap: one attribute test)."""
         if self.failure is not None:
             raise self.failure
+
+    def problem(self) -> str | None:
+        """Why the journal cannot be kept, or None: a failed write or fsync, or the file gone (a few syscalls)."""
+        if self.failure is not None:
+            return str(self.failure)
+        try:
+            held = os.fstat(self._fd)
+            if held.st_nlink == 0:
+                return f"journal {self.path} was deleted (the file or its directory) under the balancer"
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return f"journal {self.path} is gone: its directory was removed or renamed"
+        except OSError as exc:
+            return f"cannot stat journal {self.path}: {exc}"
+        if (named.st_ino, named.st_dev) != (held.st_ino, held.st_dev):
+            return f"journal {self.path} was replaced by another file"
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"the journal's directory {directory} is not writable: no compaction or restart could rewrite it"
+        return None
 
     def append(self, records: list[tuple[Any, ...]]) -> None:
         """Append one iteration's records with one write (the fsync follows within the interval)."""
@@ -217,10 +135,19 @@ class Journal:
             # so it cannot raise a second error over this one on the way out.
             self.failure = JournalError(f"cannot append to journal {self.path}: {exc}")
             raise self.failure from None
-        self.appended += len(records)
-        self.bytes_written += len(data)
-        self._since_compact += len(records)
-        self._dirty.put(True)
+        count, size = len(records), len(data)
+        self.appended += count
+        self.bytes_written += size
+        self._since_compact += count
+        self._size += size
+        self._frames += count
+        if self.rewrite_fd >= 0:
+            self._rewrite_size += size
+            self._rewrite_frames += count
+        self._dirty.put((*self._ident, self._size, self._frames))
+
+    def _sync_item(self) -> tuple[int, int, int, int]:
+        return (*self._ident, self._size, self._frames)
 
     def due_for_compaction(self, live_records: int) -> bool:
         """True when the file holds far more records than the state it describes."""
@@ -233,15 +160,19 @@ class Journal:
             self.rewrite_fd = os.open(f"{self.path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         except OSError as exc:
             raise JournalError(f"cannot write journal {self.path}: {exc}") from None
+        self._rewrite_size = self._rewrite_frames = 0
         self.write_rewrite([MAGIC])
         self._since_compact = 0  # appends from here on are in the new file too
 
     def write_rewrite(self, records: list[tuple[Any, ...]]) -> None:
         """One slice of the live state into the new file."""
+        data = jf.frame(p.encode_records(records))
         try:
-            _write_all(self.rewrite_fd, jf.frame(p.encode_records(records)))
+            _write_all(self.rewrite_fd, data)
         except OSError as exc:
             self.end_rewrite(exc)
+        self._rewrite_size += len(data)
+        self._rewrite_frames += len(records)
 
     def end_rewrite(self, failure: BaseException | None) -> None:
         """The new file is on disk (or failed): rename it over the journal, or remove it and raise."""
@@ -254,21 +185,31 @@ class Journal:
             os.dup2(fd, self._fd)  # same descriptor number for the fsync thread, now on the new file
             # Freeing a large replaced file's blocks takes the kernel 100+ ms at 1 GiB: let a thread wait.
             threading.Thread(target=os.close, args=(old,), name="zlb-journal-release", daemon=True).start()
-            _fsync_dir(self.path)
+            self._now_writing(self._rewrite_size, self._rewrite_frames)
+            fsync_dir(self.path)
         except OSError as exc:
             _remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
             raise JournalError(f"cannot write journal {self.path}: {exc}") from None
         finally:
             os.close(fd)
         self.compactions += 1
+        self._dirty.put(self._sync_item())  # the new file's mark, once the fsync thread covers its latest appends
+
+    def abandon_rewrite(self) -> None:
+        """Drop a compaction's half-written new file (the journal itself is whole, or failing anyway)."""
+        if self.rewrite_fd >= 0:
+            os.close(self.rewrite_fd)
+            self.rewrite_fd = -1
+            _remove_quietly(f"{self.path}.tmp")
 
     def _rewrite(self, records: list[tuple[Any, ...]]) -> None:
         """Write `records` to a new file, fsync it, rename it over the journal, fsync the directory."""
         tmp = f"{self.path}.tmp"
+        data = jf.frame(p.encode_records([MAGIC, *records]))
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
             try:
-                _write_all(fd, jf.frame(p.encode_records([MAGIC, *records])))
+                _write_all(fd, data)
                 os.fsync(fd)
                 os.replace(tmp, self.path)
                 if self._fd < 0:
@@ -278,24 +219,33 @@ class Journal:
                     os.dup2(fd, self._fd)
             finally:
                 os.close(fd)
-            _fsync_dir(self.path)
+            self._now_writing(len(data), 1 + len(records))
+            fsync_dir(self.path)
         except OSError as exc:
             _remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
             raise JournalError(f"cannot write journal {self.path}: {exc}") from None
         self._since_compact = 0
 
+    def _now_writing(self, size: int, frames: int) -> None:
+        """The descriptor now holds a new file of `size` bytes and `frames` frames."""
+        held = os.fstat(self._fd)
+        self._ident, self._size, self._frames = (held.st_ino, held.st_dev), size, frames
+
     def _sync_loop(self) -> None:
-        """Group commit: one fsync for everything appended since the last one."""
+        """Group commit: one fsync for everything appended since the last one; then note what it covered."""
         while True:
-            more = self._dirty.get()
+            items = [self._dirty.get()]
             while not self._dirty.empty():
-                more = self._dirty.get_nowait() and more
+                items.append(self._dirty.get_nowait())
             try:
                 os.fsync(self._fd)
             except OSError as exc:
                 self.failure = JournalError(f"cannot fsync journal {self.path}: {exc}")
                 return
-            if not more:
+            covered = [item for item in items if item is not None]
+            if covered:
+                self.synced = jf.Mark(*covered[-1])
+            if None in items:
                 return
             time.sleep(self.fsync_interval_s)  # wait-ok: the group-commit window, not a synchronisation
 
@@ -303,16 +253,14 @@ class Journal:
         """Flush everything to disk and close the file; raise if that failed."""
         if self._fd < 0:
             return
-        if self.rewrite_fd >= 0:  # a compaction under way: the journal itself is whole, drop the copy
-            os.close(self.rewrite_fd)
-            self.rewrite_fd = -1
-            _remove_quietly(f"{self.path}.tmp")
+        self.abandon_rewrite()  # a compaction under way: the journal itself is whole, drop the copy
         if self._syncer is not None:
-            self._dirty.put(False)
+            self._dirty.put(None)
             self._syncer.join(5)
         try:
             if self.failure is None:
                 os.fsync(self._fd)
+                self.synced = jf.Mark(*self._sync_item())
         except OSError as exc:
             raise JournalError(f"cannot fsync journal {self.path}: {exc}") from None
         finally:
@@ -328,15 +276,6 @@ def _write_all(fd: int, data: bytes) -> None:
         if written <= 0:
             raise OSError(f"write returned {written} with {len(view)} bytes left")
         view = view[written:]
-
-
-def _fsync_dir(path: str) -> None:
-    # A rename or a new link must itself reach the disk, or a power loss could undo it.
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _remove_quietly(path: str) -> None:

@@ -10,7 +10,8 @@ scheduler recorded, as one message per topic. Payloads pass through as opaque
 frames.
 
 With --journal, the iteration's accepted and finished records are appended
-with one write before its results are sent (balancer/journal.py). SIGTERM
+with one write before its results are sent, and no result is sent while the
+journal cannot be written (balancer/journal_keeper.py). SIGTERM
 stops accepting, tells clients, lets in-flight work finish for up to
 grace_s, tells nodes, flushes the journal and exits.
 """
@@ -27,14 +28,13 @@ from typing import Any
 import zmq
 
 from balancer import control
-from balancer import journal as jr
 from balancer.budget import hwm_for
 from balancer.clients import ClientSide
-from balancer.compaction import Compaction
 from balancer.config import BalancerConfig
 from balancer.control_side import ControlSide
 from balancer.eventlog import EventLog
 from balancer.incidents import Incidents
+from balancer.journal_keeper import JournalKeeper
 from balancer.node_side import NodeSide
 from balancer.scheduler import Scheduler
 from wire import events as ev
@@ -113,39 +113,29 @@ class Balancer:
         self._ctx = context or zmq.Context.instance()
         self._stopping = False
         self._stop_deadline: float | None = None
-        self.journal: jr.Journal | None = None
-        self._compaction: Compaction | None = None
+        self.journal: JournalKeeper | None = None
         self.curve: CurveServer | None = None
         if config.journal is not None:
-            self._open_journal(config.journal)
-        if config.curve_secret is not None:
-            self.curve = CurveServer.start(
-                self._ctx, config.curve_secret, config.allow_dir or "", config.admin_allow_dir
-            )
+            # Locked first: a second balancer on this journal stops here, before it binds or reads anything.
+            try:
+                self.journal = JournalKeeper(
+                    config.journal, self.sched, self.incidents.counters, config.endpoints, config.keep_finished
+                )
+            except BaseException:
+                self.eventlog.close()
+                raise
+            self.state.journal = self.journal.view
         try:
+            if config.curve_secret is not None:
+                self.curve = CurveServer.start(
+                    self._ctx, config.curve_secret, config.allow_dir or "", config.admin_allow_dir
+                )
             self._open_sockets()
         except BaseException:
             self._close_security()
+            if self.journal is not None:
+                self.journal.close()
             raise
-
-    def _open_journal(self, path: str) -> None:
-        """Replay the journal into the scheduler, then start it afresh with that state."""
-        recovered = jr.recover(path, self.config.keep_finished)  # keeps a damaged file aside first
-        jr.restore(self.sched, recovered)
-        self.journal = jr.Journal(path)
-        self.journal.open(jr.snapshot(self.sched))
-        counters = self.incidents.counters
-        counters["journal_restored_pending"] = len(recovered.pending)
-        counters["journal_restored_finished"] = len(recovered.finished)
-        counters["journal_records_lost"] = recovered.records_lost
-        counters["journal_bytes_skipped"] = recovered.bytes_skipped
-        events = self.sched.events
-        if recovered.damaged:
-            lost, skipped = recovered.records_lost, recovered.bytes_skipped
-            events.append((ev.SYSTEM_JOURNAL_DAMAGED, path, lost, skipped, recovered.kept_as))
-        if recovered.records:
-            restored = (len(recovered.pending), len(recovered.finished), recovered.torn_bytes)
-            events.append((ev.SYSTEM_JOURNAL_RESTORED, path, *restored))
 
     # ---- sockets --------------------------------------------------------
 
@@ -209,10 +199,12 @@ class Balancer:
         for sock in (self.frontend, self.backend, self.control_sock, self.events_sock):
             sock.close(linger=0)
         self.control_side.close()
-        if self.journal is not None:
-            self.journal.close()
-        self.eventlog.close()
-        self._close_security()
+        try:
+            if self.journal is not None:
+                self.journal.close()  # raises if it was failing: the exit says so
+        finally:
+            self.eventlog.close()
+            self._close_security()
 
     def _close_security(self) -> None:
         if self.curve is not None:
@@ -237,11 +229,12 @@ class Balancer:
         control = self.control_side
         control_fd = control.fd
         times = self.times
+        journal = self.journal
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
             control_waiting = control.waiting
-            busy = self._compaction or control_waiting
+            busy = (journal is not None and journal.compaction) or control_waiting
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
             woke = time.monotonic()
@@ -302,30 +295,23 @@ class Balancer:
         counters = self.incidents.counters
         counters["log_lines_dropped"] = self.eventlog.dropped_lines
         if self.journal is not None:
-            self.journal.check()  # a failed fsync stops the balancer (run_balancer says why)
-            counters["journal_records"] = self.journal.appended
-            counters["journal_bytes"] = self.journal.bytes_written
-            counters["journal_compactions"] = self.journal.compactions
+            self.journal.tick(now)  # a file gone or failing turns it failing: new work refused, results held
 
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
         out = self.sched.outbox
         if not self._stopping:  # a stopping balancer starts no new work
             self.node_side.dispatch()
-        if out.journal:
-            self._append_journal()
-        if self._compaction is not None and self._compaction.step():
-            self._compaction = None
+        journal = self.journal
+        if journal is not None:
+            if out.journal:
+                journal.append()  # one write for the iteration's records, before any of its results leave
+            if journal.compaction is not None:
+                journal.step()
+            if not journal.healthy:
+                return  # results wait until their records can be written
         if out.replies or out.replays or self.client_side.held:
             self.client_side.flush()
-
-    def _append_journal(self) -> None:
-        """One write for the iteration's records, before any of its results leave."""
-        sched = self.sched
-        self.journal.append(sched.outbox.take_journal())
-        live = sched.remembered_finished + sched.waiting + sched.in_flight()
-        if self._compaction is None and self.journal.due_for_compaction(live):
-            self._compaction = Compaction(self.journal, sched)  # a slice per iteration (balancer/compaction.py)
 
     def publish_pending(self) -> None:
         """Publish and log the events not yet published (also on the way out after a failure)."""
@@ -366,10 +352,5 @@ def run_balancer(config: BalancerConfig) -> None:
     signal.signal(signal.SIGINT, balancer.stop)
     try:
         balancer.run()
-    except jr.JournalError as exc:
-        # Durability is the journal's promise: stop rather than answer from state it cannot keep.
-        balancer.sched.events.append((ev.SYSTEM_JOURNAL_FAILED, config.journal, str(exc)))
-        balancer.publish_pending()
-        raise
     finally:
         balancer.close()

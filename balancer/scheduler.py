@@ -74,6 +74,9 @@ class Scheduler:
         self._queue = WaitingQueue()
         self.budget = MemoryBudget(max_memory_bytes)
         self.last_refusal = ""  # why the last submit was refused for the budget
+        # Set while no new request may be taken, however much room there is (a journal that cannot be
+        # written, balancer/journal_keeper.py): the reason, starting with REASON_BUSY, so clients re-send.
+        self.refusing = ""
         # Requests lost in transit, and how often: rare, so a dict beside them, not a field in each.
         self._transit_losses: dict[Request, int] = {}
         self.kept = KeptResults(keep_finished, keep_finished_bytes, self.budget, self.sessions)
@@ -121,6 +124,10 @@ class Scheduler:
         req = session.get(request_id)
         if req is not None:
             return resubmitted(req, route, body, self.counters, self.outbox)
+        if self.refusing:
+            self.last_refusal = self.refusing
+            self.counters["busy"] += 1
+            return Submitted.BUSY
         if self.max_queue is not None and self._queue.count >= self.max_queue:
             self.counters["rejected"] += 1
             self.outbox.events.append((ev.REQUEST_REJECTED, client_id, request_id, self.queue_full_reason()))

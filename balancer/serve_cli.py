@@ -92,7 +92,8 @@ def prepare_log_file(path: str) -> None:
     "--journal",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Record accepted and finished requests here; a restart on the same file loses none.",
+    help="Record accepted and finished requests here; a restart on the same file loses none."
+    " One balancer per journal: PATH.lock beside it names the owner, and a second one exits.",
 )
 @path_option(
     "--curve-secret", "This balancer's secret key file (zlb keys generate); turns on CurveZMQ for every socket."

@@ -143,8 +143,23 @@ def families(status: dict[str, Any], servers: list[dict[str, Any]]) -> Iterator[
     yield _gauge("zlb_queue_depth_by_priority", "Waiting requests per priority.", by_priority)
     yield _gauge("zlb_in_flight", "Requests running on server nodes.", [({}, status["in_flight"])])
     yield from _server_families(servers)
+    yield from _journal_families(status)
     bad = [({"socket": k.split(".", 1)[0], "kind": k.split(".", 1)[-1]}, v) for k, v in status["bad_input"].items()]
     yield _counter("zlb_bad_input", "Bad messages dropped, by socket and kind.", sorted(bad, key=str))
+
+
+def _journal_families(status: dict[str, Any]) -> Iterator[Metric]:
+    """With --journal: whether it can be written now, and what its failures and the last start lost."""
+    journal = status.get("journal")
+    if not journal:
+        return
+    healthy = [({}, 1 if journal["healthy"] else 0)]
+    yield _gauge("zlb_journal_healthy", "0 while the journal cannot be written (new work refused as busy).", healthy)
+    counters = status.get("counters", {})
+    failures = [({}, counters.get("journal_failures", 0))]
+    yield _counter("zlb_journal_failures", "Times the journal turned unwritable since the balancer started.", failures)
+    lost = [({}, counters.get("journal_records_lost", 0))]
+    yield _gauge("zlb_journal_records_lost", "Journal records the last start could not read (damaged or cut).", lost)
 
 
 def _server_families(servers: list[dict[str, Any]]) -> Iterator[Metric]:

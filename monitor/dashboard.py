@@ -48,6 +48,10 @@ KIND_STYLE = {
     ev.NODE_DRAINING: "yellow",
     ev.NODE_DRAINED: "yellow",
     ev.SYSTEM_BAD_INPUT: "red",
+    ev.SYSTEM_JOURNAL_FAILED: "bold red",
+    ev.SYSTEM_JOURNAL_DAMAGED: "bold red",
+    ev.SYSTEM_JOURNAL_RECOVERED: "green",
+    ev.SYSTEM_LOG_DEGRADED: "bold red",
 }
 # A node row while the balancer does not answer: its last known state may be long out of date.
 UNKNOWN = "unknown"
@@ -200,6 +204,7 @@ def render(model: DashboardModel, now: float, width: int, height: int) -> Render
         top.append(Text(model.banner, "bold cyan", no_wrap=True, overflow="ellipsis"))
     if model.notice:
         top.append(Text(model.notice, "bold yellow" if model.connected else "bold red", no_wrap=True))
+    top.extend(Text(alert, "bold white on red", no_wrap=True, overflow="ellipsis") for alert in model.alerts())
     fixed = len(top) + 1 + 4 + 1  # table header, summary, log rule
     rows = max(1, min(len(model.nodes), height - fixed - MIN_LOG_LINES))
     table = node_table(model, now, rows)

@@ -184,6 +184,20 @@ class DashboardModel:
                 bins[seconds - 1 - age] += max(0, done1 - done0)
         return bins
 
+    def alerts(self) -> list[str]:
+        """Problems the balancer reports in its status while they last: a failing journal, a degraded log."""
+        out = []
+        journal = self.status.get("journal") or {}
+        if journal and not journal.get("healthy", True):
+            since = clock(journal["since"]) if journal.get("since") else "?"
+            out.append(
+                f"JOURNAL FAILING since {since}: {journal.get('reason')}; new requests refused (busy), results held"
+            )
+        log = self.status.get("log") or {}
+        if log.get("problem"):
+            out.append(f"LOG DEGRADED: {log.get('path')}: {log['problem']}; lines are dropped and counted")
+        return out
+
     def latency_percentiles(self, now: float) -> dict[str, float | None] | None:
         """p50/p90/p99 of submit-to-result seconds over the last WINDOW_S seconds, if any finished."""
         values = sorted(s for ts, s in self._latencies if now - ts <= WINDOW_S)

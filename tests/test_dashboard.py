@@ -212,3 +212,20 @@ def test_durations_and_sparklines_read_well():
     assert [duration(x) for x in (None, 0.25, 2.45, 185, 3723)] == ["-", "250 ms", "2.5 s", "3:05", "1:02:03"]
     assert sparkline([0, 1, 2, 4]) == "▁▂▄█"
     assert sparkline([0, 0]) == "▁▁"
+
+
+def test_a_failing_journal_and_a_degraded_log_are_shown_under_the_header_while_they_last():
+    """The balancer's own problems from its status stand out above the node table, and the screen still fits."""
+    model = DashboardModel("tcp://127.0.0.1:5558")
+    failing = snapshot()
+    failing["status"]["journal"] = {"path": "/var/zlb/j", "healthy": False, "since": NOW - 5, "reason": "it is gone"}
+    failing["status"]["log"] = {"path": "/dev/full", "problem": "No space left on device"}
+    model.apply_snapshot(failing, NOW)
+    lines = screen(model, 120, 24)
+    assert len(lines) <= 24
+    assert lines[1] == "JOURNAL FAILING since 22:13:15: it is gone; new requests refused (busy), results held"
+    assert lines[2] == "LOG DEGRADED: /dev/full: No space left on device; lines are dropped and counted"
+    healthy = snapshot()
+    healthy["status"]["journal"] = {"path": "/var/zlb/j", "healthy": True, "since": NOW - 5, "reason": None}
+    model.apply_snapshot(healthy, NOW + 1)
+    assert model.alerts() == [] and "JOURNAL" not in "\n".join(screen(model, 120, 24))

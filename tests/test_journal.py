@@ -270,7 +270,7 @@ def test_a_failed_fsync_is_raised_to_the_loop_not_swallowed(tmp_path: Path):
     journal.open([])
     fd = journal._fd
     os.close(fd)  # the descriptor goes bad under the fsync thread: a real EBADF from fsync
-    journal._dirty.put(True)
+    journal._dirty.put((0, 0, 0, 0))
     wait_until(lambda: journal.failure is not None, 5, "the fsync thread to report")
     with pytest.raises(jr.JournalError, match="cannot fsync journal"):
         journal.check()

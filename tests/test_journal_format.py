@@ -159,3 +159,37 @@ def test_any_flipped_byte_in_any_journal_costs_at_most_one_record(records, data)
     survivors = decoded(bytes(damaged))
     assert len(survivors) >= len(records) - 1
     assert all(r in records for r in survivors)
+
+
+def test_a_zeroed_block_is_estimated_from_the_average_frame_not_counted_as_one():
+    """4 KiB of zeros hold no marker; the frames they cost are estimated from the size of the frames read."""
+    records = [[1, 1, i, 5, b"route", b"payload %05d" % i] for i in range(400)]
+    data = bytearray(framed(records))
+    start = len(data) // 2
+    data[start : start + 4096] = bytes(4096)
+    found = jf.scan(bytes(data))
+    lost = len(records) - len(found.payloads)
+    assert lost > 50
+    assert abs(found.frames_lost - lost) <= 2
+
+
+def test_frames_within_count_the_good_frames_up_to_a_synced_mark():
+    """scan(upto=...) counts the good frames that end within the bytes a mark covers, and the losses after it."""
+    data, ends = framed(), [end for _start, end in spans()]
+    assert jf.scan(data, upto=ends[2]).frames_within == 3
+    assert jf.scan(data, upto=ends[2] - 1).frames_within == 2
+    assert jf.scan(data).frames_within == 0
+    start, _end = spans()[3]
+    found = jf.scan(flipped(data, start + 1), upto=ends[1])
+    assert (found.frames_within, found.frames_lost, found.lost_after) == (2, 1, 1)
+
+
+def test_the_synced_mark_reads_back_and_a_damaged_one_reads_as_none():
+    """The mark is one fixed-width line; any change to it is caught by its CRC, and no mark is None."""
+    mark = jf.Mark(ino=123456, dev=2049, bytes=987654321, records=4242)
+    line = jf.encode_mark(mark)
+    assert len(line) == jf.MARK_BYTES and line.endswith(b"\n")
+    assert jf.decode_mark(line + b'{"pid": 1}\n') == mark
+    assert jf.decode_mark(line.replace(b"4242", b"4243")) is None
+    assert jf.decode_mark(b" " * 127 + b"\n") is None
+    assert jf.decode_mark(b"") is None

@@ -172,3 +172,18 @@ def test_label_values_are_escaped():
     registry, _ = registry_with(STATUS, odd)
     got = samples(metrics.render(registry).decode())
     assert got[("zlb_node_state", (("server_id", "0"), ("state", 'a"b\\c\nd')))] == 1
+
+
+def test_a_failing_journal_shows_as_zlb_journal_healthy_0():
+    """With --journal the page says whether it can be written, how often it could not, and what a start lost."""
+    journal = {"path": "/j", "healthy": False, "since": 1.0, "reason": "gone", "retry_error": None, "lock": "/j.lock"}
+    counters = {"journal_failures": 2, "journal_records_lost": 199}
+    registry, _tracker = registry_with({**STATUS, "journal": journal, "counters": counters}, SERVERS)
+    got = samples(metrics.render(registry).decode())
+    assert got[("zlb_journal_healthy", ())] == 0
+    assert got[("zlb_journal_failures_total", ())] == 2
+    assert got[("zlb_journal_records_lost", ())] == 199
+    registry, _tracker = registry_with({**STATUS, "journal": {**journal, "healthy": True}}, SERVERS)
+    assert samples(metrics.render(registry).decode())[("zlb_journal_healthy", ())] == 1
+    registry, _tracker = registry_with(STATUS, SERVERS)  # no journal: no journal families
+    assert not [key for key in samples(metrics.render(registry).decode()) if key[0].startswith("zlb_journal")]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from tests.harness import LiveBalancer, ProcessGroup, wait_until
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
 from tests.test_http_gateway import LiveGateway, start_gateway
+from tests.test_metrics import live_samples
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -104,3 +106,28 @@ def test_dashboard_buttons_use_the_pasted_token(balancer: LiveBalancer, procs: P
     browser.find_element(By.CSS_SELECTOR, down).click()
     wait_until(lambda: row_states(browser) == {"0": "down"}, 10, "server 0 shown down")
     assert balancer.servers()[0]["state"] == "down"
+
+
+@pytest.mark.timeout(90)
+def test_a_failing_journal_shows_on_the_page_and_in_metrics_until_it_recovers(
+    procs: ProcessGroup, endpoints: Endpoints, tmp_path: Path, browser: webdriver.Chrome
+):
+    """The journal's directory removed under the balancer: the page shows an alert and /metrics says 0; back: gone."""
+    folder = tmp_path / "journal-dir"
+    folder.mkdir()
+    start_balancer(procs, endpoints, 100, "--journal", str(folder / "zlb.journal"))
+    gateway = start_gateway(procs)
+    browser.get(gateway.url + "/")
+    wait_until(lambda: browser.find_element(By.ID, "conn").text == "live", 20, "the event stream to be live")
+    alerts = browser.find_element(By.ID, "alerts")
+    assert not alerts.is_displayed()
+    assert live_samples(gateway.call)[("zlb_journal_healthy", ())] == 1
+
+    shutil.rmtree(folder)
+    wait_until(lambda: alerts.is_displayed() and "Journal failing since" in alerts.text, 10, "the alert on the page")
+    assert "was deleted" in alerts.text
+    assert live_samples(gateway.call)[("zlb_journal_healthy", ())] == 0
+    folder.mkdir()
+    wait_until(lambda: not alerts.is_displayed(), 20, "the alert gone once the journal is written again")
+    assert live_samples(gateway.call)[("zlb_journal_healthy", ())] == 1
+    assert "is written again" in browser.find_element(By.ID, "log").text

@@ -43,6 +43,7 @@ SYSTEM_CLIENT_REFUSED = "system.client_refused"
 STATS = "stats.tick"
 SYSTEM_JOURNAL_DAMAGED = "system.journal_damaged"
 SYSTEM_JOURNAL_FAILED = "system.journal_failed"
+SYSTEM_JOURNAL_RECOVERED = "system.journal_recovered"
 SYSTEM_LOG_DEGRADED = "system.log_degraded"
 SYSTEM_LOG_RESUMED = "system.log_resumed"
 SYSTEM_BUSY = "system.busy"
@@ -74,8 +75,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
     SYSTEM_STOPPING: ("in_flight", "waiting"),
     SYSTEM_CLIENT_REFUSED: ("client_id", "reason"),
     STATS: ("queue_depth", "in_flight", "servers_active", "submitted", "processed", "failed", "requeued"),
-    SYSTEM_JOURNAL_DAMAGED: ("path", "records_lost", "bytes_skipped", "kept_as"),
+    SYSTEM_JOURNAL_DAMAGED: ("path", "records_lost", "bytes_skipped", "bytes_missing", "kept_as"),
     SYSTEM_JOURNAL_FAILED: ("path", "error"),
+    SYSTEM_JOURNAL_RECOVERED: ("path", "failing_s", "requests"),
     SYSTEM_LOG_DEGRADED: ("path", "error"),
     SYSTEM_LOG_RESUMED: ("path", "lines_dropped"),
     SYSTEM_BUSY: ("client_id", "reason"),
@@ -134,9 +136,16 @@ _TEMPLATES: dict[str, Any] = {
     SYSTEM_STOPPING: lambda a: f"Balancer stopping: {a[0]} in flight finish first, {a[1]} waiting stay queued",
     STATS: lambda a: f"{a[0]} waiting, {a[1]} in flight, {a[2]} servers active, {a[4]} processed",
     SYSTEM_JOURNAL_DAMAGED: lambda a: (
-        f"Journal {a[0]} was damaged: {a[1]} records lost, {a[2]} bytes skipped; the damaged file is kept as {a[3]}"
+        f"Journal {a[0]} was damaged: {a[1]} records lost, {a[2]} bytes skipped"
+        + (f", {a[3]} bytes cut off its end" if a[3] else "")
+        + f"; the damaged file is kept as {a[4]}"
     ),
-    SYSTEM_JOURNAL_FAILED: lambda a: f"Journal {a[0]} failed, balancer stopping: {a[1]}",
+    SYSTEM_JOURNAL_FAILED: lambda a: (
+        f"Journal {a[0]} cannot be written: {a[1]}; new requests are refused (busy) and results held until it can"
+    ),
+    SYSTEM_JOURNAL_RECOVERED: lambda a: (
+        f"Journal {a[0]} is written again after {a[1]} s: a fresh snapshot of {a[2]} requests; requests accepted again"
+    ),
     SYSTEM_LOG_DEGRADED: lambda a: f"Log file {a[0]} cannot be written ({a[1]}); lines are dropped and counted",
     SYSTEM_LOG_RESUMED: lambda a: f"Log file {a[0]} is written again; {a[1]} lines were dropped",
     SYSTEM_BUSY: lambda a: f"Submit of Client {a[0]} refused for now: {a[1]}",

@@ -128,11 +128,21 @@ def _pairs(mapping: dict[str, Any], empty: str = "none") -> str:
     return "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in mapping.items()) or empty
 
 
-def _counter_rows(counters: dict[str, Any]) -> list[tuple[str, str]]:
-    """The journal's figures (records lost to damage among them) and every other balancer counter."""
-    journal = {k.removeprefix("journal_"): v for k, v in counters.items() if k.startswith("journal_")}
+def _counter_rows(counters: dict[str, Any], journal: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The journal's health and figures (records lost to damage among them) and every other balancer counter."""
+    figures = {k.removeprefix("journal_"): v for k, v in counters.items() if k.startswith("journal_")}
     others = {k: v for k, v in counters.items() if not k.startswith("journal_")}
-    return [(name, _pairs(pairs)) for name, pairs in (("Journal", journal), ("Counters", others)) if pairs]
+    rows = [("Journal", f"{_journal_health(journal)}  {_pairs(figures)}")] if journal else []
+    if others:
+        rows.append(("Counters", _pairs(others)))
+    return rows
+
+
+def _journal_health(journal: dict[str, Any]) -> str:
+    since = time.strftime("%H:%M:%S", time.localtime(journal.get("since") or 0))
+    if journal.get("healthy"):
+        return f"{journal['path']}  ok since {since}"
+    return f"{journal['path']}  FAILING since {since}: {journal.get('reason')}; new requests refused (busy)"
 
 
 def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -157,7 +167,7 @@ def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
             f"(over {rates.get('window_s', 0):g} s)",
         ),
         ("Bad input", _pairs(result.get("bad_input", {}))),
-        *_counter_rows(result.get("counters", {})),
+        *_counter_rows(result.get("counters", {}), result.get("journal")),
         ("Log", _log_line(result.get("log", {}))),
         (
             "Retention",

@@ -77,6 +77,7 @@ function renderState(state) {
   const active = servers.filter((s) => s.active).length;
   text($("#servers-summary"), `${active}/${servers.length} active`);
   const status = state.status;
+  renderAlerts(status);
   text($("#queue"), `${status.queue_depth} waiting, ${status.in_flight} in flight`);
   const prios = Object.entries(status.queue_by_priority || {}).map(([p, n]) => `p${p}: ${n}`);
   text($("#queue-by-priority"), prios.length ? prios.join("  ") : "nothing waiting");
@@ -86,6 +87,21 @@ function renderState(state) {
   text($("#totals"), `submitted ${r.submitted ?? 0}, processed ${r.processed ?? 0}, failed ${r.failed ?? 0}, re-queued ${r.requeued ?? 0}`);
   const lat = state.latency || {};
   text($("#latency"), lat.count ? `p50 ${fmtSeconds(lat.p50)}  p90 ${fmtSeconds(lat.p90)}` : "-");
+}
+
+// Problems the balancer reports while they last (a failing journal, a degraded log), above everything else.
+function renderAlerts(status) {
+  const alerts = [];
+  const journal = status.journal;
+  if (journal && !journal.healthy) {
+    const since = new Date(journal.since * 1000).toLocaleTimeString();
+    alerts.push(`Journal failing since ${since}: ${journal.reason}; new requests refused (busy), results held`);
+  }
+  const log = status.log || {};
+  if (log.problem) alerts.push(`Log degraded: ${log.path}: ${log.problem}; lines are dropped and counted`);
+  const box = $("#alerts");
+  box.replaceChildren(...alerts.map((line) => { const item = document.createElement("li"); text(item, line); return item; }));
+  box.hidden = alerts.length === 0;
 }
 
 function appendLog(lines) {

@@ -58,3 +58,11 @@ def stuck(work: handlers.Work) -> bytes:
     """Hang for a minute, as a handler waiting on a dead dependency would."""
     time.sleep(60)  # wait-ok: the point of this handler is to not return in time
     return b"too late"
+
+
+def gated(work: handlers.Work) -> bytes:
+    """Return the payload once the file $ZLB_TEST_GATE exists (at most a minute): work a test lets finish."""
+    gate, deadline = os.environ["ZLB_TEST_GATE"], time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)  # wait-ok: the handler's own wait for the test's signal, deadline-bounded
+    return bytes(work.payload)

@@ -13,29 +13,42 @@ from pathlib import Path
 import pytest
 
 from balancer import journal as jr
+from balancer import journal_format as jf
+from balancer.records import ACCEPTED
 from client_node.client import Client, json_payload
 from tests.harness import Endpoints, LiveBalancer, Proc, ProcessGroup, start_balancer, wait_until
 from wire import control_client
+from wire import protocol as p
 
 pytestmark = pytest.mark.timeout(90)
 WAITING = 30
 CLIENT_ID = 9
 
 
-def balancer_with_waiting_requests(procs: ProcessGroup, endpoints: Endpoints, journal: Path) -> LiveBalancer:
-    """A journaled balancer with no nodes, so WAITING submitted requests all wait, then kill -9 of it."""
+def balancer_with_waiting_requests(
+    procs: ProcessGroup, endpoints: Endpoints, journal: Path, count: int = WAITING
+) -> LiveBalancer:
+    """A journaled balancer with no nodes, so `count` submitted requests all wait, then kill -9 of it."""
     balancer = start_balancer(procs, endpoints, 100, "--journal", str(journal))
     # No retries: a re-send after the restart would hide what the journal lost.
     with Client(endpoints.frontend, client_id=CLIENT_ID, retry_s=None) as client:
-        for rid in range(1, WAITING + 1):
+        for rid in range(1, count + 1):
             client.submit(json_payload(0, rid), request_id=rid)
-        wait_until(lambda: len(waiting(balancer)) == WAITING, 10, f"{WAITING} requests waiting")
+        wait_until(lambda: len(waiting(balancer)) == count, 10, f"{count} requests waiting")
     # The control view is not the journal: the loop answers a control call in the same iteration that
     # accepted a SUBMIT, before it appends that iteration's records, so `waiting` can already count a
-    # request whose record is not in the file yet. kill -9 only after the file holds all WAITING.
-    wait_until(lambda: len(jr.replay(str(journal), 0).pending) == WAITING, 10, f"{WAITING} records in the journal")
+    # request whose record is not in the file yet. kill -9 only once the file holds all of them, fsynced
+    # and noted in the synced mark (the magic record and one per request), as after any quiet moment.
+    wait_until(lambda: synced_frames(journal) == count + 1, 10, f"{count} records synced")
     procs.kill9(balancer.proc)
     return balancer
+
+
+def synced_frames(journal: Path) -> int:
+    """Frames of the journal file as it is now that its synced mark says the last fsync covered."""
+    mark = jr.read_mark(str(journal))
+    here = journal.stat() if journal.exists() else None
+    return mark.records if mark and here and (mark.ino, mark.dev) == (here.st_ino, here.st_dev) else 0
 
 
 def waiting(balancer: LiveBalancer) -> list[int]:
@@ -90,21 +103,50 @@ def test_one_flipped_byte_mid_journal_costs_one_request_and_is_reported(
 
 
 def test_a_torn_tail_is_cut_without_alarm(procs: ProcessGroup, endpoints: Endpoints, tmp_path: Path):
-    """A crash mid-write (an incomplete last frame) loses that record only; it is not damage and nothing is kept."""
+    """A crash mid-write (an incomplete last frame, after the synced mark) costs that record only; no alarm."""
     journal = tmp_path / "zlb.journal"
     balancer_with_waiting_requests(procs, endpoints, journal)
-    whole = journal.read_bytes()
-    journal.write_bytes(whole[:-7])
+    one_more = jf.frame(p.encode_records([(ACCEPTED, CLIENT_ID, WAITING + 1, 5, b"route", b"cut short")]))
+    with open(journal, "ab") as fh:
+        fh.write(one_more[:-7])  # a write the crash cut short: never fsynced, so beyond the mark
 
     balancer = start_balancer(procs, endpoints, 100, "--journal", str(journal))
 
-    assert waiting(balancer) == list(range(1, WAITING))
+    assert waiting(balancer) == list(range(1, WAITING + 1))
     counters = balancer.call("status")["counters"]
     assert (counters["journal_records_lost"], counters["journal_bytes_skipped"]) == (0, 0)
     restored = [e for e in balancer.call("logs", format="events") if e["kind"] == "system.journal_restored"]
-    assert [(e["pending"], e["torn_bytes"] > 0) for e in restored] == [(WAITING - 1, True)]
+    assert [(e["pending"], e["torn_bytes"]) for e in restored] == [(WAITING, len(one_more) - 7)]
     assert not any(e["kind"] == "system.journal_damaged" for e in balancer.call("logs", format="events"))
     assert list(tmp_path.glob("zlb.journal.damaged-*")) == []
+
+
+def test_a_journal_cut_to_half_its_size_reports_the_records_it_lost(
+    procs: ProcessGroup, endpoints: Endpoints, tmp_path: Path
+):
+    """Issue 20: 400 waiting, the journal cut to half its size: the restart says how many records were lost."""
+    journal = tmp_path / "zlb.journal"
+    balancer_with_waiting_requests(procs, endpoints, journal, 400)
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[: len(whole) // 2])
+
+    balancer = start_balancer(procs, endpoints, 100, "--journal", str(journal))
+
+    restored = waiting(balancer)
+    assert 150 < len(restored) < 250 and restored == list(range(1, len(restored) + 1))
+    counters = status_json(procs)["counters"]
+    print(f"restored {len(restored)} of 400; status says {counters['journal_records_lost']} records lost")
+    assert counters["journal_records_lost"] == 400 - len(restored)
+    assert counters["journal_bytes_missing"] == len(whole) - len(whole) // 2
+    line = wait_until(
+        lambda: next((ln for ln in log_text(procs).splitlines() if "system.journal_damaged" in ln), None),
+        10,
+        "the loss in the log file",
+    )
+    assert " ERROR " in line and f"{400 - len(restored)} records lost" in line and "bytes cut off its end" in line
+    plain = procs.run("status").stdout
+    assert f"records lost {400 - len(restored)}" in plain
+    assert [k.read_bytes() for k in tmp_path.glob("zlb.journal.damaged-*")] == [whole[: len(whole) // 2]]
 
 
 def start_limited_balancer(procs: ProcessGroup, journal: Path, max_file_bytes: int) -> Proc:
@@ -125,10 +167,11 @@ def start_limited_balancer(procs: ProcessGroup, journal: Path, max_file_bytes: i
     return proc
 
 
-def test_a_journal_that_cannot_be_written_stops_the_balancer_with_a_clear_message(
+def test_a_journal_that_cannot_be_written_refuses_new_work_and_says_so(
     procs: ProcessGroup, endpoints: Endpoints, tmp_path: Path
 ):
-    """A full journal disk stops the balancer (exit 1, one line saying why); a restart keeps what was written."""
+    """A full journal disk: the balancer serves on, refusing new work as busy, and says so (status, ERROR once);
+    its stop says so too (exit 1, one line); a restart keeps everything written before."""
     journal = tmp_path / "zlb.journal"
     proc = start_limited_balancer(procs, journal, 64 * 1024)
     live = LiveBalancer(endpoints, procs, proc, 100)
@@ -136,12 +179,25 @@ def test_a_journal_that_cannot_be_written_stops_the_balancer_with_a_clear_messag
     with Client(endpoints.frontend, client_id=CLIENT_ID, retry_s=None) as client:
         for rid in range(1, 101):  # 2 KiB each: the journal passes 64 KiB about a third of the way
             client.submit(json_payload(0, "x" * 2048), request_id=rid)
-        wait_until(lambda: proc.popen.poll() is not None, 20, "the balancer to stop")
-    assert proc.popen.returncode == 1
-    assert "cannot append to journal" in proc.stderr() and "File too large" in proc.stderr()
+        wait_until(lambda: not live.call("status")["journal"]["healthy"], 20, "the journal to fail")
+        late = client.submit(json_payload(0, "late"), request_id=101).result(timeout=10)
+    assert late.status == "rejected" and late.body.startswith(b"busy: the balancer's journal cannot be written")
+    state = live.call("status")["journal"]
+    assert "cannot append to journal" in state["reason"] and "File too large" in state["reason"]
+    wait_until(lambda: live.call("status")["journal"]["retry_error"], 10, "a recovery to be tried")
+    assert "File too large" in live.call("status")["journal"]["retry_error"]  # its snapshot is larger still
+    failed = wait_until(
+        lambda: [ln for ln in (tmp_path / "limited.log").read_text().splitlines() if "system.journal_failed" in ln],
+        10,
+        "the failure in the log file",
+    )
+    assert len(failed) == 1 and " ERROR " in failed[0] and "new requests are refused (busy)" in failed[0]
+
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 1
+    errors = [ln for ln in proc.stderr().splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "could not be written when the balancer stopped" in errors[0]
     assert "Traceback" not in proc.stderr()
-    failed = [ln for ln in (tmp_path / "limited.log").read_text().splitlines() if "system.journal_failed" in ln]
-    assert len(failed) == 1 and " ERROR " in failed[0] and "balancer stopping" in failed[0]
 
     balancer = start_balancer(procs, endpoints, 100, "--journal", str(journal))
     restored = waiting(balancer)

@@ -1,0 +1,167 @@
+"""Reading a journal at start: replay it, keep a damaged file aside, restore the scheduler from it.
+
+On start the file is replayed: the last record per (client_id, request_id)
+wins; unfinished requests are queued again and the newest `keep_finished`
+finished ones are remembered, so resubmissions get their one result. Each
+record sits in a checked frame (balancer/journal_format.py), so a damaged
+record costs that record only; recover() keeps a damaged file aside before the
+rewrite, and the counts of what was lost travel in Recovered to the loop. What
+was lost is counted against the synced mark the previous owner left in the
+lock file (balancer/journal_lock.py) when it describes this very file: a cut
+or damage within the bytes the last fsync covered is counted exactly, never as
+"lost 0".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from balancer import journal_format as jf
+from balancer.journal_format import MAGIC, JournalError, fsync_dir
+from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
+from wire import protocol as p
+
+_MAGIC_DECODED = list(MAGIC)  # as msgpack gives it back
+
+
+@dataclass
+class Recovered:
+    """What a replay found."""
+
+    pending: list[list[Any]] = field(default_factory=list)  # ACCEPTED records, oldest first
+    finished: list[list[Any]] = field(default_factory=list)  # FINISHED records, oldest first
+    records: int = 0
+    torn_bytes: int = 0  # an incomplete tail cut off (a crash mid-write)
+    records_lost: int = 0  # damaged or missing frames (exact against a synced mark, else an estimate),
+    # plus good frames that held no valid record
+    bytes_skipped: int = 0  # damaged bytes skipped
+    bytes_missing: int = 0  # the file ends this much short of its synced mark: it was cut
+    kept_as: str = ""  # where the damaged file was kept, by recover()
+
+    @property
+    def damaged(self) -> bool:
+        return self.records_lost > 0 or self.bytes_skipped > 0 or self.bytes_missing > 0
+
+
+def replay(path: str, keep_finished: int) -> Recovered:
+    """Read a journal file (missing is empty) into the requests it describes; never writes.
+
+    With a synced mark beside it (journal_format.py) for this very file, what the mark counts and the
+    scan did not find is lost, exactly, and a file shorter than its mark was cut; else losses are estimated.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+            held = os.fstat(fh.fileno())
+    except FileNotFoundError:
+        return Recovered()
+    except OSError as exc:
+        raise JournalError(f"cannot read journal {path}: {exc}") from None
+    mark = read_mark(path)
+    if mark is not None and (mark.ino, mark.dev) != (held.st_ino, held.st_dev):
+        mark = None  # the mark of another file (an earlier one, or this one is a copy)
+    found = jf.scan(data, mark.bytes if mark else -1)
+    records = p.decode_records(found.payloads)
+    _check_is_journal(path, data, found, records)
+    latest: dict[tuple[int, int], list[Any]] = {}
+    invalid = 0
+    for rec in records:
+        if _valid(rec):
+            key = (rec[1], rec[2])
+            latest.pop(key, None)  # re-inserting keeps dict order = order of last record
+            latest[key] = rec
+        elif rec != _MAGIC_DECODED:
+            invalid += 1
+    out = Recovered(records=len(records), torn_bytes=found.torn_bytes)
+    out.records_lost, out.bytes_skipped = found.frames_lost + invalid, found.skipped_bytes
+    if mark is not None:
+        _apply_mark(out, found, mark, len(data), invalid)
+    for rec in latest.values():
+        (out.pending if rec[0] == ACCEPTED else out.finished).append(rec)
+    out.finished = out.finished[-keep_finished:] if keep_finished > 0 else []
+    return out
+
+
+def _apply_mark(out: Recovered, found: jf.Scan, mark: jf.Mark, size: int, invalid: int) -> None:
+    """Losses counted against the mark: exact within the synced bytes, estimated beyond them."""
+    missing_frames = max(0, mark.records - found.frames_within)
+    out.records_lost = missing_frames + found.lost_after + invalid
+    if size < mark.bytes:  # cut short: what looked like a torn write lies within synced bytes
+        out.bytes_missing = mark.bytes - size
+        out.bytes_skipped += out.torn_bytes
+        out.torn_bytes = 0
+        out.records_lost = max(out.records_lost, 1)
+
+
+def read_mark(path: str) -> jf.Mark | None:
+    """The synced mark kept in the journal's lock file (balancer/journal_lock.py), if there is one."""
+    try:
+        with open(lock_path(path), "rb") as fh:
+            return jf.decode_mark(fh.read(jf.MARK_BYTES))
+    except OSError:
+        return None
+
+
+def lock_path(path: str) -> str:
+    """The lock file beside a journal: one owner per journal, and the synced mark."""
+    return f"{path}.lock"
+
+
+def _check_is_journal(path: str, data: bytes, found: jf.Scan, records: list[Any]) -> None:
+    """Refuse a file that is not ours, so it is never rewritten; a damaged first frame is still ours."""
+    if not data:
+        return
+    starts_well = bool(records) and records[0] == _MAGIC_DECODED
+    if starts_well or (records and found.skipped and found.skipped[0][0] == 0):
+        return
+    if data.startswith(p.encode_records([(0, "zlb-journal", 1)])[0]):
+        raise JournalError(f"{path} is a zlb journal of the unframed format 1; move it aside to start afresh")
+    raise JournalError(f"{path} is not a zlb journal")
+
+
+def recover(path: str, keep_finished: int) -> Recovered:
+    """replay(), and when the file is damaged keep it as `<path>.damaged-<UTC time>` before it is rewritten."""
+    out = replay(path, keep_finished)
+    if out.damaged:
+        out.kept_as = keep_aside(path)
+    return out
+
+
+def keep_aside(path: str) -> str:
+    """A second name for the file as it is now (a hard link, or a copy where links fail)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{path}.damaged-{stamp}"
+    suffix = 1
+    while os.path.exists(aside):
+        aside, suffix = f"{path}.damaged-{stamp}-{suffix}", suffix + 1
+    try:
+        # A link, not a rename: until the rewrite replaces it, the journal must stay where it is.
+        try:
+            os.link(path, aside)
+        except OSError:
+            shutil.copyfile(path, aside)
+        fsync_dir(path)
+    except OSError as exc:
+        raise JournalError(f"cannot keep the damaged journal {path} as {aside}: {exc}") from None
+    return aside
+
+
+def _valid(rec: Any) -> bool:
+    """A record of a known kind and length with integer ids (anything else is skipped)."""
+    if type(rec) is not list or not rec:
+        return False
+    sizes = {ACCEPTED: (6,), FINISHED: (8, 9)}.get(rec[0], ())  # 8: written before payload digests were kept
+    return len(rec) in sizes and type(rec[1]) is int and type(rec[2]) is int
+
+
+def restore(sched: Scheduler, recovered: Recovered) -> None:
+    """Load replayed requests into a fresh scheduler."""
+    for rec in recovered.finished:
+        # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result[, payload_digest])
+        sched.restore_finished(*rec[1:])
+    for _kind, cid, rid, priority, route, payload in recovered.pending:
+        sched.restore_pending(cid, rid, priority, route, payload)
