@@ -16,21 +16,32 @@ from typing import Any
 
 from balancer import index, records
 from balancer.budget import MemoryBudget
-from balancer.kept import KeptResults, resubmitted
+from balancer.earlier import PAGE_BITS
+from balancer.kept import (
+    DEFAULT_KEEP_FINISHED_BYTES,
+    DEFAULT_KEEP_FINISHED_S,
+    DEFAULT_REMEMBER_BYTES,
+    DEFAULT_REMEMBER_S,
+    KeptResults,
+    resubmitted,
+)
 from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
-from balancer.records import ACCEPTED, COUNTERS, FINISHED, Node, NodeState, Outbox, Request, Submitted
+from balancer.records import ACCEPTED, COUNTERS, EARLIER, FINISHED, Node, NodeState, Outbox, Request, Submitted
 from balancer.sessions import ClientSessions
 from balancer.waiting import WaitingQueue
 from wire import events as ev
 from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
 
-__all__ = ["ACCEPTED", "FINISHED", "Joined", "Node", "NodeState", "Refused", "Request", "Scheduler", "Submitted"]
+__all__ = [
+    "ACCEPTED", "DEFAULT_KEEP_FINISHED_BYTES", "DEFAULT_KEEP_FINISHED_S", "DEFAULT_REMEMBER_BYTES",
+    "DEFAULT_REMEMBER_S", "EARLIER", "FINISHED", "Joined", "Node", "NodeState", "Refused", "Request", "Scheduler",
+    "Submitted",
+]  # fmt: skip
 
 DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_KEEP_FINISHED = 10_000
-# Kept results are also bounded in bytes: 10,000 results of 256 KiB would be 2.5 GiB.
-DEFAULT_KEEP_FINISHED_BYTES = 64 * 1024 * 1024
+# Results are kept for a time (DEFAULT_KEEP_FINISHED_S) within bytes and the budget, not up to a count.
+DEFAULT_KEEP_FINISHED: int | None = None
 # A client id stays with its process this long after the process was last heard from
 # (clients with outstanding requests ping at a third of it); CLIENT_BYE frees it at once.
 DEFAULT_CLIENT_LEASE_S = 10.0
@@ -53,12 +64,15 @@ class Scheduler:
         liveness: int = 3,
         max_queue: int | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        keep_finished: int = DEFAULT_KEEP_FINISHED,
+        keep_finished: int | None = DEFAULT_KEEP_FINISHED,
         keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES,
         first_ticket: int = 0,
         journal: bool = False,
         client_lease_s: float = DEFAULT_CLIENT_LEASE_S,
         max_memory_bytes: int | None = None,
+        keep_finished_s: float = DEFAULT_KEEP_FINISHED_S,
+        remember_s: float = DEFAULT_REMEMBER_S,
+        remember_bytes: int = DEFAULT_REMEMBER_BYTES,
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
@@ -76,7 +90,10 @@ class Scheduler:
         self.last_refusal = ""  # why the last submit was refused for the budget
         # Requests lost in transit, and how often: rare, so a dict beside them, not a field in each.
         self._transit_losses: dict[Request, int] = {}
-        self.kept = KeptResults(keep_finished, keep_finished_bytes, self.budget, self.sessions)
+        windows = (keep_finished_s, remember_s, remember_bytes)
+        self.kept = KeptResults(keep_finished, keep_finished_bytes, self.budget, self.sessions, *windows)
+        # Client id -> pages of ids finished earlier, read on submit (a dict lookup, no call).
+        self._earlier_pages = self.kept.ids.by_client
         self._seq = 0
         # Tickets must never repeat across balancer restarts (see protocol), so they start where told.
         self._ticket = first_ticket
@@ -96,8 +113,8 @@ class Scheduler:
 
     @property
     def remembered_finished(self) -> int:
-        """How many finished requests are kept for queries and resubmissions."""
-        return len(self.kept)
+        """How many finished requests are remembered for resubmissions: with their results, or ids only."""
+        return len(self.kept) + self.kept.ids.count
 
     @property
     def waiting(self) -> int:
@@ -121,6 +138,11 @@ class Scheduler:
         req = session.get(request_id)
         if req is not None:
             return resubmitted(req, route, body, self.counters, self.outbox)
+        pages = self._earlier_pages.get(client_id)
+        if pages is not None and (request_id >> PAGE_BITS) in pages:  # maybe finished before its result went
+            earlier = self.kept.earlier(client_id, request_id, route, body, self.counters, self.outbox)
+            if earlier is not None:
+                return earlier
         if self.max_queue is not None and self._queue.count >= self.max_queue:
             self.counters["rejected"] += 1
             self.outbox.events.append((ev.REQUEST_REJECTED, client_id, request_id, self.queue_full_reason()))
@@ -202,6 +224,14 @@ class Scheduler:
         req = Request(client_id, request_id, priority, self._seq, None, outcome[3], *outcome[:3], *outcome[4:])
         self.sessions.of(client_id)[request_id] = req
         self.kept.remember(req)
+
+    def restore_earlier(self, client_id: int, request_id: int, status: str, digest: int | None) -> None:
+        """Remember an id a previous balancer finished and kept past its result."""
+        self.kept.restore_id(client_id, request_id, status, digest)
+
+    def expire_finished(self, now: float) -> None:
+        """Let go of results past --keep-finished-s and ids past --remember-s, a slice per call."""
+        self.kept.tick(now)
 
     def get(self, client_id: int, request_id: int) -> Request | None:
         """The request with these ids, if it is still remembered."""

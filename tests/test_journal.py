@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from balancer import eventlog
 from balancer import journal as jr
 from balancer.compaction import Compaction
-from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
+from balancer.scheduler import ACCEPTED, EARLIER, FINISHED, Scheduler
 from tests.harness import wait_until
 from wire import events as ev
 from wire import protocol as p
@@ -67,12 +67,15 @@ def test_missing_journal_is_empty_and_foreign_file_is_refused(tmp_path: Path):
         jr.replay(str(foreign), 10)
 
 
-def test_replay_keeps_only_the_newest_finished(tmp_path: Path):
-    """Finished requests beyond keep_finished are forgotten, as they are in memory."""
+def test_replay_keeps_results_of_the_newest_finished_and_ids_of_the_rest(tmp_path: Path):
+    """Finished requests beyond keep_finished lose their results, not their ids, as they do in memory."""
     path = tmp_path / "j"
     written(path, [accepted(1, i) for i in range(5)], [finished(1, i) for i in range(5)])
-    assert [r[2] for r in jr.replay(str(path), keep_finished=2).finished] == [3, 4]
-    assert jr.replay(str(path), keep_finished=0).finished == []
+    kept = jr.replay(str(path), keep_finished=2).finished
+    assert [(r[0], r[2]) for r in kept] == [(EARLIER, 0), (EARLIER, 1), (EARLIER, 2), (FINISHED, 3), (FINISHED, 4)]
+    assert kept[0] == [EARLIER, 1, 0, p.PROCESSED, None]  # written before digests were kept: none known
+    assert {r[0] for r in jr.replay(str(path), keep_finished=0).finished} == {EARLIER}
+    assert {r[0] for r in jr.replay(str(path)).finished} == {FINISHED}
 
 
 def test_restore_requeues_unfinished_and_answers_finished_resubmissions(tmp_path: Path):
@@ -105,8 +108,8 @@ def test_compaction_rewrites_the_file_to_the_live_state(tmp_path: Path):
     wait_until(run.step, 10, "the compaction to finish")
     journal.close()
     rec = jr.replay(str(path), 10)
-    assert rec.records == 1 + 2  # the magic record, one finished (keep_finished=1) and one assigned
-    assert [r[2] for r in rec.finished] == [2]
+    assert rec.records == 1 + 3  # the magic record, one finished (keep_finished=1), one id past it, one assigned
+    assert [(r[0], r[2]) for r in rec.finished] == [(FINISHED, 2), (EARLIER, 1)]  # ids after every request
     assert [r[2] for r in rec.pending] == [3]
 
 
