@@ -98,11 +98,11 @@ class Marks:
             marks.append((now, added))
 
     def cutoff(self, now: float) -> int:
-        """How many of the first results added finished at least a window ago (by the marks)."""
+        """How many of the first results added finished at least a window ago (by the marks); -1: not known."""
         marks, oldest = self._marks, now - self.window_s
         while len(marks) > 1 and marks[1][0] <= oldest:
             marks.popleft()
-        return marks[0][1] if marks and marks[0][0] <= oldest else 0
+        return marks[0][1] if marks and marks[0][0] <= oldest else -1
 
 
 class KeptResults:

@@ -170,6 +170,18 @@ def test_a_page_written_to_late_goes_to_the_back_and_does_not_hold_up_the_rest()
     assert ids.count == 0
 
 
+def test_ids_restored_alone_stay_their_window_from_the_first_tick():
+    """Restored before any result was added (stamp 0), ids are not taken for old before a mark is."""
+    sched = make()
+    sched.restore_earlier(7, 1, p.PROCESSED, None)
+    for now in (5.0, 100.0, 3600.0, 3604.0):
+        sched.expire_finished(now)
+        assert sched.kept.ids.count == 1, now
+    assert resend(sched, 7, 1, b"any", 3604.0)[1][0][1] == p.EXPIRED
+    sched.expire_finished(3620.0)
+    assert sched.kept.ids.count == 0
+
+
 def test_ids_survive_a_restart_through_the_journal_and_its_compaction(tmp_path):
     """snapshot() and compaction write EARLIER records; a restored scheduler answers from them."""
     from balancer.compaction import Compaction
