@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB
-from balancer.scheduler import (
+from balancer.kept import (
     DEFAULT_KEEP_FINISHED,
     DEFAULT_KEEP_FINISHED_BYTES,
     DEFAULT_KEEP_FINISHED_S,
-    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_REMEMBER_BYTES,
     DEFAULT_REMEMBER_S,
 )
+from balancer.scheduler import DEFAULT_MAX_ATTEMPTS
 from wire import endpoints, limits
 from wire import protocol as p
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from balancer import journal_format as jf
-from balancer.scheduler import ACCEPTED, EARLIER, FINISHED, Scheduler
+from balancer.records import EARLIER
+from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from wire import protocol as p
 
 # Version 2: every record in a checked frame (balancer/journal_format.py).

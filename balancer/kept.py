@@ -34,6 +34,7 @@ from balancer.sessions import ClientSessions
 from wire.protocol import EXPIRED, FAILED, PROCESSED
 
 DEFAULT_KEEP_FINISHED_S = 300.0
+DEFAULT_KEEP_FINISHED: int | None = None  # no count: results are kept for a time, within bytes and the budget
 # Kept results are also bounded in bytes: 10,000 results of 256 KiB would be 2.5 GiB.
 DEFAULT_KEEP_FINISHED_BYTES = 64 * 1024 * 1024
 DEFAULT_REMEMBER_S = 86_400.0
@@ -210,6 +211,14 @@ class KeptResults:
         note = f"{status} earlier; the result is no longer kept (results are kept {self.keep_s:g} s)"
         outbox.replays.append(Request(client_id, request_id, 0, None, route, note.encode(), EXPIRED))
         return Submitted.FINISHED
+
+    def stand_in(self, client_id: int, request_id: int) -> Request | None:
+        """For an id kept past its result: a Request with its status and digest, no result; else None."""
+        found = self.ids.find(client_id, request_id)
+        if found is None:
+            return None
+        status, digest = found
+        return Request(client_id, request_id, 0, None, None, None, status, payload_digest=digest)
 
     def view(self) -> dict[str, Any]:
         """What `zlb status` shows of the windows, under "retention"."""

@@ -14,34 +14,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from balancer import index, records
+from balancer import index, kept, records
 from balancer.budget import MemoryBudget
 from balancer.earlier import PAGE_BITS
-from balancer.kept import (
-    DEFAULT_KEEP_FINISHED_BYTES,
-    DEFAULT_KEEP_FINISHED_S,
-    DEFAULT_REMEMBER_BYTES,
-    DEFAULT_REMEMBER_S,
-    KeptResults,
-    resubmitted,
-)
+from balancer.kept import KeptResults, resubmitted
 from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
-from balancer.records import ACCEPTED, COUNTERS, EARLIER, FINISHED, Node, NodeState, Outbox, Request, Submitted
+from balancer.records import ACCEPTED, COUNTERS, FINISHED, Node, NodeState, Outbox, Request, Submitted
 from balancer.sessions import ClientSessions
 from balancer.waiting import WaitingQueue
 from wire import events as ev
 from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
 
-__all__ = [
-    "ACCEPTED", "DEFAULT_KEEP_FINISHED_BYTES", "DEFAULT_KEEP_FINISHED_S", "DEFAULT_REMEMBER_BYTES",
-    "DEFAULT_REMEMBER_S", "EARLIER", "FINISHED", "Joined", "Node", "NodeState", "Refused", "Request", "Scheduler",
-    "Submitted",
-]  # fmt: skip
+__all__ = ["ACCEPTED", "FINISHED", "Joined", "Node", "NodeState", "Refused", "Request", "Scheduler", "Submitted"]
 
 DEFAULT_MAX_ATTEMPTS = 3
-# Results are kept for a time (DEFAULT_KEEP_FINISHED_S) within bytes and the budget, not up to a count.
-DEFAULT_KEEP_FINISHED: int | None = None
 # A client id stays with its process this long after the process was last heard from
 # (clients with outstanding requests ping at a third of it); CLIENT_BYE frees it at once.
 DEFAULT_CLIENT_LEASE_S = 10.0
@@ -64,15 +51,15 @@ class Scheduler:
         liveness: int = 3,
         max_queue: int | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        keep_finished: int | None = DEFAULT_KEEP_FINISHED,
-        keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES,
+        keep_finished: int | None = kept.DEFAULT_KEEP_FINISHED,
+        keep_finished_bytes: int = kept.DEFAULT_KEEP_FINISHED_BYTES,
         first_ticket: int = 0,
         journal: bool = False,
         client_lease_s: float = DEFAULT_CLIENT_LEASE_S,
         max_memory_bytes: int | None = None,
-        keep_finished_s: float = DEFAULT_KEEP_FINISHED_S,
-        remember_s: float = DEFAULT_REMEMBER_S,
-        remember_bytes: int = DEFAULT_REMEMBER_BYTES,
+        keep_finished_s: float = kept.DEFAULT_KEEP_FINISHED_S,
+        remember_s: float = kept.DEFAULT_REMEMBER_S,
+        remember_bytes: int = kept.DEFAULT_REMEMBER_BYTES,
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
@@ -234,8 +221,12 @@ class Scheduler:
         self.kept.tick(now)
 
     def get(self, client_id: int, request_id: int) -> Request | None:
-        """The request with these ids, if it is still remembered."""
-        return self.sessions.get(client_id, {}).get(request_id)
+        """The request with these ids, if it is still remembered; for an id kept past its result, a
+        stand-in with its status and no result (so `zlb request` and the REST API know it was finished)."""
+        req = self.sessions.get(client_id, {}).get(request_id)
+        if req is None and client_id in self._earlier_pages:
+            return self.kept.stand_in(client_id, request_id)
+        return req
 
     def requests(self, status: str | None = None, client_id: int | None = None) -> Iterator[Request]:
         """Remembered requests, optionally filtered, at a cost that follows what is read (balancer/index.py)."""

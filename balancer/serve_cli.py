@@ -13,14 +13,14 @@ import click
 from balancer.budget import DEFAULT_MAX_MEMORY_MB
 from balancer.config import DEFAULT_GRACE_S, BalancerConfig
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
-from balancer.loop import run_balancer
-from balancer.scheduler import (
+from balancer.kept import (
     DEFAULT_KEEP_FINISHED_BYTES,
     DEFAULT_KEEP_FINISHED_S,
-    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_REMEMBER_BYTES,
     DEFAULT_REMEMBER_S,
 )
+from balancer.loop import run_balancer
+from balancer.scheduler import DEFAULT_MAX_ATTEMPTS
 from wire.limits import DEFAULT_MAX_MESSAGE_BYTES
 from wire.options import endpoints, grace_option, heartbeat_options, path_option, shown_option
 from wire.security import CurveConfigError, generate_keys

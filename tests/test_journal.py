@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from balancer import eventlog
 from balancer import journal as jr
 from balancer.compaction import Compaction
-from balancer.scheduler import ACCEPTED, EARLIER, FINISHED, Scheduler
+from balancer.records import EARLIER
+from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from tests.harness import wait_until
 from wire import events as ev
 from wire import protocol as p

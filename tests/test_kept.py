@@ -11,7 +11,8 @@ from balancer import earlier
 from balancer import journal as jr
 from balancer.earlier import PAGE_SLOTS, EarlierIds
 from balancer.kept import MARK_STEPS, SLICE
-from balancer.scheduler import EARLIER, Scheduler, Submitted
+from balancer.records import EARLIER
+from balancer.scheduler import Scheduler, Submitted
 from wire import protocol as p
 
 NODE = b"n0"
@@ -59,7 +60,9 @@ def test_a_result_is_kept_for_its_window_then_its_id_answers_processed_earlier()
     assert resend(sched, 7, 3, b"another payload", 311.0) == (Submitted.CONFLICT, [])
     assert sched.counters["answered_expired"] == 1 and sched.counters["conflicts"] == 1
     assert sched.counters["submitted"] == 3 and sched.dispatch() == []
-    assert sched.get(7, 2) is None  # not listed as a request: only its id is kept
+    assert [r.request_id for r in sched.requests()] == []  # not listed: only the ids are kept
+    known = sched.get(7, 2)  # but known to `zlb request` and the REST API, which answers 409
+    assert (known.status, known.body, known.request_id) == (p.PROCESSED, None, 2)
 
 
 def test_past_the_id_window_an_id_is_forgotten_and_runs_again():
