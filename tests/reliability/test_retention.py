@@ -70,6 +70,28 @@ def test_2000_ids_resent_after_30000_others_finished_with_the_defaults_none_runs
     assert retention["results_for_s"] == 300 and retention["results_kept"] == FIRST + OTHERS
 
 
+@pytest.mark.timeout(240)
+def test_results_the_memory_budget_lets_go_early_leave_their_ids_and_none_runs_again(
+    procs: ProcessGroup, endpoints: Endpoints
+):
+    """The same with a budget (4 MiB) that holds a few thousand results: the oldest go before their time,
+    their ids answer "processed earlier", and still nothing runs twice."""
+    balancer = start(procs, endpoints, "--max-memory-mb", "4")
+    echo_nodes(balancer)
+    code, first = client_rows(procs, 5, FIRST)
+    assert code == 0 and len(first) == FIRST
+    with Client(balancer.endpoints.frontend, client_id=6) as other:
+        pending = other.submit_many(b"other %d" % i for i in range(OTHERS))
+        assert all(r.ok for r in (pend.result(timeout=180) for pend in pending))
+    retention = balancer.call("status")["retention"]
+    assert retention["results_left_early"] > 0 and retention["ids_kept"] >= FIRST
+    code, again = client_rows(procs, 5, FIRST)
+    assert len(again) == FIRST and {r["request_id"] for r in again} == set(range(1, FIRST + 1))
+    assert {r["status"] for r in again} == {p.EXPIRED}  # the first 2,000 finished first: their results went first
+    assert executions(balancer) == (FIRST + OTHERS, FIRST + OTHERS)
+    assert balancer.call("status")["requests"]["answered_expired"] == FIRST
+
+
 @pytest.mark.timeout(120)
 def test_past_the_result_window_a_resent_id_is_answered_processed_earlier_also_after_a_restart(
     procs: ProcessGroup, endpoints: Endpoints, tmp_path
