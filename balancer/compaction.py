@@ -9,6 +9,11 @@ any later change is an append that lands after it; so in the new file, as in
 the old, the last record of every request is its current state. A request
 forgotten before its slice is skipped.
 
+Ids kept past their results (balancer/earlier.py) follow, a page at a time,
+once every session's requests are written: a request whose result was let go
+of before its slice was skipped there, and is in its page by then. Letting go
+of a result appends nothing, so this order is what keeps its id in the file.
+
 When every slice is written, a helper thread fsyncs the new file (a disk
 flush of the whole state must not sit on the loop) and reports on a queue;
 the loop then renames it over the journal. Single owner: only the loop writes
@@ -22,7 +27,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
-from balancer.records import ACCEPTED, FINISHED, Request
+from balancer.records import ACCEPTED, EARLIER, FINISHED, Request
 from wire.protocol import FAILED, PROCESSED
 
 if TYPE_CHECKING:
@@ -50,6 +55,10 @@ class Compaction:
         self._sessions = [session for session in sched.sessions.values() if session]
         self._keys: list[int] = []  # request ids of the session being written, copied when it is reached
         self._at = 0
+        self._ids = sched.kept.ids
+        self._id_clients: list[int] | None = None  # clients with ids past their results, listed when reached
+        self._pages: list[int] = []  # page numbers of the client being written
+        self._client = 0
         self._synced: queue.SimpleQueue[BaseException | None] | None = None
         journal.start_rewrite()
 
@@ -72,11 +81,12 @@ class Compaction:
         return True
 
     def _next_slice(self) -> list[tuple[Any, ...]]:
-        """Records of the next CHUNK requests, each from its state now; forgotten ones are skipped."""
+        """Records of the next CHUNK requests, each from its state now (forgotten ones are skipped), then ids."""
         out: list[tuple[Any, ...]] = []
         while len(out) < CHUNK:
             if self._at >= len(self._keys):
                 if not self._sessions:
+                    self._next_ids(out)
                     break
                 # Keys, not values: copying a million ints takes 6 ms, a million Requests 20 (each is touched).
                 self._session = self._sessions.pop()
@@ -89,6 +99,21 @@ class Compaction:
                     out.append(record_of(req))
             self._at = end
         return out
+
+    def _next_ids(self, out: list[tuple[Any, ...]]) -> None:
+        """Records of ids past their results, a page at a time, until out holds CHUNK or none are left."""
+        ids = self._ids
+        if self._id_clients is None:
+            self._id_clients = ids.clients()
+        while len(out) < CHUNK:
+            if not self._pages:
+                if not self._id_clients:
+                    return
+                self._client = self._id_clients.pop()
+                self._pages = ids.pages_of(self._client)
+                continue
+            client_id = self._client
+            out.extend((EARLIER, client_id, *held) for held in ids.page_ids(client_id, self._pages.pop()))
 
 
 def _fsync(fd: int, done: queue.SimpleQueue[BaseException | None]) -> None:

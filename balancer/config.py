@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB
-from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
+from balancer.kept import (
+    DEFAULT_KEEP_FINISHED,
+    DEFAULT_KEEP_FINISHED_BYTES,
+    DEFAULT_KEEP_FINISHED_S,
+    DEFAULT_REMEMBER_BYTES,
+    DEFAULT_REMEMBER_S,
+)
+from balancer.scheduler import DEFAULT_MAX_ATTEMPTS
 from wire import endpoints, limits
 from wire import protocol as p
 
@@ -30,8 +37,11 @@ class BalancerConfig:
     liveness: int = p.LIVENESS
     max_queue: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    keep_finished: int = DEFAULT_KEEP_FINISHED
+    keep_finished: int | None = DEFAULT_KEEP_FINISHED  # None: no count, only the time, bytes and budget
     keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES
+    keep_finished_s: float = DEFAULT_KEEP_FINISHED_S
+    remember_s: float = DEFAULT_REMEMBER_S
+    remember_bytes: int = DEFAULT_REMEMBER_BYTES
     max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES
     log_file: str | None = None  # the CLI passes its default (under XDG_STATE_HOME); None writes no file
     journal: str | None = None

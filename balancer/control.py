@@ -179,12 +179,9 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         # The log file and its writer: a problem stays here while it lasts (its event may leave the ring).
         "log": {"path": state.eventlog.path, "problem": state.eventlog.problem},
         "journal": state.journal(),
-        # What is remembered: every pending and running request plus the newest finished ones.
-        "retention": {
-            "finished_requests": sched.kept.keep,
-            "finished_result_bytes": sched.kept.keep_bytes,
-            "log_events": state.eventlog.keep,
-        },
+        # What is remembered: every pending and running request; finished ones with their results for a
+        # window, then their ids for a second one (balancer/kept.py); what happens past each.
+        "retention": {**sched.kept.view(), "log_events": state.eventlog.keep},
     }
 
 

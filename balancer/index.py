@@ -5,7 +5,7 @@ those are the index; nothing extra is maintained on the hot path:
 
 - pending: the waiting queue (balancer/waiting.py), read lazily in dispatch order;
 - assigned: the nodes' in-flight tables (bounded by their capacity);
-- processed and failed: the kept finished requests (bounded by --keep-finished);
+- processed and failed: the finished requests whose results are kept (balancer/kept.py);
 - by client: the client's session, read lazily in submission order.
 
 So `zlb requests --limit 10` over a million waiting requests reads about ten

@@ -7,7 +7,8 @@ the operating system's hands and survives `kill -9` of the balancer. A helper
 thread fsyncs at most every `fsync_interval_s` (group commit), which bounds
 what a power loss can take without putting a disk flush on the message path.
 
-Records are the scheduler's tuples (see scheduler.ACCEPTED and FINISHED), each
+Records are the scheduler's tuples (see scheduler.ACCEPTED, FINISHED and EARLIER: an id kept
+past its result, balancer/kept.py), each
 in a checked frame (balancer/journal_format.py). On start the file is replayed
 (balancer/journal_replay.py) and then rewritten to just the state it describes
 (compaction), and again whenever it has grown to a few times the live state
@@ -29,6 +30,7 @@ from balancer import journal_format as jf
 from balancer.compaction import record_of
 from balancer.journal_format import MAGIC, JournalError, fsync_dir
 from balancer.journal_replay import Recovered, keep_aside, lock_path, read_mark, recover, replay, restore
+from balancer.records import EARLIER
 from balancer.scheduler import Scheduler
 from wire import protocol as p
 
@@ -43,8 +45,10 @@ COMPACT_SLACK_RECORDS = 50_000
 
 
 def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
-    """The records that describe the scheduler's remembered requests now."""
-    return [record_of(req) for req in sched.requests()]
+    """The records that describe the scheduler's remembered requests now, and the ids kept past their results."""
+    out = [record_of(req) for req in sched.requests()]
+    out.extend((EARLIER, *held) for held in sched.kept.ids)
+    return out
 
 
 class Journal:
@@ -149,9 +153,16 @@ class Journal:
     def _sync_item(self) -> tuple[int, int, int, int]:
         return (*self._ident, self._size, self._frames)
 
-    def due_for_compaction(self, live_records: int) -> bool:
-        """True when the file holds far more records than the state it describes."""
-        return self._since_compact > 2 * live_records + COMPACT_SLACK_RECORDS
+    def due_for_compaction(self, live_records: int, ids: int = 0) -> bool:
+        """True when the file holds far more records than the state it describes.
+
+        `ids`: requests remembered by id past their results (one small EARLIER record each). They count
+        once, not twice: every request adds two records (ACCEPTED, FINISHED) and ends as one id for a
+        day, so with ids counted like live records the file would never be due while ids pile up, and
+        its dead ACCEPTED records, payloads and all, would grow until the ids' cap. Counted once, a
+        compaction comes every live_records + COMPACT_SLACK_RECORDS requests or so.
+        """
+        return self._since_compact > 2 * live_records + ids + COMPACT_SLACK_RECORDS
 
     def start_rewrite(self) -> None:
         """Open the new file of an incremental compaction and write its first record."""

@@ -43,7 +43,12 @@ class JournalKeeper:
     """The lock, the journal and its compaction, and whether the journal can be written now."""
 
     def __init__(
-        self, path: str, sched: Scheduler, counters: dict[str, int], endpoints: dict[str, str], keep_finished: int
+        self,
+        path: str,
+        sched: Scheduler,
+        counters: dict[str, int],
+        endpoints: dict[str, str],
+        keep_finished: int | None,
     ) -> None:
         self.path = path
         self.sched = sched
@@ -97,8 +102,8 @@ class JournalKeeper:
             return  # the recovery's snapshot holds the state they describe
         try:
             self.journal.append(records)
-            live = sched.remembered_finished + sched.waiting + sched.in_flight()
-            if self.compaction is None and self.journal.due_for_compaction(live):
+            live = len(sched.kept) + sched.waiting + sched.in_flight()
+            if self.compaction is None and self.journal.due_for_compaction(live, sched.kept.ids.count):
                 self.compaction = Compaction(self.journal, sched)  # a slice per iteration
         except JournalError as exc:
             self._fail(str(exc))

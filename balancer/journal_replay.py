@@ -1,8 +1,9 @@
 """Reading a journal at start: replay it, keep a damaged file aside, restore the scheduler from it.
 
 On start the file is replayed: the last record per (client_id, request_id)
-wins; unfinished requests are queued again and the newest `keep_finished`
-finished ones are remembered, so resubmissions get their one result. Each
+wins; unfinished requests are queued again and finished ones are remembered
+(with their results, or as ids past their results: EARLIER), so resubmissions
+get their one result or "processed earlier", never a second run. Each
 record sits in a checked frame (balancer/journal_format.py), so a damaged
 record costs that record only; recover() keeps a damaged file aside before the
 rewrite, and the counts of what was lost travel in Recovered to the loop. What
@@ -22,6 +23,7 @@ from typing import Any
 
 from balancer import journal_format as jf
 from balancer.journal_format import MAGIC, JournalError, fsync_dir
+from balancer.records import EARLIER
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from wire import protocol as p
 
@@ -33,7 +35,7 @@ class Recovered:
     """What a replay found."""
 
     pending: list[list[Any]] = field(default_factory=list)  # ACCEPTED records, oldest first
-    finished: list[list[Any]] = field(default_factory=list)  # FINISHED records, oldest first
+    finished: list[list[Any]] = field(default_factory=list)  # FINISHED and EARLIER records, oldest first
     records: int = 0
     torn_bytes: int = 0  # an incomplete tail cut off (a crash mid-write)
     records_lost: int = 0  # damaged or missing frames (exact against a synced mark, else an estimate),
@@ -47,8 +49,10 @@ class Recovered:
         return self.records_lost > 0 or self.bytes_skipped > 0 or self.bytes_missing > 0
 
 
-def replay(path: str, keep_finished: int) -> Recovered:
+def replay(path: str, keep_finished: int | None = None) -> Recovered:
     """Read a journal file (missing is empty) into the requests it describes; never writes.
+
+    Finished requests beyond the newest `keep_finished` keep their ids, not their results (EARLIER).
 
     With a synced mark beside it (journal_format.py) for this very file, what the mark counts and the
     scan did not find is lost, exactly, and a file shorter than its mark was cut; else losses are estimated.
@@ -82,8 +86,17 @@ def replay(path: str, keep_finished: int) -> Recovered:
         _apply_mark(out, found, mark, len(data), invalid)
     for rec in latest.values():
         (out.pending if rec[0] == ACCEPTED else out.finished).append(rec)
-    out.finished = out.finished[-keep_finished:] if keep_finished > 0 else []
+    if keep_finished is not None and len(out.finished) > keep_finished:
+        beyond = len(out.finished) - keep_finished
+        out.finished[:beyond] = [_without_result(rec) for rec in out.finished[:beyond]]
     return out
+
+
+def _without_result(rec: list[Any]) -> list[Any]:
+    """A FINISHED record as EARLIER: the id, its status and its payload's digest."""
+    if rec[0] != FINISHED:
+        return rec
+    return [EARLIER, rec[1], rec[2], rec[4], rec[8] if len(rec) > 8 else None]
 
 
 def _apply_mark(out: Recovered, found: jf.Scan, mark: jf.Mark, size: int, invalid: int) -> None:
@@ -123,7 +136,7 @@ def _check_is_journal(path: str, data: bytes, found: jf.Scan, records: list[Any]
     raise JournalError(f"{path} is not a zlb journal")
 
 
-def recover(path: str, keep_finished: int) -> Recovered:
+def recover(path: str, keep_finished: int | None = None) -> Recovered:
     """replay(), and when the file is damaged keep it as `<path>.damaged-<UTC time>` before it is rewritten."""
     out = replay(path, keep_finished)
     if out.damaged:
@@ -154,14 +167,18 @@ def _valid(rec: Any) -> bool:
     """A record of a known kind and length with integer ids (anything else is skipped)."""
     if type(rec) is not list or not rec:
         return False
-    sizes = {ACCEPTED: (6,), FINISHED: (8, 9)}.get(rec[0], ())  # 8: written before payload digests were kept
-    return len(rec) in sizes and type(rec[1]) is int and type(rec[2]) is int
+    sizes = {ACCEPTED: (6,), FINISHED: (8, 9), EARLIER: (5,)}.get(rec[0], ())  # FINISHED 8: before digests were kept
+    if len(rec) not in sizes or type(rec[1]) is not int or type(rec[2]) is not int:
+        return False
+    return rec[0] != EARLIER or (rec[3] in (p.PROCESSED, p.FAILED) and type(rec[4]) in (int, type(None)))
 
 
 def restore(sched: Scheduler, recovered: Recovered) -> None:
     """Load replayed requests into a fresh scheduler."""
     for rec in recovered.finished:
-        # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result[, payload_digest])
-        sched.restore_finished(*rec[1:])
+        if rec[0] == EARLIER:  # (EARLIER, client_id, request_id, status, payload_digest)
+            sched.restore_earlier(*rec[1:])
+        else:  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result[, payload_digest])
+            sched.restore_finished(*rec[1:])
     for _kind, cid, rid, priority, route, payload in recovered.pending:
         sched.restore_pending(cid, rid, priority, route, payload)

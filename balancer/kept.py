@@ -1,9 +1,23 @@
-"""Finished requests the balancer remembers, to answer a resubmission with its stored result and
-to list them (`zlb requests`, /requests).
+"""Finished requests the balancer remembers, so that a re-sent request id is never run again silently.
 
-Bounded three ways: by count (--keep-finished), by result bytes (--keep-finished-mb) and by the
-memory budget (balancer/budget.py). The oldest are forgotten first, and with each its place in its
-client's session, so a resubmission of a forgotten id runs again.
+Two windows, both counted from when a request finished (docs/RELIABILITY.md, "How long a request id
+is remembered"):
+
+- **Results** (KeptResults): the request with its result and its payload's digest, for
+  --keep-finished-s (default 300 s). A re-sent id gets its stored result. The memory budget
+  (balancer/budget.py), --keep-finished-mb and --keep-finished (a count, none by default) bound them
+  too: when one needs room, the oldest results go first, before their time.
+- **Ids** (EarlierIds): past its result, the id, its status and its payload's digest, packed (about
+  12 bytes an id), for --remember-s (default a day) within --remember-mb. A re-sent id with its
+  payload is answered "processed earlier; the result is no longer kept" (status `expired`), with
+  another payload it is a conflict. Past both windows (or beyond --remember-mb, oldest first) an id is
+  forgotten and a re-send runs again.
+
+Time is an argument: tick(now) takes a mark (now, results added so far) at most once per
+window / MARK_STEPS and lets go of what a mark at least a window old covers; so an entry stays at
+least its window and at most about 1/256 of it longer (plus a tick). Each tick moves at most SLICE
+results or pages: a burst is worked off over several ticks, never in one long pass of the loop.
+Adding a result is O(1) amortised and touches no clock.
 """
 
 from __future__ import annotations
@@ -14,9 +28,21 @@ from collections.abc import Iterator
 from typing import Any
 
 from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget
+from balancer.earlier import EarlierIds, same_digest
 from balancer.records import Outbox, Request, Submitted
 from balancer.sessions import ClientSessions
-from wire.protocol import FAILED, PROCESSED
+from wire.protocol import EXPIRED, FAILED, PROCESSED
+
+DEFAULT_KEEP_FINISHED_S = 300.0
+DEFAULT_KEEP_FINISHED: int | None = None  # no count: results are kept for a time, within bytes and the budget
+# Kept results are also bounded in bytes: 10,000 results of 256 KiB would be 2.5 GiB.
+DEFAULT_KEEP_FINISHED_BYTES = 64 * 1024 * 1024
+DEFAULT_REMEMBER_S = 86_400.0
+DEFAULT_REMEMBER_BYTES = 64 * 1024 * 1024
+# Results moved to the ids, or pages of ids visited, per tick() at most (about 1.5 ms of the loop).
+SLICE = 1000
+# Marks per window: how much longer than its window an entry may stay (1/256 of it).
+MARK_STEPS = 256
 
 
 def payload_digest(payload: Any, like: int | None = None) -> int:
@@ -60,16 +86,52 @@ def body_size(body: Any) -> int:
     return len(body) if body is not None else 0
 
 
-class KeptResults:
-    """The finished requests still remembered, oldest first."""
+class Marks:
+    """(time, results added by then), oldest first, at most one per window / MARK_STEPS."""
 
-    def __init__(self, keep: int, keep_bytes: int, budget: MemoryBudget, sessions: ClientSessions) -> None:
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._marks: deque[tuple[float, int]] = deque()
+
+    def note(self, now: float, added: int) -> None:
+        marks = self._marks
+        if not marks or (added != marks[-1][1] and now - marks[-1][0] >= self.window_s / MARK_STEPS):
+            marks.append((now, added))
+
+    def cutoff(self, now: float) -> int:
+        """How many of the first results added finished at least a window ago (by the marks); -1: not known."""
+        marks, oldest = self._marks, now - self.window_s
+        while len(marks) > 1 and marks[1][0] <= oldest:
+            marks.popleft()
+        return marks[0][1] if marks and marks[0][0] <= oldest else -1
+
+
+class KeptResults:
+    """The finished requests whose results are still kept, oldest first; EarlierIds past them."""
+
+    def __init__(
+        self,
+        keep: int | None,
+        keep_bytes: int,
+        budget: MemoryBudget,
+        sessions: ClientSessions,
+        keep_s: float = DEFAULT_KEEP_FINISHED_S,
+        remember_s: float = DEFAULT_REMEMBER_S,
+        remember_bytes: int = DEFAULT_REMEMBER_BYTES,
+    ) -> None:
         self.keep = keep
         self.keep_bytes = keep_bytes
+        self.keep_s = keep_s
+        self.ids = EarlierIds(remember_s, remember_bytes)
         self._budget = budget
         self._sessions = sessions
         self._requests: deque[Request] = deque()
         self._bytes = 0
+        self._added = 0  # results ever added: the next one's place in the order of finishing
+        self._gone = 0  # results let go of, oldest first: the place of the oldest still kept
+        self._marks = Marks(keep_s)
+        self._id_marks = Marks(remember_s)
+        self.left_early = 0  # results let go of before their time, for the budget, bytes or count
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -79,7 +141,7 @@ class KeptResults:
 
     def add(self, req: Request, result: Any) -> None:
         """Remember a request just finished with `result`: its payload's digest (for conflicting resubmissions)
-        instead of the payload, whose bytes the budget stops counting; forget the oldest beyond any bound."""
+        instead of the payload, whose bytes the budget stops counting; let go of the oldest beyond any bound."""
         payload = req.body
         if req.payload_digest is None:
             req.payload_digest = payload_digest(payload)
@@ -90,19 +152,90 @@ class KeptResults:
     def remember(self, req: Request) -> None:
         """Keep a finished request as it is (one restored from a journal holds its result and digest)."""
         self._requests.append(req)
+        self._added += 1
         self._bytes += body_size(req.body)
         self.trim()
 
     def trim(self) -> None:
-        """Forget the oldest finished requests beyond the count, the bytes or the memory budget."""
-        kept, budget, sessions = self._requests, self._budget, self._sessions
+        """Let go of the oldest results beyond the count, the bytes or the memory budget (their ids stay)."""
+        kept, budget = self._requests, self._budget
         budget.kept = self._bytes + REQUEST_OVERHEAD_BYTES * len(kept)
-        while kept and (len(kept) > self.keep or self._bytes > self.keep_bytes or budget.over()):
-            old = kept.popleft()
-            self._bytes -= body_size(old.body)
+        keep = len(kept) if self.keep is None else self.keep
+        while kept and (len(kept) > keep or self._bytes > self.keep_bytes or budget.over()):
+            self._let_go()
+            self.left_early += 1
             budget.kept = self._bytes + REQUEST_OVERHEAD_BYTES * len(kept)
-            session = sessions.get(old.client_id)
-            if session is not None and session.get(old.request_id) is old:
-                del session[old.request_id]
-                if not session and session.incarnation is None:
-                    del sessions[old.client_id]
+
+    def _let_go(self) -> None:
+        """The oldest result goes; its id, status and digest stay with the ids (if its session still has it)."""
+        old = self._requests.popleft()
+        self._gone += 1
+        self._bytes -= body_size(old.body)
+        session = self._sessions.get(old.client_id)
+        if session is not None and session.get(old.request_id) is old:
+            del session[old.request_id]
+            self.ids.add(old.client_id, old.request_id, old.status, old.payload_digest, self._gone)
+            if not session and session.incarnation is None:
+                del self._sessions[old.client_id]
+
+    def restore_id(self, client_id: int, request_id: int, status: str, digest: int | None) -> None:
+        """An id a previous balancer remembered past its result: it finished before anything added from now on."""
+        self.ids.add(client_id, request_id, status, digest, self._added)
+
+    def tick(self, now: float) -> None:
+        """Take a mark; let go of the results past their window, and the ids past theirs (SLICE of each at most)."""
+        self._marks.note(now, self._added)
+        self._id_marks.note(now, self._added)
+        cutoff = self._marks.cutoff(now)
+        kept, moved = self._requests, 0
+        while kept and self._gone < cutoff and moved < SLICE:
+            self._let_go()
+            moved += 1
+        if moved:
+            self._budget.kept = self._bytes + REQUEST_OVERHEAD_BYTES * len(kept)
+        self.ids.expire(self._id_marks.cutoff(now), SLICE)
+
+    def earlier(
+        self, client_id: int, request_id: int, route: Any, body: Any, counters: dict[str, int], outbox: Outbox
+    ) -> Submitted | None:
+        """A re-sent id past its result: answered "processed earlier" (FINISHED) or a CONFLICT; None if unknown."""
+        found = self.ids.find(client_id, request_id)
+        if found is None:
+            return None
+        status, digest = found
+        if digest is not None and not same_digest(digest, payload_digest(body, like=digest)):
+            counters["conflicts"] += 1
+            return Submitted.CONFLICT
+        counters["duplicates"] += 1
+        counters["answered_expired"] += 1
+        note = f"{status} earlier; the result is no longer kept (results are kept {self.keep_s:g} s)"
+        outbox.replays.append(Request(client_id, request_id, 0, None, route, note.encode(), EXPIRED))
+        return Submitted.FINISHED
+
+    def stand_in(self, client_id: int, request_id: int) -> Request | None:
+        """For an id kept past its result: a Request with its status and digest, no result; else None."""
+        found = self.ids.find(client_id, request_id)
+        if found is None:
+            return None
+        status, digest = found
+        return Request(client_id, request_id, 0, None, None, None, status, payload_digest=digest)
+
+    def view(self) -> dict[str, Any]:
+        """What `zlb status` shows of the windows, under "retention"."""
+        ids = self.ids
+        return {
+            "results_for_s": self.keep_s,
+            "results_max": self.keep,
+            "results_max_bytes": self.keep_bytes,
+            "results_kept": len(self._requests),
+            "results_bytes": self._bytes,
+            "results_left_early": self.left_early,
+            "ids_for_s": ids.window_s,
+            "ids_max_bytes": ids.max_bytes,
+            "ids_kept": ids.count,
+            "ids_bytes": ids.bytes,
+            "ids_left_early": ids.left_early,
+            "past_results": "a re-sent id is answered 'processed earlier; the result is no longer kept' (status"
+            " expired), or refused as a conflict if its payload differs",
+            "past_ids": "the id is forgotten: a re-send runs again",
+        }

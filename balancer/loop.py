@@ -92,6 +92,9 @@ class Balancer:
             max_attempts=config.max_attempts,
             keep_finished=config.keep_finished,
             keep_finished_bytes=config.keep_finished_bytes,
+            keep_finished_s=config.keep_finished_s,
+            remember_s=config.remember_s,
+            remember_bytes=config.remember_bytes,
             # Microseconds since the epoch: a later balancer's tickets never repeat an earlier one's.
             first_ticket=time.time_ns() // 1000,
             journal=config.journal is not None,
@@ -248,6 +251,7 @@ class Balancer:
             now = time.monotonic()
             if now >= next_expiry:
                 self.sched.expire(now)
+                self.sched.expire_finished(now)  # a slice: a burst of results goes over several checks
                 next_expiry = now + self._expiry_check_s
             if now >= next_tick:
                 self._tick(now)

@@ -16,12 +16,15 @@ from wire.protocol import PENDING
 # Journal record kinds (the first element of each record tuple).
 ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
 FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result, payload_digest)
+# Finished earlier, its result no longer kept (balancer/earlier.py): the digest is cut to 60 bits, its sign kept.
+EARLIER = 3  # (EARLIER, client_id, request_id, status, payload_digest | None)
 
 
 # The scheduler's counters, shown by `zlb status` under "requests".
 COUNTERS = (
     "submitted", "processed", "failed", "requeued", "rejected", "duplicates", "replays", "conflicts",
     "late_results", "clients_refused", "nodes_refused", "lost_in_transit", "undeliverable", "busy",
+    "answered_expired",
 )  # fmt: skip
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from balancer import index, records
+from balancer import index, kept, records
 from balancer.budget import MemoryBudget
+from balancer.earlier import PAGE_BITS
 from balancer.kept import KeptResults, resubmitted
 from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
@@ -28,9 +29,6 @@ from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
 __all__ = ["ACCEPTED", "FINISHED", "Joined", "Node", "NodeState", "Refused", "Request", "Scheduler", "Submitted"]
 
 DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_KEEP_FINISHED = 10_000
-# Kept results are also bounded in bytes: 10,000 results of 256 KiB would be 2.5 GiB.
-DEFAULT_KEEP_FINISHED_BYTES = 64 * 1024 * 1024
 # A client id stays with its process this long after the process was last heard from
 # (clients with outstanding requests ping at a third of it); CLIENT_BYE frees it at once.
 DEFAULT_CLIENT_LEASE_S = 10.0
@@ -53,12 +51,15 @@ class Scheduler:
         liveness: int = 3,
         max_queue: int | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        keep_finished: int = DEFAULT_KEEP_FINISHED,
-        keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES,
+        keep_finished: int | None = kept.DEFAULT_KEEP_FINISHED,
+        keep_finished_bytes: int = kept.DEFAULT_KEEP_FINISHED_BYTES,
         first_ticket: int = 0,
         journal: bool = False,
         client_lease_s: float = DEFAULT_CLIENT_LEASE_S,
         max_memory_bytes: int | None = None,
+        keep_finished_s: float = kept.DEFAULT_KEEP_FINISHED_S,
+        remember_s: float = kept.DEFAULT_REMEMBER_S,
+        remember_bytes: int = kept.DEFAULT_REMEMBER_BYTES,
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
@@ -79,7 +80,10 @@ class Scheduler:
         self.refusing = ""
         # Requests lost in transit, and how often: rare, so a dict beside them, not a field in each.
         self._transit_losses: dict[Request, int] = {}
-        self.kept = KeptResults(keep_finished, keep_finished_bytes, self.budget, self.sessions)
+        windows = (keep_finished_s, remember_s, remember_bytes)
+        self.kept = KeptResults(keep_finished, keep_finished_bytes, self.budget, self.sessions, *windows)
+        # Client id -> pages of ids finished earlier, read on submit (a dict lookup, no call).
+        self._earlier_pages = self.kept.ids.by_client
         self._seq = 0
         # Tickets must never repeat across balancer restarts (see protocol), so they start where told.
         self._ticket = first_ticket
@@ -99,8 +103,8 @@ class Scheduler:
 
     @property
     def remembered_finished(self) -> int:
-        """How many finished requests are kept for queries and resubmissions."""
-        return len(self.kept)
+        """How many finished requests are remembered for resubmissions: with their results, or ids only."""
+        return len(self.kept) + self.kept.ids.count
 
     @property
     def waiting(self) -> int:
@@ -124,6 +128,11 @@ class Scheduler:
         req = session.get(request_id)
         if req is not None:
             return resubmitted(req, route, body, self.counters, self.outbox)
+        pages = self._earlier_pages.get(client_id)
+        if pages is not None and (request_id >> PAGE_BITS) in pages:  # maybe finished before its result went
+            earlier = self.kept.earlier(client_id, request_id, route, body, self.counters, self.outbox)
+            if earlier is not None:
+                return earlier
         if self.refusing:
             self.last_refusal = self.refusing
             self.counters["busy"] += 1
@@ -210,9 +219,21 @@ class Scheduler:
         self.sessions.of(client_id)[request_id] = req
         self.kept.remember(req)
 
+    def restore_earlier(self, client_id: int, request_id: int, status: str, digest: int | None) -> None:
+        """Remember an id a previous balancer finished and kept past its result."""
+        self.kept.restore_id(client_id, request_id, status, digest)
+
+    def expire_finished(self, now: float) -> None:
+        """Let go of results past --keep-finished-s and ids past --remember-s, a slice per call."""
+        self.kept.tick(now)
+
     def get(self, client_id: int, request_id: int) -> Request | None:
-        """The request with these ids, if it is still remembered."""
-        return self.sessions.get(client_id, {}).get(request_id)
+        """The request with these ids, if it is still remembered; for an id kept past its result, a
+        stand-in with its status and no result (so `zlb request` and the REST API know it was finished)."""
+        req = self.sessions.get(client_id, {}).get(request_id)
+        if req is None and client_id in self._earlier_pages:
+            return self.kept.stand_in(client_id, request_id)
+        return req
 
     def requests(self, status: str | None = None, client_id: int | None = None) -> Iterator[Request]:
         """Remembered requests, optionally filtered, at a cost that follows what is read (balancer/index.py)."""

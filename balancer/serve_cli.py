@@ -13,8 +13,14 @@ import click
 from balancer.budget import DEFAULT_MAX_MEMORY_MB
 from balancer.config import DEFAULT_GRACE_S, BalancerConfig
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
+from balancer.kept import (
+    DEFAULT_KEEP_FINISHED_BYTES,
+    DEFAULT_KEEP_FINISHED_S,
+    DEFAULT_REMEMBER_BYTES,
+    DEFAULT_REMEMBER_S,
+)
 from balancer.loop import run_balancer
-from balancer.scheduler import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_BYTES, DEFAULT_MAX_ATTEMPTS
+from balancer.scheduler import DEFAULT_MAX_ATTEMPTS
 from wire.limits import DEFAULT_MAX_MESSAGE_BYTES
 from wire.options import endpoints, grace_option, heartbeat_options, path_option, shown_option
 from wire.security import CurveConfigError, generate_keys
@@ -63,16 +69,37 @@ def prepare_log_file(path: str) -> None:
     "--max-attempts", click.IntRange(1), DEFAULT_MAX_ATTEMPTS, "Fail a request after its node died this many times."
 )
 @shown_option(
+    "--keep-finished-s",
+    click.FloatRange(0),
+    DEFAULT_KEEP_FINISHED_S,
+    "Keep a finished request's result this long, for a re-send of its id and for queries (within"
+    " --keep-finished-mb and --max-memory-mb: when they need room the oldest results go first).",
+)
+@click.option(
     "--keep-finished",
-    click.IntRange(0),
-    DEFAULT_KEEP_FINISHED,
-    "Finished requests remembered for queries and duplicates.",
+    type=click.IntRange(0),
+    default=None,
+    help="Also keep at most this many results, the oldest going first.  [default: no count]",
 )
 @shown_option(
     "--keep-finished-mb",
     click.FloatRange(0),
     DEFAULT_KEEP_FINISHED_BYTES / 2**20,
-    "Also forget the oldest finished requests once their kept results exceed this many MiB.",
+    "Also keep at most this many MiB of results, the oldest going first.",
+)
+@shown_option(
+    "--remember-s",
+    click.FloatRange(0),
+    DEFAULT_REMEMBER_S,
+    "Past its result, remember a finished request's id and payload digest this long: a re-send is answered"
+    " 'processed earlier; the result is no longer kept', never run again. 0: not at all.",
+)
+@shown_option(
+    "--remember-mb",
+    click.FloatRange(0),
+    DEFAULT_REMEMBER_BYTES / 2**20,
+    "At most this many MiB of ids remembered past their results (about 12 bytes an id of a Client's"
+    " consecutive ids); the oldest go first.",
 )
 @shown_option(
     "--max-memory-mb",
@@ -105,7 +132,7 @@ def prepare_log_file(path: str) -> None:
     "admin_allow_dir",
 )
 @grace_option(DEFAULT_GRACE_S)
-def balancer(keep_finished_mb: float, max_memory_mb: int, log_file: str, **options: Any) -> None:
+def balancer(keep_finished_mb: float, remember_mb: float, max_memory_mb: int, log_file: str, **options: Any) -> None:
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
     if (options["curve_secret"] is None) != (options["allow_dir"] is None):
         raise click.UsageError("--curve-secret and --allow go together")
@@ -115,6 +142,7 @@ def balancer(keep_finished_mb: float, max_memory_mb: int, log_file: str, **optio
     # Every other option is a BalancerConfig field of the same name.
     config = BalancerConfig(
         keep_finished_bytes=int(keep_finished_mb * 2**20),
+        remember_bytes=int(remember_mb * 2**20),
         max_memory_bytes=max_memory_mb * 2**20 or None,
         log_file=log_file or None,
         **options,

@@ -28,6 +28,11 @@ def describe(result: Result) -> str:
     """One human line per result."""
     if result.status == "rejected":
         return f"Request {result.request_id} from Client {result.client_id} rejected: {result.value()}"
+    if result.expired:
+        return (
+            f"Request {result.request_id} from Client {result.client_id} was not run again: {result.value()};"
+            " a new request id runs it again"
+        )
     where = f"Server {result.server_id}" if result.server_id is not None else "the balancer"
     value = json.dumps(result.value(), ensure_ascii=False)
     if result.replay:
@@ -207,7 +212,8 @@ def send(
     """Send one request (like the seed's POST /send_request) and print its result.
 
     Request ids are idempotency keys: sending a used id again prints the stored
-    result, saying so; the same id with another payload is rejected.
+    result, saying so, or, once the balancer no longer keeps it, that it was
+    processed earlier; the same id with another payload is rejected.
     """
 
     def work(c: Client) -> int:

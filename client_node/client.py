@@ -29,7 +29,10 @@ the balancer answers REFUSED, and waiting raises ClientIdInUse. With requests
 outstanding the client pings within its lease; close() says CLIENT_BYE so the
 id is free at once. Request ids are idempotency keys within a client id: a
 request id that was already finished is answered with the stored result,
-`Result.replay` set; the same id with another payload is rejected.
+`Result.replay` set, or, once the balancer no longer keeps that result
+(`zlb balancer --keep-finished-s`), with status `expired` ("processed earlier;
+the result is no longer kept", `Result.expired`); the same id with another
+payload is rejected.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ class Result:
     client_id: int
     request_id: int
     priority: int
-    status: str  # processed, failed or rejected
+    status: str  # processed, failed, rejected, or expired (finished earlier; the result is no longer kept)
     server_id: int | None
     attempts: int
     body: bytes
@@ -28,6 +28,12 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.status == p.PROCESSED
+
+    @property
+    def expired(self) -> bool:
+        """The request id was finished earlier and the balancer no longer keeps its result (the body says
+        whether it was processed or failed): it was not run again, and its result cannot be had."""
+        return self.status == p.EXPIRED
 
     def value(self) -> Any:
         """The body decoded as JSON when it is JSON, else as text."""

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from balancer import eventlog
 from balancer import journal as jr
 from balancer.compaction import Compaction
+from balancer.records import EARLIER
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from tests.harness import wait_until
 from wire import events as ev
@@ -67,12 +68,15 @@ def test_missing_journal_is_empty_and_foreign_file_is_refused(tmp_path: Path):
         jr.replay(str(foreign), 10)
 
 
-def test_replay_keeps_only_the_newest_finished(tmp_path: Path):
-    """Finished requests beyond keep_finished are forgotten, as they are in memory."""
+def test_replay_keeps_results_of_the_newest_finished_and_ids_of_the_rest(tmp_path: Path):
+    """Finished requests beyond keep_finished lose their results, not their ids, as they do in memory."""
     path = tmp_path / "j"
     written(path, [accepted(1, i) for i in range(5)], [finished(1, i) for i in range(5)])
-    assert [r[2] for r in jr.replay(str(path), keep_finished=2).finished] == [3, 4]
-    assert jr.replay(str(path), keep_finished=0).finished == []
+    kept = jr.replay(str(path), keep_finished=2).finished
+    assert [(r[0], r[2]) for r in kept] == [(EARLIER, 0), (EARLIER, 1), (EARLIER, 2), (FINISHED, 3), (FINISHED, 4)]
+    assert kept[0] == [EARLIER, 1, 0, p.PROCESSED, None]  # written before digests were kept: none known
+    assert {r[0] for r in jr.replay(str(path), keep_finished=0).finished} == {EARLIER}
+    assert {r[0] for r in jr.replay(str(path)).finished} == {FINISHED}
 
 
 def test_restore_requeues_unfinished_and_answers_finished_resubmissions(tmp_path: Path):
@@ -105,8 +109,8 @@ def test_compaction_rewrites_the_file_to_the_live_state(tmp_path: Path):
     wait_until(run.step, 10, "the compaction to finish")
     journal.close()
     rec = jr.replay(str(path), 10)
-    assert rec.records == 1 + 2  # the magic record, one finished (keep_finished=1) and one assigned
-    assert [r[2] for r in rec.finished] == [2]
+    assert rec.records == 1 + 3  # the magic record, one finished (keep_finished=1), one id past it, one assigned
+    assert [(r[0], r[2]) for r in rec.finished] == [(FINISHED, 2), (EARLIER, 1)]  # ids after every request
     assert [r[2] for r in rec.pending] == [3]
 
 
@@ -328,3 +332,19 @@ def test_recent_events_are_the_newest_in_order_without_copying_the_ring():
         log.add(float(i), [("k", i, j) for j in range(3)])
     assert log.recent(4) == [[8.0, "k", 8, 2], [9.0, "k", 9, 0], [9.0, "k", 9, 1], [9.0, "k", 9, 2]]
     assert log.recent(0) == [] and len(log.recent(None)) == 30 and len(log.recent(100)) == 30
+
+
+def test_compaction_comes_while_ids_kept_past_their_results_pile_up(tmp_path: Path, monkeypatch):
+    """Every request adds two records and ends as one id kept for a day: the file must still come due,
+    or its dead ACCEPTED records (payloads and all) would grow until the ids' cap."""
+    monkeypatch.setattr(jr, "COMPACT_SLACK_RECORDS", 10)
+    journal = jr.Journal(str(tmp_path / "j"))
+    journal.open([])
+    due_at = None
+    for done in range(1, 100):
+        journal.append([(ACCEPTED, 1, done, 5, b"r", b"x" * 100), (FINISHED, 1, done, 5, "processed", 0, 1, b"ok", -1)])
+        if journal.due_for_compaction(0, ids=done):
+            due_at = done
+            break
+    journal.close()
+    assert due_at is not None and due_at <= 12

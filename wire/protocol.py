@@ -151,6 +151,9 @@ ASSIGNED = "assigned"
 PROCESSED = "processed"
 FAILED = "failed"
 STATUSES = (PENDING, ASSIGNED, PROCESSED, FAILED)
+# A RESULT's status for a request id finished earlier whose result the balancer no longer keeps
+# (past --keep-finished-s); its body says whether it was processed or failed. Never a request's own status.
+EXPIRED = "expired"
 
 # Event topics on the PUB socket; subscribers filter by prefix.
 TOPIC_REQUEST = b"zlb.request"

@@ -169,12 +169,22 @@ def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("Bad input", _pairs(result.get("bad_input", {}))),
         *_counter_rows(result.get("counters", {}), result.get("journal")),
         ("Log", _log_line(result.get("log", {}))),
-        (
-            "Retention",
-            f"all pending and running requests + the last {retention.get('finished_requests', '?')} finished; "
-            f"the last {retention.get('log_events', '?')} log events",
-        ),
+        ("Retention", _retention_line(retention)),
     ]
+
+
+def _retention_line(retention: dict[str, Any]) -> str:
+    """The two windows of finished requests, what each holds now, and what happens past them."""
+    r = {"results_for_s": 0, "results_max_bytes": 0, "ids_for_s": 0, "ids_max_bytes": 0, "ids_bytes": 0, **retention}
+    count = f", {r['results_max']} results" if r.get("results_max") is not None else ""
+    return (
+        f"all pending and running requests; finished ones with their results for {r['results_for_s']:g} s"
+        f" (at most {r['results_max_bytes'] / 2**20:g} MiB{count}, within the memory budget: {r.get('results_kept')}"
+        f" kept, {r.get('results_left_early')} let go early), then their ids for {r['ids_for_s']:g} s (at most"
+        f" {r['ids_max_bytes'] / 2**20:g} MiB: {r.get('ids_kept')} held in {r['ids_bytes'] / 2**20:.1f} MiB)."
+        f" Past the results: {r.get('past_results')}. Past the ids: {r.get('past_ids')}."
+        f" The last {r.get('log_events')} log events"
+    )
 
 
 def _log_line(log: dict[str, Any]) -> str:

@@ -166,7 +166,9 @@ def test_status_reads_as_labelled_lines(balancer: LiveBalancer, procs: ProcessGr
         "Log",
         "Retention",
     ]
-    assert "the last 10000 finished" in done.stdout
+    [retention] = [line for line in done.stdout.splitlines() if line.startswith("Retention")]
+    assert "finished ones with their results for 300 s" in retention and "then their ids for 86400 s" in retention
+    assert "Past the results: a re-sent id is answered 'processed earlier; the result is no longer kept'" in retention
     [log_line] = [line for line in done.stdout.splitlines() if line.startswith("Log")]
     assert log_line.rstrip().endswith("balancer.log")  # the file, and no DEGRADED after it
 

@@ -41,6 +41,9 @@ class ChaosPlan:
     stall_s: tuple[float, float] = (0.05, 0.6)
     retry_s: float = 0.5
     deadline_s: float = 60.0
+    # A `zlb client` process with this many requests, kill -9'd once it has some of its results and
+    # replaced under the same client id by one that re-sends the same ids with the same payloads (0: none).
+    replaced_requests: int = 0
 
     @classmethod
     def from_env(cls, **base: Any) -> ChaosPlan:
@@ -57,7 +60,7 @@ class ChaosPlan:
 
     @property
     def total(self) -> int:
-        return self.clients * self.requests_per_client + self.cli_requests
+        return self.clients * self.requests_per_client + self.cli_requests + self.replaced_requests
 
 
 @dataclass
@@ -79,6 +82,9 @@ class ChaosReport:
     reassigned: int = 0  # answered after more than one attempt: a fault hit them mid-work
     not_processed: int = 0
     balancer_view_mismatches: int = 0
+    client_replacements: int = 0  # a client kill -9'd and replaced under its id
+    refused_successors: int = 0  # successors refused while the killed one's lease lasted
+    results_before_kill: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -111,6 +117,81 @@ class _ClientThread(threading.Thread):
             self.error = f"client {self.client_id}: {exc.__class__.__name__}: {exc}"
 
 
+class _ReplacedClient:
+    """A `zlb client` kill -9'd once it has printed some results, then replaced under the same client id by
+    one that re-sends the same request ids with the same payloads; a successor started while the killed
+    one's lease lasts is refused (exit 2) and another is started a second later."""
+
+    def __init__(self, procs: ProcessGroup, plan: ChaosPlan, rng: random.Random, client_id: int) -> None:
+        self.procs, self.plan, self.client_id = procs, plan, client_id
+        self.kill_after = max(1, int(plan.replaced_requests * rng.uniform(0.2, 0.6)))
+        self.first = self._start("chaos-replaced-0")
+        self.killed = False
+        self.successors: list[Proc] = []
+        self._next_try = 0.0
+
+    def _start(self, name: str) -> Proc:
+        plan = self.plan
+        return self.procs.start(
+            name,
+            "client",
+            "--id", str(self.client_id),
+            "--requests", str(plan.replaced_requests),
+            "--cost-ms", str(plan.cost_ms),
+            "--retry-s", str(plan.retry_s),
+            "--timeout", str(plan.deadline_s),
+            "--json",
+        )  # fmt: skip
+
+    def step(self, report: ChaosReport) -> None:
+        """Once per round of faults: kill the first when it has its share of results; keep a successor going."""
+        if not self.killed:
+            if len(rows_of(self.first)) < self.kill_after and self.first.popen.poll() is None:
+                return
+            if self.first.popen.poll() is None:
+                self.procs.kill9(self.first)
+            self.killed = True
+            report.client_replacements += 1
+            report.results_before_kill = len(rows_of(self.first))
+        last = self.successors[-1] if self.successors else None
+        if last is not None and last.popen.poll() != 2:
+            return  # running, or done
+        if time.monotonic() < self._next_try:
+            return
+        report.refused_successors += last is not None
+        self.successors.append(self._start(f"chaos-replaced-{len(self.successors) + 1}"))
+        self._next_try = time.monotonic() + 1.0
+
+    def busy(self) -> bool:
+        if not self.killed:
+            return True
+        last = self.successors[-1] if self.successors else None
+        return last is None or last.popen.poll() in (None, 2)
+
+    def finish(self, report: ChaosReport, deadline_s: float) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+        """Wait for the successor (giving it what is left of the run's deadline); the first's results and its."""
+        wait_until(lambda: self.step(report) or not self.busy(), deadline_s, "the replaced client's successor")
+        successor = self.successors[-1]
+        if successor.popen.returncode != 0:
+            report.errors.append(f"the successor exited {successor.popen.returncode}: {successor.stderr()[-500:]}")
+        first: dict[int, Any] = {}
+        for row in rows_of(self.first):
+            report.duplicated += row["request_id"] in first
+            first[row["request_id"]] = row["result"]
+        return first, rows_of(successor)
+
+
+def rows_of(proc: Proc) -> list[dict[str, Any]]:
+    """The JSON result lines a `zlb client --json` printed (a line cut short by kill -9 is left out)."""
+    rows = []
+    for line in proc.stdout().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def _node_ids(plan: ChaosPlan) -> list[int]:
     return list(range(plan.nodes))
 
@@ -136,10 +217,13 @@ def run_chaos(procs: ProcessGroup, balancer: LiveBalancer, plan: ChaosPlan, bala
         "--timeout", str(plan.deadline_s),
         "--json",
     )  # fmt: skip
-    balancer = _inject_faults(procs, balancer, plan, rng, nodes, threads, cli, report, balancer_args)
+    replaced = _ReplacedClient(procs, plan, rng, cli_id + 1) if plan.replaced_requests else None
+    balancer = _inject_faults(procs, balancer, plan, rng, nodes, threads, cli, report, balancer_args, replaced)
     for t in threads:
         t.join(plan.deadline_s)
     cli_code = cli.wait(plan.deadline_s)
+    if replaced is not None:
+        _check_replaced(report, replaced, plan, started)
     report.seconds = round(time.monotonic() - started, 1)
     _check(report, threads, cli, cli_code, cli_id, plan, balancer)
     _maybe_save(report)
@@ -156,6 +240,7 @@ def _inject_faults(
     cli: Proc,
     report: ChaosReport,
     balancer_args: list[str],
+    replaced: _ReplacedClient | None = None,
 ) -> LiveBalancer:
     """kill -9 a random node (then restart it) at random intervals until the clients finish."""
     deadline = time.monotonic() + plan.deadline_s
@@ -164,10 +249,13 @@ def _inject_faults(
     t0 = time.monotonic()
 
     def busy() -> bool:
-        return any(t.is_alive() for t in threads) or cli.popen.poll() is None
+        clients_busy = any(t.is_alive() for t in threads) or cli.popen.poll() is None
+        return clients_busy or (replaced is not None and replaced.busy())
 
     while busy() and time.monotonic() < deadline:
         _pause(rng.uniform(*plan.node_kill_every_s), busy)
+        if replaced is not None:
+            replaced.step(report)
         if not busy():
             break
         if balancer_kills_left and time.monotonic() - t0 >= next_balancer_kill:
@@ -215,6 +303,24 @@ def _pause(seconds: float, busy: Any) -> None:
     wait_until(lambda: time.monotonic() >= resume_at or not busy(), seconds + 1, "the next fault")
 
 
+def _check_replaced(report: ChaosReport, replaced: _ReplacedClient, plan: ChaosPlan, started: float) -> None:
+    """Every id of the replaced client answered once to its successor, processed, with the result the
+    killed one saw when it saw one: nothing lost, duplicated or answered twice differently."""
+    left = max(1.0, started + plan.deadline_s - time.monotonic())
+    first, rows = replaced.finish(report, left)
+    sent = set(range(1, plan.replaced_requests + 1))
+    got: dict[int, Any] = {}
+    for row in rows:
+        rid = row["request_id"]
+        report.duplicated += rid in got or rid not in sent
+        got[rid] = row["result"]
+        report.results += 1
+        report.reassigned += row["attempts"] > 1
+        report.not_processed += row["status"] != "processed"
+    report.lost += len(sent - set(got))
+    report.conflicting_answers += sum(1 for rid, result in first.items() if got.get(rid, result) != result)
+
+
 def _check(
     report: ChaosReport,
     threads: list[_ClientThread],
@@ -249,10 +355,12 @@ def _check(
             report.reassigned += row["attempts"] > 1
     sent = {(c, r) for c in range(1, plan.clients + 1) for r in range(1, plan.requests_per_client + 1)}
     sent |= {(cli_id, r) for r in range(1, plan.cli_requests + 1)}
-    report.results = sum(received.values())
-    report.lost = len(sent - set(received))
-    report.duplicated = sum(n - 1 for n in received.values() if n > 1) + len(set(received) - sent)
-    report.not_processed = sum(1 for s in statuses.values() if s != "processed")
+    report.results += sum(received.values())
+    report.lost += len(sent - set(received))
+    report.duplicated += sum(n - 1 for n in received.values() if n > 1) + len(set(received) - sent)
+    report.not_processed += sum(1 for s in statuses.values() if s != "processed")
+    if plan.replaced_requests:
+        sent |= {(cli_id + 1, r) for r in range(1, plan.replaced_requests + 1)}
     view = _balancer_view(balancer)
     report.balancer_view_mismatches = sum(1 for key in sent if view.get(key) != "processed")
 

@@ -9,7 +9,8 @@ import pytest
 from tests.harness import Endpoints, ProcessGroup, start_balancer
 from tests.reliability.chaos import ChaosPlan, ChaosReport, run_chaos
 
-BALANCER_ARGS = ["--keep-finished", "1000000", "--max-attempts", "50"]
+# The default retention (results kept 300 s within the budget, ids a day): the runs take well under 300 s.
+BALANCER_ARGS = ["--max-attempts", "50"]
 
 
 def assert_exactly_once(report: ChaosReport) -> None:
@@ -50,4 +51,23 @@ def test_chaos_long_run(procs: ProcessGroup, endpoints: Endpoints, tmp_path, mon
     plan = ChaosPlan.from_env(balancer_kills=5, node_kill_every_s=(0.3, 1.0))
     report = run_chaos(procs, balancer, plan, args)
     assert report.node_kills >= 5
+    assert_exactly_once(report)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_chaos_a_client_killed_and_replaced_under_its_id_gets_one_result_per_request(
+    procs: ProcessGroup, endpoints: Endpoints, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """A `zlb client` of 2,000 requests kill -9'd once it has 20-60% of its results and replaced under the
+    same client id by one re-sending the same ids with the same payloads, while nodes (and the balancer,
+    on its journal) are killed, with the default --keep-finished-s, --keep-finished-mb and memory budget:
+    the successor gets every result once, the same one the killed client saw; nothing lost or duplicated."""
+    monkeypatch.setenv("ZLB_CHAOS_REQUESTS", os.environ.get("ZLB_CHAOS_REQUESTS", "8000"))
+    args = [*BALANCER_ARGS, "--journal", str(tmp_path / "zlb.journal")]
+    balancer = start_balancer(procs, endpoints, 100, *args)
+    plan = ChaosPlan.from_env(balancer_kills=3, replaced_requests=2000)
+    report = run_chaos(procs, balancer, plan, args)
+    assert report.client_replacements == 1 and 0 < report.results_before_kill < plan.replaced_requests
+    assert report.node_kills >= 2
     assert_exactly_once(report)
