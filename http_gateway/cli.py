@@ -27,8 +27,11 @@ from http_gateway.submitter import Submitter
 from http_gateway.web import App
 from process_supervisor.supervisor import Supervisor
 from wire.options import endpoints, heartbeat_options, shown_option
+from wire.security import CURVE_SECRET_ENV, SERVER_KEY_ENV, CurveConfigError, load_secret
 
 EXIT_CONFIG = 2
+# The key pair of the nodes /configure starts, when the balancer keeps node keys apart (--node-allow).
+NODE_SECRET_ENV = "ZLB_HTTP_NODE_SECRET"
 
 
 @dataclass
@@ -43,6 +46,26 @@ class Listen:
     allowed_hosts: tuple[str, ...] = ()
 
 
+def node_environment(env: dict[str, str], link: BalancerLink) -> None:
+    """What /configure's nodes inherit: the endpoints, the node key pair when one is named, no admin key or token.
+
+    Under a balancer's --node-allow, the client key cannot serve: ZLB_HTTP_NODE_SECRET names a key pair
+    from that directory, which the nodes get as their ZLB_CURVE_SECRET.
+    """
+    env.update({"ZLB_FRONTEND": link.frontend, "ZLB_CONTROL": link.control})
+    env.update({"ZLB_EVENTS": link.events, "ZLB_BACKEND": link.backend})
+    node_secret = env.pop(NODE_SECRET_ENV, "")
+    if node_secret:
+        if not env.get(SERVER_KEY_ENV):
+            raise CurveConfigError(
+                f"{NODE_SECRET_ENV} needs the balancer's public key too (--server-key, {SERVER_KEY_ENV})"
+            )
+        load_secret(node_secret)  # a wrong file is one line now, not a node that never joins
+        env[CURVE_SECRET_ENV] = node_secret
+    for secret in (admin_control.ADMIN_SECRET_ENV, TOKEN_ENV):
+        env.pop(secret, None)
+
+
 def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> None:
     """Serve until SIGINT/SIGTERM, then stop every process /configure started."""
     try:
@@ -50,15 +73,13 @@ def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> No
     except AuthConfigError as exc:
         print(f"zlb http: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_CONFIG) from None
-    sock = listen(where.host, where.port)
     sup = Supervisor()
-    sup.env.update({"ZLB_FRONTEND": link.frontend, "ZLB_CONTROL": link.control})
-    sup.env.update({"ZLB_EVENTS": link.events, "ZLB_BACKEND": link.backend})
-    for secret in (
-        admin_control.ADMIN_SECRET_ENV,
-        TOKEN_ENV,
-    ):  # nodes and clients get neither the admin key nor the token
-        sup.env.pop(secret, None)
+    try:
+        node_environment(sup.env, link)
+    except CurveConfigError as exc:
+        print(f"zlb http: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG) from None
+    sock = listen(where.host, where.port)
     submitter = Submitter(link.frontend)
     processes = Processes(sup, settings, lambda: link.call("servers"), submitter.submit_batch, link.known)
     gateway = Gateway(link, submitter, processes)
