@@ -21,6 +21,7 @@ socket is the ZAP user id (ADMIN or CLIENT) its requests carry.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -105,6 +106,9 @@ def secure_client_socket(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
+_monitor_numbers = itertools.count()
+
+
 class KeyRefusals:
     """Whether the balancer refused a connecting socket's curve key: a monitor, read only when asked.
 
@@ -113,8 +117,12 @@ class KeyRefusals:
     """
 
     def __init__(self, sock: zmq.Socket) -> None:
-        curve = sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH) if curve else None
+        self._monitor: zmq.Socket | None = None
+        if sock.getsockopt(zmq.MECHANISM) == zmq.CURVE:
+            # A name of our own: pyzmq's default names it after the socket's descriptor, which a
+            # reconnect's new socket may reuse before the old endpoint is gone ("Address already in use").
+            address = f"inproc://zlb-key-refusals-{next(_monitor_numbers)}"
+            self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH, address)
 
     def seen(self) -> bool:
         """True if the balancer refused the key since the last look."""
