@@ -4,9 +4,9 @@
 
 Real processes on free loopback ports: a curve balancer, two `zlb server --handler echo
 --capacity 50` nodes and this process as the client, sending REQUESTS small requests in
-windows of 1,000; alternately without `--node-allow` (every --allow key may serve, as before)
-and with it (the backend a ZAP domain of its own), ROUNDS times each. The role is settled once,
-at the handshake, so the two should not differ beyond noise; the figures are requests/s.
+windows of 1,000; without `--node-allow` (every --allow key may serve, as before) and with it
+(the backend a ZAP domain of its own), ROUNDS times each, which one first alternating. The role
+is settled once, at the handshake, so the two should not differ beyond noise (requests/s).
 """
 
 from __future__ import annotations
@@ -39,7 +39,14 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-def one_round(tmp: Path, node_allow: bool, requests: int) -> float:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_round(tmp: Path, node_allow: bool, requests: int) -> tuple[float, float]:
+    """Requests/s, and the balancer's CPU microseconds per request (steadier on a busy machine)."""
     ends = Endpoints.fresh()
     base = {**os.environ, **ends.env(), "XDG_STATE_HOME": str(tmp / "state")}
     keys = {who: str(tmp / "keys" / f"{who}.key_secret") for who in ("client", "node")}
@@ -63,11 +70,12 @@ def one_round(tmp: Path, node_allow: bool, requests: int) -> float:
 
         wait_until(joined, 30, "two nodes to join")
         with Client(ends.frontend, client_id=1) as client:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_s(procs[0].pid)
             for first in range(0, requests, WINDOW):
                 pending = client.submit_many([b"x" * 64] * min(WINDOW, requests - first))
                 assert all(p.result(timeout=60).ok for p in pending)
-            return requests / (time.perf_counter() - started)
+            rate = requests / (time.perf_counter() - started)
+            return rate, (cpu_s(procs[0].pid) - cpu) / requests * 1e6
     finally:
         for proc in procs:  # each by its PID
             proc.send_signal(signal.SIGTERM)
@@ -89,14 +97,18 @@ def main(requests: int, rounds: int) -> None:
         shutil.copy(tmp / "keys" / "client.key", tmp / "allow")
         shutil.copy(tmp / "keys" / "node.key", tmp / "nodes")
         shutil.copy(tmp / "keys" / "node.key", tmp / "allow")  # without --node-allow the node needs --allow
-        rates: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(rounds):
-            for node_allow in (False, True):
-                rates[node_allow].append(one_round(tmp, node_allow, requests))
-                print(f"{'with' if node_allow else 'without'} --node-allow: {rates[node_allow][-1]:,.0f} requests/s")
-        for node_allow, got in rates.items():
+        runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for round_number in range(rounds):
+            # Alternate which goes first: on a shared machine the second run of a pair tends to be slower.
+            for node_allow in (False, True) if round_number % 2 == 0 else (True, False):
+                rate, cpu_us = one_round(tmp, node_allow, requests)
+                runs[node_allow].append((rate, cpu_us))
+                label = "with" if node_allow else "without"
+                print(f"{label} --node-allow: {rate:,.0f} requests/s, balancer {cpu_us:.1f} CPU us/request")
+        for node_allow, got in runs.items():
+            rate, cpu_us = (statistics.median(x) for x in zip(*got))
             label = "with" if node_allow else "without"
-            print(f"median {label} --node-allow: {statistics.median(got):,.0f} requests/s over {len(got)} rounds")
+            print(f"median {label} --node-allow: {rate:,.0f} requests/s, balancer {cpu_us:.1f} CPU us/request")
 
 
 if __name__ == "__main__":
