@@ -48,6 +48,7 @@ class BalancerConfig:
     curve_secret: str | None = None
     allow_dir: str | None = None
     admin_allow_dir: str | None = None
+    node_allow_dir: str | None = None  # with it, only these keys may join the backend (wire/security.py)
     grace_s: float = DEFAULT_GRACE_S
     max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_MB * MIB  # None: no budget (bytes still counted)
     endpoints: dict[str, str] = field(init=False, default_factory=dict)

@@ -130,9 +130,8 @@ class Balancer:
             self.state.journal = self.journal.view
         try:
             if config.curve_secret is not None:
-                self.curve = CurveServer.start(
-                    self._ctx, config.curve_secret, config.allow_dir or "", config.admin_allow_dir
-                )
+                allowed = (config.allow_dir or "", config.admin_allow_dir, config.node_allow_dir)
+                self.curve = CurveServer.start(self._ctx, config.curve_secret, *allowed)
             self._open_sockets()
         except BaseException:
             self._close_security()
@@ -145,7 +144,7 @@ class Balancer:
     def _open_sockets(self) -> None:
         cfg = self.config
         self.frontend = self._bind(zmq.ROUTER, cfg.frontend)
-        self.backend = self._bind(zmq.ROUTER, cfg.backend)
+        self.backend = self._bind(zmq.ROUTER, cfg.backend, "backend")  # its own ZAP domain: node keys
         # A node keeps its identity across reconnects; let its new connection take over.
         self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # A send to a route with no connection raises instead of vanishing: work that
@@ -178,11 +177,11 @@ class Balancer:
         for sock in self._readers:
             self.poller.register(sock, zmq.POLLIN)
 
-    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
+    def _bind(self, kind: int, endpoint: str, role: str = "") -> zmq.Socket:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
-            self.curve.secure(sock)
+            self.curve.secure(sock, role)
         sock.setsockopt(zmq.MAXMSGSIZE, limits.socket_limit(self.config.max_message_bytes))
         # Messages queued per peer follow from the memory budget (balancer/budget.py): a full
         # send pipe says EAGAIN (ROUTER_MANDATORY) and pauses that client, a full receive

@@ -131,13 +131,24 @@ def prepare_log_file(path: str) -> None:
     "Directory of admin public keys: only these may down, up, drain and configure (without it every --allow key may).",
     "admin_allow_dir",
 )
+@click.option(
+    "--node-allow",
+    "node_allow_dir",
+    type=click.Path(exists=True, file_okay=False),
+    envvar="ZLB_NODE_ALLOW",
+    show_envvar=True,
+    default=None,
+    help="Directory of node public keys: only these may join as servers, and they may not submit, subscribe"
+    " or query unless also in --allow (without it every --allow key may serve).",
+)
 @grace_option(DEFAULT_GRACE_S)
 def balancer(keep_finished_mb: float, remember_mb: float, max_memory_mb: int, log_file: str, **options: Any) -> None:
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
     if (options["curve_secret"] is None) != (options["allow_dir"] is None):
         raise click.UsageError("--curve-secret and --allow go together")
-    if options["admin_allow_dir"] is not None and options["curve_secret"] is None:
-        raise click.UsageError("--admin-allow needs --curve-secret and --allow")
+    for option in ("admin_allow", "node_allow"):
+        if options[f"{option}_dir"] is not None and options["curve_secret"] is None:
+            raise click.UsageError(f"--{option.replace('_', '-')} needs --curve-secret and --allow")
     prepare_log_file(log_file)
     # Every other option is a BalancerConfig field of the same name.
     config = BalancerConfig(
@@ -180,5 +191,8 @@ def generate(directory: str, name: str) -> None:
         public, secret = generate_keys(directory, name)
     except OSError as exc:
         raise click.ClickException(f"cannot write keys in {directory}: {exc}") from None
-    click.echo(f"Public key: {public}  (copy it into the balancer's --allow directory, or use it as --server-key)")
+    click.echo(
+        f"Public key: {public}  (copy it into the balancer's --allow directory, --node-allow for a node,"
+        " or use it as --server-key)"
+    )
     click.echo(f"Secret key: {secret}  (keep it private: --curve-secret)")

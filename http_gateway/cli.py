@@ -11,7 +11,15 @@ import click
 from http_gateway import control as admin_control
 from http_gateway import metrics
 from http_gateway.api import CONTROL_TIMEOUT_S, BalancerLink, Gateway
-from http_gateway.auth import TOKEN_ENV, AuthConfigError, Policy, load_token
+from http_gateway.auth import (
+    ALLOWED_HOST_OPTION,
+    ALLOWED_HOSTS_ENV,
+    TOKEN_ENV,
+    AuthConfigError,
+    Policy,
+    allowed_host,
+    load_token,
+)
 from http_gateway.hub import EventHub
 from http_gateway.processes import NodeSettings, Processes
 from http_gateway.serve import HEADER_TIMEOUT_S, listen, serve
@@ -19,8 +27,11 @@ from http_gateway.submitter import Submitter
 from http_gateway.web import App
 from process_supervisor.supervisor import Supervisor
 from wire.options import endpoints, heartbeat_options, shown_option
+from wire.security import CURVE_SECRET_ENV, SERVER_KEY_ENV, CurveConfigError, load_secret
 
 EXIT_CONFIG = 2
+# The key pair of the nodes /configure starts, when the balancer keeps node keys apart (--node-allow).
+NODE_SECRET_ENV = "ZLB_HTTP_NODE_SECRET"
 
 
 @dataclass
@@ -32,24 +43,43 @@ class Listen:
     token_file: str | None
     quiet: bool
     header_timeout_s: float = HEADER_TIMEOUT_S
+    allowed_hosts: tuple[str, ...] = ()
+
+
+def node_environment(env: dict[str, str], link: BalancerLink) -> None:
+    """What /configure's nodes inherit: the endpoints, the node key pair when one is named, no admin key or token.
+
+    Under a balancer's --node-allow, the client key cannot serve: ZLB_HTTP_NODE_SECRET names a key pair
+    from that directory, which the nodes get as their ZLB_CURVE_SECRET.
+    """
+    env.update({"ZLB_FRONTEND": link.frontend, "ZLB_CONTROL": link.control})
+    env.update({"ZLB_EVENTS": link.events, "ZLB_BACKEND": link.backend})
+    node_secret = env.pop(NODE_SECRET_ENV, "")
+    if node_secret:
+        if not env.get(SERVER_KEY_ENV):
+            raise CurveConfigError(
+                f"{NODE_SECRET_ENV} needs the balancer's public key too (--server-key, {SERVER_KEY_ENV})"
+            )
+        load_secret(node_secret)  # a wrong file is one line now, not a node that never joins
+        env[CURVE_SECRET_ENV] = node_secret
+    for secret in (admin_control.ADMIN_SECRET_ENV, TOKEN_ENV):
+        env.pop(secret, None)
 
 
 def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> None:
     """Serve until SIGINT/SIGTERM, then stop every process /configure started."""
     try:
-        policy = Policy.for_host(where.host, load_token(where.token_file))
+        policy = Policy.for_host(where.host, load_token(where.token_file), where.allowed_hosts)
     except AuthConfigError as exc:
         print(f"zlb http: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_CONFIG) from None
-    sock = listen(where.host, where.port)
     sup = Supervisor()
-    sup.env.update({"ZLB_FRONTEND": link.frontend, "ZLB_CONTROL": link.control})
-    sup.env.update({"ZLB_EVENTS": link.events, "ZLB_BACKEND": link.backend})
-    for secret in (
-        admin_control.ADMIN_SECRET_ENV,
-        TOKEN_ENV,
-    ):  # nodes and clients get neither the admin key nor the token
-        sup.env.pop(secret, None)
+    try:
+        node_environment(sup.env, link)
+    except CurveConfigError as exc:
+        print(f"zlb http: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIG) from None
+    sock = listen(where.host, where.port)
     submitter = Submitter(link.frontend)
     processes = Processes(sup, settings, lambda: link.call("servers"), submitter.submit_batch, link.known)
     gateway = Gateway(link, submitter, processes)
@@ -60,6 +90,8 @@ def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     auth = "token required for POST" if policy.token else "no token: open on loopback"
+    names = ["loopback names", *(["any address"] if policy.any_address else []), *sorted(policy.names)]
+    auth += f"; answers to {', '.join(names)}"
     print(f"zlb http serving on http://{where.host}:{where.port} ({auth}; balancer {link.control})", file=sys.stderr)
     sys.stderr.flush()
     try:
@@ -70,12 +102,29 @@ def run_gateway(link: BalancerLink, settings: NodeSettings, where: Listen) -> No
         processes.close(timeout_s=3.0)
 
 
+def _allowed_hosts(values: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return tuple(allowed_host(value) for value in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=ALLOWED_HOST_OPTION) from None
+
+
 @click.command(name="http")
 @endpoints("frontend", "backend", "events", "control")
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback needs a token)."
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
+@click.option(
+    ALLOWED_HOST_OPTION,
+    "allowed_hosts",
+    multiple=True,
+    envvar=ALLOWED_HOSTS_ENV,
+    show_envvar=True,
+    callback=lambda _ctx, _param, values: _allowed_hosts(values),
+    help="A name (or address) this gateway answers to besides loopback names and --host; repeatable."
+    " Any other Host is refused (421), reads included. A name beyond loopback needs a token.",
+)
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False),
@@ -104,6 +153,7 @@ def http(
     control: str,
     host: str,
     port: int,
+    allowed_hosts: tuple[str, ...],
     token_file: str | None,
     cost_ms: float,
     capacity: int,
@@ -118,5 +168,5 @@ def http(
     run_gateway(
         link,
         NodeSettings(cost_ms, capacity, heartbeat_ms, liveness),
-        Listen(host, port, token_file, quiet, header_timeout),
+        Listen(host, port, token_file, quiet, header_timeout, allowed_hosts),
     )

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -41,6 +42,8 @@ MAX_DRAIN_BYTES = 16 * 1024 * 1024
 STATIC = Path(__file__).parent / "static"
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Refusal for a Host that names something else: "misdirected", this is not the server it asked for.
+MISDIRECTED = 421
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -89,6 +92,30 @@ def json_content(headers: Any) -> str:
     if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
         return ""  # an empty POST (/server_down/1) carries no body to type
     return f"the body must be application/json, not {declared}"
+
+
+class HostCheck:
+    """ASGI middleware: every request (page, static file, read, change, event stream) must name this gateway.
+
+    It wraps the whole app, routing and error pages included, so no path answers a foreign Host.
+    """
+
+    def __init__(self, app: Any, policy: Policy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            hosts = [value.decode("latin-1") for name, value in scope["headers"] if name == b"host"]
+            one = hosts[0] if len(hosts) == 1 else None
+            refusal = "more than one Host header" if len(hosts) > 1 else self.policy.host_refusal(one)
+            if refusal:
+                if scope["type"] == "websocket":  # closed before it is accepted: the client sees a 403
+                    await send({"type": "websocket.close", "code": 1008})
+                else:
+                    await error(MISDIRECTED, refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class App:
@@ -199,6 +226,7 @@ class App:
             return error(500, f"internal error ({exc.__class__.__name__}); see the gateway's log")
 
         handlers = {HTTPException: http_error, Exception: crash}
-        app = Starlette(routes=self.routes(), exception_handlers=handlers, lifespan=lifespan)
+        host_check = Middleware(HostCheck, policy=self.policy)
+        app = Starlette(routes=self.routes(), exception_handlers=handlers, lifespan=lifespan, middleware=[host_check])
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
         return app

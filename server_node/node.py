@@ -31,7 +31,7 @@ from wire import endpoints, limits
 from wire import protocol as p
 from wire.batching import batches, payload_size
 from wire.protocol import MsgType, ProtocolError
-from wire.security import secure_client_socket
+from wire.security import KeyRefusals, secure_client_socket
 from wire.sockets import DRAIN_BATCH, SLEPT_S, Waiter, received, send_frames
 
 DEFAULT_GRACE_S = 10.0
@@ -43,6 +43,10 @@ EXIT_FENCED = 4
 REFUSED_RETRY_S = 30.0
 # The longest heartbeat interval a node follows: an hour (beyond, a WELCOME is garbage).
 MAX_HEARTBEAT_MS = 3_600_000
+KEY_REFUSED = (
+    "the balancer refused this node's curve key (ZLB_CURVE_SECRET): a node's public key must be in"
+    " the balancer's --node-allow directory (in --allow when it has none)"
+)
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _WORK_BATCH, _DONE, _DONE_BATCH = MsgType.WORK_BATCH, MsgType.DONE, MsgType.DONE_BATCH
 
@@ -75,6 +79,7 @@ class ServerNode:
         self.exit_code: int | None = None  # set when the balancer refuses or fences this node
         self.exit_reason = ""
         self._refused_since: float | None = None
+        self._told_key_refused = False
         self._last_hello = 0.0
         # Tickets received whose DONE has not been sent, in arrival order.
         self.held: dict[int, None] = {}
@@ -102,6 +107,7 @@ class ServerNode:
         # Room for every DONE a full node can owe, so none is dropped for want of queue.
         self.sock.setsockopt(zmq.SNDHWM, max(1000, 4 * self.config.capacity + 100))
         secure_client_socket(self.sock)
+        self._key_refusals = KeyRefusals(self.sock)
         self.sock.connect(self.config.backend)
         self._poller.register(self.sock, zmq.POLLIN)
         self._waiter = Waiter(self.sock)
@@ -109,6 +115,7 @@ class ServerNode:
         self._hello()
 
     def _disconnect(self) -> None:
+        self._key_refusals.close()
         self._poller.unregister(self.sock)
         self.sock.close(linger=0)
         self.sock = None
@@ -180,7 +187,10 @@ class ServerNode:
 
     def _keep_alive(self, now: float) -> None:
         if self.live.lost(now):
-            # The balancer is gone or restarted: a fresh socket after a back-off.
+            # The balancer is gone or restarted (or refuses our key): a fresh socket after a back-off.
+            if self._key_refusals.seen() and not self._told_key_refused:
+                self._told_key_refused = True
+                print(f"zlb server: {KEY_REFUSED}; retrying", file=sys.stderr, flush=True)
             self._disconnect()
             self._redial_at = now + self.live.reconnected(now)
         elif self.live.heartbeat_due(now):
@@ -204,6 +214,7 @@ class ServerNode:
         if self._pool is not None:
             self._pool.close()
         if self.sock is not None:
+            self._key_refusals.close()
             self.sock.close(linger=200)  # let BYE and the last results leave
 
     # ---- messages from the balancer -------------------------------------

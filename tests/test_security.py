@@ -74,3 +74,23 @@ def test_curve_options_need_each_other(tmp_path: Path, monkeypatch: pytest.Monke
     done = CliRunner().invoke(main, ["servers", "--curve-secret", secret], env=env)
     assert done.exit_code == 2
     assert "both --curve-secret and --server-key" in done.output
+
+
+def test_a_socket_reconnecting_many_times_can_always_watch_for_refusals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Each new socket gets its own refusal monitor, even when it reuses the closed one's descriptor."""
+    security.generate_keys(str(tmp_path), "me")
+    server_pub, _ = security.generate_keys(str(tmp_path), "balancer")
+    monkeypatch.setenv(security.CURVE_SECRET_ENV, str(tmp_path / "me.key_secret"))
+    monkeypatch.setenv(security.SERVER_KEY_ENV, server_pub)
+    ctx = zmq.Context.instance()
+    for _ in range(200):  # as a node does after each lost connection
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        security.secure_client_socket(sock)
+        refusals = security.KeyRefusals(sock)
+        sock.connect("tcp://127.0.0.1:9")
+        assert not refusals.seen()
+        refusals.close()
+        sock.close(linger=0)

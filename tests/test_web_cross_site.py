@@ -26,7 +26,7 @@ def post(gateway: LiveGateway, path: str, body: bytes, headers: dict[str, str]) 
 
 @pytest.mark.timeout(60)
 def test_cross_site_posts_are_refused_and_change_nothing(balancer: LiveBalancer, procs: ProcessGroup):
-    """Another origin, a non-JSON body or a non-loopback Host is refused (403/415); same-origin JSON works."""
+    """Another origin, a non-JSON body or a non-loopback Host is refused (403/415/421); same-origin JSON works."""
     balancer.start_server(0)
     balancer.wait_servers_active({0})
     gateway = start_gateway(procs)
@@ -36,7 +36,7 @@ def test_cross_site_posts_are_refused_and_change_nothing(balancer: LiveBalancer,
     assert post(gateway, "/server_down/0", b"", evil)[0] == 403
     assert post(gateway, "/configure", spec, {"Content-Type": "text/plain"})[0] == 415
     assert post(gateway, "/configure", spec, {"Content-Type": "application/x-www-form-urlencoded"})[0] == 415
-    assert post(gateway, "/server_down/0", b"", {"Host": f"evil.example:{urlsplit(gateway.url).port}"})[0] == 403
+    assert post(gateway, "/server_down/0", b"", {"Host": f"evil.example:{urlsplit(gateway.url).port}"})[0] == 421
     assert balancer.servers()[0]["state"] == "active"  # nothing above changed anything
     same = {"Origin": f"http://{host}", "Content-Type": "application/json"}
     assert post(gateway, "/server_down/0", b"", same)[0] == 200

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Endpoints, ProcessGroup, start_balancer, wait_until
+from tests.harness import Endpoints, ProcessGroup, free_port, start_balancer, wait_until
 from tests.test_http_gateway import start_gateway
 from wire import security
 
 ADMIN_SECRET_ENV = "ZLB_HTTP_ADMIN_SECRET"
+NODE_SECRET_ENV = "ZLB_HTTP_NODE_SECRET"
 
 
 @pytest.fixture
@@ -84,3 +87,41 @@ def test_control_calls_use_the_admin_key(
     reply = gateway.call("GET", "/servers")
     assert reply.status == 503
     assert "no answer from the balancer" in reply.json()["error"]
+
+
+@pytest.mark.timeout(60)
+def test_under_node_allow_configure_starts_nodes_with_the_node_key(
+    procs: ProcessGroup, endpoints: Endpoints, keys: dict[str, Path], tmp_path: Path
+):
+    """With the balancer's --node-allow, ZLB_HTTP_NODE_SECRET gives /configure's nodes a key that may serve."""
+    security.generate_keys(str(tmp_path / "keys"), "node")
+    nodes = tmp_path / "nodes"
+    nodes.mkdir()
+    shutil.copy(tmp_path / "keys" / "node.key", nodes)
+    curve = ["--curve-secret", str(keys["balancer"]), "--allow", str(allow(tmp_path, "client", "admin"))]
+    balancer = start_balancer(procs, endpoints, 100, *curve, "--node-allow", str(nodes))
+    node_secret = str(tmp_path / "keys" / "node.key_secret")
+    gateway = start_gateway(procs, "--cost-ms", "10", env={**gateway_env(keys), NODE_SECRET_ENV: node_secret})
+    spec = {"num_servers": 2, "num_clients": 1, "requests_per_client": 3}
+    assert gateway.call("POST", "/configure", spec).status == 200  # both nodes joined
+    wait_until(lambda: len(gateway.get("/requests?status=processed")) == 3, 15, "three requests processed")
+    node_env = environ_of(gateway.get("/servers")[0]["pid"])
+    assert node_env[security.CURVE_SECRET_ENV] == node_secret
+    assert NODE_SECRET_ENV not in node_env and ADMIN_SECRET_ENV not in node_env
+    assert "backend.auth_refused" not in balancer.call("status")["bad_input"]
+
+
+def test_a_node_secret_that_is_no_key_pair_stops_the_gateway_at_once(procs: ProcessGroup, keys: dict[str, Path]):
+    """ZLB_HTTP_NODE_SECRET naming a public key file: exit 2 and one line, before anything is served."""
+    env = {**procs.env, **gateway_env(keys), NODE_SECRET_ENV: str(keys["server_key"])}
+    done = subprocess.run(
+        [sys.executable, "-m", "zlb", "http", "--quiet", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds no secret key" in lines[0], lines

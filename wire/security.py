@@ -8,10 +8,20 @@ commands. Every other command connects with its own secret key and the
 balancer's public key, read from ZLB_CURVE_SECRET and ZLB_SERVER_KEY (the
 `--curve-secret` and `--server-key` options set them), so one function,
 `secure_client_socket`, covers nodes, clients, admin calls and the monitor.
+
+Roles are settled at the handshake, never per message. The backend (where nodes
+join and receive payloads) is its own ZAP domain, NODE_DOMAIN: with
+`--node-allow NODES` it admits only the keys in NODES, and the other three
+sockets only those of `--allow` and `--admin-allow`, so a client key cannot
+serve and a node key cannot submit, subscribe or query (a key in both
+directories has both roles). Without `--node-allow` the backend admits the
+same keys as the rest, as before. The admin/client split of the control
+socket is the ZAP user id (ADMIN or CLIENT) its requests carry.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -96,11 +106,48 @@ def secure_client_socket(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
+_monitor_numbers = itertools.count()
+
+
+class KeyRefusals:
+    """Whether the balancer refused a connecting socket's curve key: a monitor, read only when asked.
+
+    A refused peer only sees silence on its socket; libzmq reports the refusal as a monitor event.
+    Create it before connect; the owner looks when the balancer has been silent too long, never per message.
+    """
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._monitor: zmq.Socket | None = None
+        if sock.getsockopt(zmq.MECHANISM) == zmq.CURVE:
+            # A name of our own: pyzmq's default names it after the socket's descriptor, which a
+            # reconnect's new socket may reuse before the old endpoint is gone ("Address already in use").
+            address = f"inproc://zlb-key-refusals-{next(_monitor_numbers)}"
+            self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH, address)
+
+    def seen(self) -> bool:
+        """True if the balancer refused the key since the last look."""
+        seen = False
+        while self._monitor is not None:
+            try:
+                self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            seen = True
+        return seen
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+
 class _RefusalLog:
     """The authenticator's log: passes only refusals on, at most one per key per interval."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_allow: bool) -> None:
         self._last: dict[str, float] = {}
+        # pyzmq logs a curve verdict as (status, domain, key): say where a node-socket refusal came from.
+        self._where = {NODE_DOMAIN: " on the backend (nodes join with a key from --node-allow)"} if node_allow else {}
 
     def debug(self, msg: str, *args: Any) -> None:
         text = msg % args if args else msg
@@ -109,7 +156,8 @@ class _RefusalLog:
         now = time.monotonic()
         if now - self._last.get(text, -REFUSAL_LOG_INTERVAL_S) >= REFUSAL_LOG_INTERVAL_S:
             self._last[text] = now
-            print(f"zlb balancer: refused a peer: {text}", file=sys.stderr, flush=True)
+            where = self._where.get(args[1], "") if len(args) == 3 else ""
+            print(f"zlb balancer: refused a peer{where}: {text}", file=sys.stderr, flush=True)
 
     def error(self, msg: str, *args: Any) -> None:
         print(f"zlb balancer: authenticator: {msg % args if args else msg}", file=sys.stderr, flush=True)
@@ -119,6 +167,8 @@ class _RefusalLog:
 
 ADMIN = "admin"
 CLIENT = "client"
+# The ZAP domain of the balancer's backend; the other sockets use the default ("*").
+NODE_DOMAIN = "nodes"
 
 
 class _RoleAuthenticator(ThreadAuthenticator):
@@ -145,23 +195,37 @@ class CurveServer:
     auth: ThreadAuthenticator
 
     @classmethod
-    def start(cls, context: zmq.Context, secret_file: str, allow_dir: str, admin_dir: str | None = None) -> CurveServer:
-        """Load the balancer's key, admit the public keys in `allow_dir` (and `admin_dir`), start ZAP."""
+    def start(
+        cls,
+        context: zmq.Context,
+        secret_file: str,
+        allow_dir: str,
+        admin_dir: str | None = None,
+        node_dir: str | None = None,
+    ) -> CurveServer:
+        """Load the balancer's key and the public keys it admits, start ZAP.
+
+        The frontend, events and control sockets admit `allow_dir` and `admin_dir`; the
+        backend admits `node_dir`, or without one the same keys as the others.
+        """
         public, secret = load_secret(secret_file)
         allowed = _public_keys("--allow", allow_dir)
-        auth = _RoleAuthenticator(context, log=_RefusalLog())
+        auth = _RoleAuthenticator(context, log=_RefusalLog(node_dir is not None))
         if admin_dir is not None:
             auth.admin_keys = set(_public_keys("--admin-allow", admin_dir))
             allowed.update(dict.fromkeys(auth.admin_keys, True))
         auth.certs["*"] = allowed
+        auth.certs[NODE_DOMAIN] = allowed if node_dir is None else _public_keys("--node-allow", node_dir)
         auth.start()
         return cls(public, secret, auth)
 
-    def secure(self, sock: zmq.Socket) -> None:
-        """Make a bound socket a curve server (call before bind)."""
+    def secure(self, sock: zmq.Socket, role: str = "") -> None:
+        """Make a bound socket a curve server (call before bind); the "backend" gets the nodes' ZAP domain."""
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
+        if role == "backend":
+            sock.zap_domain = NODE_DOMAIN.encode()
 
     def stop(self) -> None:
         """Stop the ZAP handler thread."""
