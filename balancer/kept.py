@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget
@@ -63,8 +63,16 @@ def body_size(body: Any) -> int:
 class KeptResults:
     """The finished requests still remembered, oldest first."""
 
-    def __init__(self, keep: int, keep_bytes: int, budget: MemoryBudget, sessions: ClientSessions) -> None:
+    def __init__(
+        self,
+        keep: int,
+        keep_bytes: int,
+        budget: MemoryBudget,
+        sessions: ClientSessions,
+        forgotten: Callable[[Request], None] = lambda req: None,
+    ) -> None:
         self.keep = keep
+        self._forgotten = forgotten  # told of each request forgotten (the listing's arrival order lets go)
         self.keep_bytes = keep_bytes
         self._budget = budget
         self._sessions = sessions
@@ -101,6 +109,7 @@ class KeptResults:
             old = kept.popleft()
             self._bytes -= body_size(old.body)
             budget.kept = self._bytes + REQUEST_OVERHEAD_BYTES * len(kept)
+            self._forgotten(old)
             session = sessions.get(old.client_id)
             if session is not None and session.get(old.request_id) is old:
                 del session[old.request_id]
