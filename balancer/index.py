@@ -10,12 +10,13 @@ meanwhile is not listed again as finished, and one not yet reached is listed whe
 Dispatch order is another matter (priority, re-queued first, turns between clients:
 balancer/waiting.py): it changes with every arrival, so no key could resume it.
 
-The order is kept in chunks of up to CHUNK slots. A chunk holds its requests (a list) and
-the offset of each from the chunk's first arrival number (a bytearray), so a request costs
-9 bytes here and carries no number of its own: its `place` points at its chunk, which is
-what forgetting it needs. Forgotten requests are dropped from their chunk when half of it
-is forgotten (O(1) amortised), and an empty chunk is dropped. Positions are by arrival
-number: a page starts after one with two bisections, O(log n), and costs what it reads.
+The order is kept in chunks of up to CHUNK arrivals. A chunk holds its requests (a list), so
+a request costs one slot (8 bytes) here and carries no number of its own: its `place` points
+at its chunk, which is what forgetting it needs. A request's arrival number is its chunk's
+first number plus its index, until the chunk drops its forgotten requests (when half of it
+is forgotten: O(1) amortised); from then on the chunk keeps each one's offset (a byte). An
+empty chunk is dropped. A page starts after a given number with two bisections, O(log n),
+and costs what it reads.
 """
 
 from __future__ import annotations
@@ -25,20 +26,31 @@ from collections.abc import Callable, Iterator
 
 from balancer.records import Request
 
-# Arrival slots per chunk: the offsets fit in a byte.
+# Arrivals per chunk: the offsets fit in a byte.
 CHUNK = 256
 
 
 class _Chunk:
-    """Requests that arrived as numbers base .. base + CHUNK - 1, the forgotten ones not yet dropped."""
+    """Requests that arrived as numbers base, base + 1, ...; the forgotten ones not yet dropped."""
 
     __slots__ = ("base", "forgotten", "offsets", "reqs")
 
     def __init__(self, base: int) -> None:
         self.base = base
         self.reqs: list[Request] = []
-        self.offsets = bytearray()
+        # None while each request's offset is its index; set when forgotten ones are dropped.
+        self.offsets: bytearray | None = None
         self.forgotten = 0
+
+    def number(self, at: int) -> int:
+        """The arrival number of reqs[at]."""
+        return self.base + (at if self.offsets is None else self.offsets[at])
+
+    def start_after(self, number: int) -> int:
+        """The index of the first request that arrived after `number`."""
+        if self.offsets is None:
+            return min(len(self.reqs), max(0, number - self.base + 1))
+        return bisect_right(self.offsets, number - self.base)
 
 
 class Arrivals:
@@ -48,21 +60,23 @@ class Arrivals:
         self._open = _Chunk(0)
         self._chunks: list[_Chunk] = [self._open]
         self._bases: list[int] = [0]
-        self.next_number = 0  # the arrival number the next request gets
 
     def add(self, req: Request) -> None:
         """A request the balancer now remembers: after every earlier one."""
         chunk = self._open
-        offset = self.next_number - chunk.base
-        if offset >= CHUNK:
-            chunk = self._open = _Chunk(self.next_number)
-            self._chunks.append(chunk)
-            self._bases.append(chunk.base)
-            offset = 0
-        chunk.reqs.append(req)
-        chunk.offsets.append(offset)
+        reqs = chunk.reqs
+        if len(reqs) >= CHUNK:
+            chunk = self._open_at(chunk.base + CHUNK)
+            reqs = chunk.reqs
+        reqs.append(req)
         req.place = chunk
-        self.next_number += 1
+
+    def _open_at(self, base: int) -> _Chunk:
+        """A new chunk for the arrivals from number `base` on."""
+        opened = self._open = _Chunk(base)
+        self._chunks.append(opened)
+        self._bases.append(base)
+        return opened
 
     def forget(self, req: Request) -> None:
         """A request no longer remembered; its slot is reclaimed with half of its chunk's."""
@@ -75,24 +89,29 @@ class Arrivals:
             self._compact(chunk)
 
     def _compact(self, chunk: _Chunk) -> None:
-        kept = [(r, o) for r, o in zip(chunk.reqs, chunk.offsets) if r.place is chunk]
+        """Drop a chunk's forgotten requests, keeping the others' offsets; the open chunk closes first."""
+        reqs = chunk.reqs
+        if chunk is self._open:  # later arrivals go to a new chunk: this one's offsets stop at its last
+            self._open_at(chunk.base + len(reqs))
+        offsets = chunk.offsets if chunk.offsets is not None else range(len(reqs))
+        kept = [(r, o) for r, o in zip(reqs, offsets) if r.place is chunk]
         chunk.reqs = [r for r, _o in kept]
         chunk.offsets = bytearray(o for _r, o in kept)
         chunk.forgotten = 0
-        if not kept and chunk is not self._open:
+        if not kept:
             at = bisect_right(self._bases, chunk.base) - 1
             del self._chunks[at]
             del self._bases[at]
 
     def number(self, req: Request) -> int:
-        """A request's arrival number (a scan of its chunk: for rare paths, such as a re-queue)."""
+        """A request's arrival number (a scan of its chunk: for rare paths, such as a re-queue); -1 if forgotten."""
         chunk = req.place
         if chunk is None:
-            return self.next_number
+            return -1
         for at, other in enumerate(chunk.reqs):
             if other is req:
-                return chunk.base + chunk.offsets[at]
-        return self.next_number
+                return chunk.number(at)
+        return -1
 
     def __iter__(self) -> Iterator[Request]:
         """Every remembered request, in arrival order (lazily: read it to the end before anything changes)."""
@@ -110,25 +129,23 @@ class Arrivals:
         """
         chunks = self._chunks
         at = max(0, bisect_right(self._bases, after) - 1)
-        start = 0
-        if chunks and chunks[at].base <= after:
-            start = bisect_right(chunks[at].offsets, after - chunks[at].base)
+        start = chunks[at].start_after(after)
         out: list[Request] = []
         if limit <= 0:
             return out, after if self._follows(at, start) else None
         read = 0
         while at < len(chunks):
             chunk = chunks[at]
-            reqs, offsets = chunk.reqs, chunk.offsets
+            reqs = chunk.reqs
             for i in range(start, len(reqs)):
                 req = reqs[i]
                 read += 1
                 if req.place is chunk and (keep is None or keep(req)):
                     out.append(req)
                     if len(out) >= limit:
-                        return out, self._next_of(chunk.base + offsets[i], at, i + 1)
+                        return out, self._next_of(chunk.number(i), at, i + 1)
                 if read >= scan:
-                    return out, self._next_of(chunk.base + offsets[i], at, i + 1)
+                    return out, self._next_of(chunk.number(i), at, i + 1)
             at += 1
             start = 0
         return out, None

@@ -86,24 +86,24 @@ class WaitingQueue:
 
     # ---- arrivals ----------------------------------------------------------
 
-    def push_fresh(self, req: Request) -> None:
+    def push_fresh(self, req: Request, _absent: Any = _ABSENT) -> None:
         """A new arrival: behind its client's earlier requests of its priority; its first takes a turn."""
         cid = req.client_id
         bucket = self._buckets.get(req.priority)
         if bucket is None or not bucket.in_heap:
             bucket = self._bucket(req.priority)
-        later = bucket.later.get(cid, _ABSENT)
-        if later is _ABSENT:
+        later = bucket.later.get(cid, _absent)
+        if later is None:
+            bucket.later[cid] = [req]
+        elif later is _absent:
             if self.paused and cid in self.paused:
                 self._set_aside_fresh(req)
                 return
             bucket.turns.append(req)
             bucket.later[cid] = None
-        elif later is None:
-            bucket.later[cid] = [req]
         else:
             later.append(req)
-            if len(later) == LONG_LATER and type(later) is list:
+            if type(later) is list and len(later) >= LONG_LATER:
                 bucket.later[cid] = deque(later)
         bucket.size += 1
         self.count += 1
@@ -121,34 +121,45 @@ class WaitingQueue:
         """The next request to dispatch, of a client not paused; None if only paused ones wait."""
         paused = self.paused
         while self.count:
-            bucket = self._top()
+            bucket = self._buckets[self._priorities[0]]
+            if not bucket.size:
+                bucket = self._top()
             if bucket.retry:
-                entry = heapq.heappop(bucket.retry)
-                bucket.size -= 1
-                self.count -= 1
-                req = entry[1]
-                if paused and req.client_id in paused:
-                    aside = self._aside_of(req.client_id)
-                    aside.retry.append(entry)
-                    aside.count += 1
-                    self.parked += 1
+                req = self._pop_retry(bucket)
+                if req is None:
                     continue
                 return req
-            req = bucket.turns.popleft()
+            turns = bucket.turns
+            req = turns.popleft()
             cid = req.client_id
             later = bucket.later[cid]
             if paused and cid in paused:
                 self._set_aside_turn(bucket, req, later)
                 continue
-            if later:
-                bucket.turns.append(later[0])
-                del later[0]
-            else:
+            if not later:
                 del bucket.later[cid]
+            elif type(later) is deque:
+                turns.append(later.popleft())
+            else:
+                turns.append(later.pop(0))
             bucket.size -= 1
             self.count -= 1
             return req
         return None
+
+    def _pop_retry(self, bucket: _Bucket) -> Request | None:
+        """The bucket's first re-queued request; None if it was a paused client's (set aside)."""
+        entry = heapq.heappop(bucket.retry)
+        bucket.size -= 1
+        self.count -= 1
+        req = entry[1]
+        if self.paused and req.client_id in self.paused:
+            aside = self._aside_of(req.client_id)
+            aside.retry.append(entry)
+            aside.count += 1
+            self.parked += 1
+            return None
+        return req
 
     def _top(self) -> _Bucket:
         """The most urgent bucket with requests (the caller checks that one waits)."""
