@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 from balancer.eventlog import EventLog
@@ -256,7 +255,7 @@ def cmd_logs(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     if offset is None:
         events = state.eventlog.recent(limit)
     else:
-        events = list(islice(state.eventlog, offset, offset + limit))
+        events = state.eventlog.page(offset, limit)
     return [render(e) for e in events]
 
 

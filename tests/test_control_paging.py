@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from balancer import control, control_side
 from balancer.control_side import PER_PEER_PER_PASS, ControlSide
@@ -126,3 +129,13 @@ def test_one_connection_gets_a_share_of_each_pass_and_the_rest_later_in_order(so
         passes += 1
     assert [len(r["result"]["requests"]) for r in got] == list(range(1, 41))
     assert passes == 40 // PER_PEER_PER_PASS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 5), max_size=30), st.integers(0, 120), st.integers(0, 40))
+def test_a_log_page_skips_whole_batches_and_returns_what_slicing_would(batches, offset, limit):
+    """EventLog.page(offset, limit) is the kept events from offset, limit of them, as a slice would give."""
+    log = EventLog(None)
+    for n, size in enumerate(batches):
+        log.add(float(n), [("request.added", 1, n * 10 + i, 5) for i in range(size)])
+    assert log.page(offset, limit) == list(islice(log, offset, offset + limit))
