@@ -300,7 +300,7 @@ COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {
     "request": cmd_request,
     "down": _admin("mark_down"),
     "up": _admin("mark_up"),
-    "drain": _admin("drain"),
+    "drain": _admin("mark_draining"),
     "configure": cmd_configure,
     "snapshot": cmd_snapshot,
     "ping": cmd_ping,

@@ -277,11 +277,12 @@ class NodeTable:
         self.outbox.events.append((ev.NODE_UP, node_id))
         return node
 
-    def drain(self, node_id: int) -> Node:
-        """Send a node no new work; its in-flight work finishes."""
+    def drain(self, node_id: int, by_admin: bool = False) -> Node:
+        """Send a node no new work; its in-flight work finishes. An admin's drain is kept across rejoins."""
         node = self.live(node_id)
         node.state = NodeState.DRAINING
-        self.admin_states[node_id] = NodeState.DRAINING
+        if by_admin:
+            self.admin_states[node_id] = NodeState.DRAINING
         self.refresh(node)
         self.outbox.events.append((ev.NODE_DRAINING, node_id, len(node.in_flight)))
         if not node.in_flight:

@@ -398,8 +398,12 @@ class Scheduler:
         return self.table.mark_up(node_id)
 
     def drain(self, node_id: int) -> Node:
-        """Send a node no new work; its in-flight work finishes."""
+        """Send a node no new work; its in-flight work finishes (the node said LEAVING)."""
         return self.table.drain(node_id)
+
+    def mark_draining(self, node_id: int) -> Node:
+        """An admin's drain: as drain(), and kept by node id across rejoins until mark_up."""
+        return self.table.drain(node_id, by_admin=True)
 
     def in_flight(self) -> int:
         """Requests currently running on nodes."""

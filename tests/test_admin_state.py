@@ -18,7 +18,7 @@ def die(sched: Scheduler, node_id: int, now: float) -> None:
     assert sched.nodes[node_id].state is NodeState.DEAD
 
 
-@pytest.mark.parametrize(("command", "state"), [("mark_down", NodeState.DOWN), ("drain", NodeState.DRAINING)])
+@pytest.mark.parametrize(("command", "state"), [("mark_down", NodeState.DOWN), ("mark_draining", NodeState.DRAINING)])
 def test_a_node_that_dies_and_rejoins_comes_back_as_the_admin_left_it(command, state):
     """A new process under the id of a downed (or drained) node joins in that state and gets no work."""
     sched = Scheduler(heartbeat_s=1.0, liveness=2)
@@ -68,3 +68,12 @@ def test_a_dead_downed_node_says_it_will_stay_down():
     die(sched, 0, 5.0)
     with pytest.raises(KeyError, match="it will be down when it rejoins"):
         sched.mark_up(0)
+
+
+def test_a_node_that_drained_itself_rejoins_active():
+    """LEAVING (a node stopping on its own) is not an admin's drain: its successor joins active."""
+    sched = Scheduler(heartbeat_s=1.0, liveness=2)
+    joined(sched, b"r0", 0, 1, 0.0)
+    sched.drain(0)
+    sched.bye(b"r0")
+    assert joined(sched, b"r0-again", 0, 2, 1.0).state is NodeState.ACTIVE

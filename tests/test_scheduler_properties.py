@@ -126,7 +126,7 @@ def test_random_operations_keep_invariants(ops):
             sched.expire(now)
         elif name in ("down", "up", "drain"):
             try:
-                {"down": sched.mark_down, "up": sched.mark_up, "drain": sched.drain}[name](op[1])
+                {"down": sched.mark_down, "up": sched.mark_up, "drain": sched.mark_draining}[name](op[1])
             except KeyError:
                 pass
         else:
