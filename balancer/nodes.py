@@ -69,7 +69,7 @@ class NodeTable:
         self.routes: dict[Any, Node] = {}
         self.fenced: OrderedDict[Any, str] = OrderedDict()
         # Node ids an admin took out of service (DOWN or DRAINING), kept across deaths and rejoins.
-        self.admin_states: dict[int, NodeState] = {}
+        self._admin_states: dict[int, NodeState] = {}
         self._heap: list[tuple[float, int, int, Node]] = []
         self._push = 0
 
@@ -102,7 +102,7 @@ class NodeTable:
         self.nodes[node_id] = node
         self.routes[route] = node
         self.outbox.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
-        kept = self.admin_states.get(node_id)
+        kept = self._admin_states.get(node_id)
         if kept is not None:
             node.state = kept
             self.outbox.events.append((ev.NODE_KEPT_OUT, node_id, kept.value))
@@ -237,7 +237,7 @@ class NodeTable:
         node_id = 0
         while (
             node_id in self.nodes and self.nodes[node_id].state is not NodeState.DEAD
-        ) or node_id in self.admin_states:
+        ) or node_id in self._admin_states:
             node_id += 1
         return node_id
 
@@ -247,21 +247,21 @@ class NodeTable:
         if node is None:
             raise KeyError(f"Server {node_id} not found")
         if node.state is NodeState.DEAD:
-            kept = self.admin_states.get(node_id)
+            kept = self._admin_states.get(node_id)
             also = f" (it will be {kept.value} when it rejoins: an admin's choice holds until zlb up)" if kept else ""
             raise KeyError(f"Server {node_id} is dead; start it again with zlb server --id {node_id}{also}")
         return node
 
     def admin_state(self, node_id: int) -> NodeState | None:
         """DOWN or DRAINING when an admin took this id out of service (kept across rejoins), else None."""
-        return self.admin_states.get(node_id)
+        return self._admin_states.get(node_id)
 
     # ---- admin --------------------------------------------------------------
 
     def mark_down(self, node_id: int) -> tuple[Node, list[Request]]:
         """Stop using a node, now and after it rejoins; return it and the work it held (to re-queue)."""
         node = self.live(node_id)
-        self.admin_states[node_id] = NodeState.DOWN
+        self._admin_states[node_id] = NodeState.DOWN
         node.state = NodeState.DOWN
         lost = self.take_all(node)
         self.refresh(node)
@@ -271,7 +271,7 @@ class NodeTable:
     def mark_up(self, node_id: int) -> Node:
         """Put a down or draining node back in service."""
         node = self.live(node_id)
-        self.admin_states.pop(node_id, None)
+        self._admin_states.pop(node_id, None)
         node.state = NodeState.ACTIVE
         self.refresh(node)
         self.outbox.events.append((ev.NODE_UP, node_id))
@@ -282,7 +282,7 @@ class NodeTable:
         node = self.live(node_id)
         node.state = NodeState.DRAINING
         if by_admin:
-            self.admin_states[node_id] = NodeState.DRAINING
+            self._admin_states[node_id] = NodeState.DRAINING
         self.refresh(node)
         self.outbox.events.append((ev.NODE_DRAINING, node_id, len(node.in_flight)))
         if not node.in_flight:
