@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 from balancer.eventlog import EventLog
@@ -20,8 +19,13 @@ from wire import events as ev
 from wire.protocol import STATUSES
 
 DEFAULT_REQUEST_LIMIT = 1000
-# List replies are capped so one reply stays small and one query cheap; callers page with `offset`.
+# List replies are capped so one reply stays small and one query cheap.
 MAX_LIST_REPLY = 1000
+# A page of `requests` reads at most this many remembered requests (about 1.5 ms here), so a
+# filtered page may hold fewer rows than asked, even none, and a `next` to go on from.
+SCAN_PER_PAGE = 10_000
+# `offset` is kept for callers from before `after`, bounded: skipping costs what it skips.
+MAX_OFFSET = 10_000
 # Rates are measured over this window of counter samples (see record_sample).
 RATE_WINDOW_S = 10.0
 RATE_SAMPLE_MIN_GAP_S = 0.1
@@ -81,8 +85,8 @@ def rates(state: BalancerState, now: float) -> dict[str, float]:
     }
 
 
-def node_view(node: Node, now: float) -> dict[str, Any]:
-    """A node as `zlb servers` shows it (the seed's shape plus ours)."""
+def node_view(node: Node, now: float, admin: str | None = None) -> dict[str, Any]:
+    """A node as `zlb servers` shows it (the seed's shape plus ours); `admin`: an admin's kept down/draining."""
     return {
         "server_id": node.node_id,
         "handled_requests": node.handled,
@@ -96,7 +100,14 @@ def node_view(node: Node, now: float) -> dict[str, Any]:
         "incarnation": f"{node.incarnation:016x}",
         # Messages the node could not send (it reports them on its heartbeat).
         "dropped": node.reported_dropped,
+        # "down" or "draining" when an admin said so: kept across the node's rejoins until `up`.
+        "admin": admin,
     }
+
+
+def _node_view(state: BalancerState, node: Node, now: float) -> dict[str, Any]:
+    kept = state.scheduler.table.admin_state(node.node_id)
+    return node_view(node, now, kept.value if kept is not None else None)
 
 
 def request_view(req: Request) -> dict[str, Any]:
@@ -123,10 +134,15 @@ def _int_arg(args: dict[str, Any], name: str, required: bool = True, minimum: in
 
 
 def cmd_servers(state: BalancerState, args: dict[str, Any], now: float) -> Any:
-    return [node_view(n, now) for _id, n in sorted(state.scheduler.nodes.items())]
+    return [_node_view(state, n, now) for _id, n in sorted(state.scheduler.nodes.items())]
 
 
 def cmd_requests(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    """Remembered requests in arrival order, a page at a time.
+
+    With `after` (a reply's `next`, or "" to start), the reply is {"requests": [...], "next": key or
+    None}; without it, the list alone (the first page, for callers from before paging by key).
+    """
     status = args.get("status")
     if status is not None and status not in STATUSES:
         raise CommandError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
@@ -135,14 +151,46 @@ def cmd_requests(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     limit = DEFAULT_REQUEST_LIMIT if limit is None else limit
     limit = min(limit, MAX_LIST_REPLY) if limit else MAX_LIST_REPLY
     offset = _int_arg(args, "offset", required=False, minimum=0) or 0
-    out = []
-    for i, req in enumerate(state.scheduler.requests(status, client)):
-        if i < offset:
-            continue
-        if len(out) >= limit:
-            break
-        out.append(request_view(req))
-    return out
+    if offset > MAX_OFFSET:
+        raise CommandError(
+            f"'offset' is at most {MAX_OFFSET} (skipping costs the balancer what it skips);"
+            " page with 'after': pass each reply's 'next' back as 'after', starting from ''"
+        )
+    paged = "after" in args
+    after = _after_number(state, args["after"]) if paged else -1
+    rows, following = state.scheduler.requests_page(after, offset + limit, SCAN_PER_PAGE + offset, status, client)
+    views = [request_view(req) for req in rows[offset:]]
+    if not paged:
+        return views
+    return {"requests": views, "next": None if following is None else _page_key(state, following)}
+
+
+def _page_key(state: BalancerState, number: int) -> str:
+    """An opaque key for a place in the arrival order: this balancer run, and the arrival number."""
+    return f"{_run_tag(state)}-{number:x}"
+
+
+def _run_tag(state: BalancerState) -> str:
+    # Arrival numbers start again when a balancer restarts: a key names the run it belongs to.
+    return format(int(state.started_wall * 1_000_000), "x")
+
+
+def _after_number(state: BalancerState, key: Any) -> int:
+    """The arrival number a page key names; -1 for "" or None (from the start)."""
+    if key is None or key == "":
+        return -1
+    if not isinstance(key, str) or key.count("-") != 1:
+        raise CommandError("'after' must be a 'next' key from an earlier reply, or '' to start")
+    tag, number = key.split("-")
+    if tag != _run_tag(state):
+        raise CommandError("'after' comes from an earlier run of the balancer; start again with after=''")
+    try:
+        value = int(number, 16)
+    except ValueError:
+        raise CommandError("'after' must be a 'next' key from an earlier reply, or '' to start") from None
+    if value < 0:
+        raise CommandError("'after' must be a 'next' key from an earlier reply, or '' to start")
+    return value
 
 
 def cmd_request(state: BalancerState, args: dict[str, Any], now: float) -> Any:
@@ -207,7 +255,7 @@ def cmd_logs(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     if offset is None:
         events = state.eventlog.recent(limit)
     else:
-        events = list(islice(state.eventlog, offset, offset + limit))
+        events = state.eventlog.page(offset, limit)
     return [render(e) for e in events]
 
 
@@ -220,7 +268,7 @@ def _admin(method: str) -> Callable[[BalancerState, dict[str, Any], float], Any]
             node = getattr(state.scheduler, method)(node_id)
         except KeyError as exc:
             raise CommandError(exc.args[0]) from None
-        return node_view(node, now)
+        return _node_view(state, node, now)
 
     return run
 
@@ -252,7 +300,7 @@ COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {
     "request": cmd_request,
     "down": _admin("mark_down"),
     "up": _admin("mark_up"),
-    "drain": _admin("drain"),
+    "drain": _admin("mark_draining"),
     "configure": cmd_configure,
     "snapshot": cmd_snapshot,
     "ping": cmd_ping,

@@ -100,6 +100,21 @@ class EventLog:
                 newest.append([ts, *event])
         return newest[::-1]
 
+    def page(self, offset: int, limit: int) -> list[list[Any]]:
+        """Up to `limit` stamped events from the `offset`-th kept one on, skipping whole batches:
+        `logs --download` pages through 100,000 events without re-reading each page's prefix."""
+        out: list[list[Any]] = []
+        for ts, batch in self._ring:
+            if offset >= len(batch):
+                offset -= len(batch)
+                continue
+            for event in batch[offset : offset + limit - len(out)]:
+                out.append([ts, *event])
+            offset = 0
+            if len(out) >= limit:
+                break
+        return out
+
     @property
     def problem(self) -> str | None:
         """Why the log file is not being written now (None: it is, or there is no file)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget
@@ -118,8 +118,10 @@ class KeptResults:
         keep_s: float = DEFAULT_KEEP_FINISHED_S,
         remember_s: float = DEFAULT_REMEMBER_S,
         remember_bytes: int = DEFAULT_REMEMBER_BYTES,
+        forgotten: Callable[[Request], None] = lambda req: None,
     ) -> None:
         self.keep = keep
+        self._forgotten = forgotten  # told of each request forgotten (the listing's arrival order lets go)
         self.keep_bytes = keep_bytes
         self.keep_s = keep_s
         self.ids = EarlierIds(remember_s, remember_bytes)
@@ -169,6 +171,7 @@ class KeptResults:
     def _let_go(self) -> None:
         """The oldest result goes; its id, status and digest stay with the ids (if its session still has it)."""
         old = self._requests.popleft()
+        self._forgotten(old)
         self._gone += 1
         self._bytes -= body_size(old.body)
         session = self._sessions.get(old.client_id)

@@ -8,6 +8,10 @@ the holder is alive, and takes over (fencing the holder) once it has been
 silent past liveness. Heartbeats list the tickets a node holds, so work lost
 in a dropped connection is found within two heartbeats.
 
+An admin's `down` or `drain` is kept by node id until an admin's `up`: a node
+that dies and rejoins, reconnects or is replaced by a new process under its id
+comes back in the state the admin left it in, not active.
+
 Methods that take work away from a node return the lost requests; the
 scheduler re-queues them. Events go to the shared outbox.
 """
@@ -64,6 +68,8 @@ class NodeTable:
         self.nodes: dict[int, Node] = {}
         self.routes: dict[Any, Node] = {}
         self.fenced: OrderedDict[Any, str] = OrderedDict()
+        # Node ids an admin took out of service (DOWN or DRAINING), kept across deaths and rejoins.
+        self._admin_states: dict[int, NodeState] = {}
         self._heap: list[tuple[float, int, int, Node]] = []
         self._push = 0
 
@@ -96,6 +102,10 @@ class NodeTable:
         self.nodes[node_id] = node
         self.routes[route] = node
         self.outbox.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
+        kept = self._admin_states.get(node_id)
+        if kept is not None:
+            node.state = kept
+            self.outbox.events.append((ev.NODE_KEPT_OUT, node_id, kept.value))
         self.refresh(node)
         return Joined.JOINED, node, lost
 
@@ -223,8 +233,11 @@ class NodeTable:
         return lost
 
     def _free_id(self) -> int:
+        """The lowest id no live node holds and no admin took out of service (a newcomer would stay out)."""
         node_id = 0
-        while node_id in self.nodes and self.nodes[node_id].state is not NodeState.DEAD:
+        while (
+            node_id in self.nodes and self.nodes[node_id].state is not NodeState.DEAD
+        ) or node_id in self._admin_states:
             node_id += 1
         return node_id
 
@@ -234,14 +247,21 @@ class NodeTable:
         if node is None:
             raise KeyError(f"Server {node_id} not found")
         if node.state is NodeState.DEAD:
-            raise KeyError(f"Server {node_id} is dead; start it again with zlb server --id {node_id}")
+            kept = self._admin_states.get(node_id)
+            also = f" (it will be {kept.value} when it rejoins: an admin's choice holds until zlb up)" if kept else ""
+            raise KeyError(f"Server {node_id} is dead; start it again with zlb server --id {node_id}{also}")
         return node
+
+    def admin_state(self, node_id: int) -> NodeState | None:
+        """DOWN or DRAINING when an admin took this id out of service (kept across rejoins), else None."""
+        return self._admin_states.get(node_id)
 
     # ---- admin --------------------------------------------------------------
 
     def mark_down(self, node_id: int) -> tuple[Node, list[Request]]:
-        """Stop using a node; return it and the work it held (to re-queue)."""
+        """Stop using a node, now and after it rejoins; return it and the work it held (to re-queue)."""
         node = self.live(node_id)
+        self._admin_states[node_id] = NodeState.DOWN
         node.state = NodeState.DOWN
         lost = self.take_all(node)
         self.refresh(node)
@@ -251,15 +271,18 @@ class NodeTable:
     def mark_up(self, node_id: int) -> Node:
         """Put a down or draining node back in service."""
         node = self.live(node_id)
+        self._admin_states.pop(node_id, None)
         node.state = NodeState.ACTIVE
         self.refresh(node)
         self.outbox.events.append((ev.NODE_UP, node_id))
         return node
 
-    def drain(self, node_id: int) -> Node:
-        """Send a node no new work; its in-flight work finishes."""
+    def drain(self, node_id: int, by_admin: bool = False) -> Node:
+        """Send a node no new work; its in-flight work finishes. An admin's drain is kept across rejoins."""
         node = self.live(node_id)
         node.state = NodeState.DRAINING
+        if by_admin:
+            self._admin_states[node_id] = NodeState.DRAINING
         self.refresh(node)
         self.outbox.events.append((ev.NODE_DRAINING, node_id, len(node.in_flight)))
         if not node.in_flight:

@@ -55,10 +55,10 @@ class Request:
     client_id: int
     request_id: int
     priority: int
-    # Order of first dispatch; None while a request has never left the queue. Set
-    # lazily because a queued request keeps its order by its place in the deque, and an
-    # int per waiting request is 32 bytes of the ~300 that a million queued cost.
-    seq: int | None
+    # Its slot in the arrival order (balancer/index.py, Arrivals): the chunk that holds it, so
+    # that forgetting it costs O(1); None once forgotten. A shared pointer, not a number: an
+    # int per waiting request would be 32 bytes of the ~260 that a million queued cost.
+    place: Any
     route: Any  # the client's routing identity, opaque here
     body: Any
     status: str = PENDING

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from balancer import index, kept, records
+from balancer import kept, records
 from balancer.budget import MemoryBudget
 from balancer.earlier import PAGE_BITS
+from balancer.index import Arrivals, matching
 from balancer.kept import KeptResults, resubmitted
 from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
@@ -73,6 +74,7 @@ class Scheduler:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.sessions = ClientSessions(client_lease_s, self.counters)
         self._queue = WaitingQueue()
+        self._arrivals = Arrivals()  # every remembered request in arrival order, for listings
         self.budget = MemoryBudget(max_memory_bytes)
         self.last_refusal = ""  # why the last submit was refused for the budget
         # Set while no new request may be taken, however much room there is (a journal that cannot be
@@ -81,10 +83,11 @@ class Scheduler:
         # Requests lost in transit, and how often: rare, so a dict beside them, not a field in each.
         self._transit_losses: dict[Request, int] = {}
         windows = (keep_finished_s, remember_s, remember_bytes)
-        self.kept = KeptResults(keep_finished, keep_finished_bytes, self.budget, self.sessions, *windows)
+        self.kept = KeptResults(
+            keep_finished, keep_finished_bytes, self.budget, self.sessions, *windows, forgotten=self._arrivals.forget
+        )
         # Client id -> pages of ids finished earlier, read on submit (a dict lookup, no call).
         self._earlier_pages = self.kept.ids.by_client
-        self._seq = 0
         # Tickets must never repeat across balancer restarts (see protocol), so they start where told.
         self._ticket = first_ticket
         self._assigned = 0
@@ -154,6 +157,7 @@ class Scheduler:
         if self.budget.over():
             self.kept.trim()
         self._queue.push_fresh(req)
+        self._arrivals.add(req)
         self.counters["submitted"] += 1
         self.outbox.events.append((ev.REQUEST_ADDED, client_id, request_id, priority))
         if self.outbox.journal is not None:
@@ -170,7 +174,7 @@ class Scheduler:
             return
         req.status = PENDING
         req.server_id = None
-        self._queue.push_retry(req)
+        self._queue.push_retry(req, self._arrivals.number(req))
         self.counters["requeued"] += 1
         self.outbox.events.append(
             (ev.REQUEST_REQUEUED, req.client_id, req.request_id, req.priority, req.attempts, server_id)
@@ -207,6 +211,7 @@ class Scheduler:
         req = Request(client_id, request_id, priority, None, route, body)
         self.sessions.of(client_id)[request_id] = req
         self._queue.push_fresh(req)
+        self._arrivals.add(req)
         self.budget.charge(client_id, _size(body))
 
     def restore_finished(self, client_id: int, request_id: int, priority: int, *outcome: Any) -> None:
@@ -214,9 +219,9 @@ class Scheduler:
 
         `outcome` is (status, server_id, attempts, result[, payload_digest]).
         """
-        self._seq += 1
-        req = Request(client_id, request_id, priority, self._seq, None, outcome[3], *outcome[:3], *outcome[4:])
+        req = Request(client_id, request_id, priority, None, None, outcome[3], *outcome[:3], *outcome[4:])
         self.sessions.of(client_id)[request_id] = req
+        self._arrivals.add(req)
         self.kept.remember(req)
 
     def restore_earlier(self, client_id: int, request_id: int, status: str, digest: int | None) -> None:
@@ -236,8 +241,15 @@ class Scheduler:
         return req
 
     def requests(self, status: str | None = None, client_id: int | None = None) -> Iterator[Request]:
-        """Remembered requests, optionally filtered, at a cost that follows what is read (balancer/index.py)."""
-        return index.requests(self._queue, self.kept, self.routes, self.sessions, status, client_id)
+        """Remembered requests in arrival order, optionally filtered, read lazily (balancer/index.py)."""
+        keep = matching(status, client_id)
+        return iter(self._arrivals) if keep is None else filter(keep, self._arrivals)
+
+    def requests_page(
+        self, after: int, limit: int, scan: int, status: str | None = None, client_id: int | None = None
+    ) -> tuple[list[Request], int | None]:
+        """A page of the remembered requests that arrived after number `after`, and the next page's `after`."""
+        return self._arrivals.page(after, limit, scan, matching(status, client_id))
 
     def waiting_by_priority(self) -> dict[int, int]:
         """Queue depth per priority, most urgent first."""
@@ -271,9 +283,6 @@ class Scheduler:
             if req is None:  # only paused clients' requests were left: the node stays free
                 push(node)
                 break
-            if req.seq is None:
-                self._seq += 1
-                req.seq = self._seq
             self._ticket += 1
             self._assigned += 1
             node.in_flight[self._ticket] = req
@@ -417,8 +426,12 @@ class Scheduler:
         return self.table.mark_up(node_id)
 
     def drain(self, node_id: int) -> Node:
-        """Send a node no new work; its in-flight work finishes."""
+        """Send a node no new work; its in-flight work finishes (the node said LEAVING)."""
         return self.table.drain(node_id)
+
+    def mark_draining(self, node_id: int) -> Node:
+        """An admin's drain: as drain(), and kept by node id across rejoins until mark_up."""
+        return self.table.drain(node_id, by_admin=True)
 
     def in_flight(self) -> int:
         """Requests currently running on nodes."""

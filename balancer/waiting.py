@@ -1,14 +1,27 @@
-"""The queue of waiting requests: strict priority, FIFO within a priority.
+"""The queue of waiting requests: strict priority; within a priority, re-queued requests first, then
+fresh ones in turns between clients.
 
-Requests live in per-priority buckets (a deque of fresh arrivals and a
-seq-ordered heap of re-queued ones) under a heap of priorities, so push and
-pop are O(log P) for P distinct priorities. A re-queued request goes ahead of
-later arrivals of its priority, in the order it was first dispatched.
+A bucket per priority, under a heap of the priorities that have waiting requests:
 
-A paused client (one whose results pile up unread, see balancer/clients.py)
-has its requests set aside as pop() meets them, O(1) each; resume() puts
-them back at the head of their priority, so others go on meanwhile and the
-paused client loses no place.
+- `retry`: a heap of re-queued requests (dispatched and lost) by arrival number; they go ahead
+  of every fresh request of their priority, whoever sent them;
+- `turns`: a deque holding the oldest fresh request of each client with fresh requests waiting,
+  in turn order. pop() takes the head and puts that client's next request at the tail, so
+  clients take turns (round-robin): a request waits behind at most one request of each other
+  client waiting at its priority, however long their backlogs, where a single FIFO made a
+  client's 10 requests wait 26.9 s behind another's million;
+- `later`: per client, its fresh requests behind the one in `turns`, in arrival order (None
+  while there are none, a list while short, a deque once long: a deque costs 760 B even empty,
+  and a list's del [0] is a memmove).
+
+push and pop are O(1) plus O(log P) for P distinct priorities. A waiting request costs one slot
+(8 B) of a deque or list, as in a single FIFO; a client costs a dict entry per priority it has
+requests waiting at, and a list or deque when it has more than one.
+
+A paused client (one whose results pile up unread, see balancer/clients.py) has its requests set
+aside when pop() meets its turn, with all its later ones, in O(1); its arrivals meanwhile go
+straight aside. resume() gives it the first turn of each priority again, so others go on
+meanwhile and the paused client loses no place.
 """
 
 from __future__ import annotations
@@ -17,20 +30,43 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from balancer.records import Request
+
+# A client's later requests move from a list to a deque at this many.
+LONG_LATER = 64
+_ABSENT: Any = object()
+
+
+def _append_later(later: Any, req: Request) -> Any:
+    """`later` with `req` behind the rest: a new list, the same list or deque, or a deque once long."""
+    if later is None:
+        return [req]
+    later.append(req)
+    if len(later) >= LONG_LATER and type(later) is list:
+        return deque(later)
+    return later
 
 
 @dataclass(slots=True)
 class _Bucket:
-    """Waiting requests of one priority: re-queued ones first, by first dispatch."""
+    """Waiting requests of one priority."""
 
-    fresh: deque = field(default_factory=deque)
-    retry: list = field(default_factory=list)  # heap of (seq, Request)
+    turns: deque = field(default_factory=deque)  # each waiting client's oldest fresh request
+    later: dict = field(default_factory=dict)  # client id -> None | list | deque of its other fresh ones
+    retry: list = field(default_factory=list)  # heap of (arrival number, Request)
+    size: int = 0
     in_heap: bool = False
 
-    def __len__(self) -> int:
-        return len(self.fresh) + len(self.retry)
+
+@dataclass(slots=True)
+class _SetAside:
+    """A paused client's waiting requests: per priority [its oldest fresh one, the rest], and re-queued ones."""
+
+    fresh: dict = field(default_factory=dict)
+    retry: list = field(default_factory=list)  # (arrival number, Request)
+    count: int = 0
 
 
 class WaitingQueue:
@@ -41,87 +77,99 @@ class WaitingQueue:
         self._priorities: list[int] = []
         self.count = 0  # requests in the queue proper; an attribute, read on every dispatch
         self.paused: set[int] = set()  # client ids whose requests are not dispatched
-        self._parked: dict[int, list[Request]] = {}
+        self._aside: dict[int, _SetAside] = {}
         self.parked = 0  # requests set aside for paused clients
 
     def __len__(self) -> int:
-        """Requests in the queue proper (the parked ones of paused clients are not)."""
+        """Requests in the queue proper (the set-aside ones of paused clients are not)."""
         return self.count
 
-    def pause(self, client_id: int) -> None:
-        """Dispatch none of this client's requests until resume()."""
-        self.paused.add(client_id)
+    # ---- arrivals ----------------------------------------------------------
 
-    def resume(self, client_id: int) -> None:
-        """Dispatch this client's requests again, the set-aside ones first."""
-        self.paused.discard(client_id)
-        parked = self._parked.pop(client_id, None)
-        if not parked:
-            return
-        self.parked -= len(parked)
-        for req in reversed(parked):
-            if req.seq is None:
-                self._bucket(req.priority).fresh.appendleft(req)
-                self.count += 1
-            else:
-                self.push_retry(req)
-
-    def retried(self) -> Iterator[Request]:
-        """The waiting requests that were dispatched before (few: lost work), in no order."""
-        for bucket in self._buckets.values():
-            for _seq, req in bucket.retry:
-                yield req
-        for reqs in self._parked.values():
-            yield from (req for req in reqs if req.seq is not None)
-
-    def __iter__(self) -> Iterator[Request]:
-        """Waiting requests in dispatch order (re-queued first within a priority), then parked ones."""
-        for priority in sorted(self._buckets):
-            bucket = self._buckets[priority]
-            yield from (req for _seq, req in sorted(bucket.retry, key=lambda e: e[0]))
-            yield from bucket.fresh
-        for reqs in list(self._parked.values()):
-            yield from reqs
-
-    def push_fresh(self, req: Request) -> None:
-        """A new arrival: behind everything of its priority."""
-        self._bucket(req.priority).fresh.append(req)
+    def push_fresh(self, req: Request, _absent: Any = _ABSENT) -> None:
+        """A new arrival: behind its client's earlier requests of its priority; its first takes a turn."""
+        cid = req.client_id
+        bucket = self._buckets.get(req.priority)
+        if bucket is None or not bucket.in_heap:
+            bucket = self._bucket(req.priority)
+        later = bucket.later.get(cid, _absent)
+        if later is None:
+            bucket.later[cid] = [req]
+        elif later is _absent:
+            if self.paused and cid in self.paused:
+                self._set_aside_fresh(req)
+                return
+            bucket.turns.append(req)
+            bucket.later[cid] = None
+        else:
+            later.append(req)
+            if type(later) is list and len(later) >= LONG_LATER:
+                bucket.later[cid] = deque(later)
+        bucket.size += 1
         self.count += 1
 
-    def push_retry(self, req: Request) -> None:
-        """A request that was dispatched and lost: ahead of later arrivals of its priority."""
-        heapq.heappush(self._bucket(req.priority).retry, (req.seq, req))
+    def push_retry(self, req: Request, arrival: int) -> None:
+        """A request that was dispatched and lost: ahead of the fresh ones of its priority, by arrival."""
+        bucket = self._bucket(req.priority)
+        heapq.heappush(bucket.retry, (arrival, req))
+        bucket.size += 1
         self.count += 1
+
+    # ---- dispatch ------------------------------------------------------------
 
     def pop(self) -> Request | None:
-        """The most urgent waiting request of a client not paused; None if only paused ones wait."""
-        req = self._pop()
+        """The next request to dispatch, of a client not paused; None if only paused ones wait."""
         paused = self.paused
-        while paused and req is not None and req.client_id in paused:
-            self._parked.setdefault(req.client_id, []).append(req)
+        while self.count:
+            bucket = self._buckets[self._priorities[0]]
+            if not bucket.size:
+                bucket = self._top()
+            if bucket.retry:
+                req = self._pop_retry(bucket)
+                if req is None:
+                    continue
+                return req
+            turns = bucket.turns
+            req = turns.popleft()
+            cid = req.client_id
+            later = bucket.later[cid]
+            if paused and cid in paused:
+                self._set_aside_turn(bucket, req, later)
+                continue
+            if not later:
+                del bucket.later[cid]
+            elif type(later) is deque:
+                turns.append(later.popleft())
+            else:
+                turns.append(later.pop(0))
+            bucket.size -= 1
+            self.count -= 1
+            return req
+        return None
+
+    def _pop_retry(self, bucket: _Bucket) -> Request | None:
+        """The bucket's first re-queued request; None if it was a paused client's (set aside)."""
+        entry = heapq.heappop(bucket.retry)
+        bucket.size -= 1
+        self.count -= 1
+        req = entry[1]
+        if self.paused and req.client_id in self.paused:
+            aside = self._aside_of(req.client_id)
+            aside.retry.append(entry)
+            aside.count += 1
             self.parked += 1
-            req = self._pop() if self.count else None
+            return None
         return req
 
-    def _pop(self) -> Request:
-        """The most urgent waiting request (the caller checks that one waits)."""
+    def _top(self) -> _Bucket:
+        """The most urgent bucket with requests (the caller checks that one waits)."""
         priorities = self._priorities
         while True:
             bucket = self._buckets[priorities[0]]
-            if bucket.retry:
-                req = heapq.heappop(bucket.retry)[1]
-            elif bucket.fresh:
-                req = bucket.fresh.popleft()
-            else:
-                bucket.in_heap = False
-                heapq.heappop(priorities)
-                continue
-            self.count -= 1
-            return req
-
-    def by_priority(self) -> dict[int, int]:
-        """Queue depth per priority, most urgent first."""
-        return {p: len(b) for p, b in sorted(self._buckets.items()) if len(b)}
+            if bucket.size:
+                return bucket
+            bucket.in_heap = False
+            heapq.heappop(priorities)
 
     def _bucket(self, priority: int) -> _Bucket:
         bucket = self._buckets.get(priority)
@@ -131,3 +179,73 @@ class WaitingQueue:
             bucket.in_heap = True
             heapq.heappush(self._priorities, priority)
         return bucket
+
+    # ---- paused clients ------------------------------------------------------
+
+    def pause(self, client_id: int) -> None:
+        """Dispatch none of this client's requests until resume()."""
+        self.paused.add(client_id)
+
+    def resume(self, client_id: int) -> None:
+        """Dispatch this client's requests again: its set-aside ones take the first turn of their priority."""
+        self.paused.discard(client_id)
+        aside = self._aside.pop(client_id, None)
+        if aside is None:
+            return
+        self.parked -= aside.count
+        for priority, (head, later) in aside.fresh.items():
+            bucket = self._bucket(priority)
+            bucket.turns.appendleft(head)
+            bucket.later[client_id] = later
+            moved = 1 + (len(later) if later else 0)
+            bucket.size += moved
+            self.count += moved
+        for arrival, req in aside.retry:
+            self.push_retry(req, arrival)
+
+    def _aside_of(self, client_id: int) -> _SetAside:
+        aside = self._aside.get(client_id)
+        if aside is None:
+            aside = self._aside[client_id] = _SetAside()
+        return aside
+
+    def _set_aside_turn(self, bucket: _Bucket, head: Request, later: Any) -> None:
+        """A paused client's turn came: its oldest request of this priority and all behind it go aside."""
+        del bucket.later[head.client_id]
+        moved = 1 + (len(later) if later else 0)
+        bucket.size -= moved
+        self.count -= moved
+        aside = self._aside_of(head.client_id)
+        aside.fresh[head.priority] = [head, later]
+        aside.count += moved
+        self.parked += moved
+
+    def _set_aside_fresh(self, req: Request) -> None:
+        """An arrival of a paused client with no turn at its priority: straight aside, behind its others."""
+        aside = self._aside_of(req.client_id)
+        entry = aside.fresh.get(req.priority)
+        if entry is None:
+            aside.fresh[req.priority] = [req, None]
+        else:
+            entry[1] = _append_later(entry[1], req)
+        aside.count += 1
+        self.parked += 1
+
+    # ---- reading ---------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Request]:
+        """Every waiting request, set-aside ones included, in no particular order."""
+        for bucket in self._buckets.values():
+            yield from (req for _arrival, req in bucket.retry)
+            yield from bucket.turns
+            for later in bucket.later.values():
+                yield from later or ()
+        for aside in self._aside.values():
+            yield from (req for _arrival, req in aside.retry)
+            for head, later in aside.fresh.values():
+                yield head
+                yield from later or ()
+
+    def by_priority(self) -> dict[int, int]:
+        """Queue depth per priority, most urgent first (set-aside requests not counted)."""
+        return {p: b.size for p, b in sorted(self._buckets.items()) if b.size}

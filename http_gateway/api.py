@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlencode
 
 from client_node.client import DEFAULT_PRIORITY, json_payload
 from http_gateway import control
@@ -24,6 +25,7 @@ from http_gateway.validation import (
     path_int,
     query_choice,
     query_int,
+    query_page_key,
 )
 from wire.protocol import STATUSES
 
@@ -31,6 +33,8 @@ from wire.protocol import STATUSES
 LOG_PAGE = 1000
 # /requests without ?limit= lists this many (oldest first); ?limit=0 lists every remembered request.
 DEFAULT_REQUEST_LIMIT = 1000
+# The balancer answers ?offset= only this far (balancer/control.py); beyond, page with ?after=.
+MAX_REQUEST_OFFSET = 10_000
 # How long /send_request waits for the balancer to have queued the request before answering 503.
 ACK_TIMEOUT_S = 2.0
 CONTROL_TIMEOUT_S = 3.0
@@ -67,6 +71,13 @@ class BalancerLink:
     def known(self, client_id: int, request_id: int) -> bool:
         """True when the balancer remembers this request."""
         return self.find(client_id, request_id) is not None
+
+
+class RequestPage(NamedTuple):
+    """/requests: the rows (the seed's list) and the query of the next page, when more follow."""
+
+    rows: list[Any]
+    next_query: str | None
 
 
 class Gateway:
@@ -115,19 +126,32 @@ class Gateway:
     def _find(self, client_id: int, request_id: int) -> dict[str, Any] | None:
         return self.link.find(client_id, request_id)
 
-    def requests(self, query: Any) -> list[Any]:
-        """Requests known to the balancer, oldest first (?status=, ?client=, ?offset=, ?limit= with 0 for all)."""
+    def requests(self, query: Any) -> RequestPage:
+        """Requests known to the balancer in arrival order (?status=, ?client=, ?limit= with 0 for all,
+        ?after= the key of a Link: rel="next" header, ?offset= up to 10,000), and the next page's query."""
         status = query_choice(query, "status", STATUSES)
         client = query_int(query, "client")
+        after = query_page_key(query, "after")
         offset = query_int(query, "offset", default=0) or 0
+        if offset > MAX_REQUEST_OFFSET:
+            raise HttpError(
+                400,
+                f"query parameter 'offset' is at most {MAX_REQUEST_OFFSET}: page with ?after=,"
+                ' the key in each reply\'s Link: rel="next" header',
+            )
         limit = query_int(query, "limit", default=DEFAULT_REQUEST_LIMIT)
         rows: list[Any] = []
-        while True:  # a control reply holds at most one page
+        key: str | None = after
+        while key is not None and (not limit or len(rows) < limit):  # a control reply holds at most one page
             want = LOG_PAGE if not limit else min(LOG_PAGE, limit - len(rows))
-            page = self.link.call("requests", offset=offset + len(rows), limit=want, status=status, client=client)
-            rows.extend(page)
-            if len(page) < want or (limit and len(rows) >= limit):
-                return rows
+            page = self.link.call("requests", after=key, offset=offset, limit=want, status=status, client=client)
+            offset = 0
+            rows.extend(page["requests"])
+            key = page["next"]
+        if key is None:
+            return RequestPage(rows, None)
+        filters = {"status": status, "client": client, "limit": limit}
+        return RequestPage(rows, urlencode({"after": key, **{k: v for k, v in filters.items() if v is not None}}))
 
     def servers(self) -> list[Any]:
         """The seed's server rows plus state, load, heartbeat age, pid and host."""

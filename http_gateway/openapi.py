@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from http_gateway.api import LOG_PAGE, MAX_COST_MS
+from http_gateway.api import LOG_PAGE, MAX_COST_MS, MAX_REQUEST_OFFSET
 from http_gateway.processes import JOIN_TIMEOUT_S, MAX_CLIENTS, MAX_REQUESTS_PER_CLIENT, MAX_SERVERS
 from http_gateway.validation import MAX_BODY_BYTES, MAX_WIRE_INT
 
@@ -93,7 +93,12 @@ def spec() -> dict[str, Any]:
     request_filters = [
         _query("status", REQUEST_ROW["properties"]["status"], "only requests in this status"),
         _query("client", WIRE_ID, "only this client's requests"),
-        _query("offset", COUNT, "skip this many"),
+        _query(
+            "after",
+            {"type": "string", "pattern": "^[0-9a-f]{1,20}-[0-9a-f]{1,20}$"},
+            'go on where a page stopped: the key in its Link: rel="next" header',
+        ),
+        _query("offset", {**COUNT, "maximum": MAX_REQUEST_OFFSET}, "skip this many (page on with after)"),
         _query("limit", COUNT, "at most this many (default 1000; 0 for all)"),
     ]
     paths = {
@@ -113,7 +118,9 @@ def spec() -> dict[str, Any]:
         },
         "/requests": {
             "get": _op(
-                "All requests, oldest first", _json({"type": "array", "items": REQUEST_ROW}), parameters=request_filters
+                'All requests in arrival order; a Link: rel="next" header names the next page when more follow',
+                _json({"type": "array", "items": REQUEST_ROW}),
+                parameters=request_filters,
             )
         },
         "/servers": {"get": _op("Every server with its load", _json({"type": "array", "items": SERVER_ROW}))},

@@ -21,6 +21,8 @@ MAX_BODY_BYTES = 64 * 1024
 # Deeper JSON than this is refused before parsing (the seed's bodies are flat objects).
 MAX_JSON_DEPTH = 32
 _ASCII_INT = re.compile(r"-?[0-9]{1,19}")
+# A page key from the balancer's `next` (/requests?after=): hex digits and one dash, short.
+_PAGE_KEY = re.compile(r"[0-9a-f]{1,20}-[0-9a-f]{1,20}")
 
 
 class HttpError(Exception):
@@ -123,6 +125,18 @@ def query_int(
     if not _ASCII_INT.fullmatch(raw):
         raise HttpError(400, f"query parameter '{name}' must be an integer, got {_short(raw)}")
     return _bounded(f"query parameter '{name}'", int(raw), minimum, maximum)
+
+
+def query_page_key(query: Any, name: str) -> str:
+    """A page key query parameter (its last value; "" when absent or empty), or a 400."""
+    values = query.getlist(name)
+    if not values or values[-1] == "":
+        return ""
+    if not _PAGE_KEY.fullmatch(values[-1]):
+        raise HttpError(
+            400, f"query parameter '{name}' must be a key from a Link: rel=\"next\" header, got {_short(values[-1])}"
+        )
+    return values[-1]
 
 
 def query_choice(query: Any, name: str, choices: tuple[str, ...]) -> str | None:

@@ -154,6 +154,12 @@ class App:
 
         return endpoint
 
+    def requests(self, request: Request, body: bytes) -> Response:
+        """The seed's list; when more follow, a Link header names the next page (paging by key)."""
+        page = self.gateway.requests(request.query_params)
+        headers = {"Link": f'</requests?{page.next_query}>; rel="next"'} if page.next_query else None
+        return JSONResponse(page.rows, headers=headers)
+
     def download(self, request: Request, body: bytes) -> Response:
         disposition = {"Content-Disposition": f'attachment; filename="{LOG_FILE_NAME}"'}
         return Response(self.gateway.logs_text(), media_type="text/plain; charset=utf-8", headers=disposition)
@@ -180,7 +186,7 @@ class App:
             Route("/events", self.events),
             Route("/configure", change(lambda r, b: g.configure(b)), methods=["POST"]),
             Route("/send_request", change(lambda r, b: g.send_request(b, self.cost_ms)), methods=["POST"]),
-            Route("/requests", read(lambda r, b: g.requests(r.query_params))),
+            Route("/requests", read(self.requests)),
             Route("/servers", read(lambda r, b: g.servers())),
             Route(
                 "/server_down/{server_id}",

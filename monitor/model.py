@@ -157,6 +157,12 @@ class DashboardModel:
             event.server_id, "active", 0, event.capacity, 0, event.pid, event.host, 0.0
         )
 
+    def _on_kept_out(self, event: Any) -> None:
+        """A node rejoined in the state an admin left it in (down or draining), not active."""
+        node = self.nodes.get(event.server_id)
+        if node is not None:
+            node.state = event.state
+
     def _on_requeued(self, event: Any) -> None:
         # Latency counts from the first arrival: a re-queue is part of the wait.
         self._arrivals.setdefault((event.client_id, event.request_id), event.ts)
@@ -243,6 +249,7 @@ _HANDLERS: dict[str, Any] = {
     ev.REQUEST_PROCESSED: DashboardModel._on_finished,
     ev.REQUEST_FAILED: DashboardModel._on_finished,
     ev.NODE_JOINED: DashboardModel._on_joined,
+    ev.NODE_KEPT_OUT: DashboardModel._on_kept_out,
     ev.NODE_DEAD: _set_state("dead", True),
     ev.NODE_LEFT: _set_state("dead", True),
     ev.NODE_DOWN: _set_state("down", True),

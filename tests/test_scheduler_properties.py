@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from balancer.scheduler import NodeState, Scheduler
 
 NODE_IDS = st.integers(0, 4)
+CLIENT_IDS = st.integers(0, 2)
 OPS = st.one_of(
-    st.tuples(st.just("submit"), st.integers(1, 5)),
+    st.tuples(st.just("submit"), st.integers(1, 5), CLIENT_IDS, st.integers(1, 4)),
     st.tuples(st.just("hello"), NODE_IDS, st.integers(1, 3)),
     st.tuples(st.just("complete"), st.integers(0, 50)),
     st.tuples(st.just("heartbeat"), NODE_IDS),
@@ -26,12 +27,8 @@ OPS = st.one_of(
 
 
 def waiting_requests(sched: Scheduler) -> list:
-    """Every request sitting in a bucket (the scheduler's own structure)."""
-    out = []
-    for bucket in sched._queue._buckets.values():
-        out.extend(bucket.fresh)
-        out.extend(req for _seq, req in bucket.retry)
-    return out
+    """Every request in the waiting queue (its own structure, not the listing)."""
+    return list(sched._queue)
 
 
 def check_invariants(sched: Scheduler, submitted: int) -> None:
@@ -48,21 +45,55 @@ def check_invariants(sched: Scheduler, submitted: int) -> None:
     # Each request is in exactly one place: waiting, on one node, or finished.
     places = Counter(id(r) for r in waiting + running)
     assert all(count == 1 for count in places.values())
-    finished = [r for r in sched.requests() if r.status in ("processed", "failed")]
+    listed = list(sched.requests())
+    finished = [r for r in listed if r.status in ("processed", "failed")]
     assert len(waiting) + len(running) + len(finished) == submitted
+    # The listing holds every remembered request once, in arrival order (request ids here).
+    assert [r.request_id for r in listed] == sorted(r.request_id for r in waiting + running + finished)
 
 
-def apply_dispatch(sched: Scheduler) -> None:
-    """Dispatch, checking the choice: active nodes only, strict priority with FIFO ties."""
+def apply_dispatch(sched: Scheduler, dispatched_before: set[int]) -> None:
+    """Dispatch, checking the choice: active nodes only, strict priority, re-queued first, clients in turns."""
+    before = {r.request_id: r for r in waiting_requests(sched)}
     out = sched.dispatch()
-    keys = [(req.priority, req.seq) for _node, _ticket, req in out]
-    assert keys == sorted(keys)
     for node, _ticket, _req in out:
         assert node.state is NodeState.ACTIVE
-    if out:
-        # Never-dispatched requests have no seq yet: they come after every dispatched one.
-        still_waiting = [(r.priority, r.seq if r.seq is not None else float("inf")) for r in waiting_requests(sched)]
-        assert not still_waiting or min(still_waiting) > max(keys)
+    reqs = [req for _node, _ticket, req in out]
+    priorities = [r.priority for r in reqs]
+    assert priorities == sorted(priorities)
+    still = waiting_requests(sched)
+    if reqs and still:
+        assert min(r.priority for r in still) >= priorities[-1]
+    for priority in set(priorities):
+        mine = [r for r in reqs if r.priority == priority]
+        kinds = [r.request_id in dispatched_before for r in mine]
+        assert kinds == sorted(kinds, reverse=True)  # re-queued ones first
+        again = [r.request_id for r in mine if r.request_id in dispatched_before]
+        assert again == sorted(again)  # in arrival order
+        if any(r.priority == priority and r.request_id in dispatched_before for r in still):
+            assert all(kinds)  # no fresh one went while a re-queued one of its priority waits
+        fresh = [r.client_id for r in mine if r.request_id not in dispatched_before]
+        had = Counter(
+            r.client_id for r in before.values() if r.priority == priority and r.request_id not in dispatched_before
+        )
+        assert_turns(fresh, had)
+    dispatched_before.update(r.request_id for r in reqs)
+
+
+def assert_turns(clients: list[int], had: Counter) -> None:
+    """Between two dispatches of one client, every other client with requests still waiting had one."""
+    last: dict[int, int] = {}
+    for i, client in enumerate(clients):
+        if client in last:
+            between = set(clients[last[client] + 1 : i])
+            left = {c for c, n in had.items() if c != client and served_at(clients, c, last[client]) < n}
+            assert left <= between, (clients, had)
+        last[client] = i
+
+
+def served_at(clients: list[int], client: int, upto: int) -> int:
+    """How many of `client`'s requests were dispatched at positions 0..upto."""
+    return clients[: upto + 1].count(client)
 
 
 @settings(max_examples=300, deadline=None)
@@ -72,11 +103,13 @@ def test_random_operations_keep_invariants(ops):
     sched = Scheduler(heartbeat_s=1.0, liveness=2, max_attempts=3)
     now = 0.0
     submitted = 0
+    dispatched_before: set[int] = set()
     for op in ops:
         name = op[0]
         if name == "submit":
-            submitted += 1
-            sched.submit(0, submitted, op[1], b"c", b"")
+            for _ in range(op[3]):
+                submitted += 1
+                sched.submit(op[2], submitted, op[1], b"c", b"")
         elif name == "hello":
             sched.hello(f"r{op[1]}".encode(), op[1], op[2], 1, "h", now)
         elif name == "complete":
@@ -93,11 +126,11 @@ def test_random_operations_keep_invariants(ops):
             sched.expire(now)
         elif name in ("down", "up", "drain"):
             try:
-                {"down": sched.mark_down, "up": sched.mark_up, "drain": sched.drain}[name](op[1])
+                {"down": sched.mark_down, "up": sched.mark_up, "drain": sched.mark_draining}[name](op[1])
             except KeyError:
                 pass
         else:
-            apply_dispatch(sched)
+            apply_dispatch(sched, dispatched_before)
         check_invariants(sched, submitted)
 
 

@@ -34,6 +34,7 @@ NODE_LEFT = "node.left"
 NODE_REPLACED = "node.replaced"
 NODE_RESYNCED = "node.resynced"
 NODE_REFUSED = "node.refused"
+NODE_KEPT_OUT = "node.kept_out"
 SYSTEM_STARTED = "system.started"
 SYSTEM_CONFIGURED = "system.configured"
 SYSTEM_BAD_INPUT = "system.bad_input"
@@ -68,6 +69,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     NODE_REPLACED: ("server_id", "pid", "host", "requeued"),
     NODE_RESYNCED: ("server_id", "requeued"),
     NODE_REFUSED: ("server_id", "reason"),
+    NODE_KEPT_OUT: ("server_id", "state"),
     SYSTEM_STARTED: ("frontend", "backend", "events", "control"),
     SYSTEM_CONFIGURED: ("servers", "clients"),
     SYSTEM_BAD_INPUT: ("socket", "kind", "detail", "count"),
@@ -95,6 +97,7 @@ LEVELS: dict[str, str] = {
     NODE_REPLACED: "WARNING",
     NODE_RESYNCED: "WARNING",
     NODE_REFUSED: "WARNING",
+    NODE_KEPT_OUT: "WARNING",
     SYSTEM_CLIENT_REFUSED: "WARNING",
     SYSTEM_JOURNAL_DAMAGED: "ERROR",
     SYSTEM_JOURNAL_FAILED: "ERROR",
@@ -128,6 +131,7 @@ _TEMPLATES: dict[str, Any] = {
     NODE_REPLACED: lambda a: f"⚠️ Server {a[0]} taken over by pid {a[1]} on {a[2]}; {a[3]} requests re-queued",
     NODE_RESYNCED: lambda a: f"⚠️ Server {a[0]} resynced; {a[1]} requests lost on the way re-queued",
     NODE_REFUSED: lambda a: f"⚠️ A second Server {a[0]} was refused: {a[1]}",
+    NODE_KEPT_OUT: lambda a: f"Server {a[0]} rejoined and stays {a[1]}: an admin's choice holds until zlb up {a[0]}",
     SYSTEM_STARTED: lambda a: f"Balancer started (frontend {a[0]}, backend {a[1]}, events {a[2]}, control {a[3]})",
     SYSTEM_CONFIGURED: lambda a: f"System configured with {a[0]} servers and {a[1]} clients.",
     SYSTEM_BAD_INPUT: lambda a: f"Dropped bad message on {a[0]}: {a[1]} ({a[2]}); {a[3]} so far",

@@ -59,9 +59,13 @@ def query_command(cmd: str) -> Callable[[Callable[[Any], None]], click.Command]:
 
 @query_command("servers")
 def servers(rows: list[dict[str, Any]]) -> None:
-    """List the server nodes and their load."""
+    """List the server nodes and their load; an admin's down or drain holds across rejoins until zlb up."""
     for row in rows:
         row["load"] = f"{row['in_flight']}/{row['capacity']}"
+        admin = row.get("admin")
+        if admin:  # an admin's down or drain, which holds across the node's rejoins
+            held = "by admin" if admin == row["state"] else f"admin: {admin}"
+            row["state"] = f"{row['state']} ({held} until zlb up)"
         row["heartbeat"] = f"{row['last_heartbeat_ms_ago']} ms ago"
     print_table(
         rows,
@@ -79,6 +83,8 @@ def servers(rows: list[dict[str, Any]]) -> None:
 
 # A control reply carries at most this many rows; longer listings are fetched page by page.
 PAGE = 1000
+# The balancer answers `offset` only this far (balancer/control.py); beyond, page by key.
+MAX_OFFSET = 10_000
 
 
 def fetch_pages(control: str, cmd: str, limit: int, offset: int = 0, **args: Any) -> list[Any]:
@@ -92,18 +98,58 @@ def fetch_pages(control: str, cmd: str, limit: int, offset: int = 0, **args: Any
             return rows
 
 
+def fetch_requests(
+    control: str, limit: int, after: str = "", offset: int = 0, **args: Any
+) -> tuple[list[Any], str | None]:
+    """Requests in arrival order after the key `after` ("": from the first), skipping `offset` of them,
+    page by page up to `limit` (0: all); and the key to go on from (None: the listing ended).
+
+    A page reads a bounded number of requests, so a filtered one may come back short or empty with a
+    key to go on from: the balancer answers each page in a bounded slice of its loop."""
+    rows: list[Any] = []
+    key: str | None = after
+    while key is not None and (not limit or len(rows) < limit):
+        want = PAGE if not limit else min(PAGE, limit - len(rows))
+        page = control_call(control, "requests", after=key, limit=want, offset=offset, **args)
+        offset = 0
+        rows.extend(page["requests"])
+        key = page["next"]
+    return rows, key
+
+
 @click.command()
 @endpoint_option("control")
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only requests in this state.")
 @click.option("--client", type=click.IntRange(0), default=None, help="Only this client's requests.")
 @click.option("--limit", type=click.IntRange(0), default=1000, show_default=True, help="At most this many (0: all).")
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Skip this many first.")
+@click.option(
+    "--after",
+    default="",
+    metavar="KEY",
+    help="Go on where an earlier listing stopped (the key it printed) instead of from the first.",
+)
+@click.option(
+    "--offset",
+    type=click.IntRange(0, MAX_OFFSET),
+    default=0,
+    show_default=True,
+    help=f"Skip this many first (at most {MAX_OFFSET}; page on with --after).",
+)
 @json_option
-def requests(control: str, status: str | None, client: int | None, limit: int, offset: int, as_json: bool) -> None:
-    """List requests, oldest first: waiting, running and recently finished."""
-    rows = fetch_pages(control, "requests", limit, status=status, client=client, offset=offset)
+def requests(
+    control: str, status: str | None, client: int | None, limit: int, after: str, offset: int, as_json: bool
+) -> None:
+    """List requests in the order they arrived: waiting, running and recently finished."""
+    rows, key = fetch_requests(control, limit, after, offset, status=status, client=client)
     if as_json:
-        return print_json(rows)
+        print_json(rows)
+    else:
+        _request_table(rows)
+    if key is not None:
+        click.echo(f"More follow: zlb requests --after {key}", err=True)
+
+
+def _request_table(rows: list[dict[str, Any]]) -> None:
     print_table(
         rows,
         [

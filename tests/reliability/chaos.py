@@ -368,14 +368,13 @@ def _check(
 def _balancer_view(balancer: LiveBalancer) -> dict[tuple[int, int], str]:
     """Every request the balancer remembers, paged through the control socket."""
     view: dict[tuple[int, int], str] = {}
-    offset = 0
-    while True:
-        page = control_client.call(balancer.endpoints.control, "requests", limit=1000, offset=offset)
-        for row in page:
+    key = ""
+    while key is not None:
+        page = control_client.call(balancer.endpoints.control, "requests", limit=1000, after=key)
+        for row in page["requests"]:
             view[(row["client_id"], row["request_id"])] = row["status"]
-        if len(page) < 1000:
-            return view
-        offset += len(page)
+        key = page["next"]
+    return view
 
 
 def _maybe_save(report: ChaosReport) -> None:

@@ -3,10 +3,12 @@
     python -m tests.reliability.measure_stall [WAITING] [CLIENTS]
 
 In process, no sockets: the scheduler filled with WAITING requests of 1 KiB
-from CLIENTS clients, then (1) `zlb requests --limit 10` as the control
-command runs it, (2) the incremental compaction, step by step: the longest
-step is the longest the loop would wait (the inline rewrite it replaced took
-421 ms at 500,000 waiting requests; balancer/compaction.py).
+from CLIENTS clients, then (1) `zlb requests` as the control command runs it
+(the first ten, pending, by client, a first and a last page of 1,000 by key, and
+a page by status that matches nothing: it stops at its scan bound), (2) the
+incremental compaction, step by step: the longest step is the longest the loop
+would wait (the inline rewrite it replaced took 421 ms at 500,000 waiting
+requests; balancer/compaction.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ def main(waiting: int, clients: int) -> None:
         sched.submit(rid % clients, rid, rid % 3, b"r", b"x" * 1024)
     sched.outbox.take_journal()
     state = control.BalancerState(sched, EventLog(None), {}, 0.0, 0.0)
-    for args in ({"limit": 10}, {"limit": 10, "status": "pending"}, {"limit": 10, "client": 0}, {"limit": 1000}):
+    deep = control.cmd_requests(state, {"after": "", "limit": 1}, 0.0)["next"].split("-")[0] + f"-{waiting - 1001:x}"
+    queries = [{"limit": 10}, {"limit": 10, "status": "pending"}, {"limit": 10, "client": 0}, {"limit": 1000}]
+    queries += [{"after": "", "limit": 1000}, {"after": deep, "limit": 1000}, {"after": "", "status": "failed"}]
+    for args in queries:
         start = time.perf_counter()
         control.cmd_requests(state, args, 0.0)
         print(f"requests {args}: {ms(start):.2f} ms")
