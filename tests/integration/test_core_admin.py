@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import zmq
 
 from client_node.client import Client, json_payload
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, wait_until
+from tests.reliability.handlers import gate_payload
 from wire import protocol as p
 from wire.protocol import MsgType
 
@@ -40,8 +43,6 @@ def test_monitor_shows_join_assignment_and_death(balancer: LiveBalancer, procs: 
 
 def test_monitor_json_prints_structured_events(balancer: LiveBalancer, procs: ProcessGroup):
     """--json prints one JSON object per event with named fields."""
-    import json
-
     mon = watch_monitor(balancer, procs, "--json")
     balancer.start_server(5)
     line = wait_until(lambda: next((x for x in mon.stdout().splitlines() if '"node.joined"' in x), None), 10, "join")
@@ -71,43 +72,67 @@ def busy_servers(balancer: LiveBalancer) -> list[int]:
     return [s for s, v in balancer.servers().items() if v["in_flight"]]
 
 
-def test_down_up_and_drain_through_the_cli(balancer: LiveBalancer, procs: ProcessGroup):
-    """zlb down re-queues a node's work elsewhere, zlb up restores it, zlb drain lets work finish."""
-    balancer.start_server(0)
-    balancer.start_server(1)
+def test_down_up_and_drain_through_the_cli(balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path):
+    """zlb down re-queues a node's work elsewhere, zlb up restores it, zlb drain lets work finish and takes no more.
+
+    Each request runs until the test opens its gate, so where it runs never depends on how soon a busy
+    machine gets `zlb down` going (an 800 ms request once finished before it did)."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    for node_id in (0, 1):
+        balancer.start_server(node_id, handler="gated")
     balancer.wait_servers_active({0, 1})
     with Client(balancer.endpoints.frontend, client_id=2) as client:
-        pending = client.submit(json_payload(800), request_id=1)
+        pending = client.submit(gate_payload(str(gates / "1")), request_id=1)
         (holder,) = wait_until(lambda: busy_servers(balancer), 10, "an assignment")
+        other = 1 - holder
         down = procs.run("down", str(holder))
         assert down.returncode == 0, down.stderr
         assert f"Server {holder} marked as down" in down.stdout
-        result = pending.result(timeout=10)
-        assert result.server_id == 1 - holder
-        assert result.attempts == 2
+        wait_until(lambda: busy_servers(balancer) == [other], 10, "request 1 re-queued to the other node")
         assert balancer.servers()[holder]["active"] is False
+        (gates / "1").touch()  # both runs of request 1 end: the downed node's answer must not be the one kept
+        result = pending.result(timeout=scaled(10))
+        assert (result.server_id, result.attempts) == (other, 2)
         assert procs.run("up", str(holder)).returncode == 0
         assert balancer.servers()[holder]["state"] == "active"
-        pending = client.submit(json_payload(500), request_id=2)
+
+        pending = client.submit(gate_payload(str(gates / "2")), request_id=2)
         (runner,) = wait_until(lambda: busy_servers(balancer), 10, "an assignment")
+        other = 1 - runner
         assert procs.run("drain", str(runner)).returncode == 0
-        assert pending.result(timeout=10).server_id == runner  # in-flight work finished where it was
-        pending = client.submit(json_payload(0), request_id=3)
-        assert pending.result(timeout=10).server_id == 1 - runner  # nothing new for the draining node
+        assert balancer.servers()[runner]["state"] == "draining"
+        (gates / "2").touch()
+        assert pending.result(timeout=scaled(10)).server_id == runner  # in-flight work finished where it was
+        # The draining node is idle now; request 3 holds the other one, and request 4 waits for it.
+        held = client.submit(gate_payload(str(gates / "3")), request_id=3)
+        assert wait_until(lambda: busy_servers(balancer), 10, "request 3 assigned") == [other]
+        waiting = client.submit(json_payload(0), request_id=4)
+        wait_until(lambda: balancer.call("request", client_id=2, request_id=4)["status"] == "pending", 10, "4 queued")
+        (gates / "3").touch()
+        assert held.result(timeout=scaled(10)).server_id == other
+        assert waiting.result(timeout=scaled(10)).server_id == other  # nothing new for the draining node
     assert procs.run("down", "42").returncode == 1
 
 
 def test_nodes_rejoin_a_restarted_balancer(procs: ProcessGroup, endpoints: Endpoints):
-    """After kill -9 and restart of the balancer, running nodes reconnect by themselves and serve again."""
+    """After kill -9 and restart of the balancer, running nodes reconnect by themselves and serve again:
+    the new balancer's table has both nodes as the same processes, and a client's requests are spread over them."""
     first = start_balancer(procs, endpoints)
-    first.start_server(0)
-    first.start_server(1)
+    nodes = {i: first.start_server(i) for i in (0, 1)}
     first.wait_servers_active({0, 1})
     procs.kill9(first.proc)
     second = start_balancer(procs, endpoints)
     second.wait_servers_active({0, 1}, timeout=15)
-    done = procs.run("client", "--id", "3", "--requests", "4", "--timeout", "15")
+    assert {i: s["pid"] for i, s in second.servers().items()} == {i: node.pid for i, node in nodes.items()}
+    done = procs.run("client", "--id", "3", "--requests", "4", "--cost-ms", "200", "--json", "--timeout", "15")
     assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["request_id"] for r in results) == [1, 2, 3, 4]
+    assert {r["status"] for r in results} == {"processed"}
+    handled = [s["handled_requests"] for s in second.servers().values()]
+    assert sum(handled) == 4 and min(handled) >= 1, f"both rejoined nodes serve: {handled}"
+    assert all(node.popen.poll() is None for node in nodes.values()), "the nodes lived through it"
 
 
 def test_bad_input_is_counted_answered_and_survived(balancer: LiveBalancer, procs: ProcessGroup):
@@ -175,8 +200,6 @@ def test_bad_cli_arguments_are_one_line_errors(procs: ProcessGroup):
 
 def test_queries_and_log_download(balancer: LiveBalancer, procs: ProcessGroup, tmp_path):
     """servers/requests/status/logs answer in the seed's shapes; --download writes the log lines."""
-    import json
-
     balancer.start_server(0)
     balancer.wait_servers_active({0})
     assert procs.run("send", "--client-id", "0", "--request-id", "101", "--priority", "1").returncode == 0

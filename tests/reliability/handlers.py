@@ -1,4 +1,4 @@
-"""Handlers that the reliability tests plug into real server nodes with --handler."""
+"""Handlers that tests plug into real server nodes with --handler (PYTHONPATH set to the repository)."""
 
 from __future__ import annotations
 
@@ -58,3 +58,20 @@ def stuck(work: handlers.Work) -> bytes:
     """Hang for a minute, as a handler waiting on a dead dependency would."""
     time.sleep(60)  # wait-ok: the point of this handler is to not return in time
     return b"too late"
+
+
+def gate_payload(gate: str, payload: object = None) -> bytes:
+    """A payload `gated` holds until the file `gate` exists."""
+    return json.dumps({"gate": gate, "payload": payload}).encode()
+
+
+def gated(work: handlers.Work) -> bytes:
+    """Hold the request until the test creates the file named by the payload's "gate" (at most 60 s),
+    then answer like `simulate`: work that lasts exactly as long as the test needs, however busy the machine."""
+    data = handlers.decode_payload(bytes(work.payload))
+    gate = data.get("gate") if isinstance(data, dict) else None
+    if gate:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)  # wait-ok: polls the gate, bounded by the deadline
+    return handlers.simulate(work)
