@@ -41,6 +41,11 @@ def scaled(seconds: float) -> float:
     return seconds * slack()
 
 
+def timeout_arg(seconds: float) -> str:
+    """`scaled(seconds)` as the value of a zlb command's --timeout option."""
+    return f"{scaled(seconds):.0f}"
+
+
 # ---- liveness ---------------------------------------------------------------
 #
 # Heartbeats every 100 ms. A silent node is declared dead after heartbeat x liveness; the balancer
@@ -238,15 +243,17 @@ class LiveBalancer:
     def servers(self) -> dict[int, dict[str, Any]]:
         return {s["server_id"]: s for s in self.call("servers")}
 
-    def start_server(self, node_id: int | None = None, *extra: str, handler: str | None = None) -> Proc:
+    def start_server(
+        self, node_id: int | None = None, *extra: str, handler: str | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
         """`zlb server` with this balancer's timing; `handler` names one in tests/reliability/handlers.py."""
         args = ["server", "--heartbeat-ms", str(self.heartbeat_ms), "--liveness", str(self.liveness)]
         if node_id is not None:
             args += ["--id", str(node_id)]
-        env = None
+        env = dict(env or {})
         if handler is not None:
             args += ["--handler", f"tests.reliability.handlers:{handler}"]
-            env = {"PYTHONPATH": REPO}
+            env["PYTHONPATH"] = REPO
         return self.procs.start(f"server-{node_id}-{len(self.procs.procs)}", *args, *extra, extra_env=env)
 
     def wait_servers_active(self, ids: set[int], timeout: float = 10.0) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import zmq
 
 from client_node.client import Client, json_payload
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, wait_until
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, timeout_arg, wait_until
 from tests.reliability.handlers import gate_payload
 from wire import protocol as p
 from wire.protocol import MsgType
@@ -27,8 +27,9 @@ def watch_monitor(balancer: LiveBalancer, procs: ProcessGroup, *flags: str):
     return mon
 
 
-def test_monitor_shows_join_assignment_and_death(balancer: LiveBalancer, procs: ProcessGroup):
+def test_monitor_shows_join_assignment_and_death(watchful_balancer: LiveBalancer, procs: ProcessGroup):
     """The plain monitor prints the seed's log lines live, including a node's death after kill -9."""
+    balancer = watchful_balancer
     mon = watch_monitor(balancer, procs, "--plain")
     node = balancer.start_server(0)
     wait_until(lambda: "Server 0 joined" in mon.stdout(), 10, "join line")
@@ -38,7 +39,7 @@ def test_monitor_shows_join_assignment_and_death(balancer: LiveBalancer, procs: 
     assert "Request 101 from Client 0 added to queue with priority 1" in out
     assert "✅ Request 101 assigned to Server 0" in out
     procs.kill9(node)
-    wait_until(lambda: "Server 0 is dead" in mon.stdout(), 5, "death line")
+    wait_until(lambda: "Server 0 is dead" in mon.stdout(), balancer.silence_s + 5, "death line")
 
 
 def test_monitor_json_prints_structured_events(balancer: LiveBalancer, procs: ProcessGroup):
@@ -53,17 +54,25 @@ def test_monitor_json_prints_structured_events(balancer: LiveBalancer, procs: Pr
     assert event["message"].startswith("Server 5 joined")
 
 
-def test_urgent_request_overtakes_backlog_through_real_processes(balancer: LiveBalancer, procs: ProcessGroup):
-    """With the only node busy, a priority-1 request is served before waiting priority-5 requests."""
-    balancer.start_server(0)
+def test_urgent_request_overtakes_backlog_through_real_processes(
+    balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path
+):
+    """With the only node busy, a priority-1 request is served before waiting priority-5 requests.
+
+    The node stays busy until all of them wait in the queue (request 1 is held by a gate), however long a
+    busy machine takes to send them."""
+    balancer.start_server(0, handler="gated")
     balancer.wait_servers_active({0})
+    gate = tmp_path / "gate"
     with Client(balancer.endpoints.frontend, client_id=1) as client:
-        client.submit(json_payload(300), priority=5, request_id=1)
+        client.submit(gate_payload(str(gate)), priority=5, request_id=1)
         wait_until(lambda: balancer.servers()[0]["in_flight"] == 1, 10, "node busy")
         for rid in (2, 3, 4):
-            client.submit(json_payload(50), priority=5, request_id=rid)
-        client.submit(json_payload(50), priority=1, request_id=99)
-        order = [r.request_id for r in client.as_completed(timeout=20)]
+            client.submit(json_payload(0), priority=5, request_id=rid)
+        client.submit(json_payload(0), priority=1, request_id=99)
+        wait_until(lambda: balancer.call("status")["queue_depth"] == 4, 10, "four requests queued")
+        gate.touch()
+        order = [r.request_id for r in client.as_completed(timeout=scaled(20))]
     assert order == [1, 99, 2, 3, 4]
 
 
@@ -125,7 +134,8 @@ def test_nodes_rejoin_a_restarted_balancer(procs: ProcessGroup, endpoints: Endpo
     second = start_balancer(procs, endpoints)
     second.wait_servers_active({0, 1}, timeout=15)
     assert {i: s["pid"] for i, s in second.servers().items()} == {i: node.pid for i, node in nodes.items()}
-    done = procs.run("client", "--id", "3", "--requests", "4", "--cost-ms", "200", "--json", "--timeout", "15")
+    args = ("client", "--id", "3", "--requests", "4", "--cost-ms", "200", "--json", "--timeout", timeout_arg(15))
+    done = procs.run(*args)
     assert done.returncode == 0, done.stderr
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["request_id"] for r in results) == [1, 2, 3, 4]
@@ -150,9 +160,9 @@ def test_bad_input_is_counted_answered_and_survived(balancer: LiveBalancer, proc
         sockets["backend"].send_multipart([b"\x93\x09\x0a\xc0"])  # version 9
         sockets["backend"].send_multipart([bytes([0x92, p.PROTOCOL_VERSION, 0x63])])  # unknown type 99
         sockets["control"].send(b"\xff\xfe")
-        assert sockets["frontend"].poll(5000), "the frontend answers a bad submit"
+        assert sockets["frontend"].poll(int(scaled(5) * 1000)), "the frontend answers a bad submit"
         assert b"bad message" in sockets["frontend"].recv_multipart()[0]
-        assert sockets["control"].poll(5000), "the control socket answers garbage"
+        assert sockets["control"].poll(int(scaled(5) * 1000)), "the control socket answers garbage"
         assert b"bad message" in sockets["control"].recv()
 
         def counted() -> dict:
@@ -169,7 +179,7 @@ def test_bad_input_is_counted_answered_and_survived(balancer: LiveBalancer, proc
         for sock in sockets.values():
             sock.close(linger=0)
     balancer.start_server(0)
-    assert procs.run("send", "--client-id", "1", "--request-id", "1", "--timeout", "10").returncode == 0
+    assert procs.run("send", "--client-id", "1", "--request-id", "1", "--timeout", timeout_arg(10)).returncode == 0
     logs = procs.run("logs").stdout
     assert "Dropped bad message on frontend: malformed" in logs
 
@@ -178,7 +188,7 @@ def test_admin_commands_fail_fast_without_a_balancer(procs: ProcessGroup):
     """With no balancer, zlb servers exits non-zero within seconds with a one-line error."""
     start = time.monotonic()
     done = procs.run("servers", timeout=15)
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < scaled(10)
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert "no answer from the balancer" in done.stderr
@@ -256,7 +266,7 @@ def test_a_burst_of_admin_requests_from_many_connections_is_all_answered(balance
             poller = zmq.Poller()
             for sock in socks:
                 poller.register(sock, zmq.POLLIN)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + scaled(10)
             while got != expected and time.monotonic() < deadline:
                 for sock, _ in poller.poll(200):
                     while sock.poll(0):
