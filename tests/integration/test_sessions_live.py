@@ -11,7 +11,16 @@ import pytest
 import zmq
 
 from client_node.client import Client, json_payload
-from tests.harness import LiveBalancer, ProcessGroup, port_of, reset_connections, scaled, timeout_arg, wait_until
+from tests.harness import (
+    Endpoints,
+    LiveBalancer,
+    ProcessGroup,
+    port_of,
+    reset_connections,
+    scaled,
+    timeout_arg,
+    wait_until,
+)
 from wire import protocol as p
 from wire.protocol import MsgType
 
@@ -198,3 +207,26 @@ def test_a_node_takes_the_balancers_heartbeat_and_never_flaps(
     log = (procs.workdir / "balancer.log").read_text()
     assert log.count("Server 0 joined") == 1 and "Server 0 is dead" not in log
     assert node.popen.poll() is None
+
+
+@pytest.mark.timeout(60)
+def test_a_node_sends_no_heartbeat_until_it_is_welcomed(procs: ProcessGroup, endpoints: Endpoints):
+    """Heartbeats sent while a HELLO waits reach the balancer behind it, in a burst just after its first WORK,
+    each listing no ticket: that WORK counted as missing, was re-queued and ran twice (seen after a balancer
+    restart, and possible whenever a busy balancer answers HELLO slowly). A node says HELLO, then nothing until
+    WELCOME; welcomed, it beats."""
+    ctx = zmq.Context.instance()
+    fake = ctx.socket(zmq.ROUTER)  # a balancer's backend that takes its time to answer
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.bind(endpoints.backend)
+    try:
+        procs.start("node", "server", "--id", "0", "--heartbeat-ms", "50", "--liveness", "100")
+        assert fake.poll(int(scaled(15) * 1000)), "no HELLO from the node"
+        route, header, *_ = fake.recv_multipart()
+        assert p.decode(header)[0] is MsgType.HELLO
+        assert not fake.poll(1000), "the node spoke before its WELCOME (twenty heartbeat intervals)"
+        fake.send_multipart([route, p.encode(MsgType.WELCOME, 0, 50, 100, 1 << 20)])
+        assert fake.poll(int(scaled(5) * 1000)), "no heartbeat once welcomed"
+        assert p.decode(fake.recv_multipart()[1])[0] is MsgType.HEARTBEAT
+    finally:
+        fake.close(linger=0)
