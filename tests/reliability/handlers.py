@@ -46,7 +46,9 @@ def executions(path: str) -> dict[tuple[int, int], int]:
 
 
 def attempt_echo(work: handlers.Work) -> bytes:
-    """Wait the payload's cost_ms, then return this server's id and the attempt number it ran."""
+    """Wait the payload's cost_ms (and for the file $ZLB_TEST_GATE, when set), then return this server's id
+    and the attempt number it ran."""
+    _wait_for_gate(os.environ.get("ZLB_TEST_GATE"))
     data = handlers.decode_payload(bytes(work.payload))
     cost_ms = data.get("cost_ms", 0) if isinstance(data, dict) else 0
     if isinstance(cost_ms, (int, float)) and cost_ms > 0:
@@ -71,9 +73,13 @@ def gated(work: handlers.Work) -> bytes:
     test needs, however busy the machine."""
     data = handlers.decode_payload(bytes(work.payload))
     gate = data.get("gate") if isinstance(data, dict) else None
-    gate = gate or os.environ.get("ZLB_TEST_GATE")
+    _wait_for_gate(gate or os.environ.get("ZLB_TEST_GATE"))
+    return handlers.simulate(work)
+
+
+def _wait_for_gate(gate: str | None) -> None:
+    """Return once the file `gate` exists (at once without one), or after 60 s."""
     if gate:
         deadline = time.monotonic() + 60
         while not os.path.exists(gate) and time.monotonic() < deadline:
             time.sleep(0.01)  # wait-ok: polls the gate, bounded by the deadline
-    return handlers.simulate(work)

@@ -125,7 +125,12 @@ def requests_on(net: Net, env: dict[str, str], server_id: int) -> set[int]:
 
 @pytest.mark.timeout(120)
 def test_cut_link_work_moves_node_dies_rejoins_and_late_results_are_dropped(net: Net):
-    """A node's link goes down mid-work: its requests finish elsewhere, it dies, rejoins, and nothing is doubled."""
+    """A node's link goes down mid-work: its requests finish elsewhere, it dies, rejoins, and nothing is doubled.
+
+    Node 1's work waits for a gate the test opens once the node has rejoined: the cut surely lands mid-work,
+    and its late results leave on a live connection (ending during a reconnection gap, they were dropped at
+    the node and never reached the balancer to be dropped there)."""
+    gate = net.workdir / "gate"
     ports = {role: free_port() for role in ("frontend", "backend", "events", "control")}
     local = {f"ZLB_{r.upper()}": f"tcp://127.0.0.1:{p}" for r, p in ports.items() if r != "backend"}
     balancer = net.start(
@@ -139,10 +144,11 @@ def test_cut_link_work_moves_node_dies_rejoins_and_late_results_are_dropped(net:
             "--heartbeat-ms", str(HEARTBEAT_MS), "--liveness", str(LIVENESS),
             "--handler", "tests.reliability.handlers:attempt_echo",
             "--backend", f"tcp://{net.balancer_ip(n)}:{ports['backend']}",
+            env={"ZLB_TEST_GATE": str(gate)} if n == 1 else None,
         )  # fmt: skip
     wait_until(lambda: {1, 2} <= {i for i, s in servers(net, local).items() if s["active"]}, 20, "both nodes active")
     client = net.start(
-        net.balancer_ns, "client", "client", "--id", "1", "--requests", "6", "--cost-ms", "2500",
+        net.balancer_ns, "client", "client", "--id", "1", "--requests", "6", "--cost-ms", "500",
         "--retry-s", "30", "--timeout", timeout_arg(60), "--json", env=local,
     )  # fmt: skip
     cut = wait_until(lambda: (lambda ids: len(ids) == 2 and ids)(requests_on(net, local, 1)), 20, "work on node 1")
@@ -151,6 +157,7 @@ def test_cut_link_work_moves_node_dies_rejoins_and_late_results_are_dropped(net:
     wait_until(lambda: servers(net, local)[1]["state"] == "dead", 10, "node 1 declared dead")
     ip("-n", net.node_ns(1), "link", "set", net.node_link(1), "up")
     wait_until(lambda: servers(net, local)[1]["state"] == "active", 20, "node 1 to rejoin")
+    gate.touch()
 
     assert client.wait(scaled(60)) == 0, (net.workdir / "client.err").read_text()
     results = [json.loads(x) for x in (net.workdir / "client.out").read_text().splitlines() if x.startswith("{")]
