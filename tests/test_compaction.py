@@ -55,20 +55,23 @@ def test_changes_during_an_incremental_compaction_survive_it(tmp_path: Path, mon
 
 
 def test_a_slice_of_a_large_state_is_short(tmp_path: Path):
-    """With 200,000 waiting requests of 1 KiB, starting a compaction and each slice take a few ms."""
+    """With 200,000 waiting requests of 1 KiB, starting a compaction and each slice take a few ms of CPU.
+
+    CPU time of this thread, not the wall clock: on a busy machine the wall clock also counts the time
+    other processes ran, which says nothing about how much work a slice does."""
     sched = Scheduler(journal=True)
     journal = jr.Journal(str(tmp_path / "j"))
     journal.open([])
     for rid in range(200_000):
         sched.submit(rid % 10, rid, 5, b"r", b"x" * 1024)
     sched.outbox.take_journal()
-    start = time.perf_counter()
+    start = time.thread_time()
     run = Compaction(journal, sched)
-    longest = time.perf_counter() - start
+    longest = time.thread_time() - start
     while True:
-        start = time.perf_counter()
+        start = time.thread_time()
         done = run.step()
-        longest = max(longest, time.perf_counter() - start)
+        longest = max(longest, time.thread_time() - start)
         if done:
             break
     journal.close()
