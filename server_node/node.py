@@ -193,7 +193,11 @@ class ServerNode:
                 print(f"zlb server: {KEY_REFUSED}; retrying", file=sys.stderr, flush=True)
             self._disconnect()
             self._redial_at = now + self.live.reconnected(now)
-        elif self.live.heartbeat_due(now):
+        elif self.live.heartbeat_due(now) and self.welcomed:
+            # Not before WELCOME: heartbeats sent while a HELLO waits (for a balancer that is restarting,
+            # or slow on a busy machine) queue behind it and reach the balancer in a burst just after it
+            # sent its first WORK; each lists no ticket, so the WORK counted as missing from that many
+            # heartbeats, was re-queued and ran twice.
             header = p.encode(MsgType.HEARTBEAT, len(self.held), self.handled, self.dropped, self.max_seen)
             self._send(header, p.encode_tickets(self.held))
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: fresh ports and tracked processes."""
+"""Fixtures shared by the whole suite: reserved ports, tracked processes, timeouts that stretch under load."""
 
 from __future__ import annotations
 
@@ -7,13 +7,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_timeout
 
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer
+from tests.harness import (
+    WATCHFUL_LIVENESS,
+    Endpoints,
+    LiveBalancer,
+    ProcessGroup,
+    release_ports,
+    slack,
+    start_balancer,
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: pytest_timeout.Settings) -> bool:
+    """Each test keeps its timeout (60 s unless marked), stretched like every deadline by the load right now."""
+    return pytest_timeout.pytest_timeout_set_timer(item, settings._replace(timeout=settings.timeout * slack()))
+
+
+@pytest.fixture(autouse=True)
+def _reserved_ports() -> Iterator[None]:
+    """Ports a test reserved with free_port() are given back after its processes have stopped."""
+    try:
+        yield
+    finally:
+        release_ports()
 
 
 @pytest.fixture
 def endpoints() -> Endpoints:
-    """Four unused loopback endpoints."""
+    """Four loopback endpoints reserved for this test."""
     return Endpoints.fresh()
 
 
@@ -31,5 +55,11 @@ def procs(tmp_path: Path, endpoints: Endpoints) -> Iterator[ProcessGroup]:
 
 @pytest.fixture
 def balancer(procs: ProcessGroup, endpoints: Endpoints) -> LiveBalancer:
-    """A live balancer with a 100 ms heartbeat on fresh ports."""
-    return start_balancer(procs, endpoints, 100)
+    """A live balancer on reserved ports: 100 ms heartbeats, a node dead after 5 s of silence."""
+    return start_balancer(procs, endpoints)
+
+
+@pytest.fixture
+def watchful_balancer(procs: ProcessGroup, endpoints: Endpoints) -> LiveBalancer:
+    """A live balancer for tests that kill a node: 100 ms heartbeats, a node dead after 1 s of silence."""
+    return start_balancer(procs, endpoints, liveness=WATCHFUL_LIVENESS)

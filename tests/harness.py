@@ -1,4 +1,4 @@
-"""Test harness: free loopback ports, real zlb processes, waiting with deadlines."""
+"""Test harness: reserved loopback ports, real zlb processes, waiting with deadlines that stretch on a busy machine."""
 
 from __future__ import annotations
 
@@ -18,13 +18,72 @@ from typing import Any
 from wire import control_client
 
 ROLES = ("frontend", "backend", "events", "control")
+REPO = str(Path(__file__).resolve().parents[1])
+
+# ---- time on a busy machine -------------------------------------------------
+#
+# The deadlines in this suite are what a quiet machine needs. On a busy one (another suite, a benchmark)
+# every process gets about cpus / load of a CPU, so starting a Python process or answering a request takes
+# that many times longer: each deadline stretches by `slack()`, and so does each test's pytest timeout
+# (tests/conftest.py). A wait that succeeds returns as soon as it does, so the stretch costs a passing run
+# nothing. ZLB_TEST_SLACK multiplies it further (a sanitizer build, a slow CI runner).
+MAX_SLACK = 8.0
+
+
+def slack() -> float:
+    """How many times slower than a quiet machine this one runs now: load average per CPU, 1 to MAX_SLACK."""
+    per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return min(MAX_SLACK, max(1.0, per_cpu)) * float(os.environ.get("ZLB_TEST_SLACK", "1"))
+
+
+def scaled(seconds: float) -> float:
+    """A deadline of `seconds` on a quiet machine, stretched for the load right now."""
+    return seconds * slack()
+
+
+def timeout_arg(seconds: float) -> str:
+    """`scaled(seconds)` as the value of a zlb command's --timeout option."""
+    return f"{scaled(seconds):.0f}"
+
+
+# ---- liveness ---------------------------------------------------------------
+#
+# Heartbeats every 100 ms. A silent node is declared dead after heartbeat x liveness; the balancer
+# tells its nodes both in WELCOME, so they judge the balancer the same way. A test about something else
+# uses STEADY_LIVENESS: 5 s of silence, which no starved machine imposes on a process that mostly sleeps,
+# so no node "dies" of load in the middle of it. A test that kills or stops a node and waits for the
+# death uses WATCHFUL_LIVENESS: 1 s (at load 40 on 2 cores, 300 ms gave no false death in a minute).
+# Either way a balancer that itself stalls for the whole window declares its nodes dead: after a stall
+# it reads one message per socket before it judges them (balancer/loop.py).
+HEARTBEAT_MS = 100
+STEADY_LIVENESS = 50
+WATCHFUL_LIVENESS = 10
+
+# ---- ports ------------------------------------------------------------------
+#
+# A port picked by binding port 0 and closing is free only until someone else takes it: another suite
+# running at the same time picks ports the same way, and any connect() may be given it as its local port.
+# (It happened: a POST meant for `zlb cluster --http PORT` reached another suite's ZMQ socket on PORT.)
+# So a picked port stays bound in this process, with SO_REUSEADDR and never listening, until the test
+# ends (`release_ports`, called by an autouse fixture in conftest.py): the kernel gives a bound port to
+# no bind(0) and no connect(), while a zlb process still binds it (ZMQ and uvicorn set SO_REUSEADDR,
+# and Linux lets sockets with it share a port as long as at most one listens).
+_held: list[socket.socket] = []
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 reserved for this test: nothing listens on it, and nothing else can take it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    _held.append(sock)
+    return sock.getsockname()[1]
+
+
+def release_ports() -> None:
+    """Give back every port `free_port` reserved."""
+    while _held:
+        _held.pop().close()
 
 
 @dataclass
@@ -46,14 +105,15 @@ class Endpoints:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
+    """Poll `predicate` until it returns something truthy; fail after `timeout` s, stretched by `slack()`."""
+    start = time.monotonic()
     while True:
         value = predicate()
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+        waited = time.monotonic() - start
+        if waited > timeout and waited > scaled(timeout):
+            raise AssertionError(f"timed out after {waited:.1f} s ({timeout:g} s x slack) waiting for {message}")
         time.sleep(0.02)  # wait-ok: the poll interval of a deadline-bounded wait
 
 
@@ -102,7 +162,8 @@ class Proc:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
     def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout)
+        """The exit code, waiting up to `timeout` s (stretched by `slack()`)."""
+        return self.popen.wait(scaled(timeout))
 
 
 @dataclass
@@ -132,14 +193,14 @@ class ProcessGroup:
         return proc
 
     def run(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
-        """Run `zlb ARGS` to completion and capture its output."""
+        """Run `zlb ARGS` to completion (within `timeout` s, stretched by `slack()`) and capture its output."""
         return subprocess.run(
             [sys.executable, "-m", "zlb", *args],
             cwd=self.workdir,
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=scaled(timeout),
             stdin=subprocess.DEVNULL,
         )
 
@@ -153,7 +214,7 @@ class ProcessGroup:
         for proc in self.procs:
             if proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + scaled(5)
         for proc in self.procs:
             try:
                 proc.popen.wait(max(0.1, deadline - time.monotonic()))
@@ -170,18 +231,31 @@ class LiveBalancer:
     procs: ProcessGroup
     proc: Proc
     heartbeat_ms: int
+    liveness: int = STEADY_LIVENESS
+
+    @property
+    def silence_s(self) -> float:
+        """How long a node may stay silent before this balancer declares it dead."""
+        return self.heartbeat_ms * self.liveness / 1000
 
     def call(self, cmd: str, **args: Any) -> Any:
-        return control_client.call(self.endpoints.control, cmd, timeout_s=3.0, **args)
+        return control_client.call(self.endpoints.control, cmd, timeout_s=scaled(3.0), **args)
 
     def servers(self) -> dict[int, dict[str, Any]]:
         return {s["server_id"]: s for s in self.call("servers")}
 
-    def start_server(self, node_id: int | None = None, *extra: str) -> Proc:
-        args = ["server", "--heartbeat-ms", str(self.heartbeat_ms)]
+    def start_server(
+        self, node_id: int | None = None, *extra: str, handler: str | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
+        """`zlb server` with this balancer's timing; `handler` names one in tests/reliability/handlers.py."""
+        args = ["server", "--heartbeat-ms", str(self.heartbeat_ms), "--liveness", str(self.liveness)]
         if node_id is not None:
             args += ["--id", str(node_id)]
-        return self.procs.start(f"server-{node_id}-{len(self.procs.procs)}", *args, *extra)
+        env = dict(env or {})
+        if handler is not None:
+            args += ["--handler", f"tests.reliability.handlers:{handler}"]
+            env["PYTHONPATH"] = REPO
+        return self.procs.start(f"server-{node_id}-{len(self.procs.procs)}", *args, *extra, extra_env=env)
 
     def wait_servers_active(self, ids: set[int], timeout: float = 10.0) -> None:
         def ready() -> bool:
@@ -190,13 +264,22 @@ class LiveBalancer:
 
         wait_until(ready, timeout, f"servers {sorted(ids)} active")
 
+    def wait_dead(self, node_id: int) -> None:
+        """Wait until the balancer has declared node `node_id` dead: its silence, plus a margin."""
+        wait_until(lambda: self.servers()[node_id]["state"] == "dead", self.silence_s + 5, f"server {node_id} dead")
 
-def start_balancer(procs: ProcessGroup, endpoints: Endpoints, heartbeat_ms: int = 100, *extra: str) -> LiveBalancer:
+
+def start_balancer(
+    procs: ProcessGroup,
+    endpoints: Endpoints,
+    heartbeat_ms: int = HEARTBEAT_MS,
+    *extra: str,
+    liveness: int = STEADY_LIVENESS,
+) -> LiveBalancer:
     """Start `zlb balancer` on the given endpoints and wait until it answers."""
-    proc = procs.start(
-        "balancer", "balancer", "--heartbeat-ms", str(heartbeat_ms), "--log-file", "balancer.log", *extra
-    )
-    live = LiveBalancer(endpoints, procs, proc, heartbeat_ms)
+    timing = ("--heartbeat-ms", str(heartbeat_ms), "--liveness", str(liveness))
+    proc = procs.start("balancer", "balancer", *timing, "--log-file", "balancer.log", *extra)
+    live = LiveBalancer(endpoints, procs, proc, heartbeat_ms, liveness)
 
     def answers() -> bool:
         if proc.popen.poll() is not None:

@@ -12,7 +12,7 @@ from balancer.control import BalancerState, rates, record_sample
 from balancer.eventlog import EventLog
 from balancer.scheduler import Scheduler
 from http_gateway import metrics
-from tests.harness import LiveBalancer, ProcessGroup, wait_until
+from tests.harness import LiveBalancer, ProcessGroup, timeout_arg, wait_until
 from tests.test_http_gateway import start_gateway
 from wire import events as ev
 
@@ -138,7 +138,7 @@ def test_live_metrics_follow_real_traffic(balancer: LiveBalancer, procs: Process
     gateway = start_gateway(procs)
     balancer.start_server(0)
     balancer.wait_servers_active({0})
-    done = procs.run("client", "--id", "1", "--requests", "4", "--timeout", "20")
+    done = procs.run("client", "--id", "1", "--requests", "4", "--timeout", timeout_arg(20))
     assert done.returncode == 0, done.stderr
 
     def counted() -> dict:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 
 import pytest
 
 from server_node.node import _alive, _sane_welcome
+from tests.harness import scaled
 
 
 @pytest.mark.parametrize(
@@ -24,5 +26,12 @@ def test_a_pid_no_process_can_have_is_not_alive(pid: int):
     assert _alive(pid) is False
 
 
-def test_this_process_is_alive():
-    assert _alive(os.getpid()) is True
+def test_a_process_is_alive_until_it_has_ended():
+    """The holder check a REFUSED node makes: a running process is alive; the same pid, ended and reaped, is not."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert _alive(child.pid) is True
+    finally:
+        child.stdin.close()  # the child reads to EOF and exits
+        child.wait(scaled(10))
+    assert _alive(child.pid) is False

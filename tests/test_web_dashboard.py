@@ -12,7 +12,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, wait_until
 from tests.test_http_gateway import LiveGateway, start_gateway
 from tests.test_metrics import live_samples
 
@@ -44,7 +44,7 @@ def browser() -> Iterator[webdriver.Chrome]:
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(20)
+    driver.set_page_load_timeout(scaled(20))
     try:
         yield driver
     finally:

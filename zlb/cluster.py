@@ -48,6 +48,10 @@ class ClusterConfig:
 
 # Without these the cluster is over: a lost node or client is reported and the rest carry on.
 ESSENTIAL = ("balancer", "http")
+# How long the balancer and `zlb http` may take to answer once started. One that dies is noticed at once;
+# this bounds only a hang, so it allows for a machine so busy that starting Python takes tens of seconds
+# (10 s was too little at load 40 on 2 cores: the cluster gave up on a balancer that was still starting).
+START_TIMEOUT_S = 60.0
 
 
 def first_request_id(client_id: int) -> int:
@@ -87,7 +91,7 @@ class Cluster:
             cfg.log_file,
             keep_stderr=True,
         )
-        wait_for_balancer(cfg.endpoints["control"], exited=lambda: self._ended("balancer"))
+        wait_for_balancer(cfg.endpoints["control"], START_TIMEOUT_S, exited=lambda: self._ended("balancer"))
         self._await_first_stats()
         if cfg.http_port is not None:
             self._start_http(cfg.http_port)
@@ -109,7 +113,7 @@ class Cluster:
                 str(first_request_id(j)),
             )
 
-    def _start_http(self, port: int, timeout_s: float = 10.0) -> None:
+    def _start_http(self, port: int, timeout_s: float = START_TIMEOUT_S) -> None:
         """Start `zlb http` and wait until its port accepts connections."""
         cfg = self.config
         proc = self.sup.start(

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from client_node.client import Client
-from tests.harness import start_balancer, wait_until
+from tests.harness import scaled, start_balancer, wait_until
 from wire import limits
 from wire import protocol as p
 from wire.protocol import MsgType
@@ -53,14 +53,14 @@ def test_a_single_form_done_over_the_limit_fails_its_request(procs, endpoints):
         node.send_multipart([p.encode(MsgType.HELLO, 0, 1, os.getpid(), "test", 1, 0), p.encode_tickets([])])
         with Client(endpoints.frontend, client_id=31) as client:
             pending = client.submit(b"work")
-            assert node.poll(10_000)
+            assert node.poll(int(scaled(10) * 1000))
             frames = node.recv_multipart()
             while p.decode(frames[0])[0] is not MsgType.WORK_BATCH:  # WELCOME and PINGs first
-                assert node.poll(10_000)
+                assert node.poll(int(scaled(10) * 1000))
                 frames = node.recv_multipart()
             ticket = p.decode(frames[0])[1][0][0][0]
             node.send_multipart([p.encode(MsgType.DONE, ticket, True), b"r" * 500_000])
-            result = pending.result(timeout=10)
+            result = pending.result(timeout=scaled(10))
         assert result.status == "failed" and b"result of 500000 bytes is over" in result.body
     finally:
         node.close(linger=0)
@@ -71,7 +71,7 @@ def test_a_payload_over_the_whole_memory_budget_is_rejected_not_busy(procs, endp
     """A payload no budget could ever hold is a final REJECTED, not "busy" for ever."""
     start_balancer(procs, endpoints, 100, "--max-memory-mb", "1")
     with Client(endpoints.frontend, client_id=32) as client:
-        result = client.submit(b"x" * (2 * 1024 * 1024)).result(timeout=20)
+        result = client.submit(b"x" * (2 * 1024 * 1024)).result(timeout=scaled(20))
     assert result.status == "rejected" and b"whole --max-memory-mb" in result.body
     assert client.busy_notices == 0
 

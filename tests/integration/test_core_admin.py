@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import zmq
 
 from client_node.client import Client, json_payload
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, timeout_arg, wait_until
+from tests.reliability.handlers import gate_payload
 from wire import protocol as p
 from wire.protocol import MsgType
 
@@ -24,8 +27,9 @@ def watch_monitor(balancer: LiveBalancer, procs: ProcessGroup, *flags: str):
     return mon
 
 
-def test_monitor_shows_join_assignment_and_death(balancer: LiveBalancer, procs: ProcessGroup):
+def test_monitor_shows_join_assignment_and_death(watchful_balancer: LiveBalancer, procs: ProcessGroup):
     """The plain monitor prints the seed's log lines live, including a node's death after kill -9."""
+    balancer = watchful_balancer
     mon = watch_monitor(balancer, procs, "--plain")
     node = balancer.start_server(0)
     wait_until(lambda: "Server 0 joined" in mon.stdout(), 10, "join line")
@@ -35,13 +39,11 @@ def test_monitor_shows_join_assignment_and_death(balancer: LiveBalancer, procs: 
     assert "Request 101 from Client 0 added to queue with priority 1" in out
     assert "✅ Request 101 assigned to Server 0" in out
     procs.kill9(node)
-    wait_until(lambda: "Server 0 is dead" in mon.stdout(), 5, "death line")
+    wait_until(lambda: "Server 0 is dead" in mon.stdout(), balancer.silence_s + 5, "death line")
 
 
 def test_monitor_json_prints_structured_events(balancer: LiveBalancer, procs: ProcessGroup):
     """--json prints one JSON object per event with named fields."""
-    import json
-
     mon = watch_monitor(balancer, procs, "--json")
     balancer.start_server(5)
     line = wait_until(lambda: next((x for x in mon.stdout().splitlines() if '"node.joined"' in x), None), 10, "join")
@@ -52,17 +54,25 @@ def test_monitor_json_prints_structured_events(balancer: LiveBalancer, procs: Pr
     assert event["message"].startswith("Server 5 joined")
 
 
-def test_urgent_request_overtakes_backlog_through_real_processes(balancer: LiveBalancer, procs: ProcessGroup):
-    """With the only node busy, a priority-1 request is served before waiting priority-5 requests."""
-    balancer.start_server(0)
+def test_urgent_request_overtakes_backlog_through_real_processes(
+    balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path
+):
+    """With the only node busy, a priority-1 request is served before waiting priority-5 requests.
+
+    The node stays busy until all of them wait in the queue (request 1 is held by a gate), however long a
+    busy machine takes to send them."""
+    balancer.start_server(0, handler="gated")
     balancer.wait_servers_active({0})
+    gate = tmp_path / "gate"
     with Client(balancer.endpoints.frontend, client_id=1) as client:
-        client.submit(json_payload(300), priority=5, request_id=1)
+        client.submit(gate_payload(str(gate)), priority=5, request_id=1)
         wait_until(lambda: balancer.servers()[0]["in_flight"] == 1, 10, "node busy")
         for rid in (2, 3, 4):
-            client.submit(json_payload(50), priority=5, request_id=rid)
-        client.submit(json_payload(50), priority=1, request_id=99)
-        order = [r.request_id for r in client.as_completed(timeout=20)]
+            client.submit(json_payload(0), priority=5, request_id=rid)
+        client.submit(json_payload(0), priority=1, request_id=99)
+        wait_until(lambda: balancer.call("status")["queue_depth"] == 4, 10, "four requests queued")
+        gate.touch()
+        order = [r.request_id for r in client.as_completed(timeout=scaled(20))]
     assert order == [1, 99, 2, 3, 4]
 
 
@@ -71,43 +81,68 @@ def busy_servers(balancer: LiveBalancer) -> list[int]:
     return [s for s, v in balancer.servers().items() if v["in_flight"]]
 
 
-def test_down_up_and_drain_through_the_cli(balancer: LiveBalancer, procs: ProcessGroup):
-    """zlb down re-queues a node's work elsewhere, zlb up restores it, zlb drain lets work finish."""
-    balancer.start_server(0)
-    balancer.start_server(1)
+def test_down_up_and_drain_through_the_cli(balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path):
+    """zlb down re-queues a node's work elsewhere, zlb up restores it, zlb drain lets work finish and takes no more.
+
+    Each request runs until the test opens its gate, so where it runs never depends on how soon a busy
+    machine gets `zlb down` going (an 800 ms request once finished before it did)."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    for node_id in (0, 1):
+        balancer.start_server(node_id, handler="gated")
     balancer.wait_servers_active({0, 1})
     with Client(balancer.endpoints.frontend, client_id=2) as client:
-        pending = client.submit(json_payload(800), request_id=1)
+        pending = client.submit(gate_payload(str(gates / "1")), request_id=1)
         (holder,) = wait_until(lambda: busy_servers(balancer), 10, "an assignment")
+        other = 1 - holder
         down = procs.run("down", str(holder))
         assert down.returncode == 0, down.stderr
         assert f"Server {holder} marked as down" in down.stdout
-        result = pending.result(timeout=10)
-        assert result.server_id == 1 - holder
-        assert result.attempts == 2
+        wait_until(lambda: busy_servers(balancer) == [other], 10, "request 1 re-queued to the other node")
         assert balancer.servers()[holder]["active"] is False
+        (gates / "1").touch()  # both runs of request 1 end: the downed node's answer must not be the one kept
+        result = pending.result(timeout=scaled(10))
+        assert (result.server_id, result.attempts) == (other, 2)
         assert procs.run("up", str(holder)).returncode == 0
         assert balancer.servers()[holder]["state"] == "active"
-        pending = client.submit(json_payload(500), request_id=2)
+
+        pending = client.submit(gate_payload(str(gates / "2")), request_id=2)
         (runner,) = wait_until(lambda: busy_servers(balancer), 10, "an assignment")
+        other = 1 - runner
         assert procs.run("drain", str(runner)).returncode == 0
-        assert pending.result(timeout=10).server_id == runner  # in-flight work finished where it was
-        pending = client.submit(json_payload(0), request_id=3)
-        assert pending.result(timeout=10).server_id == 1 - runner  # nothing new for the draining node
+        assert balancer.servers()[runner]["state"] == "draining"
+        (gates / "2").touch()
+        assert pending.result(timeout=scaled(10)).server_id == runner  # in-flight work finished where it was
+        # The draining node is idle now; request 3 holds the other one, and request 4 waits for it.
+        held = client.submit(gate_payload(str(gates / "3")), request_id=3)
+        assert wait_until(lambda: busy_servers(balancer), 10, "request 3 assigned") == [other]
+        waiting = client.submit(json_payload(0), request_id=4)
+        wait_until(lambda: balancer.call("request", client_id=2, request_id=4)["status"] == "pending", 10, "4 queued")
+        (gates / "3").touch()
+        assert held.result(timeout=scaled(10)).server_id == other
+        assert waiting.result(timeout=scaled(10)).server_id == other  # nothing new for the draining node
     assert procs.run("down", "42").returncode == 1
 
 
 def test_nodes_rejoin_a_restarted_balancer(procs: ProcessGroup, endpoints: Endpoints):
-    """After kill -9 and restart of the balancer, running nodes reconnect by themselves and serve again."""
+    """After kill -9 and restart of the balancer, running nodes reconnect by themselves and serve again:
+    the new balancer's table has both nodes as the same processes, and a client's requests are spread over them."""
     first = start_balancer(procs, endpoints)
-    first.start_server(0)
-    first.start_server(1)
+    nodes = {i: first.start_server(i) for i in (0, 1)}
     first.wait_servers_active({0, 1})
     procs.kill9(first.proc)
     second = start_balancer(procs, endpoints)
     second.wait_servers_active({0, 1}, timeout=15)
-    done = procs.run("client", "--id", "3", "--requests", "4", "--timeout", "15")
+    assert {i: s["pid"] for i, s in second.servers().items()} == {i: node.pid for i, node in nodes.items()}
+    args = ("client", "--id", "3", "--requests", "4", "--cost-ms", "200", "--json", "--timeout", timeout_arg(15))
+    done = procs.run(*args)
     assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["request_id"] for r in results) == [1, 2, 3, 4]
+    assert {r["status"] for r in results} == {"processed"}
+    handled = [s["handled_requests"] for s in second.servers().values()]
+    assert sum(handled) == 4 and min(handled) >= 1, f"both rejoined nodes serve: {handled}"
+    assert all(node.popen.poll() is None for node in nodes.values()), "the nodes lived through it"
 
 
 def test_bad_input_is_counted_answered_and_survived(balancer: LiveBalancer, procs: ProcessGroup):
@@ -125,9 +160,9 @@ def test_bad_input_is_counted_answered_and_survived(balancer: LiveBalancer, proc
         sockets["backend"].send_multipart([b"\x93\x09\x0a\xc0"])  # version 9
         sockets["backend"].send_multipart([bytes([0x92, p.PROTOCOL_VERSION, 0x63])])  # unknown type 99
         sockets["control"].send(b"\xff\xfe")
-        assert sockets["frontend"].poll(5000), "the frontend answers a bad submit"
+        assert sockets["frontend"].poll(int(scaled(5) * 1000)), "the frontend answers a bad submit"
         assert b"bad message" in sockets["frontend"].recv_multipart()[0]
-        assert sockets["control"].poll(5000), "the control socket answers garbage"
+        assert sockets["control"].poll(int(scaled(5) * 1000)), "the control socket answers garbage"
         assert b"bad message" in sockets["control"].recv()
 
         def counted() -> dict:
@@ -144,7 +179,7 @@ def test_bad_input_is_counted_answered_and_survived(balancer: LiveBalancer, proc
         for sock in sockets.values():
             sock.close(linger=0)
     balancer.start_server(0)
-    assert procs.run("send", "--client-id", "1", "--request-id", "1", "--timeout", "10").returncode == 0
+    assert procs.run("send", "--client-id", "1", "--request-id", "1", "--timeout", timeout_arg(10)).returncode == 0
     logs = procs.run("logs").stdout
     assert "Dropped bad message on frontend: malformed" in logs
 
@@ -153,7 +188,7 @@ def test_admin_commands_fail_fast_without_a_balancer(procs: ProcessGroup):
     """With no balancer, zlb servers exits non-zero within seconds with a one-line error."""
     start = time.monotonic()
     done = procs.run("servers", timeout=15)
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < scaled(10)
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert "no answer from the balancer" in done.stderr
@@ -175,8 +210,6 @@ def test_bad_cli_arguments_are_one_line_errors(procs: ProcessGroup):
 
 def test_queries_and_log_download(balancer: LiveBalancer, procs: ProcessGroup, tmp_path):
     """servers/requests/status/logs answer in the seed's shapes; --download writes the log lines."""
-    import json
-
     balancer.start_server(0)
     balancer.wait_servers_active({0})
     assert procs.run("send", "--client-id", "0", "--request-id", "101", "--priority", "1").returncode == 0
@@ -233,7 +266,7 @@ def test_a_burst_of_admin_requests_from_many_connections_is_all_answered(balance
             poller = zmq.Poller()
             for sock in socks:
                 poller.register(sock, zmq.POLLIN)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + scaled(10)
             while got != expected and time.monotonic() < deadline:
                 for sock, _ in poller.poll(200):
                     while sock.poll(0):

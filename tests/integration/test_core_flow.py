@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.harness import LiveBalancer, ProcessGroup, wait_until
+from tests.harness import LiveBalancer, ProcessGroup, timeout_arg, wait_until
 
 
 def client_results(proc_stdout: str) -> list[dict]:
@@ -16,7 +16,8 @@ def test_client_requests_are_spread_over_servers_and_all_processed(balancer: Liv
     for i in range(3):
         balancer.start_server(i)
     balancer.wait_servers_active({0, 1, 2})
-    done = procs.run("client", "--id", "4", "--requests", "6", "--cost-ms", "100", "--json", "--timeout", "20")
+    args = ("client", "--id", "4", "--requests", "6", "--cost-ms", "100", "--json", "--timeout", timeout_arg(20))
+    done = procs.run(*args)
     assert done.returncode == 0, done.stderr
     results = client_results(done.stdout)
     assert sorted(r["request_id"] for r in results) == [1, 2, 3, 4, 5, 6]
@@ -27,20 +28,24 @@ def test_client_requests_are_spread_over_servers_and_all_processed(balancer: Liv
     assert handled == {0: 2, 1: 2, 2: 2}
 
 
-def test_killed_server_work_finishes_elsewhere(balancer: LiveBalancer, procs: ProcessGroup):
-    """kill -9 of a busy node: it is declared dead and its requests finish on another node."""
-    victim = balancer.start_server(0)
+def test_killed_server_work_finishes_elsewhere(watchful_balancer: LiveBalancer, procs: ProcessGroup):
+    """kill -9 of a busy node: it is declared dead and its requests finish on another node.
+
+    Node 0's handler never returns (tests.reliability.handlers:stuck), so it is still busy with its first
+    request whenever the kill lands, however slowly a busy machine lets the test get there."""
+    balancer = watchful_balancer
+    victim = balancer.start_server(0, handler="stuck")
     balancer.start_server(1)
     balancer.wait_servers_active({0, 1})
-    client = procs.start("client", "client", "--id", "0", "--requests", "4", "--cost-ms", "1500", "--json")
+    client = procs.start("client", "client", "--id", "0", "--requests", "4", "--cost-ms", "100", "--json")
     wait_until(lambda: balancer.servers()[0]["in_flight"] == 1, 10, "server 0 to hold a request")
     procs.kill9(victim)
-    wait_until(lambda: balancer.servers()[0]["state"] == "dead", 3, "server 0 to be declared dead")
+    balancer.wait_dead(0)
     assert client.wait(20) == 0, client.stderr()
     results = client_results(client.stdout())
     assert sorted(r["request_id"] for r in results) == [1, 2, 3, 4]
     assert {r["server_id"] for r in results} == {1}
-    assert max(r["attempts"] for r in results) == 2
+    assert sorted(r["attempts"] for r in results) == [1, 1, 1, 2]
     servers = balancer.servers()
     assert servers[0]["active"] is False
     assert servers[1]["handled_requests"] == 4

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LiveBalancer, ProcessGroup, free_port, start_balancer, wait_until
+from tests.harness import LiveBalancer, ProcessGroup, free_port, scaled, start_balancer, timeout_arg, wait_until
 from tests.integration.test_cluster_failover import alive
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
@@ -67,7 +67,7 @@ def stop_group(proc: PtyProcess) -> None:
     if proc.popen.poll() is None:
         os.killpg(proc.popen.pid, signal.SIGTERM)
         try:
-            proc.popen.wait(10)
+            proc.popen.wait(scaled(10))
         except subprocess.TimeoutExpired:
             os.killpg(proc.popen.pid, signal.SIGKILL)
             proc.popen.wait(5)
@@ -93,8 +93,8 @@ def start_in_pty(env: dict[str, str], cwd: Path, *args: str, cols: int = 80, row
 
 
 @pytest.fixture
-def monitor_pty(balancer: LiveBalancer, procs: ProcessGroup) -> Iterator[PtyProcess]:
-    """`zlb monitor` on an 80x24 pseudo-terminal, stopped by PID afterwards."""
+def monitor_pty(procs: ProcessGroup) -> Iterator[PtyProcess]:
+    """`zlb monitor` on an 80x24 pseudo-terminal, stopped by PID afterwards (list the balancer fixture first)."""
     proc = start_in_pty(procs.env, procs.workdir, "monitor")
     try:
         yield proc
@@ -104,9 +104,10 @@ def monitor_pty(balancer: LiveBalancer, procs: ProcessGroup) -> Iterator[PtyProc
 
 @pytest.mark.timeout(40)
 def test_dashboard_shows_nodes_and_a_killed_node_turns_dead(
-    balancer: LiveBalancer, procs: ProcessGroup, monitor_pty: PtyProcess
+    watchful_balancer: LiveBalancer, procs: ProcessGroup, monitor_pty: PtyProcess
 ):
     """On a terminal the monitor draws the dashboard; after kill -9 the node shows dead; SIGTERM exits cleanly."""
+    balancer = watchful_balancer
     balancer.start_server(0)
     victim = balancer.start_server(1)
     balancer.wait_servers_active({0, 1})
@@ -114,11 +115,12 @@ def test_dashboard_shows_nodes_and_a_killed_node_turns_dead(
     frame = monitor_pty.latest_frame()
     assert "zlb monitor" in frame and "IN-FLIGHT" in frame and "Rate" in frame
     procs.kill9(victim)
-    wait_until(lambda: "Server 1 is dead" in monitor_pty.screen_text(), 10, "the node's death in the log pane")
+    dead = balancer.silence_s + 10
+    wait_until(lambda: "Server 1 is dead" in monitor_pty.screen_text(), dead, "the node's death in the log pane")
     wait_until(lambda: "1/2 servers active" in monitor_pty.latest_frame(), 5, "the header to count one active node")
     assert re.search(r"^\s*1\s+dead\b", monitor_pty.latest_frame(), re.MULTILINE), monitor_pty.latest_frame()
     monitor_pty.popen.send_signal(signal.SIGTERM)
-    assert monitor_pty.popen.wait(10) == 0
+    assert monitor_pty.popen.wait(scaled(10)) == 0
     monitor_pty.read_available()
     assert b"\x1b[?1049l" in monitor_pty.output, "the alternate screen is left on exit"
 
@@ -177,7 +179,8 @@ def test_client_shows_progress_on_a_terminal_and_plain_lines_in_a_pipe(balancer:
     """`zlb client` with many requests draws a progress bar with a rate on a terminal; piped, it prints result lines."""
     balancer.start_server(0, "--capacity", "8")
     balancer.wait_servers_active({0})
-    client = start_in_pty(procs.env, procs.workdir, "client", "--id", "1", "--requests", "300", "--timeout", "20")
+    args = ("client", "--id", "1", "--requests", "300", "--timeout", timeout_arg(20))
+    client = start_in_pty(procs.env, procs.workdir, *args)
     try:
         wait_until(client.exited, 25, "the client to finish")
         assert client.popen.returncode == 0
@@ -186,7 +189,7 @@ def test_client_shows_progress_on_a_terminal_and_plain_lines_in_a_pipe(balancer:
         assert "300 requests: 300 processed, 0 not" in text
     finally:
         stop_group(client)
-    piped = procs.run("client", "--id", "2", "--requests", "60", "--timeout", "20")
+    piped = procs.run("client", "--id", "2", "--requests", "60", "--timeout", timeout_arg(20))
     assert piped.returncode == 0, piped.stderr
     lines = piped.stdout.splitlines()
     assert len(lines) == 60 and all(" processed by Server 0 " in line for line in lines)
@@ -219,7 +222,7 @@ def test_dashboard_survives_a_balancer_restart_and_says_so(
 def post_json(url: str, body: dict) -> dict:
     """POST a JSON body and return the JSON answer."""
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as reply:
+    with urllib.request.urlopen(request, timeout=scaled(10)) as reply:
         return json.loads(reply.read())
 
 
@@ -238,7 +241,7 @@ def test_cluster_http_is_the_seed_experience_in_one_command(procs: ProcessGroup)
         assert sent == {"message": "Request 101 added successfully!"}
         wait_until(lambda: "1/1 servers active" in cluster.latest_frame(), 15, "the configured node on screen")
         wait_until(lambda: "Request 101 from Client 0 processed" in cluster.screen_text(), 15, "the request's result")
-        with urllib.request.urlopen(f"{url}/servers", timeout=10) as reply:
+        with urllib.request.urlopen(f"{url}/servers", timeout=scaled(10)) as reply:
             (node,) = json.loads(reply.read())
         cluster.popen.send_signal(signal.SIGTERM)
         wait_until(cluster.exited, 20, "the cluster to stop")

@@ -14,11 +14,11 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from client_node.client import Client, json_payload
-from tests.harness import LiveBalancer, Proc, ProcessGroup, reset_connections, start_balancer, wait_until
+from tests.harness import LiveBalancer, Proc, ProcessGroup, reset_connections, scaled, start_balancer, wait_until
 from wire import control_client
 
 
@@ -198,6 +198,7 @@ def _node_ids(plan: ChaosPlan) -> list[int]:
 
 def run_chaos(procs: ProcessGroup, balancer: LiveBalancer, plan: ChaosPlan, balancer_args: list[str]) -> ChaosReport:
     """Drive one run to its end and check every result against what was sent."""
+    plan = replace(plan, deadline_s=scaled(plan.deadline_s))  # a busy machine runs everything slower
     rng = random.Random(plan.seed)
     report = ChaosReport(plan.seed, plan.total)
     started = time.monotonic()
@@ -263,7 +264,8 @@ def _inject_faults(
             report.balancer_kills += 1
             balancer_kills_left -= 1
             next_balancer_kill = time.monotonic() - t0 + rng.uniform(1.0, 2.0)
-            balancer = start_balancer(procs, balancer.endpoints, balancer.heartbeat_ms, *balancer_args)
+            hb, liveness = balancer.heartbeat_ms, balancer.liveness
+            balancer = start_balancer(procs, balancer.endpoints, hb, *balancer_args, liveness=liveness)
             continue
         _node_fault(procs, balancer, plan, rng, nodes, report)
     return balancer

@@ -1,4 +1,4 @@
-"""Handlers that the reliability tests plug into real server nodes with --handler."""
+"""Handlers that tests plug into real server nodes with --handler (PYTHONPATH set to the repository)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def executions(path: str) -> dict[tuple[int, int], int]:
 
 
 def attempt_echo(work: handlers.Work) -> bytes:
-    """Wait the payload's cost_ms, then return this server's id and the attempt number it ran."""
+    """Wait the payload's cost_ms (and for the file $ZLB_TEST_GATE, when set), then return this server's id
+    and the attempt number it ran."""
+    _wait_for_gate(os.environ.get("ZLB_TEST_GATE"))
     data = handlers.decode_payload(bytes(work.payload))
     cost_ms = data.get("cost_ms", 0) if isinstance(data, dict) else 0
     if isinstance(cost_ms, (int, float)) and cost_ms > 0:
@@ -60,9 +62,27 @@ def stuck(work: handlers.Work) -> bytes:
     return b"too late"
 
 
+def gate_payload(gate: str, payload: object = None) -> bytes:
+    """A payload `gated` holds until the file `gate` exists."""
+    return json.dumps({"gate": gate, "payload": payload}).encode()
+
+
 def gated(work: handlers.Work) -> bytes:
-    """Return the payload once the file $ZLB_TEST_GATE exists (at most a minute): work a test lets finish."""
-    gate, deadline = os.environ["ZLB_TEST_GATE"], time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.02)  # wait-ok: the handler's own wait for the test's signal, deadline-bounded
-    return bytes(work.payload)
+    """Hold the request until the test creates the file named by the payload's "gate" (then answer like
+    `simulate`), or else by $ZLB_TEST_GATE (then answer the payload), at most 60 s: work that lasts
+    exactly as long as the test needs, however busy the machine."""
+    data = handlers.decode_payload(bytes(work.payload))
+    gate = data.get("gate") if isinstance(data, dict) else None
+    if gate is None:  # gated by $ZLB_TEST_GATE: the payload itself is the answer
+        _wait_for_gate(os.environ.get("ZLB_TEST_GATE"))
+        return bytes(work.payload)
+    _wait_for_gate(gate)
+    return handlers.simulate(work)
+
+
+def _wait_for_gate(gate: str | None) -> None:
+    """Return once the file `gate` exists (at once without one), or after 60 s."""
+    if gate:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)  # wait-ok: polls the gate, bounded by the deadline

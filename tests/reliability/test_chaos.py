@@ -11,6 +11,9 @@ from tests.reliability.chaos import ChaosPlan, ChaosReport, run_chaos
 
 # The default retention (results kept 300 s within the budget, ids a day): the runs take well under 300 s.
 BALANCER_ARGS = ["--max-attempts", "50"]
+# Faults are the point here: 300 ms of silence is a death, so the longer stalls kill too. A node the
+# machine starves that long is one more fault, and exactly-once must hold through it as through the others.
+LIVENESS = 3
 
 
 def assert_exactly_once(report: ChaosReport) -> None:
@@ -24,7 +27,7 @@ def assert_exactly_once(report: ChaosReport) -> None:
 
 def test_chaos_node_kills_lose_and_duplicate_nothing(procs: ProcessGroup, endpoints: Endpoints):
     """2,200 requests from four clients while nodes are kill -9'd, reset (ss -K) and stalled: each answered once."""
-    balancer = start_balancer(procs, endpoints, 100, *BALANCER_ARGS)
+    balancer = start_balancer(procs, endpoints, 100, *BALANCER_ARGS, liveness=LIVENESS)
     report = run_chaos(procs, balancer, ChaosPlan(), BALANCER_ARGS)
     assert report.node_kills >= 2 and report.resets >= 1 and report.stalls >= 1
     assert report.reassigned > 0
@@ -34,7 +37,7 @@ def test_chaos_node_kills_lose_and_duplicate_nothing(procs: ProcessGroup, endpoi
 def test_chaos_with_balancer_restarts_on_its_journal(procs: ProcessGroup, endpoints: Endpoints, tmp_path):
     """The same with the balancer kill -9'd twice and restarted on its journal: nothing lost or duplicated."""
     args = [*BALANCER_ARGS, "--journal", str(tmp_path / "zlb.journal")]
-    balancer = start_balancer(procs, endpoints, 100, *args)
+    balancer = start_balancer(procs, endpoints, 100, *args, liveness=LIVENESS)
     plan = ChaosPlan(requests_per_client=400, cli_requests=300, balancer_kills=2)
     report = run_chaos(procs, balancer, plan, args)
     assert report.balancer_kills == 2
@@ -47,7 +50,7 @@ def test_chaos_long_run(procs: ProcessGroup, endpoints: Endpoints, tmp_path, mon
     """A bigger budget (ZLB_CHAOS_REQUESTS, default 20,000) with node and balancer kills: exactly once throughout."""
     monkeypatch.setenv("ZLB_CHAOS_REQUESTS", os.environ.get("ZLB_CHAOS_REQUESTS", "20000"))
     args = [*BALANCER_ARGS, "--journal", str(tmp_path / "zlb.journal")]
-    balancer = start_balancer(procs, endpoints, 100, *args)
+    balancer = start_balancer(procs, endpoints, 100, *args, liveness=LIVENESS)
     plan = ChaosPlan.from_env(balancer_kills=5, node_kill_every_s=(0.3, 1.0))
     report = run_chaos(procs, balancer, plan, args)
     assert report.node_kills >= 5

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port, wait_until
+from tests.harness import free_port, scaled, timeout_arg, wait_until
 
 REPO = str(Path(__file__).resolve().parents[2])
 HEARTBEAT_MS = 100
+LIVENESS = 10  # a node cut off is dead after 1 s; one the machine merely starves is not
 
 
 def ip(*args: str) -> None:
@@ -82,7 +83,7 @@ class Net:
             env=full_env,
             capture_output=True,
             text=True,
-            timeout=20,
+            timeout=scaled(20),
             stdin=subprocess.DEVNULL,
         )
 
@@ -124,23 +125,31 @@ def requests_on(net: Net, env: dict[str, str], server_id: int) -> set[int]:
 
 @pytest.mark.timeout(120)
 def test_cut_link_work_moves_node_dies_rejoins_and_late_results_are_dropped(net: Net):
-    """A node's link goes down mid-work: its requests finish elsewhere, it dies, rejoins, and nothing is doubled."""
+    """A node's link goes down mid-work: its requests finish elsewhere, it dies, rejoins, and nothing is doubled.
+
+    Node 1's work waits for a gate the test opens once the node has rejoined: the cut surely lands mid-work,
+    and its late results leave on a live connection (ending during a reconnection gap, they were dropped at
+    the node and never reached the balancer to be dropped there)."""
+    gate = net.workdir / "gate"
     ports = {role: free_port() for role in ("frontend", "backend", "events", "control")}
     local = {f"ZLB_{r.upper()}": f"tcp://127.0.0.1:{p}" for r, p in ports.items() if r != "backend"}
     balancer = net.start(
-        net.balancer_ns, "balancer", "balancer", "--heartbeat-ms", str(HEARTBEAT_MS), "--log-file", "balancer.log",
+        net.balancer_ns, "balancer", "balancer", "--heartbeat-ms", str(HEARTBEAT_MS), "--liveness", str(LIVENESS),
+        "--log-file", "balancer.log",
         "--backend", f"tcp://0.0.0.0:{ports['backend']}", env=local,
     )  # fmt: skip
     for n, capacity in ((1, 2), (2, 4)):
         net.start(
             net.node_ns(n), f"node{n}", "server", "--id", str(n), "--capacity", str(capacity),
-            "--heartbeat-ms", str(HEARTBEAT_MS), "--handler", "tests.reliability.handlers:attempt_echo",
+            "--heartbeat-ms", str(HEARTBEAT_MS), "--liveness", str(LIVENESS),
+            "--handler", "tests.reliability.handlers:attempt_echo",
             "--backend", f"tcp://{net.balancer_ip(n)}:{ports['backend']}",
+            env={"ZLB_TEST_GATE": str(gate)} if n == 1 else None,
         )  # fmt: skip
     wait_until(lambda: {1, 2} <= {i for i, s in servers(net, local).items() if s["active"]}, 20, "both nodes active")
     client = net.start(
-        net.balancer_ns, "client", "client", "--id", "1", "--requests", "6", "--cost-ms", "2500",
-        "--retry-s", "30", "--timeout", "60", "--json", env=local,
+        net.balancer_ns, "client", "client", "--id", "1", "--requests", "6", "--cost-ms", "500",
+        "--retry-s", "30", "--timeout", timeout_arg(60), "--json", env=local,
     )  # fmt: skip
     cut = wait_until(lambda: (lambda ids: len(ids) == 2 and ids)(requests_on(net, local, 1)), 20, "work on node 1")
 
@@ -148,8 +157,9 @@ def test_cut_link_work_moves_node_dies_rejoins_and_late_results_are_dropped(net:
     wait_until(lambda: servers(net, local)[1]["state"] == "dead", 10, "node 1 declared dead")
     ip("-n", net.node_ns(1), "link", "set", net.node_link(1), "up")
     wait_until(lambda: servers(net, local)[1]["state"] == "active", 20, "node 1 to rejoin")
+    gate.touch()
 
-    assert client.wait(60) == 0, (net.workdir / "client.err").read_text()
+    assert client.wait(scaled(60)) == 0, (net.workdir / "client.err").read_text()
     results = [json.loads(x) for x in (net.workdir / "client.out").read_text().splitlines() if x.startswith("{")]
     assert sorted(r["request_id"] for r in results) == [1, 2, 3, 4, 5, 6]
     for r in results:

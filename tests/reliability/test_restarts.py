@@ -9,7 +9,16 @@ from pathlib import Path
 from balancer import journal as jr
 from balancer.scheduler import FINISHED
 from client_node.client import Client, json_payload
-from tests.harness import Endpoints, LiveBalancer, Proc, ProcessGroup, start_balancer, wait_until
+from tests.harness import (
+    WATCHFUL_LIVENESS,
+    Endpoints,
+    LiveBalancer,
+    Proc,
+    ProcessGroup,
+    start_balancer,
+    timeout_arg,
+    wait_until,
+)
 from tests.reliability.handlers import executions
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -66,7 +75,8 @@ def test_kill9_balancer_restarts_on_its_journal(procs: ProcessGroup, endpoints: 
         assert {r.status for r in later.values()} == {"processed"}
         assert {r.server_id for r in later.values()} == {1}
         assert client.conflicting_answers == 0
-    again = procs.run("send", "--client-id", "5", "--request-id", "2", "--payload", "2", "--json", "--timeout", "10")
+    args = ("send", "--client-id", "5", "--request-id", "2", "--payload", "2", "--json", "--timeout", timeout_arg(10))
+    again = procs.run(*args)
     assert again.returncode == 0, again.stderr
     assert '"server_id": 0' in again.stdout  # the one result from before the crash, not a new run
     assert first[2].server_id == 0
@@ -130,7 +140,7 @@ def test_raising_handler_fails_the_request_once_and_the_node_lives(balancer: Liv
 
 def test_poison_request_fails_after_max_attempts(procs: ProcessGroup, endpoints: Endpoints, tmp_path):
     """A request that kills every node it lands on is failed after --max-attempts, and listed as failed."""
-    balancer = start_balancer(procs, endpoints, 100, "--max-attempts", "2")
+    balancer = start_balancer(procs, endpoints, 100, "--max-attempts", "2", liveness=WATCHFUL_LIVENESS)
     for node_id in (0, 1, 2):
         start_node(balancer, node_id, "tests.reliability.handlers:poison", tmp_path / "exec.log")
     balancer.wait_servers_active({0, 1, 2})
