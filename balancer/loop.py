@@ -249,6 +249,10 @@ class Balancer:
                 readers[sock](woke, limit)
             now = time.monotonic()
             if now >= next_expiry:
+                if self.backend.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    # Heartbeats that waited while this loop stalled (a pause, a long admin pass) are
+                    # signs of life too: read them before declaring anyone silent.
+                    self.node_side.drain(now, DRAIN_BATCH)
                 self.sched.expire(now)
                 self.sched.expire_finished(now)  # a slice: a burst of results goes over several checks
                 next_expiry = now + self._expiry_check_s
