@@ -87,7 +87,9 @@ class ClientSide:
         decode = p.decode_routed
         submit, submit_batch, handlers = _SUBMIT, _SUBMIT_BATCH, self._handlers
         budget = limits.DRAIN_ITEMS
-        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
+        # A payload over LONE_PAYLOAD_BYTES stays the frame it came in (no copy); WORK sends that frame on.
+        frames_over = limits.LONE_PAYLOAD_BYTES
+        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES, frames_over=frames_over):
             try:
                 msg_type, fields, body = decode(frames)
                 if msg_type is not submit_batch and msg_type is not submit and msg_type not in handlers:

@@ -116,7 +116,9 @@ class NodeSide:
         budget = limits.DRAIN_ITEMS
         # Woken from idle for one message: a lone result goes to its client before the books are kept.
         self._answer_first = limit == 1 and self._may_answer_first
-        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
+        # A result over LONE_PAYLOAD_BYTES stays the frame it came in (no copy); its RESULT sends that frame on.
+        frames_over = limits.LONE_PAYLOAD_BYTES
+        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES, frames_over=frames_over):
             try:
                 msg_type, fields, body = decode(frames)
                 handler = handlers.get(msg_type)
