@@ -11,6 +11,12 @@ about results leaving:
   hand to its pipe. Held results are charged to the memory budget and retried
   each loop iteration; meanwhile the client's waiting requests are set aside
   by dispatch (balancer/waiting.py) and everyone else's go on.
+- **Big results count until libzmq lets them go.** A result over
+  limits.LONE_PAYLOAD_BYTES travels in a frame of its own, the very buffer the node's
+  DONE brought (no copy), which libzmq keeps until the client's connection has taken
+  it, also after the kept results have forgotten it. Each is sent with a tracker and
+  stays charged to its client as unsent until the tracker says libzmq is done, so a
+  slow reader's big results count against the budget while they wait in its pipe.
 - **Routes are forgotten when quiet.** Each client's routing identity is
   interned so every request from it shares one bytes object; the table is
   kept in two generations swapped every ROUTE_GENERATION_S (or at
@@ -71,6 +77,9 @@ class ClientSide:
         # client_id -> result batches (route, frames, payload bytes) its full pipe could not take, oldest
         # first; the loop reads whether any are held, to know if flush() has work
         self.held: dict[int, deque[tuple[bytes, list[Any], int]]] = {}
+        # big results handed to libzmq, charged as unsent until it is done with them: (client_id, size,
+        # tracker); the loop reads whether any are, to know if flush() has work
+        self.sending: list[tuple[int, int, zmq.MessageTracker]] = []
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
@@ -180,6 +189,8 @@ class ClientSide:
 
     def flush(self) -> None:
         """Send what the scheduler finished: results held for full pipes first, in order."""
+        if self.sending:
+            self._release_sent()
         if self.held:
             self._retry_held()
         out = self.sched.outbox
@@ -232,10 +243,15 @@ class ClientSide:
 
     def _deliver(self, client_id: int, route: bytes, frames: list[Any], size: int) -> None:
         """Send a result batch, or hold it (and pause its client) when the client's pipe is full."""
+        if len(frames) == 2:  # one big result in a frame of its own (batch_frames): tracked
+            frames[1] = zmq.Frame(frames[1], copy=False, track=True)
         held = self.held.get(client_id)
         if held is None:
             failed = send_routed(self.sock, route, frames)
             if not failed:
+                if len(frames) == 2:
+                    self.sched.budget.charge(client_id, size, unsent=True)
+                    self.sending.append((client_id, size, frames[1].tracker))
                 return
             self.incidents.count(f"client_{failed}")
             if failed != "dropped":
@@ -247,6 +263,17 @@ class ClientSide:
             return
         held.append((route, frames, size))
         self.sched.budget.charge(client_id, size, unsent=True)
+
+    def _release_sent(self) -> None:
+        """Stop counting the big results libzmq is done with (written to their connection, or dropped)."""
+        budget = self.sched.budget
+        going = []
+        for client_id, size, tracker in self.sending:
+            if tracker.done:
+                budget.release(client_id, size, unsent=True)
+            else:
+                going.append((client_id, size, tracker))
+        self.sending = going
 
     def _pause(self, client_id: int) -> None:
         self.sched.pause_client(client_id)
@@ -265,9 +292,12 @@ class ClientSide:
                 if failed == "dropped":
                     break
                 held.popleft()
-                budget.release(client_id, size, unsent=True)
                 if failed:  # gone: its retries fetch the remembered results from the next connection
                     self.incidents.count(f"client_{failed}")
+                if len(frames) == 2 and not failed:  # a big one: still charged until libzmq is done with it
+                    self.sending.append((client_id, size, frames[1].tracker))
+                else:
+                    budget.release(client_id, size, unsent=True)
             if not held:
                 del self.held[client_id]
                 self.sched.resume_client(client_id)

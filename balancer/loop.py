@@ -317,7 +317,7 @@ class Balancer:
             self._append_journal()
         if self._compaction is not None and self._compaction.step():
             self._compaction = None
-        if out.replies or out.replays or self.client_side.held:
+        if out.replies or out.replays or self.client_side.held or self.client_side.sending:
             self.client_side.flush()
 
     def _append_journal(self) -> None:
