@@ -294,7 +294,7 @@ class Balancer:
         self.client_side.tick(now)
         self.times.roll(now)
         sched.sessions.sweep(now)
-        self.node_side.ping_all()
+        self.node_side.tick()
         c = sched.counters
         active = sum(1 for n in sched.routes.values() if n.active)
         stats = (ev.STATS, sched.waiting, sched.in_flight(), active, c["submitted"], c["processed"], c["failed"])
