@@ -193,6 +193,7 @@ class Measurement:
     peak: int = 0  # highest RSS sampled while the clients ran
     after: int = 0  # RSS once every client had its results
     held_peak: int = 0  # the most the budget counted (zlb status "memory" held_bytes)
+    status_unanswered: int = 0  # status queries not answered within 5 s while the clients ran
     rollup_at_peak: dict[str, int] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)  # zlb status at the end
     clients: list[dict[str, Any]] = field(default_factory=list)
@@ -209,7 +210,8 @@ class Measurement:
             f" (bound +{bound_mb:.0f}),"
             f" after +{(self.after - self.base) / MIB:.0f}; results right {self.results_right};"
             f" budget counted at most {self.held_peak / MIB:.0f} MiB; submitted {c.get('submitted')},"
-            f" busy {c.get('busy')}, duplicates {c.get('duplicates')}, loop_max_ms {self.status.get('loop_max_ms')}",
+            f" busy {c.get('busy')}, duplicates {c.get('duplicates')}, loop_max_ms {self.status.get('loop_max_ms')}"
+            + (f", {self.status_unanswered} status queries unanswered in 5 s" if self.status_unanswered else ""),
             f"  at the peak: anonymous {self.rollup_at_peak.get('Anonymous', 0) / MIB:.0f} MiB,"
             f" file-backed {(self.rollup_at_peak.get('Rss', 0) - self.rollup_at_peak.get('Anonymous', 0)) / MIB:.0f}",
         ]
@@ -328,7 +330,10 @@ def measure(
                 m.peak = now
                 m.rollup_at_peak = rollup(pid)
             if time.monotonic() >= next_status:
-                m.held_peak = max(m.held_peak, cluster.call("status")["memory"]["held_bytes"])
+                try:
+                    m.held_peak = max(m.held_peak, cluster.call("status")["memory"]["held_bytes"])
+                except control_client.BalancerUnreachable:
+                    m.status_unanswered += 1  # a stalled loop: reported, not fatal to the measurement
                 next_status = time.monotonic() + 0.1
             time.sleep(0.002)  # wait-ok: the sampling interval, not a synchronisation
         m.after = rss(pid)
