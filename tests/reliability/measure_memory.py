@@ -1,7 +1,7 @@
 """Where a balancer's memory goes with big payloads, measured on real processes.
 
     python -m tests.reliability.measure_memory [--budget-mb 64] [--payload-mb 16] [--clients 4]
-        [--per-client 4] [--nodes 2] [--runs 1] [--probe] [--trace] [--series FILE]
+        [--per-client 4] [--nodes 2] [--runs 1] [--probe [--trace] [--series FILE] [--profile FILE]]
 
 Starts a real `zlb balancer --max-memory-mb BUDGET` (-1: its default), NODES
 `zlb server --handler echo` and CLIENTS client processes, each submitting
@@ -18,7 +18,8 @@ heap, bytes in mmapped chunks), what the budget counts (live, due, unsent,
 kept) and, with --trace, what Python allocated (tracemalloc; slows the
 balancer down). It prints the sample of highest RSS: RSS beyond what the
 budget counts is libzmq's (messages received before the loop read them) or
-glibc's (freed, not returned). --series writes every sample, one JSON line each.
+glibc's (freed, not returned). --series writes every sample, one JSON line each;
+--profile FILE runs the balancer under cProfile (read FILE with pstats).
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def probe_sample(mallinfo: Any, tracing: bool, balancers: list[Any]) -> dict[str
 
 
 def probe(argv: list[str]) -> None:
-    """`probe REPORT [--trace] [--series FILE] -- ZLB_ARGS`: run `zlb ZLB_ARGS` in this process with a
-    thread sampling it; write the sample of highest RSS and the last one to REPORT (JSON)."""
+    """`probe REPORT [--trace] [--series FILE] [--profile FILE] -- ZLB_ARGS`: run `zlb ZLB_ARGS` in this
+    process with a thread sampling it; write the sample of highest RSS and the last one to REPORT (JSON)."""
     import tracemalloc
 
     from balancer import loop
@@ -117,6 +118,7 @@ def probe(argv: list[str]) -> None:
     options, zlb_args = rest[:cut], rest[cut + 1 :]
     trace = "--trace" in options
     series_to = options[options.index("--series") + 1] if "--series" in options else None
+    profile_to = options[options.index("--profile") + 1] if "--profile" in options else None
     if trace:
         tracemalloc.start()
     balancers: list[Any] = []
@@ -144,7 +146,13 @@ def probe(argv: list[str]) -> None:
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        main(zlb_args, standalone_mode=False)
+        if profile_to:
+            import cProfile
+
+            names = {"main": main, "zlb_args": zlb_args}
+            cProfile.runctx("main(zlb_args, standalone_mode=False)", {}, names, profile_to)
+        else:
+            main(zlb_args, standalone_mode=False)
     finally:
         stop.set()
         thread.join()
@@ -369,14 +377,17 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true", help="sample the budget, heap and mmaps inside the balancer")
     parser.add_argument("--trace", action="store_true", help="with --probe: tracemalloc too (slower)")
     parser.add_argument("--series", metavar="FILE", help="with --probe: every sample to FILE, a JSON line each")
+    parser.add_argument("--profile", metavar="FILE", help="with --probe: cProfile the balancer into FILE (pstats)")
     args = parser.parse_args()
     from balancer.budget import DEFAULT_MAX_MEMORY_MB
 
     budget = None if args.budget_mb < 0 else args.budget_mb
-    bound = (DEFAULT_MAX_MEMORY_MB if budget is None else budget) + 48
+    bound = (DEFAULT_MAX_MEMORY_MB if budget is None else budget) + 48  # issue 20's, with 16 MiB payloads
     options = None
     if args.probe:
-        options = [*(["--trace"] if args.trace else []), *(["--series", args.series] if args.series else [])]
+        options = ["--trace"] if args.trace else []
+        options += ["--series", args.series] if args.series else []
+        options += ["--profile", args.profile] if args.profile else []
     print(
         f"--max-memory-mb {budget if budget is not None else f'{DEFAULT_MAX_MEMORY_MB} (default)'}, {args.clients}"
         f" clients x {args.per_client} x {args.payload_mb} MiB, {args.nodes} echo nodes",
