@@ -63,14 +63,15 @@ class PeakRss:
         return check
 
 
-def flood_without_reading(balancer: LiveBalancer, count: int, peak: PeakRss) -> zmq.Socket:
-    """Submit `count` requests of about 1 KiB from a raw DEALER that never reads; return the socket."""
+def flood_without_reading(
+    balancer: LiveBalancer, count: int, peak: PeakRss, payload: bytes = json_payload(0, "x" * 1000)
+) -> zmq.Socket:
+    """Submit `count` requests (of about 1 KiB unless told) from a raw DEALER that never reads; return the socket."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 10)  # never read: its pipe and then TCP fill, and the balancer's send says EAGAIN
     sock.setsockopt(zmq.SNDTIMEO, 10_000)  # a blocked send fails the test instead of hanging it
     sock.connect(balancer.endpoints.frontend)
-    payload = json_payload(0, "x" * 1000)
     sock.send(p.encode(MsgType.CLIENT_HELLO, 1, 77, os.getpid(), "flooder"))
     for rid in range(count):
         sock.send_multipart([p.encode(MsgType.SUBMIT, 1, rid, 5, 77), payload])
@@ -128,6 +129,38 @@ def test_a_client_that_never_reads_is_paused_within_its_budget_and_others_are_se
 def test_two_hundred_thousand_unread_requests_under_a_64_mb_budget(procs: ProcessGroup, endpoints: Endpoints):
     """Issue 10's figure: 200,000 x 1 KiB never read, --max-memory-mb 64: RSS under base + 164 MiB."""
     run_non_reading_client(procs, endpoints, 64, 200_000)
+
+
+@pytest.mark.timeout(180)
+def test_big_results_a_client_never_reads_count_against_its_share(procs: ProcessGroup, endpoints: Endpoints):
+    """300 x 1 MiB from a client that never reads, --max-memory-mb 16: its results waiting in libzmq's pipe
+    count as unsent until they leave, so it is answered busy instead of piling them up; RSS stays under
+    base + 16 + 32 MiB (1aa9471 ran 64 of 200 and went 41 -> 106 MiB, counting no unsent bytes)."""
+    balancer = start_balancer(procs, endpoints, 100, "--max-memory-mb", "16")
+    for node_id in (1, 2):
+        balancer.start_server(node_id, "--handler", "echo")
+    balancer.wait_servers_active({1, 2}, timeout=15)
+    balancer.call("status")  # the control path warm before the base is taken
+    peak = PeakRss(balancer.proc.pid)
+    sock = flood_without_reading(balancer, 300, peak, payload=b"b" * MIB)
+    try:
+
+        def all_read_and_run() -> bool:
+            status = balancer.call("status")
+            c = status["requests"]
+            return c["submitted"] + c["busy"] >= 300 and not status["in_flight"] and not status["queue_depth"]
+
+        wait_until(peak.sampling(all_read_and_run), 120, "the balancer to read and run 300 submits")
+        status = balancer.call("status")
+    finally:
+        sock.close(linger=0)
+    print(
+        f"big unread results: RSS base {peak.base / MIB:.0f} MiB, peak {peak.peak / MIB:.0f} MiB;"
+        f" memory {status['memory']}, submitted {status['requests']['submitted']}, busy {status['requests']['busy']}"
+    )  # for -s runs
+    assert status["memory"]["unsent_bytes"] > 0, status["memory"]  # its results, waiting in the pipe, counted
+    assert status["requests"]["busy"] > 0, status["requests"]
+    assert peak.peak - peak.base < (16 + 32) * MIB, f"RSS {peak.base / MIB:.0f} -> {peak.peak / MIB:.0f} MiB"
 
 
 def run_big_payloads(workdir: Path, budget_mb: int | None, payload_mb: int, bound_mb: int) -> None:
