@@ -77,9 +77,9 @@ class ClientSide:
         # client_id -> result batches (route, frames, payload bytes) its full pipe could not take, oldest
         # first; the loop reads whether any are held, to know if flush() has work
         self.held: dict[int, deque[tuple[bytes, list[Any], int]]] = {}
-        # big results handed to libzmq, charged as unsent until it is done with them: (client_id, size,
-        # tracker); the loop reads whether any are, to know if flush() has work
-        self.sending: list[tuple[int, int, zmq.MessageTracker]] = []
+        # client_id -> big results handed to libzmq, charged as unsent until it is done with them, oldest
+        # first: (size, tracker); the loop reads whether any are, to know if flush() has work
+        self.sending: dict[int, deque[tuple[int, zmq.MessageTracker]]] = {}
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
@@ -251,7 +251,7 @@ class ClientSide:
             if not failed:
                 if len(frames) == 2:
                     self.sched.budget.charge(client_id, size, unsent=True)
-                    self.sending.append((client_id, size, frames[1].tracker))
+                    self._track(client_id, size, frames[1].tracker)
                 return
             self.incidents.count(f"client_{failed}")
             if failed != "dropped":
@@ -264,16 +264,24 @@ class ClientSide:
         held.append((route, frames, size))
         self.sched.budget.charge(client_id, size, unsent=True)
 
+    def _track(self, client_id: int, size: int, tracker: zmq.MessageTracker) -> None:
+        going = self.sending.get(client_id)
+        if going is None:
+            going = self.sending[client_id] = deque()
+        going.append((size, tracker))
+
     def _release_sent(self) -> None:
-        """Stop counting the big results libzmq is done with (written to their connection, or dropped)."""
+        """Stop counting the big results libzmq is done with (written to their connection, or dropped).
+
+        A connection takes its messages in order, so each client's are checked from the oldest and
+        the first still there ends the check: a client that does not read costs one look per pass."""
         budget = self.sched.budget
-        going = []
-        for client_id, size, tracker in self.sending:
-            if tracker.done:
-                budget.release(client_id, size, unsent=True)
-            else:
-                going.append((client_id, size, tracker))
-        self.sending = going
+        for client_id in list(self.sending):
+            going = self.sending[client_id]
+            while going and going[0][1].done:
+                budget.release(client_id, going.popleft()[0], unsent=True)
+            if not going:
+                del self.sending[client_id]
 
     def _pause(self, client_id: int) -> None:
         self.sched.pause_client(client_id)
@@ -295,7 +303,7 @@ class ClientSide:
                 if failed:  # gone: its retries fetch the remembered results from the next connection
                     self.incidents.count(f"client_{failed}")
                 if len(frames) == 2 and not failed:  # a big one: still charged until libzmq is done with it
-                    self.sending.append((client_id, size, frames[1].tracker))
+                    self._track(client_id, size, frames[1].tracker)
                 else:
                     budget.release(client_id, size, unsent=True)
             if not held:
