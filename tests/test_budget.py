@@ -139,3 +139,16 @@ def test_result_room_for_work_on_nodes_counts_until_released():
     assert budget.due == 0 and budget.by_client == {1: 4 * KIB + REQUEST_OVERHEAD_BYTES}
     budget.release(1, 4 * KIB)
     assert budget.by_client == {} and budget.held == 0
+
+
+def test_a_big_payload_held_as_a_frame_is_compared_in_place():
+    """Big payloads stay the zmq.Frame they came in: a re-send of the same bytes is a duplicate, charged once;
+    other bytes under the same id are a conflict."""
+    import zmq
+
+    sched = make()
+    big = b"p" * (64 * KIB)
+    assert sched.submit(1, 1, 5, b"c", zmq.Frame(big)) is Submitted.QUEUED
+    assert sched.submit(1, 1, 5, b"c", zmq.Frame(big)) is Submitted.DUPLICATE
+    assert sched.submit(1, 1, 5, b"c", zmq.Frame(big[:-1] + b"q")) is Submitted.CONFLICT
+    assert sched.budget.live == len(big) + REQUEST_OVERHEAD_BYTES
