@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import zmq
+
 from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget, hwm_for
 from balancer.scheduler import Scheduler, Submitted
 from wire.protocol import PENDING, REASON_BUSY
@@ -144,8 +146,6 @@ def test_result_room_for_work_on_nodes_counts_until_released():
 def test_a_big_payload_held_as_a_frame_is_compared_in_place():
     """Big payloads stay the zmq.Frame they came in: a re-send of the same bytes is a duplicate, charged once;
     other bytes under the same id are a conflict."""
-    import zmq
-
     sched = make()
     big = b"p" * (64 * KIB)
     assert sched.submit(1, 1, 5, b"c", zmq.Frame(big)) is Submitted.QUEUED
