@@ -117,9 +117,12 @@ class NodeSide:
                 del self._due[ticket]
                 budget.unreserve(client_id, size)
 
-    def _result_came(self, ticket: int) -> None:
-        _route, client_id, size = self._due.pop(ticket)
-        self.sched.budget.unreserve(client_id, size)
+    def _result_came(self, route: bytes, ticket: int) -> None:
+        """The DONE of a big request: its result is in hand (a DONE from another route is not its node's)."""
+        node_route, client_id, size = self._due[ticket]
+        if node_route == route:
+            del self._due[ticket]
+            self.sched.budget.unreserve(client_id, size)
 
     def tell_stopping(self) -> None:
         """Every node is told to reconnect later: this balancer is going."""
@@ -183,7 +186,7 @@ class NodeSide:
         answer_first = self._answer_first and len(fields[0]) == 1
         for ticket, ok, result in fields[0]:
             if due and ticket in due:
-                self._result_came(ticket)
+                self._result_came(route, ticket)
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
                 ok, result = False, limits.too_large("result", len(result), limit)
             answered = answer_first and self.clients.answer(sched.finishing(route, ticket), ok, result)

@@ -11,12 +11,12 @@ that every result is its own payload. Prints the balancer's RSS after start-up
 the clients run (with /proc/PID/smaps_rollup at that moment), and once all
 results are back, and the most the budget counted (`zlb status` "memory").
 
---probe runs the balancer under a probe (this module's `probe` command, the
-same `zlb balancer` in a process of its own): a thread in it samples every
+--probe runs the balancer under tests/reliability/memory_probe.py (the same
+`zlb balancer`, in a process of its own, with a thread in it that samples every
 5 ms its RSS, glibc's heap (mallinfo2: bytes in use and free-but-kept in the
 heap, bytes in mmapped chunks), what the budget counts (live, due, unsent,
 kept) and, with --trace, what Python allocated (tracemalloc; slows the
-balancer down). It prints the sample of highest RSS: RSS beyond what the
+balancer down)). It prints the sample of highest RSS: RSS beyond what the
 budget counts is libzmq's (messages received before the loop read them) or
 glibc's (freed, not returned). --series writes every sample, one JSON line each;
 --profile FILE runs the balancer under cProfile (read FILE with pstats).
@@ -25,7 +25,6 @@ glibc's (freed, not returned). --series writes every sample, one JSON line each;
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
 import json
 import os
@@ -34,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ from wire import control_client
 
 MIB = 2**20
 MODULE = "tests.reliability.measure_memory"
+PROBE_MODULE = "tests.reliability.memory_probe"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -66,100 +65,6 @@ def rollup(pid: int) -> dict[str, int]:
             if len(parts) == 3 and parts[2] == "kB":
                 out[parts[0].rstrip(":")] = int(parts[1]) * 1024
     return out
-
-
-# ---- inside the balancer: the probe --------------------------------------------------------------
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
-
-
-def _mallinfo() -> Any:
-    fn = getattr(ctypes.CDLL(None), "mallinfo2", None)  # glibc 2.33 and later
-    if fn is not None:
-        fn.restype = _Mallinfo2
-    return fn
-
-
-def probe_sample(mallinfo: Any, tracing: bool, balancers: list[Any]) -> dict[str, int]:
-    """This process now: RSS, glibc's heap (every arena), what the budget counts (read from another
-    thread without a lock: a measurement) and what Python allocated. Bytes; in_flight is a count."""
-    import tracemalloc
-
-    sample = {"rss": rss(os.getpid())}
-    if balancers:
-        view = balancers[0].sched.budget.view()
-        for key in ("live", "due", "unsent", "kept"):
-            sample[key] = view.get(f"{key}_bytes", 0)  # due_bytes: not in older balancers
-        sample["in_flight"] = balancers[0].sched.in_flight()
-    if mallinfo is not None:
-        m = mallinfo()
-        # uordblks: heap bytes in use; fordblks: free but kept; hblkhd: in mmapped chunks (unmapped at free)
-        sample.update(heap_used=m.uordblks, heap_free=m.fordblks, mmapped=m.hblkhd)
-    if tracing:
-        sample["python"] = tracemalloc.get_traced_memory()[0]
-    return sample
-
-
-def probe(argv: list[str]) -> None:
-    """`probe REPORT [--trace] [--series FILE] [--profile FILE] -- ZLB_ARGS`: run `zlb ZLB_ARGS` in this
-    process with a thread sampling it; write the sample of highest RSS and the last one to REPORT (JSON)."""
-    import tracemalloc
-
-    from balancer import loop
-    from zlb.cli import main
-
-    report, rest = argv[0], argv[1:]
-    cut = rest.index("--")
-    options, zlb_args = rest[:cut], rest[cut + 1 :]
-    trace = "--trace" in options
-    series_to = options[options.index("--series") + 1] if "--series" in options else None
-    profile_to = options[options.index("--profile") + 1] if "--profile" in options else None
-    if trace:
-        tracemalloc.start()
-    balancers: list[Any] = []
-    made = loop.Balancer.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        made(self, *args, **kwargs)
-        balancers.append(self)
-
-    loop.Balancer.__init__ = init  # the probe reads the budget of the one the command makes
-    mallinfo = _mallinfo()
-    peak: dict[str, int] = {"rss": 0}
-    series: list[tuple[float, dict[str, int]]] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.005):
-            now = probe_sample(mallinfo, trace, balancers)
-            if series_to:
-                series.append((time.monotonic(), now))
-            if now["rss"] > peak["rss"]:
-                peak.clear()
-                peak.update(now)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        if profile_to:
-            import cProfile
-
-            names = {"main": main, "zlb_args": zlb_args}
-            cProfile.runctx("main(zlb_args, standalone_mode=False)", {}, names, profile_to)
-        else:
-            main(zlb_args, standalone_mode=False)
-    finally:
-        stop.set()
-        thread.join()
-        last = probe_sample(mallinfo, trace, balancers)
-        Path(report).write_text(json.dumps({"peak": peak, "last": last}))
-        if series_to:
-            Path(series_to).write_text("".join(json.dumps([t, s]) + "\n" for t, s in series))
 
 
 # ---- the clients ---------------------------------------------------------------------------------
@@ -268,7 +173,7 @@ class Cluster:
         if probe_options is None:
             proc = self.start("balancer", "-m", "zlb", *args)
         else:
-            proc = self.start("balancer", "-m", MODULE, "probe", *probe_options, "--", *args)
+            proc = self.start("balancer", "-m", PROBE_MODULE, *probe_options, "--", *args)
 
         def answers() -> bool:
             if proc.poll() is not None:
@@ -363,9 +268,6 @@ def measure(
 def main() -> None:
     if sys.argv[1:2] == ["client"]:
         client(sys.argv[2:])
-        return
-    if sys.argv[1:2] == ["probe"]:
-        probe(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-mb", type=int, default=64, help="--max-memory-mb; -1: the balancer's default")
