@@ -1,20 +1,30 @@
 """The memory budget: one ceiling for the request and result bytes the balancer holds.
 
-Pure bookkeeping, owned by the scheduler (balancer/scheduler.py); the loop
-charges the results it holds back for a client whose pipe is full. Three
-things count, each as its bytes plus REQUEST_OVERHEAD_BYTES per request:
+Pure bookkeeping, owned by the scheduler (balancer/scheduler.py); the loop's
+parts charge what they hold on the scheduler's behalf. Four things count:
 
 - live payloads: requests waiting or running (charged to their client);
-- unsent results: results the loop could not hand to a full client pipe
-  (charged to that client too, until they leave or the client is gone);
+- results due: for a big request (its payload over limits.LONE_PAYLOAD_BYTES)
+  on a node, room for its result as big as its payload, from its WORK until
+  its DONE (balancer/node_side.py): the result arrives while the payload is
+  still held, so both are in memory at once;
+- unsent results: results the loop could not hand to a full client pipe, and
+  big results libzmq still holds for a client's connection
+  (balancer/clients.py; charged to that client, until they leave or the
+  client is gone);
 - kept results: finished requests remembered for resubmissions. They are the
   only evictable part: beyond the budget the oldest are forgotten first, so
   they never cause a rejection.
 
-A submit is refused when the live and unsent bytes would pass the budget, or
-when its client already holds more than its share: the budget divided by the
-number of clients holding bytes plus one, so a newcomer always finds room and
-one flooding client cannot starve another.
+Payloads and unsent results count REQUEST_OVERHEAD_BYTES each on top of their
+bytes. A submit is refused when the live, due and unsent bytes would pass the
+budget, or when its client already holds more than its share: the budget
+divided by the number of clients holding bytes plus one, so a newcomer always
+finds room and one flooding client cannot starve another.
+
+What the budget cannot see is what libzmq receives before the loop reads it:
+the loop reads every socket as soon as it can, and a payload it refuses is
+freed at once (docs/RELIABILITY.md, "Memory").
 """
 
 from __future__ import annotations
@@ -49,24 +59,25 @@ def _mib(n: int) -> str:
 class MemoryBudget:
     """Bytes held, in total and per client, against a limit (None: no limit, bytes still counted)."""
 
-    __slots__ = ("by_client", "kept", "limit", "live", "unsent")
+    __slots__ = ("by_client", "due", "kept", "limit", "live", "unsent")
 
     def __init__(self, limit_bytes: int | None) -> None:
         self.limit = limit_bytes
         self.live = 0  # payloads of waiting and running requests
-        self.unsent = 0  # results held back for clients whose pipe is full
+        self.due = 0  # room for the results of big requests on nodes
+        self.unsent = 0  # results held back for clients whose pipe is full, and big ones libzmq still holds
         self.kept = 0  # finished requests remembered (the scheduler sets it)
-        self.by_client: dict[int, int] = {}  # live + unsent bytes per client id
+        self.by_client: dict[int, int] = {}  # live + due + unsent bytes per client id
 
     @property
     def held(self) -> int:
         """Every byte that counts against the budget."""
-        return self.live + self.unsent + self.kept
+        return self.live + self.due + self.unsent + self.kept
 
     def over(self) -> bool:
         """True when kept results should be evicted (oldest first) to fit the budget."""
         limit = self.limit
-        return limit is not None and self.live + self.unsent + self.kept > limit
+        return limit is not None and self.live + self.due + self.unsent + self.kept > limit
 
     def charge(self, client_id: int, size: int, unsent: bool = False) -> None:
         """Count `size` bytes (plus the per-request overhead) for a client."""
@@ -85,6 +96,25 @@ class MemoryBudget:
             self.unsent -= size
         else:
             self.live -= size
+        by_client = self.by_client  # inline, not _release_for: every finished request comes through here
+        left = by_client.get(client_id, 0) - size
+        if left > 0:
+            by_client[client_id] = left
+        else:
+            by_client.pop(client_id, None)
+
+    def reserve(self, client_id: int, size: int) -> None:
+        """Count room for the result of a big request just sent to a node, until unreserve()."""
+        self.due += size
+        by_client = self.by_client
+        by_client[client_id] = by_client.get(client_id, 0) + size
+
+    def unreserve(self, client_id: int, size: int) -> None:
+        """The result came (it is counted as kept or unsent now), or the request left its node."""
+        self.due -= size
+        self._release_for(client_id, size)
+
+    def _release_for(self, client_id: int, size: int) -> None:
         by_client = self.by_client
         left = by_client.get(client_id, 0) - size
         if left > 0:
@@ -112,8 +142,9 @@ class MemoryBudget:
         if limit is None:
             return ""
         size += REQUEST_OVERHEAD_BYTES
-        if self.live + self.unsent + size > limit:
-            return f"{REASON_BUSY}: the balancer holds {_mib(self.live + self.unsent)} of its {_mib(limit)}"
+        held = self.live + self.due + self.unsent
+        if held + size > limit:
+            return f"{REASON_BUSY}: the balancer holds {_mib(held)} of its {_mib(limit)}"
         mine = self.by_client.get(client_id, 0)
         if not mine:
             return ""  # a client holding nothing always gets a request in while the total fits
@@ -132,6 +163,7 @@ class MemoryBudget:
             "max_bytes": self.limit,
             "held_bytes": self.held,
             "live_bytes": self.live,
+            "due_bytes": self.due,
             "unsent_bytes": self.unsent,
             "kept_bytes": self.kept,
             "clients_holding": len(self.by_client),

@@ -11,6 +11,12 @@ about results leaving:
   hand to its pipe. Held results are charged to the memory budget and retried
   each loop iteration; meanwhile the client's waiting requests are set aside
   by dispatch (balancer/waiting.py) and everyone else's go on.
+- **Big results count until libzmq lets them go.** A result over
+  limits.LONE_PAYLOAD_BYTES travels in a frame of its own, the very buffer the node's
+  DONE brought (no copy), which libzmq keeps until the client's connection has taken
+  it, also after the kept results have forgotten it. Each is sent with a tracker and
+  stays charged to its client as unsent until the tracker says libzmq is done, so a
+  slow reader's big results count against the budget while they wait in its pipe.
 - **Routes are forgotten when quiet.** Each client's routing identity is
   interned so every request from it shares one bytes object; the table is
   kept in two generations swapped every ROUTE_GENERATION_S (or at
@@ -71,6 +77,9 @@ class ClientSide:
         # client_id -> result batches (route, frames, payload bytes) its full pipe could not take, oldest
         # first; the loop reads whether any are held, to know if flush() has work
         self.held: dict[int, deque[tuple[bytes, list[Any], int]]] = {}
+        # client_id -> big results handed to libzmq, charged as unsent until it is done with them, oldest
+        # first: (size, tracker); the loop reads whether any are, to know if flush() has work
+        self.sending: dict[int, deque[tuple[int, zmq.MessageTracker]]] = {}
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
@@ -87,7 +96,9 @@ class ClientSide:
         decode = p.decode_routed
         submit, submit_batch, handlers = _SUBMIT, _SUBMIT_BATCH, self._handlers
         budget = limits.DRAIN_ITEMS
-        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
+        # A payload over LONE_PAYLOAD_BYTES stays the frame it came in (no copy); WORK sends that frame on.
+        frames_over = limits.LONE_PAYLOAD_BYTES
+        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES, frames_over=frames_over):
             try:
                 msg_type, fields, body = decode(frames)
                 if msg_type is not submit_batch and msg_type is not submit and msg_type not in handlers:
@@ -178,6 +189,8 @@ class ClientSide:
 
     def flush(self) -> None:
         """Send what the scheduler finished: results held for full pipes first, in order."""
+        if self.sending:
+            self._release_sent()
         if self.held:
             self._retry_held()
         out = self.sched.outbox
@@ -230,10 +243,15 @@ class ClientSide:
 
     def _deliver(self, client_id: int, route: bytes, frames: list[Any], size: int) -> None:
         """Send a result batch, or hold it (and pause its client) when the client's pipe is full."""
+        if len(frames) == 2:  # one big result in a frame of its own (batch_frames): tracked
+            frames[1] = zmq.Frame(frames[1], copy=False, track=True)
         held = self.held.get(client_id)
         if held is None:
             failed = send_routed(self.sock, route, frames)
             if not failed:
+                if len(frames) == 2:
+                    self.sched.budget.charge(client_id, size, unsent=True)
+                    self._track(client_id, size, frames[1].tracker)
                 return
             self.incidents.count(f"client_{failed}")
             if failed != "dropped":
@@ -245,6 +263,25 @@ class ClientSide:
             return
         held.append((route, frames, size))
         self.sched.budget.charge(client_id, size, unsent=True)
+
+    def _track(self, client_id: int, size: int, tracker: zmq.MessageTracker) -> None:
+        going = self.sending.get(client_id)
+        if going is None:
+            going = self.sending[client_id] = deque()
+        going.append((size, tracker))
+
+    def _release_sent(self) -> None:
+        """Stop counting the big results libzmq is done with (written to their connection, or dropped).
+
+        A connection takes its messages in order, so each client's are checked from the oldest and
+        the first still there ends the check: a client that does not read costs one look per pass."""
+        budget = self.sched.budget
+        for client_id in list(self.sending):
+            going = self.sending[client_id]
+            while going and going[0][1].done:
+                budget.release(client_id, going.popleft()[0], unsent=True)
+            if not going:
+                del self.sending[client_id]
 
     def _pause(self, client_id: int) -> None:
         self.sched.pause_client(client_id)
@@ -263,9 +300,12 @@ class ClientSide:
                 if failed == "dropped":
                     break
                 held.popleft()
-                budget.release(client_id, size, unsent=True)
                 if failed:  # gone: its retries fetch the remembered results from the next connection
                     self.incidents.count(f"client_{failed}")
+                if len(frames) == 2 and not failed:  # a big one: still charged until libzmq is done with it
+                    self._track(client_id, size, frames[1].tracker)
+                else:
+                    budget.release(client_id, size, unsent=True)
             if not held:
                 del self.held[client_id]
                 self.sched.resume_client(client_id)

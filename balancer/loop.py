@@ -18,6 +18,7 @@ grace_s, tells nodes, flushes the journal and exits.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import signal
 import sys
@@ -297,7 +298,7 @@ class Balancer:
         self.client_side.tick(now)
         self.times.roll(now)
         sched.sessions.sweep(now)
-        self.node_side.ping_all()
+        self.node_side.tick()
         c = sched.counters
         active = sum(1 for n in sched.routes.values() if n.active)
         stats = (ev.STATS, sched.waiting, sched.in_flight(), active, c["submitted"], c["processed"], c["failed"])
@@ -321,7 +322,7 @@ class Balancer:
                 journal.step()
             if not journal.healthy:
                 return  # results wait until their records can be written
-        if out.replies or out.replays or self.client_side.held:
+        if out.replies or out.replays or self.client_side.held or self.client_side.sending:
             self.client_side.flush()
 
     def publish_pending(self) -> None:
@@ -346,6 +347,26 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 
 
+# glibc's mallopt parameter for the size from which an allocation gets its own mmap.
+_M_MMAP_THRESHOLD = -3
+
+
+def _tune_malloc() -> None:
+    """Hand big buffers back to the OS when they are freed (glibc only; elsewhere nothing changes).
+
+    glibc maps an allocation of M_MMAP_THRESHOLD bytes or more on its own and unmaps it at free, but
+    the threshold is dynamic: each such free raises it to that size (up to 32 MiB), after which big
+    payloads come from the heap, whose freed memory stays in the process. Set once, the threshold
+    stays put. Every buffer over the largest batch frame is a lone payload or result, so those are
+    the ones returned at free; the cost is fresh pages (page faults) for each one received.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, limits.BATCH_BYTES + limits.BATCH_OVERHEAD_BYTES)
+
+
 def run_balancer(config: BalancerConfig) -> None:
     """Run a balancer in this process until SIGINT or SIGTERM."""
     exposed = exposed_endpoints(list(config.endpoints.values()))
@@ -357,6 +378,7 @@ def run_balancer(config: BalancerConfig) -> None:
             file=sys.stderr,
             flush=True,
         )
+    _tune_malloc()
     balancer = Balancer(config)
     _tune_gc()
     signal.signal(signal.SIGTERM, balancer.stop)

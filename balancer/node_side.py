@@ -4,6 +4,12 @@ NodeSide decodes what nodes send, calls the scheduler and sends work; the
 loop (balancer/loop.py) owns the socket and hands it over. Results go on to
 their clients through the ClientSide (balancer/clients.py), the only part
 that sends to clients.
+
+A big payload (over limits.LONE_PAYLOAD_BYTES) goes out in the very frame it
+came in (libzmq shares it, no copy; the payload stays charged to the memory
+budget until its DONE), and room for its result is reserved in the budget
+from its WORK until its DONE, or until the request leaves its node otherwise
+(checked once per heartbeat): the result arrives while the payload is held.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class NodeSide:
         # a result may only leave once its record is written (balancer/journal.py).
         self._may_answer_first = config.journal is None
         self._answer_first = False  # set per drain
+        # Big requests on nodes, whose result room the budget holds: ticket -> (node route, client id, bytes).
+        self._due: dict[int, tuple[bytes, int, int]] = {}
         self._handlers = {
             MsgType.DONE: self._on_done,
             MsgType.DONE_BATCH: self._on_done_batch,
@@ -83,15 +91,38 @@ class NodeSide:
     def _send_batch(self, node: Node, batch: list[Assignment]) -> bool:
         """A WORK_BATCH, or the WORK of one big payload (limits.LONE_PAYLOAD_BYTES); what cannot leave is re-queued."""
         items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
-        if self._send(node.route, p.batch_frames(_WORK_BATCH, _WORK, items)):
+        frames = p.batch_frames(_WORK_BATCH, _WORK, items)
+        if self._send(node.route, frames):
+            if len(frames) == 2:  # one big payload in a frame of its own: its result will be as big
+                _node, ticket, req = batch[0]
+                self._due[ticket] = (node.route, req.client_id, len(req.body))
+                self.sched.budget.reserve(req.client_id, len(req.body))
             return True
         for _node, ticket, _req in batch:
             self.sched.undeliverable(node, ticket)
         return False
 
-    def ping_all(self) -> None:
-        """The balancer's heartbeat to every node it knows."""
+    def tick(self) -> None:
+        """Once per heartbeat: ping every node, and free the result room of requests no node holds now."""
         self._to_all(p.encode(MsgType.PING))
+        if self._due:
+            self._forget_lost_due()
+
+    def _forget_lost_due(self) -> None:
+        """Requests that left their node without a DONE (it died, left or was fenced) need no result room."""
+        routes, budget = self.sched.routes, self.sched.budget
+        for ticket, (route, client_id, size) in list(self._due.items()):
+            node = routes.get(route)
+            if node is None or ticket not in node.in_flight:
+                del self._due[ticket]
+                budget.unreserve(client_id, size)
+
+    def _result_came(self, route: bytes, ticket: int) -> None:
+        """The DONE of a big request: its result is in hand (a DONE from another route is not its node's)."""
+        node_route, client_id, size = self._due[ticket]
+        if node_route == route:
+            del self._due[ticket]
+            self.sched.budget.unreserve(client_id, size)
 
     def tell_stopping(self) -> None:
         """Every node is told to reconnect later: this balancer is going."""
@@ -116,7 +147,9 @@ class NodeSide:
         budget = limits.DRAIN_ITEMS
         # Woken from idle for one message: a lone result goes to its client before the books are kept.
         self._answer_first = limit == 1 and self._may_answer_first
-        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES):
+        # A result over LONE_PAYLOAD_BYTES stays the frame it came in (no copy); its RESULT sends that frame on.
+        frames_over = limits.LONE_PAYLOAD_BYTES
+        for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES, frames_over=frames_over):
             try:
                 msg_type, fields, body = decode(frames)
                 handler = handlers.get(msg_type)
@@ -148,10 +181,12 @@ class NodeSide:
         self._on_done_batch(route, [[[fields[0], fields[1], body]]], None, now)
 
     def _on_done_batch(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        sched, limit = self.sched, self.config.max_message_bytes
+        sched, limit, due = self.sched, self.config.max_message_bytes, self._due
         unknown = False
         answer_first = self._answer_first and len(fields[0]) == 1
         for ticket, ok, result in fields[0]:
+            if due and ticket in due:
+                self._result_came(route, ticket)
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
                 ok, result = False, limits.too_large("result", len(result), limit)
             answered = answer_first and self.clients.answer(sched.finishing(route, ticket), ok, result)

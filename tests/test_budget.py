@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import zmq
+
 from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget, hwm_for
 from balancer.scheduler import Scheduler, Submitted
 from wire.protocol import PENDING, REASON_BUSY
@@ -124,3 +126,29 @@ def test_release_never_leaves_a_client_at_zero_or_below():
     assert budget.by_client == {1: KIB + REQUEST_OVERHEAD_BYTES}
     budget.release(1, KIB, unsent=True)
     assert budget.by_client == {} and budget.held == 0
+
+
+def test_result_room_for_work_on_nodes_counts_until_released():
+    """Room reserved for a result counts against the budget and the client's share until unreserved."""
+    budget = MemoryBudget(TEN)
+    budget.charge(1, 4 * KIB)
+    budget.reserve(1, 4 * KIB)
+    assert budget.held == 8 * KIB + REQUEST_OVERHEAD_BYTES
+    assert budget.view()["due_bytes"] == 4 * KIB
+    # 8.4 of 13.9 KiB held: a 6 KiB payload from anyone does not fit (without the room it would).
+    assert budget.admit(2, 6 * KIB).startswith(REASON_BUSY)
+    budget.unreserve(1, 4 * KIB)
+    assert budget.due == 0 and budget.by_client == {1: 4 * KIB + REQUEST_OVERHEAD_BYTES}
+    budget.release(1, 4 * KIB)
+    assert budget.by_client == {} and budget.held == 0
+
+
+def test_a_big_payload_held_as_a_frame_is_compared_in_place():
+    """Big payloads stay the zmq.Frame they came in: a re-send of the same bytes is a duplicate, charged once;
+    other bytes under the same id are a conflict."""
+    sched = make()
+    big = b"p" * (64 * KIB)
+    assert sched.submit(1, 1, 5, b"c", zmq.Frame(big)) is Submitted.QUEUED
+    assert sched.submit(1, 1, 5, b"c", zmq.Frame(big)) is Submitted.DUPLICATE
+    assert sched.submit(1, 1, 5, b"c", zmq.Frame(big[:-1] + b"q")) is Submitted.CONFLICT
+    assert sched.budget.live == len(big) + REQUEST_OVERHEAD_BYTES

@@ -381,9 +381,21 @@ def decode_events(frame: bytes) -> list[Any]:
     return value
 
 
+def _buffer(value: Any) -> memoryview:
+    """A payload or result held as a zmq.Frame (received without a copy), packed as the bytes it holds."""
+    try:
+        return memoryview(value)
+    except TypeError:
+        raise TypeError(f"cannot serialize {type(value).__name__!r}") from None
+
+
+_record_pack = msgpack.Packer(use_bin_type=True, default=_buffer).pack
+
+
 def encode_records(records: list[Any]) -> list[bytes]:
-    """Journal records (tuples of msgpack-able values), each as its own msgpack byte string."""
-    return [_pack(record) for record in records]
+    """Journal records (tuples of msgpack-able values, payloads as bytes or zmq.Frame), each as its
+    own msgpack byte string."""
+    return [_record_pack(record) for record in records]
 
 
 def decode_records(payloads: list[Any]) -> list[Any]:

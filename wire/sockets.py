@@ -53,13 +53,20 @@ SLEPT_S = 25e-6
 
 
 def received(
-    sock: zmq.Socket, limit: int = DRAIN_BATCH, copy: bool = True, routed: bool = False, max_bytes: int | None = None
+    sock: zmq.Socket,
+    limit: int = DRAIN_BATCH,
+    copy: bool = True,
+    routed: bool = False,
+    max_bytes: int | None = None,
+    frames_over: int | None = None,
 ) -> Iterator[list[Any]]:
     """The messages waiting on a socket, at most `limit` of them, without blocking.
 
     Frames come as bytes, or as zmq.Frame with copy=False. `routed`: the socket
     is a ROUTER, so every message starts with its route. `max_bytes`: stop after
     the message that reaches this many bytes (the first is always taken).
+    `frames_over`: a frame after the header bigger than this stays a zmq.Frame
+    (a big payload: not copied, and sent on as it is).
     """
     recv, events = sock.recv, sock.getsockopt
     while True:
@@ -68,7 +75,7 @@ def received(
             frame = recv(_NOBLOCK, copy=False)
         except zmq.Again:
             return  # a wake-up with nothing to read (a poll may say readable for a command)
-        yield _with_rest(recv, frame, message, copy)
+        yield _with_rest(recv, frame, message, copy, frames_over)
         limit -= 1
         if limit <= 0:
             return
@@ -103,13 +110,16 @@ class Waiter:
         return _with_rest(recv, frame, [], True)
 
 
-def _with_rest(recv: Any, frame: zmq.Frame, message: list[Any], copy: bool) -> list[Any]:
-    """`message` with `frame` and the frames that follow it appended (as bytes if `copy`): a message
-    arrives whole, so once its first frame is in, the rest are taken without waiting."""
+def _with_rest(
+    recv: Any, frame: zmq.Frame, message: list[Any], copy: bool, frames_over: int | None = None
+) -> list[Any]:
+    """`message` with `frame` and the frames that follow it appended (as bytes if `copy`, except a
+    frame after the first of more than `frames_over` bytes, which stays a zmq.Frame: not copied): a
+    message arrives whole, so once its first frame is in, the rest are taken without waiting."""
     message.append(frame.bytes if copy else frame)
     while frame.more:
         frame = recv(_NOBLOCK, copy=False)
-        message.append(frame.bytes if copy else frame)
+        message.append(frame.bytes if copy and (frames_over is None or len(frame) <= frames_over) else frame)
     return message
 
 
