@@ -46,9 +46,13 @@ def test_a_second_balancer_on_the_same_journal_exits_at_once_naming_the_owner(
     print(f"second balancer refused in {took:.2f} s")  # reported, not asserted: a busy machine is slow to start
     assert (journal.stat().st_ino, journal.read_bytes()) == before  # no restore, no rename
     assert not (tmp_path / "zlb.journal.tmp").exists()
-    for url in (other.frontend, other.backend, other.events, other.control):  # nothing was bound
+    for url in (other.frontend, other.backend, other.events, other.control):  # nothing listens there
         with socket.socket() as probe:
+            # The harness holds each picked port bound, never listening, with SO_REUSEADDR (tests/harness.py):
+            # with it too, bind and listen succeed only while no one else listens on the port.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port_of(url)))
+            probe.listen()
     assert waiting(first) == [1, 2, 3]  # the owner serves on, undisturbed
 
     procs.kill9(first.proc)
