@@ -281,10 +281,12 @@ def cmd_configure(state: BalancerState, args: dict[str, Any], now: float) -> Any
 
 
 def cmd_snapshot(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    # Capped like every list reply: one uncapped snapshot of 100k events held the loop 300 ms.
+    logs = min(_int_arg(args, "logs", False, 0) or 50, MAX_LIST_REPLY)
     return {
         "status": cmd_status(state, {}, now),
         "servers": cmd_servers(state, {}, now),
-        "logs": [ev.as_dict(e) for e in state.eventlog.recent(_int_arg(args, "logs", False, 0) or 50)],
+        "logs": [ev.as_dict(e) for e in state.eventlog.recent(logs)],
     }
 
 

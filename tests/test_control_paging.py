@@ -139,3 +139,12 @@ def test_a_log_page_skips_whole_batches_and_returns_what_slicing_would(batches, 
     for n, size in enumerate(batches):
         log.add(float(n), [("request.added", 1, n * 10 + i, 5) for i in range(size)])
     assert log.page(offset, limit) == list(islice(log, offset, offset + limit))
+
+
+def test_a_snapshot_returns_at_most_a_list_replys_worth_of_log_events():
+    """An outsider asked for a million log events in one snapshot and held the loop 300-530 ms."""
+    state = state_with(0)
+    batch = [("system.configured", n, 0) for n in range(control.MAX_LIST_REPLY + 500)]
+    state.eventlog.add(1_700_000_000.0, batch)
+    reply = control.handle(state, {"cmd": "snapshot", "logs": 1_000_000}, 0.0)
+    assert reply["ok"] and len(reply["result"]["logs"]) == control.MAX_LIST_REPLY
