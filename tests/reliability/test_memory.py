@@ -89,13 +89,17 @@ def run_non_reading_client(procs: ProcessGroup, endpoints: Endpoints, budget_mb:
     sock = flood_without_reading(balancer, count, peak)
     try:
         # The flood is in: wait until the balancer has read all of it (each submit is counted one way or another).
-        def all_read() -> bool:
-            c = balancer.call("status")["requests"]
-            return c["submitted"] + c["busy"] >= count
+        # Its results pile up unread until the balancer pauses it; on a fast machine the reading can finish
+        # before the nodes have answered enough to fill the pipe, so both are waited for.
+        seen: dict = {}
 
-        wait_until(peak.sampling(all_read), 120, f"the balancer to read {count} submits")
-        status = balancer.call("status")
-        assert status["paused_clients"] == 1, status  # its results pile up unread
+        def all_read_and_paused() -> bool:
+            seen.update(balancer.call("status"))
+            c = seen["requests"]
+            return c["submitted"] + c["busy"] >= count and seen["paused_clients"] == 1
+
+        wait_until(peak.sampling(all_read_and_paused), 120, f"the balancer to read {count} submits and pause it")
+        status = seen
         assert status["requests"]["busy"] > 0, status["requests"]
         assert status["memory"]["held_bytes"] <= budget_mb * MIB, status["memory"]
         # Another client is served meanwhile.
