@@ -14,6 +14,13 @@ with one write before its results are sent, and no result is sent while the
 journal cannot be written (balancer/journal_keeper.py). SIGTERM
 stops accepting, tells clients, lets in-flight work finish for up to
 grace_s, tells nodes, flushes the journal and exits.
+
+As the leader of an HA group (balancer/member.py passes itself as `ha`) it
+also binds the replication endpoint (balancer/replication.py): each
+iteration's journal bytes go to the standby, and the iteration's answers wait
+for it. Before anything leaves, each pass checks it still leads (its etcd
+lease renewed in time, etcd naming it); when not, the loop returns at once,
+sending nothing more, not even goodbyes.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from balancer.eventlog import EventLog
 from balancer.incidents import Incidents
 from balancer.journal_keeper import JournalKeeper
 from balancer.node_side import NodeSide
+from balancer.replication import Replication
 from balancer.scheduler import Scheduler
 from wire import events as ev
 from wire import limits
@@ -80,8 +88,11 @@ class IterationTimes:
 class Balancer:
     """Owns the sockets, the poller and the scheduler; its parts use the sockets it hands them."""
 
-    def __init__(self, config: BalancerConfig, context: zmq.Context | None = None) -> None:
+    def __init__(self, config: BalancerConfig, context: zmq.Context | None = None, ha: Any = None) -> None:
         self.config = config
+        self.ha = ha  # the HA member this balancer leads for (balancer/member.py), or None
+        self.replication: Replication | None = None
+        self.stepped_down: str | None = None
         self.heartbeat_s = config.heartbeat_ms / 1000
         # Deadlines are checked ten times per interval, so a dead node is noticed within
         # liveness intervals plus a tenth; the check is O(nodes), cheap even at 1,000.
@@ -113,6 +124,7 @@ class Balancer:
             bad_input=self.incidents.bad_input,
             counters=self.incidents.counters,
             loop_max_ms=self.times.max_ms,
+            ha=self._ha_view,
         )
         self._ctx = context or zmq.Context.instance()
         self._stopping = False
@@ -154,6 +166,8 @@ class Balancer:
         self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.control_sock = self._bind(zmq.ROUTER, cfg.control)
         self.events_sock = self._bind(zmq.PUB, cfg.events)
+        if self.ha is not None:
+            self._open_replication()
         now = time.monotonic()
         self.client_side = ClientSide(self.frontend, self.sched, self.incidents, cfg.max_message_bytes, now)
         self.node_side = NodeSide(self.backend, self.sched, self.incidents, self.client_side, cfg)
@@ -170,6 +184,9 @@ class Balancer:
             self.backend: self.node_side.drain,
             self.control_side.fd: self.control_side.drain,
         }
+        if self.replication is not None:
+            self._readers[self.replication.sock] = self.replication.drain
+            self._readers[self.ha.pipe] = self.ha.hear
         if self.curve is not None:
             sockets = {"frontend": self.frontend, "backend": self.backend, "control": self.control_sock}
             for mon in self.control_side.watch_handshakes({**sockets, "events": self.events_sock}):
@@ -177,6 +194,32 @@ class Balancer:
         self.poller = zmq.Poller()
         for sock in self._readers:
             self.poller.register(sock, zmq.POLLIN)
+
+    def _open_replication(self) -> None:
+        ha, cfg = self.ha, self.config
+        sock = self._bind(zmq.ROUTER, cfg.replication or "")
+        sock.setsockopt(zmq.SNDHWM, 0)  # the stream is bounded by the lag check, not by dropping
+        self.replication = Replication(
+            sock,
+            self.sched,
+            self.incidents.counters,
+            ha,
+            ha.epoch,
+            ha.name,
+            cfg.standby_max_lag_ms / 1000,
+            cfg.require_standby,
+        )
+        restored = self.incidents.counters.get("journal_restored_pending", 0)
+        self.sched.events.append((ev.SYSTEM_HA_LEADING, ha.name, ha.epoch, restored))
+
+    def note_etcd(self, ok: bool, reason: str) -> None:
+        """The elector's word on etcd, as an event (the lease check acts on it by itself)."""
+        self.sched.events.append((ev.SYSTEM_HA_ETCD, ok, reason))
+
+    def _ha_view(self) -> dict[str, Any] | None:
+        if self.ha is None or self.replication is None:
+            return None
+        return {**self.ha.view(), **self.replication.view(time.monotonic())}
 
     def _bind(self, kind: int, endpoint: str, role: str = "") -> zmq.Socket:
         sock = self._ctx.socket(kind)
@@ -190,6 +233,9 @@ class Balancer:
         hwm = hwm_for(self.config.max_memory_bytes)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
+        if self.ha is not None:
+            sock.close(linger=0)
+            return self._bound_for_ha(kind, endpoint, role)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -197,10 +243,23 @@ class Balancer:
             raise OSError(f"cannot bind {endpoint}: {exc}") from None
         return sock
 
+    def _bound_for_ha(self, kind: int, endpoint: str, role: str) -> zmq.Socket:
+        """As _bind, through the member's bind, which waits for the standby's sockets to let the port go."""
+        sock = self.ha.bind(self._ctx, kind, endpoint)
+        if self.curve is not None:
+            self.curve.secure(sock, role)
+        sock.setsockopt(zmq.MAXMSGSIZE, limits.socket_limit(self.config.max_message_bytes))
+        hwm = hwm_for(self.config.max_memory_bytes)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        return sock
+
     def close(self) -> None:
         """Close every socket, flush the journal and the log file."""
         for sock in (self.frontend, self.backend, self.control_sock, self.events_sock):
             sock.close(linger=0)
+        if self.replication is not None:
+            self.replication.sock.close(linger=0)
         self.control_side.close()
         try:
             if self.journal is not None:
@@ -234,6 +293,7 @@ class Balancer:
         control_fd = control.fd
         times = self.times
         journal = self.journal
+        ha = self.ha
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
@@ -250,6 +310,9 @@ class Balancer:
             for sock, _ in ready:
                 readers[sock](woke, limit)
             now = time.monotonic()
+            if ha is not None and not ha.leads(now):
+                self._step_down(now)
+                return
             if now >= next_expiry:
                 if now - next_expiry > self.heartbeat_s and not graced:
                     # The loop itself was away (SIGSTOP, a stalled host) for more than a beat: the nodes'
@@ -273,6 +336,12 @@ class Balancer:
             if busy_s > times.longest_s:
                 times.longest_s = busy_s
         self._say_goodbye()
+
+    def _step_down(self, now: float) -> None:
+        """No longer the leader: stop here, sending nothing (not even goodbyes); the events say why."""
+        self.stepped_down = self.ha.why_not_leading(now)
+        self.sched.events.append((ev.SYSTEM_HA_STEPPED_DOWN, self.ha.name, self.ha.epoch, self.stepped_down))
+        self.eventlog.add(time.time(), self.sched.outbox.take_events())
 
     def _wound_down(self) -> bool:
         """Graceful stop: refuse new work, tell clients, wait for in-flight work up to grace_s."""
@@ -308,6 +377,8 @@ class Balancer:
         counters["log_lines_dropped"] = self.eventlog.dropped_lines
         if self.journal is not None:
             self.journal.tick(now)  # a file gone or failing turns it failing: new work refused, results held
+        if self.replication is not None:
+            self.replication.tick(now)
 
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
@@ -317,11 +388,18 @@ class Balancer:
         journal = self.journal
         if journal is not None:
             if out.journal:
-                journal.append()  # one write for the iteration's records, before any of its results leave
+                # One write for the iteration's records, before any of its results leave.
+                written = journal.append()
+                if written is not None and self.replication is not None:
+                    self.replication.ship(*written)
             if journal.compaction is not None:
                 journal.step()
             if not journal.healthy:
                 return  # results wait until their records can be written
+        replication = self.replication
+        if replication is not None:
+            replication.hold(out, time.monotonic())  # this iteration's answers wait for the standby
+            replication.release(out)  # earlier ones it has applied go now
         if out.replies or out.replays or self.client_side.held or self.client_side.sending:
             self.client_side.flush()
 

@@ -49,6 +49,13 @@ SYSTEM_LOG_DEGRADED = "system.log_degraded"
 SYSTEM_LOG_RESUMED = "system.log_resumed"
 SYSTEM_BUSY = "system.busy"
 SYSTEM_CLIENT_PAUSED = "system.client_paused"
+# HA (balancer/member.py, replication.py): leadership and the standby.
+SYSTEM_HA_LEADING = "system.ha_leading"
+SYSTEM_HA_STEPPED_DOWN = "system.ha_stepped_down"
+SYSTEM_HA_FOLLOWING = "system.ha_following"
+SYSTEM_HA_STANDBY_DROPPED = "system.ha_standby_dropped"
+SYSTEM_HA_ALONE = "system.ha_alone"
+SYSTEM_HA_ETCD = "system.ha_etcd"
 
 # Positional argument names of each kind, for JSON output and lookups by name.
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -84,6 +91,12 @@ FIELDS: dict[str, tuple[str, ...]] = {
     SYSTEM_LOG_RESUMED: ("path", "lines_dropped"),
     SYSTEM_BUSY: ("client_id", "reason"),
     SYSTEM_CLIENT_PAUSED: ("client_id", "reason"),
+    SYSTEM_HA_LEADING: ("name", "epoch", "restored"),
+    SYSTEM_HA_STEPPED_DOWN: ("name", "epoch", "reason"),
+    SYSTEM_HA_FOLLOWING: ("standby", "records"),
+    SYSTEM_HA_STANDBY_DROPPED: ("standby", "reason"),
+    SYSTEM_HA_ALONE: ("name",),
+    SYSTEM_HA_ETCD: ("ok", "reason"),
 }
 
 LEVELS: dict[str, str] = {
@@ -104,6 +117,10 @@ LEVELS: dict[str, str] = {
     SYSTEM_LOG_DEGRADED: "ERROR",
     SYSTEM_BUSY: "WARNING",
     SYSTEM_CLIENT_PAUSED: "WARNING",
+    SYSTEM_HA_STEPPED_DOWN: "WARNING",
+    SYSTEM_HA_STANDBY_DROPPED: "ERROR",
+    SYSTEM_HA_ALONE: "WARNING",
+    SYSTEM_HA_ETCD: "WARNING",
 }
 
 
@@ -154,6 +171,12 @@ _TEMPLATES: dict[str, Any] = {
     SYSTEM_LOG_RESUMED: lambda a: f"Log file {a[0]} is written again; {a[1]} lines were dropped",
     SYSTEM_BUSY: lambda a: f"Submit of Client {a[0]} refused for now: {a[1]}",
     SYSTEM_CLIENT_PAUSED: lambda a: f"Client {a[0]} paused: {a[1]}",
+    SYSTEM_HA_LEADING: lambda a: f"Balancer {a[0]} leads with epoch {a[1]}; {a[2]} requests restored from its journal",
+    SYSTEM_HA_STEPPED_DOWN: lambda a: f"Balancer {a[0]} stopped leading (epoch {a[1]}): {a[2]}",
+    SYSTEM_HA_FOLLOWING: lambda a: f"Standby {a[0]} follows: snapshot of {a[1]} records sent",
+    SYSTEM_HA_STANDBY_DROPPED: lambda a: f"Standby {a[0]} dropped from the synchronous path: {a[1]}",
+    SYSTEM_HA_ALONE: lambda a: f"Leader {a[0]} has no standby in sync: a loss of this host would lose answered work",
+    SYSTEM_HA_ETCD: lambda a: "etcd reachable again" if a[0] else f"etcd unreachable: {a[1]}",
 }
 
 

@@ -83,8 +83,8 @@ class MsgType(IntEnum):
     REDIRECT = 24  # frontend or backend -> peer: [leader's endpoint for this peer | None, reason]
     # Replication between the members of an HA group (balancer/replication.py, balancer/standby.py).
     FOLLOW = 30  # standby -> leader's replication socket: [member name]; send me a snapshot, then the stream
-    SNAPSHOT = 31  # leader -> standby: [seq] + journal bytes: the whole state after record batch `seq`
-    RECORDS = 32  # leader -> standby: [seq] + journal bytes (empty: a keep-alive); batch `seq` of the stream
+    SNAPSHOT = 31  # leader -> standby: [seq, records] + journal bytes: the whole state after record batch `seq`
+    RECORDS = 32  # leader -> standby: [seq, records] + journal bytes (empty: a keep-alive); batch `seq`
     APPLIED = 33  # standby -> leader: [seq]; everything up to batch `seq` is written to the standby's journal
 
 
@@ -115,8 +115,8 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.DONE_BATCH: (list,),
     MsgType.REDIRECT: ((str, type(None)), str),
     MsgType.FOLLOW: (str,),
-    MsgType.SNAPSHOT: (int,),
-    MsgType.RECORDS: (int,),
+    MsgType.SNAPSHOT: (int, int),
+    MsgType.RECORDS: (int, int),
     MsgType.APPLIED: (int,),
 }
 # Messages that carry a body frame after the header.
