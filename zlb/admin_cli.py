@@ -191,13 +191,35 @@ def _journal_health(journal: dict[str, Any]) -> str:
     return f"{journal['path']}  FAILING since {since}: {journal.get('reason')}; new requests refused (busy)"
 
 
+def _ha_line(result: dict[str, Any]) -> str:
+    """Who leads, with what epoch, and how the standby is doing (an HA member's status only)."""
+    ha = result.get("ha") or {}
+    if result.get("role") == "standby":
+        replica = ha.get("replica") or {}
+        state = "caught up" if replica.get("caught_up") else "catching up"
+        return (
+            f"standby of group {ha.get('group')}, epoch {result.get('epoch')}; leader {ha.get('leader') or 'none'};"
+            f" {state}, {replica.get('records', 0)} records applied"
+        )
+    standby = ha.get("standby") or "none"
+    sync = "in sync" if ha.get("in_sync") else "NOT in sync: this leader is alone"
+    return (
+        f"leader of group {ha.get('group')}, epoch {result.get('epoch')}; standby {standby} {sync},"
+        f" lag {ha.get('lag_records', 0)} records / {ha.get('lag_ms', 0):g} ms"
+    )
+
+
 def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     """`zlb status` as (heading, text) rows."""
+    if result.get("role") == "standby":  # a standby serves no requests: who leads is what it knows
+        return [("HA", _ha_line(result)), ("Endpoints", _pairs(result.get("endpoints", {})))]
+    ha_rows = [("HA", _ha_line(result))] if "role" in result else []
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["started_at"]))
     by_priority = ", ".join(f"p{p}: {n}" for p, n in result.get("queue_by_priority", {}).items())
     rates = result.get("rates", {})
     retention = result.get("retention", {})
     return [
+        *ha_rows,
         ("Balancer", f"up {_uptime(result['uptime_s'])} (since {started})"),
         ("Endpoints", _pairs(result.get("endpoints", {}))),
         (
