@@ -119,16 +119,16 @@ class Elector(threading.Thread):
         self._leader: tuple[Any, int] | None = None  # what was last reported
         self._etcd_ok: bool | None = None
         self._resigned = False
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     # ---- the thread -------------------------------------------------------
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 self._requests()
                 try:
                     self._round()
@@ -137,7 +137,7 @@ class Elector(threading.Thread):
                     self._health(False, f"{exc.__class__.__name__}: {exc}"[:300])
                     self._client = self._lease = None
                     self._host_index = (self._host_index + 1) % len(self.ha.hosts)
-                self._stop.wait(POLL_S)
+                self._halt.wait(POLL_S)
         finally:
             self._resign_quietly()
             self.pipe.close(linger=0)
