@@ -82,7 +82,8 @@ def image() -> Iterator[str]:
         )
         assert made.returncode == 0, made.stderr[-2000:]
     tag = f"localhost/zlb-test:{uuid.uuid4().hex[:8]}"
-    build = ["build", *_limits(), "--build-arg", f"BASE={BASE}", "-t", tag, "-f", "Containerfile"]
+    # --layers=false: no intermediate image (the build stage's) is left behind.
+    build = ["build", "--layers=false", *_limits(), "--build-arg", f"BASE={BASE}", "-t", tag, "-f", "Containerfile"]
     for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):  # a mirror this machine uses, if any
         if os.environ.get(var, "").startswith("http"):
             build += ["--build-arg", f"{var}={os.environ[var]}"]
