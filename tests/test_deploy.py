@@ -427,9 +427,13 @@ def test_only_the_leader_is_ready_and_the_services_route_accordingly() -> None:
     members = find(objects, "Service", balancer["spec"]["serviceName"])
     assert members["spec"]["clusterIP"] == "None" and members["spec"]["publishNotReadyAddresses"] is True
     assert members["spec"]["selector"].items() <= labels.items()
+    # What a standby redirects peers to, and follows the leader at, is the member's own pod address.
+    pod_ip = {e["name"]: e for e in c["env"]}["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert pod_ip == "status.podIP"
+    for flag in ("--frontend", "--backend", "--replication"):
+        assert option(c["args"], flag).startswith("tcp://$(POD_IP):"), flag
     replication_port = int(option(c["args"], "--replication").rsplit(":", 1)[1])
     assert replication_port in {p["port"] for p in members["spec"]["ports"]}
-    assert f".{members['metadata']['name']}:" in option(c["args"], "--replication")
 
 
 def _default_port(role: str) -> int:
@@ -450,7 +454,8 @@ def test_ports_are_the_defaults_of_the_code() -> None:
             value = option(args, f"--{role}")
             if value is not None:
                 assert value.rsplit(":", 1)[1] == str(_default_port(role)), f"{where}: --{role} {value}"
-                assert value.split("//")[1].split(":")[0] in ("0.0.0.0", "127.0.0.1", "zlb-balancer"), where
+                host = value.split("//")[1].rsplit(":", 1)[0]
+                assert host in ("$(POD_IP)", "0.0.0.0", "127.0.0.1", "zlb-balancer"), f"{where}: --{role} {value}"
     gateway = find(objects, "Deployment", "zlb-http")
     (port_param,) = [p for p in main.commands["http"].params if p.name == "port"]
     assert option(container(gateway)["args"], "--port") == str(port_param.default)
