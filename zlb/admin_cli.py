@@ -262,13 +262,67 @@ def _log_line(log: dict[str, Any]) -> str:
     return f"{log['path']}" + (f"  DEGRADED: {problem}" if problem else "")
 
 
-@query_command("status")
-def status(result: dict[str, Any]) -> None:
+# `zlb status --check` is a container probe (docs/DEPLOY.md): it waits this long for the answer unless told
+# otherwise, and never more than MAX_CHECK_TIMEOUT_S, so the whole command ends well within a probe's
+# timeoutSeconds (a fresh `zlb` process starts in under a second).
+CHECK_TIMEOUT_S = 2.0
+MAX_CHECK_TIMEOUT_S = 5.0
+# `zlb status --check --leader` against a balancer that answers but does not lead its group (issue 21's --ha).
+EXIT_NOT_LEADER = 3
+LEADER = "leader"
+
+
+def leads(result: dict[str, Any]) -> bool:
+    """Whether a `status` reply comes from the leader; a balancer without --ha names no role and is its own."""
+    return result.get("role", LEADER) == LEADER
+
+
+@click.command()
+@endpoint_option("control")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Print nothing; exit 0 when the balancer answers, 1 when it does not within --timeout (a probe).",
+)
+@click.option(
+    "--leader",
+    is_flag=True,
+    help=f"With --check: exit {EXIT_NOT_LEADER} unless the balancer leads its --ha group (one without --ha does).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0.05, 60),
+    default=None,
+    help=f"Seconds to wait for the answer.  [default: {control_client.DEFAULT_TIMEOUT_S:g}; "
+    f"with --check {CHECK_TIMEOUT_S:g}, at most {MAX_CHECK_TIMEOUT_S:g}]",
+)
+@json_option
+def status(control: str, check: bool, leader: bool, timeout_s: float | None, as_json: bool) -> None:
     """Show uptime, totals, queue depth, rates and bad-input counters."""
+    if leader and not check:
+        raise click.UsageError("--leader goes with --check")
+    if check:
+        run_check(control, leader, CHECK_TIMEOUT_S if timeout_s is None else timeout_s)
+        return
+    result = control_call(control, "status", timeout_s=timeout_s or control_client.DEFAULT_TIMEOUT_S)
+    if as_json:
+        print_json(result)
+        return
     rows = status_lines(result)
     width = max(len(h) for h, _t in rows)
     for heading, text in rows:
         click.echo(f"{heading.ljust(width)}  {text}")
+
+
+def run_check(control: str, leader: bool, timeout_s: float) -> None:
+    """The probe: silent on success; one line on stderr and a non-zero exit otherwise."""
+    if timeout_s > MAX_CHECK_TIMEOUT_S:
+        raise click.BadParameter(f"--check waits at most {MAX_CHECK_TIMEOUT_S:g} s", param_hint="--timeout")
+    result = control_call(control, "status", timeout_s=timeout_s)
+    if leader and not leads(result):
+        click.echo(f"Error: the balancer at {control} is not the leader (role {result.get('role')!r})", err=True)
+        raise SystemExit(EXIT_NOT_LEADER)
 
 
 def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: bool) -> None:
