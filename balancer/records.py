@@ -79,7 +79,7 @@ class Node:
     pid: int
     host: str
     incarnation: int
-    expires_at: float
+    expires_at: float  # in the node table's listening time (balancer/nodes.py), not the monotonic clock
     last_seen: float
     state: NodeState = NodeState.ACTIVE
     in_flight: dict[int, Request] = field(default_factory=dict)
