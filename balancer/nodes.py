@@ -21,7 +21,9 @@ again judges its nodes by what it could have heard. A stall long enough that
 the nodes gave up on the silent balancer (their own liveness) also leaves them
 sitting out a reconnect back-off (at most RECONNECT_BACKOFF_MAX_S, and no
 longer than the stall): nobody is declared dead before that back-off and a
-deadline have passed after the stall.
+deadline have passed after the stall. The work of a node declared dead is
+remembered by ticket (`ghosts`) for when it comes back holding it: that death
+was false (see Scheduler.hello).
 
 Methods that take work away from a node return the lost requests; the
 scheduler re-queues them. Events go to the shared outbox.
@@ -45,6 +47,8 @@ _ACTIVE = NodeState.ACTIVE
 MISSES_TO_LOSE = 3
 # Routes of replaced incarnations remembered to answer FENCED; the oldest are forgotten.
 MAX_FENCED = 4096
+# Tickets of nodes declared dead remembered for their return (`ghosts`); the oldest nodes' are forgotten.
+MAX_GHOST_TICKETS = 65_536
 
 
 class Joined(Enum):
@@ -85,6 +89,9 @@ class NodeTable:
         self._gave_up_after = max(heartbeat_s, self.deadline_s - heartbeat_s)
         # Listening time before which no node is judged: the back-off nodes may sit out after such a stall.
         self._judge_from = 0.0
+        # Routes of nodes declared dead -> {ticket: (client_id, request_id)} of the work they held then.
+        self.ghosts: OrderedDict[Any, dict[int, tuple[int, int]]] = OrderedDict()
+        self._ghost_tickets = 0
         self.nodes: dict[int, Node] = {}
         self.routes: dict[Any, Node] = {}
         self.fenced: OrderedDict[Any, str] = OrderedDict()
@@ -258,7 +265,29 @@ class NodeTable:
         if heard < self._judge_from:
             return []
         dead = [n for n in self.routes.values() if n.expires_at < heard]
-        return [(node, self.drop(node, ev.NODE_DEAD, now - node.last_seen)) for node in dead]
+        out = []
+        for node in dead:
+            if node.in_flight:
+                self._haunt(node)
+            out.append((node, self.drop(node, ev.NODE_DEAD, now - node.last_seen)))
+        return out
+
+    def _haunt(self, node: Node) -> None:
+        """Remember what a node held as it was declared dead, for when it comes back holding it."""
+        tickets = {t: (req.client_id, req.request_id) for t, req in node.in_flight.items()}
+        old = self.ghosts.pop(node.route, None)
+        self._ghost_tickets += len(tickets) - (len(old) if old else 0)
+        self.ghosts[node.route] = tickets
+        while self._ghost_tickets > MAX_GHOST_TICKETS and self.ghosts:
+            self._ghost_tickets -= len(self.ghosts.popitem(last=False)[1])
+
+    def take_ghosts(self, route: Any) -> dict[int, tuple[int, int]]:
+        """The tickets the node on this route held when it was declared dead ({} if none); forgotten now."""
+        tickets = self.ghosts.pop(route, None)
+        if tickets is None:
+            return {}
+        self._ghost_tickets -= len(tickets)
+        return tickets
 
     def drop(self, node: Node, kind: str, *details: Any) -> list[Request]:
         """Take a node out of service for good; return its work."""

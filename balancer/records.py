@@ -24,7 +24,7 @@ EARLIER = 3  # (EARLIER, client_id, request_id, status, payload_digest | None)
 COUNTERS = (
     "submitted", "processed", "failed", "requeued", "rejected", "duplicates", "replays", "conflicts",
     "late_results", "clients_refused", "nodes_refused", "lost_in_transit", "undeliverable", "busy",
-    "answered_expired",
+    "answered_expired", "reclaimed",
 )  # fmt: skip
 
 

@@ -1,12 +1,16 @@
 """A paused balancer does not blame its nodes (issue 21), the pure part: node deadlines run on the time
-the loop could listen, and a stall that made the nodes give up leaves them their back-off
-(balancer/nodes.py). The real processes are in tests/reliability/test_balancer_pause.py."""
+the loop could listen, a stall that made the nodes give up leaves them their back-off, and a node
+declared dead that comes back holding its work keeps it, no attempt counted (balancer/nodes.py,
+Scheduler.hello). The real processes are in tests/reliability/test_balancer_pause.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from balancer import nodes as nodes_module
+from balancer.records import Request
 from balancer.scheduler import Scheduler
+from balancer.waiting import WaitingQueue
 from wire import events as ev
 from wire.protocol import RECONNECT_BACKOFF_MAX_S
 
@@ -90,3 +94,131 @@ def test_a_node_id_held_through_a_stall_is_not_taken_over_before_its_holder_was_
     with pytest.raises(Exception, match="in use"):
         sched.hello(b"other", 0, 1, 999, "host", 6.0, incarnation=7)
     assert sched.hello(b"other", 0, 1, 999, "host", 5.0 + RECONNECT_BACKOFF_MAX_S + 0.6, incarnation=7).pid == 999
+
+
+# ---- a false death ---------------------------------------------------------------
+
+
+def dispatch_to(sched: Scheduler, count: int) -> dict[int, int]:
+    """Submit and dispatch `count` requests (ids 1..count); their tickets by request id."""
+    for rid in range(1, count + 1):
+        sched.submit(0, rid, 5, b"c", b"payload")
+    return {req.request_id: ticket for _node, ticket, req in sched.dispatch()}
+
+
+def test_a_node_declared_dead_that_comes_back_holding_its_work_keeps_it_and_it_runs_once():
+    sched = joined(1.0, 3)
+    tickets = dispatch_to(sched, 2)
+    assert dead_ids(sched, 10.0) == [0]
+    assert sched.waiting == 2  # re-queued: no other node to take them
+    sched.hello(b"n0", 0, 2, 100, "host", 10.5, held=sorted(tickets.values()))
+    node = sched.nodes[0]
+    assert sorted(node.in_flight) == sorted(tickets.values())
+    assert sched.waiting == 0 and sched.dispatch() == []  # nothing to run again
+    assert [sched.get(0, rid).status for rid in (1, 2)] == ["assigned"] * 2
+    assert [sched.get(0, rid).attempts for rid in (1, 2)] == [1, 1]
+    assert sched.counters["reclaimed"] == 2
+    assert (ev.NODE_RETURNED, 0, 2, 0) in sched.events
+    req = sched.complete(b"n0", tickets[1], True, b"done", 11.0)
+    assert req is not None and req.status == "processed" and req.attempts == 1
+
+
+def test_false_deaths_and_returns_never_bring_a_request_nearer_to_giving_up():
+    """Declared dead and back with the same work five times, with max_attempts 3: the request finishes on
+    its first attempt. (Before, the third death failed it: "gave up after 3 attempts".)"""
+    sched = joined(1.0, 3, max_attempts=3)
+    (ticket,) = dispatch_to(sched, 1).values()
+    now = 0.0
+    for _ in range(5):
+        now += 10.0
+        assert dead_ids(sched, now) == [0]
+        sched.hello(b"n0", 0, 2, 100, "host", now, held=[ticket])
+        assert sched.get(0, 1).status == "assigned" and sched.get(0, 1).attempts == 1
+    req = sched.complete(b"n0", ticket, True, b"done", now + 0.5)
+    assert req.status == "processed" and req.attempts == 1
+    assert sched.counters["failed"] == 0
+
+
+def test_work_already_given_to_another_node_runs_there_but_the_false_death_is_not_an_attempt():
+    """The request went to node 1 before node 0 came back: it runs on both (node 0's result will be late),
+    and the false death does not count: node 1 dying for real then re-queues it instead of failing it."""
+    sched = joined(1.0, 3, max_attempts=2)
+    (ticket,) = dispatch_to(sched, 1).values()
+    sched.hello(b"n1", 1, 2, 101, "host", 9.0)
+    assert dead_ids(sched, 10.0) == [0]
+    ((node, _t, req),) = sched.dispatch()
+    assert node.node_id == 1 and req.attempts == 2
+    sched.hello(b"n0", 0, 2, 100, "host", 10.5, held=[ticket])
+    assert req.attempts == 1 and sched.nodes[0].in_flight == {}
+    assert (ev.NODE_RETURNED, 0, 0, 1) in sched.events
+    assert sched.counters["reclaimed"] == 0
+    sched.heartbeat(b"n0", 0, 0, 20.0)
+    assert dead_ids(sched, 20.0) == [1]  # a real death now
+    assert req.status == "pending"  # re-queued, not "gave up after 2 attempts"
+    assert sched.complete(b"n0", ticket, True, b"late", 20.0) is None  # node 0's old ticket: late
+
+
+def test_another_process_under_the_same_id_does_not_get_the_dead_ones_work():
+    sched = joined(1.0, 3)
+    (ticket,) = dispatch_to(sched, 1).values()
+    assert dead_ids(sched, 10.0) == [0]
+    sched.hello(b"someone-else", 0, 2, 555, "host", 10.5, incarnation=9, held=[ticket])
+    assert sched.nodes[0].in_flight == {} and sched.waiting == 1
+    assert sched.counters["reclaimed"] == 0
+
+
+def test_a_finished_request_stays_finished_when_its_old_node_comes_back():
+    sched = joined(1.0, 3)
+    (ticket,) = dispatch_to(sched, 1).values()
+    sched.hello(b"n1", 1, 2, 101, "host", 9.0)
+    assert dead_ids(sched, 10.0) == [0]
+    ((node, moved, req),) = sched.dispatch()
+    sched.complete(node.route, moved, True, b"done", 10.2)
+    sched.hello(b"n0", 0, 2, 100, "host", 10.5, held=[ticket])
+    assert req.status == "processed" and req.attempts == 2
+    assert sched.nodes[0].in_flight == {} and sched.counters["reclaimed"] == 0
+
+
+def test_the_tickets_remembered_for_dead_nodes_are_bounded(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(nodes_module, "MAX_GHOST_TICKETS", 3)
+    sched = Scheduler(heartbeat_s=1.0, liveness=3)
+    for node_id in range(3):
+        sched.hello(f"n{node_id}".encode(), node_id, 2, 100, "host", 0.0)
+    dispatch_to(sched, 6)
+    assert len(dead_ids(sched, 10.0)) == 3
+    assert sum(map(len, sched.table.ghosts.values())) <= 3
+
+
+# ---- taking re-queued requests back out of the queue ------------------------------
+
+
+def request(rid: int, priority: int = 5, client_id: int = 0) -> Request:
+    return Request(client_id, rid, priority, None, b"r", b"")
+
+
+def test_take_back_removes_only_the_named_re_queued_requests_and_keeps_the_order_of_the_rest():
+    queue = WaitingQueue()
+    retried = [request(rid, priority=rid % 2) for rid in range(6)]
+    for arrival, req in enumerate(retried):
+        queue.push_retry(req, arrival)
+    fresh = request(99)
+    queue.push_fresh(fresh)
+    found = queue.take_back({retried[1], retried[4], fresh})
+    assert found == {retried[1], retried[4]}  # a fresh request is never taken back
+    assert queue.count == 5
+    order = [queue.pop() for _ in range(5)]
+    assert order == [retried[0], retried[2], retried[3], retried[5], fresh]
+    assert queue.pop() is None and queue.count == 0
+
+
+def test_take_back_finds_a_paused_clients_set_aside_requests():
+    queue = WaitingQueue()
+    mine, other = request(1, client_id=7), request(2, client_id=8)
+    queue.push_retry(mine, 0)
+    queue.push_retry(other, 1)
+    queue.pause(7)
+    assert queue.pop() is other and queue.parked == 1  # set aside on its turn
+    assert queue.take_back({mine}) == {mine}
+    assert queue.parked == 0 and queue.count == 0
+    queue.resume(7)
+    assert queue.pop() is None

@@ -169,3 +169,35 @@ def test_a_balancer_stopped_4_s_while_its_nodes_hold_work_runs_none_of_it_twice(
     assert executions(log) == {(3, rid): 1 for rid in (p.request_id for p in pending)}
     assert balancer.call("status")["requests"]["requeued"] == 0
 
+
+@pytest.mark.timeout(120)
+def test_a_node_declared_dead_that_comes_back_holding_its_work_keeps_it_and_runs_it_once(
+    procs: ProcessGroup, endpoints: Endpoints, tmp_path: Path
+):
+    """A false death on the node's side: stopped past its deadline while holding work, the only node is
+    declared dead and its work re-queued; continued, it says HELLO listing that work, and keeps it."""
+    balancer = start_balancer(procs, endpoints, HEARTBEAT_MS, liveness=LIVENESS)
+    log = str(tmp_path / "runs.log")
+    node = balancer.start_server(0, "--capacity", "2", handler="gated_counting", env={"ZLB_TEST_EXEC_LOG": log})
+    balancer.wait_servers_active({0})
+    gate = tmp_path / "gate"
+    with Client(endpoints.frontend, client_id=5, retry_s=2.0) as client:
+        pending = [client.submit(gate_payload(str(gate), i)) for i in range(2)]
+        wait_until(lambda: client.pump(0) >= 0 and balancer.servers()[0]["in_flight"] == 2, 20, "the node holding both")
+        os.kill(node.pid, signal.SIGSTOP)
+        try:
+            balancer.wait_dead(0)
+        finally:
+            os.kill(node.pid, signal.SIGCONT)
+        wait_until(lambda: client.pump(0) >= 0 and balancer.call("status")["requests"]["reclaimed"] == 2, 20, "reclaim")
+        assert balancer.servers()[0]["in_flight"] == 2
+        gate.touch()
+        results = [p.result(timeout=scaled(20)) for p in pending]
+    assert [(r.status, r.attempts, r.server_id) for r in results] == [("processed", 1, 0)] * 2
+    assert executions(log) == {(5, p.request_id): 1 for p in pending}
+    assert [e["kind"] for e in balancer.call("logs", format="events") if e["kind"].startswith("node.")] == [
+        "node.joined",
+        "node.dead",
+        "node.joined",
+        "node.returned",
+    ]
