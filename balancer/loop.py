@@ -60,6 +60,10 @@ PUBLISH_INTERVAL_S = 0.01
 PUBLISH_MAX_EVENTS = 4096
 # `zlb status` reports the longest loop iteration over this window (loop_max_ms), for stall probes.
 LOOP_WINDOW_S = 10.0
+# A poll that returns this much later than planned was a stall: the time counts against no node.
+LATE_S = 0.001
+# Before declaring a node dead, the loop reads what waits on its sockets: at most this many passes.
+EXPIRY_DRAIN_PASSES = 8
 
 # Container allocations between gen-0 collections (CPython's default is 700); see _tune_gc.
 GC_GEN0_THRESHOLD = 50_000
@@ -286,7 +290,8 @@ class Balancer:
         self.sched.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
         next_tick = next_expiry = time.monotonic() + self.heartbeat_s
         next_publish = 0.0
-        graced = False
+        nodes = self.sched.table
+        long_s = self._expiry_check_s  # an iteration longer than this kept the loop from listening
         poll = self.poller.poll
         readers = self._readers
         control = self.control_side
@@ -302,6 +307,9 @@ class Balancer:
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
             woke = time.monotonic()
+            late_s = woke - now - timeout_ms / 1000
+            if late_s > LATE_S:  # woken after it planned (stopped, starved): no node's silence counts for it
+                nodes.excuse(late_s, woke)
             # Woken from idle, one message per socket, then the flush: what woke the loop is
             # answered first (wire/sockets.SLEPT_S).
             limit = 1 if woke - now >= SLEPT_S else DRAIN_BATCH
@@ -314,16 +322,20 @@ class Balancer:
                 self._step_down(now)
                 return
             if now >= next_expiry:
-                if now - next_expiry > self.heartbeat_s and not graced:
-                    # The loop itself was away (SIGSTOP, a stalled host) for more than a beat: the nodes'
-                    # heartbeats of that time still wait in the kernel and in libzmq's pipes. One interval
-                    # to read them before anyone is judged silent; once, so a loop always late still judges.
-                    graced = True
-                else:
-                    graced = False
+                if nodes.overdue(now):
+                    # Before anyone is declared dead, what already waits on the sockets is read (heartbeats
+                    # the loop was too late or too busy to take are signs of life); node deadlines ran on the
+                    # time the loop could listen (balancer/nodes.py).
+                    for _pass in range(EXPIRY_DRAIN_PASSES):
+                        waiting = poll(0)
+                        for sock, _ in waiting:
+                            readers[sock](now, DRAIN_BATCH)
+                        if not waiting:
+                            break
+                    now = time.monotonic()
                     self.sched.expire(now)
                 self.sched.expire_finished(now)  # a slice: a burst of results goes over several checks
-                next_expiry = now + (self.heartbeat_s if graced else self._expiry_check_s)
+                next_expiry = now + self._expiry_check_s
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + self.heartbeat_s
@@ -335,6 +347,8 @@ class Balancer:
             busy_s = time.monotonic() - woke  # poll wait excluded: the stall a probe sees
             if busy_s > times.longest_s:
                 times.longest_s = busy_s
+            if busy_s > long_s:
+                nodes.excuse(busy_s - long_s, woke + busy_s)
         self._say_goodbye()
 
     def _step_down(self, now: float) -> None:

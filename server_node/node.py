@@ -358,7 +358,13 @@ class ServerNode:
 
     def _send_done(self) -> None:
         """Send the iteration's results as DONE_BATCH. A ticket stops being held either way: one
-        whose DONE could not leave is missing from the next heartbeat, and the balancer re-queues it."""
+        whose DONE could not leave is missing from the next heartbeat, and the balancer re-queues it.
+
+        With no connection at all (sitting out a back-off after the balancer went silent: stopped,
+        stalled, restarting) the results wait, their tickets still held, and leave right after the
+        next HELLO, which lists them: dropped, each would run again elsewhere."""
+        if self.sock is None:
+            return
         done, self._done = self._done, []
         for batch in [done] if len(done) == 1 else batches(done, payload_size):  # one: batch_frames sees if big
             self._send(*p.batch_frames(_DONE_BATCH, _DONE, batch))

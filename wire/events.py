@@ -35,6 +35,7 @@ NODE_REPLACED = "node.replaced"
 NODE_RESYNCED = "node.resynced"
 NODE_REFUSED = "node.refused"
 NODE_KEPT_OUT = "node.kept_out"
+NODE_RETURNED = "node.returned"
 SYSTEM_STARTED = "system.started"
 SYSTEM_CONFIGURED = "system.configured"
 SYSTEM_BAD_INPUT = "system.bad_input"
@@ -77,6 +78,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     NODE_RESYNCED: ("server_id", "requeued"),
     NODE_REFUSED: ("server_id", "reason"),
     NODE_KEPT_OUT: ("server_id", "state"),
+    NODE_RETURNED: ("server_id", "kept", "elsewhere"),
     SYSTEM_STARTED: ("frontend", "backend", "events", "control"),
     SYSTEM_CONFIGURED: ("servers", "clients"),
     SYSTEM_BAD_INPUT: ("socket", "kind", "detail", "count"),
@@ -111,6 +113,7 @@ LEVELS: dict[str, str] = {
     NODE_RESYNCED: "WARNING",
     NODE_REFUSED: "WARNING",
     NODE_KEPT_OUT: "WARNING",
+    NODE_RETURNED: "WARNING",
     SYSTEM_CLIENT_REFUSED: "WARNING",
     SYSTEM_JOURNAL_DAMAGED: "ERROR",
     SYSTEM_JOURNAL_FAILED: "ERROR",
@@ -149,6 +152,10 @@ _TEMPLATES: dict[str, Any] = {
     NODE_RESYNCED: lambda a: f"⚠️ Server {a[0]} resynced; {a[1]} requests lost on the way re-queued",
     NODE_REFUSED: lambda a: f"⚠️ A second Server {a[0]} was refused: {a[1]}",
     NODE_KEPT_OUT: lambda a: f"Server {a[0]} rejoined and stays {a[1]}: an admin's choice holds until zlb up {a[0]}",
+    NODE_RETURNED: lambda a: (
+        f"⚠️ Server {a[0]} came back holding work it was declared dead with: {a[1]} requests stay with it,"
+        f" {a[2]} run elsewhere too (that death not counted as an attempt)"
+    ),
     SYSTEM_STARTED: lambda a: f"Balancer started (frontend {a[0]}, backend {a[1]}, events {a[2]}, control {a[3]})",
     SYSTEM_CONFIGURED: lambda a: f"System configured with {a[0]} servers and {a[1]} clients.",
     SYSTEM_BAD_INPUT: lambda a: f"Dropped bad message on {a[0]}: {a[1]} ({a[2]}); {a[3]} so far",
