@@ -211,3 +211,20 @@ def test_the_gateway_follows_the_leader_end_to_end(
         while (line := pushed.readline()) != b"event: log\n":  # its events, heard over the list
             assert line, "the event stream ended"
     assert "configure" in standby.asked  # the standby refused it, naming the leader, which took it
+
+
+def test_a_leaders_status_has_an_ha_row():
+    """`zlb status` of an HA leader: which member, its epoch, its standby or that it is alone, and etcd."""
+    from zlb.admin_cli import status_lines
+
+    base = {"started_at": 0, "uptime_s": 5, "servers": 0, "servers_active": 0, "servers_by_state": {}}
+    base.update(queue_depth=0, in_flight=0)
+    ha = {"name": "a", "group": "g", "etcd_ok": True, "standby": "b", "alone": False, "lag_records": 2}
+    rows = dict(status_lines({**base, "role": "leader", "epoch": 9, "ha": ha}, "tcp://a:5558"))
+    assert rows["HA"].startswith("leader a of group g, reached at tcp://a:5558, epoch 9; standby b in sync; lag 2")
+    assert rows["HA"].endswith("; etcd ok")
+    alone = {**ha, "standby": None, "alone": True, "etcd_ok": False, "etcd_problem": "ConnectionError: refused"}
+    rows = dict(status_lines({**base, "role": "leader", "epoch": 9, "ha": alone}))
+    assert "ALONE: no standby in sync" in rows["HA"]
+    assert rows["HA"].endswith("etcd UNREACHABLE: ConnectionError: refused")
+    assert "HA" not in dict(status_lines(base))  # a balancer without --ha shows what it always showed
