@@ -18,9 +18,16 @@ from wire.protocol import STATUSES
 
 
 def control_call(control: str, cmd: str, **args: Any) -> Any:
-    """One control command; a clean one-line error when it fails."""
+    """One control command; a clean one-line error when it fails. `control` may list an HA group's members."""
+    return control_reach(control, cmd, **args)[1]
+
+
+def control_reach(control: str, cmd: str, **args: Any) -> tuple[str, Any]:
+    """As control_call, with the member that answered: (its control endpoint, the result)."""
     try:
-        return control_client.call(control, cmd, **args)
+        return control_client.reach(control, cmd, **args)
+    except control_client.NoLeader as exc:
+        raise click.ClickException(f"{exc} (no member of the group at {control} leads now; try again)") from None
     except control_client.BalancerUnreachable as exc:
         raise click.ClickException(f"{exc} (is it running? set --control or ZLB_CONTROL)") from None
     except control_client.ControlError as exc:
@@ -191,36 +198,18 @@ def _journal_health(journal: dict[str, Any]) -> str:
     return f"{journal['path']}  FAILING since {since}: {journal.get('reason')}; new requests refused (busy)"
 
 
-def _ha_line(result: dict[str, Any]) -> str:
-    """Who leads, with what epoch, and how the standby is doing (an HA member's status only)."""
-    ha = result.get("ha") or {}
+def status_lines(result: dict[str, Any], reached: str = "") -> list[tuple[str, str]]:
+    """`zlb status` as (heading, text) rows; `reached`: the control endpoint that answered."""
     if result.get("role") == "standby":
-        replica = ha.get("replica") or {}
-        state = "caught up" if replica.get("caught_up") else "catching up"
-        return (
-            f"standby of group {ha.get('group')}, epoch {result.get('epoch')}; leader {ha.get('leader') or 'none'};"
-            f" {state}, {replica.get('records', 0)} records applied"
-        )
-    standby = ha.get("standby") or "none"
-    sync = "in sync" if ha.get("in_sync") else "NOT in sync: this leader is alone"
-    return (
-        f"leader of group {ha.get('group')}, epoch {result.get('epoch')}; standby {standby} {sync},"
-        f" lag {ha.get('lag_records', 0)} records / {ha.get('lag_ms', 0):g} ms"
-    )
-
-
-def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """`zlb status` as (heading, text) rows."""
-    if result.get("role") == "standby":  # a standby serves no requests: who leads is what it knows
-        return [("HA", _ha_line(result)), ("Endpoints", _pairs(result.get("endpoints", {})))]
-    ha_rows = [("HA", _ha_line(result))] if "role" in result else []
+        return standby_lines(result, reached)
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["started_at"]))
     by_priority = ", ".join(f"p{p}: {n}" for p, n in result.get("queue_by_priority", {}).items())
     rates = result.get("rates", {})
     retention = result.get("retention", {})
+    ha = [("HA", _leader_line(result, reached))] if result.get("role") == "leader" else []
     return [
-        *ha_rows,
         ("Balancer", f"up {_uptime(result['uptime_s'])} (since {started})"),
+        *ha,
         ("Endpoints", _pairs(result.get("endpoints", {}))),
         (
             "Servers",
@@ -238,6 +227,56 @@ def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
         *_counter_rows(result.get("counters", {}), result.get("journal")),
         ("Log", _log_line(result.get("log", {}))),
         ("Retention", _retention_line(retention)),
+    ]
+
+
+def _member(ha: dict[str, Any], reached: str) -> str:
+    where = f", reached at {reached}" if reached else ""
+    return f"{ha.get('name')} of group {ha.get('group')}{where}"
+
+
+def _etcd(ha: dict[str, Any]) -> str:
+    if ha.get("etcd_ok") is None:
+        return "etcd not heard yet"
+    return "etcd ok" if ha.get("etcd_ok") else f"etcd UNREACHABLE: {ha.get('etcd_problem')}"
+
+
+def _leader_line(result: dict[str, Any], reached: str) -> str:
+    """A leader's HA row: who, its epoch, its standby (or that it goes on alone) and etcd."""
+    ha = result.get("ha") or {}
+    if ha.get("alone", True):
+        standby = "ALONE: no standby in sync (losing this host would lose answered work)"
+    else:
+        standby = f"standby {ha.get('standby')} in sync"
+    lag = f"lag {ha.get('lag_records', 0)} records / {ha.get('lag_ms', 0):g} ms"
+    lag += f", {ha.get('held_answers', 0)} answers held"
+    return f"leader {_member(ha, reached)}, epoch {result.get('epoch')}; {standby}; {lag}; {_etcd(ha)}"
+
+
+def standby_lines(result: dict[str, Any], reached: str = "") -> list[tuple[str, str]]:
+    """`zlb status` of a standby (no leader answered): whom it follows and how far it got."""
+    ha = result.get("ha") or {}
+    replica = ha.get("replica") or {}
+    leader = ha.get("leader")
+    control = (ha.get("leader_endpoints") or {}).get("control")
+    if leader:
+        leads = f"{leader}, epoch {result.get('epoch')}, control {control} (it did not answer)"
+    else:
+        leads = "none elected yet"
+    heard = replica.get("heard_ms_ago")
+    follows = (
+        f"{replica.get('following')}: applied batch {replica.get('applied_seq')}, {replica.get('records')} records,"
+        f" {'caught up' if replica.get('caught_up') else 'NOT caught up'}, heard {heard} ms ago,"
+        f" {replica.get('snapshots')} snapshots"
+        if replica.get("following")
+        else "no one"
+    )
+    return [
+        ("Balancer", f"standby {_member(ha, reached)}, up {_uptime(result.get('uptime_s', 0))}; {_etcd(ha)}"),
+        ("Leader", leads),
+        ("Follows", follows),
+        ("Redirected", f"{ha.get('redirected', 0)} clients' and nodes' messages sent to the leader"),
+        ("Endpoints", _pairs(result.get("endpoints", {}))),
     ]
 
 
@@ -299,20 +338,21 @@ def leads(result: dict[str, Any]) -> bool:
 )
 @json_option
 def status(control: str, check: bool, leader: bool, timeout_s: float | None, as_json: bool) -> None:
-    """Show uptime, totals, queue depth, rates and bad-input counters."""
+    """Show uptime, totals, queue depth, rates and bad-input counters (of the HA group's leader, when one answers)."""
     if leader and not check:
         raise click.UsageError("--leader goes with --check")
     if check:
         run_check(control, leader, CHECK_TIMEOUT_S if timeout_s is None else timeout_s)
         return
-    result = control_call(control, "status", timeout_s=timeout_s or control_client.DEFAULT_TIMEOUT_S)
+    reached, result = control_reach(control, "status", timeout_s=timeout_s or control_client.DEFAULT_TIMEOUT_S)
     if as_json:
         print_json(result)
         return
-    rows = status_lines(result)
+    rows = status_lines(result, reached if result.get("role") else "")  # an HA member: say which one answered
     width = max(len(h) for h, _t in rows)
     for heading, text in rows:
         click.echo(f"{heading.ljust(width)}  {text}")
+    return None
 
 
 def run_check(control: str, leader: bool, timeout_s: float) -> None:
