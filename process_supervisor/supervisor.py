@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
+from process_supervisor.parent_watch import SUPERVISOR_PID_ENV
 from wire import control_client
 
 STOP_TIMEOUT_S = 5.0
@@ -50,7 +51,9 @@ class Supervisor:
         if keep_stderr:
             self._close_stderr(name)
             err = self._stderr[name] = tempfile.TemporaryFile()
-        proc = subprocess.Popen(zlb_argv(*args), env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        # The child ends if this process dies without stopping it (process_supervisor/parent_watch.py).
+        env = {**self.env, SUPERVISOR_PID_ENV: str(os.getpid())}
+        proc = subprocess.Popen(zlb_argv(*args), env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         return proc
 
