@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ProcessGroup, scaled, wait_until
+from tests.harness import LiveBalancer, ProcessGroup, scaled, wait_until
 
 # The installed `zlb` script, not `python -m zlb`: `-m` puts the working directory on sys.path by itself.
 ZLB_SCRIPT = str(Path(sys.executable).with_name("zlb"))
@@ -61,3 +62,30 @@ def test_cluster_killed_with_sigkill_takes_its_children_with_it(procs: ProcessGr
     killed_at = time.monotonic()
     wait_until(lambda: not any(alive(pid) for pid in strays), 5, "every child of the killed cluster to end")
     assert time.monotonic() - killed_at < scaled(5)
+
+
+WORK_MODULE = """
+import json
+
+from server_node.handlers import Work
+
+
+def handle(work: Work) -> dict:
+    return {"sum": sum(json.loads(work.payload)["payload"]["numbers"])}
+"""
+
+
+@pytest.mark.timeout(60)
+def test_handler_module_is_found_in_the_working_directory(balancer: LiveBalancer, procs: ProcessGroup):
+    """The README's `zlb server --handler mypkg.work:handle`, run by the installed script beside mypkg/, serves."""
+    package = procs.workdir / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "work.py").write_text(WORK_MODULE, encoding="utf-8")
+    args = ["server", "--id", "5", "--handler", "mypkg.work:handle", "--heartbeat-ms", "100", "--liveness", "50"]
+    procs.start("mypkg-server", *args, extra_env={"PYTHONPATH": ""}, command=[ZLB_SCRIPT])
+    balancer.wait_servers_active({5})
+    payload = json.dumps({"numbers": [1, 2, 3]})
+    sent = procs.run("send", "--client-id", "0", "--request-id", "1", "--payload", payload, "--json")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["result"] == {"sum": 6}
