@@ -21,6 +21,7 @@ from client_node.client import (
     Result,
     json_payload,
 )
+from wire.handshake import curve_trouble
 from wire.options import endpoint_option, shown_option
 
 
@@ -90,9 +91,15 @@ def run_session(frontend: str, client_id: int, retry_s: float, work: Callable[[C
         with Client(frontend, client_id, retry_s=retry_s, connect_timeout_s=CONNECT_TIMEOUT_S) as c:
             c.on_busy = BusyNotice()
             bad = work(c)
-    except (ClientIdInUse, BalancerUnreachable) as exc:
+    except ClientIdInUse as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(2 if isinstance(exc, ClientIdInUse) else 1)
+        sys.exit(2)
+    except BalancerUnreachable as exc:
+        # Silence is all a curve mismatch shows on the client's socket: a second connection tells why.
+        trouble = curve_trouble(frontend)
+        said = f"no answer from the balancer at {frontend}: {trouble}" if trouble else str(exc)
+        click.echo(f"Error: {said}", err=True)
+        sys.exit(1)
     sys.exit(1 if bad else 0)
 
 

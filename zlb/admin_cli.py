@@ -13,6 +13,7 @@ from monitor.plain import LOG_TOPICS
 from monitor.stream import EventStream
 from wire import control_client
 from wire import events as ev
+from wire.handshake import curve_trouble
 from wire.options import endpoint_option, json_option
 from wire.protocol import STATUSES
 
@@ -22,6 +23,9 @@ def control_call(control: str, cmd: str, **args: Any) -> Any:
     try:
         return control_client.call(control, cmd, **args)
     except control_client.BalancerUnreachable as exc:
+        trouble = curve_trouble(control)
+        if trouble:
+            raise click.ClickException(f"no answer from the balancer at {control}: {trouble}") from None
         raise click.ClickException(f"{exc} (is it running? set --control or ZLB_CONTROL)") from None
     except control_client.ControlError as exc:
         raise click.ClickException(str(exc)) from None

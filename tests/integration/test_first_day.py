@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LiveBalancer, ProcessGroup, scaled, wait_until
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, wait_until
+from wire import security
 
 # The installed `zlb` script, not `python -m zlb`: `-m` puts the working directory on sys.path by itself.
 ZLB_SCRIPT = str(Path(sys.executable).with_name("zlb"))
@@ -89,3 +91,37 @@ def test_handler_module_is_found_in_the_working_directory(balancer: LiveBalancer
     sent = procs.run("send", "--client-id", "0", "--request-id", "1", "--payload", payload, "--json")
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["result"] == {"sum": 6}
+
+
+@pytest.mark.timeout(60)
+def test_a_curve_mismatch_names_itself_on_both_sides(
+    procs: ProcessGroup, endpoints: Endpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`zlb send` without keys (or with a key not allowed) against a curve balancer exits non-zero within 10 s
+    naming curve keys; the balancer says on stderr that it refused a keyless peer (before: silence on both)."""
+    for name in ("balancer", "client", "stranger"):
+        security.generate_keys(str(tmp_path / "keys"), name)
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    shutil.copy(tmp_path / "keys" / "client.key", allow)
+    monkeypatch.setenv("ZLB_CURVE_SECRET", str(tmp_path / "keys" / "client.key_secret"))  # the test's own calls
+    monkeypatch.setenv("ZLB_SERVER_KEY", str(tmp_path / "keys" / "balancer.key"))
+    balancer = start_balancer(
+        procs, endpoints, 100, "--curve-secret", str(tmp_path / "keys" / "balancer.key_secret"), "--allow", str(allow)
+    )
+    no_keys = {"ZLB_CURVE_SECRET": "", "ZLB_SERVER_KEY": ""}
+    stranger = {
+        "ZLB_CURVE_SECRET": str(tmp_path / "keys" / "stranger.key_secret"),
+        "ZLB_SERVER_KEY": str(tmp_path / "keys" / "balancer.key"),
+    }
+    started = time.monotonic()
+    keyless = procs.start("keyless", "send", "--client-id", "0", "--request-id", "1", extra_env=no_keys)
+    unknown = procs.start("stranger", "send", "--client-id", "1", "--request-id", "1", extra_env=stranger)
+    assert keyless.wait(15) != 0
+    assert time.monotonic() - started < scaled(10)
+    assert "requires curve keys and this process has none: set --curve-secret and --server-key" in keyless.stderr()
+    assert unknown.wait(15) != 0
+    assert "refused this process's curve key: its public key must be in the balancer's --allow" in unknown.stderr()
+    # Whichever side reads the other's greeting first hangs up, so the balancer sees one of two events.
+    told = ("refused a peer on the frontend: it connected without curve keys", "a peer without curve keys")
+    wait_until(lambda: any(line in balancer.proc.stderr() for line in told), 5, "the balancer's stderr line")
