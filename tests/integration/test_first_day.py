@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, wait_until
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, timeout_arg, wait_until
 from wire import security
 
 # The installed `zlb` script, not `python -m zlb`: `-m` puts the working directory on sys.path by itself.
@@ -125,3 +125,21 @@ def test_a_curve_mismatch_names_itself_on_both_sides(
     # Whichever side reads the other's greeting first hangs up, so the balancer sees one of two events.
     told = ("refused a peer on the frontend: it connected without curve keys", "a peer without curve keys")
     wait_until(lambda: any(line in balancer.proc.stderr() for line in told), 5, "the balancer's stderr line")
+
+
+@pytest.mark.timeout(60)
+def test_send_with_every_node_drained_says_so_and_gives_up_at_its_timeout(balancer: LiveBalancer, procs: ProcessGroup):
+    """`zlb send` while every node is drained says so on stderr within 5 s, naming the drain, and exits 1 at
+    its --timeout (before: silence, for ever)."""
+    balancer.start_server(0)
+    balancer.wait_servers_active({0})
+    balancer.call("drain", server_id=0)
+    started = time.monotonic()
+    timeout = timeout_arg(5)
+    sent = procs.start("send", "send", "--client-id", "0", "--request-id", "1", "--timeout", timeout)
+    said = "no live server can take the 1 waiting request(s): every server is draining (servers 0)"
+    wait_until(lambda: said in sent.stderr(), 5, "the stall notice")
+    assert time.monotonic() - started < scaled(5)
+    assert sent.wait(15) == 1
+    assert f"timed out after {timeout} s; 1 unanswered: 1" in sent.stderr()
+    assert sent.stderr().count("no live server") == 1, "said once while the reason stays the same"
