@@ -8,6 +8,7 @@ replies, never silence.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -291,7 +292,8 @@ def cmd_snapshot(state: BalancerState, args: dict[str, Any], now: float) -> Any:
 
 
 def cmd_ping(state: BalancerState, args: dict[str, Any], now: float) -> Any:
-    return {"pong": True, "uptime_s": round(now - state.started_mono, 3)}
+    # The pid lets a supervisor tell the balancer it started from another one answering on the same port.
+    return {"pong": True, "uptime_s": round(now - state.started_mono, 3), "pid": os.getpid()}
 
 
 COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {

@@ -135,10 +135,14 @@ def terminate(procs: list[subprocess.Popen], timeout_s: float = STOP_TIMEOUT_S) 
             proc.wait()
 
 
-def wait_for_balancer(control: str, timeout_s: float = 10.0, exited: Callable[[], str | None] | None = None) -> None:
+def wait_for_balancer(
+    control: str, timeout_s: float = 10.0, exited: Callable[[], str | None] | None = None, pid: int | None = None
+) -> None:
     """Block until the balancer answers on `control`, or raise RuntimeError.
 
-    `exited()` returns why the balancer process ended, or None while it runs.
+    `exited()` returns why the balancer process ended, or None while it runs. With `pid`, only the
+    balancer of that pid counts: another one still bound to the port (left over from an earlier run)
+    answers too, and a cluster that took it for its own configured it and printed its events.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -146,8 +150,11 @@ def wait_for_balancer(control: str, timeout_s: float = 10.0, exited: Callable[[]
         if why is not None:
             raise RuntimeError(why)
         try:
-            control_client.call(control, "ping", timeout_s=0.5)
-            return
+            answer = control_client.call(control, "ping", timeout_s=0.5)
+            if pid is None or (isinstance(answer, dict) and answer.get("pid") == pid):
+                return
+            time.sleep(0.05)  # wait-ok: ours is still starting (or failing to bind); poll within the deadline
         except control_client.BalancerUnreachable:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no balancer answered at {control} within {timeout_s:g} s") from None
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no balancer answered at {control} within {timeout_s:g} s") from None

@@ -35,6 +35,8 @@ def test_cluster_http_serves_the_seed_sequence_back_to_back(procs: ProcessGroup)
             return False
 
     wait_until(serving, 20, "zlb cluster's REST API")
+    said = f"Dashboard at http://127.0.0.1:{port}/"
+    wait_until(lambda: said in cluster.stderr(), 5, "where the dashboard is, on stderr")
     replies = [(gateway.call(method, path, body), status, want) for method, path, body, status, want in SEED_SEQUENCE]
     for (reply, status, want), call in zip(replies, SEED_SEQUENCE):
         assert reply.status == status, (call, reply)

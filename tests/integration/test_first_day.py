@@ -143,3 +143,17 @@ def test_send_with_every_node_drained_says_so_and_gives_up_at_its_timeout(balanc
     assert sent.wait(15) == 1
     assert f"timed out after {timeout} s; 1 unanswered: 1" in sent.stderr()
     assert sent.stderr().count("no live server") == 1, "said once while the reason stays the same"
+
+
+@pytest.mark.timeout(60)
+def test_cluster_on_ports_another_balancer_holds_ends_with_one_error_and_none_of_its_lines(
+    balancer: LiveBalancer, procs: ProcessGroup
+):
+    """`zlb cluster` on the ports of a balancer left running: its balancer's bind error, once, and nothing of the
+    other's (before: "System configured with 3 servers and 2 clients." from the old one, then the error twice)."""
+    done = procs.run("cluster", "--cost-ms", "0", timeout=40)
+    assert done.returncode != 0
+    assert "System configured" not in done.stdout and "Request" not in done.stdout, done.stdout
+    errors = [line for line in done.stderr.splitlines() if "Address already in use" in line]
+    assert len(errors) == 1, done.stderr
+    assert balancer.call("status")["requests"]["submitted"] == 0, "the other balancer was left alone"
