@@ -263,11 +263,16 @@ def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: boo
                 record = ev.as_dict(event)
                 if event[0] < last_ts or (event[0] == last_ts and json.dumps(record, sort_keys=True) in seen_at_last):
                     continue
-                click.echo(json.dumps(record, ensure_ascii=False) if as_json else ev.message(event))
+                click.echo(json.dumps(record, ensure_ascii=False) if as_json else ev.timed_line(event))
     except KeyboardInterrupt:
         pass
     finally:
         stream.close()
+
+
+def _timed(record: dict[str, Any]) -> str:
+    """A `logs` record (format "events") as `HH:MM:SS.mmm message`."""
+    return f"{ev.clock_ms(record['ts'])} {record['message']}"
 
 
 @click.command()
@@ -285,14 +290,14 @@ def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: boo
 def logs(control: str, events: str, limit: int | None, follow: bool, download: str | None, as_json: bool) -> None:
     """Show the balancer's recent log lines, or follow them live."""
     if download:
-        lines = fetch_pages(control, "logs", 0)
+        lines = fetch_pages(control, "logs", 0, format="lines")  # as the log file has them: time, level, kind
         with open(download, "w", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + ("\n" if lines else ""))
         click.echo(f"Wrote {len(lines)} log lines to {download}")
         return None
     if not follow:
         for record in control_call(control, "logs", limit=limit, format="events"):
-            click.echo(json.dumps(record, ensure_ascii=False) if as_json else record["message"])
+            click.echo(json.dumps(record, ensure_ascii=False) if as_json else _timed(record))
         return None
     # Subscribe before reading the backlog so nothing falls between them; repeats are dropped by stamp.
     stream = EventStream(events, LOG_TOPICS)
@@ -302,7 +307,7 @@ def logs(control: str, events: str, limit: int | None, follow: bool, download: s
         stream.close()
         raise
     for record in backlog:
-        click.echo(json.dumps(record, ensure_ascii=False) if as_json else record["message"])
+        click.echo(json.dumps(record, ensure_ascii=False) if as_json else _timed(record))
     follow_logs(stream, backlog, as_json)
     return None
 
