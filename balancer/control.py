@@ -8,6 +8,8 @@ replies, never silence.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any
 from balancer.eventlog import EventLog
 from balancer.scheduler import Node, Request, Scheduler
 from wire import events as ev
-from wire.protocol import STATUSES
+from wire.protocol import ASSIGNED, PENDING, STATUSES
 
 DEFAULT_REQUEST_LIMIT = 1000
 # List replies are capped so one reply stays small and one query cheap.
@@ -295,8 +297,126 @@ def cmd_snapshot(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     }
 
 
+# ---- the web console's queries (http_gateway): one bounded page, one request in detail --------------
+
+# Statuses of requests that ended badly, shown together by the console. Only `failed` is a request's status
+# yet; the work-model issue adds expired, cancelled and dead, which a filter may already name.
+FAILURE_STATUSES = ("failed", "expired", "cancelled", "dead")
+FILTER_STATUSES = (*STATUSES, *(s for s in FAILURE_STATUSES if s not in STATUSES))
+# A console page holds at most this many rows.
+FIND_PAGE_MAX = 200
+# A filter the arrival order cannot apply (a priority, several statuses) is applied to slices of it; a page
+# stops after this many slices, short, with a `next` to go on from (as a page stops at SCAN_PER_PAGE reads).
+FIND_SLICES = 64
+# Looking a request id up without its client reads at most this many client sessions.
+SEARCH_SESSIONS = 10_000
+# Payload and result previews: this many bytes unless asked for more, never more than the maximum.
+PREVIEW_BYTES = 1024
+MAX_PREVIEW_BYTES = 16 * 1024
+
+
+def cmd_find_requests(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    """A page of requests in arrival order that match every filter given: `statuses` (a list), `client`,
+    `priority`; or, with `request_id`, that request under every client (or under `client`).
+
+    Reply: {"requests": [...], "next": key or None}. A page reads at most SCAN_PER_PAGE requests in at most
+    FIND_SLICES slices, so it may hold fewer rows than `limit` (even none) and still have a `next`."""
+    statuses = _statuses_arg(args)
+    client = _int_arg(args, "client", required=False)
+    priority = _int_arg(args, "priority", required=False)
+    limit = min(_int_arg(args, "limit", required=False, minimum=1) or 50, FIND_PAGE_MAX)
+    request_id = _int_arg(args, "request_id", required=False)
+    keep = _request_filter(statuses, client, priority)
+    if request_id is not None:
+        return {"requests": [request_view(r) for r in _by_request_id(state, request_id, client) if keep(r)][:limit],
+                "next": None}  # fmt: skip
+    # One status and the client are filtered inside the arrival order; the rest on each slice read. A slice
+    # asks for no more rows than the page lacks, so the page never overflows and its `next` is exact.
+    inner = next(iter(statuses)) if statuses is not None and len(statuses) == 1 else None
+    after: int | None = _after_number(state, args.get("after"))
+    rows: list[Request] = []
+    read = slices = 0
+    while after is not None and len(rows) < limit and read < SCAN_PER_PAGE and slices < FIND_SLICES:
+        step = limit - len(rows)
+        page, after = state.scheduler.requests_page(after, step, step, inner, client)
+        rows.extend(r for r in page if keep(r))
+        read += step
+        slices += 1
+    return {"requests": [request_view(r) for r in rows], "next": None if after is None else _page_key(state, after)}
+
+
+def _statuses_arg(args: dict[str, Any]) -> frozenset[str] | None:
+    statuses = args.get("statuses")
+    if statuses is None:
+        return None
+    if not isinstance(statuses, list) or not statuses or not all(s in FILTER_STATUSES for s in statuses):
+        raise CommandError(f"'statuses' must be a list of: {', '.join(FILTER_STATUSES)}")
+    return frozenset(statuses)
+
+
+def _request_filter(statuses: frozenset[str] | None, client: int | None, priority: int | None) -> Any:
+    def keep(req: Request) -> bool:
+        return (
+            (statuses is None or req.status in statuses)
+            and (client is None or req.client_id == client)
+            and (priority is None or req.priority == priority)
+        )
+
+    return keep
+
+
+def _by_request_id(state: BalancerState, request_id: int, client: int | None) -> list[Request]:
+    """The request with this id under `client`, or under every client (the first SEARCH_SESSIONS sessions)."""
+    sched = state.scheduler
+    clients = [client] if client is not None else list(itertools.islice(sched.sessions, SEARCH_SESSIONS))
+    found = (sched.get(c, request_id) for c in clients)
+    return [req for req in found if req is not None]
+
+
+def cmd_request_detail(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    """One request as `request` shows it, plus previews of its payload (while it waits or runs) or of its
+    result (once finished: the payload is let go then, its digest kept), at most `preview` bytes each."""
+    client = _int_arg(args, "client_id")
+    request = _int_arg(args, "request_id")
+    cap = min(_int_arg(args, "preview", required=False, minimum=0) or PREVIEW_BYTES, MAX_PREVIEW_BYTES)
+    req = state.scheduler.get(client, request)
+    if req is None:
+        raise CommandError(f"Request {request} from Client {client} not found")
+    finished = req.status not in (PENDING, ASSIGNED)
+    body = None if req.body is None else preview(req.body, cap)
+    digest = req.payload_digest
+    return {
+        **request_view(req),
+        "payload": None if finished else body,
+        "result": body if finished else None,
+        # Finished requests keep their payload's digest (to tell a conflicting re-send), not the payload.
+        "payload_digest": None if digest is None else f"{digest & (2**64 - 1):016x}",
+        "result_kept": finished and req.body is not None,
+    }
+
+
+# Control characters that make bytes binary rather than text (tab, newline and carriage return are text).
+_BINARY = frozenset(range(32)) - {9, 10, 13} | {127}
+
+
+def preview(body: Any, cap: int) -> dict[str, Any]:
+    """The first `cap` bytes of a payload or result: as text when they are UTF-8 text, else as hex."""
+    view = memoryview(body)
+    head = bytes(view[:cap])
+    size = view.nbytes
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A cut inside a character drops its first bytes; any other undecodable byte makes it binary.
+        text = head[: exc.start].decode("utf-8") if size > cap and exc.start >= len(head) - 3 else None
+    if text is None or not _BINARY.isdisjoint(head):
+        return {"bytes": size, "shown": min(size, cap), "encoding": "hex", "text": head.hex(" ")}
+    return {"bytes": size, "shown": min(size, cap), "encoding": "utf-8", "text": text}
+
+
 def cmd_ping(state: BalancerState, args: dict[str, Any], now: float) -> Any:
-    return {"pong": True, "uptime_s": round(now - state.started_mono, 3)}
+    # The pid lets a supervisor tell the balancer it started from another one answering on the same port.
+    return {"pong": True, "uptime_s": round(now - state.started_mono, 3), "pid": os.getpid()}
 
 
 COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {
@@ -311,6 +431,8 @@ COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {
     "configure": cmd_configure,
     "snapshot": cmd_snapshot,
     "ping": cmd_ping,
+    "find_requests": cmd_find_requests,
+    "request_detail": cmd_request_detail,
 }
 
 

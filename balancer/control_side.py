@@ -14,6 +14,7 @@ counted and logged here too: they are what an operator asks about.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,18 @@ PER_PASS = 16
 PASS_BUDGET_S = 0.008
 # Requests read but not yet answered; beyond this the socket is left unread (its HWM holds the rest).
 MAX_HELD = 256
+# The monitor events of a refused handshake. A peer without curve keys shows as FAILED_PROTOCOL
+# (mechanism mismatch) or, when it hung up first on reading our greeting, as NO_DETAIL.
+HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+HANDSHAKE_KINDS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth_refused",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_dropped",
+}
+# A failed handshake is told on stderr at most this often per socket and cause (a peer retries every 100 ms).
+TELL_INTERVAL_S = 5.0
 
 
 class ControlSide:
@@ -60,6 +73,7 @@ class ControlSide:
         self.fd: int = sock.getsockopt(zmq.FD)
         self._monitors: dict[zmq.Socket, str] = {}
         self._held: deque[list[Any]] = deque()  # read, not yet answered: over a pass's budget
+        self._told: dict[tuple[str, int, int], float] = {}  # (socket, event, error) -> when told on stderr
 
     def drain(self, now: float, limit: int) -> None:
         """Answer what this pass's budget allows (at most `limit`): held requests first, then new ones."""
@@ -124,7 +138,7 @@ class ControlSide:
     def watch_handshakes(self, sockets: dict[str, zmq.Socket]) -> list[zmq.Socket]:
         """Monitor each named socket for refused handshakes; the loop polls the monitors returned."""
         for name, sock in sockets.items():
-            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            mon = sock.get_monitor_socket(HANDSHAKE_FAILURES)
             self._monitors[mon] = name
         return list(self._monitors)
 
@@ -136,9 +150,31 @@ class ControlSide:
                 except zmq.Again:
                     break
                 # The first frame packs a 16-bit event id and a 32-bit value; the peer is not named.
-                event = int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
-                kind = "auth_refused" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake_failed"
+                head = frames[0] if frames else b""
+                event = int.from_bytes(head[:2], "little") if len(head) >= 2 else 0
+                value = int.from_bytes(head[2:6], "little") if len(head) >= 6 else 0
+                kind = HANDSHAKE_KINDS.get(event, "handshake_failed")
                 self.incidents.bad(name, ProtocolError(kind, "curve handshake refused (unknown key or no curve)"), now)
+                if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refused keys: the authenticator tells those
+                    self._tell_handshake(name, event, value, now)
+
+    def _tell_handshake(self, sock_name: str, event: int, value: int, now: float) -> None:
+        """A failed handshake on stderr, at most once per socket and cause per interval.
+
+        A refused key is told by the authenticator (wire/security.py); a peer without curve keys, or
+        one whose --server-key is not ours, never reaches it: before this, only the log file knew.
+        """
+        last = self._told.get((sock_name, event, value))
+        if last is not None and now - last < TELL_INTERVAL_S:
+            return
+        self._told[(sock_name, event, value)] = now
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            why = "hung up during the curve handshake (a peer without curve keys, or a plain TCP probe)"
+        elif value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            why = "connected without curve keys: it needs --curve-secret and --server-key (this balancer's public key)"
+        else:
+            why = f"failed the curve handshake (libzmq error {value:#x}): is its --server-key our public key?"
+        print(f"zlb balancer: refused a peer on the {sock_name}: it {why}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         for mon in self._monitors:

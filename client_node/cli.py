@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 from rich.console import Console
@@ -21,6 +22,8 @@ from client_node.client import (
     Result,
     json_payload,
 )
+from client_node.stall import StallWatch
+from wire.handshake import curve_trouble
 from wire.options import endpoint_option, shown_option
 
 
@@ -46,11 +49,41 @@ def describe(result: Result) -> str:
     )
 
 
-def collect(client: Client, timeout: float | None, as_json: bool) -> int:
+# A wait for results is cut into slices this long, so a stall can be noticed while it lasts.
+WAIT_SLICE_S = 0.5
+
+
+def arriving(client: Client, timeout: float | None, watch: StallWatch | None) -> Iterator[Result]:
+    """Results as they arrive until none is outstanding; TimeoutError past `timeout` s; `watch` sees each wait."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    yield from client.take_results()
+    while client.unanswered:
+        left = WAIT_SLICE_S if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no result within {timeout:g} s")
+        got = client.pump(min(left, WAIT_SLICE_S))
+        yield from client.take_results()
+        if watch is not None:
+            watch.check(time.monotonic(), got, client.unanswered)
+
+
+def stall_watch(control: str | None, timeout: float | None) -> StallWatch | None:
+    """A StallWatch that says on stderr why requests wait and how long this command will go on waiting."""
+    if control is None:
+        return None
+    until = f"until --timeout {timeout:g} s" if timeout else "without end (no --timeout; Ctrl-C stops)"
+
+    def say(line: str) -> None:
+        click.echo(f"Waiting: {line}; the balancer keeps the requests, this command waits {until}", err=True)
+
+    return StallWatch(control, say, time.monotonic())
+
+
+def collect(client: Client, timeout: float | None, as_json: bool, control: str | None = None) -> int:
     """Print results as they arrive; return the count that did not succeed."""
     bad = 0
     try:
-        for result in client.as_completed(timeout):
+        for result in arriving(client, timeout, stall_watch(control, timeout)):
             click.echo(json.dumps(result.as_dict(), ensure_ascii=False) if as_json else describe(result))
             bad += not result.ok
     except TimeoutError:
@@ -90,9 +123,15 @@ def run_session(frontend: str, client_id: int, retry_s: float, work: Callable[[C
         with Client(frontend, client_id, retry_s=retry_s, connect_timeout_s=CONNECT_TIMEOUT_S) as c:
             c.on_busy = BusyNotice()
             bad = work(c)
-    except (ClientIdInUse, BalancerUnreachable) as exc:
+    except ClientIdInUse as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(2 if isinstance(exc, ClientIdInUse) else 1)
+        sys.exit(2)
+    except BalancerUnreachable as exc:
+        # Silence is all a curve mismatch shows on the client's socket: a second connection tells why.
+        trouble = curve_trouble(frontend)
+        said = f"no answer from the balancer at {frontend}: {trouble}" if trouble else str(exc)
+        click.echo(f"Error: {said}", err=True)
+        sys.exit(1)
     sys.exit(1 if bad else 0)
 
 
@@ -107,7 +146,9 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:,.0f} req/s" if task.speed else "- req/s", style="cyan")
 
 
-def collect_with_progress(client: Client, timeout: float | None, total: int, console: Console) -> int:
+def collect_with_progress(
+    client: Client, timeout: float | None, total: int, console: Console, control: str | None = None
+) -> int:
     """Show a progress bar with rate and ETA; print only the failures and a summary; return the bad count."""
     bad = 0
     started = time.monotonic()
@@ -115,7 +156,7 @@ def collect_with_progress(client: Client, timeout: float | None, total: int, con
     with Progress("[bold]results", *columns, console=console, transient=True) as progress:
         task = progress.add_task("results", total=total)
         try:
-            for result in client.as_completed(timeout):
+            for result in arriving(client, timeout, stall_watch(control, timeout)):
                 progress.advance(task)
                 if not result.ok:
                     bad += 1
@@ -133,13 +174,19 @@ def collect_with_progress(client: Client, timeout: float | None, total: int, con
     return bad
 
 
-def _timeout_option(func):
+# `zlb send` waits this long by default: one request whose node never comes should not hang a shell for ever.
+# The request stays with the balancer; sending the same ids again later collects its result.
+SEND_TIMEOUT_S = 60.0
+
+
+def _timeout_option(default: float | None = None) -> Callable[[Any], Any]:
     return click.option(
         "--timeout",
         type=click.FloatRange(0, min_open=True),
-        default=None,
-        help="Give up after this many seconds (exit 1, listing the unanswered ids).",
-    )(func)
+        default=default,
+        show_default=default is not None,
+        help="Give up after this many seconds (exit 1, listing the unanswered ids); the requests stay queued.",
+    )
 
 
 def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
@@ -153,6 +200,7 @@ def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 @click.command()
 @endpoint_option("frontend")
+@endpoint_option("control")
 @click.option("--id", "client_id", type=click.IntRange(0), default=0, show_default=True, help="Client id.")
 @click.option("--requests", "count", type=click.IntRange(0), default=2, show_default=True, help="Requests to send.")
 @click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="Lower is more urgent.")
@@ -165,10 +213,11 @@ def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | Non
     show_default=True,
     help="Re-send an unanswered request after this long.",
 )
-@_timeout_option
+@_timeout_option()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result.")
 def client(
     frontend: str,
+    control: str,
     client_id: int,
     count: int,
     priority: int,
@@ -184,23 +233,25 @@ def client(
         for i in range(count):
             c.submit(json_payload(cost_ms, {"n": i}), priority=priority, request_id=first_request_id + i)
         if not as_json and count >= PROGRESS_MIN_REQUESTS and sys.stdout.isatty():
-            return collect_with_progress(c, timeout, count, Console())
-        return collect(c, timeout, as_json)
+            return collect_with_progress(c, timeout, count, Console(), control)
+        return collect(c, timeout, as_json, control)
 
     run_session(frontend, client_id, retry_s, work)
 
 
 @click.command()
 @endpoint_option("frontend")
+@endpoint_option("control")
 @click.option("--client-id", type=click.IntRange(0), required=True, help="Client id.")
 @click.option("--request-id", type=click.IntRange(0), required=True, help="Request id.")
 @click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="Lower is more urgent.")
 @click.option("--cost-ms", type=click.FloatRange(0), default=0, show_default=True, help="Simulated work.")
 @click.option("--payload", callback=_json_payload, default=None, help="JSON handed to the handler.")
-@_timeout_option
+@_timeout_option(SEND_TIMEOUT_S)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def send(
     frontend: str,
+    control: str,
     client_id: int,
     request_id: int,
     priority: int,
@@ -218,6 +269,6 @@ def send(
 
     def work(c: Client) -> int:
         c.submit(json_payload(cost_ms, payload), priority=priority, request_id=request_id)
-        return collect(c, timeout, as_json)
+        return collect(c, timeout, as_json, control)
 
     run_session(frontend, client_id, DEFAULT_RETRY_S, work)

@@ -27,6 +27,7 @@ from http_gateway.validation import (
     query_int,
     query_page_key,
 )
+from wire import events as ev
 from wire.protocol import STATUSES
 
 # /logs returns at most this many newest lines (a control reply's limit); /logs/download pages through all.
@@ -173,15 +174,16 @@ class Gateway:
         return {"message": f"Server {server_id} marked as {ADMIN_VERBS[verb]}"}
 
     def logs(self, query: Any) -> dict[str, list[str]]:
-        """The newest log lines in the seed's wording (?limit=, at most 1000)."""
+        """The newest log lines in the seed's wording, each after its time, `HH:MM:SS.mmm ` (?limit=, at most 1000)."""
         limit = query_int(query, "limit", maximum=LOG_PAGE, default=LOG_PAGE)
-        return {"logs": self.link.call("logs", limit=limit)}
+        records = self.link.call("logs", limit=limit, format="events")
+        return {"logs": [f"{ev.clock_ms(r['ts'])} {r['message']}" for r in records]}
 
     def logs_text(self) -> str:
-        """Every kept log line in the seed's wording, for /logs/download."""
+        """Every kept log line as the balancer's log file has it (time, level, kind, message), for /logs/download."""
         lines: list[str] = []
         while True:
-            page = self.link.call("logs", offset=len(lines), limit=LOG_PAGE)
+            page = self.link.call("logs", offset=len(lines), limit=LOG_PAGE, format="lines")
             lines.extend(page)
             if len(page) < LOG_PAGE:
                 return "\n".join(lines) + ("\n" if lines else "")

@@ -29,6 +29,9 @@ HISTORY_S = 60
 KEEP_LOG_LINES = 200
 # Requests whose arrival time is remembered for latency; the oldest are forgotten beyond this.
 MAX_TRACKED = 100_000
+# A notice of something that happened (a restart, a reconnection) stays this long; one of something
+# that lasts (the balancer unreachable) stays while it lasts. A restart banner seen after 3 minutes was news no more.
+NOTICE_S = 30.0
 
 
 @dataclass(slots=True)
@@ -69,7 +72,8 @@ class DashboardModel:
         self.status_at = 0.0
         self.logs: deque[LogLine] = deque(maxlen=KEEP_LOG_LINES)
         self.connected = False
-        self.notice = "connecting to the balancer…"
+        self.notice: str | None = "connecting to the balancer…"
+        self.notice_until: float | None = None  # when a notice of an event goes; None: while its cause lasts
         self.started_at: float | None = None
         self.unreachable_since: float | None = None
         self._ticks: deque[tuple[float, int]] = deque()  # (ts, processed) from stats ticks
@@ -84,14 +88,16 @@ class DashboardModel:
         restarted = self.started_at is not None and status.get("started_at") != self.started_at
         first = self.started_at is None or restarted
         if restarted:
-            self.notice = f"balancer restarted at {clock(status['started_at'])}; state reloaded"
+            self._tell(f"balancer restarted at {clock(status['started_at'])}; state reloaded", now + NOTICE_S)
             self._ticks.clear()
             self._arrivals.clear()
             self._latencies.clear()
         elif self.unreachable_since is not None and not first:
-            self.notice = f"reconnected at {clock(now)}"
+            self._tell(f"reconnected at {clock(now)}", now + NOTICE_S)
         elif not self.connected:
-            self.notice = None  # the first contact is no news, even after waiting for it
+            self._tell(None)  # the first contact is no news, even after waiting for it
+        elif self.notice_until is not None and now >= self.notice_until:
+            self._tell(None)
         self.connected = True
         self.unreachable_since = None
         self.started_at = status.get("started_at")
@@ -109,9 +115,14 @@ class DashboardModel:
             self.unreachable_since = now
         self.connected = False
         if self.started_at is None:
-            self.notice = f"waiting for the balancer at {self.control}…"
+            self._tell(f"waiting for the balancer at {self.control}…")
         else:
-            self.notice = f"balancer unreachable at {self.control} since {clock(self.unreachable_since)}; retrying…"
+            self._tell(f"balancer unreachable at {self.control} since {clock(self.unreachable_since)}; retrying…")
+
+    def _tell(self, notice: str | None, until: float | None = None) -> None:
+        """Show `notice` (None: none) until `until`, or while its cause lasts when None."""
+        self.notice = notice
+        self.notice_until = until
 
     def apply_events(self, events: Iterable[list[Any]]) -> None:
         """Follow stamped events `[ts, kind, *args]` as they arrive."""

@@ -18,8 +18,7 @@ LOG_TOPICS = (TOPIC_REQUEST, TOPIC_NODE, TOPIC_SYSTEM)
 
 def plain_line(event: list[Any]) -> str:
     """`HH:MM:SS.mmm message` in local time."""
-    ts = event[0]
-    return f"{time.strftime('%H:%M:%S', time.localtime(ts))}.{int(ts * 1000) % 1000:03d} {ev.message(event)}"
+    return ev.timed_line(event)
 
 
 def json_line(event: list[Any]) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
+from process_supervisor.parent_watch import SUPERVISOR_PID_ENV
 from wire import control_client
 
 STOP_TIMEOUT_S = 5.0
@@ -50,7 +51,9 @@ class Supervisor:
         if keep_stderr:
             self._close_stderr(name)
             err = self._stderr[name] = tempfile.TemporaryFile()
-        proc = subprocess.Popen(zlb_argv(*args), env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        # The child ends if this process dies without stopping it (process_supervisor/parent_watch.py).
+        env = {**self.env, SUPERVISOR_PID_ENV: str(os.getpid())}
+        proc = subprocess.Popen(zlb_argv(*args), env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         return proc
 
@@ -132,10 +135,14 @@ def terminate(procs: list[subprocess.Popen], timeout_s: float = STOP_TIMEOUT_S) 
             proc.wait()
 
 
-def wait_for_balancer(control: str, timeout_s: float = 10.0, exited: Callable[[], str | None] | None = None) -> None:
+def wait_for_balancer(
+    control: str, timeout_s: float = 10.0, exited: Callable[[], str | None] | None = None, pid: int | None = None
+) -> None:
     """Block until the balancer answers on `control`, or raise RuntimeError.
 
-    `exited()` returns why the balancer process ended, or None while it runs.
+    `exited()` returns why the balancer process ended, or None while it runs. With `pid`, only the
+    balancer of that pid counts: another one still bound to the port (left over from an earlier run)
+    answers too, and a cluster that took it for its own configured it and printed its events.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -143,8 +150,11 @@ def wait_for_balancer(control: str, timeout_s: float = 10.0, exited: Callable[[]
         if why is not None:
             raise RuntimeError(why)
         try:
-            control_client.call(control, "ping", timeout_s=0.5)
-            return
+            answer = control_client.call(control, "ping", timeout_s=0.5)
+            if pid is None or (isinstance(answer, dict) and answer.get("pid") == pid):
+                return
+            time.sleep(0.05)  # wait-ok: ours is still starting (or failing to bind); poll within the deadline
         except control_client.BalancerUnreachable:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no balancer answered at {control} within {timeout_s:g} s") from None
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no balancer answered at {control} within {timeout_s:g} s") from None

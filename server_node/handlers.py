@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -75,6 +77,7 @@ def load(spec: str) -> Handler:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise HandlerError(f"handler {spec!r} is neither a built-in ({', '.join(BUILTIN)}) nor module:function")
+    _with_working_directory()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -83,6 +86,17 @@ def load(spec: str) -> Handler:
     if not callable(func):
         raise HandlerError(f"{module_name!r} has no callable {attr!r}")
     return func
+
+
+def _with_working_directory() -> None:
+    """Put the working directory first on the import path, as `python -m` does.
+
+    The installed `zlb` script starts with only its own directory there, so `--handler mypkg.work:handle`
+    run beside `mypkg/` failed with "No module named 'mypkg'" unless PYTHONPATH was set.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def to_bytes(value: Any) -> bytes:

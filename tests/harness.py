@@ -174,14 +174,16 @@ class ProcessGroup:
     env: dict[str, str]
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Proc:
-        """Run `zlb ARGS` in the background with output captured to files."""
+    def start(
+        self, name: str, *args: str, extra_env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> Proc:
+        """Run `zlb ARGS` in the background with output captured to files (`command`: instead of `python -m zlb`)."""
         out = self.workdir / f"{name}.out"
         err = self.workdir / f"{name}.err"
         env = {**self.env, **(extra_env or {})}
         with open(out, "wb") as fo, open(err, "wb") as fe:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "zlb", *args],
+                [*(command or [sys.executable, "-m", "zlb"]), *args],
                 cwd=self.workdir,
                 env=env,
                 stdout=fo,

@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from monitor.dashboard import duration, render, sparkline
-from monitor.model import DashboardModel
+from monitor.model import NOTICE_S, DashboardModel
 from wire import events as ev
 
 NOW = 1_700_000_000.0
@@ -179,6 +179,26 @@ def test_unreachable_balancer_then_restart_is_announced_and_state_reloaded():
     model.mark_unreachable(NOW + 4)
     model.apply_snapshot(snapshot(started_at=NOW + 2, servers=[]), NOW + 5)
     assert model.notice == "reconnected at 22:13:25"
+
+
+def test_a_notice_of_an_event_expires_and_one_of_a_lasting_state_does_not():
+    """Restart and reconnection banners go after NOTICE_S (one stayed 3 minutes); unreachable stays while it lasts."""
+    model = DashboardModel("tcp://127.0.0.1:5558")
+    model.apply_snapshot(snapshot(), NOW)
+    model.apply_snapshot(snapshot(started_at=NOW + 2), NOW + 3)
+    assert model.notice == "balancer restarted at 22:13:22; state reloaded"
+    model.apply_snapshot(snapshot(started_at=NOW + 2), NOW + 3 + NOTICE_S - 1)
+    assert model.notice == "balancer restarted at 22:13:22; state reloaded"
+    model.apply_snapshot(snapshot(started_at=NOW + 2), NOW + 3 + NOTICE_S)
+    assert model.notice is None
+    assert "restarted" not in "\n".join(screen(model, 100, 30))
+    model.mark_unreachable(NOW + 100)
+    model.mark_unreachable(NOW + 100 + 3 * NOTICE_S)
+    assert model.notice == "balancer unreachable at tcp://127.0.0.1:5558 since 22:15:00; retrying…"
+    model.apply_snapshot(snapshot(started_at=NOW + 2), NOW + 200)
+    assert model.notice == "reconnected at 22:16:40"
+    model.apply_snapshot(snapshot(started_at=NOW + 2), NOW + 200 + NOTICE_S)
+    assert model.notice is None
 
 
 def test_nodes_show_unknown_with_no_heartbeat_age_while_the_balancer_is_unreachable():

@@ -127,20 +127,25 @@ LEVELS: dict[str, str] = {
 }
 
 
+def _server(server_id: Any) -> str:
+    """`Server N`, or what it is when the balancer could not name it (never a Python None in a line)."""
+    return "a server the balancer no longer knows" if server_id is None else f"Server {server_id}"
+
+
 def _fmt_requeued(a: tuple[Any, ...]) -> str:
     client, request, priority, attempts, server = a
-    lost = f"after attempt {attempts} (Server {server} lost it)"
+    lost = f"after attempt {attempts} ({_server(server)} lost it)"
     return f"Request {request} from Client {client} re-queued with priority {priority} {lost}"
 
 
 _TEMPLATES: dict[str, Any] = {
     REQUEST_ADDED: lambda a: f"Request {a[1]} from Client {a[0]} added to queue with priority {a[2]}",
-    REQUEST_ASSIGNED: lambda a: f"✅ Request {a[1]} assigned to Server {a[2]}",
-    REQUEST_PROCESSED: lambda a: f"Request {a[1]} from Client {a[0]} processed by Server {a[2]}",
+    REQUEST_ASSIGNED: lambda a: f"✅ Request {a[1]} assigned to {_server(a[2])}",
+    REQUEST_PROCESSED: lambda a: f"Request {a[1]} from Client {a[0]} processed by {_server(a[2])}",
     REQUEST_FAILED: lambda a: f"❌ Request {a[1]} from Client {a[0]} failed: {a[3]}",
     REQUEST_REQUEUED: _fmt_requeued,
     REQUEST_REJECTED: lambda a: f"Request {a[1]} from Client {a[0]} rejected: {a[2]}",
-    REQUEST_LATE_RESULT: lambda a: f"Late result for ticket {a[1]} from Server {a[0]} dropped",
+    REQUEST_LATE_RESULT: lambda a: f"Late result for ticket {a[1]} from {_server(a[0])} dropped",
     NODE_JOINED: lambda a: f"Server {a[0]} joined (capacity {a[1]}, pid {a[2]} on {a[3]})",
     NODE_DEAD: lambda a: f"⚠️ Server {a[0]} is dead (silent for {a[1]:.1f} s); {a[2]} requests re-queued",
     NODE_DOWN: lambda a: f"Server {a[0]} marked as down; {a[1]} requests re-queued",
@@ -222,6 +227,16 @@ def message(event: list[Any] | tuple[Any, ...]) -> str:
 def level(kind: str) -> str:
     """The log level of an event kind."""
     return LEVELS.get(kind, "INFO")
+
+
+def clock_ms(ts: float) -> str:
+    """`HH:MM:SS.mmm` in local time: how every log view but the file stamps a line."""
+    return f"{time.strftime('%H:%M:%S', time.localtime(ts))}.{int(ts * 1000) % 1000:03d}"
+
+
+def timed_line(event: list[Any] | tuple[Any, ...]) -> str:
+    """`HH:MM:SS.mmm message`: a stamped event as `zlb logs`, `zlb monitor --plain` and `/logs` show it."""
+    return f"{clock_ms(event[0])} {message(event)}"
 
 
 def log_line(event: list[Any] | tuple[Any, ...]) -> str:

@@ -13,6 +13,7 @@ from monitor.plain import LOG_TOPICS
 from monitor.stream import EventStream
 from wire import control_client
 from wire import events as ev
+from wire.handshake import curve_trouble
 from wire.options import endpoint_option, json_option
 from wire.protocol import STATUSES
 
@@ -29,6 +30,9 @@ def control_reach(control: str, cmd: str, **args: Any) -> tuple[str, Any]:
     except control_client.NoLeader as exc:
         raise click.ClickException(f"{exc} (no member of the group at {control} leads now; try again)") from None
     except control_client.BalancerUnreachable as exc:
+        trouble = curve_trouble(control)
+        if trouble:
+            raise click.ClickException(f"no answer from the balancer at {control}: {trouble}") from None
         raise click.ClickException(f"{exc} (is it running? set --control or ZLB_CONTROL)") from None
     except control_client.ControlError as exc:
         raise click.ClickException(str(exc)) from None
@@ -375,11 +379,16 @@ def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: boo
                 record = ev.as_dict(event)
                 if event[0] < last_ts or (event[0] == last_ts and json.dumps(record, sort_keys=True) in seen_at_last):
                     continue
-                click.echo(json.dumps(record, ensure_ascii=False) if as_json else ev.message(event))
+                click.echo(json.dumps(record, ensure_ascii=False) if as_json else ev.timed_line(event))
     except KeyboardInterrupt:
         pass
     finally:
         stream.close()
+
+
+def _timed(record: dict[str, Any]) -> str:
+    """A `logs` record (format "events") as `HH:MM:SS.mmm message`."""
+    return f"{ev.clock_ms(record['ts'])} {record['message']}"
 
 
 @click.command()
@@ -397,14 +406,14 @@ def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: boo
 def logs(control: str, events: str, limit: int | None, follow: bool, download: str | None, as_json: bool) -> None:
     """Show the balancer's recent log lines, or follow them live."""
     if download:
-        lines = fetch_pages(control, "logs", 0)
+        lines = fetch_pages(control, "logs", 0, format="lines")  # as the log file has them: time, level, kind
         with open(download, "w", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + ("\n" if lines else ""))
         click.echo(f"Wrote {len(lines)} log lines to {download}")
         return None
     if not follow:
         for record in control_call(control, "logs", limit=limit, format="events"):
-            click.echo(json.dumps(record, ensure_ascii=False) if as_json else record["message"])
+            click.echo(json.dumps(record, ensure_ascii=False) if as_json else _timed(record))
         return None
     # Subscribe before reading the backlog so nothing falls between them; repeats are dropped by stamp.
     stream = EventStream(events, LOG_TOPICS)
@@ -414,7 +423,7 @@ def logs(control: str, events: str, limit: int | None, follow: bool, download: s
         stream.close()
         raise
     for record in backlog:
-        click.echo(json.dumps(record, ensure_ascii=False) if as_json else record["message"])
+        click.echo(json.dumps(record, ensure_ascii=False) if as_json else _timed(record))
     follow_logs(stream, backlog, as_json)
     return None
 

@@ -13,6 +13,7 @@ from bench.cli import bench
 from client_node.cli import client, send
 from http_gateway.cli import http
 from monitor.cli import monitor
+from process_supervisor.parent_watch import follow_parent
 from server_node.cli import server
 from wire import security
 from zlb import __version__
@@ -28,6 +29,7 @@ def main() -> None:
     Start a balancer, server nodes and clients as separate processes; watch
     with the monitor; kill a node and see its work finish elsewhere.
     """
+    follow_parent()  # a child of `zlb cluster` or `zlb http` goes when they do, even after kill -9
 
 
 def _to_environ(var: str) -> Any:

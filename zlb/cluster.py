@@ -80,7 +80,7 @@ class Cluster:
             raise RuntimeError(f"port {cfg.http_port} is in use on 127.0.0.1; pick another --http port")
         # Subscribe before the balancer binds, so its first events are not missed.
         self.stream = EventStream(cfg.endpoints["events"], (*LOG_TOPICS, TOPIC_STATS))
-        self.sup.start(
+        balancer = self.sup.start(
             "balancer",
             "balancer",
             "--heartbeat-ms",
@@ -91,7 +91,9 @@ class Cluster:
             cfg.log_file,
             keep_stderr=True,
         )
-        wait_for_balancer(cfg.endpoints["control"], START_TIMEOUT_S, exited=lambda: self._ended("balancer"))
+        wait_for_balancer(
+            cfg.endpoints["control"], START_TIMEOUT_S, exited=lambda: self._ended("balancer"), pid=balancer.pid
+        )
         self._await_first_stats()
         if cfg.http_port is not None:
             self._start_http(cfg.http_port)
@@ -139,7 +141,7 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"zlb http did not listen on port {port} within {timeout_s:g} s")
             time.sleep(0.05)  # wait-ok: a deadline-bounded poll for the port
-        click.echo(f"REST API (the seed's endpoints and /metrics) at http://127.0.0.1:{port}", err=True)
+        click.echo(f"Dashboard at http://127.0.0.1:{port}/ (the REST API and /metrics on the same port)", err=True)
 
     def _await_first_stats(self, timeout_s: float = 10.0) -> None:
         """The subscription is live once the balancer's periodic stats arrive."""
@@ -165,8 +167,10 @@ class Cluster:
     def reap(self, say: bool = True) -> str | None:
         """Collect children that died (no zombies), say so on stderr; return why the cluster must end, if it must."""
         for name in self.sup.reap():
-            # A client that finished well is the plan, not news; any other end is told.
-            if say and not (name.startswith("client-") and self.sup.procs[name].returncode == 0):
+            # A client that finished well is the plan, not news; an essential one's end is the error the
+            # cluster ends with (told once, by its caller); any other end is told here.
+            planned = name.startswith("client-") and self.sup.procs[name].returncode == 0
+            if say and not planned and name not in ESSENTIAL:
                 click.echo(f"zlb cluster: {self.sup.why_exited(name)}", err=True)
         ended = [why for why in map(self._ended, ESSENTIAL) if why is not None]
         return ended[0] if ended else None
@@ -203,7 +207,8 @@ class Cluster:
         if self.stream is not None:
             self.stream.close()  # the dashboard subscribes on its own
             self.stream = None
-        banner = f"REST API http://127.0.0.1:{self.config.http_port}  (POST /configure to start servers and clients)"
+        url = f"http://127.0.0.1:{self.config.http_port}/"
+        banner = f"Dashboard and REST API {url}  (POST /configure to start servers and clients)"
         lost: list[str] = []
 
         def should_stop() -> bool:

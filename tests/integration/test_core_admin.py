@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -225,9 +226,15 @@ def test_queries_and_log_download(balancer: LiveBalancer, procs: ProcessGroup, t
     assert status["requests"]["processed"] == 1 and status["queue_depth"] == 0
     target = tmp_path / "load_balancer_logs.txt"
     assert procs.run("logs", "--download", str(target)).returncode == 0
+    # As the log file has them: time, level, kind, then the seed's words.
     lines = target.read_text(encoding="utf-8").splitlines()
-    assert "Request 101 from Client 0 added to queue with priority 1" in lines
-    assert "✅ Request 101 assigned to Server 0" in lines
+    assert any(
+        line.endswith("request.added      Request 101 from Client 0 added to queue with priority 1") for line in lines
+    )
+    assert any(line.endswith("request.assigned   ✅ Request 101 assigned to Server 0") for line in lines)
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line) for line in lines), lines
+    shown = procs.run("logs").stdout.splitlines()
+    assert any(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} ✅ Request 101 assigned to Server 0", line) for line in shown)
     log_path = procs.workdir / "balancer.log"
     wanted = "INFO    request.assigned   ✅ Request 101 assigned to Server 0"
     wait_until(lambda: log_path.exists() and wanted in log_path.read_text(encoding="utf-8"), 5, "the log file line")
