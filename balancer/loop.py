@@ -211,6 +211,7 @@ class Balancer:
             ha.epoch,
             ha.name,
             cfg.standby_max_lag_ms / 1000,
+            self.heartbeat_s,
             cfg.require_standby,
         )
         restored = self.incidents.counters.get("journal_restored_pending", 0)

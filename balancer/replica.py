@@ -5,7 +5,8 @@ FOLLOW. The SNAPSHOT it gets is the leader's whole state as journal bytes: it
 becomes this member's journal file (written aside, fsynced, renamed over, as
 a start writes one). Each RECORDS that follows is appended as it is, with one
 write, and answered APPLIED [seq]: the leader answers nobody before that. A
-gap in the numbering, another epoch, or a leader silent past SILENCE_S means
+gap in the numbering, another epoch, or a leader silent past SILENT_KEEPALIVES of
+its keep-alive interval (it says which in the SNAPSHOT; at least MIN_SILENCE_S) means
 the stream is broken: follow again from a fresh snapshot. The file is fsynced
 once per tick (the leader's host is the one that may fail; this one's page
 cache survives the loss of that host and of this process). On takeover the
@@ -24,7 +25,8 @@ from balancer import journal_format as jf
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 
-SILENCE_S = 1.0  # the leader keeps the stream alive every 0.25 s (replication.KEEPALIVE_S)
+MIN_SILENCE_S = 1.0
+SILENT_KEEPALIVES = 4
 
 
 class Replica:
@@ -44,6 +46,7 @@ class Replica:
         self.bad_messages = 0
         self.heard_at = 0.0
         self.caught_up_at: float | None = None  # when the last snapshot was applied
+        self.silence_s = MIN_SILENCE_S  # from the leader's keep-alive interval, told in its SNAPSHOT
         self._fd = -1
         self._dirty = False
 
@@ -85,6 +88,8 @@ class Replica:
                 self.bad_messages += 1
                 continue
             self.heard_at = now
+            if msg_type is MsgType.SNAPSHOT:
+                self.silence_s = max(MIN_SILENCE_S, SILENT_KEEPALIVES * fields[2] / 1000)
             if not self._apply(msg_type, fields[0], fields[1], body, now):
                 self.follow(self.leader or "", self.epoch, now)  # a gap: start again from a snapshot
                 return
@@ -115,7 +120,7 @@ class Replica:
         if self._dirty and self._fd >= 0:
             os.fsync(self._fd)
             self._dirty = False
-        if self.sock is not None and self.leader is not None and now - self.heard_at > SILENCE_S:
+        if self.sock is not None and self.leader is not None and now - self.heard_at > self.silence_s:
             self.follow(self.leader, self.epoch, now)
 
     # ---- the file -----------------------------------------------------------

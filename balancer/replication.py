@@ -40,7 +40,9 @@ from wire import events as ev
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 
-KEEPALIVE_S = 0.25  # an empty RECORDS this often: the standby knows the leader lives, and answers
+# The leader sends an empty RECORDS once per tick (its heartbeat): the standby knows the leader lives,
+# and answers. Either side counts this many keep-alive intervals without a word as silence.
+SILENT_KEEPALIVES = 4
 REFUSING = f"{p.REASON_BUSY}: no standby is in sync and this leader runs with --require-standby; re-send later"
 
 
@@ -68,6 +70,7 @@ class Replication:
         epoch: int,
         name: str,
         max_lag_s: float,
+        keepalive_s: float,
         require_standby: bool = False,
     ) -> None:
         self.sock = sock
@@ -77,6 +80,7 @@ class Replication:
         self.epoch = epoch
         self.name = name
         self.max_lag_s = max_lag_s
+        self.keepalive_s = keepalive_s
         self.require_standby = require_standby
         self.seq = 0
         self.standby: Standby | None = None
@@ -122,7 +126,7 @@ class Replication:
         self._shipped.clear()
         self._applied_records = self._records
         self.counters["ha_snapshots"] += 1
-        self._send(MsgType.SNAPSHOT, self.seq, 1 + len(records), data)
+        self._send(MsgType.SNAPSHOT, self.seq, 1 + len(records), data, int(self.keepalive_s * 1000))
         self.sched.events.append((ev.SYSTEM_HA_FOLLOWING, name, len(records)))
 
     def _applied(self, route: bytes, seq: int, now: float) -> None:
@@ -138,12 +142,12 @@ class Replication:
             self._ask([self.name, standby.name])  # caught up: from now on answers wait for it
             self.gating = True
 
-    def _send(self, msg_type: MsgType, seq: int, count: int, data: bytes) -> None:
+    def _send(self, msg_type: MsgType, seq: int, count: int, data: bytes, *extra: int) -> None:
         standby = self.standby
         if standby is None:
             return
         try:
-            self.sock.send_multipart([standby.route, p.encode(msg_type, seq, count), data], zmq.NOBLOCK)
+            self.sock.send_multipart([standby.route, p.encode(msg_type, seq, count, *extra), data], zmq.NOBLOCK)
             self._last_sent = time.monotonic()
         except zmq.ZMQError:
             pass  # a gone standby or a full pipe: the lag check drops it, and it follows again
@@ -185,9 +189,9 @@ class Replication:
         standby = self.standby
         if standby is None:
             return
-        if time.monotonic() - self._last_sent >= KEEPALIVE_S:
+        if time.monotonic() - self._last_sent >= self.keepalive_s * 0.9:
             self._send(MsgType.RECORDS, self.seq, 0, b"")
-        silent = now - standby.heard_at > max(self.max_lag_s, 2 * KEEPALIVE_S)
+        silent = now - standby.heard_at > max(self.max_lag_s, SILENT_KEEPALIVES * self.keepalive_s)
         if silent or self._lag_s(now) > self.max_lag_s:
             self._drop(f"standby {standby.name} {'went silent' if silent else 'fell behind'}", now)
 

@@ -52,13 +52,18 @@ class Standby:
     def run(self) -> tuple[int, float] | None:
         """Serve as standby until elected ((epoch, lease valid until)) or stopped (None)."""
         member = self.member
-        fixed = (self.frontend, self.backend, self.control, member.pipe)
+        poller = zmq.Poller()
+        for sock in (self.frontend, self.backend, self.control, member.pipe):
+            poller.register(sock, zmq.POLLIN)
+        polled: zmq.Socket | None = None  # the replica's socket, which changes whenever it follows afresh
         next_tick = 0.0
         while not member.stopping:
-            # A poller per pass: the replica's socket changes whenever it follows afresh.
-            poller = zmq.Poller()
-            for sock in (*fixed, self.replica.sock) if self.replica.sock is not None else fixed:
-                poller.register(sock, zmq.POLLIN)
+            if self.replica.sock is not polled:
+                if polled is not None:
+                    poller.unregister(polled)
+                polled = self.replica.sock
+                if polled is not None:
+                    poller.register(polled, zmq.POLLIN)
             ready = dict(poller.poll(int(TICK_S * 1000)))
             now = time.monotonic()
             if member.pipe in ready:

@@ -42,7 +42,7 @@ def test_round_trip_of_every_message_type():
         MsgType.DONE_BATCH: ([[7, True, b"r"], [8, False, b"boom"]],),
         MsgType.REDIRECT: ("tcp://127.0.0.1:5555", "standby"),
         MsgType.FOLLOW: ("tcp://127.0.0.1:5559",),
-        MsgType.SNAPSHOT: (12, 3),
+        MsgType.SNAPSHOT: (12, 3, 500),
         MsgType.RECORDS: (13, 2),
         MsgType.APPLIED: (13,),
     }

@@ -56,12 +56,14 @@ def call(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     context: zmq.Context | None = None,
     secure: Callable[[zmq.Socket], zmq.Socket] = secure_client_socket,
+    follow_leader: bool = True,
     **args: Any,
 ) -> Any:
     """Send one control command and return its result, or raise; `secure` sets the socket's curve keys.
 
-    `endpoint` may list several members of an HA group, comma-separated: see the module's text."""
-    return reach(endpoint, cmd, timeout_s, context, secure, **args)[1]
+    `endpoint` may list several members of an HA group, comma-separated: see the module's text.
+    follow_leader=False: a standby's own `status` or `ping` answer is the answer (a probe of one member)."""
+    return reach(endpoint, cmd, timeout_s, context, secure, follow_leader, **args)[1]
 
 
 def reach(
@@ -70,6 +72,7 @@ def reach(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     context: zmq.Context | None = None,
     secure: Callable[[zmq.Socket], zmq.Socket] = secure_client_socket,
+    follow_leader: bool = True,
     **args: Any,
 ) -> tuple[str, Any]:
     """As call(), with the endpoint that gave the answer: (endpoint, result)."""
@@ -78,6 +81,7 @@ def reach(
     except ValueError as exc:
         raise ControlError(str(exc)) from None
     asking = _Asking(context or zmq.Context.instance(), secure, p.encode_map({"cmd": cmd, **args}))
+    asking.follow_leader = follow_leader
     try:
         return asking.run(endpoints, time.monotonic() + timeout_s, timeout_s)
     finally:
@@ -102,6 +106,7 @@ class _Asking:
         self.poller = zmq.Poller()
         self.standby_answer: tuple[str, Any] | None = None  # a standby's status: kept in case no leader answers
         self.refusal: ControlError | None = None  # a standby's error naming the leader (or none)
+        self.follow_leader = True  # False: a standby's own status is the answer
 
     def close(self) -> None:
         for sock in self.asked.values():
@@ -163,7 +168,7 @@ class _Asking:
             sock.close(linger=0)
         if reply.get("ok"):
             result = reply.get("result")
-            if isinstance(result, dict) and result.get("role") == "standby":
+            if isinstance(result, dict) and result.get("role") == "standby" and self.follow_leader:
                 self.standby_answer = self.standby_answer or (endpoint, result)
                 self.follow(standby_leader(result))
                 return None

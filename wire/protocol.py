@@ -83,7 +83,7 @@ class MsgType(IntEnum):
     REDIRECT = 24  # frontend or backend -> peer: [leader's endpoint for this peer | None, reason]
     # Replication between the members of an HA group (balancer/replication.py, balancer/standby.py).
     FOLLOW = 30  # standby -> leader's replication socket: [member name]; send me a snapshot, then the stream
-    SNAPSHOT = 31  # leader -> standby: [seq, records] + journal bytes: the whole state after record batch `seq`
+    SNAPSHOT = 31  # leader -> standby: [seq, records, keepalive_ms] + journal bytes: the state after batch `seq`
     RECORDS = 32  # leader -> standby: [seq, records] + journal bytes (empty: a keep-alive); batch `seq`
     APPLIED = 33  # standby -> leader: [seq]; everything up to batch `seq` is written to the standby's journal
 
@@ -115,7 +115,7 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.DONE_BATCH: (list,),
     MsgType.REDIRECT: ((str, type(None)), str),
     MsgType.FOLLOW: (str,),
-    MsgType.SNAPSHOT: (int, int),
+    MsgType.SNAPSHOT: (int, int, int),
     MsgType.RECORDS: (int, int),
     MsgType.APPLIED: (int,),
 }

@@ -363,7 +363,7 @@ def run_check(control: str, leader: bool, timeout_s: float) -> None:
     """The probe: silent on success; one line on stderr and a non-zero exit otherwise."""
     if timeout_s > MAX_CHECK_TIMEOUT_S:
         raise click.BadParameter(f"--check waits at most {MAX_CHECK_TIMEOUT_S:g} s", param_hint="--timeout")
-    result = control_call(control, "status", timeout_s=timeout_s)
+    result = control_call(control, "status", timeout_s=timeout_s, follow_leader=False)  # this member's own word
     if leader and not leads(result):
         click.echo(f"Error: the balancer at {control} is not the leader (role {result.get('role')!r})", err=True)
         raise SystemExit(EXIT_NOT_LEADER)

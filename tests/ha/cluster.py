@@ -76,7 +76,7 @@ class Member:
 
     def status(self, timeout_s: float = 1.0) -> dict[str, Any] | None:
         try:
-            return control_client.call(self.endpoints.control, "status", timeout_s=timeout_s)
+            return control_client.call(self.endpoints.control, "status", timeout_s=timeout_s, follow_leader=False)
         except (control_client.BalancerUnreachable, control_client.ControlError):
             return None
 
