@@ -391,7 +391,11 @@ class Balancer:
         counters = self.incidents.counters
         counters["log_lines_dropped"] = self.eventlog.dropped_lines
         if self.journal is not None:
+            recoveries = counters["journal_recoveries"]
             self.journal.tick(now)  # a file gone or failing turns it failing: new work refused, results held
+            if self.replication is not None and counters["journal_recoveries"] != recoveries:
+                # What the failing journal dropped never reached the standby either: it starts afresh.
+                self.replication.resnapshot(now)
         if self.replication is not None:
             self.replication.tick(now)
 

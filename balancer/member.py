@@ -48,7 +48,9 @@ class Member:
         self.context = context or zmq.Context.instance()
         self.ha = HaConfig.parse(config.ha, config.ha_lease_s)
         self.name = config.replication
-        self.endpoints = {**config.endpoints, "replication": config.replication, "host": socket.gethostname()}
+        bound = {**config.endpoints, "replication": config.replication}
+        # What the others are told: a wildcard bind is reachable at this host's name, not at "*".
+        self.endpoints = {role: advertised(ep) for role, ep in bound.items()} | {"host": socket.gethostname()}
         address = f"inproc://zlb-elector-{next(_pipes)}"
         self.pipe = self.context.socket(zmq.PAIR)
         self.pipe.setsockopt(zmq.LINGER, 0)
@@ -203,6 +205,14 @@ class Member:
             self.epoch = 0
         if balancer.stepped_down:
             print(f"zlb balancer: {self.name} stopped leading: {balancer.stepped_down}", file=sys.stderr, flush=True)
+
+
+def advertised(endpoint: str) -> str:
+    """An endpoint as other machines can dial it: tcp://*:P and tcp://0.0.0.0:P name this host instead."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:"):
+        if endpoint.startswith(wildcard):
+            return f"tcp://{socket.gethostname()}:{endpoint[len(wildcard):]}"
+    return endpoint
 
 
 def run_member(config: BalancerConfig) -> None:

@@ -27,6 +27,9 @@ from wire.protocol import MsgType, ProtocolError
 
 MIN_SILENCE_S = 1.0
 SILENT_KEEPALIVES = 4
+# The file is compacted as the leader's is (balancer/journal.py): once it holds this many records beyond
+# twice its last snapshot, the replica follows afresh and the new snapshot replaces it.
+COMPACT_SLACK_RECORDS = 50_000
 
 
 class Replica:
@@ -41,6 +44,8 @@ class Replica:
         self.epoch = 0
         self.seq = -1  # the last batch applied; -1 until a snapshot arrived
         self.records = 0  # records in the file
+        self.snapshot_records = 0  # of which the last snapshot
+        self.compactions = 0
         self.size = 0
         self.snapshots = 0
         self.bad_messages = 0
@@ -93,6 +98,10 @@ class Replica:
             if not self._apply(msg_type, fields[0], fields[1], body, now):
                 self.follow(self.leader or "", self.epoch, now)  # a gap: start again from a snapshot
                 return
+            if self.records > 2 * self.snapshot_records + COMPACT_SLACK_RECORDS:
+                self.compactions += 1
+                self.follow(self.leader or "", self.epoch, now)  # a fresh snapshot replaces the grown file
+                return
 
     def _apply(self, msg_type: MsgType, seq: int, count: int, body: bytes, now: float) -> bool:
         if msg_type is MsgType.SNAPSHOT:
@@ -141,6 +150,7 @@ class Replica:
         self._fd = fd
         jf.fsync_dir(self.path)
         self.size, self.records = len(data), count
+        self.snapshot_records = count
 
     def mark(self) -> jf.Mark | None:
         """What the file holds, for the lock file's synced mark (call after close or tick)."""
@@ -157,6 +167,7 @@ class Replica:
             "caught_up": self.caught_up_at is not None,
             "heard_ms_ago": None if self.sock is None else round((now - self.heard_at) * 1000, 1),
             "snapshots": self.snapshots,
+            "compactions": self.compactions,
         }
 
     def close(self) -> jf.Mark | None:

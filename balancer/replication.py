@@ -129,6 +129,12 @@ class Replication:
         self._send(MsgType.SNAPSHOT, self.seq, 1 + len(records), data, int(self.keepalive_s * 1000))
         self.sched.events.append((ev.SYSTEM_HA_FOLLOWING, name, len(records)))
 
+    def resnapshot(self, now: float) -> None:
+        """Send the standby the whole state again (the stream missed records); answers wait for it if gating."""
+        standby = self.standby
+        if standby is not None:
+            self._follow(standby.route, standby.name, now)
+
     def _applied(self, route: bytes, seq: int, now: float) -> None:
         standby = self.standby
         if standby is None or standby.route != route:
