@@ -84,6 +84,11 @@ class Member:
         status = self.status()
         return None if status is None else status.get("role")
 
+    def claim(self) -> int | None:
+        """The epoch this member leads with, or None if it does not say it leads."""
+        status = self.status()
+        return status.get("epoch") if status is not None and status.get("role") == "leader" else None
+
 
 @dataclass
 class HaGroup:
@@ -127,9 +132,12 @@ class HaGroup:
         return {f"ZLB_{r.upper()}": self.list_of(r) for r in ("frontend", "backend", "events", "control")}
 
     def leader(self) -> Member | None:
-        leaders = [m for m in self.members if m.role() == "leader"]
-        assert len(leaders) <= 1, f"two members say they lead: {[m.name for m in leaders]}"
-        return leaders[0] if leaders else None
+        """The member leading with the newest epoch. Members are asked one after the other, so a handover
+        can be seen from both sides (the old leader just before it stepped down); never with one epoch."""
+        claims = [(epoch, m) for m in self.members if (epoch := m.claim()) is not None]
+        epochs = [epoch for epoch, _m in claims]
+        assert len(set(epochs)) == len(epochs), f"two members lead with one epoch: {claims}"
+        return max(claims, key=lambda c: c[0])[1] if claims else None
 
     def standby_in_sync(self) -> bool:
         leader = self.leader()
