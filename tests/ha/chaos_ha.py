@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 from tests.ha.cluster import HaGroup, Member
 from tests.harness import Proc, port_of, reset_connections, scaled, wait_until
@@ -63,6 +66,31 @@ def two_leaders(claims: list[Claim]) -> list[str]:
                     f"{newer.name} had said so with epoch {epoch} (answered at {newer.received:.3f})"
                 )
     return found
+
+
+_LEADERSHIP = re.compile(
+    r"^(\S+Z) \w+ +system\.ha_(leading|stepped_down) +Balancer (\S+) (?:leads with epoch|stopped leading \(epoch) (\d+)"
+)
+
+
+def overlaps_in_logs(logs: list[Path]) -> list[str]:
+    """From the members' own event logs: a member that stepped down from epoch E after another had started
+    leading with a newer epoch (both logged on this host's clock). Valid only for members that were never
+    paused: a process resumed from SIGSTOP logs its step-down on its first look, after the other began."""
+    leading: list[tuple[float, str, int]] = []
+    stepped: list[tuple[float, str, int]] = []
+    for log in logs:
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            m = _LEADERSHIP.match(line)
+            if m:
+                at = datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+                (leading if m.group(2) == "leading" else stepped).append((at, m.group(3), int(m.group(4))))
+    return [
+        f"{old} stepped down from epoch {epoch} {down - began:.3f} s after {new} began leading with epoch {newer}"
+        for down, old, epoch in stepped
+        for began, new, newer in leading
+        if new != old and newer > epoch and began < down
+    ]
 
 
 class Sampler(threading.Thread):
