@@ -98,12 +98,13 @@ class HaGroup:
     etcd: Etcd
     group: str = "test"
     members: list[Member] = field(default_factory=list)
+    member_args: tuple[str, ...] = ()  # more options for every member (e.g. --max-attempts)
 
     @classmethod
-    def start(cls, procs: ProcessGroup, size: int = 2) -> HaGroup:
+    def start(cls, procs: ProcessGroup, size: int = 2, member_args: tuple[str, ...] = ()) -> HaGroup:
         etcd = Etcd(procs.workdir)
         etcd.start()
-        group = cls(procs, etcd)
+        group = cls(procs, etcd, member_args=member_args)
         for i in range(size):
             name = f"m{i}"
             rep = f"tcp://127.0.0.1:{free_port()}"
@@ -123,6 +124,7 @@ class HaGroup:
             "--journal", member.journal, "--frontend", e.frontend, "--backend", e.backend,
             "--events", e.events, "--control", e.control,
             "--heartbeat-ms", str(HEARTBEAT_MS), "--liveness", "10", "--log-file", f"{member.name}.log",
+            *self.member_args,
         )  # fmt: skip
 
     def list_of(self, role: str) -> str:
@@ -146,7 +148,7 @@ class HaGroup:
 
     def start_node(self, node_id: int, capacity: int, handler: str, env: dict[str, str]) -> Proc:
         return self.procs.start(
-            f"node-{node_id}", "server", "--id", str(node_id), "--capacity", str(capacity),
+            f"node-{node_id}-{len(self.procs.procs)}", "server", "--id", str(node_id), "--capacity", str(capacity),
             "--backend", self.list_of("backend"), "--heartbeat-ms", str(HEARTBEAT_MS), "--liveness", "10",
             "--handler", f"tests.reliability.handlers:{handler}", extra_env=env,
         )  # fmt: skip
