@@ -32,7 +32,6 @@ AFTERMATH_S = 5.0  # watched after each pause (the sampler looks for two leaders
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="bug (reported): an etcd request timing out leaves two leaders or none", strict=False)
 @pytest.mark.timeout(240)
 def test_an_etcd_hiccup_leaves_one_leader_never_two(ha_group: HaGroup):
     """Ten times: etcd stopped for 0.7 s, then 5 s watched; then one member leads (the same or another)
