@@ -16,7 +16,14 @@ from click.testing import CliRunner
 
 from tests.harness import Endpoints, LiveBalancer, ProcessGroup, free_port, scaled
 from wire import protocol as p
-from zlb.admin_cli import CHECK_TIMEOUT_S, EXIT_NOT_LEADER, leads, status
+from zlb.admin_cli import (
+    CHECK_MIN_WAIT_S,
+    CHECK_TIMEOUT_S,
+    EXIT_NOT_LEADER,
+    MAX_CHECK_TIMEOUT_S,
+    leads,
+    status,
+)
 
 # What the issue allows a probe against no balancer: non-zero within this many seconds, process start included.
 PROBE_BOUND_S = 6.0
@@ -29,15 +36,36 @@ def test_check_is_silent_and_succeeds_against_a_live_balancer(balancer: LiveBala
         assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), args
 
 
-def test_check_fails_within_the_bound_when_no_balancer_answers(procs: ProcessGroup, endpoints: Endpoints) -> None:
-    """With nothing listening on the control port, --check exits 1 within its timeout, saying why on stderr."""
+@pytest.mark.parametrize("timeout_s", [None, MAX_CHECK_TIMEOUT_S])
+def test_check_fails_within_the_bound_when_no_balancer_answers(
+    procs: ProcessGroup, endpoints: Endpoints, timeout_s: float | None
+) -> None:
+    """With nothing listening on the control port, --check exits 1 once its --timeout, counted from the process's
+    start, has passed, saying why on stderr: no curve diagnostic after it, and the start is not added to it."""
+    flags = () if timeout_s is None else ("--timeout", f"{timeout_s:g}")
+    expected_s = CHECK_TIMEOUT_S if timeout_s is None else timeout_s
     started = time.monotonic()
-    done = procs.run("status", "--check", timeout=PROBE_BOUND_S * 2)
+    done = procs.run("status", "--check", *flags, timeout=PROBE_BOUND_S * 2)
     took = time.monotonic() - started
     assert done.returncode == 1
     assert done.stdout == ""
-    assert f"no answer from the balancer at {endpoints.control} within {CHECK_TIMEOUT_S:g} s" in done.stderr
-    assert CHECK_TIMEOUT_S <= took < scaled(PROBE_BOUND_S), f"took {took:.1f} s"
+    assert f"no answer from the balancer at {endpoints.control} within {expected_s:g} s" in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert expected_s <= took < scaled(PROBE_BOUND_S), f"took {took:.1f} s"
+    # The command's own start counts within --timeout: what is left over is its exit (and the start, when that
+    # alone took longer than --timeout: then it still waits CHECK_MIN_WAIT_S for an answer).
+    assert took < expected_s + CHECK_MIN_WAIT_S + scaled(1), f"took {took:.1f} s"
+
+
+def test_process_age_counts_from_the_process_start() -> None:
+    """process_age_s() in a fresh process: at least the time it spent sleeping, and not more than it lived."""
+    code = "import time; time.sleep(0.3); from zlb.admin_cli import process_age_s; print(process_age_s())"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(20))
+    lived = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    age = float(done.stdout)
+    assert 0.3 <= age <= lived + 0.02  # starttime has clock-tick resolution (10 ms)
 
 
 def _answer_status(reply: dict, *check_args: str) -> subprocess.CompletedProcess:
