@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from kubernetes_validate import utils as kv
 
 from http_gateway import metrics
+from tests.harness import LiveBalancer, ProcessGroup, scaled
 from wire.endpoints import ENDPOINT_ENV
 from zlb.cli import main
 
@@ -417,9 +418,9 @@ def test_only_the_leader_is_ready_and_the_services_route_accordingly() -> None:
     objects = render(BASE)
     balancer = find(objects, "StatefulSet", "zlb-balancer")
     c = container(balancer)
-    control = ["--control", f"tcp://127.0.0.1:{_default_port('control')}"]
-    assert c["readinessProbe"]["exec"]["command"] == ["zlb", "status", "--check", "--leader", *control]
-    assert c["livenessProbe"]["exec"]["command"] == ["zlb", "status", "--check", *control]
+    # The probes reach control through ZLB_CONTROL, the pod's address (see the test below).
+    assert c["readinessProbe"]["exec"]["command"] == ["zlb", "status", "--check", "--leader"]
+    assert c["livenessProbe"]["exec"]["command"] == ["zlb", "status", "--check"]
     labels = balancer["spec"]["template"]["metadata"]["labels"]
     front = find(objects, "Service", "zlb-balancer")
     assert front["spec"]["selector"].items() <= labels.items()
@@ -430,10 +431,59 @@ def test_only_the_leader_is_ready_and_the_services_route_accordingly() -> None:
     # What a standby redirects peers to, and follows the leader at, is the member's own pod address.
     pod_ip = {e["name"]: e for e in c["env"]}["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert pod_ip == "status.podIP"
-    for flag in ("--frontend", "--backend", "--replication"):
+    # Every endpoint: a wildcard bind would be advertised in etcd as the bare pod name, which other pods do
+    # not resolve (balancer/member.py, advertised).
+    for flag in ("--frontend", "--backend", "--events", "--control", "--replication"):
         assert option(c["args"], flag).startswith("tcp://$(POD_IP):"), flag
     replication_port = int(option(c["args"], "--replication").rsplit(":", 1)[1])
     assert replication_port in {p["port"] for p in members["spec"]["ports"]}
+
+
+def container_env(c: dict[str, Any], pod_ip: str) -> dict[str, str]:
+    """The container's environment as the kubelet makes it: each $(VAR) of a value expanded from the variables
+    before it; status.podIP given, other references (a ConfigMap's key) left as a placeholder."""
+    env: dict[str, str] = {}
+    for var in c.get("env", []):
+        if "value" in var:
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), var["value"])
+        elif var["valueFrom"].get("fieldRef", {}).get("fieldPath") == "status.podIP":
+            env[var["name"]] = pod_ip
+        else:
+            env[var["name"]] = f"<{var['name']}>"
+    return env
+
+
+def probe_command(c: dict[str, Any], probe: str) -> list[str]:
+    """A probe's exec command as the kubelet runs it: $(VAR) expanded only for variables with a literal value
+    (kubecontainer.ExpandContainerCommandOnlyStatic), not for a fieldRef such as POD_IP."""
+    static = {var["name"]: var["value"] for var in c.get("env", []) if "value" in var}
+    command = c[probe]["exec"]["command"]
+    return [re.sub(r"\$\((\w+)\)", lambda m: static.get(m[1], m[0]), arg) for arg in command]
+
+
+def test_the_balancer_probes_reach_control_on_the_pod_address(procs: ProcessGroup, balancer: LiveBalancer) -> None:
+    """The probes name no --control: they read ZLB_CONTROL, which the container's env sets to the --control the
+    balancer binds (tcp://$(POD_IP):5558). Run as the kubelet would, against a live balancer, they pass."""
+    c = container(find(render(BASE), "StatefulSet", "zlb-balancer"))
+    env = container_env(c, pod_ip="10.1.2.3")
+    assert env["ZLB_CONTROL"] == option(c["args"], "--control").replace("$(POD_IP)", "10.1.2.3")
+    # On this machine, the live balancer stands in for the pod: its control port for 5558, loopback for the IP.
+    local = container_env(c, pod_ip="127.0.0.1")["ZLB_CONTROL"]
+    assert local == f"tcp://127.0.0.1:{_default_port('control')}"
+    pod_env = {**procs.env, **container_env(c, pod_ip="127.0.0.1"), "ZLB_CONTROL": balancer.endpoints.control}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = probe_command(c, probe)
+        assert "--control" not in command and not any("$(" in arg for arg in command), (probe, command)
+        assert command[0] == "zlb"
+        done = subprocess.run(
+            [sys.executable, "-m", "zlb", *command[1:]],
+            env=pod_env,
+            capture_output=True,
+            text=True,
+            timeout=scaled(20),
+            stdin=subprocess.DEVNULL,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), probe
 
 
 def _default_port(role: str) -> int:
@@ -455,7 +505,7 @@ def test_ports_are_the_defaults_of_the_code() -> None:
             if value is not None:
                 assert value.rsplit(":", 1)[1] == str(_default_port(role)), f"{where}: --{role} {value}"
                 host = value.split("//")[1].rsplit(":", 1)[0]
-                assert host in ("$(POD_IP)", "0.0.0.0", "127.0.0.1", "zlb-balancer"), f"{where}: --{role} {value}"
+                assert host in ("$(POD_IP)", "zlb-balancer"), f"{where}: --{role} {value}"
     gateway = find(objects, "Deployment", "zlb-http")
     (port_param,) = [p for p in main.commands["http"].params if p.name == "port"]
     assert option(container(gateway)["args"], "--port") == str(port_param.default)
