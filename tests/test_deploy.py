@@ -93,9 +93,33 @@ SCALED_OBJECT = {
             "type": "object",
             "required": ["scaleTargetRef", "triggers"],
             "properties": {
-                "advanced": {"type": "object"},
+                "advanced": {
+                    "type": "object",
+                    "properties": {
+                        "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "horizontalPodAutoscalerConfig": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "behavior": {"type": "object"}},
+                            "additionalProperties": False,
+                        },
+                        "scalingModifiers": {"type": "object"},
+                    },
+                    "additionalProperties": False,
+                },
                 "cooldownPeriod": _INT32,
-                "fallback": {"type": "object"},
+                "fallback": {
+                    "type": "object",
+                    "required": ["failureThreshold", "replicas"],
+                    "properties": {
+                        "failureThreshold": _INT32,
+                        "replicas": _INT32,
+                        # KEDA 2.17 and newer.
+                        "behavior": {
+                            "enum": ["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
+                        },
+                    },
+                    "additionalProperties": False,
+                },
                 "idleReplicaCount": _INT32,
                 "initialCooldownPeriod": _INT32,
                 "maxReplicaCount": _INT32,
@@ -534,7 +558,8 @@ def test_server_nodes_probe_drain_and_outlast_their_grace() -> None:
 
 
 def test_keda_scales_the_nodes_on_a_metric_the_gateway_exports() -> None:
-    """The ScaledObject targets the node Deployment, with a prometheus trigger whose query reads zlb's queue depth."""
+    """The ScaledObject targets the node Deployment, with a prometheus trigger whose query reads zlb's work: the
+    queue plus what runs (not the queue alone: busy nodes with a short queue would be scaled in, then out)."""
     objects = render(BASE)
     scaled = find(objects, "ScaledObject", "zlb-server")
     target = scaled["spec"]["scaleTargetRef"]
@@ -544,14 +569,38 @@ def test_keda_scales_the_nodes_on_a_metric_the_gateway_exports() -> None:
     )
     assert "replicas" not in find(objects, "Deployment", "zlb-server")["spec"]  # KEDA owns the count
     (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "prometheus"
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     query = trigger["metadata"]["query"]
     status = {"uptime_s": 1, "queue_depth": 0, "in_flight": 0, "bad_input": {}, "journal": None}
     exported = {family.name for family in metrics.families(status, [])}
     used = set(re.findall(r"\bzlb_\w+", query))
-    assert used == {"zlb_queue_depth"} and used <= exported
+    assert used == {"zlb_queue_depth", "zlb_in_flight"} and used <= exported
     monitor = find(objects, "ServiceMonitor", "zlb-http")
-    assert f'job="{monitor["metadata"]["name"]}"' in query  # the job label a ServiceMonitor sets: its Service's name
+    for name in used:  # the job label a ServiceMonitor sets: its Service's name
+        assert f'{name}{{job="{monitor["metadata"]["name"]}"}}' in query, name
+    # The target per node is what a node runs at once: its --capacity.
+    args = container(find(objects, "Deployment", "zlb-server"))["args"]
+    assert float(trigger["metadata"]["threshold"]) == float(option(args, "--capacity"))
+
+
+def test_keda_keeps_the_nodes_when_the_metric_is_missing() -> None:
+    """A gateway that cannot reach the balancer exports zlb_up 0 and nothing else: the query's result is then
+    empty, which ignoreNullValues "false" makes an error (not 0, which would scale every node in); on errors
+    the HPA keeps the count, and the fallback keeps at least the current one."""
+
+    def unreachable() -> Any:
+        raise ConnectionError
+
+    away = {family.name for family in metrics.BalancerCollector(unreachable, ConnectionError).collect()}
+    assert away == {"zlb_up"}
+    for path in KUSTOMIZATIONS:
+        scaled = find(render(path), "ScaledObject", "zlb-server")
+        (trigger,) = scaled["spec"]["triggers"]
+        assert not set(re.findall(r"\bzlb_\w+", trigger["metadata"]["query"])) & away, path
+        assert trigger["metadata"]["ignoreNullValues"] == "false", path
+        fallback = scaled["spec"]["fallback"]
+        assert fallback["failureThreshold"] >= 1 and fallback.get("behavior") == "currentReplicasIfHigher", path
+        assert scaled["spec"]["minReplicaCount"] <= fallback["replicas"] <= scaled["spec"]["maxReplicaCount"], path
 
 
 def test_the_gateway_is_scraped_with_its_token() -> None:
