@@ -544,9 +544,16 @@ def test_server_nodes_probe_drain_and_outlast_their_grace() -> None:
     servers = find(objects, "Deployment", "zlb-server")
     c = container(servers)
     assert c["args"][0] == "server"
-    check = ["zlb", "status", "--check", "--control", f"tcp://zlb-balancer:{_default_port('control')}"]
-    assert c["readinessProbe"]["exec"]["command"] == check
-    assert c["livenessProbe"]["exec"]["command"] == check
+    # The probes read the node's own --alive-file, in a writable volume; neither asks the balancer, so that a
+    # balancer outage restarts no node (a SIGSTOPped node fails them: tests/integration/test_status_check.py).
+    alive = option(c["args"], "--alive-file")
+    assert alive and any(alive.startswith(m["mountPath"] + "/") for m in c["volumeMounts"])
+    check = ["zlb", "server-check", "--alive-file", alive]
+    assert c["readinessProbe"]["exec"]["command"] == [*check, "--joined"]
+    liveness = c["livenessProbe"]
+    assert liveness["exec"]["command"][:4] == check and "--joined" not in liveness["exec"]["command"]
+    max_age = float(option(liveness["exec"]["command"], "--max-age") or 30)
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= max_age  # a stall of a minute or so
     # The node's own drain: SIGTERM to PID 1, which is zlb (the image's entrypoint), says LEAVING.
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sh", "-c", "kill -TERM 1"]
     (grace_param,) = [p for p in main.commands["server"].params if p.name == "grace_s"]

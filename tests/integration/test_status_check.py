@@ -1,4 +1,5 @@
-"""`zlb status --check` as a container probe (issue 25): silent exit 0 when the balancer answers, else non-zero soon.
+"""`zlb status --check` as a container probe (issue 25): silent exit 0 when the balancer answers, else non-zero soon;
+and `zlb server-check`, the server nodes' probe, which reads the node's own --alive-file and asks no balancer.
 
 `--leader` asks whether the balancer leads its --ha group; the balancer without --ha (all this checkout has)
 names no role and counts as the leader, so a stand-in control socket plays the member that answers with one.
@@ -6,15 +7,18 @@ names no role and counts as the leader, so a stand-in control socket plays the m
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import zmq
 from click.testing import CliRunner
 
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, free_port, scaled
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, free_port, scaled, wait_until
 from wire import protocol as p
 from zlb.admin_cli import (
     CHECK_MIN_WAIT_S,
@@ -129,3 +133,37 @@ def test_leader_without_check_and_a_long_check_are_usage_errors() -> None:
     assert alone.exit_code == 2 and "--leader goes with --check" in alone.output
     long = runner.invoke(status, ["--check", "--timeout", "9"])
     assert long.exit_code == 2 and "--check waits at most 5 s" in long.output
+
+
+def _server_check(procs: ProcessGroup, alive: Path, *flags: str) -> tuple[int, str]:
+    done = procs.run("server-check", "--alive-file", str(alive), *flags)
+    assert done.stdout == ""
+    return done.returncode, done.stderr
+
+
+def test_a_node_is_alive_without_a_balancer_and_dead_when_stopped(procs: ProcessGroup, tmp_path: Path) -> None:
+    """With no balancer, a node is alive (a balancer outage restarts no node) but not joined; SIGSTOPped, it
+    stops writing its --alive-file and fails the check; SIGCONT, it passes again."""
+    alive = tmp_path / "node.alive"
+    node = procs.start("server", "server", "--alive-file", str(alive))
+    wait_until(lambda: _server_check(procs, alive)[0] == 0, 20, "the node's first sign of life")
+    code, said = _server_check(procs, alive, "--joined")
+    assert code == 1 and "has not joined a balancer" in said
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        stale = lambda: _server_check(procs, alive, "--max-age", "2")[0] == 1  # noqa: E731
+        wait_until(stale, 20, "the stopped node's check to fail")
+        code, said = _server_check(procs, alive, "--max-age", "2")
+        assert code == 1 and "its loop does not run" in said
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    wait_until(lambda: _server_check(procs, alive, "--max-age", "2")[0] == 0, 20, "the resumed node's check")
+
+
+def test_a_node_that_joined_is_ready(balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path) -> None:
+    """--joined passes once the balancer took the node in; a file nobody keeps fails, saying why."""
+    alive = tmp_path / "node.alive"
+    balancer.start_server(None, "--alive-file", str(alive))
+    wait_until(lambda: _server_check(procs, alive, "--joined") == (0, ""), 20, "the node to join")
+    code, said = _server_check(procs, tmp_path / "nobody.alive")
+    assert code == 1 and "cannot read" in said
