@@ -31,6 +31,7 @@ from kubernetes_validate import utils as kv
 from http_gateway import metrics
 from tests.harness import LiveBalancer, ProcessGroup, scaled
 from wire.endpoints import ENDPOINT_ENV
+from zlb.admin_cli import CHECK_MIN_WAIT_S, CHECK_TIMEOUT_S, MAX_CHECK_TIMEOUT_S
 from zlb.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -508,6 +509,22 @@ def test_the_balancer_probes_reach_control_on_the_pod_address(procs: ProcessGrou
             stdin=subprocess.DEVNULL,
         )
         assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), probe
+
+
+def test_probes_outlast_the_check_they_run() -> None:
+    """Each `zlb status --check` probe's timeoutSeconds exceeds the check's own bound (its --timeout, counted from
+    its start, or the start plus CHECK_MIN_WAIT_S on a machine loaded past that) with room for the exit, and
+    fits its period; the balancer's readiness allows three failures (one slow probe would empty the Service)."""
+    balancer = find(render(BASE), "StatefulSet", "zlb-balancer")
+    c = container(balancer)
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = c[name]
+        command = probe["exec"]["command"]
+        assert command[:3] == ["zlb", "status", "--check"], name
+        bound = float(option(command, "--timeout") or CHECK_TIMEOUT_S)
+        assert bound <= MAX_CHECK_TIMEOUT_S
+        assert bound + CHECK_MIN_WAIT_S + 2 <= probe["timeoutSeconds"] <= probe["periodSeconds"], name
+    assert c["readinessProbe"]["failureThreshold"] >= 3
 
 
 def _default_port(role: str) -> int:
