@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from kubernetes_validate import utils as kv
 
 from http_gateway import metrics
+from http_gateway.auth import Policy, allowed_host
 from tests.harness import LiveBalancer, ProcessGroup, scaled
 from wire.endpoints import ENDPOINT_ENV
 from zlb.admin_cli import CHECK_MIN_WAIT_S, CHECK_TIMEOUT_S, MAX_CHECK_TIMEOUT_S
@@ -464,26 +465,29 @@ def test_only_the_leader_is_ready_and_the_services_route_accordingly() -> None:
     assert replication_port in {p["port"] for p in members["spec"]["ports"]}
 
 
-def container_env(c: dict[str, Any], pod_ip: str) -> dict[str, str]:
+def container_env(c: dict[str, Any], pod_ip: str = "10.1.2.3", namespace: str = "default") -> dict[str, str]:
     """The container's environment as the kubelet makes it: each $(VAR) of a value expanded from the variables
-    before it; status.podIP given, other references (a ConfigMap's key) left as a placeholder."""
+    before it; the pod's IP and namespace given, other references (a ConfigMap's key) left as placeholders."""
+    fields = {"status.podIP": pod_ip, "metadata.namespace": namespace}
     env: dict[str, str] = {}
     for var in c.get("env", []):
         if "value" in var:
-            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), var["value"])
-        elif var["valueFrom"].get("fieldRef", {}).get("fieldPath") == "status.podIP":
-            env[var["name"]] = pod_ip
+            env[var["name"]] = expand(var["value"], env)
         else:
-            env[var["name"]] = f"<{var['name']}>"
+            env[var["name"]] = fields.get(var["valueFrom"].get("fieldRef", {}).get("fieldPath"), f"<{var['name']}>")
     return env
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of a value, command or argument; unknown references stay as they are."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), text)
 
 
 def probe_command(c: dict[str, Any], probe: str) -> list[str]:
     """A probe's exec command as the kubelet runs it: $(VAR) expanded only for variables with a literal value
     (kubecontainer.ExpandContainerCommandOnlyStatic), not for a fieldRef such as POD_IP."""
     static = {var["name"]: var["value"] for var in c.get("env", []) if "value" in var}
-    command = c[probe]["exec"]["command"]
-    return [re.sub(r"\$\((\w+)\)", lambda m: static.get(m[1], m[0]), arg) for arg in command]
+    return [expand(arg, static) for arg in c[probe]["exec"]["command"]]
 
 
 def test_the_balancer_probes_reach_control_on_the_pod_address(procs: ProcessGroup, balancer: LiveBalancer) -> None:
@@ -642,6 +646,29 @@ def test_the_gateway_is_scraped_with_its_token() -> None:
     token = {e["name"]: e for e in c["env"]}["ZLB_HTTP_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert endpoint["authorization"] == {"type": "Bearer", "credentials": token}
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"  # the one path that needs no token
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_gateway_answers_to_every_name_of_its_service(path: str) -> None:
+    """zlb-http, zlb-http.NAMESPACE, ...svc and ...svc.cluster.local, with a port or without, in whatever namespace
+    the pod runs (the base names none: kubectl's; the dev overlay zlb-dev); any other Host is refused."""
+    objects = render(path)
+    gateway = find(objects, "Deployment", "zlb-http")
+    service = find(objects, "Service", "zlb-http")
+    namespace = gateway["metadata"].get("namespace", "team-a")  # the base: wherever it is applied
+    assert service["metadata"].get("namespace", "team-a") == namespace
+    c = container(gateway)
+    env = container_env(c, namespace=namespace)
+    args = [expand(arg, env) for arg in c["args"]]
+    hosts = tuple(allowed_host(args[i + 1]) for i, arg in enumerate(args) if arg == "--allowed-host")
+    policy = Policy.for_host(option(args, "--host"), "t" * 32, hosts)
+    port = service["spec"]["ports"][0]["port"]
+    name = service["metadata"]["name"]
+    for host in (name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"):
+        for header in (host, f"{host}:{port}", f"{host}."):
+            assert policy.host_refusal(header) == "", header
+    for other in ("attacker.example", f"{name}.elsewhere.svc.cluster.local", f"{name}.{namespace}.svc.evil"):
+        assert policy.host_refusal(other), other
 
 
 def test_an_etcd_runs_in_the_base_and_not_with_an_external_one() -> None:
