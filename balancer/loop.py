@@ -406,15 +406,14 @@ class Balancer:
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
         out = self.sched.outbox
+        journal = self.journal
+        if journal is not None and out.journal:
+            self._write_journal()  # first: with a standby, its records are on their way before any WORK
         if not self._stopping:  # a stopping balancer starts no new work
             self.node_side.dispatch()
-        journal = self.journal
         if journal is not None:
             if out.journal:
-                # One write for the iteration's records, before any of its results leave.
-                written = journal.append()
-                if written is not None and self.replication is not None:
-                    self.replication.ship(*written)
+                self._write_journal()  # what dispatching finished (a request out of attempts)
             if journal.compaction is not None:
                 journal.step()
             if not journal.healthy:
@@ -425,6 +424,12 @@ class Balancer:
             replication.release(out)  # earlier ones it has applied go now
         if out.replies or out.replays or self.client_side.held or self.client_side.sending:
             self.client_side.flush()
+
+    def _write_journal(self) -> None:
+        """One write for the iteration's records, before any of its results leave; shipped to the standby."""
+        written = self.journal.append()
+        if written is not None and self.replication is not None:
+            self.replication.ship(*written)
 
     def publish_pending(self) -> None:
         """Publish and log the events not yet published (also on the way out after a failure)."""

@@ -180,7 +180,7 @@ class Member:
                 elected, self.pending = self.pending, None
                 if elected is None:
                     elected = self._standby()
-                if elected is None:
+                if elected is None or self.stopping:  # a SIGTERM that came as we won: stop, do not lead
                     break
                 lock.release()
                 lock = None

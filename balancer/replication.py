@@ -43,6 +43,8 @@ from wire.protocol import MsgType, ProtocolError
 # The leader sends an empty RECORDS once per tick (its heartbeat): the standby knows the leader lives,
 # and answers. Either side counts this many keep-alive intervals without a word as silence.
 SILENT_KEEPALIVES = 4
+# Journal bytes wait for the answers that rest on them, a tick, or this many bytes, whichever comes first.
+UNSENT_MAX_BYTES = 256 * 1024
 REFUSING = f"{p.REASON_BUSY}: no standby is in sync and this leader runs with --require-standby; re-send later"
 
 
@@ -90,6 +92,9 @@ class Replication:
         self._held: deque[tuple[int, float, list[Request], list[Request]]] = deque()
         self._last_sent = 0.0
         self._shipped: deque[tuple[int, int]] = deque()  # (seq, records shipped up to it) not yet applied
+        # Journal bytes not yet sent: they go with the answers that rest on them (see ship).
+        self._unsent: list[bytes] = []
+        self._unsent_records = self._unsent_bytes = 0
         self._records = self._applied_records = 0
         for name_ in ("ha_records_shipped", "ha_standby_dropped", "ha_snapshots", "ha_bad_messages"):
             counters.setdefault(name_, 0)
@@ -120,6 +125,7 @@ class Replication:
         current = self.standby
         if current is not None and current.name != name and self.gating:
             return  # one standby at a time; the other may follow once this one is dropped
+        self._send_unsent()  # to the standby that had the stream: the snapshot holds their effects
         records = jr.snapshot(self.sched)
         data = jf.frame(p.encode_records([jf.MAGIC, *records]))
         self.standby = Standby(route, name, self.seq, heard_at=now)
@@ -161,7 +167,21 @@ class Replication:
     # ---- the loop's side ----------------------------------------------------
 
     def ship(self, data: bytes, count: int) -> None:
-        """The iteration's journal bytes: number them and send them to the standby."""
+        """The iteration's journal bytes, sent with the next answers that rest on them (one round trip for
+        a request's ACCEPTED and FINISHED), at the next tick, or once UNSENT_MAX_BYTES wait."""
+        self._unsent.append(data)
+        self._unsent_records += count
+        self._unsent_bytes += len(data)
+        if self._unsent_bytes >= UNSENT_MAX_BYTES:
+            self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        """Number what waits as one batch of the stream and send it to the standby (if one follows)."""
+        if not self._unsent:
+            return
+        data = self._unsent[0] if len(self._unsent) == 1 else b"".join(self._unsent)
+        count = self._unsent_records
+        self._unsent, self._unsent_records, self._unsent_bytes = [], 0, 0
         self.seq += 1
         self.counters["ha_records_shipped"] += count
         self._records += count
@@ -172,6 +192,7 @@ class Replication:
     def hold(self, out: Any, now: float) -> None:
         """While gating, the iteration's answers wait for the standby to apply what they rest on."""
         if self.gating and (out.replies or out.replays):
+            self._send_unsent()
             self._held.append((self.seq, now, out.take_replies(), out.take_replays()))
 
     def release(self, out: Any) -> None:
@@ -192,6 +213,7 @@ class Replication:
 
     def tick(self, now: float) -> None:
         """Keep the stream alive, and drop a standby that fell behind or went silent."""
+        self._send_unsent()
         standby = self.standby
         if standby is None:
             return
@@ -255,7 +277,7 @@ class Replication:
             "standby": None if standby is None else standby.name,
             "in_sync": self.in_sync,
             "alone": not self.in_sync,
-            "lag_records": 0 if standby is None else self._records - self._applied_records,
+            "lag_records": 0 if standby is None else self._records + self._unsent_records - self._applied_records,
             "lag_ms": round(self._lag_s(now) * 1000, 1),
             "held_answers": sum(len(r) + len(q) for _s, _t, r, q in self._held),
             "seq": self.seq,

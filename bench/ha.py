@@ -62,7 +62,8 @@ class Member:
     def status(self, timeout_s: float = 0.5) -> dict[str, Any] | None:
         """Its `status`, or None while it does not answer (starting, between phases, dead)."""
         try:
-            return control_client.call(self.control, "status", timeout_s=timeout_s)
+            # This member's own word: a standby's status would otherwise be followed to the leader's.
+            return control_client.call(self.control, "status", timeout_s=timeout_s, follow_leader=False)
         except (control_client.BalancerUnreachable, control_client.ControlError):
             return None
 
@@ -85,10 +86,15 @@ class HaPair:
         return ",".join(getattr(m, role) for m in self.members)
 
     def leader(self) -> Member | None:
-        leaders = [m for m in self.members if m.role() == "leader"]
-        if len(leaders) > 1:
-            raise BenchError(f"two members say they lead: {', '.join(m.name for m in leaders)}")
-        return leaders[0] if leaders else None
+        """The member leading with the newest epoch (members are asked in turn, so a handover may show twice)."""
+        claims = []
+        for member in self.members:
+            status = member.status()
+            if status is not None and status.get("role") == "leader":
+                claims.append((status.get("epoch") or 0, member))
+        if len({epoch for epoch, _m in claims}) < len(claims):
+            raise BenchError(f"two members lead with one epoch: {', '.join(m.name for _e, m in claims)}")
+        return max(claims, key=lambda c: c[0])[1] if claims else None
 
     def in_sync(self) -> bool:
         """The leader counts its standby in sync."""
