@@ -381,7 +381,7 @@ class Balancer:
         control.record_sample(self.state, now)
         self.client_side.tick(now)
         self.times.roll(now)
-        sched.sessions.sweep(now)
+        sched.sessions.sweep()
         self.node_side.tick()
         c = sched.counters
         active = sum(1 for n in sched.routes.values() if n.active)

@@ -109,7 +109,6 @@ class Submitted(Enum):
     CONFLICT = "conflict"  # the id was used before with another payload
     REJECTED = "rejected"  # the queue is full
     BUSY = "busy"  # over the memory budget, or the client over its share: retry later
-    ID_IN_USE = "id_in_use"  # another live process holds this client id
     TOO_LARGE = "too_large"  # over the whole memory budget: no wait could let it in
 
 
