@@ -21,7 +21,7 @@ from balancer.index import Arrivals, matching
 from balancer.kept import KeptResults, resubmitted
 from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
-from balancer.records import ACCEPTED, COUNTERS, FINISHED, Node, NodeState, Outbox, Request, Submitted
+from balancer.records import ACCEPTED, COUNTERS, FINISHED, RESERVED, Node, NodeState, Outbox, Request, Submitted
 from balancer.sessions import ClientSessions
 from balancer.waiting import WaitingQueue
 from wire import events as ev
@@ -157,6 +157,8 @@ class Scheduler:
             return Submitted.BUSY
         req = Request(client_id, request_id, priority, None, route, body)
         session[request_id] = req
+        if request_id > session.highest:
+            session.highest = request_id
         if self.budget.over():
             self.kept.trim()
         self._queue.push_fresh(req)
@@ -217,12 +219,19 @@ class Scheduler:
                 other.status, other.server_id, other.attempts = req.status, req.server_id, req.attempts
                 self.outbox.replays.append(other)
 
+    def next_request_id(self, client_id: int, count: int = 1) -> int:
+        """The first of `count` request ids this client id has not used, reserved for the caller (journaled)."""
+        first = self.sessions.next_request_id(client_id, count, self.kept.ids.by_client.get(client_id))
+        if self.outbox.journal is not None:
+            self.outbox.journal.append((RESERVED, client_id, self.sessions.reserved[client_id]))
+        return first
+
     # ---- restart from a journal ------------------------------------------
 
     def restore_pending(self, client_id: int, request_id: int, priority: int, route: Any, body: Any) -> None:
         """Queue a request that a previous balancer accepted and never finished."""
         req = Request(client_id, request_id, priority, None, route, body)
-        self.sessions.of(client_id)[request_id] = req
+        self.sessions.add(client_id, request_id, req)
         self._queue.push_fresh(req)
         self._arrivals.add(req)
         self.budget.charge(client_id, _size(body))
@@ -233,7 +242,7 @@ class Scheduler:
         `outcome` is (status, server_id, attempts, result[, payload_digest]).
         """
         req = Request(client_id, request_id, priority, None, None, outcome[3], *outcome[:3], *outcome[4:])
-        self.sessions.of(client_id)[request_id] = req
+        self.sessions.add(client_id, request_id, req)
         self._arrivals.add(req)
         self.kept.remember(req)
 

@@ -1,7 +1,8 @@
 """A client id is a name (issue 22): several processes send under one at once, on real processes.
 
 Each result goes back to the connection that submitted it, also for two connections of one client id,
-for replays and for re-sends after a balancer restart on its journal.
+for replays and for re-sends after a balancer restart on its journal; `zlb client` without
+--first-request-id sends new request ids on every run.
 """
 
 from __future__ import annotations
@@ -195,3 +196,60 @@ def test_two_connections_of_one_client_id_get_their_own_results_replays_and_re_s
         a.close()
         b.close()
     assert executions(str(exec_log)) == {(9, rid): 1 for rid in range(1, 9)}
+
+
+def client_run(procs: ProcessGroup, *extra: str, replay: bool = False) -> list[int]:
+    """`zlb client --id 5 --requests 5`; the request ids it sent, each processed (each a replay, or none)."""
+    done = procs.run("client", "--id", "5", "--requests", "5", "--json", "--timeout", timeout_arg(30), *extra)
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {(r["status"], r["replay"]) for r in results} == {("processed", replay)}
+    return sorted(r["request_id"] for r in results)
+
+
+@pytest.mark.timeout(120)
+def test_every_run_of_zlb_client_sends_new_request_ids_also_after_a_restart(
+    procs: ProcessGroup, endpoints: Endpoints, tmp_path: Path
+):
+    """Two runs of `zlb client --id 5 --requests 5` run 10 requests; after kill -9 and a restart on the
+    journal the next run goes on from there, and so does one after ids were handed out and never used."""
+    journal, exec_log = str(tmp_path / "zlb.journal"), tmp_path / "exec.log"
+    balancer = start_balancer(procs, endpoints, 100, "--journal", journal)
+    start_node(balancer, 0, "counting", exec_log)
+    balancer.wait_servers_active({0})
+    assert client_run(procs) == [1, 2, 3, 4, 5]
+    assert client_run(procs) == [6, 7, 8, 9, 10]
+    assert len(executions(str(exec_log))) == 10 and set(executions(str(exec_log)).values()) == {1}
+    procs.kill9(balancer.proc)
+    balancer = start_balancer(procs, endpoints, 100, "--journal", journal)
+    assert client_run(procs) == [11, 12, 13, 14, 15]
+    reserved = balancer.call("next_request_id", client_id=5, count=5)  # a run that died before it sent
+    assert reserved["first_request_id"] == 16
+    procs.kill9(balancer.proc)
+    balancer = start_balancer(procs, endpoints, 100, "--journal", journal)
+    assert client_run(procs) == [21, 22, 23, 24, 25]
+    assert client_run(procs, "--first-request-id", "1", replay=True) == [1, 2, 3, 4, 5]  # the stored results
+    assert executions(str(exec_log)) == {(5, rid): 1 for rid in [*range(1, 16), *range(21, 26)]}
+
+
+@pytest.mark.timeout(120)
+def test_two_runs_of_zlb_client_started_at_once_run_all_their_requests(
+    balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path
+):
+    """Two `zlb client --id 5 --requests 5` started at the same moment: 10 requests run, once each, and each
+    run prints its own 5 results."""
+    gate, exec_log = tmp_path / "gate", tmp_path / "exec.log"
+    start_node(balancer, 0, "gated_counting", exec_log, gate)
+    balancer.wait_servers_active({0})
+    command = ("client", "--id", "5", "--requests", "5", "--json", "--timeout", timeout_arg(40))
+    runs = start_together(procs, tmp_path, "client", command, command)
+    wait_until(lambda: balancer.call("status")["requests"]["submitted"] == 10, 30, "both runs' requests in")
+    gate.touch()
+    sent = []
+    for run in runs:
+        assert run.wait(40) == 0, run.stderr()
+        ids = sorted(row["request_id"] for row in rows(run) if row["status"] == "processed")
+        assert len(ids) == 5 and ids == list(range(ids[0], ids[0] + 5))
+        sent += ids
+    assert sorted(sent) == list(range(1, 11))
+    assert executions(str(exec_log)) == {(5, rid): 1 for rid in range(1, 11)}

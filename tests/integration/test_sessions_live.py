@@ -142,7 +142,7 @@ def test_two_clients_with_one_id_both_run_and_never_share_results(
     balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path
 ):
     """Two `zlb client --id 5` started together: a client id is a name, so both run all their requests, each
-    under request ids of its own, and each prints only its own results.
+    under request ids of its own (the balancer hands them out), and each prints only its own results.
 
     The node holds every request until the test opens its gate, so both clients are running at once,
     however far apart a busy machine starts them."""
@@ -150,7 +150,7 @@ def test_two_clients_with_one_id_both_run_and_never_share_results(
     balancer.start_server(0, "--capacity", "8", handler="gated", env={"ZLB_TEST_GATE": str(gate)})
     balancer.wait_servers_active({0})
     args = ("client", "--id", "5", "--requests", "20", "--json", "--timeout", timeout_arg(30))
-    clients = procs.start("c1", *args, "--first-request-id", "1"), procs.start("c2", *args, "--first-request-id", "21")
+    clients = procs.start("c1", *args), procs.start("c2", *args)
     wait_until(lambda: balancer.call("status")["requests"]["submitted"] == 40, 20, "both clients' requests in")
     assert all(c.popen.poll() is None for c in clients)
     gate.touch()
@@ -199,7 +199,9 @@ def test_sigterm_ends_a_node_with_a_stuck_handler_at_its_grace(balancer: LiveBal
 
 
 @pytest.mark.timeout(60)
-def test_a_node_takes_the_balancers_heartbeat_and_never_flaps(watchful_balancer: LiveBalancer, procs: ProcessGroup):
+def test_a_node_takes_the_balancers_heartbeat_and_never_flaps(
+    watchful_balancer: LiveBalancer, procs: ProcessGroup
+):
     """A node started with a slower heartbeat than the balancer's adopts the balancer's from WELCOME: one join.
 
     Its own 5 s would leave it silent five times the balancer's 1 s liveness; three liveness windows pass."""
