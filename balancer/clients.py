@@ -1,4 +1,4 @@
-"""The frontend: client sessions, submissions, and every result on its way out.
+"""The frontend: client connections, submissions, and every result on its way out.
 
 ClientSide owns what the balancer knows of its clients' connections and
 nothing else; the loop (balancer/loop.py) owns the socket and hands it over,
@@ -112,8 +112,7 @@ class ClientSide:
                 client_id, incarnation, items = fields
                 budget -= len(items)
                 for request_id, priority, payload in items:
-                    if not self._submit(route, client_id, request_id, priority, incarnation, payload, now):
-                        break  # the id is another process's: so is the rest of the batch
+                    self._submit(route, client_id, request_id, priority, incarnation, payload, now)
             elif msg_type is submit:
                 budget -= 1
                 client_id, request_id, priority, incarnation = fields
@@ -128,18 +127,15 @@ class ClientSide:
 
     def _submit(
         self, route: bytes, client_id: int, request_id: int, priority: int, incarnation: int, body: Any, now: float
-    ) -> bool:
-        """Hand one submission to the scheduler and answer what it refused; False if the id is in use."""
+    ) -> None:
+        """Hand one submission to the scheduler and answer what it refused."""
         refusal = self._refuse_outright(client_id, request_id, len(body))
         if refusal:
             self._send(route, p.encode(MsgType.REJECTED, request_id, refusal))
-            return True
+            return
         outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
         if outcome is _QUEUED or outcome is _DUPLICATE or outcome is _FINISHED:
-            return True
-        if outcome is Submitted.ID_IN_USE:
-            self._claim(route, (client_id, incarnation, None, None), now, welcome=False)
-            return False
+            return
         if outcome is Submitted.BUSY:
             reason = self.sched.last_refusal
             self.incidents.refusal(ev.SYSTEM_BUSY, client_id, reason, now)
@@ -151,7 +147,6 @@ class ClientSide:
         else:
             reason = self.sched.queue_full_reason()
         self._send(route, p.encode(MsgType.REJECTED, request_id, reason))
-        return True
 
     def _refuse_outright(self, client_id: int, request_id: int, size: int) -> str:
         """Why no wait could ever let this submission in, or ''."""
@@ -162,27 +157,23 @@ class ClientSide:
             return limits.too_large("payload", size, self.max_message_bytes).decode()
         return ""
 
-    def _claim(self, route: bytes, claim: tuple[Any, ...], now: float, welcome: bool) -> None:
-        """Open or renew the session (client_id, incarnation, pid, host); answer REFUSED, or WELCOME if asked."""
-        reason = self.sched.sessions.hello(*claim, now)
-        if reason:
-            self.incidents.refusal(ev.SYSTEM_CLIENT_REFUSED, claim[0], reason, now)
-            self._send(route, p.encode(MsgType.REFUSED, reason, None, None))
-        elif welcome:
-            lease_ms = int(self.sched.client_lease_s * 1000)
-            self._send(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.max_message_bytes))
+    def _welcome(self, route: bytes) -> None:
+        """CLIENT_WELCOME: how often to ping, and the largest payload. A client id is a name, held by no
+        process (balancer/sessions.py): any number of processes may speak for one at once, none is refused."""
+        lease_ms = int(self.sched.client_lease_s * 1000)
+        self._send(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.max_message_bytes))
 
     def _on_hello(self, route: bytes, fields: list[Any], now: float) -> None:
         if limits.bad_host(fields[3]) or not 0 <= fields[2] <= limits.MAX_PID:
             raise ProtocolError("bad_fields", f"CLIENT_HELLO with pid {fields[2]} and host {fields[3]!r:.80}")
-        self._claim(route, tuple(fields), now, welcome=True)
+        self._welcome(route)
 
     def _on_ping(self, route: bytes, fields: list[Any], now: float) -> None:
         # Answered (a WELCOME again): a client following an HA group judges its balancer by the answers.
-        self._claim(route, (fields[0], fields[1], None, None), now, welcome=True)
+        self._welcome(route)
 
     def _on_bye(self, route: bytes, fields: list[Any], now: float) -> None:
-        self.sched.sessions.bye(fields[0], fields[1])
+        # The connection is done: its route is forgotten (its requests and their results stay).
         self._routes.pop(route, None)
         self._routes_old.pop(route, None)
 

@@ -13,6 +13,8 @@ Ids kept past their results (balancer/earlier.py) follow, a page at a time,
 once every session's requests are written: a request whose result was let go
 of before its slice was skipped there, and is in its page by then. Letting go
 of a result appends nothing, so this order is what keeps its id in the file.
+Request id reservations (RESERVED, balancer/sessions.py) come last, a slice at a
+time too; replay keeps the highest per client id, so their order is free.
 
 When every slice is written, a helper thread fsyncs the new file (a disk
 flush of the whole state must not sit on the loop) and reports on a queue;
@@ -27,7 +29,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
-from balancer.records import ACCEPTED, EARLIER, FINISHED, Request
+from balancer.records import ACCEPTED, EARLIER, FINISHED, RESERVED, Request
 from wire.protocol import FAILED, PROCESSED
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class Compaction:
         self._id_clients: list[int] | None = None  # clients with ids past their results, listed when reached
         self._pages: list[int] = []  # page numbers of the client being written
         self._client = 0
+        self._reserved = sched.sessions.reserved
+        self._reservations: list[tuple[int, int]] | None = None  # listed when reached
         self._synced: queue.SimpleQueue[BaseException | None] | None = None
         journal.start_rewrite()
 
@@ -87,6 +91,7 @@ class Compaction:
             if self._at >= len(self._keys):
                 if not self._sessions:
                     self._next_ids(out)
+                    self._next_reservations(out)
                     break
                 # Keys, not values: copying a million ints takes 6 ms, a million Requests 20 (each is touched).
                 self._session = self._sessions.pop()
@@ -114,6 +119,15 @@ class Compaction:
                 continue
             client_id = self._client
             out.extend((EARLIER, client_id, *held) for held in ids.page_ids(client_id, self._pages.pop()))
+
+    def _next_reservations(self, out: list[tuple[Any, ...]]) -> None:
+        """Records of request id reservations, once the ids are written, until out holds CHUNK."""
+        if len(out) >= CHUNK:
+            return
+        if self._reservations is None:
+            self._reservations = list(self._reserved.items())
+        while self._reservations and len(out) < CHUNK:
+            out.append((RESERVED, *self._reservations.pop()))
 
 
 def _fsync(fd: int, done: queue.SimpleQueue[BaseException | None]) -> None:

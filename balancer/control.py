@@ -206,6 +206,20 @@ def cmd_request(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     return request_view(req)
 
 
+def cmd_next_request_id(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    """`count` request ids the client id has not used (above every id remembered under it and every range
+    handed out before), reserved for the caller: `zlb client` without --first-request-id asks this."""
+    client = _int_arg(args, "client_id", minimum=0)
+    count = _int_arg(args, "count", required=False, minimum=1)
+    if client >= 2**64:
+        raise CommandError("'client_id' must be below 2**64")
+    try:
+        first = state.scheduler.next_request_id(client, 1 if count is None else count)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    return {"client_id": client, "first_request_id": first, "count": 1 if count is None else count}
+
+
 def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     # Each query is also a rate sample, so rates are recent even between loop ticks.
     record_sample(state, now)
@@ -433,6 +447,7 @@ COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {
     "ping": cmd_ping,
     "find_requests": cmd_find_requests,
     "request_detail": cmd_request_detail,
+    "next_request_id": cmd_next_request_id,
 }
 
 

@@ -60,12 +60,14 @@ class ControlSide:
         incidents: Incidents,
         curve: bool,
         publish: Callable[[], None],
+        write_journal: Callable[[], None] = lambda: None,
     ) -> None:
         self.sock = sock
         self.state = state
         self.incidents = incidents
         self.curve = curve
         self._publish = publish
+        self._write_journal = write_journal  # records a command made are written before its answer leaves
         # The loop polls this socket's ZMQ_FD, which signals new arrivals once: after a drain that
         # stopped early, or a reply whose send took in the news of an arrival, messages can wait
         # unsignalled. True then: the loop's next pass polls without sleeping and drains again.
@@ -119,6 +121,8 @@ class ControlSide:
             reply = p.encode_map({"ok": False, "error": f"bad message: {exc}"})
         else:
             reply = self._reply(request, self._is_admin(frames[1]), now)
+            if self.state.scheduler.outbox.journal:  # a request id reservation: on record before it is told
+                self._write_journal()
         self.sock.send_multipart([frames[0], reply])
 
     def _is_admin(self, frame: zmq.Frame) -> bool:

@@ -30,7 +30,7 @@ from balancer import journal_format as jf
 from balancer.compaction import record_of
 from balancer.journal_format import MAGIC, JournalError, fsync_dir
 from balancer.journal_replay import Recovered, keep_aside, lock_path, read_mark, recover, replay, restore
-from balancer.records import EARLIER
+from balancer.records import EARLIER, RESERVED
 from balancer.scheduler import Scheduler
 from wire import protocol as p
 
@@ -45,9 +45,11 @@ COMPACT_SLACK_RECORDS = 50_000
 
 
 def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
-    """The records that describe the scheduler's remembered requests now, and the ids kept past their results."""
+    """The records that describe the scheduler's remembered requests now, the ids kept past their results and
+    the request id reservations."""
     out = [record_of(req) for req in sched.requests()]
     out.extend((EARLIER, *held) for held in sched.kept.ids)
+    out.extend((RESERVED, *reserved) for reserved in sched.sessions.reserved.items())
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from balancer import journal_format as jf
 from balancer.journal_format import MAGIC, JournalError, fsync_dir
-from balancer.records import EARLIER
+from balancer.records import EARLIER, RESERVED
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from wire import protocol as p
 
@@ -43,6 +43,7 @@ class Recovered:
     bytes_skipped: int = 0  # damaged bytes skipped
     bytes_missing: int = 0  # the file ends this much short of its synced mark: it was cut
     kept_as: str = ""  # where the damaged file was kept, by recover()
+    reserved: dict[int, int] = field(default_factory=dict)  # RESERVED records: client id -> the highest `beyond`
 
     @property
     def damaged(self) -> bool:
@@ -72,15 +73,19 @@ def replay(path: str, keep_finished: int | None = None) -> Recovered:
     records = p.decode_records(found.payloads)
     _check_is_journal(path, data, found, records)
     latest: dict[tuple[int, int], list[Any]] = {}
+    reserved: dict[int, int] = {}
     invalid = 0
     for rec in records:
         if _valid(rec):
+            if rec[0] == RESERVED:  # (RESERVED, client_id, beyond): the highest wins
+                reserved[rec[1]] = max(rec[2], reserved.get(rec[1], 0))
+                continue
             key = (rec[1], rec[2])
             latest.pop(key, None)  # re-inserting keeps dict order = order of last record
             latest[key] = rec
         elif rec != _MAGIC_DECODED:
             invalid += 1
-    out = Recovered(records=len(records), torn_bytes=found.torn_bytes)
+    out = Recovered(records=len(records), torn_bytes=found.torn_bytes, reserved=reserved)
     out.records_lost, out.bytes_skipped = found.frames_lost + invalid, found.skipped_bytes
     if mark is not None:
         _apply_mark(out, found, mark, len(data), invalid)
@@ -167,7 +172,8 @@ def _valid(rec: Any) -> bool:
     """A record of a known kind and length with integer ids (anything else is skipped)."""
     if type(rec) is not list or not rec:
         return False
-    sizes = {ACCEPTED: (6,), FINISHED: (8, 9), EARLIER: (5,)}.get(rec[0], ())  # FINISHED 8: before digests were kept
+    # FINISHED 8: before digests were kept
+    sizes = {ACCEPTED: (6,), FINISHED: (8, 9), EARLIER: (5,), RESERVED: (3,)}.get(rec[0], ())
     if len(rec) not in sizes or type(rec[1]) is not int or type(rec[2]) is not int:
         return False
     return rec[0] != EARLIER or (rec[3] in (p.PROCESSED, p.FAILED) and type(rec[4]) in (int, type(None)))
@@ -182,3 +188,5 @@ def restore(sched: Scheduler, recovered: Recovered) -> None:
             sched.restore_finished(*rec[1:])
     for _kind, cid, rid, priority, route, payload in recovered.pending:
         sched.restore_pending(cid, rid, priority, route, payload)
+    for cid, beyond in recovered.reserved.items():
+        sched.sessions.reserve(cid, beyond)

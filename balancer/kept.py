@@ -59,8 +59,18 @@ def payload_digest(payload: Any, like: int | None = None) -> int:
     return -1 - (int.from_bytes(hashlib.sha256(payload).digest()[:8], "little") >> 1)
 
 
-def resubmitted(req: Request, route: Any, body: Any, counters: dict[str, int], outbox: Outbox) -> Submitted:
-    """A known request id again: the same request (answer it), or a conflicting reuse."""
+# Connections of other processes remembered per unfinished request, to answer them too when it finishes.
+MAX_ALSO_WAITING = 64
+
+
+def resubmitted(
+    req: Request, route: Any, body: Any, counters: dict[str, int], outbox: Outbox, also: dict[Request, list[Any]]
+) -> Submitted:
+    """A known request id again: the same request (answer it), or a conflicting reuse.
+
+    Unfinished and submitted from another connection (another process under the client id, or the same
+    one restarted), the result will go to the new connection and, as a replay, to those that asked before
+    (`also`, at most MAX_ALSO_WAITING of them; the rest fetch it with their next re-send)."""
     finished = req.status in (PROCESSED, FAILED)
     if finished:
         same = req.payload_digest is None or req.payload_digest == payload_digest(body, like=req.payload_digest)
@@ -71,9 +81,14 @@ def resubmitted(req: Request, route: Any, body: Any, counters: dict[str, int], o
         return Submitted.CONFLICT
     counters["duplicates"] += 1
     replay = finished and req.route != route  # another process asks for a result it did not see made
-    req.route = route  # answer wherever the client is now
     if not finished:
+        if req.route is not None and req.route != route:
+            waiting = also.setdefault(req, [])
+            if req.route not in waiting and len(waiting) < MAX_ALSO_WAITING:
+                waiting.append(req.route)
+        req.route = route  # answered here, and where it was asked before
         return Submitted.DUPLICATE
+    req.route = route  # answer wherever the client is now
     if replay:
         counters["replays"] += 1
         outbox.replays.append(req)
@@ -187,7 +202,7 @@ class KeptResults:
         if session is not None and session.get(old.request_id) is old:
             del session[old.request_id]
             self.ids.add(old.client_id, old.request_id, old.status, old.payload_digest, self._gone)
-            if not session and session.incarnation is None:
+            if not session:
                 del self._sessions[old.client_id]
 
     def restore_id(self, client_id: int, request_id: int, status: str, digest: int | None) -> None:

@@ -176,7 +176,7 @@ class Balancer:
         self.client_side = ClientSide(self.frontend, self.sched, self.incidents, cfg.max_message_bytes, now)
         self.node_side = NodeSide(self.backend, self.sched, self.incidents, self.client_side, cfg)
         self.control_side = ControlSide(
-            self.control_sock, self.state, self.incidents, self.curve is not None, self._publish
+            self.control_sock, self.state, self.incidents, self.curve is not None, self._publish, self._write_journal
         )
         # The control socket is polled by its file descriptor (ZMQ_FD), not as a socket: zmq_poll
         # asks each socket for ZMQ_EVENTS before and after it sleeps, a poll(2) each, and control
@@ -385,7 +385,7 @@ class Balancer:
         control.record_sample(self.state, now)
         self.client_side.tick(now)
         self.times.roll(now)
-        sched.sessions.sweep(now)
+        sched.sessions.sweep()
         self.node_side.tick()
         c = sched.counters
         active = sum(1 for n in sched.routes.values() if n.active)
@@ -426,10 +426,12 @@ class Balancer:
             self.client_side.flush()
 
     def _write_journal(self) -> None:
-        """One write for the iteration's records, before any of its results leave; shipped to the standby."""
-        written = self.journal.append()
-        if written is not None and self.replication is not None:
-            self.replication.ship(*written)
+        """Append the records decided so far and ship them to a standby (a control answer that rests on one,
+        a request id reservation, leaves only after this)."""
+        if self.journal is not None and self.sched.outbox.journal:
+            written = self.journal.append()
+            if written is not None and self.replication is not None:
+                self.replication.ship(*written)
 
     def publish_pending(self) -> None:
         """Publish and log the events not yet published (also on the way out after a failure)."""

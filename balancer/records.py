@@ -18,6 +18,8 @@ ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
 FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result, payload_digest)
 # Finished earlier, its result no longer kept (balancer/earlier.py): the digest is cut to 60 bits, its sign kept.
 EARLIER = 3  # (EARLIER, client_id, request_id, status, payload_digest | None)
+# Request ids below `beyond` were handed out by next_request_id for this client id (balancer/sessions.py).
+RESERVED = 4  # (RESERVED, client_id, beyond)
 
 
 # The scheduler's counters, shown by `zlb status` under "requests".
@@ -109,7 +111,6 @@ class Submitted(Enum):
     CONFLICT = "conflict"  # the id was used before with another payload
     REJECTED = "rejected"  # the queue is full
     BUSY = "busy"  # over the memory budget, or the client over its share: retry later
-    ID_IN_USE = "id_in_use"  # another live process holds this client id
     TOO_LARGE = "too_large"  # over the whole memory budget: no wait could let it in
 
 

@@ -21,7 +21,7 @@ from balancer.index import Arrivals, matching
 from balancer.kept import KeptResults, resubmitted
 from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
-from balancer.records import ACCEPTED, COUNTERS, FINISHED, Node, NodeState, Outbox, Request, Submitted
+from balancer.records import ACCEPTED, COUNTERS, FINISHED, RESERVED, Node, NodeState, Outbox, Request, Submitted
 from balancer.sessions import ClientSessions
 from balancer.waiting import WaitingQueue
 from wire import events as ev
@@ -30,8 +30,8 @@ from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
 __all__ = ["ACCEPTED", "FINISHED", "Joined", "Node", "NodeState", "Refused", "Request", "Scheduler", "Submitted"]
 
 DEFAULT_MAX_ATTEMPTS = 3
-# A client id stays with its process this long after the process was last heard from
-# (clients with outstanding requests ping at a third of it); CLIENT_BYE frees it at once.
+# Told to clients in CLIENT_WELCOME: with requests outstanding they ping at a third of it. A client id
+# is a name held by no process (balancer/sessions.py), so this is a ping interval, not a lock's lease.
 DEFAULT_CLIENT_LEASE_S = 10.0
 # How often one request may be lost in transit before it fails: far more than connection resets
 # or resync storms of a healthy node cost one request (tests: 10 in a row). Lost that often, the
@@ -72,7 +72,7 @@ class Scheduler:
         self.nodes = self.table.nodes
         self.routes = self.table.routes
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self.sessions = ClientSessions(client_lease_s, self.counters)
+        self.sessions = ClientSessions()
         self._queue = WaitingQueue()
         self._arrivals = Arrivals()  # every remembered request in arrival order, for listings
         self.budget = MemoryBudget(max_memory_bytes)
@@ -82,6 +82,9 @@ class Scheduler:
         self.refusing = ""
         # Requests lost in transit, and how often: rare, so a dict beside them, not a field in each.
         self._transit_losses: dict[Request, int] = {}
+        # Unfinished requests submitted again from another connection (another process under the client id):
+        # the routes that asked before the request's own, each answered too when it finishes. Rare: a dict beside.
+        self._also_waiting: dict[Request, list[Any]] = {}
         windows = (keep_finished_s, remember_s, remember_bytes)
         self.kept = KeptResults(
             keep_finished, keep_finished_bytes, self.budget, self.sessions, *windows, forgotten=self._arrivals.forget
@@ -124,13 +127,13 @@ class Scheduler:
         incarnation: int = 0,
         now: float = 0.0,
     ) -> Submitted:
-        """Queue a client's request, or recognise it as one already known."""
-        session = self.sessions.held_by(client_id, incarnation, now)
+        """Queue a client's request, or recognise it as one already known (from any process: ids are names)."""
+        session = self.sessions.get(client_id)
         if session is None:
-            return Submitted.ID_IN_USE
+            session = self.sessions.of(client_id)
         req = session.get(request_id)
         if req is not None:
-            return resubmitted(req, route, body, self.counters, self.outbox)
+            return resubmitted(req, route, body, self.counters, self.outbox, self._also_waiting)
         pages = self._earlier_pages.get(client_id)
         if pages is not None and (request_id >> PAGE_BITS) in pages:  # maybe finished before its result went
             earlier = self.kept.earlier(client_id, request_id, route, body, self.counters, self.outbox)
@@ -154,6 +157,8 @@ class Scheduler:
             return Submitted.BUSY
         req = Request(client_id, request_id, priority, None, route, body)
         session[request_id] = req
+        if request_id > session.highest:
+            session.highest = request_id
         if self.budget.over():
             self.kept.trim()
         self._queue.push_fresh(req)
@@ -196,6 +201,8 @@ class Scheduler:
         if self._transit_losses:
             self._transit_losses.pop(req, None)
         req.status = status
+        if self._also_waiting:
+            self._answer_also_waiting(req, result)
         self.kept.add(req, result)
         self.counters[status] += 1
         if not answered:
@@ -204,12 +211,27 @@ class Scheduler:
             outcome = (status, req.server_id, req.attempts, result, req.payload_digest)
             self.outbox.journal.append((FINISHED, req.client_id, req.request_id, req.priority, *outcome))
 
+    def _answer_also_waiting(self, req: Request, result: Any) -> None:
+        """A finishing request's result goes to every other connection that submitted it, as a replay."""
+        for route in self._also_waiting.pop(req, ()):
+            if route != req.route:
+                other = Request(req.client_id, req.request_id, req.priority, None, route, result)
+                other.status, other.server_id, other.attempts = req.status, req.server_id, req.attempts
+                self.outbox.replays.append(other)
+
+    def next_request_id(self, client_id: int, count: int = 1) -> int:
+        """The first of `count` request ids this client id has not used, reserved for the caller (journaled)."""
+        first = self.sessions.next_request_id(client_id, count, self.kept.ids.by_client.get(client_id))
+        if self.outbox.journal is not None:
+            self.outbox.journal.append((RESERVED, client_id, self.sessions.reserved[client_id]))
+        return first
+
     # ---- restart from a journal ------------------------------------------
 
     def restore_pending(self, client_id: int, request_id: int, priority: int, route: Any, body: Any) -> None:
         """Queue a request that a previous balancer accepted and never finished."""
         req = Request(client_id, request_id, priority, None, route, body)
-        self.sessions.of(client_id)[request_id] = req
+        self.sessions.add(client_id, request_id, req)
         self._queue.push_fresh(req)
         self._arrivals.add(req)
         self.budget.charge(client_id, _size(body))
@@ -220,7 +242,7 @@ class Scheduler:
         `outcome` is (status, server_id, attempts, result[, payload_digest]).
         """
         req = Request(client_id, request_id, priority, None, None, outcome[3], *outcome[:3], *outcome[4:])
-        self.sessions.of(client_id)[request_id] = req
+        self.sessions.add(client_id, request_id, req)
         self._arrivals.add(req)
         self.kept.remember(req)
 

@@ -1,49 +1,59 @@
-"""Client sessions: one live process per client id, and the requests remembered under it.
+"""Client ids: names, and the requests remembered under each.
 
-Pure, like the scheduler that owns them. A client id belongs to one
-incarnation at a time; another incarnation is refused while the holder was
-heard within its lease, and takes over after it. The same dict keys the
-client's remembered requests by request id, the idempotency keys.
+Pure, like the scheduler that owns them. A client id is a name, not a lock:
+any number of processes may submit under one at once, each over its own
+connection, and each result goes back to the connection that submitted it
+(the request's route). What a client id keys is its requests: the dict of a
+ClientSession maps request ids, the idempotency keys, to their requests, so
+the same (client id, request id) from two processes is one request.
+Connections come and go without the balancer holding anything for them: no
+incarnation, no lease (docs/PROTOCOL.md, "Sessions").
+
+Request ids handed out by next_request_id (a control query, for `zlb client`
+without --first-request-id) are reserved per client id, so two runs asking at
+once get ranges of their own; reservations are journaled (RESERVED records).
 """
 
 from __future__ import annotations
 
-# Client ids the balancer keeps sessions for at once; a HELLO for a new one beyond is refused.
-MAX_SESSIONS = 200_000
+from array import array
+
+from balancer.earlier import PAGE_BITS
+
+# Client ids with a reservation held at once; beyond, the oldest reservation is let go of.
+MAX_RESERVATIONS = 65_536
+# Ids one next_request_id may reserve: a run of zlb client sends at most this many.
+MAX_RESERVE = 2**32
+MAX_REQUEST_ID = 2**64 - 1
 
 
 class ClientSession(dict):
-    """One client id's remembered requests by request id, and the incarnation that holds the id.
+    """One client id's remembered requests by request id, and the highest request id it accepted.
 
     Every decoded header carries a fresh int for the client id (only -5..256
     are cached by Python); pointing each Request at this one copy saves 32
     bytes per waiting request, a tenth of the memory of a queued request.
     """
 
-    __slots__ = ("client_id", "host", "incarnation", "last_seen", "pid")
+    __slots__ = ("client_id", "highest")
 
     def __init__(self, client_id: int) -> None:
         super().__init__()
         self.client_id = client_id
-        self.incarnation: int | None = None
-        self.last_seen = 0.0
-        self.pid: int | None = None
-        self.host: str | None = None
+        self.highest = -1  # the highest request id accepted while this session lived (-1: none)
 
 
 class ClientSessions(dict):
-    """ClientSession by client id."""
+    """ClientSession by client id; request id reservations by client id."""
 
-    def __init__(self, lease_s: float, counters: dict[str, int]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.lease_s = lease_s
-        self.counters = counters  # the scheduler's: refusals count under "clients_refused"
+        # client id -> the first request id past the last range next_request_id handed out, oldest first
+        self.reserved: dict[int, int] = {}
 
-    def sweep(self, now: float) -> int:
-        """Forget sessions that remember no request and whose holder left or went quiet; return how many."""
-        idle = [
-            cid for cid, s in self.items() if not s and (s.incarnation is None or now - s.last_seen >= self.lease_s)
-        ]
+    def sweep(self) -> int:
+        """Forget sessions that remember no request (a refused submit made one); return how many."""
+        idle = [cid for cid, s in self.items() if not s]
         for cid in idle:
             del self[cid]
         return len(idle)
@@ -55,36 +65,33 @@ class ClientSessions(dict):
             session = self[client_id] = ClientSession(client_id)
         return session
 
-    def held_by(self, client_id: int, incarnation: int, now: float) -> ClientSession | None:
-        """The session of a client id for a submission from `incarnation`; None if another live process holds it."""
+    def add(self, client_id: int, request_id: int, req: object) -> None:
+        """Remember a request under its ids (a restored one: a submit does this inline)."""
         session = self.of(client_id)
-        return None if self.claim(session, incarnation, now) else session
+        session[request_id] = req
+        if request_id > session.highest:
+            session.highest = request_id
 
-    def hello(self, client_id: int, incarnation: int, pid: int | None, host: str | None, now: float) -> str:
-        """Open (or refresh) a session; return '' or the reason it is refused."""
-        if client_id not in self and len(self) >= MAX_SESSIONS:
-            return f"too many client sessions ({MAX_SESSIONS}); try again later"
-        session = self.of(client_id)
-        refusal = self.claim(session, incarnation, now)
-        if not refusal and pid is not None:
-            session.pid, session.host = pid, host
-        return refusal
-
-    def claim(self, session: ClientSession, incarnation: int, now: float) -> str:
-        """The session's holder is `incarnation` from now on, unless another live one holds it."""
-        if session.incarnation != incarnation:
-            if session.incarnation is not None and now - session.last_seen < self.lease_s:
-                self.counters["clients_refused"] += 1
-                where = f" (pid {session.pid} on host {session.host})" if session.pid is not None else ""
-                return f"client id {session.client_id} is in use by another process{where}; pick another --id"
-            session.incarnation, session.pid, session.host = incarnation, None, None
-        session.last_seen = now
-        return ""
-
-    def bye(self, client_id: int, incarnation: int) -> None:
-        """The holder leaves: the id is free at once; the requests stay."""
+    def next_request_id(self, client_id: int, count: int, earlier: dict[int, array] | None) -> int:
+        """The first of `count` request ids above every id this client id is remembered by, and above every
+        range handed out before; reserved from now on. `earlier`: the client's pages of ids past their results.
+        """
+        if not 1 <= count <= MAX_RESERVE:
+            raise ValueError(f"count {count} is out of range (1 to {MAX_RESERVE})")
         session = self.get(client_id)
-        if session is not None and session.incarnation == incarnation:
-            session.incarnation = None
-            if not session:
-                del self[client_id]
+        first = max(1, session.highest + 1 if session is not None else 0, self.reserved.pop(client_id, 0))
+        if earlier:
+            top = max(earlier)
+            first = max(first, (top << PAGE_BITS) + earlier[top][0].bit_length())  # the used-slot bitmap
+        if first + count - 1 > MAX_REQUEST_ID:
+            raise ValueError(f"client id {client_id} has no {count} unused request ids left below 2**64")
+        self.reserve(client_id, first + count)
+        return first
+
+    def reserve(self, client_id: int, beyond: int) -> None:
+        """Ids below `beyond` were handed out for this client id (also when restored from a journal)."""
+        reserved = self.reserved
+        beyond = max(beyond, reserved.pop(client_id, 0))
+        if len(reserved) >= MAX_RESERVATIONS:
+            del reserved[next(iter(reserved))]
+        reserved[client_id] = beyond

@@ -23,8 +23,9 @@ from client_node.client import (
     json_payload,
 )
 from client_node.stall import StallWatch
+from wire import control_client
 from wire.handshake import curve_trouble
-from wire.options import endpoint_option, shown_option
+from wire.options import endpoint_option
 
 
 def describe(result: Result) -> str:
@@ -135,6 +136,27 @@ def run_session(frontend: str, client_id: int, retry_s: float, work: Callable[[C
     sys.exit(1 if bad else 0)
 
 
+def unused_request_ids(control: str, client_id: int, count: int) -> int:
+    """The first of `count` request ids `client_id` has not used, reserved by the balancer for this run
+    (control `next_request_id`); exit 1 with one line when it cannot be asked."""
+    try:
+        reply = control_client.call(
+            control, "next_request_id", timeout_s=CONNECT_TIMEOUT_S, client_id=client_id, count=count
+        )
+        return int(reply["first_request_id"])
+    except control_client.BalancerUnreachable as exc:
+        trouble = curve_trouble(control)
+        said = f"no answer from the balancer at {control}: {trouble}" if trouble else str(exc)
+    except (control_client.ControlError, KeyError, TypeError, ValueError) as exc:
+        said = f"the balancer at {control} did not hand out request ids: {exc}"
+    click.echo(
+        f"Error: {said}; asked which request ids client id {client_id} has not used"
+        " (set --control or ZLB_CONTROL, or pass --first-request-id)",
+        err=True,
+    )
+    sys.exit(1)
+
+
 # Below this many requests a line per result is readable; above it a progress bar is.
 PROGRESS_MIN_REQUESTS = 50
 
@@ -205,7 +227,13 @@ def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--requests", "count", type=click.IntRange(0), default=2, show_default=True, help="Requests to send.")
 @click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="Lower is more urgent.")
 @click.option("--cost-ms", type=click.FloatRange(0), default=0, show_default=True, help="Simulated work per request.")
-@shown_option("--first-request-id", click.IntRange(0), 1, "Id of the first request; the rest follow.")
+@click.option(
+    "--first-request-id",
+    type=click.IntRange(0, 2**64 - 1),
+    default=None,
+    help="Id of the first request; the rest follow. Default: the balancer hands out ids this client id has"
+    " not used (asked on --control), so every run sends new requests.",
+)
 @click.option(
     "--retry-s",
     type=click.FloatRange(0, min_open=True),
@@ -222,12 +250,17 @@ def client(
     count: int,
     priority: int,
     cost_ms: float,
-    first_request_id: int,
+    first_request_id: int | None,
     retry_s: float,
     timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Send N requests and wait for every result; exit 0 only if all were processed."""
+    """Send N requests and wait for every result; exit 0 only if all were processed.
+
+    A client id is a name: other processes may send under it at the same time. Without
+    --first-request-id the balancer hands this run ids the client id has not used."""
+    if first_request_id is None:
+        first_request_id = unused_request_ids(control, client_id, count) if count else 1
 
     def work(c: Client) -> int:
         for i in range(count):

@@ -30,11 +30,12 @@ outstanding it pings every FOLLOW_PING_S and, hearing nothing for
 FOLLOW_SILENCE_S, moves to the next endpoint. Answers from an older epoch than
 the newest seen are dropped (`stale_epoch`).
 
-Sessions: a Client draws an incarnation (random 64 bits) and opens a session
-for its client id with CLIENT_HELLO. While another live process holds the id
-the balancer answers REFUSED, and waiting raises ClientIdInUse. With requests
-outstanding the client pings within its lease; close() says CLIENT_BYE so the
-id is free at once. Request ids are idempotency keys within a client id: a
+A client id is a name: any number of processes may use one at once, and each
+Client gets the results of what it submitted (its DEALER identity holds a random
+64-bit incarnation). CLIENT_HELLO is answered with CLIENT_WELCOME; with requests
+outstanding the client pings at a third of its `lease_s`; close() says
+CLIENT_BYE. Request ids are idempotency keys within a client id, whoever sends
+them: a
 request id that was already finished is answered with the stored result,
 `Result.replay` set, or, once the balancer no longer keeps that result
 (`zlb balancer --keep-finished-s`), with status `expired` ("processed earlier;
@@ -84,7 +85,8 @@ _SUBMIT, _SUBMIT_BATCH, _RESULT_BATCH = MsgType.SUBMIT, MsgType.SUBMIT_BATCH, Ms
 
 
 class ClientIdInUse(Exception):
-    """The balancer refused this client id: another live process holds it."""
+    """The balancer refused this client id (REFUSED). Kept for compatibility: balancers before issue 22 refused
+    a client id another live process held; since then a client id is a name and none is refused."""
 
 
 class BalancerUnreachable(Exception):

@@ -155,6 +155,7 @@ def test_a_node_killed_mid_run_loses_nothing(pod: Pod) -> None:
 
     wait_until(lambda: {victim, survivor} <= {h for h, s in servers().items() if s["active"]}, 30, "both nodes active")
     client = ("client", "--frontend", balancer_endpoint(pod, "frontend"), "--id", "7", "--json")
+    client += ("--control", balancer_endpoint(pod, "control"))  # asked for request ids client 7 has not used
     pod.run("client", *client, "--requests", str(REQUESTS), "--cost-ms", str(COST_MS), "--timeout", "120")
     # Mid-run: the victim has finished work and holds more.
     wait_until(lambda: (s := servers()[victim])["in_flight"] > 0 and s["handled_requests"] > 0, 30, "the victim busy")

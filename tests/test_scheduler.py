@@ -201,7 +201,8 @@ def test_duplicate_submit_is_recognised_and_finished_request_is_answered_again()
     assert sched.submit(0, 1, 5, b"c2", b"") is Submitted.DUPLICATE
     ((node, ticket, _req),) = sched.dispatch()
     sched.complete(node.route, ticket, True, b"result", 1.0)
-    sched.outbox.replies.clear()
+    assert [r.route for r in sched.outbox.take_replies()] == [b"c2"]  # where it was asked last
+    assert [r.route for r in sched.outbox.take_replays()] == [b"c"]  # and where it was asked first
     assert sched.submit(0, 1, 5, b"c2", b"") is Submitted.FINISHED
     assert [(r.body, r.route) for r in sched.outbox.replies] == [(b"result", b"c2")]
     assert sched.outbox.replays == []  # the process that submitted it: a retry, not a replay

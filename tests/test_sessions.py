@@ -1,4 +1,4 @@
-"""Sessions in the pure scheduler: node and client ids belong to one incarnation at a time."""
+"""Sessions in the pure scheduler: a node id belongs to one incarnation at a time; a client id is a name."""
 
 from __future__ import annotations
 
@@ -135,16 +135,74 @@ def test_undeliverable_work_goes_back_at_once_without_counting_an_attempt():
     assert node.reachable
 
 
-def test_a_second_client_incarnation_is_refused_within_the_lease_and_takes_over_after():
-    """One live process per client id; after its lease (or its BYE) another may have it."""
+def finish_all(sched: Scheduler) -> None:
+    for node, ticket, _req in sched.dispatch():
+        sched.complete(node.route, ticket, True, b"done %d" % ticket, 1.0)
+
+
+def answered(sched: Scheduler) -> tuple[set[tuple[bytes, int]], set[tuple[bytes, int]]]:
+    """(route, request id) of the replies and of the replays the scheduler queued, taken."""
+    out = sched.outbox
+    replies = {(r.route, r.request_id) for r in out.take_replies()}
+    return replies, {(r.route, r.request_id) for r in out.take_replays()}
+
+
+def test_a_client_id_is_a_name_many_processes_submit_under_it_at_once():
+    """Two processes (incarnations, connections) under one client id: neither is refused, and each result
+    goes to the connection that submitted it; nothing holds the id, so no BYE or lease is involved."""
     sched = make(client_lease_s=10.0)
-    assert sched.submit(5, 1, 5, b"r1", b"x", incarnation=A, now=0.0) is Submitted.QUEUED
-    assert sched.submit(5, 2, 5, b"r2", b"x", incarnation=B, now=1.0) is Submitted.ID_IN_USE
-    assert "client id 5 is in use by another process" in sched.sessions.hello(5, B, 9, "h", 2.0)
-    assert sched.sessions.hello(5, B, 9, "h", 11.0) == ""  # A silent past its lease
-    assert sched.submit(5, 2, 5, b"r2", b"x", incarnation=A, now=11.5) is Submitted.ID_IN_USE
-    sched.sessions.bye(5, B)
-    assert sched.submit(5, 3, 5, b"r1", b"x", incarnation=A, now=12.0) is Submitted.QUEUED
+    sched.hello(b"n0", 0, 4, 1, "h", 0.0, incarnation=A)
+    assert sched.submit(5, 901, 5, b"proc-a", b"x", incarnation=A, now=0.0) is Submitted.QUEUED
+    assert sched.submit(5, 902, 5, b"proc-b", b"y", incarnation=B, now=0.0) is Submitted.QUEUED
+    finish_all(sched)
+    assert answered(sched) == ({(b"proc-a", 901), (b"proc-b", 902)}, set())
+    assert sched.counters["clients_refused"] == 0
+
+
+def test_one_request_from_two_processes_runs_once_and_both_get_its_result():
+    """The same (client id, request id) from two connections is one request: sent again while it waits, it is
+    not queued twice, and when it finishes the later connection gets the result and the earlier one too (as
+    a replay); finished, a third connection gets the stored result; another payload is still a conflict."""
+    sched = make()
+    sched.hello(b"n0", 0, 4, 1, "h", 0.0, incarnation=A)
+    assert sched.submit(9, 7, 5, b"a", b"same", incarnation=A) is Submitted.QUEUED
+    assert sched.submit(9, 7, 5, b"b", b"same", incarnation=B) is Submitted.DUPLICATE
+    assert sched.submit(9, 7, 5, b"b", b"same", incarnation=B) is Submitted.DUPLICATE  # b's retry
+    assert sched.submit(9, 7, 5, b"b", b"other", incarnation=B) is Submitted.CONFLICT
+    assert sched.waiting == 1
+    finish_all(sched)
+    assert answered(sched) == ({(b"b", 7)}, {(b"a", 7)})
+    assert sched.submit(9, 7, 5, b"c", b"same", incarnation=0xC) is Submitted.FINISHED
+    assert answered(sched) == (set(), {(b"c", 7)})
+    assert sched.submit(9, 7, 5, b"c", b"other", incarnation=0xC) is Submitted.CONFLICT
+    assert sched.counters["submitted"] == 1 and sched.counters["processed"] == 1
+
+
+def test_a_result_answered_at_once_still_reaches_the_other_connections_that_asked():
+    """The idle path sends a result before complete() (answered=True): the other connections' replays follow."""
+    sched = make()
+    sched.hello(b"n0", 0, 4, 1, "h", 0.0, incarnation=A)
+    sched.submit(9, 7, 5, b"a", b"same", incarnation=A)
+    ((node, ticket, _req),) = sched.dispatch()
+    sched.submit(9, 7, 5, b"b", b"same", incarnation=B)
+    assert sched.finishing(node.route, ticket).route == b"b"
+    sched.complete(node.route, ticket, True, b"done", 1.0, answered=True)
+    replies, replays = answered(sched)
+    assert replies == set() and replays == {(b"a", 7)}
+    assert not sched._also_waiting
+
+
+def test_connections_waiting_on_one_request_are_bounded():
+    """Each extra connection that asks for an unfinished request is remembered to be answered, up to a bound."""
+    from balancer.kept import MAX_ALSO_WAITING
+
+    sched = make()
+    sched.hello(b"n0", 0, 1, 1, "h", 0.0, incarnation=A)
+    for n in range(MAX_ALSO_WAITING + 10):
+        sched.submit(9, 7, 5, b"route-%d" % n, b"same")
+    finish_all(sched)
+    replies, replays = answered(sched)
+    assert replies == {(b"route-%d" % (MAX_ALSO_WAITING + 9), 7)} and len(replays) == MAX_ALSO_WAITING
 
 
 def test_a_reused_request_id_with_another_payload_is_a_conflict():
@@ -160,22 +218,13 @@ def test_a_reused_request_id_with_another_payload_is_a_conflict():
     assert sched.counters["conflicts"] == 2 and sched.counters["replays"] == 1
 
 
-def test_idle_client_sessions_are_swept_and_their_number_is_capped(monkeypatch):
-    """A session with no request is forgotten once its holder left or went quiet; past the cap, HELLOs are refused."""
-    from balancer import sessions
-
-    sched = make(client_lease_s=10.0)
-    for cid in range(100):
-        assert sched.sessions.hello(cid, A, 1, "h", 0.0) == ""
-    sched.submit(7, 1, 5, b"r", b"x", incarnation=A, now=1.0)
-    sched.sessions.bye(3, A)
-    assert 3 not in sched.sessions  # BYE forgets an empty session at once
-    assert sched.sessions.sweep(5.0) == 0  # the others are within their lease
-    assert sched.sessions.sweep(20.0) == 98  # quiet past the lease; client 7 keeps its request
-    assert list(sched.sessions) == [7]
-    monkeypatch.setattr(sessions, "MAX_SESSIONS", 2)
-    assert sched.sessions.hello(8, A, 1, "h", 21.0) == ""
-    assert "too many client sessions" in sched.sessions.hello(9, A, 1, "h", 21.0)
+def test_a_client_id_that_remembers_nothing_is_forgotten():
+    """A submit refused for the budget leaves an empty session: the next sweep forgets it; one that holds a
+    request stays. No HELLO makes a session: a connection holds nothing."""
+    sched = make(max_memory_bytes=1000)
+    assert sched.submit(3, 1, 5, b"r", b"x" * 5000) is Submitted.TOO_LARGE
+    assert sched.submit(7, 1, 5, b"r", b"x") is Submitted.QUEUED
+    assert sched.sessions.sweep() == 1 and list(sched.sessions) == [7]
 
 
 def test_a_request_lost_in_transit_again_and_again_fails_instead_of_going_round_for_ever():

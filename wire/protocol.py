@@ -59,11 +59,11 @@ class MsgType(IntEnum):
     SUBMIT = 1  # client -> frontend: [client_id, request_id, priority, incarnation] + payload
     RESULT = 2  # frontend -> client: [request_id, status, server_id, attempts, replay] + result
     REJECTED = 3  # frontend -> client: [request_id | None, reason]
-    CLIENT_HELLO = 4  # client -> frontend: [client_id, incarnation, pid, host]; opens a session
-    CLIENT_WELCOME = 5  # frontend -> client: [lease_ms, max_payload_bytes]; the session is this incarnation's
-    CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; keeps the session's lease
-    CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; frees the client id at once
-    REFUSED = 8  # frontend or backend -> peer: [reason, holder_pid, holder_host]; the id is another live process's
+    CLIENT_HELLO = 4  # client -> frontend: [client_id, incarnation, pid, host]; answered CLIENT_WELCOME
+    CLIENT_WELCOME = 5  # frontend -> client: [lease_ms, max_payload_bytes]; ping at a third of lease_ms
+    CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; answered CLIENT_WELCOME
+    CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; the connection is done (a client id is a name)
+    REFUSED = 8  # backend -> node: [reason, holder_pid, holder_host]; the node id is another live process's
     HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host, incarnation, max_seen] + held tickets
     WELCOME = 11  # backend -> node: [node_id, heartbeat_ms, liveness, max_payload_bytes]
     HEARTBEAT = 12  # node -> backend: [in_flight, handled, dropped, max_seen_ticket] + held tickets

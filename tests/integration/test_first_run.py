@@ -151,10 +151,15 @@ def test_balancer_help_states_where_the_log_goes():
 
 @pytest.mark.timeout(60)
 def test_send_and_client_without_a_balancer_end_naming_the_endpoint(procs: ProcessGroup, endpoints: Endpoints):
-    """With nothing listening, zlb send and zlb client end within 10 s, non-zero, naming the frontend they tried."""
-    for args in (("send", "--client-id", "1", "--request-id", "1"), ("client", "--id", "1", "--requests", "3")):
+    """With nothing listening, zlb send and zlb client end within 10 s, non-zero, naming the endpoint they tried:
+    the frontend, or for zlb client without --first-request-id the control endpoint it asks for unused ids."""
+    for args, endpoint in (
+        (("send", "--client-id", "1", "--request-id", "1"), endpoints.frontend),
+        (("client", "--id", "1", "--requests", "3", "--first-request-id", "1"), endpoints.frontend),
+        (("client", "--id", "1", "--requests", "3"), endpoints.control),
+    ):
         started = time.monotonic()
         done = procs.run(*args, timeout=15)
         assert time.monotonic() - started < scaled(10)
         assert done.returncode != 0
-        assert f"no answer from the balancer at {endpoints.frontend}" in done.stderr
+        assert f"no answer from the balancer at {endpoint}" in done.stderr, done.stderr

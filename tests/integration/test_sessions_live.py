@@ -1,7 +1,9 @@
-"""Sessions end to end: identities are enforced on real processes, and dropped connections strand nothing."""
+"""Sessions end to end: node identities are enforced on real processes, a client id is a name, and dropped
+connections strand nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -136,22 +138,30 @@ def test_a_stalled_node_replaced_meanwhile_is_fenced_when_it_resumes(
 
 
 @pytest.mark.timeout(60)
-def test_two_clients_with_one_id_never_share_results(balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path):
-    """Two `zlb client --id 5` started together: one runs all its requests, the other exits saying the id is in use.
+def test_two_clients_with_one_id_both_run_and_never_share_results(
+    balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path
+):
+    """Two `zlb client --id 5` started together: a client id is a name, so both run all their requests, each
+    under request ids of its own (the balancer hands them out), and each prints only its own results.
 
-    The node holds every request until the test opens its gate, so the first client to connect is still
-    running when the second does, however far apart a busy machine starts them."""
+    The node holds every request until the test opens its gate, so both clients are running at once,
+    however far apart a busy machine starts them."""
     gate = tmp_path / "gate"
     balancer.start_server(0, "--capacity", "8", handler="gated", env={"ZLB_TEST_GATE": str(gate)})
     balancer.wait_servers_active({0})
-    args = ("client", "--id", "5", "--requests", "20", "--timeout", timeout_arg(30))
+    args = ("client", "--id", "5", "--requests", "20", "--json", "--timeout", timeout_arg(30))
     clients = procs.start("c1", *args), procs.start("c2", *args)
-    loser = wait_until(lambda: next((c for c in clients if c.popen.poll() is not None), None), 20, "one client to end")
+    wait_until(lambda: balancer.call("status")["requests"]["submitted"] == 40, 20, "both clients' requests in")
+    assert all(c.popen.poll() is None for c in clients)
     gate.touch()
-    (winner,) = [c for c in clients if c is not loser]
-    assert winner.wait(40) == 0 and winner.stdout().count(" processed by ") == 20
-    assert loser.popen.returncode != 0 and "client id 5 is in use by another process" in loser.stderr()
-    assert balancer.call("status")["requests"]["processed"] == 20
+    sent: list[set[int]] = []
+    for c in clients:
+        assert c.wait(40) == 0, c.stderr()
+        rows = [json.loads(line) for line in c.stdout().splitlines()]
+        assert {row["status"] for row in rows} == {"processed"} and len(rows) == 20
+        sent.append({row["request_id"] for row in rows})
+    assert not sent[0] & sent[1] and sent[0] | sent[1] == set(range(1, 41))
+    assert balancer.call("status")["requests"]["processed"] == 40
 
 
 @pytest.mark.timeout(60)

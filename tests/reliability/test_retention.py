@@ -57,7 +57,8 @@ def test_2000_ids_resent_after_30000_others_finished_with_the_defaults_none_runs
         assert all(r.ok for r in (pend.result(timeout=180) for pend in pending))
     assert executions(balancer) == (FIRST + OTHERS, FIRST + OTHERS)
 
-    code, again = client_rows(procs, 5, FIRST)  # the successor: same id, same request ids and payloads
+    # the successor: same id, same request ids and payloads
+    code, again = client_rows(procs, 5, FIRST, "--first-request-id", "1")
     assert code == 0 and len(again) == FIRST
     assert {r["request_id"] for r in again} == set(range(1, FIRST + 1))
     assert all(r["status"] == p.PROCESSED and r["replay"] for r in again)
@@ -85,7 +86,7 @@ def test_results_the_memory_budget_lets_go_early_leave_their_ids_and_none_runs_a
         assert all(r.ok for r in (pend.result(timeout=180) for pend in pending))
     retention = balancer.call("status")["retention"]
     assert retention["results_left_early"] > 0 and retention["ids_kept"] >= FIRST
-    code, again = client_rows(procs, 5, FIRST)
+    code, again = client_rows(procs, 5, FIRST, "--first-request-id", "1")
     assert len(again) == FIRST and {r["request_id"] for r in again} == set(range(1, FIRST + 1))
     assert {r["status"] for r in again} == {p.EXPIRED}  # the first 2,000 finished first: their results went first
     assert executions(balancer) == (FIRST + OTHERS, FIRST + OTHERS)
@@ -110,7 +111,7 @@ def test_past_the_result_window_a_resent_id_is_answered_processed_earlier_also_a
         return retention["results_kept"] == 0 and retention["ids_kept"] == 200
 
     wait_until(results_gone, 20, "the results to pass their 1 s window")
-    done = procs.run("client", "--id", "5", "--requests", "200")
+    done = procs.run("client", "--id", "5", "--requests", "200", "--first-request-id", "1")
     assert done.returncode == 1  # nothing came back processed
     lines = [line for line in done.stdout.splitlines() if line.startswith("Request ")]
     assert len(lines) == 200
@@ -127,7 +128,7 @@ def test_past_the_result_window_a_resent_id_is_answered_processed_earlier_also_a
         retention = balancer.call("status")["retention"]
         assert (retention["results_kept"], retention["ids_kept"]) == (0, 200)
     balancer.wait_servers_active({0, 1}, timeout=30)  # the same nodes, back on the restarted balancer
-    code, again = client_rows(procs, 5, 200)
+    code, again = client_rows(procs, 5, 200, "--first-request-id", "1")
     assert code == 1 and len(again) == 200
     assert {r["status"] for r in again} == {p.EXPIRED}, again[:2]
     assert executions(balancer) == (0, 0)  # the restarted balancer ran none of them
