@@ -178,7 +178,8 @@ class ClientSide:
         self._claim(route, tuple(fields), now, welcome=True)
 
     def _on_ping(self, route: bytes, fields: list[Any], now: float) -> None:
-        self._claim(route, (fields[0], fields[1], None, None), now, welcome=False)
+        # Answered (a WELCOME again): a client following an HA group judges its balancer by the answers.
+        self._claim(route, (fields[0], fields[1], None, None), now, welcome=True)
 
     def _on_bye(self, route: bytes, fields: list[Any], now: float) -> None:
         self.sched.sessions.bye(fields[0], fields[1])

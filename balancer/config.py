@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB
+from balancer.election import DEFAULT_LEASE_S
 from balancer.kept import (
     DEFAULT_KEEP_FINISHED,
     DEFAULT_KEEP_FINISHED_BYTES,
@@ -51,6 +52,13 @@ class BalancerConfig:
     node_allow_dir: str | None = None  # with it, only these keys may join the backend (wire/security.py)
     grace_s: float = DEFAULT_GRACE_S
     max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_MB * MIB  # None: no budget (bytes still counted)
+    # HA (balancer/member.py): etcd://HOST:PORT[,...]/GROUP, this member's replication endpoint.
+    ha: str | None = None
+    replication: str | None = None
+    require_standby: bool = False
+    ha_lease_s: int = DEFAULT_LEASE_S
+    # A standby whose oldest unapplied answer waited longer is dropped (balancer/replication.py).
+    standby_max_lag_ms: int = 1000
     endpoints: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:

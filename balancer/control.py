@@ -55,6 +55,8 @@ class BalancerState:
     loop_max_ms: Callable[[], float] = lambda: 0.0
     # The journal's health for `status` (balancer/journal_keeper.py); None without --journal.
     journal: Callable[[], dict[str, Any] | None] = lambda: None
+    # The HA section (balancer/member.py, replication.py); None without --ha.
+    ha: Callable[[], dict[str, Any] | None] = lambda: None
 
 
 def record_sample(state: BalancerState, now: float) -> None:
@@ -210,7 +212,10 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     record_sample(state, now)
     sched = state.scheduler
     nodes = list(sched.nodes.values())
+    ha = state.ha()
+    roles = {} if ha is None else {"role": "leader", "epoch": ha.get("epoch"), "ha": ha}
     return {
+        **roles,
         "uptime_s": round(now - state.started_mono, 3),
         "started_at": state.started_wall,
         "endpoints": state.endpoints,

@@ -125,8 +125,9 @@ class Journal:
             return f"the journal's directory {directory} is not writable: no compaction or restart could rewrite it"
         return None
 
-    def append(self, records: list[tuple[Any, ...]]) -> None:
-        """Append one iteration's records with one write (the fsync follows within the interval)."""
+    def append(self, records: list[tuple[Any, ...]]) -> bytes:
+        """Append one iteration's records with one write (the fsync follows within the interval); the
+        bytes written, which a leader ships to its standby as they are (balancer/replication.py)."""
         if self.failure is not None:
             raise self.failure
         data = jf.frame(p.encode_records(records))
@@ -149,6 +150,7 @@ class Journal:
             self._rewrite_size += size
             self._rewrite_frames += count
         self._dirty.put((*self._ident, self._size, self._frames))
+        return data
 
     def _sync_item(self) -> tuple[int, int, int, int]:
         return (*self._ident, self._size, self._frames)

@@ -94,19 +94,22 @@ class JournalKeeper:
         """Results may leave: their records are written."""
         return self.problem is None
 
-    def append(self) -> None:
-        """The iteration's records in one write, before any of its results leave; dropped while failing."""
+    def append(self) -> tuple[bytes, int] | None:
+        """The iteration's records in one write, before any of its results leave; dropped while failing.
+        The bytes written and how many records they hold (None while failing), for a standby."""
         sched = self.sched
         records = sched.outbox.take_journal()
         if self.problem is not None:
-            return  # the recovery's snapshot holds the state they describe
+            return None  # the recovery's snapshot holds the state they describe
         try:
-            self.journal.append(records)
+            data = self.journal.append(records)
             live = len(sched.kept) + sched.waiting + sched.in_flight()
             if self.compaction is None and self.journal.due_for_compaction(live, sched.kept.ids.count):
                 self.compaction = Compaction(self.journal, sched)  # a slice per iteration
         except JournalError as exc:
             self._fail(str(exc))
+            return None
+        return data, len(records)
 
     def step(self) -> None:
         """One slice of the compaction under way (call only while `compaction` is set)."""

@@ -14,6 +14,13 @@ with one write before its results are sent, and no result is sent while the
 journal cannot be written (balancer/journal_keeper.py). SIGTERM
 stops accepting, tells clients, lets in-flight work finish for up to
 grace_s, tells nodes, flushes the journal and exits.
+
+As the leader of an HA group (balancer/member.py passes itself as `ha`) it
+also binds the replication endpoint (balancer/replication.py): each
+iteration's journal bytes go to the standby, and the iteration's answers wait
+for it. Before anything leaves, each pass checks it still leads (its etcd
+lease renewed in time, etcd naming it); when not, the loop returns at once,
+sending nothing more, not even goodbyes.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from balancer.eventlog import EventLog
 from balancer.incidents import Incidents
 from balancer.journal_keeper import JournalKeeper
 from balancer.node_side import NodeSide
+from balancer.replication import Replication
 from balancer.scheduler import Scheduler
 from wire import events as ev
 from wire import limits
@@ -52,6 +60,10 @@ PUBLISH_INTERVAL_S = 0.01
 PUBLISH_MAX_EVENTS = 4096
 # `zlb status` reports the longest loop iteration over this window (loop_max_ms), for stall probes.
 LOOP_WINDOW_S = 10.0
+# A poll that returns this much later than planned was a stall: the time counts against no node.
+LATE_S = 0.001
+# Before declaring a node dead, the loop reads what waits on its sockets: at most this many passes.
+EXPIRY_DRAIN_PASSES = 8
 
 # Container allocations between gen-0 collections (CPython's default is 700); see _tune_gc.
 GC_GEN0_THRESHOLD = 50_000
@@ -80,8 +92,11 @@ class IterationTimes:
 class Balancer:
     """Owns the sockets, the poller and the scheduler; its parts use the sockets it hands them."""
 
-    def __init__(self, config: BalancerConfig, context: zmq.Context | None = None) -> None:
+    def __init__(self, config: BalancerConfig, context: zmq.Context | None = None, ha: Any = None) -> None:
         self.config = config
+        self.ha = ha  # the HA member this balancer leads for (balancer/member.py), or None
+        self.replication: Replication | None = None
+        self.stepped_down: str | None = None
         self.heartbeat_s = config.heartbeat_ms / 1000
         # Deadlines are checked ten times per interval, so a dead node is noticed within
         # liveness intervals plus a tenth; the check is O(nodes), cheap even at 1,000.
@@ -113,6 +128,7 @@ class Balancer:
             bad_input=self.incidents.bad_input,
             counters=self.incidents.counters,
             loop_max_ms=self.times.max_ms,
+            ha=self._ha_view,
         )
         self._ctx = context or zmq.Context.instance()
         self._stopping = False
@@ -154,6 +170,8 @@ class Balancer:
         self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.control_sock = self._bind(zmq.ROUTER, cfg.control)
         self.events_sock = self._bind(zmq.PUB, cfg.events)
+        if self.ha is not None:
+            self._open_replication()
         now = time.monotonic()
         self.client_side = ClientSide(self.frontend, self.sched, self.incidents, cfg.max_message_bytes, now)
         self.node_side = NodeSide(self.backend, self.sched, self.incidents, self.client_side, cfg)
@@ -170,6 +188,9 @@ class Balancer:
             self.backend: self.node_side.drain,
             self.control_side.fd: self.control_side.drain,
         }
+        if self.replication is not None:
+            self._readers[self.replication.sock] = self.replication.drain
+            self._readers[self.ha.pipe] = self.ha.hear
         if self.curve is not None:
             sockets = {"frontend": self.frontend, "backend": self.backend, "control": self.control_sock}
             for mon in self.control_side.watch_handshakes({**sockets, "events": self.events_sock}):
@@ -177,6 +198,33 @@ class Balancer:
         self.poller = zmq.Poller()
         for sock in self._readers:
             self.poller.register(sock, zmq.POLLIN)
+
+    def _open_replication(self) -> None:
+        ha, cfg = self.ha, self.config
+        sock = self._bind(zmq.ROUTER, cfg.replication or "")
+        sock.setsockopt(zmq.SNDHWM, 0)  # the stream is bounded by the lag check, not by dropping
+        self.replication = Replication(
+            sock,
+            self.sched,
+            self.incidents.counters,
+            ha,
+            ha.epoch,
+            ha.name,
+            cfg.standby_max_lag_ms / 1000,
+            self.heartbeat_s,
+            cfg.require_standby,
+        )
+        restored = self.incidents.counters.get("journal_restored_pending", 0)
+        self.sched.events.append((ev.SYSTEM_HA_LEADING, ha.name, ha.epoch, restored))
+
+    def note_etcd(self, ok: bool, reason: str) -> None:
+        """The elector's word on etcd, as an event (the lease check acts on it by itself)."""
+        self.sched.events.append((ev.SYSTEM_HA_ETCD, ok, reason))
+
+    def _ha_view(self) -> dict[str, Any] | None:
+        if self.ha is None or self.replication is None:
+            return None
+        return {**self.ha.view(), **self.replication.view(time.monotonic())}
 
     def _bind(self, kind: int, endpoint: str, role: str = "") -> zmq.Socket:
         sock = self._ctx.socket(kind)
@@ -190,6 +238,9 @@ class Balancer:
         hwm = hwm_for(self.config.max_memory_bytes)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
+        if self.ha is not None:
+            sock.close(linger=0)
+            return self._bound_for_ha(kind, endpoint, role)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -197,10 +248,23 @@ class Balancer:
             raise OSError(f"cannot bind {endpoint}: {exc}") from None
         return sock
 
+    def _bound_for_ha(self, kind: int, endpoint: str, role: str) -> zmq.Socket:
+        """As _bind, through the member's bind, which waits for the standby's sockets to let the port go."""
+        sock = self.ha.bind(self._ctx, kind, endpoint)
+        if self.curve is not None:
+            self.curve.secure(sock, role)
+        sock.setsockopt(zmq.MAXMSGSIZE, limits.socket_limit(self.config.max_message_bytes))
+        hwm = hwm_for(self.config.max_memory_bytes)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        return sock
+
     def close(self) -> None:
         """Close every socket, flush the journal and the log file."""
         for sock in (self.frontend, self.backend, self.control_sock, self.events_sock):
             sock.close(linger=0)
+        if self.replication is not None:
+            self.replication.sock.close(linger=0)
         self.control_side.close()
         try:
             if self.journal is not None:
@@ -227,13 +291,15 @@ class Balancer:
         self.sched.events.append((ev.SYSTEM_STARTED, *self.config.endpoints.values()))
         next_tick = next_expiry = time.monotonic() + self.heartbeat_s
         next_publish = 0.0
-        graced = False
+        nodes = self.sched.table
+        long_s = self._expiry_check_s  # an iteration longer than this kept the loop from listening
         poll = self.poller.poll
         readers = self._readers
         control = self.control_side
         control_fd = control.fd
         times = self.times
         journal = self.journal
+        ha = self.ha
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
             deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
@@ -242,6 +308,9 @@ class Balancer:
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
             woke = time.monotonic()
+            late_s = woke - now - timeout_ms / 1000
+            if late_s > LATE_S:  # woken after it planned (stopped, starved): no node's silence counts for it
+                nodes.excuse(late_s, woke)
             # Woken from idle, one message per socket, then the flush: what woke the loop is
             # answered first (wire/sockets.SLEPT_S).
             limit = 1 if woke - now >= SLEPT_S else DRAIN_BATCH
@@ -250,17 +319,24 @@ class Balancer:
             for sock, _ in ready:
                 readers[sock](woke, limit)
             now = time.monotonic()
+            if ha is not None and not ha.leads(now):
+                self._step_down(now)
+                return
             if now >= next_expiry:
-                if now - next_expiry > self.heartbeat_s and not graced:
-                    # The loop itself was away (SIGSTOP, a stalled host) for more than a beat: the nodes'
-                    # heartbeats of that time still wait in the kernel and in libzmq's pipes. One interval
-                    # to read them before anyone is judged silent; once, so a loop always late still judges.
-                    graced = True
-                else:
-                    graced = False
+                if nodes.overdue(now):
+                    # Before anyone is declared dead, what already waits on the sockets is read (heartbeats
+                    # the loop was too late or too busy to take are signs of life); node deadlines ran on the
+                    # time the loop could listen (balancer/nodes.py).
+                    for _pass in range(EXPIRY_DRAIN_PASSES):
+                        waiting = poll(0)
+                        for sock, _ in waiting:
+                            readers[sock](now, DRAIN_BATCH)
+                        if not waiting:
+                            break
+                    now = time.monotonic()
                     self.sched.expire(now)
                 self.sched.expire_finished(now)  # a slice: a burst of results goes over several checks
-                next_expiry = now + (self.heartbeat_s if graced else self._expiry_check_s)
+                next_expiry = now + self._expiry_check_s
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + self.heartbeat_s
@@ -272,7 +348,15 @@ class Balancer:
             busy_s = time.monotonic() - woke  # poll wait excluded: the stall a probe sees
             if busy_s > times.longest_s:
                 times.longest_s = busy_s
+            if busy_s > long_s:
+                nodes.excuse(busy_s - long_s, woke + busy_s)
         self._say_goodbye()
+
+    def _step_down(self, now: float) -> None:
+        """No longer the leader: stop here, sending nothing (not even goodbyes); the events say why."""
+        self.stepped_down = self.ha.why_not_leading(now)
+        self.sched.events.append((ev.SYSTEM_HA_STEPPED_DOWN, self.ha.name, self.ha.epoch, self.stepped_down))
+        self.eventlog.add(time.time(), self.sched.outbox.take_events())
 
     def _wound_down(self) -> bool:
         """Graceful stop: refuse new work, tell clients, wait for in-flight work up to grace_s."""
@@ -307,7 +391,13 @@ class Balancer:
         counters = self.incidents.counters
         counters["log_lines_dropped"] = self.eventlog.dropped_lines
         if self.journal is not None:
+            recoveries = counters["journal_recoveries"]
             self.journal.tick(now)  # a file gone or failing turns it failing: new work refused, results held
+            if self.replication is not None and counters["journal_recoveries"] != recoveries:
+                # What the failing journal dropped never reached the standby either: it starts afresh.
+                self.replication.resnapshot(now)
+        if self.replication is not None:
+            self.replication.tick(now)
 
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
@@ -317,11 +407,18 @@ class Balancer:
         journal = self.journal
         if journal is not None:
             if out.journal:
-                journal.append()  # one write for the iteration's records, before any of its results leave
+                # One write for the iteration's records, before any of its results leave.
+                written = journal.append()
+                if written is not None and self.replication is not None:
+                    self.replication.ship(*written)
             if journal.compaction is not None:
                 journal.step()
             if not journal.healthy:
                 return  # results wait until their records can be written
+        replication = self.replication
+        if replication is not None:
+            replication.hold(out, time.monotonic())  # this iteration's answers wait for the standby
+            replication.release(out)  # earlier ones it has applied go now
         if out.replies or out.replays or self.client_side.held or self.client_side.sending:
             self.client_side.flush()
 

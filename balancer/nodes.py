@@ -12,6 +12,19 @@ An admin's `down` or `drain` is kept by node id until an admin's `up`: a node
 that dies and rejoins, reconnects or is replaced by a new process under its id
 comes back in the state the admin left it in, not active.
 
+Judged by the time the loop could listen. A node's silence is the balancer's
+to explain when the balancer itself was not listening: its loop woke later
+than it planned (SIGSTOP, a starved host) or ran an iteration far longer than
+usual. The loop reports that time (`excuse`) and deadlines run on listening
+time, wall time minus it, so a loop late by less than a heartbeat again and
+again judges its nodes by what it could have heard. A stall long enough that
+the nodes gave up on the silent balancer (their own liveness) also leaves them
+sitting out a reconnect back-off (at most RECONNECT_BACKOFF_MAX_S, and no
+longer than the stall): nobody is declared dead before that back-off and a
+deadline have passed after the stall. The work of a node declared dead is
+remembered by ticket (`ghosts`) for when it comes back holding it: that death
+was false (see Scheduler.hello).
+
 Methods that take work away from a node return the lost requests; the
 scheduler re-queues them. Events go to the shared outbox.
 """
@@ -25,6 +38,7 @@ from typing import Any
 
 from balancer.records import Node, NodeState, Outbox, Request
 from wire import events as ev
+from wire.protocol import RECONNECT_BACKOFF_MAX_S
 
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _ACTIVE = NodeState.ACTIVE
@@ -33,6 +47,8 @@ _ACTIVE = NodeState.ACTIVE
 MISSES_TO_LOSE = 3
 # Routes of replaced incarnations remembered to answer FENCED; the oldest are forgotten.
 MAX_FENCED = 4096
+# Tickets of nodes declared dead remembered for their return (`ghosts`); the oldest nodes' are forgotten.
+MAX_GHOST_TICKETS = 65_536
 
 
 class Joined(Enum):
@@ -65,6 +81,17 @@ class NodeTable:
     def __init__(self, outbox: Outbox, heartbeat_s: float, liveness: int) -> None:
         self.outbox = outbox
         self.deadline_s = heartbeat_s * liveness
+        # Seconds the loop could not listen, in all (`excuse`): a node's expires_at is in listening
+        # time, the monotonic clock minus these.
+        self.deaf_s = 0.0
+        # A stall at least this long may have made the nodes give up on the balancer (they heard nothing
+        # for their liveness, counting from the last ping, up to a heartbeat before it).
+        self._gave_up_after = max(heartbeat_s, self.deadline_s - heartbeat_s)
+        # Listening time before which no node is judged: the back-off nodes may sit out after such a stall.
+        self._judge_from = 0.0
+        # Routes of nodes declared dead -> {ticket: (client_id, request_id)} of the work they held then.
+        self.ghosts: OrderedDict[Any, dict[int, tuple[int, int]]] = OrderedDict()
+        self._ghost_tickets = 0
         self.nodes: dict[int, Node] = {}
         self.routes: dict[Any, Node] = {}
         self.fenced: OrderedDict[Any, str] = OrderedDict()
@@ -95,10 +122,10 @@ class NodeTable:
             self._move(holder, route)  # the same process on a fresh identity
             return Joined.RESYNCED, holder, lost + self._resync(holder, held, max_seen, now)
         if holder is not None and holder.incarnation != incarnation:
-            if holder.state is not NodeState.DEAD and now - holder.last_seen < self.deadline_s:
+            if holder.state is not NodeState.DEAD and not self._silent(holder, now):
                 return Joined.REFUSED, f"server id {node_id} is in use by pid {holder.pid} on host {holder.host}", lost
             lost += self._replace(holder, pid, host)
-        node = Node(node_id, route, max(1, capacity), pid, host, incarnation, now + self.deadline_s, now)
+        node = Node(node_id, route, max(1, capacity), pid, host, incarnation, now - self.deaf_s + self.deadline_s, now)
         self.nodes[node_id] = node
         self.routes[route] = node
         self.outbox.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
@@ -185,7 +212,7 @@ class NodeTable:
     # ---- liveness -----------------------------------------------------------
 
     def touch(self, node: Node, now: float) -> None:
-        node.expires_at = now + self.deadline_s
+        node.expires_at = now - self.deaf_s + self.deadline_s
         node.last_seen = now
         if not node.reachable:
             node.reachable = True
@@ -193,7 +220,7 @@ class NodeTable:
 
     def finished(self, node: Node, now: float) -> None:
         """A node's result: a sign of life, and a free slot that may rank it again."""
-        node.expires_at = now + self.deadline_s
+        node.expires_at = now - self.deaf_s + self.deadline_s
         node.last_seen = now
         node.reachable = True
         self.refresh(node)
@@ -210,10 +237,57 @@ class NodeTable:
         node.reachable = False
         node.heap_seq = -1
 
+    def excuse(self, seconds: float, now: float) -> None:
+        """The loop could not listen for `seconds`, up to `now`: no node's silence counts for them.
+
+        A stall long enough that the nodes may have given up on the balancer also gives them, before
+        anyone is judged, the reconnect back-off they may be sitting out (no longer than the stall,
+        at most RECONNECT_BACKOFF_MAX_S) and then a deadline to say HELLO again.
+        """
+        self.deaf_s += seconds
+        if seconds >= self._gave_up_after:
+            back_off = min(seconds, RECONNECT_BACKOFF_MAX_S)
+            self._judge_from = max(self._judge_from, now - self.deaf_s + back_off + self.deadline_s)
+
+    def _silent(self, node: Node, now: float) -> bool:
+        """Silent past its deadline, in listening time (and not within a stall's back-off)."""
+        heard = now - self.deaf_s
+        return node.expires_at < heard and heard >= self._judge_from
+
+    def overdue(self, now: float) -> bool:
+        """True when `expire(now)` would declare some node dead (the loop reads its sockets first)."""
+        heard = now - self.deaf_s
+        return heard >= self._judge_from and any(n.expires_at < heard for n in self.routes.values())
+
     def expire(self, now: float) -> list[tuple[Node, list[Request]]]:
-        """Nodes silent past their deadline, declared dead, each with the work it held."""
-        dead = [n for n in self.routes.values() if n.expires_at < now]
-        return [(node, self.drop(node, ev.NODE_DEAD, now - node.last_seen)) for node in dead]
+        """Nodes silent past their deadline (in listening time), declared dead, each with the work it held."""
+        heard = now - self.deaf_s
+        if heard < self._judge_from:
+            return []
+        dead = [n for n in self.routes.values() if n.expires_at < heard]
+        out = []
+        for node in dead:
+            if node.in_flight:
+                self._haunt(node)
+            out.append((node, self.drop(node, ev.NODE_DEAD, now - node.last_seen)))
+        return out
+
+    def _haunt(self, node: Node) -> None:
+        """Remember what a node held as it was declared dead, for when it comes back holding it."""
+        tickets = {t: (req.client_id, req.request_id) for t, req in node.in_flight.items()}
+        old = self.ghosts.pop(node.route, None)
+        self._ghost_tickets += len(tickets) - (len(old) if old else 0)
+        self.ghosts[node.route] = tickets
+        while self._ghost_tickets > MAX_GHOST_TICKETS and self.ghosts:
+            self._ghost_tickets -= len(self.ghosts.popitem(last=False)[1])
+
+    def take_ghosts(self, route: Any) -> dict[int, tuple[int, int]]:
+        """The tickets the node on this route held when it was declared dead ({} if none); forgotten now."""
+        tickets = self.ghosts.pop(route, None)
+        if tickets is None:
+            return {}
+        self._ghost_tickets -= len(tickets)
+        return tickets
 
     def drop(self, node: Node, kind: str, *details: Any) -> list[Request]:
         """Take a node out of service for good; return its work."""

@@ -24,7 +24,7 @@ EARLIER = 3  # (EARLIER, client_id, request_id, status, payload_digest | None)
 COUNTERS = (
     "submitted", "processed", "failed", "requeued", "rejected", "duplicates", "replays", "conflicts",
     "late_results", "clients_refused", "nodes_refused", "lost_in_transit", "undeliverable", "busy",
-    "answered_expired",
+    "answered_expired", "reclaimed",
 )  # fmt: skip
 
 
@@ -79,7 +79,7 @@ class Node:
     pid: int
     host: str
     incarnation: int
-    expires_at: float
+    expires_at: float  # in the node table's listening time (balancer/nodes.py), not the monotonic clock
     last_seen: float
     state: NodeState = NodeState.ACTIVE
     in_flight: dict[int, Request] = field(default_factory=dict)

@@ -359,11 +359,48 @@ class Scheduler:
         outcome, node, lost = self.table.hello(route, node_id, spec, list(held), now)
         if lost:
             self._lost(lost, node.node_id if isinstance(node, Node) else -1)
+        if outcome is Joined.JOINED and self.table.ghosts:
+            ghosts = self.table.take_ghosts(route)
+            if ghosts and held:
+                self._returned(node, held, ghosts)
         if outcome is Joined.REFUSED:
             self.counters["nodes_refused"] += 1
         if isinstance(node, str):
             raise Refused(node, outcome is Joined.FENCED, self.table.holder(node_id))
         return node
+
+    def _returned(self, node: Node, held: list[int] | tuple[int, ...], ghosts: dict[int, tuple[int, int]]) -> None:
+        """A node declared dead came back (the same process, on the same route) holding work it had then:
+        that death was false. A request still waiting goes back to it under its ticket, so it runs once;
+        one already given to another node runs there too, but the false death is not one of its
+        attempts (nor anything nearer to "gave up after N attempts"). A finished one stays finished
+        (its result from here will be late)."""
+        sessions = self.sessions
+        back: dict[int, Request] = {}
+        for ticket in held:
+            ids = ghosts.get(ticket)
+            req = sessions.get(ids[0], {}).get(ids[1]) if ids is not None else None
+            if req is not None and req.status in (PENDING, ASSIGNED):
+                back[ticket] = req
+        if not back:
+            return
+        waiting = self._queue.take_back({req for req in back.values() if req.status == PENDING})
+        elsewhere = 0
+        for ticket, req in sorted(back.items()):
+            if req in waiting:
+                node.in_flight[ticket] = req
+                req.status = ASSIGNED
+                req.server_id = node.node_id
+                self.outbox.events.append(
+                    (ev.REQUEST_ASSIGNED, req.client_id, req.request_id, node.node_id, req.attempts)
+                )
+            else:
+                elsewhere += 1
+                if req.attempts > 1:
+                    req.attempts -= 1
+        self.counters["reclaimed"] += len(waiting)
+        self.table.refresh(node)
+        self.outbox.events.append((ev.NODE_RETURNED, node.node_id, len(waiting), elsewhere))
 
     def _lost(self, lost: list[Request], server_id: int) -> None:
         """Work a live node never got (or whose answer never came): back to the queue, the attempt

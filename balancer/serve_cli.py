@@ -12,6 +12,7 @@ import click
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB
 from balancer.config import DEFAULT_GRACE_S, BalancerConfig
+from balancer.election import DEFAULT_LEASE_S, HaConfig
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from balancer.kept import (
     DEFAULT_KEEP_FINISHED_BYTES,
@@ -141,6 +142,34 @@ def prepare_log_file(path: str) -> None:
     help="Directory of node public keys: only these may join as servers, and they may not submit, subscribe"
     " or query unless also in --allow (without it every --allow key may serve).",
 )
+@click.option(
+    "--ha",
+    envvar="ZLB_HA",
+    show_envvar=True,
+    default=None,
+    help="etcd://HOST:PORT[,HOST:PORT...]/GROUP: run as a member of GROUP, leader or standby as etcd elects"
+    " (needs --replication and --journal; docs/RELIABILITY.md). Without it: one balancer, no etcd.",
+)
+@click.option(
+    "--replication",
+    envvar="ZLB_REPLICATION",
+    show_envvar=True,
+    default=None,
+    help="With --ha: this member's replication endpoint (a standby follows the leader's journal over it;"
+    " also the member's name in etcd).",
+)
+@click.option(
+    "--require-standby",
+    is_flag=True,
+    help="With --ha: while no standby is in sync, answer new submits busy instead of going on alone.",
+)
+@shown_option("--ha-lease-s", click.IntRange(2, 60), DEFAULT_LEASE_S, "With --ha: the etcd lease a leader holds.")
+@shown_option(
+    "--standby-max-lag-ms",
+    click.IntRange(10),
+    1000,
+    "With --ha: a standby whose oldest unapplied record waited longer is dropped from the synchronous path.",
+)
 @grace_option(DEFAULT_GRACE_S)
 def balancer(keep_finished_mb: float, remember_mb: float, max_memory_mb: int, log_file: str, **options: Any) -> None:
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
@@ -149,6 +178,7 @@ def balancer(keep_finished_mb: float, remember_mb: float, max_memory_mb: int, lo
     for option in ("admin_allow", "node_allow"):
         if options[f"{option}_dir"] is not None and options["curve_secret"] is None:
             raise click.UsageError(f"--{option.replace('_', '-')} needs --curve-secret and --allow")
+    _check_ha(options)
     prepare_log_file(log_file)
     # Every other option is a BalancerConfig field of the same name.
     config = BalancerConfig(
@@ -162,10 +192,34 @@ def balancer(keep_finished_mb: float, remember_mb: float, max_memory_mb: int, lo
     ends = "  ".join(f"{role} {url}" for role, url in config.endpoints.items())
     say(f"zlb balancer (pid {os.getpid()}): {ends}  log {log_file or 'off'}")
     try:
-        run_balancer(config)
+        if config.ha is None:
+            run_balancer(config)
+        else:
+            from balancer.member import run_member  # HA only: etcd's client is imported there
+
+            run_member(config)
     except (OSError, CurveConfigError) as exc:  # JournalError is an OSError
         raise click.ClickException(str(exc)) from None
     say(f"zlb balancer (pid {os.getpid()}) stopped")
+
+
+def _check_ha(options: dict[str, Any]) -> None:
+    """--ha needs a valid etcd URL, --replication and --journal; the HA-only options need --ha."""
+    if options["ha"] is None:
+        for name in ("replication", "require_standby"):
+            if options[name]:
+                raise click.UsageError(f"--{name.replace('_', '-')} needs --ha")
+        return
+    try:
+        HaConfig.parse(options["ha"], options["ha_lease_s"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ha") from None
+    if not options["replication"]:
+        raise click.UsageError("--ha needs --replication ENDPOINT (where the standby follows this member)")
+    if not options["journal"]:
+        raise click.UsageError("--ha needs --journal PATH (each member keeps its own journal)")
+    if options["curve_secret"] is not None:
+        raise click.UsageError("--ha with --curve-secret is not supported yet (the replication stream is not secured)")
 
 
 def say(line: str) -> None:

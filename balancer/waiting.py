@@ -49,6 +49,13 @@ def _append_later(later: Any, req: Request) -> Any:
     return later
 
 
+def _without(entries: list, reqs: set[Request], found: set[Request]) -> tuple[list, int]:
+    """`entries` ((arrival, Request) pairs) without those of `reqs`, which are added to `found`; and how many."""
+    kept = [entry for entry in entries if entry[1] not in reqs]
+    found.update(entry[1] for entry in entries if entry[1] in reqs)
+    return kept, len(entries) - len(kept)
+
+
 @dataclass(slots=True)
 class _Bucket:
     """Waiting requests of one priority."""
@@ -179,6 +186,28 @@ class WaitingQueue:
             bucket.in_heap = True
             heapq.heappush(self._priorities, priority)
         return bucket
+
+    def take_back(self, reqs: set[Request]) -> set[Request]:
+        """Take these re-queued requests out of the queue again; return those found.
+
+        For a node declared dead that came back holding them (Scheduler.hello): rare, so a pass over
+        the re-queued requests of their priorities (and of their paused clients), not an index.
+        """
+        found: set[Request] = set()
+        for priority in {req.priority for req in reqs}:
+            bucket = self._buckets.get(priority)
+            if bucket is not None and bucket.retry:
+                bucket.retry, taken = _without(bucket.retry, reqs, found)
+                heapq.heapify(bucket.retry)
+                bucket.size -= taken
+                self.count -= taken
+        for client_id in {req.client_id for req in reqs if req not in found}:
+            aside = self._aside.get(client_id)
+            if aside is not None and aside.retry:
+                aside.retry, taken = _without(aside.retry, reqs, found)
+                aside.count -= taken
+                self.parked -= taken
+        return found
 
     # ---- paused clients ------------------------------------------------------
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 from bench import stats
@@ -103,15 +104,21 @@ def paired_one_at_a_time(
     its own warm-up; every slice's round trips are pooled. Returns (zlb, relay).
     """
     slice_s = duration / PAIRED_SLICES
-    parts: dict[str, list[LoadResult]] = {"zlb": [], "relay": []}
-    runs = {
-        "zlb": lambda: user_one_at_a_time(bench, zlb, slice_s, warmup_s),
-        "relay": lambda: lean_load(bench, relay, 1, 1, slice_s, warmup_s),
-    }
-    for i in range(PAIRED_SLICES):
-        for name in ("zlb", "relay") if i % 2 == 0 else ("relay", "zlb"):
-            parts[name].append(runs[name]())
-    return pooled(parts["zlb"]), pooled(parts["relay"])
+    return alternated(
+        lambda: user_one_at_a_time(bench, zlb, slice_s, warmup_s),
+        lambda: lean_load(bench, relay, 1, 1, slice_s, warmup_s),
+    )
+
+
+def alternated(
+    first: Callable[[], LoadResult], second: Callable[[], LoadResult], slices: int = PAIRED_SLICES
+) -> tuple[LoadResult, LoadResult]:
+    """Each run `slices` times in ABBA order (A B B A ...), each side's slices pooled. Returns (first, second)."""
+    parts: tuple[list[LoadResult], list[LoadResult]] = ([], [])
+    for i in range(slices):
+        for side in (0, 1) if i % 2 == 0 else (1, 0):
+            parts[side].append((first, second)[side]())
+    return pooled(parts[0]), pooled(parts[1])
 
 
 def pooled(parts: list[LoadResult]) -> LoadResult:

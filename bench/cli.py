@@ -126,6 +126,9 @@ def run_bench(config: BenchConfig, names: list[str], as_json: bool) -> int:
 @click.option(
     "--sim-nodes", type=click.IntRange(1, 10_000), default=None, help="Simulated nodes in the nodes scenario [1000]."
 )
+@click.option(
+    "--takeovers", type=click.IntRange(1, 1000), default=None, help="Leader kills in the ha scenario [10; --quick 2]."
+)
 @click.option("--quick", is_flag=True, help="Tiny counts: every scenario in a few seconds (a smoke run).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object keyed by scenario name.")
 def bench(
@@ -139,10 +142,11 @@ def bench(
     queue_size: int | None,
     queue_rate: float,
     sim_nodes: int | None,
+    takeovers: int | None,
     quick: bool,
     as_json: bool,
 ) -> None:
-    """Measure zlb: throughput, latency, the relay ceiling, priority, failover, queue, nodes, payload."""
+    """Measure zlb: throughput, latency, the relay ceiling, priority, failover, queue, nodes, payload, HA."""
     names = parse_scenarios(scenarios)
     config = BenchConfig.quick() if quick else BenchConfig()
     given = click.get_current_context().get_parameter_source
@@ -157,6 +161,7 @@ def bench(
         ("queue_size", queue_size),
         ("queue_rate", queue_rate),
         ("sim_nodes", sim_nodes),
+        ("takeovers", takeovers),
     ):
         if given(name) is not ParameterSource.DEFAULT and value is not None:
             setattr(config, name, value)

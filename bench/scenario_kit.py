@@ -73,6 +73,19 @@ SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
         "dispatch_us_per_request_4_nodes",
     ),
     "payload": ("sizes",),
+    "ha": (
+        "requests",
+        "single_requests_per_s",
+        "single_p50_us",
+        "standby_cpu_us_per_request",
+        "ha_vs_single",
+        "p50_ha_vs_single",
+        "takeovers",
+        "takeover_ms",
+        "takeover_ms_median",
+        "takeover_ms_p90",
+        "lease_s",
+    ),
 }
 SCENARIOS = tuple(SCENARIO_FIELDS)
 
@@ -97,6 +110,7 @@ class BenchConfig:
     service_ms: float = 5.0
     payload_sizes: tuple[int, ...] = (1024, 256 * 1024)
     user_requests: int = 50_000  # the user-path scenario's submits, shared by its client processes
+    takeovers: int = 10  # the ha scenario's leader kills
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -112,6 +126,7 @@ class BenchConfig:
             heartbeat_ms=200,  # short for a quick failover, long enough not to starve on a busy CI box
             service_ms=1.0,
             user_requests=1000,
+            takeovers=2,
         )
 
 

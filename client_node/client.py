@@ -23,6 +23,13 @@ request stays outstanding and goes again after its back-off, jittered, and
 The DEALER identity is stable for the life of a Client, so a balancer that
 restarts from its journal can answer restored requests without a retry.
 
+HA (wire/following.py): `frontend` may list several balancers, comma-separated.
+The Client talks to one; a standby answers REDIRECT and the Client moves to
+the leader it names, re-sending everything unanswered at once; with requests
+outstanding it pings every FOLLOW_PING_S and, hearing nothing for
+FOLLOW_SILENCE_S, moves to the next endpoint. Answers from an older epoch than
+the newest seen are dropped (`stale_epoch`).
+
 Sessions: a Client draws an incarnation (random 64 bits) and opens a session
 for its client id with CLIENT_HELLO. While another live process holds the id
 the balancer answers REFUSED, and waiting raises ClientIdInUse. With requests
@@ -52,6 +59,7 @@ from client_node.retries import RETRY_BACKOFF_FACTOR_MAX, Outstanding, Retries
 from wire import endpoints, limits
 from wire import protocol as p
 from wire.batching import batches, payload_size
+from wire.following import Following
 from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import DRAIN_BATCH, SLEPT_S, Waiter, received, send_frames
@@ -67,6 +75,10 @@ _ANSWERED_KEEP = 100_000
 DEFAULT_LEASE_S = 10.0
 # How long close() lets CLIENT_BYE leave before dropping the socket.
 BYE_LINGER_MS = 100
+# With several balancers to follow: ping this often while requests are outstanding (each ping is
+# answered), and move to the next endpoint after this long without a word from the one we talk to.
+FOLLOW_PING_S = 0.5
+FOLLOW_SILENCE_S = 2.0
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _SUBMIT, _SUBMIT_BATCH, _RESULT_BATCH = MsgType.SUBMIT, MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH
 
@@ -90,7 +102,8 @@ class Client(Retries):
         retry_s: float | None = DEFAULT_RETRY_S,
         connect_timeout_s: float | None = None,
     ) -> None:
-        self.frontend = frontend or endpoints.endpoint("frontend")
+        self.following = Following(frontend or endpoints.endpoint("frontend"))
+        self.frontend = self.following.current
         if not 0 <= client_id < 2**64:
             raise ValueError(f"client id {client_id} is out of the wire's range (0 to 2**64 - 1)")
         self.client_id = client_id
@@ -117,7 +130,7 @@ class Client(Retries):
         self._unsent: list[tuple[int, int, bytes]] = []  # checked submissions not yet handed to ZeroMQ
         self._results: dict[int, Result] = {}
         self._reused: set[int] = set()  # ids submitted again after this client had their answer
-        self._started = self._last_sent = time.monotonic()
+        self._started = self._last_sent = self._last_heard = time.monotonic()
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -142,6 +155,22 @@ class Client(Retries):
             self.sock.close(linger=BYE_LINGER_MS)
         else:
             self.sock.close(linger=0)
+
+    @property
+    def stale_epoch(self) -> int:
+        """Answers dropped because they came from an older leadership than one already heard."""
+        return self.following.stale
+
+    def _move(self, endpoint: str, now: float) -> None:
+        """Talk to `endpoint` from now on: reconnect, say hello, and re-send everything unanswered at once."""
+        self.sock.disconnect(self.frontend)
+        self.frontend = endpoint
+        self.sock.connect(endpoint)
+        self._last_heard = now
+        self._send_session(MsgType.CLIENT_HELLO, os.getpid(), socket.gethostname())
+        for sent in self._outstanding.values():
+            sent.due_at = now
+        self._next_resend_scan = now
 
     def _send_session(self, msg_type: MsgType, *extra: Any) -> None:
         try:
@@ -275,6 +304,7 @@ class Client(Retries):
         message = self._waiter.message(max(0, int(timeout * 1000)))  # no time left: a look, no wait
         if message is not None:
             self.heard = True
+            self._last_heard = time.monotonic()
             got = self._on_reply(message)
             # Woken for an answer, it is handed over before looking for more (wire/sockets.SLEPT_S).
             if time.monotonic() - before < SLEPT_S:
@@ -295,10 +325,14 @@ class Client(Retries):
         return got
 
     def _keep_up(self, now: float) -> None:
-        """Re-send what is overdue, and ping within the session's lease."""
+        """Re-send what is overdue, and ping within the session's lease (often, with balancers to follow)."""
+        following = self.following
+        if following.several and self._outstanding and now - self._last_heard >= FOLLOW_SILENCE_S:
+            self._move(following.next(), now)  # a leader gone silent: try the next member
         if self.retry_s is not None and now >= self._next_resend_scan:
             self._resend_overdue(now)
-        if self._outstanding and now - self._last_sent >= self.lease_s / 3:
+        ping_s = FOLLOW_PING_S if following.several else self.lease_s / 3
+        if self._outstanding and now - self._last_sent >= ping_s:
             self._send_session(MsgType.CLIENT_PING)
 
     def _check_connected(self, now: float) -> None:
@@ -311,7 +345,9 @@ class Client(Retries):
 
     def _on_reply(self, frames: list[bytes]) -> int:
         try:
-            msg_type, fields = p.decode(frames[0])
+            msg_type, epoch, fields = p.decode_with_epoch(frames[0])
+            if epoch != self.following.epoch and not self.following.fresh(epoch):
+                return 0  # from a leadership already replaced (counted)
             if msg_type is _RESULT_BATCH and len(frames) == 1:  # nearly every reply
                 take, got = self._take, 0
                 for item in fields[0]:
@@ -329,6 +365,11 @@ class Client(Retries):
             return 0
         elif msg_type is MsgType.REFUSED:
             self.refused = fields[0]
+            return 0
+        elif msg_type is MsgType.REDIRECT:
+            now = time.monotonic()
+            if self.following.redirected(fields[0]):
+                self._move(self.following.current, now)
             return 0
         elif msg_type is MsgType.REJECTED and fields[0] is None:
             # Not about one request: a stopping balancer (or a message it could not read).

@@ -59,6 +59,8 @@ class BalancerLink:
         """A control command; the balancer's error becomes a 400 unless the caller maps it."""
         try:
             return control.call(self.control, cmd, self.timeout_s, **args)
+        except control.NoLeader:
+            raise  # only standbys answered: 503, as with no balancer
         except control.ControlError as exc:
             raise HttpError(400, str(exc)) from None
 
@@ -66,6 +68,8 @@ class BalancerLink:
         """The balancer's row for this request, or None when it does not know it."""
         try:
             return control.call(self.control, "request", self.timeout_s, client_id=client_id, request_id=request_id)
+        except control.NoLeader:
+            raise
         except control.ControlError:
             return None
 
@@ -163,6 +167,8 @@ class Gateway:
         server_id = path_int(raw_id)
         try:
             control.call(self.link.control, verb, self.link.timeout_s, server_id=server_id)
+        except control.NoLeader:
+            raise
         except control.ControlError as exc:
             raise HttpError(404 if "not found" in str(exc) else 409, str(exc)) from None
         return {"message": f"Server {server_id} marked as {ADMIN_VERBS[verb]}"}
@@ -191,5 +197,8 @@ class Gateway:
         return {"up": True, **got}
 
     def status_and_servers(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """What /metrics needs; raises BalancerUnreachable with the balancer away."""
-        return self.link.call("status"), self.link.call("servers")
+        """What /metrics needs; raises BalancerUnreachable with the balancer away (or only a standby there)."""
+        status = self.link.call("status")
+        if status.get("role") == "standby":  # no leader answered: a standby serves no work to measure
+            raise control.NoLeader(f"only a standby answered ({status.get('ha', {}).get('name')}); no leader did")
+        return status, self.link.call("servers")

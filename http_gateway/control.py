@@ -16,12 +16,12 @@ from typing import Any
 import zmq
 
 from wire import control_client
-from wire.control_client import BalancerUnreachable, ControlError
+from wire.control_client import BalancerUnreachable, ControlError, NoLeader
 from wire.security import SERVER_KEY_ENV, load_public, load_secret, secure_client_socket
 
 ADMIN_SECRET_ENV = "ZLB_HTTP_ADMIN_SECRET"
 
-__all__ = ["ADMIN_SECRET_ENV", "BalancerUnreachable", "ControlError", "admin_socket", "call"]
+__all__ = ["ADMIN_SECRET_ENV", "BalancerUnreachable", "ControlError", "NoLeader", "admin_socket", "call"]
 
 
 def secure_admin(sock: zmq.Socket) -> zmq.Socket:
@@ -43,5 +43,8 @@ def admin_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
 
 
 def call(endpoint: str, cmd: str, timeout_s: float, **args: Any) -> Any:
-    """One control command with a deadline, made with the admin key; ControlError / BalancerUnreachable."""
+    """One control command with a deadline, made with the admin key; ControlError / BalancerUnreachable.
+
+    `endpoint` may list an HA group's members (wire/control_client.py follows the leader); when only
+    standbys answer, NoLeader, which is both and which the gateway answers 503 like an absent balancer."""
     return control_client.call(endpoint, cmd, timeout_s, secure=secure_admin, **args)

@@ -7,6 +7,8 @@ one `snapshot` from the balancer, which goes to every connected page as a
 server-sent event. A hundred open dashboards cost one subscription and one
 snapshot per second, not a hundred polling loops. A page too slow to take its
 events is dropped (it reconnects by itself and gets a fresh state).
+Given an HA group's members (`--events a,b`), the SUB connects to each and
+hears whichever leads; the snapshot's control call follows the leader too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from http_gateway.metrics import LatencyTracker
 from http_gateway.trails import RequestTrails, ServerTrails
 from wire import events as ev
 from wire import protocol as p
+from wire.following import endpoint_list
 from wire.protocol import ProtocolError
 
 # Snapshots on stats ticks come at most this often; node and system events refresh at once.
@@ -83,7 +86,8 @@ class EventHub:
         ctx = zmq.asyncio.Context.instance()
         sock = admin_socket(ctx, zmq.SUB)
         sock.setsockopt(zmq.SUBSCRIBE, b"zlb.")
-        sock.connect(self.endpoint)
+        for endpoint in endpoint_list(self.endpoint):  # an HA group's members: whichever leads publishes
+            sock.connect(endpoint)
         last_refresh = 0.0
         try:
             await self._refresh()

@@ -2,6 +2,10 @@
 
 The balancer publishes `[topic, [ts, [event, ...]]]` batches; `EventStream`
 turns them back into stamped events `[ts, kind, *args]` one by one.
+
+The endpoint may list the members of an HA group, comma-separated: the SUB
+connects to each and so hears whichever member leads (a standby publishes
+nothing; a leader that steps down stops publishing before another can lead).
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from typing import Any
 import zmq
 
 from wire import protocol as p
+from wire.following import endpoint_list
 from wire.protocol import ProtocolError
 from wire.security import secure_client_socket
 
 
 class EventStream:
-    """A SUB socket on the balancer's events endpoint."""
+    """A SUB socket on the balancer's events endpoint (or on each of an HA group's)."""
 
     def __init__(self, endpoint: str, topics: tuple[bytes, ...] = (b"zlb.",), context: zmq.Context | None = None):
         self.endpoint = endpoint
@@ -29,7 +34,8 @@ class EventStream:
         for topic in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, topic)
         secure_client_socket(self.sock)  # curve keys from ZLB_CURVE_SECRET / ZLB_SERVER_KEY when set
-        self.sock.connect(endpoint)
+        for one in endpoint_list(endpoint):
+            self.sock.connect(one)
 
     def close(self) -> None:
         """Close the subscription."""

@@ -9,6 +9,12 @@ names it in every HELLO; HELLO and each HEARTBEAT list the tickets it holds
 connection took. A HELLO the balancer REFUSED (the id is held by another live
 process) or an answer of FENCED (another process took the id over) ends the
 node with a non-zero exit and the reason on stderr.
+
+HA (wire/following.py): `backend` may list several balancers, comma-separated.
+A standby answers REDIRECT naming the leader and the node reconnects there at
+once, its HELLO listing the work it holds; a balancer silent past liveness
+sends the node to the next endpoint. Messages from an older epoch than the
+newest seen are dropped and counted (`stale_epoch`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from server_node.pool import HandlerPool
 from wire import endpoints, limits
 from wire import protocol as p
 from wire.batching import batches, payload_size
+from wire.following import Following
 from wire.protocol import MsgType, ProtocolError
 from wire.security import KeyRefusals, secure_client_socket
 from wire.sockets import DRAIN_BATCH, SLEPT_S, Waiter, received, send_frames
@@ -97,6 +104,7 @@ class ServerNode:
         self._poller = zmq.Poller()
         self._redial_at = 0.0
         self.live = PeerLiveness.start(config.heartbeat_ms / 1000, config.liveness, time.monotonic())
+        self.following = Following(config.backend)
 
     # ---- connection -----------------------------------------------------
 
@@ -108,7 +116,7 @@ class ServerNode:
         self.sock.setsockopt(zmq.SNDHWM, max(1000, 4 * self.config.capacity + 100))
         secure_client_socket(self.sock)
         self._key_refusals = KeyRefusals(self.sock)
-        self.sock.connect(self.config.backend)
+        self.sock.connect(self.following.current)
         self._poller.register(self.sock, zmq.POLLIN)
         self._waiter = Waiter(self.sock)
         self.welcomed = False
@@ -132,6 +140,11 @@ class ServerNode:
         )
         self._last_hello = time.monotonic()
         self._send(header, p.encode_tickets(self.held))
+
+    @property
+    def stale_epoch(self) -> int:
+        """Messages dropped because they came from an older leadership than one already heard."""
+        return self.following.stale
 
     @property
     def in_flight(self) -> int:
@@ -193,6 +206,9 @@ class ServerNode:
                 print(f"zlb server: {KEY_REFUSED}; retrying", file=sys.stderr, flush=True)
             self._disconnect()
             self._redial_at = now + self.live.reconnected(now)
+            if self.following.several:  # a leader gone silent: the next member at once
+                self.following.next()
+                self._redial_at = now
         elif self.live.heartbeat_due(now) and self.welcomed:
             # Not before WELCOME: heartbeats sent while a HELLO waits (for a balancer that is restarting,
             # or slow on a busy machine) queue behind it and reach the balancer in a burst just after it
@@ -233,11 +249,13 @@ class ServerNode:
         """Handle one message from the balancer; False when what follows it must wait (or never come)."""
         self.live.heard(now)
         try:
-            msg_type, fields = p.decode(frames[0])
+            msg_type, epoch, fields = p.decode_with_epoch(frames[0])
             body = None if msg_type is _WORK_BATCH and len(frames) == 1 else p.split_body(msg_type, frames)
         except ProtocolError:
             self.bad_messages += 1
             return True
+        if epoch != self.following.epoch and not self.following.fresh(epoch):
+            return True  # from a leadership already replaced (counted)
         if msg_type is _WORK_BATCH:
             for item in fields[0]:
                 self._on_work(item, item[5])
@@ -259,10 +277,21 @@ class ServerNode:
         elif msg_type is MsgType.REFUSED:
             self._on_refused(now, *fields)
             return False
+        elif msg_type is MsgType.REDIRECT:
+            self._redirected(now, fields[0])
+            return False
         elif msg_type is MsgType.FENCED:
             self._end(EXIT_FENCED, f"replaced: {fields[0]}; this process stops")
             return False
         return True
+
+    def _redirected(self, now: float, leader: str | None) -> None:
+        """A standby answered: reconnect to the leader it names, or (none known yet) to the next member soon."""
+        if not self.following.redirected(leader):
+            self.following.next()
+        self._disconnect()
+        self._redial_at = now if leader is not None else now + self.live.interval_s
+        self.live.reconnected(now)
 
     def _on_welcome(self, now: float, node_id: int, heartbeat_ms: int, liveness: int, max_payload: int) -> None:
         """Joined: take the id, the balancer's timing (one heartbeat model on both sides) and its size limit."""
@@ -329,7 +358,13 @@ class ServerNode:
 
     def _send_done(self) -> None:
         """Send the iteration's results as DONE_BATCH. A ticket stops being held either way: one
-        whose DONE could not leave is missing from the next heartbeat, and the balancer re-queues it."""
+        whose DONE could not leave is missing from the next heartbeat, and the balancer re-queues it.
+
+        With no connection at all (sitting out a back-off after the balancer went silent: stopped,
+        stalled, restarting) the results wait, their tickets still held, and leave right after the
+        next HELLO, which lists them: dropped, each would run again elsewhere."""
+        if self.sock is None:
+            return
         done, self._done = self._done, []
         for batch in [done] if len(done) == 1 else batches(done, payload_size):  # one: batch_frames sees if big
             self._send(*p.batch_frames(_DONE_BATCH, _DONE, batch))

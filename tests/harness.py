@@ -53,8 +53,8 @@ def timeout_arg(seconds: float) -> str:
 # uses STEADY_LIVENESS: 5 s of silence, which no starved machine imposes on a process that mostly sleeps,
 # so no node "dies" of load in the middle of it. A test that kills or stops a node and waits for the
 # death uses WATCHFUL_LIVENESS: 1 s (at load 40 on 2 cores, 300 ms gave no false death in a minute).
-# Either way a balancer that itself stalls for the whole window declares its nodes dead: after a stall
-# it reads one message per socket before it judges them (balancer/loop.py).
+# A balancer that itself stalls (SIGSTOP, a starved machine) does not count its own stall against its
+# nodes: their deadlines run on the time its loop could listen (balancer/nodes.py).
 HEARTBEAT_MS = 100
 STEADY_LIVENESS = 50
 WATCHFUL_LIVENESS = 10

@@ -40,10 +40,30 @@ def test_round_trip_of_every_message_type():
         MsgType.RESULT_BATCH: ([[101, "processed", 2, 1, False, b"r"], [102, "failed", None, 3, True, b""]],),
         MsgType.WORK_BATCH: ([[7, 0, 101, 1, 1, b"a"]],),
         MsgType.DONE_BATCH: ([[7, True, b"r"], [8, False, b"boom"]],),
+        MsgType.REDIRECT: ("tcp://127.0.0.1:5555", "standby"),
+        MsgType.FOLLOW: ("tcp://127.0.0.1:5559",),
+        MsgType.SNAPSHOT: (12, 3, 500),
+        MsgType.RECORDS: (13, 2),
+        MsgType.APPLIED: (13,),
     }
     assert set(samples) == set(MsgType)
     for msg_type, fields in samples.items():
         assert p.decode(p.encode(msg_type, *fields)) == (msg_type, list(fields))
+    assert p.decode(p.encode(MsgType.REDIRECT, None, "no leader")) == (MsgType.REDIRECT, [None, "no leader"])
+
+
+def test_every_header_carries_the_senders_epoch():
+    """A leading balancer stamps its epoch on everything it sends; the default is 0 (no HA)."""
+    assert p.decode_with_epoch(p.encode(MsgType.PING)) == (MsgType.PING, 0, [])
+    p.set_epoch(2**40 + 7)
+    try:
+        frame = p.encode(MsgType.WORK_BATCH, [[7, 0, 101, 1, 1, b"a"]])
+        assert p.decode_with_epoch(frame) == (MsgType.WORK_BATCH, 2**40 + 7, [[[7, 0, 101, 1, 1, b"a"]]])
+        assert p.decode(frame) == (MsgType.WORK_BATCH, [[[7, 0, 101, 1, 1, b"a"]]])
+    finally:
+        p.set_epoch(0)
+    with pytest.raises(ProtocolError, match="epoch"):
+        p.decode(msgpack.packb([V, int(MsgType.PING), "one"]))
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ NODE_REPLACED = "node.replaced"
 NODE_RESYNCED = "node.resynced"
 NODE_REFUSED = "node.refused"
 NODE_KEPT_OUT = "node.kept_out"
+NODE_RETURNED = "node.returned"
 SYSTEM_STARTED = "system.started"
 SYSTEM_CONFIGURED = "system.configured"
 SYSTEM_BAD_INPUT = "system.bad_input"
@@ -49,6 +50,13 @@ SYSTEM_LOG_DEGRADED = "system.log_degraded"
 SYSTEM_LOG_RESUMED = "system.log_resumed"
 SYSTEM_BUSY = "system.busy"
 SYSTEM_CLIENT_PAUSED = "system.client_paused"
+# HA (balancer/member.py, replication.py): leadership and the standby.
+SYSTEM_HA_LEADING = "system.ha_leading"
+SYSTEM_HA_STEPPED_DOWN = "system.ha_stepped_down"
+SYSTEM_HA_FOLLOWING = "system.ha_following"
+SYSTEM_HA_STANDBY_DROPPED = "system.ha_standby_dropped"
+SYSTEM_HA_ALONE = "system.ha_alone"
+SYSTEM_HA_ETCD = "system.ha_etcd"
 
 # Positional argument names of each kind, for JSON output and lookups by name.
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -70,6 +78,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     NODE_RESYNCED: ("server_id", "requeued"),
     NODE_REFUSED: ("server_id", "reason"),
     NODE_KEPT_OUT: ("server_id", "state"),
+    NODE_RETURNED: ("server_id", "kept", "elsewhere"),
     SYSTEM_STARTED: ("frontend", "backend", "events", "control"),
     SYSTEM_CONFIGURED: ("servers", "clients"),
     SYSTEM_BAD_INPUT: ("socket", "kind", "detail", "count"),
@@ -84,6 +93,12 @@ FIELDS: dict[str, tuple[str, ...]] = {
     SYSTEM_LOG_RESUMED: ("path", "lines_dropped"),
     SYSTEM_BUSY: ("client_id", "reason"),
     SYSTEM_CLIENT_PAUSED: ("client_id", "reason"),
+    SYSTEM_HA_LEADING: ("name", "epoch", "restored"),
+    SYSTEM_HA_STEPPED_DOWN: ("name", "epoch", "reason"),
+    SYSTEM_HA_FOLLOWING: ("standby", "records"),
+    SYSTEM_HA_STANDBY_DROPPED: ("standby", "reason"),
+    SYSTEM_HA_ALONE: ("name",),
+    SYSTEM_HA_ETCD: ("ok", "reason"),
 }
 
 LEVELS: dict[str, str] = {
@@ -98,12 +113,17 @@ LEVELS: dict[str, str] = {
     NODE_RESYNCED: "WARNING",
     NODE_REFUSED: "WARNING",
     NODE_KEPT_OUT: "WARNING",
+    NODE_RETURNED: "WARNING",
     SYSTEM_CLIENT_REFUSED: "WARNING",
     SYSTEM_JOURNAL_DAMAGED: "ERROR",
     SYSTEM_JOURNAL_FAILED: "ERROR",
     SYSTEM_LOG_DEGRADED: "ERROR",
     SYSTEM_BUSY: "WARNING",
     SYSTEM_CLIENT_PAUSED: "WARNING",
+    SYSTEM_HA_STEPPED_DOWN: "WARNING",
+    SYSTEM_HA_STANDBY_DROPPED: "ERROR",
+    SYSTEM_HA_ALONE: "WARNING",
+    SYSTEM_HA_ETCD: "WARNING",
 }
 
 
@@ -137,6 +157,10 @@ _TEMPLATES: dict[str, Any] = {
     NODE_RESYNCED: lambda a: f"⚠️ Server {a[0]} resynced; {a[1]} requests lost on the way re-queued",
     NODE_REFUSED: lambda a: f"⚠️ A second Server {a[0]} was refused: {a[1]}",
     NODE_KEPT_OUT: lambda a: f"Server {a[0]} rejoined and stays {a[1]}: an admin's choice holds until zlb up {a[0]}",
+    NODE_RETURNED: lambda a: (
+        f"⚠️ Server {a[0]} came back holding work it was declared dead with: {a[1]} requests stay with it,"
+        f" {a[2]} run elsewhere too (that death not counted as an attempt)"
+    ),
     SYSTEM_STARTED: lambda a: f"Balancer started (frontend {a[0]}, backend {a[1]}, events {a[2]}, control {a[3]})",
     SYSTEM_CONFIGURED: lambda a: f"System configured with {a[0]} servers and {a[1]} clients.",
     SYSTEM_BAD_INPUT: lambda a: f"Dropped bad message on {a[0]}: {a[1]} ({a[2]}); {a[3]} so far",
@@ -159,6 +183,12 @@ _TEMPLATES: dict[str, Any] = {
     SYSTEM_LOG_RESUMED: lambda a: f"Log file {a[0]} is written again; {a[1]} lines were dropped",
     SYSTEM_BUSY: lambda a: f"Submit of Client {a[0]} refused for now: {a[1]}",
     SYSTEM_CLIENT_PAUSED: lambda a: f"Client {a[0]} paused: {a[1]}",
+    SYSTEM_HA_LEADING: lambda a: f"Balancer {a[0]} leads with epoch {a[1]}; {a[2]} requests restored from its journal",
+    SYSTEM_HA_STEPPED_DOWN: lambda a: f"Balancer {a[0]} stopped leading (epoch {a[1]}): {a[2]}",
+    SYSTEM_HA_FOLLOWING: lambda a: f"Standby {a[0]} follows: snapshot of {a[1]} records sent",
+    SYSTEM_HA_STANDBY_DROPPED: lambda a: f"Standby {a[0]} dropped from the synchronous path: {a[1]}",
+    SYSTEM_HA_ALONE: lambda a: f"Leader {a[0]} has no standby in sync: a loss of this host would lose answered work",
+    SYSTEM_HA_ETCD: lambda a: "etcd reachable again" if a[0] else f"etcd unreachable: {a[1]}",
 }
 
 

@@ -1,9 +1,9 @@
 """The zlb wire protocol: the one place that defines a frame.
 
 Every role imports this module; nothing else imports msgpack. A message is a
-small msgpack *header* (an array: version, type, fields...) optionally followed
-by one opaque *body* frame (a request's payload or a result) that the balancer
-never decodes. docs/PROTOCOL.md describes the same thing in prose, and
+small msgpack *header* (an array: version, type, epoch, fields...) optionally
+followed by one opaque *body* frame (a request's payload or a result) that the
+balancer never decodes. docs/PROTOCOL.md describes the same thing in prose, and
 wire/limits.py holds the bounds (of a header, a batch, a drain) it checks against.
 
 Exactly-once delivery rests on three rules: a request is named by
@@ -36,7 +36,9 @@ from wire.limits import MAX_BATCH_ITEMS, MAX_HEADER_BYTES  # bound as names: dec
 # Version 2: sessions (incarnations in HELLO and SUBMIT, held tickets in HELLO and
 # HEARTBEAT, REFUSED and FENCED, client HELLO/PING/BYE, replay flag in RESULT).
 # Version 3: batches (SUBMIT_BATCH, RESULT_BATCH, WORK_BATCH, DONE_BATCH).
-PROTOCOL_VERSION = 3
+# Version 4: an epoch in every header ([version, type, epoch, fields...]), REDIRECT, and the
+# replication stream between balancers (FOLLOW, SNAPSHOT, RECORDS, APPLIED).
+PROTOCOL_VERSION = 4
 
 # Liveness: a peer silent for LIVENESS intervals is dead. 3 to 5 is the usual
 # range; 3 keeps failover under two seconds at the default interval.
@@ -77,6 +79,13 @@ class MsgType(IntEnum):
     RESULT_BATCH = 21  # frontend -> client: [[[request_id, status, server_id, attempts, replay, result], ...]]
     WORK_BATCH = 22  # backend -> node: [[[ticket, client_id, request_id, priority, attempt, payload], ...]]
     DONE_BATCH = 23  # node -> backend: [[[ticket, ok, result], ...]]
+    # A standby balancer (or a leader stepping down) answers a client or node: go to the leader.
+    REDIRECT = 24  # frontend or backend -> peer: [leader's endpoint for this peer | None, reason]
+    # Replication between the members of an HA group (balancer/replication.py, balancer/standby.py).
+    FOLLOW = 30  # standby -> leader's replication socket: [member name]; send me a snapshot, then the stream
+    SNAPSHOT = 31  # leader -> standby: [seq, records, keepalive_ms] + journal bytes: the state after batch `seq`
+    RECORDS = 32  # leader -> standby: [seq, records] + journal bytes (empty: a keep-alive); batch `seq`
+    APPLIED = 33  # standby -> leader: [seq]; everything up to batch `seq` is written to the standby's journal
 
 
 OptInt = (int, type(None))
@@ -104,9 +113,19 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.RESULT_BATCH: (list,),
     MsgType.WORK_BATCH: (list,),
     MsgType.DONE_BATCH: (list,),
+    MsgType.REDIRECT: ((str, type(None)), str),
+    MsgType.FOLLOW: (str,),
+    MsgType.SNAPSHOT: (int, int, int),
+    MsgType.RECORDS: (int, int),
+    MsgType.APPLIED: (int,),
 }
 # Messages that carry a body frame after the header.
-WITH_BODY = frozenset({MsgType.SUBMIT, MsgType.RESULT, MsgType.WORK, MsgType.DONE, MsgType.HELLO, MsgType.HEARTBEAT})
+WITH_BODY = frozenset(
+    {
+        MsgType.SUBMIT, MsgType.RESULT, MsgType.WORK, MsgType.DONE, MsgType.HELLO, MsgType.HEARTBEAT,
+        MsgType.SNAPSHOT, MsgType.RECORDS,
+    }
+)  # fmt: skip
 _TYPES = {int(t): t for t in MsgType}
 
 # Batches carry many requests in one message: a message costs a Python-level send and
@@ -134,16 +153,16 @@ def _type_tuples(schema: tuple[Any, ...]) -> frozenset[tuple[type, ...]]:
 
 _ITEM_TYPES = {t: _type_tuples(schema) for t, schema in ITEM_SCHEMAS.items()}
 # Every header this version accepts, keyed by its version, its type and the exact type of each
-# of its elements (version and type included, so neither a bool nor a float passes for an int).
-# Each names its type and, for a batch, the type tuples its items may have (else None).
+# of its elements (version, type and epoch included, so neither a bool nor a float passes for an
+# int). Each names its type and, for a batch, the type tuples its items may have (else None).
 _ACCEPTED = {
-    (PROTOCOL_VERSION, int(t), int, int, *types): (t, _ITEM_TYPES.get(t))
+    (PROTOCOL_VERSION, int(t), int, int, int, *types): (t, _ITEM_TYPES.get(t))
     for t in MsgType
     for types in _type_tuples(SCHEMAS[t])
 }
 # The first bytes of a batch header: a fixarray, the version, the type. Only these may
 # exceed MAX_HEADER_BYTES, so the check needs no decoding.
-_BATCH_PREFIXES = frozenset(bytes([0x90 | (len(SCHEMAS[t]) + 2), PROTOCOL_VERSION, int(t)]) for t in BATCH_TYPES)
+_BATCH_PREFIXES = frozenset(bytes([0x90 | (len(SCHEMAS[t]) + 3), PROTOCOL_VERSION, int(t)]) for t in BATCH_TYPES)
 
 # Request status names as they appear on the wire and in every listing (seed wording).
 PENDING = "pending"
@@ -210,9 +229,21 @@ def _unpack_options(limit: int, max_items: int) -> dict[str, Any]:
     }
 
 
+# The epoch this process stamps on every header it sends: a leading balancer's leadership (from
+# etcd, strictly increasing), 0 everywhere else. Clients and nodes drop what comes with an epoch
+# older than the newest they have seen (0 means "no HA" and is always taken).
+_epoch = 0
+
+
+def set_epoch(epoch: int) -> None:
+    """Stamp `epoch` on every header this process sends from now on (a balancer taking the lead)."""
+    global _epoch
+    _epoch = epoch
+
+
 def encode(msg_type: MsgType, *fields: Any) -> bytes:
     """Encode a header frame."""
-    return _pack([PROTOCOL_VERSION, msg_type, *fields])
+    return _pack([PROTOCOL_VERSION, msg_type, _epoch, *fields])
 
 
 def batch_frames(batch_type: MsgType, single_type: MsgType, items: list[tuple[Any, ...]]) -> list[Any]:
@@ -230,7 +261,19 @@ def batch_frames(batch_type: MsgType, single_type: MsgType, items: list[tuple[An
 
 
 def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
-    """Decode and validate a header frame; raise ProtocolError on anything off.
+    """Decode and validate a header frame, as (type, fields); raise ProtocolError on anything off."""
+    msg_type, header = _decode_header(frame)
+    return msg_type, header[3:]
+
+
+def decode_with_epoch(frame: bytes) -> tuple[MsgType, int, list[Any]]:
+    """As decode(), with the sender's epoch: (type, epoch, fields). Clients and nodes fence by it."""
+    msg_type, header = _decode_header(frame)
+    return msg_type, header[2], header[3:]
+
+
+def _decode_header(frame: bytes) -> tuple[MsgType, list[Any]]:
+    """Decode and validate a header frame; its type and the whole header.
 
     Every message on every hop comes through here, so an acceptable header takes
     one lookup: its version, type and the exact type of each element name it in
@@ -261,7 +304,7 @@ def decode(frame: bytes) -> tuple[MsgType, list[Any]]:
         for item in items:
             if type(item) is not list or tuple(map(type, item)) not in item_types:
                 _explain_items(msg_type, items)
-    return msg_type, header[2:]
+    return msg_type, header
 
 
 def _unpack_large(frame: bytes) -> Any:
@@ -282,7 +325,9 @@ def _explain_header(header: Any) -> NoReturn:
     msg_type = _TYPES.get(raw_type) if type(raw_type) is int else None
     if msg_type is None:
         raise ProtocolError("unknown_type", f"unknown message type {raw_type!r}")
-    _explain_fields(msg_type, header[2:])
+    if len(header) < 3 or type(header[2]) is not int:
+        raise ProtocolError("bad_fields", f"{msg_type.name} has no epoch (an integer after its type)")
+    _explain_fields(msg_type, header[3:])
 
 
 def _explain_fields(msg_type: MsgType, fields: list[Any]) -> NoReturn:

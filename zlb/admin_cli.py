@@ -19,9 +19,16 @@ from wire.protocol import STATUSES
 
 
 def control_call(control: str, cmd: str, **args: Any) -> Any:
-    """One control command; a clean one-line error when it fails."""
+    """One control command; a clean one-line error when it fails. `control` may list an HA group's members."""
+    return control_reach(control, cmd, **args)[1]
+
+
+def control_reach(control: str, cmd: str, **args: Any) -> tuple[str, Any]:
+    """As control_call, with the member that answered: (its control endpoint, the result)."""
     try:
-        return control_client.call(control, cmd, **args)
+        return control_client.reach(control, cmd, **args)
+    except control_client.NoLeader as exc:
+        raise click.ClickException(f"{exc} (no member of the group at {control} leads now; try again)") from None
     except control_client.BalancerUnreachable as exc:
         trouble = curve_trouble(control)
         if trouble:
@@ -195,14 +202,18 @@ def _journal_health(journal: dict[str, Any]) -> str:
     return f"{journal['path']}  FAILING since {since}: {journal.get('reason')}; new requests refused (busy)"
 
 
-def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """`zlb status` as (heading, text) rows."""
+def status_lines(result: dict[str, Any], reached: str = "") -> list[tuple[str, str]]:
+    """`zlb status` as (heading, text) rows; `reached`: the control endpoint that answered."""
+    if result.get("role") == "standby":
+        return standby_lines(result, reached)
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["started_at"]))
     by_priority = ", ".join(f"p{p}: {n}" for p, n in result.get("queue_by_priority", {}).items())
     rates = result.get("rates", {})
     retention = result.get("retention", {})
+    ha = [("HA", _leader_line(result, reached))] if result.get("role") == "leader" else []
     return [
         ("Balancer", f"up {_uptime(result['uptime_s'])} (since {started})"),
+        *ha,
         ("Endpoints", _pairs(result.get("endpoints", {}))),
         (
             "Servers",
@@ -220,6 +231,56 @@ def status_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
         *_counter_rows(result.get("counters", {}), result.get("journal")),
         ("Log", _log_line(result.get("log", {}))),
         ("Retention", _retention_line(retention)),
+    ]
+
+
+def _member(ha: dict[str, Any], reached: str) -> str:
+    where = f", reached at {reached}" if reached else ""
+    return f"{ha.get('name')} of group {ha.get('group')}{where}"
+
+
+def _etcd(ha: dict[str, Any]) -> str:
+    if ha.get("etcd_ok") is None:
+        return "etcd not heard yet"
+    return "etcd ok" if ha.get("etcd_ok") else f"etcd UNREACHABLE: {ha.get('etcd_problem')}"
+
+
+def _leader_line(result: dict[str, Any], reached: str) -> str:
+    """A leader's HA row: who, its epoch, its standby (or that it goes on alone) and etcd."""
+    ha = result.get("ha") or {}
+    if ha.get("alone", True):
+        standby = "ALONE: no standby in sync (losing this host would lose answered work)"
+    else:
+        standby = f"standby {ha.get('standby')} in sync"
+    lag = f"lag {ha.get('lag_records', 0)} records / {ha.get('lag_ms', 0):g} ms"
+    lag += f", {ha.get('held_answers', 0)} answers held"
+    return f"leader {_member(ha, reached)}, epoch {result.get('epoch')}; {standby}; {lag}; {_etcd(ha)}"
+
+
+def standby_lines(result: dict[str, Any], reached: str = "") -> list[tuple[str, str]]:
+    """`zlb status` of a standby (no leader answered): whom it follows and how far it got."""
+    ha = result.get("ha") or {}
+    replica = ha.get("replica") or {}
+    leader = ha.get("leader")
+    control = (ha.get("leader_endpoints") or {}).get("control")
+    if leader:
+        leads = f"{leader}, epoch {result.get('epoch')}, control {control} (it did not answer)"
+    else:
+        leads = "none elected yet"
+    heard = replica.get("heard_ms_ago")
+    follows = (
+        f"{replica.get('following')}: applied batch {replica.get('applied_seq')}, {replica.get('records')} records,"
+        f" {'caught up' if replica.get('caught_up') else 'NOT caught up'}, heard {heard} ms ago,"
+        f" {replica.get('snapshots')} snapshots"
+        if replica.get("following")
+        else "no one"
+    )
+    return [
+        ("Balancer", f"standby {_member(ha, reached)}, up {_uptime(result.get('uptime_s', 0))}; {_etcd(ha)}"),
+        ("Leader", leads),
+        ("Follows", follows),
+        ("Redirected", f"{ha.get('redirected', 0)} clients' and nodes' messages sent to the leader"),
+        ("Endpoints", _pairs(result.get("endpoints", {}))),
     ]
 
 
@@ -244,13 +305,68 @@ def _log_line(log: dict[str, Any]) -> str:
     return f"{log['path']}" + (f"  DEGRADED: {problem}" if problem else "")
 
 
-@query_command("status")
-def status(result: dict[str, Any]) -> None:
-    """Show uptime, totals, queue depth, rates and bad-input counters."""
-    rows = status_lines(result)
+# `zlb status --check` is a container probe (docs/DEPLOY.md): it waits this long for the answer unless told
+# otherwise, and never more than MAX_CHECK_TIMEOUT_S, so the whole command ends well within a probe's
+# timeoutSeconds (a fresh `zlb` process starts in under a second).
+CHECK_TIMEOUT_S = 2.0
+MAX_CHECK_TIMEOUT_S = 5.0
+# `zlb status --check --leader` against a balancer that answers but does not lead its group (issue 21's --ha).
+EXIT_NOT_LEADER = 3
+LEADER = "leader"
+
+
+def leads(result: dict[str, Any]) -> bool:
+    """Whether a `status` reply comes from the leader; a balancer without --ha names no role and is its own."""
+    return result.get("role", LEADER) == LEADER
+
+
+@click.command()
+@endpoint_option("control")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Print nothing; exit 0 when the balancer answers, 1 when it does not within --timeout (a probe).",
+)
+@click.option(
+    "--leader",
+    is_flag=True,
+    help=f"With --check: exit {EXIT_NOT_LEADER} unless the balancer leads its --ha group (one without --ha does).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0.05, 60),
+    default=None,
+    help=f"Seconds to wait for the answer.  [default: {control_client.DEFAULT_TIMEOUT_S:g}; "
+    f"with --check {CHECK_TIMEOUT_S:g}, at most {MAX_CHECK_TIMEOUT_S:g}]",
+)
+@json_option
+def status(control: str, check: bool, leader: bool, timeout_s: float | None, as_json: bool) -> None:
+    """Show uptime, totals, queue depth, rates and bad-input counters (of the HA group's leader, when one answers)."""
+    if leader and not check:
+        raise click.UsageError("--leader goes with --check")
+    if check:
+        run_check(control, leader, CHECK_TIMEOUT_S if timeout_s is None else timeout_s)
+        return
+    reached, result = control_reach(control, "status", timeout_s=timeout_s or control_client.DEFAULT_TIMEOUT_S)
+    if as_json:
+        print_json(result)
+        return
+    rows = status_lines(result, reached if result.get("role") else "")  # an HA member: say which one answered
     width = max(len(h) for h, _t in rows)
     for heading, text in rows:
         click.echo(f"{heading.ljust(width)}  {text}")
+    return None
+
+
+def run_check(control: str, leader: bool, timeout_s: float) -> None:
+    """The probe: silent on success; one line on stderr and a non-zero exit otherwise."""
+    if timeout_s > MAX_CHECK_TIMEOUT_S:
+        raise click.BadParameter(f"--check waits at most {MAX_CHECK_TIMEOUT_S:g} s", param_hint="--timeout")
+    result = control_call(control, "status", timeout_s=timeout_s, follow_leader=False)  # this member's own word
+    if leader and not leads(result):
+        click.echo(f"Error: the balancer at {control} is not the leader (role {result.get('role')!r})", err=True)
+        raise SystemExit(EXIT_NOT_LEADER)
 
 
 def follow_logs(stream: EventStream, backlog: list[dict[str, Any]], as_json: bool) -> None:

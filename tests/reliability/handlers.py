@@ -12,13 +12,24 @@ from server_node import handlers
 def counting(work: handlers.Work) -> bytes:
     """Like `simulate`, and append "client_id request_id" to $ZLB_TEST_EXEC_LOG for counting executions."""
     result = handlers.simulate(work)
+    _record_run(work)
+    return result
+
+
+def gated_counting(work: handlers.Work) -> bytes:
+    """Record the run in $ZLB_TEST_EXEC_LOG as it starts (like `counting`), then run like `gated`: work
+    that is held on its node for as long as the test needs, each execution counted."""
+    _record_run(work)
+    return gated(work)
+
+
+def _record_run(work: handlers.Work) -> None:
     path = os.environ["ZLB_TEST_EXEC_LOG"]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(fd, f"{work.client_id} {work.request_id}\n".encode())
     finally:
         os.close(fd)
-    return result
 
 
 def boom(work: handlers.Work) -> bytes:

@@ -1,0 +1,193 @@
+"""The standby's half of replication: the leader's journal, written here as it comes.
+
+A standby connects a DEALER to the leader's replication endpoint and says
+FOLLOW. The SNAPSHOT it gets is the leader's whole state as journal bytes: it
+becomes this member's journal file (written aside, fsynced, renamed over, as
+a start writes one). Each RECORDS that follows is appended as it is, with one
+write, and answered APPLIED [seq]: the leader answers nobody before that. A
+gap in the numbering, another epoch, or a leader silent past SILENT_KEEPALIVES of
+its keep-alive interval (it says which in the SNAPSHOT; at least MIN_SILENCE_S) means
+the stream is broken: follow again from a fresh snapshot. The file is fsynced
+once per tick (the leader's host is the one that may fail; this one's page
+cache survives the loss of that host and of this process). On takeover the
+member replays this file like any journal (balancer/member.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import zmq
+
+from balancer import journal_format as jf
+from wire import protocol as p
+from wire.protocol import MsgType, ProtocolError
+
+MIN_SILENCE_S = 1.0
+SILENT_KEEPALIVES = 4
+# The file is compacted as the leader's is (balancer/journal.py): once it holds this many records beyond
+# twice its last snapshot, the replica follows afresh and the new snapshot replaces it.
+COMPACT_SLACK_RECORDS = 50_000
+
+
+class Replica:
+    """Follows one leader's stream into the journal file at `path`."""
+
+    def __init__(self, context: zmq.Context, path: str, name: str) -> None:
+        self._ctx = context
+        self.path = path
+        self.name = name
+        self.sock: zmq.Socket | None = None
+        self.leader: str | None = None  # its replication endpoint
+        self.epoch = 0
+        self.seq = -1  # the last batch applied; -1 until a snapshot arrived
+        self.records = 0  # records in the file
+        self.snapshot_records = 0  # of which the last snapshot
+        self.compactions = 0
+        self.size = 0
+        self.snapshots = 0
+        self.bad_messages = 0
+        self.heard_at = 0.0
+        self.caught_up_at: float | None = None  # when the last snapshot was applied
+        self.silence_s = MIN_SILENCE_S  # from the leader's keep-alive interval, told in its SNAPSHOT
+        self._fd = -1
+        self._dirty = False
+
+    # ---- following --------------------------------------------------------
+
+    def follow(self, endpoint: str, epoch: int, now: float) -> None:
+        """Follow the leader of `epoch` at its replication `endpoint`, from a fresh snapshot."""
+        self._close_socket()
+        self.leader, self.epoch, self.seq = endpoint, epoch, -1
+        self.caught_up_at = None
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)  # the stream must not be cut by a high-water mark
+        sock.connect(endpoint)
+        sock.send(p.encode(MsgType.FOLLOW, self.name))
+        self.sock = sock
+        self.heard_at = now
+
+    def stop_following(self) -> None:
+        self._close_socket()
+        self.leader = None
+        self.caught_up_at = None
+
+    def drain(self, now: float) -> None:
+        """Apply what the leader sent; re-follow if the stream broke."""
+        sock = self.sock
+        while sock is not None:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg_type, epoch, fields = p.decode_with_epoch(frames[0])
+                body = p.split_body(msg_type, frames)
+            except ProtocolError:
+                self.bad_messages += 1
+                continue
+            if epoch != self.epoch or msg_type not in (MsgType.SNAPSHOT, MsgType.RECORDS):
+                self.bad_messages += 1
+                continue
+            self.heard_at = now
+            if msg_type is MsgType.SNAPSHOT:
+                self.silence_s = max(MIN_SILENCE_S, SILENT_KEEPALIVES * fields[2] / 1000)
+            if not self._apply(msg_type, fields[0], fields[1], body, now):
+                self.follow(self.leader or "", self.epoch, now)  # a gap: start again from a snapshot
+                return
+            if self.records > 2 * self.snapshot_records + COMPACT_SLACK_RECORDS:
+                self.compactions += 1
+                self.follow(self.leader or "", self.epoch, now)  # a fresh snapshot replaces the grown file
+                return
+
+    def _apply(self, msg_type: MsgType, seq: int, count: int, body: bytes, now: float) -> bool:
+        if msg_type is MsgType.SNAPSHOT:
+            self._restart(body, count)
+            self.snapshots += 1
+            self.caught_up_at = time.time()
+        elif self.seq < 0:
+            return True  # the stream before our snapshot: nothing to do yet
+        elif seq == self.seq and not body:
+            pass  # a keep-alive: answer it, so the leader hears us
+        elif seq != self.seq + 1:
+            return False
+        elif body:
+            _write_all(self._fd, body)
+            self.size += len(body)
+            self.records += count
+            self._dirty = True
+        self.seq = seq
+        assert self.sock is not None
+        self.sock.send(p.encode(MsgType.APPLIED, seq), zmq.NOBLOCK)
+        return True
+
+    def tick(self, now: float) -> None:
+        """fsync what was written since the last tick; follow again after a silence."""
+        if self._dirty and self._fd >= 0:
+            os.fsync(self._fd)
+            self._dirty = False
+        if self.sock is not None and self.leader is not None and now - self.heard_at > self.silence_s:
+            self.follow(self.leader, self.epoch, now)
+
+    # ---- the file -----------------------------------------------------------
+
+    def _restart(self, data: bytes, count: int) -> None:
+        """A snapshot: the new journal, written aside, fsynced and renamed over the old one."""
+        tmp = f"{self.path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        jf.fsync_dir(self.path)
+        self.size, self.records = len(data), count
+        self.snapshot_records = count
+
+    def mark(self) -> jf.Mark | None:
+        """What the file holds, for the lock file's synced mark (call after close or tick)."""
+        if self._fd < 0:
+            return None
+        held = os.fstat(self._fd)
+        return jf.Mark(held.st_ino, held.st_dev, self.size, self.records)
+
+    def view(self, now: float) -> dict[str, Any]:
+        return {
+            "following": self.leader,
+            "applied_seq": self.seq,
+            "records": self.records,
+            "caught_up": self.caught_up_at is not None,
+            "heard_ms_ago": None if self.sock is None else round((now - self.heard_at) * 1000, 1),
+            "snapshots": self.snapshots,
+            "compactions": self.compactions,
+        }
+
+    def close(self) -> jf.Mark | None:
+        """fsync and close the file; its mark (None if it never got a snapshot)."""
+        self._close_socket()
+        if self._fd < 0:
+            return None
+        os.fsync(self._fd)
+        mark = self.mark()
+        os.close(self._fd)
+        self._fd = -1
+        return mark
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
