@@ -68,6 +68,8 @@ class HaConfig:
     def parse(cls, url: str, lease_s: int = DEFAULT_LEASE_S) -> HaConfig:
         """Parse an etcd:// URL; ValueError saying what is wrong."""
         parts = urlsplit(url)
+        if parts.query or parts.fragment:
+            raise ValueError(f"{url!r}: no ?query or #fragment in an etcd:// URL")
         if parts.scheme != "etcd":
             raise ValueError(f"{url!r} is not an etcd://HOST:PORT[,HOST:PORT...]/GROUP URL")
         group = parts.path.strip("/")
@@ -119,6 +121,7 @@ class Elector(threading.Thread):
         self._leader: tuple[Any, int] | None = None  # what was last reported
         self._etcd_ok: bool | None = None
         self._resigned = False
+        self._taken_since: float | None = None  # when our member name was first found held by another
         self._halt = threading.Event()
 
     # ---- the thread -------------------------------------------------------
@@ -135,7 +138,9 @@ class Elector(threading.Thread):
                     self._health(True, "")
                 except Exception as exc:  # noqa: BLE001 - any failure talking to etcd is "etcd unreachable"
                     self._health(False, f"{exc.__class__.__name__}: {exc}"[:300])
-                    self._client = self._lease = None
+                    # The lease is kept (by id) and renewed on the next connection: a fresh lease would not
+                    # hold our leader key, and renewing it would extend a leadership etcd is letting go.
+                    self._client = None
                     self._host_index = (self._host_index + 1) % len(self.ha.hosts)
                 self._halt.wait(POLL_S)
         finally:
@@ -165,6 +170,8 @@ class Elector(threading.Thread):
         if self._client is None:
             host, port = self.ha.hosts[self._host_index]
             self._client = _connect_etcd(host, port)
+            if self._lease is not None:
+                self._lease = type(self._lease)(self._lease.id, client=self._client)
         if self._resigned:
             return
         now = time.monotonic()
@@ -188,10 +195,35 @@ class Elector(threading.Thread):
                 self._tell("elected", epoch, self._valid_until)
 
     def _grant(self, now: float) -> None:
+        """A lease, and this member's key under it, unless another live member holds that name."""
         sent = time.monotonic()
-        self._lease = self._client.lease(self.ha.lease_s)
-        self._client.put(self.ha.key(f"members/{self.name}"), json.dumps(self.endpoints), lease=self._lease)
+        lease = self._client.lease(self.ha.lease_s)
+        key = self.ha.key(f"members/{self.name}")
+        reply = self._client.transaction(
+            {
+                "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
+                "success": [
+                    {"request_put": {"key": _b64(key), "value": _b64(json.dumps(self.endpoints)), "lease": lease.id}}
+                ],
+                "failure": [],
+            }
+        )
+        if not reply.get("succeeded"):
+            lease.revoke()
+            self._name_taken(now)
+            return
+        self._taken_since = None
+        self._lease = lease
         self._renewed(sent, now)
+
+    def _name_taken(self, now: float) -> None:
+        """Another member has this name: wait out a dead predecessor's lease, then tell the loop to give up."""
+        if self._taken_since is None:
+            self._taken_since = now
+        elif now - self._taken_since > 1.5 * self.ha.lease_s:
+            self._tell("conflict", f"another live member of group {self.ha.group} uses the name {self.name}"
+                       " (its --replication endpoint): give each member its own")  # fmt: skip
+            self._resigned = True
 
     def _renew(self, now: float) -> None:
         sent = time.monotonic()

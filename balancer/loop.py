@@ -308,6 +308,10 @@ class Balancer:
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
             woke = time.monotonic()
+            if ha is not None and not ha.leads(woke):
+                # Checked before reading: the readers answer (control replies, refusals) as they read.
+                self._step_down(woke)
+                return
             late_s = woke - now - timeout_ms / 1000
             if late_s > LATE_S:  # woken after it planned (stopped, starved): no node's silence counts for it
                 nodes.excuse(late_s, woke)

@@ -47,14 +47,16 @@ class Member:
         self.config = config
         self.context = context or zmq.Context.instance()
         self.ha = HaConfig.parse(config.ha, config.ha_lease_s)
-        self.name = config.replication
         bound = {**config.endpoints, "replication": config.replication}
+        _check_replication(self.context, config.replication, config.endpoints)
+        _check_group(config.journal, self.ha.group)
         # What the others are told: a wildcard bind is reachable at this host's name, not at "*".
         self.endpoints = {role: advertised(ep) for role, ep in bound.items()} | {"host": socket.gethostname()}
         address = f"inproc://zlb-elector-{next(_pipes)}"
         self.pipe = self.context.socket(zmq.PAIR)
         self.pipe.setsockopt(zmq.LINGER, 0)
         self.pipe.bind(address)
+        self.name = self.endpoints["replication"]  # unique in the group: etcd refuses a second live holder
         self.elector = Elector(self.context, address, self.ha, self.name, self.endpoints)
         self.leader: dict[str, Any] | None = None
         self.leader_epoch = 0
@@ -65,7 +67,9 @@ class Member:
         self.valid_until = 0.0
         self.last_takeover: dict[str, Any] | None = None
         self.stopping = False
+        self.fatal: str | None = None  # why this member cannot serve (said on exit)
         self.balancer: Any = None
+        self.pending: tuple[int, float] | None = None  # an election heard while still leading an older epoch
         self.replication: Any = None  # the leading Balancer's Replication part, for insync answers
 
     # ---- what the elector says --------------------------------------------
@@ -90,13 +94,28 @@ class Member:
                 self.etcd_ok, self.etcd_problem = message[1], message[2]
                 if self.balancer is not None:
                     self.balancer.note_etcd(message[1], message[2])
+            elif kind == "conflict":
+                self.fatal, self.stopping = message[1], True
             elif kind == "insync" and self.replication is not None:
                 self.replication.insync_written(message[1], message[2])
         return elected
 
     def hear(self, now: float, _limit: int) -> None:
-        """The leading loop's reader for the pipe (an election while leading is not ours to take)."""
-        self.hear_elector(now)
+        """The leading loop's reader for the pipe. An election heard while leading is a new leadership of
+        ours (our old key expired and we won again): the loop steps down from the old epoch, and the
+        member leads again with the new one at once (`run`)."""
+        elected = self.hear_elector(now)
+        if elected is not None:
+            self.pending = elected
+
+    def own_leadership(self, now: float) -> tuple[int, float] | None:
+        """etcd names this member leader and its lease holds: (epoch, valid until). A standby that hears so
+        leads, whether or not the elector's "elected" reached it (it may have come while the loop stepped
+        down from an older epoch, or the renewal that keeps it came late)."""
+        leader = self.leader
+        if leader is None or leader.get("name") != self.name or not self.leader_epoch or now >= self.valid_until:
+            return None
+        return self.leader_epoch, self.valid_until
 
     def leads(self, now: float) -> bool:
         """Whether this member may still act as leader: lease in time, etcd still naming it."""
@@ -158,7 +177,9 @@ class Member:
         lock = self._lock()
         try:
             while not self.stopping:
-                elected = self._standby()
+                elected, self.pending = self.pending, None
+                if elected is None:
+                    elected = self._standby()
                 if elected is None:
                     break
                 lock.release()
@@ -173,6 +194,8 @@ class Member:
             self.elector.stop()
             self.elector.join(2)
             self.pipe.close(linger=0)
+        if self.fatal:
+            raise OSError(self.fatal)
 
     def _lock(self) -> JournalLock:
         path = self.config.journal
@@ -205,6 +228,51 @@ class Member:
             self.epoch = 0
         if balancer.stepped_down:
             print(f"zlb balancer: {self.name} stopped leading: {balancer.stepped_down}", file=sys.stderr, flush=True)
+
+
+def _check_replication(ctx: zmq.Context, endpoint: str, others: dict[str, str]) -> None:
+    """The replication endpoint must be one of its own and bindable, before this member may campaign:
+    a leader that cannot bind it would hold the group's in-sync list and serve no one."""
+    clash = [role for role, bound in others.items() if bound == endpoint]
+    if clash:
+        raise OSError(f"--replication {endpoint} is also this balancer's --{clash[0]}")
+    if endpoint.startswith("ipc://") and _listening(endpoint[len("ipc://") :]):
+        # libzmq's ipc bind would unlink the live socket file and take another member's endpoint from it.
+        raise OSError(f"--replication {endpoint} is in use by another process")
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise OSError(f"cannot bind --replication {endpoint}: {exc}") from None
+    finally:
+        sock.close(linger=0)
+
+
+def _listening(path: str) -> bool:
+    """Whether a process accepts connections on the Unix socket at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _check_group(journal: str, group: str) -> None:
+    """A journal serves one group: PATH.group names it, and a member of another group refuses the journal."""
+    marker = f"{journal}.group"
+    try:
+        with open(marker, encoding="utf-8") as fh:
+            named = fh.read().strip()
+    except FileNotFoundError:
+        with open(marker, "w", encoding="utf-8") as fh:
+            fh.write(group + "\n")
+        return
+    if named != group:
+        raise OSError(f"journal {journal} belongs to HA group {named!r} ({marker}), not {group!r}")
 
 
 def advertised(endpoint: str) -> str:

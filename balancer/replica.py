@@ -8,14 +8,17 @@ write, and answered APPLIED [seq]: the leader answers nobody before that. A
 gap in the numbering, another epoch, or a leader silent past SILENT_KEEPALIVES of
 its keep-alive interval (it says which in the SNAPSHOT; at least MIN_SILENCE_S) means
 the stream is broken: follow again from a fresh snapshot. The file is fsynced
-once per tick (the leader's host is the one that may fail; this one's page
-cache survives the loss of that host and of this process). On takeover the
+once per tick by a helper thread, off the path of APPLIED (the leader's host
+is the one that may fail; this one's page cache survives the loss of that
+host and of this process). On takeover the
 member replays this file like any journal (balancer/member.py).
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from typing import Any
 
@@ -54,6 +57,10 @@ class Replica:
         self.silence_s = MIN_SILENCE_S  # from the leader's keep-alive interval, told in its SNAPSHOT
         self._fd = -1
         self._dirty = False
+        # Duplicates of the file's descriptor to fsync, handed to the syncer thread (None stops it).
+        self._to_sync: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._syncer = threading.Thread(target=self._sync_loop, name="zlb-replica-fsync", daemon=True)
+        self._syncer.start()
 
     # ---- following --------------------------------------------------------
 
@@ -127,7 +134,7 @@ class Replica:
     def tick(self, now: float) -> None:
         """fsync what was written since the last tick; follow again after a silence."""
         if self._dirty and self._fd >= 0:
-            os.fsync(self._fd)
+            self._to_sync.put(os.dup(self._fd))  # a duplicate: the loop may replace the file meanwhile
             self._dirty = False
         if self.sock is not None and self.leader is not None and now - self.heard_at > self.silence_s:
             self.follow(self.leader, self.epoch, now)
@@ -173,6 +180,8 @@ class Replica:
     def close(self) -> jf.Mark | None:
         """fsync and close the file; its mark (None if it never got a snapshot)."""
         self._close_socket()
+        self._to_sync.put(None)
+        self._syncer.join(5)
         if self._fd < 0:
             return None
         os.fsync(self._fd)
@@ -180,6 +189,15 @@ class Replica:
         os.close(self._fd)
         self._fd = -1
         return mark
+
+    def _sync_loop(self) -> None:
+        while (fd := self._to_sync.get()) is not None:
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass  # the next snapshot or close fsyncs again, and a failing disk fails those loudly
+            finally:
+                os.close(fd)
 
     def _close_socket(self) -> None:
         if self.sock is not None:

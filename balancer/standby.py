@@ -67,7 +67,7 @@ class Standby:
             ready = dict(poller.poll(int(TICK_S * 1000)))
             now = time.monotonic()
             if member.pipe in ready:
-                elected = member.hear_elector(now)
+                elected = member.hear_elector(now) or member.own_leadership(now)
                 if elected is not None:
                     return elected
             self._follow_leader(now)

@@ -131,6 +131,7 @@ class Client(Retries):
         self._results: dict[int, Result] = {}
         self._reused: set[int] = set()  # ids submitted again after this client had their answer
         self._started = self._last_sent = self._last_heard = time.monotonic()
+        self._moved_at = 0.0
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -166,7 +167,7 @@ class Client(Retries):
         self.sock.disconnect(self.frontend)
         self.frontend = endpoint
         self.sock.connect(endpoint)
-        self._last_heard = now
+        self._last_heard = self._moved_at = now
         self._send_session(MsgType.CLIENT_HELLO, os.getpid(), socket.gethostname())
         for sent in self._outstanding.values():
             sent.due_at = now
@@ -370,6 +371,10 @@ class Client(Retries):
             now = time.monotonic()
             if self.following.redirected(fields[0]):
                 self._move(self.following.current, now)
+            elif fields[0] is None and self.following.several and now - self._moved_at >= FOLLOW_SILENCE_S / 2:
+                # A standby that knows no leader (it may be cut off from etcd itself): try the next member,
+                # at most twice per silence period so two leaderless members do not bounce us to and fro.
+                self._move(self.following.next(), now)
             return 0
         elif msg_type is MsgType.REJECTED and fields[0] is None:
             # Not about one request: a stopping balancer (or a message it could not read).

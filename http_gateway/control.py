@@ -46,5 +46,5 @@ def call(endpoint: str, cmd: str, timeout_s: float, **args: Any) -> Any:
     """One control command with a deadline, made with the admin key; ControlError / BalancerUnreachable.
 
     `endpoint` may list an HA group's members (wire/control_client.py follows the leader); when only
-    standbys answer, NoLeader, which is both and which the gateway answers 503 like an absent balancer."""
+    standbys answer, NoLeader (a BalancerUnreachable), which the gateway answers 503 like an absent balancer."""
     return control_client.call(endpoint, cmd, timeout_s, secure=secure_admin, **args)

@@ -181,7 +181,25 @@ def summary(model: DashboardModel, now: float, width: int) -> list[Text]:
     latency = Text.assemble(
         ("Latency ", "bold"), values, (f"  (submit→result, last {WINDOW_S:g} s)", "bright_black"), no_wrap=True
     )
-    return [queue, totals, rate, latency]
+    pair = ha_line(status)
+    return [queue, totals, rate, latency] if pair is None else [pair, queue, totals, rate, latency]
+
+
+def ha_line(status: dict[str, Any]) -> Text | None:
+    """The HA pair as the leader sees it: who leads, the standby in sync or the leader alone, the last takeover."""
+    ha = status.get("ha")
+    if status.get("role") != "leader" or not isinstance(ha, dict):
+        return None
+    if ha.get("in_sync"):
+        standby = (f"standby {ha.get('standby')} in sync, lag {ha.get('lag_records', 0)} records", "green")
+    else:
+        standby = ("ALONE: no standby in sync", "bold red")
+    took = ha.get("last_takeover") or {}
+    since = f"  leading since {clock(took['at'])}" if took.get("at") else ""
+    return Text.assemble(
+        ("HA      ", "bold"), f"leader {ha.get('name')} (epoch {status.get('epoch')})  ", standby, since,
+        no_wrap=True, overflow="ellipsis",
+    )  # fmt: skip
 
 
 def log_lines(model: DashboardModel, count: int) -> list[Text]:
@@ -205,13 +223,14 @@ def render(model: DashboardModel, now: float, width: int, height: int) -> Render
     if model.notice:
         top.append(Text(model.notice, "bold yellow" if model.connected else "bold red", no_wrap=True))
     top.extend(Text(alert, "bold white on red", no_wrap=True, overflow="ellipsis") for alert in model.alerts())
-    fixed = len(top) + 1 + 4 + 1  # table header, summary, log rule
+    lines = summary(model, now, width)
+    fixed = len(top) + 1 + len(lines) + 1  # table header, summary, log rule
     rows = max(1, min(len(model.nodes), height - fixed - MIN_LOG_LINES))
     table = node_table(model, now, rows)
     shown_rows = len(table.rows)
     logs_room = max(0, height - fixed - shown_rows)
     rule = Text("─ log " + "─" * max(0, width - 6), "bright_black", no_wrap=True, overflow="crop")
-    return Group(*top, table, *summary(model, now, width), rule, *log_lines(model, logs_room))
+    return Group(*top, table, *lines, rule, *log_lines(model, logs_room))
 
 
 class _Stop:

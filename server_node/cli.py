@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from server_node import handlers
+from server_node import alive, handlers
 from server_node.node import DEFAULT_GRACE_S, NodeConfig, run_node
 from wire.options import endpoint_option, grace_option, heartbeat_options
 
@@ -24,7 +24,15 @@ from wire.options import endpoint_option, grace_option, heartbeat_options
 )
 @grace_option(DEFAULT_GRACE_S)
 @heartbeat_options
-def server(backend: str, node_id: int | None, capacity: int, handler: str, **timings: float) -> None:
+@click.option(
+    "--alive-file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Rewrite this file every second while the node runs (zlb server-check reads it: a container probe).",
+)
+def server(
+    backend: str, node_id: int | None, capacity: int, handler: str, alive_file: str | None, **timings: float
+) -> None:
     """Run a server node that takes work from the balancer."""
     try:
         handlers.load(handler)
@@ -34,7 +42,37 @@ def server(backend: str, node_id: int | None, capacity: int, handler: str, **tim
     # On stderr, so a terminal shows what runs where while stdout stays for data.
     click.echo(f"{who}: connecting to {backend}, capacity {capacity}, handler {handler}", err=True)
     # The timing options (grace_s, heartbeat_ms, liveness) are NodeConfig fields of the same name.
-    code = run_node(NodeConfig(backend=backend, node_id=node_id, capacity=capacity, handler=handler, **timings))
+    config = NodeConfig(
+        backend=backend, node_id=node_id, capacity=capacity, handler=handler, alive_file=alive_file, **timings
+    )
+    code = run_node(config)
     if code == 0:
         click.echo(f"{who} stopped", err=True)
     sys.exit(code)
+
+
+# A node's liveness probe allows this long since its last sign of life by default: its loop writes every second.
+CHECK_MAX_AGE_S = 30.0
+
+
+@click.command(name="server-check")
+@click.option(
+    "--alive-file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The file a node keeps with zlb server --alive-file.",
+)
+@click.option(
+    "--max-age",
+    "max_age_s",
+    type=click.FloatRange(1),
+    default=CHECK_MAX_AGE_S,
+    show_default=True,
+    help="Seconds since the node last wrote it beyond which it counts as stopped.",
+)
+@click.option("--joined", is_flag=True, help="Also exit 1 unless the node has joined a balancer (a readiness probe).")
+def server_check(alive_file: str, max_age_s: float, joined: bool) -> None:
+    """Exit 0 when the server node keeping --alive-file runs (a liveness probe: the balancer is not asked)."""
+    problem = alive.check(alive_file, max_age_s, joined)
+    if problem:
+        raise click.ClickException(problem)

@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from server_node import handlers
+from server_node.alive import ALIVE_EVERY_S, AliveFile
 from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
 from wire import endpoints, limits
@@ -69,6 +70,7 @@ class NodeConfig:
     heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
     liveness: int = p.LIVENESS
     grace_s: float = DEFAULT_GRACE_S
+    alive_file: str | None = None  # rewritten every second by the loop: a container probe's sign of life
 
 
 class ServerNode:
@@ -105,6 +107,7 @@ class ServerNode:
         self._redial_at = 0.0
         self.live = PeerLiveness.start(config.heartbeat_ms / 1000, config.liveness, time.monotonic())
         self.following = Following(config.backend)
+        self.alive = AliveFile(config.alive_file) if config.alive_file else None
 
     # ---- connection -----------------------------------------------------
 
@@ -175,6 +178,9 @@ class ServerNode:
             deadline = self._redial_at if self.sock is None else self.live.next_deadline()
             timeout_ms = max(0, int((deadline - now) * 1000) + 1)
             timeout_ms = min(timeout_ms, 100) if self._stopping else timeout_ms
+            if self.alive is not None:  # keep the file fresh whatever the balancer's timing
+                self.alive.tick(now, self.welcomed and self.sock is not None, self.node_id)
+                timeout_ms = min(timeout_ms, int(ALIVE_EVERY_S * 1000))
             if self._pool is None and self.sock is not None:  # one socket to wait on: a blocking receive
                 message, ready = self._waiter.message(timeout_ms), ()
             else:

@@ -249,3 +249,16 @@ def test_a_failing_journal_and_a_degraded_log_are_shown_under_the_header_while_t
     healthy["status"]["journal"] = {"path": "/var/zlb/j", "healthy": True, "since": NOW - 5, "reason": None}
     model.apply_snapshot(healthy, NOW + 1)
     assert model.alerts() == [] and "JOURNAL" not in "\n".join(screen(model, 120, 24))
+
+
+def test_an_ha_leader_shows_its_pair_and_when_it_took_over():
+    """With --ha the summary names the leader and its epoch, the standby in sync (or ALONE), and the takeover."""
+    from monitor.dashboard import ha_line
+
+    status = {"role": "leader", "epoch": 12, "ha": {"name": "tcp://a:1", "in_sync": True, "standby": "tcp://b:1"}}
+    status["ha"]["last_takeover"] = {"at": 0.0 + 3600 * 24 * 365}
+    line = ha_line(status).plain
+    assert "leader tcp://a:1 (epoch 12)" in line and "standby tcp://b:1 in sync" in line and "leading since" in line
+    status["ha"]["in_sync"] = False
+    assert "ALONE" in ha_line(status).plain
+    assert ha_line({"role": "standby"}) is None and ha_line({}) is None

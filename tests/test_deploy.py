@@ -29,7 +29,10 @@ from click.testing import CliRunner
 from kubernetes_validate import utils as kv
 
 from http_gateway import metrics
+from http_gateway.auth import Policy, allowed_host
+from tests.harness import LiveBalancer, ProcessGroup, scaled
 from wire.endpoints import ENDPOINT_ENV
+from zlb.admin_cli import CHECK_MIN_WAIT_S, CHECK_TIMEOUT_S, MAX_CHECK_TIMEOUT_S
 from zlb.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,9 +95,33 @@ SCALED_OBJECT = {
             "type": "object",
             "required": ["scaleTargetRef", "triggers"],
             "properties": {
-                "advanced": {"type": "object"},
+                "advanced": {
+                    "type": "object",
+                    "properties": {
+                        "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "horizontalPodAutoscalerConfig": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "behavior": {"type": "object"}},
+                            "additionalProperties": False,
+                        },
+                        "scalingModifiers": {"type": "object"},
+                    },
+                    "additionalProperties": False,
+                },
                 "cooldownPeriod": _INT32,
-                "fallback": {"type": "object"},
+                "fallback": {
+                    "type": "object",
+                    "required": ["failureThreshold", "replicas"],
+                    "properties": {
+                        "failureThreshold": _INT32,
+                        "replicas": _INT32,
+                        # KEDA 2.17 and newer.
+                        "behavior": {
+                            "enum": ["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
+                        },
+                    },
+                    "additionalProperties": False,
+                },
                 "idleReplicaCount": _INT32,
                 "initialCooldownPeriod": _INT32,
                 "maxReplicaCount": _INT32,
@@ -417,9 +444,9 @@ def test_only_the_leader_is_ready_and_the_services_route_accordingly() -> None:
     objects = render(BASE)
     balancer = find(objects, "StatefulSet", "zlb-balancer")
     c = container(balancer)
-    control = ["--control", f"tcp://127.0.0.1:{_default_port('control')}"]
-    assert c["readinessProbe"]["exec"]["command"] == ["zlb", "status", "--check", "--leader", *control]
-    assert c["livenessProbe"]["exec"]["command"] == ["zlb", "status", "--check", *control]
+    # The probes reach control through ZLB_CONTROL, the pod's address (see the test below).
+    assert c["readinessProbe"]["exec"]["command"] == ["zlb", "status", "--check", "--leader"]
+    assert c["livenessProbe"]["exec"]["command"] == ["zlb", "status", "--check"]
     labels = balancer["spec"]["template"]["metadata"]["labels"]
     front = find(objects, "Service", "zlb-balancer")
     assert front["spec"]["selector"].items() <= labels.items()
@@ -430,10 +457,78 @@ def test_only_the_leader_is_ready_and_the_services_route_accordingly() -> None:
     # What a standby redirects peers to, and follows the leader at, is the member's own pod address.
     pod_ip = {e["name"]: e for e in c["env"]}["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert pod_ip == "status.podIP"
-    for flag in ("--frontend", "--backend", "--replication"):
+    # Every endpoint: a wildcard bind would be advertised in etcd as the bare pod name, which other pods do
+    # not resolve (balancer/member.py, advertised).
+    for flag in ("--frontend", "--backend", "--events", "--control", "--replication"):
         assert option(c["args"], flag).startswith("tcp://$(POD_IP):"), flag
     replication_port = int(option(c["args"], "--replication").rsplit(":", 1)[1])
     assert replication_port in {p["port"] for p in members["spec"]["ports"]}
+
+
+def container_env(c: dict[str, Any], pod_ip: str = "10.1.2.3", namespace: str = "default") -> dict[str, str]:
+    """The container's environment as the kubelet makes it: each $(VAR) of a value expanded from the variables
+    before it; the pod's IP and namespace given, other references (a ConfigMap's key) left as placeholders."""
+    fields = {"status.podIP": pod_ip, "metadata.namespace": namespace}
+    env: dict[str, str] = {}
+    for var in c.get("env", []):
+        if "value" in var:
+            env[var["name"]] = expand(var["value"], env)
+        else:
+            env[var["name"]] = fields.get(var["valueFrom"].get("fieldRef", {}).get("fieldPath"), f"<{var['name']}>")
+    return env
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of a value, command or argument; unknown references stay as they are."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), text)
+
+
+def probe_command(c: dict[str, Any], probe: str) -> list[str]:
+    """A probe's exec command as the kubelet runs it: $(VAR) expanded only for variables with a literal value
+    (kubecontainer.ExpandContainerCommandOnlyStatic), not for a fieldRef such as POD_IP."""
+    static = {var["name"]: var["value"] for var in c.get("env", []) if "value" in var}
+    return [expand(arg, static) for arg in c[probe]["exec"]["command"]]
+
+
+def test_the_balancer_probes_reach_control_on_the_pod_address(procs: ProcessGroup, balancer: LiveBalancer) -> None:
+    """The probes name no --control: they read ZLB_CONTROL, which the container's env sets to the --control the
+    balancer binds (tcp://$(POD_IP):5558). Run as the kubelet would, against a live balancer, they pass."""
+    c = container(find(render(BASE), "StatefulSet", "zlb-balancer"))
+    env = container_env(c, pod_ip="10.1.2.3")
+    assert env["ZLB_CONTROL"] == option(c["args"], "--control").replace("$(POD_IP)", "10.1.2.3")
+    # On this machine, the live balancer stands in for the pod: its control port for 5558, loopback for the IP.
+    local = container_env(c, pod_ip="127.0.0.1")["ZLB_CONTROL"]
+    assert local == f"tcp://127.0.0.1:{_default_port('control')}"
+    pod_env = {**procs.env, **container_env(c, pod_ip="127.0.0.1"), "ZLB_CONTROL": balancer.endpoints.control}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = probe_command(c, probe)
+        assert "--control" not in command and not any("$(" in arg for arg in command), (probe, command)
+        assert command[0] == "zlb"
+        done = subprocess.run(
+            [sys.executable, "-m", "zlb", *command[1:]],
+            env=pod_env,
+            capture_output=True,
+            text=True,
+            timeout=scaled(20),
+            stdin=subprocess.DEVNULL,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), probe
+
+
+def test_probes_outlast_the_check_they_run() -> None:
+    """Each `zlb status --check` probe's timeoutSeconds exceeds the check's own bound (its --timeout, counted from
+    its start, or the start plus CHECK_MIN_WAIT_S on a machine loaded past that) with room for the exit, and
+    fits its period; the balancer's readiness allows three failures (one slow probe would empty the Service)."""
+    balancer = find(render(BASE), "StatefulSet", "zlb-balancer")
+    c = container(balancer)
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = c[name]
+        command = probe["exec"]["command"]
+        assert command[:3] == ["zlb", "status", "--check"], name
+        bound = float(option(command, "--timeout") or CHECK_TIMEOUT_S)
+        assert bound <= MAX_CHECK_TIMEOUT_S
+        assert bound + CHECK_MIN_WAIT_S + 2 <= probe["timeoutSeconds"] <= probe["periodSeconds"], name
+    assert c["readinessProbe"]["failureThreshold"] >= 3
 
 
 def _default_port(role: str) -> int:
@@ -455,7 +550,7 @@ def test_ports_are_the_defaults_of_the_code() -> None:
             if value is not None:
                 assert value.rsplit(":", 1)[1] == str(_default_port(role)), f"{where}: --{role} {value}"
                 host = value.split("//")[1].rsplit(":", 1)[0]
-                assert host in ("$(POD_IP)", "0.0.0.0", "127.0.0.1", "zlb-balancer"), f"{where}: --{role} {value}"
+                assert host in ("$(POD_IP)", "zlb-balancer"), f"{where}: --{role} {value}"
     gateway = find(objects, "Deployment", "zlb-http")
     (port_param,) = [p for p in main.commands["http"].params if p.name == "port"]
     assert option(container(gateway)["args"], "--port") == str(port_param.default)
@@ -470,9 +565,16 @@ def test_server_nodes_probe_drain_and_outlast_their_grace() -> None:
     servers = find(objects, "Deployment", "zlb-server")
     c = container(servers)
     assert c["args"][0] == "server"
-    check = ["zlb", "status", "--check", "--control", f"tcp://zlb-balancer:{_default_port('control')}"]
-    assert c["readinessProbe"]["exec"]["command"] == check
-    assert c["livenessProbe"]["exec"]["command"] == check
+    # The probes read the node's own --alive-file, in a writable volume; neither asks the balancer, so that a
+    # balancer outage restarts no node (a SIGSTOPped node fails them: tests/integration/test_status_check.py).
+    alive = option(c["args"], "--alive-file")
+    assert alive and any(alive.startswith(m["mountPath"] + "/") for m in c["volumeMounts"])
+    check = ["zlb", "server-check", "--alive-file", alive]
+    assert c["readinessProbe"]["exec"]["command"] == [*check, "--joined"]
+    liveness = c["livenessProbe"]
+    assert liveness["exec"]["command"][:4] == check and "--joined" not in liveness["exec"]["command"]
+    max_age = float(option(liveness["exec"]["command"], "--max-age") or 30)
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= max_age  # a stall of a minute or so
     # The node's own drain: SIGTERM to PID 1, which is zlb (the image's entrypoint), says LEAVING.
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sh", "-c", "kill -TERM 1"]
     (grace_param,) = [p for p in main.commands["server"].params if p.name == "grace_s"]
@@ -484,7 +586,8 @@ def test_server_nodes_probe_drain_and_outlast_their_grace() -> None:
 
 
 def test_keda_scales_the_nodes_on_a_metric_the_gateway_exports() -> None:
-    """The ScaledObject targets the node Deployment, with a prometheus trigger whose query reads zlb's queue depth."""
+    """The ScaledObject targets the node Deployment, with a prometheus trigger whose query reads zlb's work: the
+    queue plus what runs (not the queue alone: busy nodes with a short queue would be scaled in, then out)."""
     objects = render(BASE)
     scaled = find(objects, "ScaledObject", "zlb-server")
     target = scaled["spec"]["scaleTargetRef"]
@@ -494,14 +597,38 @@ def test_keda_scales_the_nodes_on_a_metric_the_gateway_exports() -> None:
     )
     assert "replicas" not in find(objects, "Deployment", "zlb-server")["spec"]  # KEDA owns the count
     (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "prometheus"
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     query = trigger["metadata"]["query"]
     status = {"uptime_s": 1, "queue_depth": 0, "in_flight": 0, "bad_input": {}, "journal": None}
     exported = {family.name for family in metrics.families(status, [])}
     used = set(re.findall(r"\bzlb_\w+", query))
-    assert used == {"zlb_queue_depth"} and used <= exported
+    assert used == {"zlb_queue_depth", "zlb_in_flight"} and used <= exported
     monitor = find(objects, "ServiceMonitor", "zlb-http")
-    assert f'job="{monitor["metadata"]["name"]}"' in query  # the job label a ServiceMonitor sets: its Service's name
+    for name in used:  # the job label a ServiceMonitor sets: its Service's name
+        assert f'{name}{{job="{monitor["metadata"]["name"]}"}}' in query, name
+    # The target per node is what a node runs at once: its --capacity.
+    args = container(find(objects, "Deployment", "zlb-server"))["args"]
+    assert float(trigger["metadata"]["threshold"]) == float(option(args, "--capacity"))
+
+
+def test_keda_keeps_the_nodes_when_the_metric_is_missing() -> None:
+    """A gateway that cannot reach the balancer exports zlb_up 0 and nothing else: the query's result is then
+    empty, which ignoreNullValues "false" makes an error (not 0, which would scale every node in); on errors
+    the HPA keeps the count, and the fallback keeps at least the current one."""
+
+    def unreachable() -> Any:
+        raise ConnectionError
+
+    away = {family.name for family in metrics.BalancerCollector(unreachable, ConnectionError).collect()}
+    assert away == {"zlb_up"}
+    for path in KUSTOMIZATIONS:
+        scaled = find(render(path), "ScaledObject", "zlb-server")
+        (trigger,) = scaled["spec"]["triggers"]
+        assert not set(re.findall(r"\bzlb_\w+", trigger["metadata"]["query"])) & away, path
+        assert trigger["metadata"]["ignoreNullValues"] == "false", path
+        fallback = scaled["spec"]["fallback"]
+        assert fallback["failureThreshold"] >= 1 and fallback.get("behavior") == "currentReplicasIfHigher", path
+        assert scaled["spec"]["minReplicaCount"] <= fallback["replicas"] <= scaled["spec"]["maxReplicaCount"], path
 
 
 def test_the_gateway_is_scraped_with_its_token() -> None:
@@ -519,6 +646,29 @@ def test_the_gateway_is_scraped_with_its_token() -> None:
     token = {e["name"]: e for e in c["env"]}["ZLB_HTTP_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert endpoint["authorization"] == {"type": "Bearer", "credentials": token}
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"  # the one path that needs no token
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_gateway_answers_to_every_name_of_its_service(path: str) -> None:
+    """zlb-http, zlb-http.NAMESPACE, ...svc and ...svc.cluster.local, with a port or without, in whatever namespace
+    the pod runs (the base names none: kubectl's; the dev overlay zlb-dev); any other Host is refused."""
+    objects = render(path)
+    gateway = find(objects, "Deployment", "zlb-http")
+    service = find(objects, "Service", "zlb-http")
+    namespace = gateway["metadata"].get("namespace", "team-a")  # the base: wherever it is applied
+    assert service["metadata"].get("namespace", "team-a") == namespace
+    c = container(gateway)
+    env = container_env(c, namespace=namespace)
+    args = [expand(arg, env) for arg in c["args"]]
+    hosts = tuple(allowed_host(args[i + 1]) for i, arg in enumerate(args) if arg == "--allowed-host")
+    policy = Policy.for_host(option(args, "--host"), "t" * 32, hosts)
+    port = service["spec"]["ports"][0]["port"]
+    name = service["metadata"]["name"]
+    for host in (name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"):
+        for header in (host, f"{host}:{port}", f"{host}."):
+            assert policy.host_refusal(header) == "", header
+    for other in ("attacker.example", f"{name}.elsewhere.svc.cluster.local", f"{name}.{namespace}.svc.evil"):
+        assert policy.host_refusal(other), other
 
 
 def test_an_etcd_runs_in_the_base_and_not_with_an_external_one() -> None:

@@ -44,10 +44,9 @@ class BalancerUnreachable(Exception):
     """No answer from the balancer within the deadline."""
 
 
-class NoLeader(BalancerUnreachable, ControlError):
+class NoLeader(BalancerUnreachable):
     """Members of an HA group answered, but none leads: each refused as a standby, and no leader they named
-    answered in time. The leader is unreachable (a retry later may find one), and a member said why; so
-    handlers of either kind catch it."""
+    answered in time. The leader is unreachable (a retry later may find one); the message says why."""
 
 
 def call(

@@ -18,6 +18,18 @@ HELP = {
 }
 
 
+def _checked_endpoints(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """One endpoint, or an HA group's comma-separated list: each TRANSPORT://ADDRESS, or one line and exit 2."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
+        raise click.BadParameter("no endpoint given (tcp://HOST:PORT, ipc://PATH, ...)")
+    for part in parts:
+        transport, sep, address = part.partition("://")
+        if not sep or not transport.isalpha() or not address or any(c.isspace() for c in address):
+            raise click.BadParameter(f"{part!r} is not an endpoint (tcp://HOST:PORT, ipc://PATH, ...)")
+    return value
+
+
 def endpoint_option(role: str) -> Callable[[Any], Any]:
     """`--<role>` with its ZLB_* variable and default, as every command reads it."""
     var, default = ENDPOINT_ENV[role]
@@ -27,6 +39,7 @@ def endpoint_option(role: str) -> Callable[[Any], Any]:
         default=default,
         show_default=True,
         show_envvar=True,
+        callback=_checked_endpoints,
         help=HELP[role],
     )
 

@@ -14,7 +14,7 @@ from client_node.cli import client, send
 from http_gateway.cli import http
 from monitor.cli import monitor
 from process_supervisor.parent_watch import follow_parent
-from server_node.cli import server
+from server_node.cli import server, server_check
 from wire import security
 from zlb import __version__
 from zlb.admin_cli import COMMANDS as ADMIN_COMMANDS
@@ -82,5 +82,5 @@ def _with_curve_options(command: click.Command) -> click.Command:
 
 for command in [*ADMIN_COMMANDS, server, client, send, monitor, http]:
     main.add_command(_with_curve_options(command))
-for command in [balancer, keys, cluster, bench]:
+for command in [balancer, keys, cluster, bench, server_check]:
     main.add_command(command)

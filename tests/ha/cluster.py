@@ -84,6 +84,11 @@ class Member:
         status = self.status()
         return None if status is None else status.get("role")
 
+    def claim(self) -> int | None:
+        """The epoch this member leads with, or None if it does not say it leads."""
+        status = self.status()
+        return status.get("epoch") if status is not None and status.get("role") == "leader" else None
+
 
 @dataclass
 class HaGroup:
@@ -93,12 +98,13 @@ class HaGroup:
     etcd: Etcd
     group: str = "test"
     members: list[Member] = field(default_factory=list)
+    member_args: tuple[str, ...] = ()  # more options for every member (e.g. --max-attempts)
 
     @classmethod
-    def start(cls, procs: ProcessGroup, size: int = 2) -> HaGroup:
+    def start(cls, procs: ProcessGroup, size: int = 2, member_args: tuple[str, ...] = ()) -> HaGroup:
         etcd = Etcd(procs.workdir)
         etcd.start()
-        group = cls(procs, etcd)
+        group = cls(procs, etcd, member_args=member_args)
         for i in range(size):
             name = f"m{i}"
             rep = f"tcp://127.0.0.1:{free_port()}"
@@ -118,6 +124,7 @@ class HaGroup:
             "--journal", member.journal, "--frontend", e.frontend, "--backend", e.backend,
             "--events", e.events, "--control", e.control,
             "--heartbeat-ms", str(HEARTBEAT_MS), "--liveness", "10", "--log-file", f"{member.name}.log",
+            *self.member_args,
         )  # fmt: skip
 
     def list_of(self, role: str) -> str:
@@ -127,9 +134,12 @@ class HaGroup:
         return {f"ZLB_{r.upper()}": self.list_of(r) for r in ("frontend", "backend", "events", "control")}
 
     def leader(self) -> Member | None:
-        leaders = [m for m in self.members if m.role() == "leader"]
-        assert len(leaders) <= 1, f"two members say they lead: {[m.name for m in leaders]}"
-        return leaders[0] if leaders else None
+        """The member leading with the newest epoch. Members are asked one after the other, so a handover
+        can be seen from both sides (the old leader just before it stepped down); never with one epoch."""
+        claims = [(epoch, m) for m in self.members if (epoch := m.claim()) is not None]
+        epochs = [epoch for epoch, _m in claims]
+        assert len(set(epochs)) == len(epochs), f"two members lead with one epoch: {claims}"
+        return max(claims, key=lambda c: c[0])[1] if claims else None
 
     def standby_in_sync(self) -> bool:
         leader = self.leader()
@@ -138,7 +148,7 @@ class HaGroup:
 
     def start_node(self, node_id: int, capacity: int, handler: str, env: dict[str, str]) -> Proc:
         return self.procs.start(
-            f"node-{node_id}", "server", "--id", str(node_id), "--capacity", str(capacity),
+            f"node-{node_id}-{len(self.procs.procs)}", "server", "--id", str(node_id), "--capacity", str(capacity),
             "--backend", self.list_of("backend"), "--heartbeat-ms", str(HEARTBEAT_MS), "--liveness", "10",
             "--handler", f"tests.reliability.handlers:{handler}", extra_env=env,
         )  # fmt: skip

@@ -1,4 +1,5 @@
-"""`zlb status --check` as a container probe (issue 25): silent exit 0 when the balancer answers, else non-zero soon.
+"""`zlb status --check` as a container probe (issue 25): silent exit 0 when the balancer answers, else non-zero soon;
+and `zlb server-check`, the server nodes' probe, which reads the node's own --alive-file and asks no balancer.
 
 `--leader` asks whether the balancer leads its --ha group; the balancer without --ha (all this checkout has)
 names no role and counts as the leader, so a stand-in control socket plays the member that answers with one.
@@ -6,17 +7,27 @@ names no role and counts as the leader, so a stand-in control socket plays the m
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import zmq
 from click.testing import CliRunner
 
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, free_port, scaled
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, free_port, scaled, wait_until
 from wire import protocol as p
-from zlb.admin_cli import CHECK_TIMEOUT_S, EXIT_NOT_LEADER, leads, status
+from zlb.admin_cli import (
+    CHECK_MIN_WAIT_S,
+    CHECK_TIMEOUT_S,
+    EXIT_NOT_LEADER,
+    MAX_CHECK_TIMEOUT_S,
+    leads,
+    status,
+)
 
 # What the issue allows a probe against no balancer: non-zero within this many seconds, process start included.
 PROBE_BOUND_S = 6.0
@@ -29,15 +40,36 @@ def test_check_is_silent_and_succeeds_against_a_live_balancer(balancer: LiveBala
         assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), args
 
 
-def test_check_fails_within_the_bound_when_no_balancer_answers(procs: ProcessGroup, endpoints: Endpoints) -> None:
-    """With nothing listening on the control port, --check exits 1 within its timeout, saying why on stderr."""
+@pytest.mark.parametrize("timeout_s", [None, MAX_CHECK_TIMEOUT_S])
+def test_check_fails_within_the_bound_when_no_balancer_answers(
+    procs: ProcessGroup, endpoints: Endpoints, timeout_s: float | None
+) -> None:
+    """With nothing listening on the control port, --check exits 1 once its --timeout, counted from the process's
+    start, has passed, saying why on stderr: no curve diagnostic after it, and the start is not added to it."""
+    flags = () if timeout_s is None else ("--timeout", f"{timeout_s:g}")
+    expected_s = CHECK_TIMEOUT_S if timeout_s is None else timeout_s
     started = time.monotonic()
-    done = procs.run("status", "--check", timeout=PROBE_BOUND_S * 2)
+    done = procs.run("status", "--check", *flags, timeout=PROBE_BOUND_S * 2)
     took = time.monotonic() - started
     assert done.returncode == 1
     assert done.stdout == ""
-    assert f"no answer from the balancer at {endpoints.control} within {CHECK_TIMEOUT_S:g} s" in done.stderr
-    assert CHECK_TIMEOUT_S <= took < scaled(PROBE_BOUND_S), f"took {took:.1f} s"
+    assert f"no answer from the balancer at {endpoints.control} within {expected_s:g} s" in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert expected_s <= took < scaled(PROBE_BOUND_S), f"took {took:.1f} s"
+    # The command's own start counts within --timeout: what is left over is its exit (and the start, when that
+    # alone took longer than --timeout: then it still waits CHECK_MIN_WAIT_S for an answer).
+    assert took < expected_s + CHECK_MIN_WAIT_S + scaled(1), f"took {took:.1f} s"
+
+
+def test_process_age_counts_from_the_process_start() -> None:
+    """process_age_s() in a fresh process: at least the time it spent sleeping, and not more than it lived."""
+    code = "import time; time.sleep(0.3); from zlb.admin_cli import process_age_s; print(process_age_s())"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(20))
+    lived = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    age = float(done.stdout)
+    assert 0.3 <= age <= lived + 0.02  # starttime has clock-tick resolution (10 ms)
 
 
 def _answer_status(reply: dict, *check_args: str) -> subprocess.CompletedProcess:
@@ -101,3 +133,37 @@ def test_leader_without_check_and_a_long_check_are_usage_errors() -> None:
     assert alone.exit_code == 2 and "--leader goes with --check" in alone.output
     long = runner.invoke(status, ["--check", "--timeout", "9"])
     assert long.exit_code == 2 and "--check waits at most 5 s" in long.output
+
+
+def _server_check(procs: ProcessGroup, alive: Path, *flags: str) -> tuple[int, str]:
+    done = procs.run("server-check", "--alive-file", str(alive), *flags)
+    assert done.stdout == ""
+    return done.returncode, done.stderr
+
+
+def test_a_node_is_alive_without_a_balancer_and_dead_when_stopped(procs: ProcessGroup, tmp_path: Path) -> None:
+    """With no balancer, a node is alive (a balancer outage restarts no node) but not joined; SIGSTOPped, it
+    stops writing its --alive-file and fails the check; SIGCONT, it passes again."""
+    alive = tmp_path / "node.alive"
+    node = procs.start("server", "server", "--alive-file", str(alive))
+    wait_until(lambda: _server_check(procs, alive)[0] == 0, 20, "the node's first sign of life")
+    code, said = _server_check(procs, alive, "--joined")
+    assert code == 1 and "has not joined a balancer" in said
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        stale = lambda: _server_check(procs, alive, "--max-age", "2")[0] == 1  # noqa: E731
+        wait_until(stale, 20, "the stopped node's check to fail")
+        code, said = _server_check(procs, alive, "--max-age", "2")
+        assert code == 1 and "its loop does not run" in said
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    wait_until(lambda: _server_check(procs, alive, "--max-age", "2")[0] == 0, 20, "the resumed node's check")
+
+
+def test_a_node_that_joined_is_ready(balancer: LiveBalancer, procs: ProcessGroup, tmp_path: Path) -> None:
+    """--joined passes once the balancer took the node in; a file nobody keeps fails, saying why."""
+    alive = tmp_path / "node.alive"
+    balancer.start_server(None, "--alive-file", str(alive))
+    wait_until(lambda: _server_check(procs, alive, "--joined") == (0, ""), 20, "the node to join")
+    code, said = _server_check(procs, tmp_path / "nobody.alive")
+    assert code == 1 and "cannot read" in said
