@@ -17,7 +17,7 @@ const ACTIONS = [
 // The seed's log markers, drawn as icons so no emoji font is needed.
 const MARKERS = [["\u2705", "ok"], ["\u26A0", "warn"], ["\u274C", "bad"]];
 const $ = (sel, root = document) => root.querySelector(sel);
-const console_ = { info: { token_required: false, actions: {} }, last: null, receivedAt: 0, history: [], detail: null };
+const page = { info: { token_required: false, actions: {} }, last: null, receivedAt: 0, history: [], detail: null };
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 function text(el, value) { el.textContent = value; return el; }
@@ -90,12 +90,12 @@ const SERVER_CELLS = [
 
 function heartbeatAge(server) {
   if (server.state === "dead" || server.last_heartbeat_ms_ago === undefined) return "-";
-  return `${Math.round(server.last_heartbeat_ms_ago + (Date.now() - console_.receivedAt))} ms`;
+  return `${Math.round(server.last_heartbeat_ms_ago + (Date.now() - page.receivedAt))} ms`;
 }
 
 function stateSince(server) {
   if (server.state_since === null || server.state_since === undefined) {
-    const since = console_.info.watching_since;
+    const since = page.info.watching_since;
     return since ? `since before ${clock(since)}` : "";
   }
   return `for ${fmtAge(Date.now() / 1000 - server.state_since)}`;
@@ -168,8 +168,8 @@ async function act(verb, serverId, row) {
 }
 
 function renderState(state) {
-  console_.last = state;
-  console_.receivedAt = Date.now();
+  page.last = state;
+  page.receivedAt = Date.now();
   text($("#balancer"), state.up ? `balancer up ${fmtSeconds(state.status.uptime_s)}` : `balancer away: ${state.error}`);
   if (!state.up) return;
   const servers = state.servers || [];
@@ -278,7 +278,7 @@ function requestRow(row, list) {
 
 // Retry and drop come with the work-model issue: offered only when the gateway says they exist.
 function failureVerbs() {
-  return [["retry", "Retry"], ["drop", "Drop"]].filter(([verb]) => console_.info.actions && console_.info.actions[verb]);
+  return [["retry", "Retry"], ["drop", "Drop"]].filter(([verb]) => page.info.actions && page.info.actions[verb]);
 }
 
 function failureActions(row) {
@@ -325,7 +325,7 @@ async function showDetail(clientId, requestId) {
   const reply = await api(`/api/request?client=${clientId}&id=${requestId}`);
   if (!reply.ok) { box.replaceChildren(make("p", { class: "row-error", text: failure(reply) })); return; }
   const d = reply.body;
-  console_.detail = d;
+  page.detail = d;
   const fields = make("dl", { class: "fields" });
   for (const [label, value] of [["Client", d.client_id], ["Request", d.request_id], ["Priority", d.priority],
     ["Status", d.status], ["Server", d.server_id ?? "-"], ["Attempts", d.attempts]]) {
@@ -360,17 +360,17 @@ const CHARTS = [
 ];
 
 function addHistory(points) {
-  const window_s = (console_.info.history && console_.info.history.window_s) || 900;
-  const last = console_.history.length ? console_.history[console_.history.length - 1].ts : -Infinity;
-  console_.history.push(...points.filter((p) => p.ts > last)); // a pushed point the fetch also held comes once
-  const newest = console_.history.length ? console_.history[console_.history.length - 1].ts : 0;
-  while (console_.history.length && newest - console_.history[0].ts > window_s) console_.history.shift();
+  const window_s = (page.info.history && page.info.history.window_s) || 900;
+  const last = page.history.length ? page.history[page.history.length - 1].ts : -Infinity;
+  page.history.push(...points.filter((p) => p.ts > last)); // a pushed point the fetch also held comes once
+  const newest = page.history.length ? page.history[page.history.length - 1].ts : 0;
+  while (page.history.length && newest - page.history[0].ts > window_s) page.history.shift();
   drawHistory();
 }
 
 function drawHistory() {
-  const points = console_.history;
-  const window_s = (console_.info.history && console_.info.history.window_s) || 900;
+  const points = page.history;
+  const window_s = (page.info.history && page.info.history.window_s) || 900;
   const end = points.length ? points[points.length - 1].ts : Date.now() / 1000;
   // The x axis spans what is kept, at least a minute, at most the window: a young history is not a sliver.
   const span = Math.min(window_s, Math.max(60, points.length ? end - points[0].ts : 0));
@@ -400,8 +400,8 @@ function drawHistory() {
 async function loadHistory() {
   const reply = await api("/api/history");
   if (!reply.ok) return;
-  const pushed = console_.history;
-  console_.history = [];
+  const pushed = page.history;
+  page.history = [];
   addHistory(reply.body.points);
   addHistory(pushed);
 }
@@ -485,8 +485,8 @@ function connect() {
 
 async function start() {
   const info = await api("/api/console");
-  if (info.ok) console_.info = info.body;
-  if (console_.info.token_required) showTokenBox(token() ? "" : "changes need the gateway's token");
+  if (info.ok) page.info = info.body;
+  if (page.info.token_required) showTokenBox(token() ? "" : "changes need the gateway's token");
   $("#failures th.fail-actions").hidden = failureVerbs().length === 0;
   let stream = connect();
   $("#token").value = token();
@@ -513,9 +513,9 @@ async function start() {
   route();
   loadHistory();
   setInterval(() => {
-    if (!console_.last || !console_.last.up) return;
+    if (!page.last || !page.last.up) return;
     document.querySelectorAll("#servers tbody tr").forEach((row, i) => {
-      const server = console_.last.servers[i];
+      const server = page.last.servers[i];
       if (server) text(row.querySelector(".age"), heartbeatAge(server));
     });
   }, 500);
