@@ -19,6 +19,7 @@ from balancer.eventlog import EventLog
 from balancer.scheduler import Node, Request, Scheduler
 from wire import events as ev
 from wire.protocol import ASSIGNED, PENDING, STATUSES
+from wire.statuses import FILTER_STATUSES
 
 DEFAULT_REQUEST_LIMIT = 1000
 # List replies are capped so one reply stays small and one query cheap.
@@ -313,10 +314,6 @@ def cmd_snapshot(state: BalancerState, args: dict[str, Any], now: float) -> Any:
 
 # ---- the web console's queries (http_gateway): one bounded page, one request in detail --------------
 
-# Statuses of requests that ended badly, shown together by the console. Only `failed` is a request's status
-# yet; the work-model issue adds expired, cancelled and dead, which a filter may already name.
-FAILURE_STATUSES = ("failed", "expired", "cancelled", "dead")
-FILTER_STATUSES = (*STATUSES, *(s for s in FAILURE_STATUSES if s not in STATUSES))
 # A console page holds at most this many rows.
 FIND_PAGE_MAX = 200
 # A filter the arrival order cannot apply (a priority, several statuses) is applied to slices of it; a page

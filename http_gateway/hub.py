@@ -25,7 +25,9 @@ import zmq
 import zmq.asyncio
 
 from http_gateway.control import admin_socket
+from http_gateway.history import History
 from http_gateway.metrics import LatencyTracker
+from http_gateway.trails import RequestTrails, ServerTrails
 from wire import events as ev
 from wire import protocol as p
 from wire.following import endpoint_list
@@ -60,6 +62,10 @@ class EventHub:
         self.log_tail: deque[dict[str, Any]] = deque(maxlen=LOG_TAIL)
         self.subscribers: set[asyncio.Queue[bytes | None]] = set()
         self._task: asyncio.Task[None] | None = None
+        # What the console shows beyond the balancer's own state (http_gateway/trails.py, history.py).
+        self.trails = RequestTrails()
+        self.server_trails = ServerTrails(time.time())
+        self.history = History()
 
     def start(self) -> None:
         """Start the subscription task on the running loop."""
@@ -105,7 +111,13 @@ class EventHub:
             return False, []
         stamped = [[ts, *e] for e in events if isinstance(e, (list, tuple)) and e]
         self.tracker.feed(stamped)
-        lines = [{"ts": e[0], "kind": e[1], "message": ev.message(e)} for e in stamped if e[1] != ev.STATS]
+        self.trails.feed(stamped)
+        self.server_trails.feed(stamped)
+        lines = [
+            {"ts": e[0], "kind": e[1], "level": ev.level(e[1]), "message": ev.message(e)}
+            for e in stamped
+            if e[1] != ev.STATS
+        ]
         if lines:
             self.log_tail.extend(lines)
             self.broadcast(sse("log", lines))
@@ -114,10 +126,16 @@ class EventHub:
 
     async def _refresh(self) -> None:
         snap = await anyio.to_thread.run_sync(self._snapshot)
-        snap["latency"] = self.tracker.percentiles(time.time())
+        now = time.time()
+        snap["latency"] = self.tracker.percentiles(now)
+        if snap.get("up"):
+            snap["servers"] = self.server_trails.annotate(snap["servers"], now)
         self.state = snap
         self._tick()
         self.broadcast(sse("state", snap))
+        point = self.history.sample(now, snap)
+        if point is not None:
+            self.broadcast(sse("history", point))
 
     def broadcast(self, message: bytes) -> None:
         """Queue a message for every page; drop pages that fell too far behind."""

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from http_gateway.api import LOG_PAGE, MAX_COST_MS, MAX_REQUEST_OFFSET
+from http_gateway.console import FAILURES, MAX_PAGE_ROWS, PAGE_ROWS
+from http_gateway.history import WINDOW_S
 from http_gateway.processes import JOIN_TIMEOUT_S, MAX_CLIENTS, MAX_REQUESTS_PER_CLIENT, MAX_SERVERS
 from http_gateway.validation import MAX_BODY_BYTES, MAX_WIRE_INT
+from wire.statuses import FILTER_STATUSES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 MESSAGE = {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}
@@ -43,6 +46,45 @@ def _server_id_path(verb: str) -> dict[str, Any]:
 
 def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+
+
+def console_paths() -> dict[str, Any]:
+    """The console's own reads (http_gateway/console.py, web.py)."""
+    page = {"type": "object", "properties": {"requests": {"type": "array", "items": REQUEST_ROW},
+            "next": {"type": ["string", "null"]}, "limit": COUNT}}  # fmt: skip
+    filters = [
+        _query("status", {"type": "string", "enum": [*FILTER_STATUSES, FAILURES]}, "one status, or `failures`"),
+        _query("client", WIRE_ID, "one client's requests"),
+        _query("priority", {"type": "integer"}, "one priority"),
+        _query("id", WIRE_ID, "the request with this id (under every client, or under ?client=)"),
+        _query("limit", {**COUNT, "minimum": 1, "maximum": MAX_PAGE_ROWS}, f"rows per page (default {PAGE_ROWS})"),
+        _query("after", {"type": "string"}, "the `next` of the previous page"),
+    ]
+    ids = [_query("client", WIRE_ID, "the client id"), _query("id", WIRE_ID, "the request id")]
+    return {
+        "/api/console": {
+            "get": _op(
+                "What the page needs first: whether a token is needed, actions, windows", _json({"type": "object"}), ()
+            )
+        },
+        "/api/requests": {
+            "get": _op("One page of requests, filtered and paged by the balancer", _json(page), parameters=filters)
+        },
+        "/api/request": {
+            "get": _op(
+                "One request: payload or result preview, attempts with nodes and times, events",
+                _json({"type": "object"}),
+                (400, 404, 503),
+                parameters=ids,
+            )
+        },
+        "/api/history": {
+            "get": _op(
+                f"The last {WINDOW_S / 60:g} minutes: rate, queue, latency, nodes", _json({"type": "object"}), ()
+            )
+        },
+        "/api/history.csv": {"get": _op("The same points as CSV", {"content": {"text/csv": {}}}, ())},
+    }
 
 
 COUNT = {"type": "integer", "minimum": 0}
@@ -144,6 +186,7 @@ def spec() -> dict[str, Any]:
             )
         },
         "/healthz": {"get": _op("This gateway is serving (its pid)", _json({"type": "object"}), ())},
+        **console_paths(),
         "/": {"get": _op("The live dashboard page", {"content": {"text/html": {}}}, ())},
     }
     return {

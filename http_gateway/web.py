@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from http_gateway import control, metrics
 from http_gateway.api import LOG_FILE_NAME, Gateway
 from http_gateway.auth import Policy
+from http_gateway.console import ConsoleQueries
 from http_gateway.hub import EventHub
 from http_gateway.openapi import spec
 from http_gateway.validation import MAX_BODY_BYTES, HttpError
@@ -127,9 +128,16 @@ class App:
         self.hub = hub
         self.registry = registry
         self.cost_ms = cost_ms
+        self.console = ConsoleQueries(gateway.link)
 
-    def guarded(self, run: Callable[[Request, bytes], Any], changes: bool) -> Handler:
-        """An endpoint: auth, body, the blocking call on a worker thread, errors as JSON."""
+    def guarded(
+        self, run: Callable[[Request, bytes], Any], changes: bool, finish: Callable[[Any], Any] | None = None
+    ) -> Handler:
+        """An endpoint: auth, body, the blocking call on a worker thread, errors as JSON.
+
+        `finish`, when given, turns the call's result into the answer on the event loop, where the hub's
+        memory may be read (a worker thread never touches it).
+        """
 
         async def endpoint(request: Request) -> Response:
             if (changes or self.policy.protect_reads) and not self.policy.allows(request.headers.get("authorization")):
@@ -146,6 +154,8 @@ class App:
             try:
                 body = await read_body(request) if changes else b""
                 result = await run_in_threadpool(run, request, body)
+                if finish is not None:
+                    result = finish(result)
             except HttpError as exc:
                 return error(exc.status, exc.message, exc.headers)
             except control.BalancerUnreachable as exc:
@@ -175,6 +185,39 @@ class App:
             return error(401, "missing or wrong token")
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(self.hub.stream(), media_type="text/event-stream", headers=headers)
+
+    # ---- the console's own reads -------------------------------------------------------------------
+
+    def console_info(self, request: Request) -> Response:
+        """What the page needs to know before it asks anything: whether to show the token box, and which
+        actions and windows exist. Open like the page itself: it says whether a token is needed, not which."""
+        return JSONResponse(
+            {
+                "token_required": self.policy.token is not None,
+                "reads_need_token": self.policy.protect_reads,
+                # Retry and drop of a failed request come with the work-model issue; the page offers
+                # each only when this says it exists.
+                "actions": {"retry": False, "drop": False},
+                "history": {"window_s": self.hub.history.window_s, "step_s": self.hub.history.step_s},
+                "watching_since": self.hub.server_trails.started,
+            }
+        )
+
+    def request_detail(self, request: Request, body: bytes) -> dict[str, Any]:
+        return self.console.request_detail(request.query_params)
+
+    def with_trail(self, detail: dict[str, Any]) -> dict[str, Any]:
+        """A request's detail from the balancer, with the events and attempts this gateway saw."""
+        trail = self.hub.trails.of(detail["client_id"], detail["request_id"])
+        return {**detail, **trail, "watching_since": self.hub.server_trails.started}
+
+    def history_csv(self, _points: Any) -> Response:
+        headers = {"Content-Disposition": 'attachment; filename="zlb_history.csv"'}
+        return Response(self.hub.history.csv_text(), media_type="text/csv; charset=utf-8", headers=headers)
+
+    def history_json(self, _points: Any) -> dict[str, Any]:
+        history = self.hub.history
+        return {"window_s": history.window_s, "step_s": history.step_s, "points": history.points()}
 
     def routes(self) -> list[Route]:
         g = self.gateway
@@ -206,6 +249,12 @@ class App:
             Route("/logs", read(lambda r, b: g.logs(r.query_params))),
             Route("/logs/download", read(self.download)),
             Route("/metrics", read(self.scrape)),
+            Route("/api/console", self.console_info),
+            Route("/api/requests", read(lambda r, b: self.console.requests(r.query_params))),
+            Route("/api/request", self.guarded(self.request_detail, False, self.with_trail)),
+            # The history lives on the event loop: the worker thread does nothing, `finish` reads it there.
+            Route("/api/history", self.guarded(lambda r, b: None, False, self.history_json)),
+            Route("/api/history.csv", self.guarded(lambda r, b: None, False, self.history_csv)),
         ]
 
     def build(self) -> Starlette:

@@ -19,11 +19,22 @@ from tests.harness import (
     start_balancer,
 )
 
+# The `chromium` fixture of the web tests (tests/browser.py).
+pytest_plugins = ["tests.browser"]
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_timeout_set_timer(item: pytest.Item, settings: pytest_timeout.Settings) -> bool:
     """Each test keeps its timeout (60 s unless marked), stretched like every deadline by the load right now."""
     return pytest_timeout.pytest_timeout_set_timer(item, settings._replace(timeout=settings.timeout * slack()))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Each phase's report on the test item (`item.rep_call`), so a fixture can tell at teardown that it failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import zmq
 from balancer import control
 from balancer.eventlog import EventLog
 from balancer.scheduler import Scheduler
+from wire.statuses import FAILURE_STATUSES
 
 
 def state_with(waiting: int) -> control.BalancerState:
@@ -47,7 +48,7 @@ def test_statuses_together_and_an_unknown_one_refused():
     dispatched = sched.dispatch()
     _node, ticket, req = dispatched[0]
     sched.complete(b"n", ticket, False, b"boom", 0.0)
-    rows = ask(state, "find_requests", after="", statuses=list(control.FAILURE_STATUSES))["requests"]
+    rows = ask(state, "find_requests", after="", statuses=list(FAILURE_STATUSES))["requests"]
     assert [(r["request_id"], r["status"]) for r in rows] == [(req.request_id, "failed")]
     both = ask(state, "find_requests", after="", statuses=["failed", "assigned"])["requests"]
     assert {r["status"] for r in both} == {"failed", "assigned"}

@@ -3,53 +3,22 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from tests.harness import Endpoints, LiveBalancer, ProcessGroup, scaled, start_balancer, wait_until
+from tests.browser import PHONE, OpenBrowser
+from tests.harness import Endpoints, LiveBalancer, ProcessGroup, start_balancer, wait_until
 from tests.test_http_gateway import LiveGateway, start_gateway
 from tests.test_metrics import live_samples
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-# The network is closed here: without these Chromium waits on connections it will never get.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=390,844",  # a phone's width: the page must work there
-)
-
 
 @pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    """Headless Chromium through chromium-driver, with a fresh profile; quit (and its processes gone) after."""
-    if shutil.which(CHROMIUM) is None or shutil.which(CHROMEDRIVER) is None:
-        pytest.fail("chromium and chromium-driver are needed: apt-get install -y chromium chromium-driver")
-    profile = tempfile.mkdtemp(prefix="zlb-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(scaled(20))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+def browser(chromium: OpenBrowser) -> webdriver.Chrome:
+    """Headless Chromium at a phone's width: the page must work there."""
+    return chromium(*PHONE)
 
 
 def row_states(driver: webdriver.Chrome) -> dict[str, str]:
@@ -85,7 +54,8 @@ def test_dashboard_shows_servers_and_a_pushed_server_down(
 
 @pytest.mark.timeout(90)
 def test_dashboard_buttons_use_the_pasted_token(balancer: LiveBalancer, procs: ProcessGroup, browser: webdriver.Chrome):
-    """With a token set, the Down button answers 401 until the token is pasted, then takes the server down."""
+    """With a token set the page shows the token box; Down answers 401 on its row until the token is pasted, then
+    takes the server down."""
     token = "dashboard-token-0123456789abcdef"
     gateway = start_gateway(procs, env={"ZLB_HTTP_TOKEN": token})
     gateway.token = token
@@ -96,9 +66,10 @@ def test_dashboard_buttons_use_the_pasted_token(balancer: LiveBalancer, procs: P
     browser.get(gateway.url + "/")
     wait_until(lambda: row_states(browser) == {"0": "active"}, 20, "server 0 shown")
     down = '#servers tr[data-server-id="0"] button[data-verb="down"]'
+    assert browser.find_element(By.ID, "auth-box").is_displayed(), "the gateway asks for a token: the box shows"
     browser.find_element(By.CSS_SELECTOR, down).click()
-    result = browser.find_element(By.ID, "action-result")
-    wait_until(lambda: result.text.startswith("401"), 10, "a 401 without the token")
+    row_error = browser.find_element(By.CSS_SELECTOR, '#servers tr[data-server-id="0"] .row-error')
+    wait_until(lambda: row_error.text.startswith("401"), 10, "a 401 on the row without the token")
     browser.find_element(By.ID, "token").send_keys(token)
     browser.find_element(By.ID, "token-save").click()
     assert browser.execute_script("return sessionStorage.getItem('zlb-token');") == token

@@ -16,6 +16,7 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from wire.following import endpoint_list
 from wire.security import client_keys, secure_client_socket
 
 # How long the probe watches its handshake: libzmq connects and shakes hands in milliseconds on a
@@ -31,7 +32,8 @@ KEY_OPTIONS = "--curve-secret and --server-key (ZLB_CURVE_SECRET and ZLB_SERVER_
 
 
 def curve_trouble(endpoint: str, timeout_s: float = PROBE_S, context: zmq.Context | None = None) -> str | None:
-    """What is wrong with the curve handshake at `endpoint`, in words; None when it works or nothing answers.
+    """What is wrong with the curve handshake at `endpoint` (or a comma-separated list of members), in words;
+    None when it works or nothing answers.
 
     Each side of a mismatch reads the other's greeting, and whichever reads first hangs up: the other
     then sees only a dropped handshake (NO_DETAIL). So a dropped handshake waits for a clearer event
@@ -44,7 +46,8 @@ def curve_trouble(endpoint: str, timeout_s: float = PROBE_S, context: zmq.Contex
     have_keys = client_keys() is not None
     dropped = False
     try:
-        sock.connect(endpoint)
+        for one in endpoint_list(endpoint):  # an HA group's members: any of them tells
+            sock.connect(one)
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             if not monitor.poll(max(1, int(left * 1000))):
