@@ -187,6 +187,22 @@ function renderState(state) {
   text($("#totals"), `submitted ${r.submitted ?? 0}, processed ${r.processed ?? 0}, failed ${r.failed ?? 0}, re-queued ${r.requeued ?? 0}`);
   const lat = state.latency || {};
   text($("#latency"), lat.count ? `p50 ${fmtSeconds(lat.p50)}  p90 ${fmtSeconds(lat.p90)}` : "-");
+  renderHa(status);
+}
+
+// An HA group's leader (zlb balancer --ha): who leads with which epoch, its standby, the last takeover.
+function renderHa(status) {
+  const ha = status.ha;
+  const card = $("#ha-card");
+  card.hidden = status.role !== "leader" || !ha;
+  if (card.hidden) return;
+  text($("#ha"), `${ha.in_sync ? "leader + standby" : "leader ALONE"}, epoch ${status.epoch}`);
+  const parts = [`leader ${ha.name}`];
+  parts.push(ha.in_sync ? `standby ${ha.standby} in sync, lag ${ha.lag_records} records / ${ha.lag_ms} ms`
+    : "no standby in sync: losing this host loses answered work");
+  const took = ha.last_takeover;
+  if (took && took.at) parts.push(`leading since ${clock(took.at)} (start ${took.start_s} s)`);
+  text($("#ha-detail"), parts.join("; "));
 }
 
 // Problems the balancer reports while they last (a failing journal, a degraded log), above everything else.
@@ -198,6 +214,9 @@ function renderAlerts(status) {
   }
   const log = status.log || {};
   if (log.problem) alerts.push(`Log degraded: ${log.path}: ${log.problem}; lines are dropped and counted`);
+  if (status.role === "leader" && status.ha && !status.ha.in_sync) {
+    alerts.push(`HA leader ${status.ha.name} is alone: no standby in sync, so losing its host would lose answered work`);
+  }
   const box = $("#alerts");
   box.replaceChildren(...alerts.map((line) => make("li", { text: line })));
   box.hidden = alerts.length === 0;
