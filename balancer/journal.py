@@ -46,7 +46,7 @@ COMPACT_SLACK_RECORDS = 50_000
 
 def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
     """The records that describe the scheduler's remembered requests now, and the ids kept past their results."""
-    out = [record_of(req) for req in sched.requests()]
+    out = [record_of(req, sched) for req in sched.requests()]
     out.extend((EARLIER, *held) for held in sched.kept.ids)
     return out
 

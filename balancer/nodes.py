@@ -38,7 +38,7 @@ from typing import Any
 
 from balancer.records import Node, NodeState, Outbox, Request
 from wire import events as ev
-from wire.protocol import RECONNECT_BACKOFF_MAX_S
+from wire.protocol import DEFAULT_SERVICE, RECONNECT_BACKOFF_MAX_S
 
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _ACTIVE = NodeState.ACTIVE
@@ -97,16 +97,18 @@ class NodeTable:
         self.fenced: OrderedDict[Any, str] = OrderedDict()
         # Node ids an admin took out of service (DOWN or DRAINING), kept across deaths and rejoins.
         self._admin_states: dict[int, NodeState] = {}
-        self._heap: list[tuple[float, int, int, Node]] = []
+        # Free nodes ranked per service they offer (see push).
+        self._heaps: dict[str, list[tuple[float, int, int, Node]]] = {}
         self._push = 0
 
     # ---- sessions ---------------------------------------------------------
 
     def hello(
-        self, route: Any, node_id: int | None, spec: tuple[int, int, str, int, int], held: list[int], now: float
+        self, route: Any, node_id: int | None, spec: tuple[Any, ...], held: list[int], now: float
     ) -> tuple[Joined, Node | str, list[Request]]:
-        """Admit, resync, refuse or fence a node saying HELLO; spec is (capacity, pid, host, incarnation, max_seen)."""
-        capacity, pid, host, incarnation, max_seen = spec
+        """Admit, resync, refuse or fence a node saying HELLO; spec is (capacity, pid, host, incarnation,
+        max_seen[, services])."""
+        capacity, pid, host, incarnation, max_seen = spec[:5]
         lost: list[Request] = []
         known = self.routes.get(route)
         if known is not None:
@@ -126,6 +128,8 @@ class NodeTable:
                 return Joined.REFUSED, f"server id {node_id} is in use by pid {holder.pid} on host {holder.host}", lost
             lost += self._replace(holder, pid, host)
         node = Node(node_id, route, max(1, capacity), pid, host, incarnation, now - self.deaf_s + self.deadline_s, now)
+        if len(spec) > 5:
+            node.services = spec[5]
         self.nodes[node_id] = node
         self.routes[route] = node
         self.outbox.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
@@ -379,18 +383,26 @@ class NodeTable:
         every fourth request runs with cold caches, which cost a sequential client 10% of
         its round trip (docs/PERFORMANCE.md). Any load spreads the work: a node with work
         in flight ranks behind every idle one.
+
+        One heap per service: a node is ranked in the heap of each service it offers, every entry
+        with the same push number, so taking it from one heap makes its entries in the others stale.
         """
         self._push += 1
         node.heap_seq = self._push
         key = (len(node.in_flight) / node.capacity, -node.last_assigned, self._push, node)
-        heapq.heappush(self._heap, key)
-        if len(self._heap) > 4 * len(self.nodes) + 64:
-            self._heap = [e for e in self._heap if e[3].heap_seq == e[2]]
-            heapq.heapify(self._heap)
+        heaps = self._heaps
+        for service in node.services:
+            heap = heaps.get(service)
+            if heap is None:
+                heap = heaps[service] = []
+            heapq.heappush(heap, key)
+            if len(heap) > 4 * len(self.nodes) + 64:
+                heaps[service] = heap = [e for e in heap if e[3].heap_seq == e[2]]
+                heapq.heapify(heap)
 
-    def pop_free(self) -> Node | None:
-        """The least-loaded free node, taken off the heap (push it back if it stays free)."""
-        heap = self._heap
+    def pop_free(self, service: str = DEFAULT_SERVICE) -> Node | None:
+        """The least-loaded free node that offers `service`, taken off the heaps (push it back if it stays free)."""
+        heap = self._heaps.get(service)
         while heap:
             entry = heapq.heappop(heap)
             node = entry[3]
@@ -398,3 +410,7 @@ class NodeTable:
                 node.heap_seq = -1
                 return node
         return None
+
+    def offering(self, service: str) -> int:
+        """How many live nodes (active or not) offer `service`."""
+        return sum(1 for node in self.routes.values() if service in node.services)
