@@ -125,3 +125,29 @@ def test_a_request_that_fails_every_attempt_is_a_dead_letter_and_retry_runs_it(
     assert procs.run("retry", "--client-id", "5", "--request-id", "9").returncode == 0
     wait_until(lambda: status_of(balancer, 5, 9) == "processed", 10, "the retried request to run")
     assert json.loads(procs.run("dead", "--json").stdout)["count"] == 0
+
+
+def test_the_rest_api_sends_to_a_service_with_a_deadline_cancels_and_lists_dead_letters(
+    balancer: LiveBalancer, procs: ProcessGroup
+):
+    """POST /send_request takes "service" and "deadline_ms" (a bad name is a 400 naming the rule), POST
+    /cancel cancels, GET /dead and POST /retry answer, and /metrics counts per service."""
+    from tests.test_http_gateway import start_gateway
+
+    gateway = start_gateway(procs)
+    bad = gateway.call("POST", "/send_request", {"client_id": 1, "request_id": 1, "service": "no spaces"})
+    assert bad.status == 400 and "1 to 64 characters" in bad.json()["error"]
+    sent = gateway.call("POST", "/send_request", {"client_id": 1, "request_id": 2, "service": "nosuch"})
+    assert sent.status == 200, sent
+    late = {"client_id": 1, "request_id": 3, "service": "nosuch", "deadline_ms": 200}
+    assert gateway.call("POST", "/send_request", late).status == 200
+    cancelled = gateway.call("POST", "/cancel", {"client_id": 1, "request_id": 2})
+    assert cancelled.status == 200 and cancelled.json()["was"] == "pending"
+    assert gateway.call("POST", "/cancel", {"client_id": 1, "request_id": 99}).status == 404
+    wait_until(lambda: status_of(balancer, 1, 3) == "expired", 5, "the request past its deadline to expire")
+    assert status_of(balancer, 1, 2) == "cancelled"
+    assert gateway.get("/dead")["count"] == 0
+    assert gateway.call("POST", "/retry", {"client_id": 1, "request_id": 2}).status == 400
+    text = gateway.call("GET", "/metrics").body.decode()
+    assert 'zlb_service_expired_total{service="nosuch"} 1.0' in text
+    assert 'zlb_service_cancelled_total{service="nosuch"} 1.0' in text
