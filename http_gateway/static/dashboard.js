@@ -28,7 +28,7 @@ function makeRow(serverId) {
   row.dataset.serverId = serverId;
   row.innerHTML = '<td class="id"></td><td class="state"></td>' +
     '<td><span class="bar"><span></span></span><span class="load"></span></td>' +
-    '<td class="handled"></td><td class="age"></td><td class="actions"></td>';
+    '<td class="handled"></td><td class="age"></td><td class="services"></td><td class="actions"></td>';
   text(row.querySelector(".id"), serverId);
   for (const [verb, label] of [["down", "Down"], ["up", "Up"], ["drain", "Drain"]]) {
     const button = document.createElement("button");
@@ -49,6 +49,7 @@ function updateRow(row, server) {
   text(row.querySelector(".load"), `${server.in_flight}/${server.capacity}`);
   text(row.querySelector(".handled"), server.handled_requests);
   text(row.querySelector(".age"), heartbeatAge(server));
+  text(row.querySelector(".services"), (server.services || ["default"]).join(", "));
   for (const button of row.querySelectorAll("button")) {
     button.disabled = (button.dataset.verb === "up") === (server.state === "active");
   }
@@ -81,6 +82,10 @@ function renderState(state) {
   text($("#queue"), `${status.queue_depth} waiting, ${status.in_flight} in flight`);
   const prios = Object.entries(status.queue_by_priority || {}).map(([p, n]) => `p${p}: ${n}`);
   text($("#queue-by-priority"), prios.length ? prios.join("  ") : "nothing waiting");
+  // Per service: waiting (and a warning when no live server offers it), expired, cancelled, dead.
+  const services = Object.entries(status.services || {}).map(([name, s]) =>
+    `${name}: ${s.waiting} waiting${s.nodes ? "" : " (no live server)"}, ${s.expired} expired, ${s.cancelled} cancelled, ${s.dead} dead`);
+  text($("#queue-by-service"), services.join(" · "));
   const rates = status.rates || {};
   text($("#rate"), `${rates.processed_per_s ?? 0} req/s`);
   const r = status.requests || {};
