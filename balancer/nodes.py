@@ -99,6 +99,7 @@ class NodeTable:
         self._admin_states: dict[int, NodeState] = {}
         # Free nodes ranked per service they offer (see push).
         self._heaps: dict[str, list[tuple[float, int, int, Node]]] = {}
+        self._offered: dict[str, int] = {}  # service -> live nodes that offer it
         self._push = 0
 
     # ---- sessions ---------------------------------------------------------
@@ -130,6 +131,8 @@ class NodeTable:
         node = Node(node_id, route, max(1, capacity), pid, host, incarnation, now - self.deaf_s + self.deadline_s, now)
         if len(spec) > 5:
             node.services = spec[5]
+        for service in node.services:
+            self._offered[service] = self._offered.get(service, 0) + 1
         self.nodes[node_id] = node
         self.routes[route] = node
         self.outbox.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
@@ -296,6 +299,9 @@ class NodeTable:
     def drop(self, node: Node, kind: str, *details: Any) -> list[Request]:
         """Take a node out of service for good; return its work."""
         lost = self.take_all(node)
+        if node.state is not NodeState.DEAD:
+            for service in node.services:
+                self._offered[service] -= 1
         node.state = NodeState.DEAD
         node.heap_seq = -1
         self.routes.pop(node.route, None)
@@ -412,5 +418,5 @@ class NodeTable:
         return None
 
     def offering(self, service: str) -> int:
-        """How many live nodes (active or not) offer `service`."""
-        return sum(1 for node in self.routes.values() if service in node.services)
+        """How many live nodes (active or not) offer `service` (kept as nodes join and die: O(1))."""
+        return self._offered.get(service, 0)

@@ -55,6 +55,8 @@ def check_invariants(sched: Scheduler, submitted: int) -> None:
     running = [r for n in nodes for r in n.in_flight.values()]
     assert all(r.status == "assigned" for r in running)
     assert all(r.service in n.services for n in nodes for r in n.in_flight.values())
+    for service in ("default", "resize"):  # kept as nodes join and die, not counted on each ask
+        assert sched.table.offering(service) == sum(service in n.services for n in sched.routes.values())
     # Each request is in exactly one place: waiting, on one node, or finished.
     places = Counter(id(r) for r in waiting + running)
     assert all(count == 1 for count in places.values())
