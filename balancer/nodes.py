@@ -133,6 +133,7 @@ class NodeTable:
             node.services = spec[5]
         for service in node.services:
             self._offered[service] = self._offered.get(service, 0) + 1
+        node.heaps = tuple(self._heap_of(service) for service in node.services)
         self.nodes[node_id] = node
         self.routes[route] = node
         self.outbox.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
@@ -396,15 +397,17 @@ class NodeTable:
         self._push += 1
         node.heap_seq = self._push
         key = (len(node.in_flight) / node.capacity, -node.last_assigned, self._push, node)
-        heaps = self._heaps
-        for service in node.services:
-            heap = heaps.get(service)
-            if heap is None:
-                heap = heaps[service] = []
+        for heap in node.heaps:  # one, unless the node offers several services
             heapq.heappush(heap, key)
             if len(heap) > 4 * len(self.nodes) + 64:
-                heaps[service] = heap = [e for e in heap if e[3].heap_seq == e[2]]
+                heap[:] = [e for e in heap if e[3].heap_seq == e[2]]  # in place: nodes hold this list
                 heapq.heapify(heap)
+
+    def _heap_of(self, service: str) -> list[tuple[float, int, int, Node]]:
+        heap = self._heaps.get(service)
+        if heap is None:
+            heap = self._heaps[service] = []
+        return heap
 
     def pop_free(self, service: str = DEFAULT_SERVICE) -> Node | None:
         """The least-loaded free node that offers `service`, taken off the heaps (push it back if it stays free)."""

@@ -99,6 +99,7 @@ class Node:
     # Tickets missing from consecutive heartbeats, and how many times in a row.
     missing: dict[int, int] = field(default_factory=dict)
     services: tuple[str, ...] = (DEFAULT_SERVICE,)  # what it offers (HELLO); it runs only requests of these
+    heaps: tuple[list, ...] = ()  # the node table's free-node heaps of those services (balancer/nodes.py)
 
     @property
     def active(self) -> bool:
