@@ -55,6 +55,16 @@ _QUEUED, _DUPLICATE, _FINISHED = Submitted.QUEUED, Submitted.DUPLICATE, Submitte
 _PROCESSED, _FAILED = p.PROCESSED, p.FAILED
 
 
+def shape_error(shape: list[Any]) -> str:
+    """Why a submission's service or deadline cannot be taken ('' when both are fine)."""
+    service, deadline_ms = shape
+    if service is not None and p.service_error(service):
+        return p.service_error(service)
+    if deadline_ms is not None and not 0 <= deadline_ms <= limits.MAX_DEADLINE_MS:
+        return f"deadline of {deadline_ms} ms is out of range (0 to {limits.MAX_DEADLINE_MS})"
+    return ""
+
+
 def _route_of(req: Request) -> Any:
     return req.route
 
@@ -87,6 +97,7 @@ class ClientSide:
             MsgType.CLIENT_HELLO: self._on_hello,
             MsgType.CLIENT_PING: self._on_ping,
             MsgType.CLIENT_BYE: self._on_bye,
+            MsgType.CLIENT_CANCEL: self._on_cancel,
         }
 
     # ---- in: the frontend ------------------------------------------------
@@ -109,14 +120,14 @@ class ClientSide:
                 continue
             route = self._routes.get(frames[0]) or self._route(frames[0])
             if msg_type is submit_batch:
-                client_id, incarnation, items = fields
+                client_id, incarnation, items, *shape = fields  # shape: [service, deadline_ms] or none
                 budget -= len(items)
                 for request_id, priority, payload in items:
-                    self._submit(route, client_id, request_id, priority, incarnation, payload, now)
+                    self._submit(route, client_id, request_id, priority, incarnation, payload, now, shape)
             elif msg_type is submit:
                 budget -= 1
-                client_id, request_id, priority, incarnation = fields
-                self._submit(route, client_id, request_id, priority, incarnation, body, now)
+                client_id, request_id, priority, incarnation, *shape = fields
+                self._submit(route, client_id, request_id, priority, incarnation, body, now, shape)
             else:
                 try:
                     handlers[msg_type](route, fields, now)
@@ -126,14 +137,30 @@ class ClientSide:
                 return  # the rest waits for the next iteration: nodes and admins are served in between
 
     def _submit(
-        self, route: bytes, client_id: int, request_id: int, priority: int, incarnation: int, body: Any, now: float
+        self,
+        route: bytes,
+        client_id: int,
+        request_id: int,
+        priority: int,
+        incarnation: int,
+        body: Any,
+        now: float,
+        shape: list[Any],
     ) -> None:
-        """Hand one submission to the scheduler and answer what it refused."""
-        refusal = self._refuse_outright(client_id, request_id, len(body))
+        """Hand one submission to the scheduler and answer what it refused.
+        `shape`: [service, deadline_ms] (either None), or empty."""
+        refusal = self._refuse_outright(client_id, request_id, len(body)) or (shape and shape_error(shape))
         if refusal:
             self._send(route, p.encode(MsgType.REJECTED, request_id, refusal))
             return
-        outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
+        if shape:
+            service, deadline_ms = shape
+            outcome = self.sched.submit(
+                client_id, request_id, priority, route, body, incarnation, now, service or p.DEFAULT_SERVICE,
+                None if deadline_ms is None else deadline_ms / 1000,
+            )  # fmt: skip
+        else:
+            outcome = self.sched.submit(client_id, request_id, priority, route, body, incarnation, now)
         if outcome is _QUEUED or outcome is _DUPLICATE or outcome is _FINISHED:
             return
         if outcome is Submitted.BUSY:
@@ -145,7 +172,7 @@ class ClientSide:
         elif outcome is Submitted.CONFLICT:
             reason = conflict_reason(client_id, request_id)
         else:
-            reason = self.sched.queue_full_reason()
+            reason = self.sched.last_refusal
         self._send(route, p.encode(MsgType.REJECTED, request_id, reason))
 
     def _refuse_outright(self, client_id: int, request_id: int, size: int) -> str:
@@ -176,6 +203,19 @@ class ClientSide:
         # The connection is done: its route is forgotten (its requests and their results stay).
         self._routes.pop(route, None)
         self._routes_old.pop(route, None)
+
+    def _on_cancel(self, route: bytes, fields: list[Any], now: float) -> None:
+        """A client cancels one of its requests: it is answered by the request's RESULT (cancelled, or the
+        result it already had); an unknown id by REJECTED."""
+        client_id, incarnation, request_id = fields
+        if self.sched.sessions.held_by(client_id, incarnation, now) is None:
+            return  # not this process's client id: its own session's holder may cancel
+        was, req = self.sched.cancel(client_id, request_id)
+        if req is None:
+            self._send(route, p.encode(MsgType.REJECTED, request_id, "cancel: no such request"))
+        elif was == "finished" and req.body is not None:
+            req.route = route
+            self.sched.outbox.replies.append(req)
 
     # ---- out: results ------------------------------------------------------
 

@@ -30,7 +30,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from balancer.records import ACCEPTED, EARLIER, FINISHED, RESERVED, Request
-from wire.protocol import FAILED, PROCESSED
+from wire.protocol import DEAD, FINAL_STATUSES
 
 if TYPE_CHECKING:
     from balancer.journal import Journal
@@ -41,12 +41,16 @@ if TYPE_CHECKING:
 CHUNK = 500
 
 
-def record_of(req: Request) -> tuple[Any, ...]:
+def record_of(req: Request, sched: Scheduler) -> tuple[Any, ...]:
     """The journal record that describes a request's state now."""
-    if req.status in (PROCESSED, FAILED):
+    if req.status in FINAL_STATUSES:
         outcome = (req.status, req.server_id, req.attempts, req.body, req.payload_digest)
         return (FINISHED, req.client_id, req.request_id, req.priority, *outcome)
-    return (ACCEPTED, req.client_id, req.request_id, req.priority, req.route, req.body)
+    if req.status == DEAD:
+        letter = sched.dead.get(req.client_id, req.request_id)
+        if letter is not None:
+            return sched.dead_record(letter)
+    return (ACCEPTED, req.client_id, req.request_id, req.priority, req.route, req.body, *sched.tail_of(req))
 
 
 class Compaction:
@@ -54,6 +58,7 @@ class Compaction:
 
     def __init__(self, journal: Journal, sched: Scheduler) -> None:
         self.journal = journal
+        self._sched = sched
         self._sessions = [session for session in sched.sessions.values() if session]
         self._keys: list[int] = []  # request ids of the session being written, copied when it is reached
         self._at = 0
@@ -101,7 +106,7 @@ class Compaction:
             for rid in self._keys[self._at : end]:
                 req = get(rid)
                 if req is not None:
-                    out.append(record_of(req))
+                    out.append(record_of(req, self._sched))
             self._at = end
         return out
 

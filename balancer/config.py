@@ -24,6 +24,9 @@ from wire import endpoints, limits
 from wire import protocol as p
 
 DEFAULT_GRACE_S = 5.0
+# After its node died, a request waits this long before its next attempt (doubling per attempt, jittered;
+# balancer/timers.py), so a request that kills its nodes does not take them all down at once.
+DEFAULT_RETRY_BACKOFF_MS = 100
 
 
 @dataclass
@@ -38,6 +41,9 @@ class BalancerConfig:
     liveness: int = p.LIVENESS
     max_queue: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry_backoff_ms: int = DEFAULT_RETRY_BACKOFF_MS  # after a node died, the first wait before the next attempt
+    max_dead: int = 10_000  # dead letters kept at most (balancer/dead.py)
+    max_dead_bytes: int = 64 * MIB
     keep_finished: int | None = DEFAULT_KEEP_FINISHED  # None: no count, only the time, bytes and budget
     keep_finished_bytes: int = DEFAULT_KEEP_FINISHED_BYTES
     keep_finished_s: float = DEFAULT_KEEP_FINISHED_S

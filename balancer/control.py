@@ -107,6 +107,7 @@ def node_view(node: Node, now: float, admin: str | None = None) -> dict[str, Any
         "dropped": node.reported_dropped,
         # "down" or "draining" when an admin said so: kept across the node's rejoins until `up`.
         "admin": admin,
+        "services": list(node.services),
     }
 
 
@@ -124,6 +125,7 @@ def request_view(req: Request) -> dict[str, Any]:
         "status": req.status,
         "server_id": req.server_id,
         "attempts": req.attempts,
+        "service": req.service,
     }
 
 
@@ -239,6 +241,9 @@ def cmd_status(state: BalancerState, args: dict[str, Any], now: float) -> Any:
         "queue_depth": sched.waiting,
         "queue_by_priority": {str(p): n for p, n in sched.waiting_by_priority().items()},
         "in_flight": sched.in_flight(),
+        # Per service: waiting, running, live nodes that offer it, expired, cancelled, dead.
+        "services": sched.services_view(),
+        "dead_letters": {k: v for k, v in sched.dead.view(0).items() if k != "dead"},
         "requests": dict(sched.counters),
         "rates": rates(state, now),
         "bad_input": dict(state.bad_input),
@@ -425,6 +430,39 @@ def preview(body: Any, cap: int) -> dict[str, Any]:
     return {"bytes": size, "shown": min(size, cap), "encoding": "utf-8", "text": text}
 
 
+def cmd_cancel(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    """Cancel a request: {"was": pending|assigned|dead|finished, "request": its view}; a finished one is
+    left as it was, with a preview of its result."""
+    client = _int_arg(args, "client_id")
+    request = _int_arg(args, "request_id")
+    was, req = state.scheduler.cancel(client, request)
+    if req is None:
+        raise CommandError(f"Request {request} from Client {client} not found")
+    out: dict[str, Any] = {"was": was, "request": request_view(req)}
+    if was == "finished" and req.body is not None:
+        out["result"] = preview(req.body, PREVIEW_BYTES)
+    return out
+
+
+def cmd_dead(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    """The dead letters, newest last (at most `limit`), and what their bounds dropped."""
+    limit = _int_arg(args, "limit", required=False, minimum=0)
+    return state.scheduler.dead.view(MAX_LIST_REPLY if limit is None else min(limit, MAX_LIST_REPLY))
+
+
+def cmd_retry(state: BalancerState, args: dict[str, Any], now: float) -> Any:
+    """Queue a dead letter again (`client_id`, `request_id`), or every one (`all`: true); how many."""
+    if args.get("all") is True:
+        return {"retried": state.scheduler.retry_all()}
+    client = _int_arg(args, "client_id")
+    request = _int_arg(args, "request_id")
+    try:
+        req = state.scheduler.retry(client, request)
+    except KeyError as exc:
+        raise CommandError(exc.args[0]) from None
+    return {"retried": 1, "request": request_view(req)}
+
+
 def cmd_ping(state: BalancerState, args: dict[str, Any], now: float) -> Any:
     # The pid lets a supervisor tell the balancer it started from another one answering on the same port.
     return {"pong": True, "uptime_s": round(now - state.started_mono, 3), "pid": os.getpid()}
@@ -445,11 +483,14 @@ COMMANDS: dict[str, Callable[[BalancerState, dict[str, Any], float], Any]] = {
     "find_requests": cmd_find_requests,
     "request_detail": cmd_request_detail,
     "next_request_id": cmd_next_request_id,
+    "cancel": cmd_cancel,
+    "dead": cmd_dead,
+    "retry": cmd_retry,
 }
 
 
 # Commands that change what the balancer does; under curve with --admin-allow only admin keys may.
-ADMIN_COMMANDS = frozenset({"down", "up", "drain", "configure"})
+ADMIN_COMMANDS = frozenset({"down", "up", "drain", "configure", "cancel", "retry"})
 
 
 def handle(state: BalancerState, request: dict[str, Any], now: float, admin: bool = True) -> dict[str, Any]:

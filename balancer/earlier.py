@@ -42,8 +42,10 @@ def _digest_bits(digest: int) -> int:
 
 
 def pack(status: str, digest: int | None) -> int:
-    """One word for an id's status and its payload's digest (None: not known, any payload matches)."""
-    flags = _FAILED_FLAG if status == FAILED else 0
+    """One word for an id's status and its payload's digest (None: not known, any payload matches).
+
+    One bit of status: processed, or not (failed; expired and cancelled are kept as failed: not run to the end)."""
+    flags = _FAILED_FLAG if status != PROCESSED else 0
     if digest is None:
         return flags | _NO_DIGEST
     if digest >= 0:

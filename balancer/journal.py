@@ -47,7 +47,7 @@ COMPACT_SLACK_RECORDS = 50_000
 def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
     """The records that describe the scheduler's remembered requests now, the ids kept past their results and
     the request id reservations."""
-    out = [record_of(req) for req in sched.requests()]
+    out = [record_of(req, sched) for req in sched.requests()]
     out.extend((EARLIER, *held) for held in sched.kept.ids)
     out.extend((RESERVED, *reserved) for reserved in sched.sessions.reserved.items())
     return out

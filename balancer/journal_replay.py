@@ -23,7 +23,7 @@ from typing import Any
 
 from balancer import journal_format as jf
 from balancer.journal_format import MAGIC, JournalError, fsync_dir
-from balancer.records import EARLIER, RESERVED
+from balancer.records import DEAD_LETTER, EARLIER, RESERVED
 from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from wire import protocol as p
 
@@ -90,7 +90,7 @@ def replay(path: str, keep_finished: int | None = None) -> Recovered:
     if mark is not None:
         _apply_mark(out, found, mark, len(data), invalid)
     for rec in latest.values():
-        (out.pending if rec[0] == ACCEPTED else out.finished).append(rec)
+        (out.pending if rec[0] in (ACCEPTED, DEAD_LETTER) else out.finished).append(rec)
     if keep_finished is not None and len(out.finished) > keep_finished:
         beyond = len(out.finished) - keep_finished
         out.finished[:beyond] = [_without_result(rec) for rec in out.finished[:beyond]]
@@ -172,10 +172,14 @@ def _valid(rec: Any) -> bool:
     """A record of a known kind and length with integer ids (anything else is skipped)."""
     if type(rec) is not list or not rec:
         return False
-    # FINISHED 8: before digests were kept
-    sizes = {ACCEPTED: (6,), FINISHED: (8, 9), EARLIER: (5,), RESERVED: (3,)}.get(rec[0], ())
+    # FINISHED 8: before digests were kept; ACCEPTED 8: with a service and a deadline (protocol version 5).
+    sizes = {ACCEPTED: (6, 8), FINISHED: (8, 9), EARLIER: (5,), RESERVED: (3,), DEAD_LETTER: (10,)}.get(rec[0], ())
     if len(rec) not in sizes or type(rec[1]) is not int or type(rec[2]) is not int:
         return False
+    if rec[0] == ACCEPTED and len(rec) == 8:
+        return not p.service_error(rec[6]) and type(rec[7]) in (float, int, type(None))
+    if rec[0] == DEAD_LETTER:
+        return not p.service_error(rec[6]) and type(rec[7]) is int and type(rec[8]) is str
     return rec[0] != EARLIER or (rec[3] in (p.PROCESSED, p.FAILED) and type(rec[4]) in (int, type(None)))
 
 
@@ -186,7 +190,10 @@ def restore(sched: Scheduler, recovered: Recovered) -> None:
             sched.restore_earlier(*rec[1:])
         else:  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result[, payload_digest])
             sched.restore_finished(*rec[1:])
-    for _kind, cid, rid, priority, route, payload in recovered.pending:
-        sched.restore_pending(cid, rid, priority, route, payload)
+    for kind, *rec in recovered.pending:  # (kind, client_id, request_id, priority, route, payload, ...)
+        if kind == DEAD_LETTER:
+            sched.restore_dead(*rec)
+        else:
+            sched.restore_pending(*rec)
     for cid, beyond in recovered.reserved.items():
         sched.sessions.reserve(cid, beyond)

@@ -9,7 +9,7 @@ is remembered"):
   too: when one needs room, the oldest results go first, before their time.
 - **Ids** (EarlierIds): past its result, the id, its status and its payload's digest, packed (about
   12 bytes an id), for --remember-s (default a day) within --remember-mb. A re-sent id with its
-  payload is answered "processed earlier; the result is no longer kept" (status `expired`), with
+  payload is answered "processed earlier; the result is no longer kept" (status `not_kept`), with
   another payload it is a conflict. Past both windows (or beyond --remember-mb, oldest first) an id is
   forgotten and a re-send runs again.
 
@@ -32,7 +32,7 @@ from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget
 from balancer.earlier import EarlierIds, same_digest
 from balancer.records import Outbox, Request, Submitted
 from balancer.sessions import ClientSessions
-from wire.protocol import EXPIRED, FAILED, PROCESSED
+from wire.protocol import FINAL_STATUSES, NOT_KEPT
 
 DEFAULT_KEEP_FINISHED_S = 300.0
 DEFAULT_KEEP_FINISHED: int | None = None  # no count: results are kept for a time, within bytes and the budget
@@ -71,7 +71,7 @@ def resubmitted(
     Unfinished and submitted from another connection (another process under the client id, or the same
     one restarted), the result will go to the new connection and, as a replay, to those that asked before
     (`also`, at most MAX_ALSO_WAITING of them; the rest fetch it with their next re-send)."""
-    finished = req.status in (PROCESSED, FAILED)
+    finished = req.status in FINAL_STATUSES
     if finished:
         same = req.payload_digest is None or req.payload_digest == payload_digest(body, like=req.payload_digest)
     else:
@@ -236,7 +236,7 @@ class KeptResults:
         counters["duplicates"] += 1
         counters["answered_expired"] += 1
         note = f"{status} earlier; the result is no longer kept (results are kept {self.keep_s:g} s)"
-        outbox.replays.append(Request(client_id, request_id, 0, None, route, note.encode(), EXPIRED))
+        outbox.replays.append(Request(client_id, request_id, 0, None, route, note.encode(), NOT_KEPT))
         return Submitted.FINISHED
 
     def stand_in(self, client_id: int, request_id: int) -> Request | None:
@@ -263,6 +263,6 @@ class KeptResults:
             "ids_bytes": ids.bytes,
             "ids_left_early": ids.left_early,
             "past_results": "a re-sent id is answered 'processed earlier; the result is no longer kept' (status"
-            " expired), or refused as a conflict if its payload differs",
+            " not_kept), or refused as a conflict if its payload differs",
             "past_ids": "the id is forgotten: a re-send runs again",
         }

@@ -115,6 +115,10 @@ class Balancer:
             first_ticket=time.time_ns() // 1000,
             journal=config.journal is not None,
             max_memory_bytes=config.max_memory_bytes,
+            retry_backoff_s=config.retry_backoff_ms / 1000,
+            max_dead=config.max_dead,
+            max_dead_bytes=config.max_dead_bytes,
+            wall_offset=time.time() - time.monotonic(),
         )
         self.eventlog = EventLog(config.log_file)
         self.incidents = Incidents(self.sched.outbox)
@@ -340,6 +344,7 @@ class Balancer:
                     now = time.monotonic()
                     self.sched.expire(now)
                 self.sched.expire_finished(now)  # a slice: a burst of results goes over several checks
+                self.sched.timers_due(now)  # deadlines, back-offs over (checked ten times per heartbeat)
                 next_expiry = now + self._expiry_check_s
             if now >= next_tick:
                 self._tick(now)
@@ -383,6 +388,7 @@ class Balancer:
         """Heartbeat the live nodes and publish the periodic stats."""
         sched = self.sched
         control.record_sample(self.state, now)
+        sched.wall_offset = time.time() - time.monotonic()  # the wall clock may be stepped; deadlines follow it
         self.client_side.tick(now)
         self.times.roll(now)
         sched.sessions.sweep()
@@ -407,6 +413,8 @@ class Balancer:
         """Send what the scheduler decided; events are published by the loop, in batches."""
         out = self.sched.outbox
         journal = self.journal
+        if out.cancels:  # before new work: a slot freed by a cancel may take it in this very pass
+            self.node_side.send_cancels()
         if journal is not None and out.journal:
             self._write_journal()  # first: with a standby, its records are on their way before any WORK
         if not self._stopping:  # a stopping balancer starts no new work

@@ -36,6 +36,17 @@ _WORK, _WORK_BATCH, _DONE_BATCH = MsgType.WORK, MsgType.WORK_BATCH, MsgType.DONE
 Assignment = tuple[Node, int, Request]
 
 
+def _services(offered: list[Any]) -> tuple[str, ...]:
+    """The services a HELLO lists, checked (ProtocolError): 1 to MAX_NODE_SERVICES valid names."""
+    if not 1 <= len(offered) <= p.MAX_NODE_SERVICES:
+        raise ProtocolError("bad_fields", f"HELLO with {len(offered)} services (1 to {p.MAX_NODE_SERVICES})")
+    for name in offered:
+        if p.service_error(name):
+            raise ProtocolError("bad_fields", f"HELLO: {p.service_error(name)}")
+    # The default service's name interned: the scheduler compares it by identity on its hot path.
+    return tuple(dict.fromkeys(p.DEFAULT_SERVICE if name == p.DEFAULT_SERVICE else name for name in offered))
+
+
 def _node_of(assignment: Assignment) -> Node:
     return assignment[0]
 
@@ -101,6 +112,11 @@ class NodeSide:
         for _node, ticket, _req in batch:
             self.sched.undeliverable(node, ticket)
         return False
+
+    def send_cancels(self) -> None:
+        """Tell nodes to stop work taken back from them (cancelled, or past its deadline)."""
+        for route, ticket, reason in self.sched.outbox.take_cancels():
+            self._send(route, [p.encode(MsgType.CANCEL, ticket, reason)])
 
     def tick(self) -> None:
         """Once per heartbeat: ping every node, and free the result room of requests no node holds now."""
@@ -196,7 +212,7 @@ class NodeSide:
             self._unknown_node(route)
 
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        node_id, capacity, pid, host, incarnation, max_seen = fields
+        node_id, capacity, pid, host, incarnation, max_seen, *offered = fields
         if (
             capacity < 1
             or (node_id is not None and node_id < 0)
@@ -205,9 +221,12 @@ class NodeSide:
         ):
             detail = f"HELLO with capacity {capacity}, id {node_id}, pid {pid}, host {host!r:.80}"
             raise ProtocolError("bad_fields", detail)
+        services = _services(offered[0]) if offered else None
         held = p.decode_tickets(body)
         try:
-            node = self.sched.hello(route, node_id, capacity, pid, host, now, incarnation, held, max_seen)
+            node = self.sched.hello(
+                route, node_id, capacity, pid, host, now, incarnation, held, max_seen, services=services
+            )
         except Refused as refusal:
             self._refused(route, node_id, refusal, now)
             return

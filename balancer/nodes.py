@@ -38,7 +38,7 @@ from typing import Any
 
 from balancer.records import Node, NodeState, Outbox, Request
 from wire import events as ev
-from wire.protocol import RECONNECT_BACKOFF_MAX_S
+from wire.protocol import DEFAULT_SERVICE, RECONNECT_BACKOFF_MAX_S
 
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _ACTIVE = NodeState.ACTIVE
@@ -97,16 +97,19 @@ class NodeTable:
         self.fenced: OrderedDict[Any, str] = OrderedDict()
         # Node ids an admin took out of service (DOWN or DRAINING), kept across deaths and rejoins.
         self._admin_states: dict[int, NodeState] = {}
-        self._heap: list[tuple[float, int, int, Node]] = []
+        # Free nodes ranked per service they offer (see push).
+        self._heaps: dict[str, list[tuple[float, int, int, Node]]] = {}
+        self._offered: dict[str, int] = {}  # service -> live nodes that offer it
         self._push = 0
 
     # ---- sessions ---------------------------------------------------------
 
     def hello(
-        self, route: Any, node_id: int | None, spec: tuple[int, int, str, int, int], held: list[int], now: float
+        self, route: Any, node_id: int | None, spec: tuple[Any, ...], held: list[int], now: float
     ) -> tuple[Joined, Node | str, list[Request]]:
-        """Admit, resync, refuse or fence a node saying HELLO; spec is (capacity, pid, host, incarnation, max_seen)."""
-        capacity, pid, host, incarnation, max_seen = spec
+        """Admit, resync, refuse or fence a node saying HELLO; spec is (capacity, pid, host, incarnation,
+        max_seen[, services])."""
+        capacity, pid, host, incarnation, max_seen = spec[:5]
         lost: list[Request] = []
         known = self.routes.get(route)
         if known is not None:
@@ -126,6 +129,11 @@ class NodeTable:
                 return Joined.REFUSED, f"server id {node_id} is in use by pid {holder.pid} on host {holder.host}", lost
             lost += self._replace(holder, pid, host)
         node = Node(node_id, route, max(1, capacity), pid, host, incarnation, now - self.deaf_s + self.deadline_s, now)
+        if len(spec) > 5:
+            node.services = spec[5]
+        for service in node.services:
+            self._offered[service] = self._offered.get(service, 0) + 1
+        node.heaps = tuple(self._heap_of(service) for service in node.services)
         self.nodes[node_id] = node
         self.routes[route] = node
         self.outbox.events.append((ev.NODE_JOINED, node_id, node.capacity, pid, host))
@@ -292,6 +300,9 @@ class NodeTable:
     def drop(self, node: Node, kind: str, *details: Any) -> list[Request]:
         """Take a node out of service for good; return its work."""
         lost = self.take_all(node)
+        if node.state is not NodeState.DEAD:
+            for service in node.services:
+                self._offered[service] -= 1
         node.state = NodeState.DEAD
         node.heap_seq = -1
         self.routes.pop(node.route, None)
@@ -379,18 +390,28 @@ class NodeTable:
         every fourth request runs with cold caches, which cost a sequential client 10% of
         its round trip (docs/PERFORMANCE.md). Any load spreads the work: a node with work
         in flight ranks behind every idle one.
+
+        One heap per service: a node is ranked in the heap of each service it offers, every entry
+        with the same push number, so taking it from one heap makes its entries in the others stale.
         """
         self._push += 1
         node.heap_seq = self._push
         key = (len(node.in_flight) / node.capacity, -node.last_assigned, self._push, node)
-        heapq.heappush(self._heap, key)
-        if len(self._heap) > 4 * len(self.nodes) + 64:
-            self._heap = [e for e in self._heap if e[3].heap_seq == e[2]]
-            heapq.heapify(self._heap)
+        for heap in node.heaps:  # one, unless the node offers several services
+            heapq.heappush(heap, key)
+            if len(heap) > 4 * len(self.nodes) + 64:
+                heap[:] = [e for e in heap if e[3].heap_seq == e[2]]  # in place: nodes hold this list
+                heapq.heapify(heap)
 
-    def pop_free(self) -> Node | None:
-        """The least-loaded free node, taken off the heap (push it back if it stays free)."""
-        heap = self._heap
+    def _heap_of(self, service: str) -> list[tuple[float, int, int, Node]]:
+        heap = self._heaps.get(service)
+        if heap is None:
+            heap = self._heaps[service] = []
+        return heap
+
+    def pop_free(self, service: str = DEFAULT_SERVICE) -> Node | None:
+        """The least-loaded free node that offers `service`, taken off the heaps (push it back if it stays free)."""
+        heap = self._heaps.get(service)
         while heap:
             entry = heapq.heappop(heap)
             node = entry[3]
@@ -398,3 +419,7 @@ class NodeTable:
                 node.heap_seq = -1
                 return node
         return None
+
+    def offering(self, service: str) -> int:
+        """How many live nodes (active or not) offer `service` (kept as nodes join and die: O(1))."""
+        return self._offered.get(service, 0)

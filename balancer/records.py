@@ -11,22 +11,25 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from wire.protocol import PENDING
+from wire.protocol import DEFAULT_SERVICE, PENDING
 
 # Journal record kinds (the first element of each record tuple).
-ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload)
+ACCEPTED = 1  # (ACCEPTED, client_id, request_id, priority, route, payload[, service, deadline])
+# deadline: wall-clock seconds (time.time()), so a restarted balancer (or a standby) keeps it; None: none.
 FINISHED = 2  # (FINISHED, client_id, request_id, priority, status, server_id, attempts, result, payload_digest)
 # Finished earlier, its result no longer kept (balancer/earlier.py): the digest is cut to 60 bits, its sign kept.
 EARLIER = 3  # (EARLIER, client_id, request_id, status, payload_digest | None)
 # Request ids below `beyond` were handed out by next_request_id for this client id (balancer/sessions.py).
 RESERVED = 4  # (RESERVED, client_id, beyond)
+# In the dead letters (failed every attempt), with its payload for a retry (balancer/dead.py).
+DEAD_LETTER = 5  # (DEAD_LETTER, client_id, request_id, priority, route, payload, service, attempts, error, server_id)
 
 
 # The scheduler's counters, shown by `zlb status` under "requests".
 COUNTERS = (
     "submitted", "processed", "failed", "requeued", "rejected", "duplicates", "replays", "conflicts",
     "late_results", "clients_refused", "nodes_refused", "lost_in_transit", "undeliverable", "busy",
-    "answered_expired", "reclaimed",
+    "answered_expired", "reclaimed", "expired", "cancelled", "dead", "retried", "dead_dropped",
 )  # fmt: skip
 
 
@@ -69,6 +72,7 @@ class Request:
     # A digest of the payload, taken when the body becomes the result, so a re-send of a
     # finished request id with another payload is told apart (None: not known, e.g. restored).
     payload_digest: int | None = None
+    service: str = DEFAULT_SERVICE  # which nodes may run it (those that offer it)
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +100,8 @@ class Node:
     ticket_mark: int = 0
     # Tickets missing from consecutive heartbeats, and how many times in a row.
     missing: dict[int, int] = field(default_factory=dict)
+    services: tuple[str, ...] = (DEFAULT_SERVICE,)  # what it offers (HELLO); it runs only requests of these
+    heaps: tuple[list, ...] = ()  # the node table's free-node heaps of those services (balancer/nodes.py)
 
     @property
     def active(self) -> bool:
@@ -122,6 +128,12 @@ class Outbox:
     replies: list[Request] = field(default_factory=list)
     replays: list[Request] = field(default_factory=list)  # stored results answering another process
     journal: list[tuple[Any, ...]] | None = None
+    # Work taken back from a node that still runs it (cancelled, or past its deadline): (route, ticket, reason).
+    cancels: list[tuple[Any, int, str]] = field(default_factory=list)
+
+    def take_cancels(self) -> list[tuple[Any, int, str]]:
+        cancels, self.cancels = self.cancels, []
+        return cancels
 
     def take_events(self) -> list[tuple[Any, ...]]:
         events, self.events = self.events, []

@@ -16,16 +16,40 @@ from typing import Any
 
 from balancer import kept, records
 from balancer.budget import MemoryBudget
+from balancer.dead import DEFAULT_MAX_DEAD, DEFAULT_MAX_DEAD_BYTES, DeadLetters, Letter
 from balancer.earlier import PAGE_BITS
 from balancer.index import Arrivals, matching
 from balancer.kept import KeptResults, resubmitted
 from balancer.kept import body_size as _size
 from balancer.nodes import Joined, NodeTable, Refused
-from balancer.records import ACCEPTED, COUNTERS, FINISHED, RESERVED, Node, NodeState, Outbox, Request, Submitted
+from balancer.records import (
+    ACCEPTED,
+    COUNTERS,
+    DEAD_LETTER,
+    FINISHED,
+    RESERVED,
+    Node,
+    NodeState,
+    Outbox,
+    Request,
+    Submitted,
+)  # fmt: skip
+from balancer.services import MAX_SERVICES, Service
 from balancer.sessions import ClientSessions
+from balancer.timers import Timers, backoff_s
 from balancer.waiting import WaitingQueue
 from wire import events as ev
-from wire.protocol import ASSIGNED, FAILED, PENDING, PROCESSED
+from wire.protocol import (
+    ASSIGNED,
+    CANCELLED,
+    DEAD,
+    DEFAULT_SERVICE,
+    EXPIRED,
+    FAILED,
+    FINAL_STATUSES,
+    PENDING,
+    PROCESSED,
+)  # fmt: skip
 
 __all__ = ["ACCEPTED", "FINISHED", "Joined", "Node", "NodeState", "Refused", "Request", "Scheduler", "Submitted"]
 
@@ -41,6 +65,7 @@ MAX_TRANSIT_LOSSES = 20
 
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _QUEUED, _DRAINING = Submitted.QUEUED, NodeState.DRAINING
+_PENDING = PENDING
 
 
 class Scheduler:
@@ -61,6 +86,11 @@ class Scheduler:
         keep_finished_s: float = kept.DEFAULT_KEEP_FINISHED_S,
         remember_s: float = kept.DEFAULT_REMEMBER_S,
         remember_bytes: int = kept.DEFAULT_REMEMBER_BYTES,
+        retry_backoff_s: float = 0.0,  # `zlb balancer --retry-backoff-ms`; bare, a lost request goes back at once
+        max_dead: int = DEFAULT_MAX_DEAD,
+        max_dead_bytes: int = DEFAULT_MAX_DEAD_BYTES,
+        wall_offset: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
@@ -73,7 +103,16 @@ class Scheduler:
         self.routes = self.table.routes
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.sessions = ClientSessions()
-        self._queue = WaitingQueue()
+        self._paused: set[int] = set()  # shared by every service's queue
+        self._services: dict[str, Service] = {}
+        self._default = self._service(DEFAULT_SERVICE)
+        self.retry_backoff_s = retry_backoff_s
+        self.timers = Timers(seed)
+        self._deadlines = self.timers.deadline_of  # read on every finish: one lookup, not two
+        self.dead = DeadLetters(max_dead, max_dead_bytes)
+        # Wall-clock minus monotonic seconds (set by the loop): deadlines are journaled as wall-clock
+        # times, so a restarted balancer or a standby (another process, another monotonic clock) keeps them.
+        self.wall_offset = wall_offset
         self._arrivals = Arrivals()  # every remembered request in arrival order, for listings
         self.budget = MemoryBudget(max_memory_bytes)
         self.last_refusal = ""  # why the last submit was refused for the budget
@@ -94,6 +133,7 @@ class Scheduler:
         # Tickets must never repeat across balancer restarts (see protocol), so they start where told.
         self._ticket = first_ticket
         self._assigned = 0
+        self._last_now = 0.0  # the latest `now` a tick brought (for the wall-clock stamp of a dead letter)
 
     @property
     def events(self) -> list[tuple[Any, ...]]:
@@ -114,8 +154,21 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
-        """How many requests wait for a node (those of paused clients included)."""
-        return self._queue.count + self._queue.parked
+        """How many requests wait for a node (those of paused clients, and those in a back-off, included)."""
+        return sum(svc.waiting for svc in self._services.values()) + len(self.timers.delayed)
+
+    def queued(self) -> Iterator[Request]:
+        """Every request waiting for a node, in no order: queued (set-aside ones included, stale entries
+        left out) or sitting out a back-off."""
+        for svc in self._services.values():
+            yield from (req for req in svc.queue if req.status == PENDING)
+        yield from self.timers.delayed
+
+    def _service(self, name: str) -> Service:
+        svc = self._services.get(name)
+        if svc is None:
+            svc = self._services[name] = Service(name, WaitingQueue(self._paused))
+        return svc
 
     def submit(
         self,
@@ -126,13 +179,21 @@ class Scheduler:
         body: Any,
         incarnation: int = 0,
         now: float = 0.0,
+        service: str = DEFAULT_SERVICE,
+        deadline_s: float | None = None,
     ) -> Submitted:
-        """Queue a client's request, or recognise it as one already known (from any process: ids are names)."""
+        """Queue a client's request, or recognise it as one already known (from any process: ids are names).
+
+        `service`: which nodes may run it; `deadline_s`: it ends `expired` if not finished that many
+        seconds from `now`.
+        """
         session = self.sessions.get(client_id)
         if session is None:
             session = self.sessions.of(client_id)
         req = session.get(request_id)
         if req is not None:
+            if req.status is DEAD:
+                return self._dead_again(req, route, body)
             return resubmitted(req, route, body, self.counters, self.outbox, self._also_waiting)
         pages = self._earlier_pages.get(client_id)
         if pages is not None and (request_id >> PAGE_BITS) in pages:  # maybe finished before its result went
@@ -143,10 +204,13 @@ class Scheduler:
             self.last_refusal = self.refusing
             self.counters["busy"] += 1
             return Submitted.BUSY
-        if self.max_queue is not None and self._queue.count >= self.max_queue:
-            self.counters["rejected"] += 1
-            self.outbox.events.append((ev.REQUEST_REJECTED, client_id, request_id, self.queue_full_reason()))
-            return Submitted.REJECTED
+        svc = self._default if service is DEFAULT_SERVICE else self._services.get(service)
+        if svc is None:
+            if len(self._services) >= MAX_SERVICES:
+                return self._reject(client_id, request_id, f"too many services (at most {MAX_SERVICES} at once)")
+            svc = self._service(service)
+        if self.max_queue is not None and svc.queue.count >= self.max_queue:
+            return self._reject(client_id, request_id, self.queue_full_reason())
         client_id = session.client_id
         refusal = self.budget.admit(client_id, len(body))
         if refusal:
@@ -161,33 +225,61 @@ class Scheduler:
             session.highest = request_id
         if self.budget.over():
             self.kept.trim()
-        self._queue.push_fresh(req)
+        svc.queue.push_fresh(req)
         self._arrivals.add(req)
         self.counters["submitted"] += 1
         self.outbox.events.append((ev.REQUEST_ADDED, client_id, request_id, priority))
+        if svc is not self._default or deadline_s is not None:
+            self._shaped(req, svc, deadline_s, now)
         if self.outbox.journal is not None:
-            self.outbox.journal.append((ACCEPTED, client_id, request_id, priority, route, body))
+            self.outbox.journal.append((ACCEPTED, client_id, request_id, priority, route, body, *self.tail_of(req)))
         return _QUEUED
+
+    def _shaped(self, req: Request, svc: Service, deadline_s: float | None, now: float) -> None:
+        """A request of a service other than the default, or with a deadline (off the common path)."""
+        req.service = svc.name
+        if deadline_s is not None:
+            self.timers.set_deadline(req, now + deadline_s)
+        if not self.table.offering(svc.name):
+            self.outbox.events.append((ev.REQUEST_UNSERVED, req.client_id, req.request_id, svc.name))
+
+    def tail_of(self, req: Request) -> tuple[Any, ...]:
+        """The optional end of an ACCEPTED record: (service, wall-clock deadline or None), or nothing."""
+        deadline = self.timers.deadline_of.get(req) if self.timers.deadline_of else None
+        if req.service is DEFAULT_SERVICE and deadline is None:
+            return ()
+        return (req.service, None if deadline is None else deadline + self.wall_offset)
+
+    def _reject(self, client_id: int, request_id: int, reason: str) -> Submitted:
+        self.last_refusal = reason
+        self.counters["rejected"] += 1
+        self.outbox.events.append((ev.REQUEST_REJECTED, client_id, request_id, reason))
+        return Submitted.REJECTED
 
     def queue_full_reason(self) -> str:
         return records.queue_full_reason(self.max_queue)
 
-    def _requeue(self, req: Request, server_id: int) -> None:
-        """Put a lost request back ahead of later arrivals of its priority."""
+    def _requeue(self, req: Request, server_id: int, now: float | None = None, why: str = "") -> None:
+        """Put a lost request back ahead of later arrivals of its priority: at once, or (`now` given: its
+        node died) after a back-off. After its last attempt it goes to the dead letters."""
         if req.attempts >= self.max_attempts:
-            self._fail(req, server_id, f"gave up after {req.attempts} attempts; the last on Server {server_id}")
+            reason = f"gave up after {req.attempts} attempts; the last on Server {server_id}{why}"
+            self._bury(req, server_id, reason)
             return
         req.status = PENDING
         req.server_id = None
-        self._queue.push_retry(req, self._arrivals.number(req))
+        if now is not None and self.retry_backoff_s > 0:
+            self.timers.delay(req, now + backoff_s(self.retry_backoff_s, req.attempts, self.timers.rng))
+        else:
+            self._service(req.service).queue.push_retry(req, self._arrivals.number(req))
         self.counters["requeued"] += 1
         self.outbox.events.append(
             (ev.REQUEST_REQUEUED, req.client_id, req.request_id, req.priority, req.attempts, server_id)
         )
 
-    def _requeue_many(self, lost: list[Request], server_id: int) -> None:
+    def _requeue_many(self, lost: list[Request], server_id: int, now: float | None = None, why: str = "") -> None:
         for req in lost:
-            self._requeue(req, server_id)
+            self._requeue(req, server_id, now, why)
 
     def _fail(
         self, req: Request, server_id: int | None, reason: str, result: Any = None, answered: bool = False
@@ -200,6 +292,8 @@ class Scheduler:
         """`answered`: the loop already sent the result (see complete()), so it is not queued as a reply."""
         if self._transit_losses:
             self._transit_losses.pop(req, None)
+        if self._deadlines:
+            self._deadlines.pop(req, None)
         req.status = status
         if self._also_waiting:
             self._answer_also_waiting(req, result)
@@ -228,13 +322,36 @@ class Scheduler:
 
     # ---- restart from a journal ------------------------------------------
 
-    def restore_pending(self, client_id: int, request_id: int, priority: int, route: Any, body: Any) -> None:
-        """Queue a request that a previous balancer accepted and never finished."""
+    def restore_pending(
+        self,
+        client_id: int,
+        request_id: int,
+        priority: int,
+        route: Any,
+        body: Any,
+        service: str = DEFAULT_SERVICE,
+        deadline: float | None = None,
+    ) -> None:
+        """Queue a request that a previous balancer accepted and never finished (`deadline`: wall-clock)."""
         req = Request(client_id, request_id, priority, None, route, body)
+        svc = self._service(service)
+        req.service = svc.name
         self.sessions.add(client_id, request_id, req)
-        self._queue.push_fresh(req)
+        svc.queue.push_fresh(req)
         self._arrivals.add(req)
         self.budget.charge(client_id, _size(body))
+        if deadline is not None:
+            self.timers.set_deadline(req, deadline - self.wall_offset)
+
+    def restore_dead(self, client_id: int, request_id: int, priority: int, route: Any, body: Any, *rest: Any) -> None:
+        """A dead letter a previous balancer kept: `rest` is (service, attempts, error, server_id)."""
+        service, attempts, error, server_id = rest
+        req = Request(client_id, request_id, priority, None, route, body, DEAD, server_id, attempts)
+        req.service = self._service(service).name
+        self.sessions.of(client_id)[request_id] = req
+        self._arrivals.add(req)
+        self.budget.charge(client_id, _size(body))
+        self.dead.add(Letter(req, error, attempts, server_id, self.wall_offset))
 
     def restore_finished(self, client_id: int, request_id: int, priority: int, *outcome: Any) -> None:
         """Remember a request a previous balancer finished, to answer resubmissions.
@@ -252,6 +369,7 @@ class Scheduler:
 
     def expire_finished(self, now: float) -> None:
         """Let go of results past --keep-finished-s and ids past --remember-s, a slice per call."""
+        self._last_now = now
         self.kept.tick(now)
 
     def get(self, client_id: int, request_id: int) -> Request | None:
@@ -274,34 +392,76 @@ class Scheduler:
         return self._arrivals.page(after, limit, scan, matching(status, client_id))
 
     def waiting_by_priority(self) -> dict[int, int]:
-        """Queue depth per priority, most urgent first."""
-        return self._queue.by_priority()
+        """Queue depth per priority, most urgent first (every service together)."""
+        if len(self._services) == 1:
+            return self._default.by_priority()
+        out: dict[int, int] = {}
+        for svc in self._services.values():
+            for priority, n in svc.by_priority().items():
+                out[priority] = out.get(priority, 0) + n
+        return dict(sorted(out.items()))
+
+    def services_view(self) -> dict[str, dict[str, int]]:
+        """Per service: waiting, running, live nodes offering it, and how many expired, were cancelled, died."""
+        running: dict[str, int] = {}
+        nodes: dict[str, int] = {}
+        for node in self.routes.values():
+            for name in node.services:
+                nodes[name] = nodes.get(name, 0) + 1
+            for req in node.in_flight.values():
+                running[req.service] = running.get(req.service, 0) + 1
+        delayed: dict[str, int] = {}
+        for req in self.timers.delayed:
+            delayed[req.service] = delayed.get(req.service, 0) + 1
+        names = sorted({*self._services, *nodes})
+        return {name: self._service_row(name, running, nodes, delayed) for name in names}
+
+    def _service_row(self, name: str, running: dict, nodes: dict, delayed: dict) -> dict[str, int]:
+        svc = self._services.get(name)
+        row = {"waiting": delayed.get(name, 0), "running": running.get(name, 0), "nodes": nodes.get(name, 0)}
+        row.update(expired=0, cancelled=0, dead=0)
+        if svc is not None:
+            row["waiting"] += svc.waiting
+            row.update(expired=svc.expired, cancelled=svc.cancelled, dead=svc.dead)
+        return row
 
     def pause_client(self, client_id: int) -> None:
         """Set a client's waiting requests aside (its results pile up unread) until resume_client."""
-        self._queue.pause(client_id)
+        self._paused.add(client_id)
 
     def resume_client(self, client_id: int) -> None:
-        self._queue.resume(client_id)
+        for svc in self._services.values():
+            svc.queue.resume(client_id)
 
     @property
     def paused_clients(self) -> int:
-        return len(self._queue.paused)
+        return len(self._paused)
 
     # ---- dispatch and results ---------------------------------------------
 
     def dispatch(self) -> list[tuple[Node, int, Request]]:
-        """Pair waiting requests with the least-loaded free nodes."""
+        """Pair waiting requests with the least-loaded free nodes that offer their service."""
         out: list[tuple[Node, int, Request]] = []
+        for svc in self._services.values():
+            if svc.queue.count:
+                self._dispatch(svc, out)
+        return out
+
+    def _dispatch(self, svc: Service, out: list[tuple[Node, int, Request]]) -> None:
+        """Dispatch one service's queue, in priority order, to the free nodes that offer it."""
         append = out.append
         events = self.outbox.events
-        queue = self._queue
+        queue = svc.queue
+        name = svc.name
         pop_free, push = self.table.pop_free, self.table.push
         while queue.count:
-            node = pop_free()
+            node = pop_free(name)
             if node is None:
                 break
             req = queue.pop()
+            while req is not None and req.status is not _PENDING:  # ended while it waited: skipped
+                svc.skipped(req.priority)
+                req = queue.pop()
             if req is None:  # only paused clients' requests were left: the node stays free
                 push(node)
                 break
@@ -316,7 +476,6 @@ class Scheduler:
                 push(node)
             append((node, self._ticket, req))
             events.append((ev.REQUEST_ASSIGNED, req.client_id, req.request_id, node.node_id, req.attempts))
-        return out
 
     def undeliverable(self, node: Node, ticket: int) -> None:
         """WORK found no connection to its node: it never left, so it goes back at once, attempt uncounted."""
@@ -362,6 +521,153 @@ class Scheduler:
             self.outbox.events.append((ev.NODE_DRAINED, node.node_id))
         return req
 
+    # ---- deadlines, cancellation, back-off and dead letters ------------------
+
+    def timers_due(self, now: float) -> None:
+        """Queue requests whose back-off is over, expire those past their deadline, purge stale entries."""
+        timers = self.timers
+        if timers.delayed:
+            for req in timers.ready(now):
+                if req.status == PENDING:
+                    self._service(req.service).queue.push_retry(req, self._arrivals.number(req))
+        if timers.deadline_of:
+            for req in timers.due(now):
+                self.end(req, EXPIRED, "its deadline passed")
+        for svc in self._services.values():
+            if svc.stale and svc.purge_due():
+                svc.purge()
+
+    def cancel(self, client_id: int, request_id: int) -> tuple[str, Request | None]:
+        """Cancel a request: (what it was, the request). A waiting (or dead) one never runs; a running one
+        is taken from its node, which is told to stop it. A finished one stays as it was."""
+        req = self.sessions.get(client_id, {}).get(request_id)
+        if req is None:
+            req = self.get(client_id, request_id)
+            return ("unknown" if req is None else "finished"), req
+        was = req.status
+        if was in FINAL_STATUSES:
+            return "finished", req
+        self.end(req, CANCELLED, "cancelled")
+        return was, req
+
+    def end(self, req: Request, status: str, reason: str) -> None:
+        """End a request that has not finished as EXPIRED or CANCELLED: off its queue, its back-off, its
+        node (told to stop it, its slot free at once) or the dead letters; its sender is told."""
+        if req.status == PENDING:
+            if self.timers.delayed.pop(req, None) is None:
+                self._service(req.service).ended_in_place(req.priority)
+        elif req.status == ASSIGNED:
+            self._stop_running(req, reason)
+        elif req.status == DEAD:
+            self.dead.take(req.client_id, req.request_id)
+        svc = self._service(req.service)
+        if status == EXPIRED:
+            svc.expired += 1
+        else:
+            svc.cancelled += 1
+        self._finish(req, status, reason.encode())
+        self.outbox.events.append((ev.REQUEST_ENDED, req.client_id, req.request_id, status, req.server_id))
+
+    def _stop_running(self, req: Request, reason: str) -> None:
+        """Take a running request from its node; the node is told to stop it, and its DONE will be late."""
+        node = self.nodes.get(req.server_id) if req.server_id is not None else None
+        if node is None:
+            return
+        for ticket, held in node.in_flight.items():
+            if held is req:
+                del node.in_flight[ticket]
+                node.missing.pop(ticket, None)
+                self.outbox.cancels.append((node.route, ticket, reason))
+                self.table.refresh(node)
+                if node.state is _DRAINING and not node.in_flight:
+                    self.outbox.events.append((ev.NODE_DRAINED, node.node_id))
+                return
+
+    def _bury(self, req: Request, server_id: int | None, reason: str) -> None:
+        """A request that failed every attempt: to the dead letters, its payload kept for a retry; its
+        sender is told (status dead, the reason as its result)."""
+        if self._transit_losses:
+            self._transit_losses.pop(req, None)
+        if self.timers.deadline_of:
+            self.timers.deadline_of.pop(req, None)
+        req.status = DEAD
+        req.server_id = server_id
+        self.counters["dead"] += 1
+        self._service(req.service).dead += 1
+        letter = Letter(req, reason, req.attempts, server_id, self._wall_now())
+        for old in self.dead.add(letter):
+            self._drop_dead(old)
+        self.outbox.replies.append(self._dead_answer(letter, req.route))
+        if self.outbox.journal is not None:
+            self.outbox.journal.append(self.dead_record(letter))
+        self.outbox.events.append((ev.REQUEST_DEAD, req.client_id, req.request_id, req.attempts, reason))
+
+    def _wall_now(self) -> float:
+        """Wall-clock seconds of the last tick (the scheduler reads no clock; the loop keeps wall_offset)."""
+        return self._last_now + self.wall_offset
+
+    @staticmethod
+    def _dead_answer(letter: Letter, route: Any) -> Request:
+        """What the sender of a dead request is told: a stand-in carrying the error, not the payload."""
+        req = letter.req
+        return Request(
+            req.client_id, req.request_id, req.priority, None, route, letter.error.encode(), DEAD,
+            letter.server_id, letter.attempts,
+        )  # fmt: skip
+
+    @staticmethod
+    def dead_record(letter: Letter) -> tuple[Any, ...]:
+        """The journal record of a dead letter."""
+        req = letter.req
+        return (
+            DEAD_LETTER, req.client_id, req.request_id, req.priority, req.route, req.body, req.service,
+            letter.attempts, letter.error, letter.server_id,
+        )  # fmt: skip
+
+    def _drop_dead(self, letter: Letter) -> None:
+        """A dead letter beyond the bounds: it ends failed with its error, its payload let go of."""
+        self.counters["dead_dropped"] += 1
+        self._finish(letter.req, FAILED, f"dropped from the dead letters: {letter.error}".encode(), answered=True)
+
+    def _dead_again(self, req: Request, route: Any, body: Any) -> Submitted:
+        """A re-send of a dead request's id: its answer again (it runs only when retried)."""
+        letter = self.dead.get(req.client_id, req.request_id)
+        if letter is None or not kept.same_payload(req.body, body):
+            self.counters["conflicts"] += 1
+            return Submitted.CONFLICT
+        self.counters["duplicates"] += 1
+        req.route = route
+        self.outbox.replays.append(self._dead_answer(letter, route))
+        return Submitted.FINISHED
+
+    def retry(self, client_id: int, request_id: int) -> Request:
+        """Queue a dead letter again, its attempts from zero; KeyError with the reason if it is not one.
+
+        Its sender was already told it died, so the new outcome is kept, not sent: a re-send of the id
+        (or `zlb request`) gets it."""
+        letter = self.dead.take(client_id, request_id)
+        if letter is None:
+            raise KeyError(f"request {request_id} of client {client_id} is not in the dead letters")
+        req = letter.req
+        req.status = PENDING
+        req.attempts = 0
+        req.server_id = None
+        req.route = None
+        self._service(req.service).queue.push_fresh(req)
+        self.counters["retried"] += 1
+        self.outbox.events.append((ev.REQUEST_RETRIED, client_id, request_id, req.priority))
+        if self.outbox.journal is not None:
+            record = (ACCEPTED, client_id, request_id, req.priority, None, req.body, *self.tail_of(req))
+            self.outbox.journal.append(record)
+        return req
+
+    def retry_all(self) -> int:
+        """Queue every dead letter again; how many."""
+        keys = list(self.dead.letters)
+        for client_id, request_id in keys:
+            self.retry(client_id, request_id)
+        return len(keys)
+
     # ---- nodes ----------------------------------------------------------
 
     def hello(
@@ -375,9 +681,13 @@ class Scheduler:
         incarnation: int = 0,
         held: list[int] | tuple[int, ...] = (),
         max_seen: int = 0,
+        services: tuple[str, ...] | None = None,
     ) -> Node:
-        """A node's HELLO: join or resync, or raise Refused (the id is another's, or this one was fenced)."""
-        spec = (capacity, pid, host, incarnation, max_seen)
+        """A node's HELLO: join or resync, or raise Refused (the id is another's, or this one was fenced).
+        `services`: what it offers (None: the default service)."""
+        spec: tuple[Any, ...] = (capacity, pid, host, incarnation, max_seen)
+        if services is not None:
+            spec += (tuple(self._service(name).name for name in services),)
         outcome, node, lost = self.table.hello(route, node_id, spec, list(held), now)
         if lost:
             self._lost(lost, node.node_id if isinstance(node, Node) else -1)
@@ -406,7 +716,7 @@ class Scheduler:
                 back[ticket] = req
         if not back:
             return
-        waiting = self._queue.take_back({req for req in back.values() if req.status == PENDING})
+        waiting = self._take_back({req for req in back.values() if req.status == PENDING})
         elsewhere = 0
         for ticket, req in sorted(back.items()):
             if req in waiting:
@@ -424,6 +734,13 @@ class Scheduler:
         self.table.refresh(node)
         self.outbox.events.append((ev.NODE_RETURNED, node.node_id, len(waiting), elsewhere))
 
+    def _take_back(self, reqs: set[Request]) -> set[Request]:
+        """Take these waiting requests out of their queues (or their back-off) again; return those found."""
+        found = {req for req in reqs if self.timers.delayed.pop(req, None) is not None}
+        for name in {req.service for req in reqs - found}:
+            found |= self._service(name).queue.take_back(reqs - found)
+        return found
+
     def _lost(self, lost: list[Request], server_id: int) -> None:
         """Work a live node never got (or whose answer never came): back to the queue, the attempt
         uncounted, unless it was lost MAX_TRANSIT_LOSSES times: then it fails."""
@@ -433,7 +750,7 @@ class Scheduler:
             times = losses[req] = losses.get(req, 0) + 1
             if times >= MAX_TRANSIT_LOSSES:
                 reason = f"lost in transit {times} times, the last on the way to or from Server {server_id}"
-                self._fail(req, server_id, reason)
+                self._bury(req, server_id, reason)
                 continue
             req.attempts -= 1
             self._requeue(req, server_id)
@@ -469,7 +786,7 @@ class Scheduler:
         """Declare nodes silent past their deadline dead; re-queue their work."""
         dead = self.table.expire(now)
         for node, lost in dead:
-            self._requeue_many(lost, node.node_id)
+            self._requeue_many(lost, node.node_id, now, " (it died)")
         return [node for node, _lost in dead]
 
     # ---- admin ----------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB
-from balancer.config import DEFAULT_GRACE_S, BalancerConfig
+from balancer.config import DEFAULT_GRACE_S, DEFAULT_RETRY_BACKOFF_MS, BalancerConfig
 from balancer.election import DEFAULT_LEASE_S, HaConfig
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from balancer.kept import (
@@ -67,8 +67,20 @@ def prepare_log_file(path: str) -> None:
 @heartbeat_options
 @click.option("--max-queue", type=click.IntRange(1), default=None, help="Reject submits beyond this many waiting.")
 @shown_option(
-    "--max-attempts", click.IntRange(1), DEFAULT_MAX_ATTEMPTS, "Fail a request after its node died this many times."
+    "--max-attempts",
+    click.IntRange(1),
+    DEFAULT_MAX_ATTEMPTS,
+    "After its node died this many times a request goes to the dead letters (zlb dead, zlb retry).",
 )
+@shown_option(
+    "--retry-backoff-ms",
+    click.IntRange(0),
+    DEFAULT_RETRY_BACKOFF_MS,
+    "After its node died a request waits this long before its next attempt, doubling per attempt"
+    " (at most 10 s), jittered. 0: at once.",
+)
+@shown_option("--max-dead", click.IntRange(1), 10_000, "Keep at most this many dead letters; the oldest go first.")
+@shown_option("--max-dead-mb", click.FloatRange(0), 64.0, "Keep at most this many MiB of dead letters' payloads.")
 @shown_option(
     "--keep-finished-s",
     click.FloatRange(0),
@@ -171,7 +183,9 @@ def prepare_log_file(path: str) -> None:
     "With --ha: a standby whose oldest unapplied record waited longer is dropped from the synchronous path.",
 )
 @grace_option(DEFAULT_GRACE_S)
-def balancer(keep_finished_mb: float, remember_mb: float, max_memory_mb: int, log_file: str, **options: Any) -> None:
+def balancer(
+    keep_finished_mb: float, remember_mb: float, max_memory_mb: int, log_file: str, max_dead_mb: float, **options: Any
+) -> None:
     """Run the balancer: bind the four sockets and serve until SIGINT/SIGTERM."""
     if (options["curve_secret"] is None) != (options["allow_dir"] is None):
         raise click.UsageError("--curve-secret and --allow go together")
@@ -185,6 +199,7 @@ def balancer(keep_finished_mb: float, remember_mb: float, max_memory_mb: int, lo
         keep_finished_bytes=int(keep_finished_mb * 2**20),
         remember_bytes=int(remember_mb * 2**20),
         max_memory_bytes=max_memory_mb * 2**20 or None,
+        max_dead_bytes=int(max_dead_mb * 2**20),
         log_file=log_file or None,
         **options,
     )

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from balancer.records import Request
+from wire.protocol import PENDING
 
 # A client's later requests move from a list to a deque at this many.
 LONG_LATER = 64
@@ -54,6 +55,44 @@ def _without(entries: list, reqs: set[Request], found: set[Request]) -> tuple[li
     kept = [entry for entry in entries if entry[1] not in reqs]
     found.update(entry[1] for entry in entries if entry[1] in reqs)
     return kept, len(entries) - len(kept)
+
+
+def _waits(req: Request) -> bool:
+    return req.status == PENDING
+
+
+def _purge_bucket(bucket: _Bucket) -> int:
+    """Drop a bucket's requests that no longer wait; how many."""
+    before = bucket.size
+    bucket.retry = [entry for entry in bucket.retry if _waits(entry[1])]
+    heapq.heapify(bucket.retry)
+    turns: deque = deque()
+    for head in bucket.turns:
+        rest = [req for req in bucket.later.get(head.client_id) or () if _waits(req)]
+        if not _waits(head):
+            if not rest:
+                del bucket.later[head.client_id]
+                continue
+            head = rest.pop(0)
+        turns.append(head)
+        bucket.later[head.client_id] = (deque(rest) if len(rest) >= LONG_LATER else rest) or None
+    bucket.turns = turns
+    bucket.size = len(bucket.retry) + sum(1 + len(later or ()) for later in bucket.later.values())
+    return before - bucket.size
+
+
+def _purge_aside(aside: _SetAside) -> int:
+    """Drop a paused client's set-aside requests that no longer wait; how many."""
+    before = aside.count
+    aside.retry = [entry for entry in aside.retry if _waits(entry[1])]
+    for priority, (head, later) in list(aside.fresh.items()):
+        rest = [req for req in (head, *(later or ())) if _waits(req)]
+        if rest:
+            aside.fresh[priority] = [rest[0], rest[1:] or None]
+        else:
+            del aside.fresh[priority]
+    count = len(aside.retry) + sum(1 + len(later or ()) for _head, later in aside.fresh.values())
+    return before - count
 
 
 @dataclass(slots=True)
@@ -79,11 +118,12 @@ class _SetAside:
 class WaitingQueue:
     """Priority buckets under a heap of the priorities that have waiting requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, paused: set[int] | None = None) -> None:
         self._buckets: dict[int, _Bucket] = {}
         self._priorities: list[int] = []
         self.count = 0  # requests in the queue proper; an attribute, read on every dispatch
-        self.paused: set[int] = set()  # client ids whose requests are not dispatched
+        # Client ids whose requests are not dispatched; one set shared by the queues of every service.
+        self.paused: set[int] = set() if paused is None else paused
         self._aside: dict[int, _SetAside] = {}
         self.parked = 0  # requests set aside for paused clients
 
@@ -208,6 +248,21 @@ class WaitingQueue:
                 aside.count -= taken
                 self.parked -= taken
         return found
+
+    def purge(self) -> int:
+        """Drop the requests that no longer wait (cancelled or expired in place, status no longer pending);
+        how many. O(waiting): the scheduler calls it only once such requests are a good share of the queue,
+        and pop() skips them meanwhile. Order is kept: a client whose turn was a dropped request takes it
+        with its next one."""
+        removed = 0
+        for bucket in self._buckets.values():
+            removed += _purge_bucket(bucket)
+        for aside in self._aside.values():
+            gone = _purge_aside(aside)
+            aside.count -= gone
+            self.parked -= gone
+        self.count -= removed
+        return removed
 
     # ---- paused clients ------------------------------------------------------
 

@@ -23,20 +23,24 @@ from client_node.client import (
     json_payload,
 )
 from client_node.stall import StallWatch
-from wire import control_client
+from wire import control_client, limits
+from wire import protocol as p
 from wire.handshake import curve_trouble
-from wire.options import endpoint_option
+from wire.options import endpoint_option, service_names
 
 
 def describe(result: Result) -> str:
     """One human line per result."""
     if result.status == "rejected":
         return f"Request {result.request_id} from Client {result.client_id} rejected: {result.value()}"
-    if result.expired:
+    if result.not_kept:
         return (
             f"Request {result.request_id} from Client {result.client_id} was not run again: {result.value()};"
             " a new request id runs it again"
         )
+    ended = _ended(result)
+    if ended:
+        return f"Request {result.request_id} from Client {result.client_id} {ended}"
     where = f"Server {result.server_id}" if result.server_id is not None else "the balancer"
     value = json.dumps(result.value(), ensure_ascii=False)
     if result.replay:
@@ -48,6 +52,18 @@ def describe(result: Result) -> str:
         f"Request {result.request_id} from Client {result.client_id} {result.status} by {where} "
         f"(priority {result.priority}, attempt {result.attempts}): {json.dumps(result.value(), ensure_ascii=False)}"
     )
+
+
+def _ended(result: Result) -> str:
+    """How a request that did not run to the end ended, in words ('' for any other status)."""
+    said = result.body.decode("utf-8", "replace")
+    if result.status == p.EXPIRED:
+        return f"expired: {said}" + ("" if result.server_id is None else f" (stopped on Server {result.server_id})")
+    if result.status == p.CANCELLED:
+        return "cancelled" + ("" if result.server_id is None else f" (stopped on Server {result.server_id})")
+    if result.status == p.DEAD:
+        return f"is dead after {result.attempts} attempts: {said} (zlb dead lists it, zlb retry runs it again)"
+    return ""
 
 
 # A wait for results is cut into slices this long, so a stall can be noticed while it lasts.
@@ -211,6 +227,21 @@ def _timeout_option(default: float | None = None) -> Callable[[Any], Any]:
     )
 
 
+_service_option = click.option(
+    "--service",
+    default=None,
+    callback=service_names,
+    help="Run only on nodes that offer this service (zlb server --service).  [default: default]",
+)
+_deadline_option = click.option(
+    "--deadline-ms",
+    type=click.IntRange(0, limits.MAX_DEADLINE_MS),
+    default=None,
+    help="End the request 'expired' if it has not finished this long after the balancer took it"
+    " (waiting, it never runs; running, its node is told to stop). Exit 1 then.",
+)
+
+
 def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | None) -> object:
     if value is None:
         return None
@@ -242,6 +273,8 @@ def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | Non
     help="Re-send an unanswered request after this long.",
 )
 @_timeout_option()
+@_service_option
+@_deadline_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result.")
 def client(
     frontend: str,
@@ -253,6 +286,8 @@ def client(
     first_request_id: int | None,
     retry_s: float,
     timeout: float | None,
+    service: str | None,
+    deadline_ms: int | None,
     as_json: bool,
 ) -> None:
     """Send N requests and wait for every result; exit 0 only if all were processed.
@@ -261,10 +296,12 @@ def client(
     --first-request-id the balancer hands this run ids the client id has not used."""
     if first_request_id is None:
         first_request_id = unused_request_ids(control, client_id, count) if count else 1
+    deadline = None if deadline_ms is None else deadline_ms / 1000
 
     def work(c: Client) -> int:
         for i in range(count):
-            c.submit(json_payload(cost_ms, {"n": i}), priority=priority, request_id=first_request_id + i)
+            payload = json_payload(cost_ms, {"n": i})
+            c.submit(payload, priority, first_request_id + i, service=service, deadline=deadline)
         if not as_json and count >= PROGRESS_MIN_REQUESTS and sys.stdout.isatty():
             return collect_with_progress(c, timeout, count, Console(), control)
         return collect(c, timeout, as_json, control)
@@ -281,6 +318,8 @@ def client(
 @click.option("--cost-ms", type=click.FloatRange(0), default=0, show_default=True, help="Simulated work.")
 @click.option("--payload", callback=_json_payload, default=None, help="JSON handed to the handler.")
 @_timeout_option(SEND_TIMEOUT_S)
+@_service_option
+@_deadline_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def send(
     frontend: str,
@@ -291,6 +330,8 @@ def send(
     cost_ms: float,
     payload: object,
     timeout: float | None,
+    service: str | None,
+    deadline_ms: int | None,
     as_json: bool,
 ) -> None:
     """Send one request (like the seed's POST /send_request) and print its result.
@@ -300,8 +341,10 @@ def send(
     processed earlier; the same id with another payload is rejected.
     """
 
+    deadline = None if deadline_ms is None else deadline_ms / 1000
+
     def work(c: Client) -> int:
-        c.submit(json_payload(cost_ms, payload), priority=priority, request_id=request_id)
+        c.submit(json_payload(cost_ms, payload), priority, request_id, service=service, deadline=deadline)
         return collect(c, timeout, as_json, control)
 
     run_session(frontend, client_id, DEFAULT_RETRY_S, work)

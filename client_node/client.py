@@ -38,9 +38,16 @@ CLIENT_BYE. Request ids are idempotency keys within a client id, whoever sends
 them: a
 request id that was already finished is answered with the stored result,
 `Result.replay` set, or, once the balancer no longer keeps that result
-(`zlb balancer --keep-finished-s`), with status `expired` ("processed earlier;
-the result is no longer kept", `Result.expired`); the same id with another
+(`zlb balancer --keep-finished-s`), with status `not_kept` ("processed earlier;
+the result is no longer kept", `Result.not_kept`); the same id with another
 payload is rejected.
+
+Work model (protocol version 5): `submit(..., service="resize")` runs the
+request only on nodes that offer that service; `deadline=2.5` ends it
+`expired` if it is not finished 2.5 s after the balancer took it (re-sends
+carry what is left of it); `Pending.cancel()` asks the balancer to cancel it,
+answered by its Result (status `cancelled`, or the result it already had).
+A request that failed every attempt comes back with status `dead`.
 """
 
 from __future__ import annotations
@@ -130,6 +137,8 @@ class Client(Retries):
         self._next_resend_scan = 0.0
         self._outstanding: dict[int, Outstanding] = {}
         self._unsent: list[tuple[int, int, bytes]] = []  # checked submissions not yet handed to ZeroMQ
+        # Those with a service or a deadline, by (service, deadline as monotonic time): one batch tail each.
+        self._unsent_shaped: dict[tuple[str | None, float | None], list[tuple[int, int, bytes]]] = {}
         self._results: dict[int, Result] = {}
         self._reused: set[int] = set()  # ids submitted again after this client had their answer
         self._started = self._last_sent = self._last_heard = time.monotonic()
@@ -193,32 +202,68 @@ class Client(Retries):
         return list(self._outstanding)
 
     def submit(
-        self, payload: bytes | str = b"", priority: int = DEFAULT_PRIORITY, request_id: int | None = None
+        self,
+        payload: bytes | str = b"",
+        priority: int = DEFAULT_PRIORITY,
+        request_id: int | None = None,
+        service: str | None = None,
+        deadline: float | None = None,
     ) -> Pending:
         """Send a request; lower priority numbers are served first.
 
-        ValueError for a request id still outstanding here, or one (or a priority) the wire
-        cannot carry (ids 0 to 2**64 - 1); nothing changes then. RuntimeError after close().
+        `service`: only nodes that offer it run the request (None: `default`); `deadline`: seconds
+        after which the balancer ends it `expired` if it has not finished.
+        ValueError for a request id still outstanding here, or one (or a priority, a service name,
+        a deadline) the wire cannot carry (ids 0 to 2**64 - 1); nothing changes then. RuntimeError after close().
         """
-        request_id = self._queue(request_id, priority, payload)
+        shape = _shape(service, deadline)
+        request_id = self._queue(request_id, priority, payload, shape)
         self._flush()
         return Pending(self, request_id)
 
-    def submit_many(self, payloads: Iterable[bytes | str], priority: int = DEFAULT_PRIORITY) -> list[Pending]:
+    def submit_many(
+        self,
+        payloads: Iterable[bytes | str],
+        priority: int = DEFAULT_PRIORITY,
+        service: str | None = None,
+        deadline: float | None = None,
+    ) -> list[Pending]:
         """Submit many requests in as few messages as the batch limits allow; same rules as submit().
 
         The fast way to send a burst: one SUBMIT_BATCH carries up to limits.BATCH_ITEMS requests, so the
         balancer and this process each handle one message where submit() in a loop costs one per request.
         """
+        shape = _shape(service, deadline)
         pending = []
         try:
             for payload in payloads:
-                pending.append(Pending(self, self._queue(self._next_id, priority, payload)))
+                pending.append(Pending(self, self._queue(self._next_id, priority, payload, shape)))
         finally:
             self._flush()  # whatever was queued before an error still goes
         return pending
 
-    def _queue(self, request_id: int | None, priority: int, payload: bytes | str) -> int:
+    def cancel(self, request_id: int) -> None:
+        """Ask the balancer to cancel an outstanding request; its Result says how it ended (cancelled,
+        or the result it already had). KeyError if it is not outstanding here."""
+        if request_id not in self._outstanding:
+            raise KeyError(f"request {request_id} is not outstanding")
+        self._send_session(MsgType.CLIENT_CANCEL, request_id)
+
+    def _queue_shaped(
+        self, request_id: int, priority: int, payload: bytes, shape: tuple[str | None, float | None]
+    ) -> None:
+        group = self._unsent_shaped.get(shape)
+        if group is None:
+            group = self._unsent_shaped[shape] = []
+        group.append((request_id, priority, payload))
+
+    def _queue(
+        self,
+        request_id: int | None,
+        priority: int,
+        payload: bytes | str,
+        shape: tuple[str | None, float | None] | None = None,
+    ) -> int:
         """Check a submission and queue it for the next flush; its id."""
         if self.sock.closed:
             raise RuntimeError("this Client is closed")
@@ -238,20 +283,33 @@ class Client(Retries):
         if request_id in self._answered:
             self._reused.add(request_id)
         retry = self.retry_s or 0.0
-        self._outstanding[request_id] = Outstanding(priority, payload, time.monotonic() + retry, retry)
-        self._unsent.append((request_id, priority, payload))
+        self._outstanding[request_id] = Outstanding(priority, payload, time.monotonic() + retry, retry, shape)
+        if shape is None:
+            self._unsent.append((request_id, priority, payload))
+        else:
+            self._queue_shaped(request_id, priority, payload, shape)
         return request_id
 
     def _flush(self) -> None:
         """Hand what is queued to ZeroMQ, in SUBMIT_BATCH messages of at most the batch limits."""
         unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
+        if unsent:
+            self._send_batches(unsent, ())
+        if self._unsent_shaped:
+            shaped, self._unsent_shaped = self._unsent_shaped, {}
+            for (service, deadline_at), group in shaped.items():
+                left_ms = None if deadline_at is None else max(0, int((deadline_at - self._last_sent) * 1000))
+                self._send_batches(group, (service, left_ms))
+
+    def _send_batches(self, unsent: list[tuple[int, int, bytes]], tail: tuple[Any, ...]) -> None:
+        """`unsent` in SUBMIT_BATCH messages (a big payload as a SUBMIT), each ending in `tail`."""
         for batch in [unsent] if len(unsent) == 1 else batches(unsent, payload_size):
             if len(batch) == 1 and len(batch[0][2]) > limits.LONE_PAYLOAD_BYTES:  # a big payload in its own frame
                 request_id, priority, payload = batch[0]
-                frames = [p.encode(_SUBMIT, self.client_id, request_id, priority, self.incarnation), payload]
+                frames = [p.encode(_SUBMIT, self.client_id, request_id, priority, self.incarnation, *tail), payload]
             else:
-                frames = [p.encode(_SUBMIT_BATCH, self.client_id, self.incarnation, batch)]
+                frames = [p.encode(_SUBMIT_BATCH, self.client_id, self.incarnation, batch, *tail)]
             if self.retry_s is None:
                 self.sock.send_multipart(frames)
             else:
@@ -422,6 +480,18 @@ class Client(Retries):
             self.repeated_answers += 1
         else:
             self.conflicting_answers += 1
+
+
+def _shape(service: str | None, deadline: float | None) -> tuple[str | None, float | None] | None:
+    """(service, deadline as monotonic time) for a submission that names either, else None; ValueError
+    for a service name or a deadline the wire cannot carry."""
+    if service is None and deadline is None:
+        return None
+    if service is not None and p.service_error(service):
+        raise ValueError(p.service_error(service))
+    if deadline is not None and not 0 <= deadline * 1000 <= limits.MAX_DEADLINE_MS:
+        raise ValueError(f"deadline of {deadline} s is out of range (0 to {limits.MAX_DEADLINE_MS // 1000} s)")
+    return service, None if deadline is None else time.monotonic() + deadline
 
 
 def json_payload(cost_ms: float = 0, payload: Any = None) -> bytes:

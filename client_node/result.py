@@ -19,7 +19,9 @@ class Result:
     client_id: int
     request_id: int
     priority: int
-    status: str  # processed, failed, rejected, or expired (finished earlier; the result is no longer kept)
+    # processed, failed, rejected; expired (its deadline passed), cancelled, dead (failed every attempt);
+    # or not_kept (finished earlier; the result is no longer kept)
+    status: str
     server_id: int | None
     attempts: int
     body: bytes
@@ -30,9 +32,14 @@ class Result:
         return self.status == p.PROCESSED
 
     @property
-    def expired(self) -> bool:
+    def not_kept(self) -> bool:
         """The request id was finished earlier and the balancer no longer keeps its result (the body says
         whether it was processed or failed): it was not run again, and its result cannot be had."""
+        return self.status == p.NOT_KEPT
+
+    @property
+    def expired(self) -> bool:
+        """Its deadline passed before it finished: it did not run, or was stopped."""
         return self.status == p.EXPIRED
 
     def value(self) -> Any:
@@ -72,3 +79,8 @@ class Pending:
     def result(self, timeout: float | None = None) -> Result:
         """Wait for the result; raise TimeoutError after `timeout` seconds."""
         return self._client.wait(self.request_id, timeout)
+
+    def cancel(self) -> None:
+        """Ask the balancer to cancel this request: waiting, it never runs; running, its node is told to
+        stop. result() then says how it ended: `cancelled`, or the result it already had."""
+        self._client.cancel(self.request_id)

@@ -24,6 +24,7 @@ class Outstanding:
     payload: bytes
     due_at: float  # when to re-send if still unanswered
     delay_s: float  # the current back-off
+    shape: tuple[str | None, float | None] | None = None  # (service, deadline as monotonic time), if either
 
 
 class Retries:
@@ -60,6 +61,9 @@ class Retries:
                 sent.delay_s = min(cap, sent.delay_s * 2)
                 sent.due_at = now + sent.delay_s
                 self.resent += 1
-                self._unsent.append((request_id, sent.priority, sent.payload))
-        if self._unsent:
+                if sent.shape is None:
+                    self._unsent.append((request_id, sent.priority, sent.payload))
+                else:
+                    self._queue_shaped(request_id, sent.priority, sent.payload, sent.shape)
+        if self._unsent or self._unsent_shaped:
             self._flush()  # every overdue request, in as few messages as the batch limits allow

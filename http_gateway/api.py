@@ -28,7 +28,8 @@ from http_gateway.validation import (
     query_page_key,
 )
 from wire import events as ev
-from wire.protocol import STATUSES
+from wire.limits import MAX_DEADLINE_MS
+from wire.protocol import STATUSES, service_error
 
 # /logs returns at most this many newest lines (a control reply's limit); /logs/download pages through all.
 LOG_PAGE = 1000
@@ -85,6 +86,15 @@ class RequestPage(NamedTuple):
     next_query: str | None
 
 
+def _work_shape(spec: dict[str, Any]) -> tuple[str | None, float | None]:
+    """The optional "service" (a name) and "deadline_ms" of a /send_request body, checked (400 otherwise)."""
+    service = spec.get("service")
+    if service is not None and service_error(service):
+        raise HttpError(400, f"'service': {service_error(service)}")
+    deadline_ms = None if spec.get("deadline_ms") is None else int_field(spec, "deadline_ms", maximum=MAX_DEADLINE_MS)
+    return service, None if deadline_ms is None else deadline_ms / 1000
+
+
 class Gateway:
     """Serves the seed's endpoints from a real balancer."""
 
@@ -113,10 +123,12 @@ class Gateway:
         request_id = int_field(spec, "request_id")
         priority = int_field(spec, "priority", minimum=-MAX_WIRE_INT, default=DEFAULT_PRIORITY)
         cost = number_field(spec, "cost_ms", default_cost_ms, MAX_COST_MS)
+        service, deadline_s = _work_shape(spec)
         known = self._find(client_id, request_id)
         if known is not None:
             raise HttpError(409, f"Request {request_id} from Client {client_id} already exists ({known['status']})")
-        self.submitter.submit(Submission(client_id, request_id, priority, json_payload(cost, spec.get("payload"))))
+        payload = json_payload(cost, spec.get("payload"))
+        self.submitter.submit(Submission(client_id, request_id, priority, payload, service, deadline_s))
         deadline = time.monotonic() + ACK_TIMEOUT_S
         while self._find(client_id, request_id) is None:
             if time.monotonic() > deadline:
@@ -127,6 +139,27 @@ class Gateway:
                 )
             time.sleep(0.01)  # wait-ok: a deadline-bounded poll of the balancer
         return {"message": f"Request {request_id} added successfully!"}
+
+    def cancel(self, body: bytes) -> dict[str, Any]:
+        """Cancel a request ({"client_id", "request_id"}): the balancer's answer (what it was; a finished
+        one's result preview); 404 when it does not know it."""
+        spec = json_object(body)
+        client_id, request_id = int_field(spec, "client_id"), int_field(spec, "request_id")
+        if self._find(client_id, request_id) is None:
+            raise HttpError(404, f"Request {request_id} from Client {client_id} not found")
+        return self.link.call("cancel", client_id=client_id, request_id=request_id)
+
+    def dead(self, query: Any) -> dict[str, Any]:
+        """The dead letters (?limit=, at most 1000) and what their bounds dropped."""
+        limit = query_int(query, "limit", 0, LOG_PAGE)
+        return self.link.call("dead", limit=LOG_PAGE if limit is None else limit)
+
+    def retry(self, body: bytes) -> dict[str, Any]:
+        """Queue a dead letter again ({"client_id", "request_id"}), or every one ({"all": true})."""
+        spec = json_object(body)
+        if spec.get("all") is True:
+            return self.link.call("retry", all=True)
+        return self.link.call("retry", client_id=int_field(spec, "client_id"), request_id=int_field(spec, "request_id"))
 
     def _find(self, client_id: int, request_id: int) -> dict[str, Any] | None:
         return self.link.find(client_id, request_id)

@@ -142,10 +142,25 @@ def families(status: dict[str, Any], servers: list[dict[str, Any]]) -> Iterator[
     by_priority = [({"priority": p}, n) for p, n in status.get("queue_by_priority", {}).items()]
     yield _gauge("zlb_queue_depth_by_priority", "Waiting requests per priority.", by_priority)
     yield _gauge("zlb_in_flight", "Requests running on server nodes.", [({}, status["in_flight"])])
+    yield from _service_families(status.get("services", {}))
     yield from _server_families(servers)
     yield from _journal_families(status)
     bad = [({"socket": k.split(".", 1)[0], "kind": k.split(".", 1)[-1]}, v) for k, v in status["bad_input"].items()]
     yield _counter("zlb_bad_input", "Bad messages dropped, by socket and kind.", sorted(bad, key=str))
+
+
+def _service_families(services: dict[str, dict[str, int]]) -> Iterator[Metric]:
+    """Per service (label `service`): waiting, running and live nodes now; expired, cancelled and dead so far."""
+
+    def per_service(key: str) -> list[tuple[dict[str, Any], float]]:
+        return [({"service": name}, row[key]) for name, row in sorted(services.items())]
+
+    yield _gauge("zlb_service_queue_depth", "Requests of the service waiting for a node.", per_service("waiting"))
+    yield _gauge("zlb_service_running", "Requests of the service running on nodes.", per_service("running"))
+    yield _gauge("zlb_service_nodes", "Live nodes offering the service.", per_service("nodes"))
+    yield _counter("zlb_service_expired", "Requests of the service whose deadline passed.", per_service("expired"))
+    yield _counter("zlb_service_cancelled", "Requests of the service cancelled.", per_service("cancelled"))
+    yield _counter("zlb_service_dead", "Requests of the service that failed every attempt.", per_service("dead"))
 
 
 def _journal_families(status: dict[str, Any]) -> Iterator[Metric]:

@@ -9,6 +9,8 @@ from http_gateway.console import FAILURES, MAX_PAGE_ROWS, PAGE_ROWS
 from http_gateway.history import WINDOW_S
 from http_gateway.processes import JOIN_TIMEOUT_S, MAX_CLIENTS, MAX_REQUESTS_PER_CLIENT, MAX_SERVERS
 from http_gateway.validation import MAX_BODY_BYTES, MAX_WIRE_INT
+from wire.limits import MAX_DEADLINE_MS
+from wire.protocol import DEFAULT_SERVICE, STATUSES
 from wire.statuses import FILTER_STATUSES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -88,12 +90,13 @@ def console_paths() -> dict[str, Any]:
 
 
 COUNT = {"type": "integer", "minimum": 0}
-STATUS = {"type": "string", "enum": ["pending", "assigned", "processed", "failed"]}
+STATUS = {"type": "string", "enum": list(STATUSES)}
+SERVICE = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$", "default": DEFAULT_SERVICE}
 REQUEST_ROW = {
     "type": "object",
     "properties": dict(
         client_id=WIRE_ID, request_id=WIRE_ID, priority={"type": "integer"}, status=STATUS,
-        server_id={"type": ["integer", "null"]}, attempts=COUNT,
+        server_id={"type": ["integer", "null"]}, attempts=COUNT, service=SERVICE,
     ),
 }  # fmt: skip
 SERVER_ROW = {
@@ -129,9 +132,13 @@ def spec() -> dict[str, Any]:
             "priority": {"type": "integer", "minimum": -MAX_WIRE_INT, "maximum": MAX_WIRE_INT, "default": 5},
             "cost_ms": {"type": "number", "minimum": 0, "maximum": MAX_COST_MS},
             "payload": {"description": "any JSON, handed to the server's handler"},
+            "service": SERVICE,
+            "deadline_ms": {**COUNT, "maximum": MAX_DEADLINE_MS, "description": "end it expired if not done by then"},
         },
         ["client_id", "request_id"],
     )
+    ids_body = _body({"client_id": WIRE_ID, "request_id": WIRE_ID}, ["client_id", "request_id"])
+    retry_body = _body({"client_id": WIRE_ID, "request_id": WIRE_ID, "all": {"type": "boolean"}}, [])
     request_filters = [
         _query("status", REQUEST_ROW["properties"]["status"], "only requests in this status"),
         _query("client", WIRE_ID, "only this client's requests"),
@@ -178,6 +185,29 @@ def spec() -> dict[str, Any]:
         },
         "/logs/download": {
             "get": _op("Every kept log line as load_balancer_logs.txt", {"content": {"text/plain": {}}})
+        },
+        "/cancel": {
+            "post": _post(
+                "Cancel a request: waiting, it never runs; running, its node is told to stop; finished, its result",
+                _json({"type": "object"}),
+                (400, 404, 413, 503),
+                requestBody=ids_body,
+            )
+        },
+        "/dead": {
+            "get": _op(
+                "The dead letters (requests that failed every attempt) and what their bounds dropped",
+                _json({"type": "object"}),
+                parameters=[_query("limit", {**COUNT, "maximum": LOG_PAGE}, "the newest this many")],
+            )
+        },
+        "/retry": {
+            "post": _post(
+                "Queue a dead letter again (client_id and request_id), or every one (all: true)",
+                _json({"type": "object"}),
+                (400, 413, 503),
+                requestBody=retry_body,
+            )
         },
         "/metrics": {"get": _op("Prometheus text format", {"content": {"text/plain": {}}}, ())},
         "/events": {

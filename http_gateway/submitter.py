@@ -41,6 +41,8 @@ class Submission:
     request_id: int
     priority: int
     payload: bytes
+    service: str | None = None  # None: the default service
+    deadline_s: float | None = None
 
 
 class Submitter:
@@ -123,7 +125,8 @@ class Submitter:
             self._send_guarded(item)
 
     def _send(self, item: Submission) -> None:
-        self._client(item.client_id).submit(item.payload, item.priority, item.request_id)
+        client = self._client(item.client_id)
+        client.submit(item.payload, item.priority, item.request_id, service=item.service, deadline=item.deadline_s)
         self.sent += 1
 
     def _client(self, client_id: int) -> Client:

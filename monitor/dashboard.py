@@ -125,6 +125,7 @@ def node_table(model: DashboardModel, now: float, rows: int) -> Table:
     table.add_column("HEARTBEAT", justify="right", no_wrap=True)
     table.add_column("PID", justify="right", no_wrap=True)
     table.add_column("HOST", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("SERVICES", no_wrap=True, overflow="ellipsis", max_width=24)
     nodes = [model.nodes[i] for i in sorted(model.nodes)]
     shown = nodes if len(nodes) <= rows else nodes[: max(0, rows - 1)]
     stale = not model.connected  # no fresh heartbeat ages or states until the balancer answers again
@@ -139,10 +140,19 @@ def node_table(model: DashboardModel, now: float, rows: int) -> Table:
             duration(age) if age is not None else "-",
             str(node.pid or "-"),
             node.host,
+            node.services,
         )
     if len(shown) < len(nodes):
-        table.add_row("", "", Text(f"… {len(nodes) - len(shown)} more", "bright_black"), "", "", "", "")
+        table.add_row("", "", Text(f"… {len(nodes) - len(shown)} more", "bright_black"), "", "", "", "", "")
     return table
+
+
+def _by_service(services: dict[str, dict[str, int]]) -> str:
+    """Waiting per service, when there is more than the default one ('!' marks one no live node offers)."""
+    if set(services) <= {"default"}:
+        return ""
+    parts = [f"{name}:{row['waiting']}" + ("" if row["nodes"] else "!") for name, row in services.items()]
+    return "  services " + " ".join(parts)
 
 
 def summary(model: DashboardModel, now: float, width: int) -> list[Text]:
@@ -154,7 +164,7 @@ def summary(model: DashboardModel, now: float, width: int) -> list[Text]:
     queue = Text.assemble(
         ("Queue   ", "bold"),
         (f"{status.get('queue_depth', 0)} waiting", "yellow" if status.get("queue_depth") else ""),
-        f" ({priorities})  in flight {status.get('in_flight', 0)}",
+        f" ({priorities})  in flight {status.get('in_flight', 0)}{_by_service(status.get('services', {}))}",
         no_wrap=True,
         overflow="ellipsis",
     )

@@ -46,6 +46,7 @@ class NodeRow:
     pid: int | None
     host: str
     heartbeat_ms_ago: float | None = None  # as of the last snapshot
+    services: str = "default"  # what it offers, comma-separated
 
     def heartbeat_age_s(self) -> float | None:
         """Seconds since the node's last heartbeat, as of the last snapshot (refreshed every second)."""
@@ -232,6 +233,7 @@ def node_row(row: dict[str, Any]) -> NodeRow:
         pid=row.get("pid"),
         host=row.get("host") or "",
         heartbeat_ms_ago=row.get("last_heartbeat_ms_ago"),
+        services=",".join(row.get("services") or ["default"]),
     )
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 import click
 
 from server_node import alive, handlers
 from server_node.node import DEFAULT_GRACE_S, NodeConfig, run_node
-from wire.options import endpoint_option, grace_option, heartbeat_options
+from wire import protocol as p
+from wire.options import endpoint_option, grace_option, heartbeat_options, service_names
 
 
 @click.command()
@@ -22,6 +24,14 @@ from wire.options import endpoint_option, grace_option, heartbeat_options
     show_default=True,
     help="simulate, echo, or module:function for your own Python work.",
 )
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    callback=service_names,
+    help="A service this node offers (repeatable; 1-64 of A-Z a-z 0-9 . _ : -); it runs only requests of"
+    " its services.  [default: default]",
+)
 @grace_option(DEFAULT_GRACE_S)
 @heartbeat_options
 @click.option(
@@ -31,7 +41,13 @@ from wire.options import endpoint_option, grace_option, heartbeat_options
     help="Rewrite this file every second while the node runs (zlb server-check reads it: a container probe).",
 )
 def server(
-    backend: str, node_id: int | None, capacity: int, handler: str, alive_file: str | None, **timings: float
+    backend: str,
+    node_id: int | None,
+    capacity: int,
+    handler: str,
+    alive_file: str | None,
+    services: tuple[str, ...],
+    **timings: float
 ) -> None:
     """Run a server node that takes work from the balancer."""
     try:
@@ -40,12 +56,13 @@ def server(
         raise click.BadParameter(str(exc), param_hint="--handler") from None
     who = f"zlb server (pid {os.getpid()}, {'id ' + str(node_id) if node_id is not None else 'id from the balancer'})"
     # On stderr, so a terminal shows what runs where while stdout stays for data.
-    click.echo(f"{who}: connecting to {backend}, capacity {capacity}, handler {handler}", err=True)
+    offers = ", ".join(services or (p.DEFAULT_SERVICE,))
+    click.echo(f"{who}: connecting to {backend}, capacity {capacity}, handler {handler}, services {offers}", err=True)
     # The timing options (grace_s, heartbeat_ms, liveness) are NodeConfig fields of the same name.
     config = NodeConfig(
-        backend=backend, node_id=node_id, capacity=capacity, handler=handler, alive_file=alive_file, **timings
+        backend=backend, node_id=node_id, capacity=capacity, handler=handler, alive_file=alive_file, services=services
     )
-    code = run_node(config)
+    code = run_node(replace(config, **timings))
     if code == 0:
         click.echo(f"{who} stopped", err=True)
     sys.exit(code)

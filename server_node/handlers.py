@@ -8,6 +8,12 @@ Built-ins: `simulate` (the default: waits `cost_ms` from a JSON payload, then
 echoes the payload with its server id, like the seed's simulated servers) and
 `echo` (returns the payload untouched at once; it runs inline in the node's
 loop, which is what benchmarks want). `module:function` loads your own.
+
+Cancellation: `work.cancelled` is a threading.Event, set when the balancer
+tells the node to stop this request (someone cancelled it, or its deadline
+passed). A long handler should look at it between steps and return early; its
+result is dropped either way, and the node takes new work at once in another
+thread, so a handler that never looks only wastes its own thread until it ends.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import importlib
 import json
 import os
 import sys
-import time
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,6 +36,9 @@ class Work(NamedTuple):
     attempt: int
     server_id: int
     payload: bytes
+    # Set when this request is cancelled or past its deadline: stop early, the result will be dropped.
+    # Handlers run inline (echo) cannot be stopped while they run, and get one that is never set.
+    cancelled: threading.Event = threading.Event()
 
 
 Handler = Callable[[Work], Any]
@@ -50,8 +59,8 @@ def simulate(work: Work) -> bytes:
     """Wait the request's `cost_ms`, then echo its payload with this server's id."""
     data = decode_payload(bytes(work.payload))
     cost_ms = data.get("cost_ms", 0) if isinstance(data, dict) else 0
-    if isinstance(cost_ms, (int, float)) and cost_ms > 0:
-        time.sleep(cost_ms / 1000)
+    if isinstance(cost_ms, (int, float)) and cost_ms > 0 and work.cancelled.wait(cost_ms / 1000):
+        return b"cancelled"  # dropped by the node; returned early so the thread is free again
     echo = data.get("payload") if isinstance(data, dict) else data
     return json.dumps({"server_id": work.server_id, "echo": echo}).encode()
 

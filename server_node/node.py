@@ -24,6 +24,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,7 @@ class NodeConfig:
     liveness: int = p.LIVENESS
     grace_s: float = DEFAULT_GRACE_S
     alive_file: str | None = None  # rewritten every second by the loop: a container probe's sign of life
+    services: tuple[str, ...] = ()  # what it offers; none given: the default service
 
 
 class ServerNode:
@@ -93,6 +95,8 @@ class ServerNode:
         # Tickets received whose DONE has not been sent, in arrival order.
         self.held: dict[int, None] = {}
         self._done: list[tuple[int, bool, bytes]] = []  # finished this iteration, DONE not yet sent
+        self._cancel_events: dict[int, threading.Event] = {}  # ticket -> its Work.cancelled, for pooled work
+        self.cancelled = 0  # work the balancer told this node to stop
         self.max_payload = limits.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from WELCOME
         self.max_seen = 0  # the highest ticket received: WORK arrives in ticket order
         self._ctx = context or zmq.Context.instance()
@@ -140,6 +144,7 @@ class ServerNode:
             socket.gethostname()[: limits.MAX_HOST_CHARS],
             self.incarnation,
             self.max_seen,
+            *([list(self.config.services)] if self.config.services else []),
         )
         self._last_hello = time.monotonic()
         self._send(header, p.encode_tickets(self.held))
@@ -269,6 +274,8 @@ class ServerNode:
                 self._send_done()  # inline results leave before the next message is even looked at
         elif msg_type is MsgType.WORK:
             self._on_work(fields, body)
+        elif msg_type is MsgType.CANCEL:
+            self._on_cancel(fields[0])
         elif msg_type is MsgType.WELCOME:
             if _sane_welcome(*fields):
                 self._on_welcome(now, *fields)
@@ -344,18 +351,33 @@ class ServerNode:
             self.max_seen = ticket
         if ticket in self.held:
             return  # tickets are unique: the same WORK twice runs once
-        work = handlers.Work(client_id, request_id, priority, attempt, self.node_id, payload)
         self.held[ticket] = None
         if self._pool is None:
+            work = handlers.Work(client_id, request_id, priority, attempt, self.node_id, payload)
             self._finished(ticket, *self._run_handler(work))
         else:
+            cancelled = self._cancel_events[ticket] = threading.Event()
+            work = handlers.Work(client_id, request_id, priority, attempt, self.node_id, payload, cancelled)
             self._pool.submit(ticket, work)
+
+    def _on_cancel(self, ticket: int) -> None:
+        """The balancer took this work back (cancelled, or past its deadline): tell the handler, drop its
+        result, and free its slot at once (the pool starts a thread in its place)."""
+        if self.held.pop(ticket, 0) is None:  # held: its DONE was not sent yet
+            self.cancelled += 1
+            self._done = [done for done in self._done if done[0] != ticket]
+            event = self._cancel_events.pop(ticket, None)
+            if event is not None and self._pool is not None:
+                event.set()
+                self._pool.abandon(ticket)
 
     def _run_handler(self, work: handlers.Work) -> tuple[bool, bytes]:
         return handlers.run(self.handler, work)
 
     def _finished(self, ticket: int, ok: bool, result: bytes) -> None:
         """Queue a DONE; the loop sends what this iteration finished as one DONE_BATCH."""
+        if self._cancel_events:
+            self._cancel_events.pop(ticket, None)
         if ticket in self.held:
             result = bytes(result)
             if len(result) > self.max_payload:  # the balancer would refuse it: say why instead

@@ -9,6 +9,12 @@ would also be abandonable, but it costs a pickle and a pipe hop per request
 
 Finished work comes back to the node's loop through a queue plus a wake-up
 pipe that the loop's poller watches, so no socket is shared between threads.
+
+Cancelled work is abandoned: a fresh thread takes its place at once (the node's
+slot is free again), and the thread that ran it exits when its handler returns,
+its result dropped, so the pool is back to its size. The abandoned tickets are a
+set the loop adds to and the threads read and discard (each a single operation
+under the GIL): no lock.
 """
 
 from __future__ import annotations
@@ -32,9 +38,20 @@ class HandlerPool:
         self._done: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self.wake_fd, self._wake_w = os.pipe()
         os.set_blocking(self.wake_fd, False)
-        self._threads = [threading.Thread(target=self._work, name=f"zlb-handler-{i}", daemon=True) for i in range(size)]
-        for thread in self._threads:
-            thread.start()
+        self._abandoned: set[int] = set()
+        self._threads: list[threading.Thread] = []
+        for _ in range(size):
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"zlb-handler-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def abandon(self, ticket: int) -> None:
+        """Give up on a job (cancelled): its result is dropped, and a new thread takes its place now."""
+        self._abandoned.add(ticket)
+        self._start_thread()
 
     def submit(self, ticket: int, work: Any) -> None:
         """Queue a job; its result comes back through `finished()`."""
@@ -59,7 +76,11 @@ class HandlerPool:
             if job is None:
                 return
             ticket, work = job
-            ok, result = self._runner(work)
+            if ticket not in self._abandoned:
+                ok, result = self._runner(work)
+            if ticket in self._abandoned:  # cancelled before or while it ran: a new thread took this one's place
+                self._abandoned.discard(ticket)
+                return
             self._done.put((ticket, ok, result))
             try:
                 os.write(self._wake_w, b"x")

@@ -92,10 +92,10 @@ def screen(model: DashboardModel, width: int, height: int) -> list[str]:
 
 EXPECTED_100x30 = """\
 zlb monitor  tcp://127.0.0.1:5558  up 2:06  2/3 servers active                       22:13:20 ● live
-ID  STATE   IN-FLIGHT       HANDLED  HEARTBEAT   PID  HOST
- 0  active  █████░░░░░ 1/2       12     120 ms  4242  alpha
- 1  dead    ░░░░░░░░░░ 0/1        9          -  4243  alpha
- 2  active  ░░░░░░░░░░ 0/1       13      80 ms  4244  beta
+ID  STATE   IN-FLIGHT       HANDLED  HEARTBEAT   PID  HOST   SERVICES
+ 0  active  █████░░░░░ 1/2       12     120 ms  4242  alpha  default
+ 1  dead    ░░░░░░░░░░ 0/1        9          -  4243  alpha  default
+ 2  active  ░░░░░░░░░░ 0/1       13      80 ms  4244  beta   default
 Queue   3 waiting (p1:1 p5:2)  in flight 2
 Totals  submitted 40  done 33  failed 1  requeued 2  bad input 2
 Rate    2.0 req/s  ▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁▁███████████▁ 60 s

@@ -45,7 +45,7 @@ def resend(sched: Scheduler, client_id: int, request_id: int, payload: bytes, no
 
 def test_a_result_is_kept_for_its_window_then_its_id_answers_processed_earlier():
     """Within keep_finished_s a re-send gets the stored result; past it "processed earlier; the result is no longer
-    kept" (status expired) with the same payload and a conflict with another; it never runs again."""
+    kept" (status not_kept) with the same payload and a conflict with another; it never runs again."""
     sched = make()
     for rid in range(1, 4):
         run(sched, 7, rid, b"payload %d" % rid, 10.0)
@@ -56,7 +56,7 @@ def test_a_result_is_kept_for_its_window_then_its_id_answers_processed_earlier()
     assert len(sched.kept) == 0 and sched.kept.ids.count == 3 and sched.remembered_finished == 3
     outcome, answers = resend(sched, 7, 2, b"payload 2", 311.0)
     note = b"processed earlier; the result is no longer kept (results are kept 300 s)"
-    assert outcome is Submitted.FINISHED and answers == [(2, p.EXPIRED, note)]
+    assert outcome is Submitted.FINISHED and answers == [(2, p.NOT_KEPT, note)]
     assert resend(sched, 7, 3, b"another payload", 311.0) == (Submitted.CONFLICT, [])
     assert sched.counters["answered_expired"] == 1 and sched.counters["conflicts"] == 1
     assert sched.counters["submitted"] == 3 and sched.dispatch() == []
@@ -96,7 +96,7 @@ def test_the_memory_budget_lets_results_go_before_their_time_and_their_ids_stay(
     assert sched.kept.ids.count + len(sched.kept) == 30_000
     assert sched.budget.held <= 1 << 20
     statuses = {resend(sched, 7, rid, b"payload", 40.0)[1][0][1] for rid in range(30_000)}
-    assert statuses == {p.PROCESSED, p.EXPIRED}
+    assert statuses == {p.PROCESSED, p.NOT_KEPT}
     assert sched.counters["submitted"] == 30_000 and sched.counters["duplicates"] == 30_000
 
 
@@ -180,7 +180,7 @@ def test_ids_restored_alone_stay_their_window_from_the_first_tick():
     for now in (5.0, 100.0, 3600.0, 3604.0):
         sched.expire_finished(now)
         assert sched.kept.ids.count == 1, now
-    assert resend(sched, 7, 1, b"any", 3604.0)[1][0][1] == p.EXPIRED
+    assert resend(sched, 7, 1, b"any", 3604.0)[1][0][1] == p.NOT_KEPT
     sched.expire_finished(3620.0)
     assert sched.kept.ids.count == 0
 
@@ -207,7 +207,7 @@ def test_ids_survive_a_restart_through_the_journal_and_its_compaction(tmp_path):
     restored = make(journal=True)
     jr.restore(restored, jr.replay(path))
     assert restored.kept.ids.count == 5 and len(restored.kept) == 2
-    assert resend(restored, 7, 5, b"payload 5", 3.0)[1][0][1] == p.EXPIRED
+    assert resend(restored, 7, 5, b"payload 5", 3.0)[1][0][1] == p.NOT_KEPT
     assert resend(restored, 7, 4, b"payload 4 changed", 3.0)[0] is Submitted.CONFLICT
     assert resend(restored, 7, 6, b"payload 6", 3.0)[1][0] == (6, p.FAILED, b"result 6")
     # A restart starts the windows afresh for what it restored: a window after its first tick, they go.

@@ -23,6 +23,10 @@ STATUS = {
     "in_flight": 2,
     "requests": {"submitted": 10, "processed": 5, "failed": 1, "requeued": 2},
     "bad_input": {"frontend.malformed": 4, "control.bad_frames": 1},
+    "services": {
+        "resize": {"waiting": 2, "running": 1, "nodes": 2, "expired": 3, "cancelled": 4, "dead": 5},
+        "nosuch": {"waiting": 1, "running": 0, "nodes": 0, "expired": 7, "cancelled": 0, "dead": 0},
+    },
 }
 SERVERS = [
     {"server_id": 0, "in_flight": 2, "capacity": 2, "handled_requests": 4, "state": "active", "active": True},
@@ -115,6 +119,11 @@ def test_render_parses_as_prometheus_text_with_every_family():
     assert got[("zlb_dispatch_latency_seconds_bucket", (("le", "+Inf"),))] == 2
     assert got[("zlb_dispatch_latency_seconds_count", ())] == 2
     assert got[("zlb_uptime_seconds", ())] == 12.5
+    resize, nosuch = (("service", "resize"),), (("service", "nosuch"),)
+    assert (got[("zlb_service_queue_depth", resize)], got[("zlb_service_queue_depth", nosuch)]) == (2, 1)
+    assert (got[("zlb_service_running", resize)], got[("zlb_service_nodes", nosuch)]) == (1, 0)
+    assert got[("zlb_service_expired_total", nosuch)] == 7
+    assert (got[("zlb_service_cancelled_total", resize)], got[("zlb_service_dead_total", resize)]) == (4, 5)
 
 
 def test_unreachable_balancer_is_zlb_up_0_and_the_histograms_remain():

@@ -25,6 +25,8 @@ def test_round_trip_of_every_message_type():
         MsgType.CLIENT_WELCOME: (10_000, 64 * 1024 * 1024),
         MsgType.CLIENT_PING: (5, 7),
         MsgType.CLIENT_BYE: (5, 7),
+        MsgType.CLIENT_CANCEL: (5, 7, 101),
+        MsgType.CANCEL: (7, "cancelled"),
         MsgType.REFUSED: ("server id 1 is in use", 77, "host"),
         MsgType.FENCED: ("server id 1 was taken over",),
         MsgType.HELLO: (None, 4, 1234, "host", 12345, 0),
@@ -50,6 +52,32 @@ def test_round_trip_of_every_message_type():
     for msg_type, fields in samples.items():
         assert p.decode(p.encode(msg_type, *fields)) == (msg_type, list(fields))
     assert p.decode(p.encode(MsgType.REDIRECT, None, "no leader")) == (MsgType.REDIRECT, [None, "no leader"])
+
+
+def test_optional_tails_of_version_5():
+    """SUBMIT and SUBMIT_BATCH may end in [service, deadline_ms] and HELLO in its services; all or none."""
+    tails = {
+        MsgType.SUBMIT: ((0, 101, 1, 7, "resize", 500), (0, 101, 1, 7, None, None)),
+        MsgType.SUBMIT_BATCH: ((5, 7, [[101, 1, b"a"]], "thumb", None), (5, 7, [[101, 1, b"a"]], None, 250)),
+        MsgType.HELLO: ((None, 4, 1234, "host", 12345, 0, ["resize", "default"]),),
+    }
+    for msg_type, samples in tails.items():
+        for fields in samples:
+            assert p.decode(p.encode(msg_type, *fields)) == (msg_type, list(fields))
+    with pytest.raises(ProtocolError, match=r"SUBMIT takes 4 fields \(or 6\), got 5"):
+        p.decode(p.encode(MsgType.SUBMIT, 0, 101, 1, 7, "resize"))
+    with pytest.raises(ProtocolError, match="is not"):
+        p.decode(p.encode(MsgType.SUBMIT_BATCH, 5, 7, [[101, 1, b"a"]], 3, None))
+    big = [[i, 1, b"x" * 64] for i in range(100)]  # over MAX_HEADER_BYTES: recognised by its first bytes
+    assert p.decode(p.encode(MsgType.SUBMIT_BATCH, 5, 7, big, "thumb", 9))[1][3:] == ["thumb", 9]
+
+
+def test_service_names_are_bounded_and_plain():
+    """1 to 64 of A-Z a-z 0-9 . _ : -; anything else says what a name may be."""
+    for good in ("default", "resize", "a", "img.v2:thumb-small_1", "x" * 64):
+        assert p.service_error(good) == ""
+    for bad in ("", "x" * 65, "has space", "ünï", "new\nline", None, 3):
+        assert "is not 1 to 64 characters" in p.service_error(bad)
 
 
 def test_every_header_carries_the_senders_epoch():

@@ -123,7 +123,8 @@ def test_late_result_from_dead_node_is_dropped():
 
 
 def test_requeue_gives_up_after_max_attempts():
-    """A request whose node died max_attempts times is failed with a reason, not retried forever."""
+    """A request whose node died max_attempts times goes to the dead letters with a reason, not retried forever;
+    its sender is told (status dead, the reason as its result), and a retry queues it again from attempt 0."""
     sched = make(max_attempts=2)
     sched.submit(0, 1, 5, b"c", b"")
     for round_ in range(2):
@@ -132,9 +133,12 @@ def test_requeue_gives_up_after_max_attempts():
         assert len(sched.dispatch()) == 1
         sched.expire(float(round_ * 10 + 5))
     req = sched.get(0, 1)
-    assert req.status == "failed"
-    assert b"gave up after 2 attempts" in req.body
-    assert sched.outbox.replies == [req]
+    assert req.status == "dead" and req.body == b""  # the payload (empty here) is kept for a retry
+    [told] = sched.outbox.take_replies()
+    assert (told.status, told.attempts) == ("dead", 2) and b"gave up after 2 attempts" in told.body
+    assert [row["error"] for row in sched.dead.view(10)["dead"]] == [told.body.decode()]
+    sched.retry(0, 1)
+    assert (req.status, req.attempts, len(sched.dead)) == ("pending", 0, 0) and sched.waiting == 1
 
 
 def test_down_requeues_and_up_restores():

@@ -11,9 +11,21 @@ from balancer.scheduler import NodeState, Scheduler
 
 NODE_IDS = st.integers(0, 4)
 CLIENT_IDS = st.integers(0, 2)
+SERVICES = st.sampled_from(["default", "resize"])
 OPS = st.one_of(
-    st.tuples(st.just("submit"), st.integers(1, 5), CLIENT_IDS, st.integers(1, 4)),
-    st.tuples(st.just("hello"), NODE_IDS, st.integers(1, 3)),
+    st.tuples(
+        st.just("submit"), st.integers(1, 5), CLIENT_IDS, st.integers(1, 4), SERVICES, st.sampled_from([None, 1.5])
+    ),
+    st.tuples(
+        st.just("hello"),
+        NODE_IDS,
+        st.integers(1, 3),
+        st.sampled_from([("default",), ("resize",), ("default", "resize")]),
+    ),
+    st.tuples(st.just("cancel"), st.integers(1, 60)),
+    st.tuples(
+        st.just("retry"),
+    ),
     st.tuples(st.just("complete"), st.integers(0, 50)),
     st.tuples(st.just("heartbeat"), NODE_IDS),
     st.tuples(st.just("tick"), st.floats(0.1, 2.0)),
@@ -28,7 +40,7 @@ OPS = st.one_of(
 
 def waiting_requests(sched: Scheduler) -> list:
     """Every request in the waiting queue (its own structure, not the listing)."""
-    return list(sched._queue)
+    return list(sched.queued())
 
 
 def check_invariants(sched: Scheduler, submitted: int) -> None:
@@ -42,11 +54,14 @@ def check_invariants(sched: Scheduler, submitted: int) -> None:
     assert all(r.status == "pending" for r in waiting)
     running = [r for n in nodes for r in n.in_flight.values()]
     assert all(r.status == "assigned" for r in running)
+    assert all(r.service in n.services for n in nodes for r in n.in_flight.values())
+    for service in ("default", "resize"):  # kept as nodes join and die, not counted on each ask
+        assert sched.table.offering(service) == sum(service in n.services for n in sched.routes.values())
     # Each request is in exactly one place: waiting, on one node, or finished.
     places = Counter(id(r) for r in waiting + running)
     assert all(count == 1 for count in places.values())
     listed = list(sched.requests())
-    finished = [r for r in listed if r.status in ("processed", "failed")]
+    finished = [r for r in listed if r.status in ("processed", "failed", "expired", "cancelled", "dead")]
     assert len(waiting) + len(running) + len(finished) == submitted
     # The listing holds every remembered request once, in arrival order (request ids here).
     assert [r.request_id for r in listed] == sorted(r.request_id for r in waiting + running + finished)
@@ -58,10 +73,19 @@ def apply_dispatch(sched: Scheduler, dispatched_before: set[int]) -> None:
     out = sched.dispatch()
     for node, _ticket, _req in out:
         assert node.state is NodeState.ACTIVE
-    reqs = [req for _node, _ticket, req in out]
+        assert _req.service in node.services
+    for service in {req.service for _node, _ticket, req in out}:
+        mine = [req for _node, _ticket, req in out if req.service == service]
+        check_service_dispatch(sched, mine, before, dispatched_before)
+    dispatched_before.update(r.request_id for _node, _ticket, r in out)
+
+
+def check_service_dispatch(sched: Scheduler, reqs: list, before: dict, dispatched_before: set[int]) -> None:
+    """Within one service: strict priority, re-queued first, clients in turns."""
     priorities = [r.priority for r in reqs]
     assert priorities == sorted(priorities)
-    still = waiting_requests(sched)
+    still = [r for r in waiting_requests(sched) if r.service == reqs[0].service and r not in sched.timers.delayed]
+    before = {k: r for k, r in before.items() if r.service == reqs[0].service}
     if reqs and still:
         assert min(r.priority for r in still) >= priorities[-1]
     for priority in set(priorities):
@@ -77,7 +101,6 @@ def apply_dispatch(sched: Scheduler, dispatched_before: set[int]) -> None:
             r.client_id for r in before.values() if r.priority == priority and r.request_id not in dispatched_before
         )
         assert_turns(fresh, had)
-    dispatched_before.update(r.request_id for r in reqs)
 
 
 def assert_turns(clients: list[int], had: Counter) -> None:
@@ -100,7 +123,7 @@ def served_at(clients: list[int], client: int, upto: int) -> int:
 @given(st.lists(OPS, max_size=80))
 def test_random_operations_keep_invariants(ops):
     """Capacity, node state, priority order and conservation of requests hold after every step."""
-    sched = Scheduler(heartbeat_s=1.0, liveness=2, max_attempts=3)
+    sched = Scheduler(heartbeat_s=1.0, liveness=2, max_attempts=3, retry_backoff_s=0.5, seed=1)
     now = 0.0
     submitted = 0
     dispatched_before: set[int] = set()
@@ -109,9 +132,15 @@ def test_random_operations_keep_invariants(ops):
         if name == "submit":
             for _ in range(op[3]):
                 submitted += 1
-                sched.submit(op[2], submitted, op[1], b"c", b"")
+                sched.submit(op[2], submitted, op[1], b"c", b"", now=now, service=op[4], deadline_s=op[5])
         elif name == "hello":
-            sched.hello(f"r{op[1]}".encode(), op[1], op[2], 1, "h", now)
+            sched.hello(f"r{op[1]}".encode(), op[1], op[2], 1, "h", now, services=op[3])
+        elif name == "cancel":
+            for client in range(3):
+                sched.cancel(client, op[1])
+        elif name == "retry":  # a retried dead letter is queued fresh, as a new arrival
+            dispatched_before.difference_update(rid for _cid, rid in sched.dead.letters)
+            sched.retry_all()
         elif name == "complete":
             running = [(n.route, t) for n in sched.nodes.values() for t in n.in_flight]
             if running:
@@ -124,6 +153,7 @@ def test_random_operations_keep_invariants(ops):
         elif name == "tick":
             now += op[1]
             sched.expire(now)
+            sched.timers_due(now)
         elif name in ("down", "up", "drain"):
             try:
                 {"down": sched.mark_down, "up": sched.mark_up, "drain": sched.mark_draining}[name](op[1])

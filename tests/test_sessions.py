@@ -228,7 +228,7 @@ def test_a_client_id_that_remembers_nothing_is_forgotten():
 
 
 def test_a_request_lost_in_transit_again_and_again_fails_instead_of_going_round_for_ever():
-    """A request the transport keeps losing (MAX_TRANSIT_LOSSES resyncs in a row) fails, saying so."""
+    """A request the transport keeps losing (MAX_TRANSIT_LOSSES resyncs in a row) goes to the dead letters."""
     from balancer.scheduler import MAX_TRANSIT_LOSSES
 
     sched = make(max_attempts=3)
@@ -237,7 +237,7 @@ def test_a_request_lost_in_transit_again_and_again_fails_instead_of_going_round_
         ticket = dispatch_one(sched, 1) if round_ == 0 else next(t for _n, t, _r in sched.dispatch())
         sched.hello(b"n0", 0, 1, 1, "h", 0.1 * round_, incarnation=A, held=[], max_seen=ticket)
     req = sched.get(0, 1)
-    assert req.status == "failed" and f"lost in transit {MAX_TRANSIT_LOSSES} times".encode() in req.body
+    assert req.status == "dead" and f"lost in transit {MAX_TRANSIT_LOSSES} times" in sched.dead.get(0, 1).error
     assert sched.counters["lost_in_transit"] == MAX_TRANSIT_LOSSES and not sched._transit_losses
     assert sched.dispatch() == []
 

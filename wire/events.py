@@ -24,6 +24,13 @@ REQUEST_FAILED = "request.failed"
 REQUEST_REQUEUED = "request.requeued"
 REQUEST_REJECTED = "request.rejected"
 REQUEST_LATE_RESULT = "request.late_result"
+# The work model (protocol version 5): a request ended unrun or stopped (expired, cancelled), failed
+# every attempt (dead), was queued again from the dead letters (retried), or waits for a service no
+# live node offers (unserved, said when such a request arrives).
+REQUEST_ENDED = "request.ended"
+REQUEST_DEAD = "request.dead"
+REQUEST_RETRIED = "request.retried"
+REQUEST_UNSERVED = "request.unserved"
 NODE_JOINED = "node.joined"
 NODE_DEAD = "node.dead"
 NODE_DOWN = "node.down"
@@ -67,6 +74,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     REQUEST_REQUEUED: ("client_id", "request_id", "priority", "attempts", "server_id"),
     REQUEST_REJECTED: ("client_id", "request_id", "reason"),
     REQUEST_LATE_RESULT: ("server_id", "ticket"),
+    REQUEST_ENDED: ("client_id", "request_id", "status", "server_id"),
+    REQUEST_DEAD: ("client_id", "request_id", "attempts", "reason"),
+    REQUEST_RETRIED: ("client_id", "request_id", "priority"),
+    REQUEST_UNSERVED: ("client_id", "request_id", "service"),
     NODE_JOINED: ("server_id", "capacity", "pid", "host"),
     NODE_DEAD: ("server_id", "silent_s", "requeued"),
     NODE_DOWN: ("server_id", "requeued"),
@@ -107,6 +118,9 @@ LEVELS: dict[str, str] = {
     REQUEST_FAILED: "WARNING",
     REQUEST_REJECTED: "WARNING",
     REQUEST_REQUEUED: "WARNING",
+    REQUEST_ENDED: "WARNING",
+    REQUEST_DEAD: "ERROR",
+    REQUEST_UNSERVED: "WARNING",
     SYSTEM_BAD_INPUT: "WARNING",
     SYSTEM_STOPPING: "WARNING",
     NODE_REPLACED: "WARNING",
@@ -146,6 +160,13 @@ _TEMPLATES: dict[str, Any] = {
     REQUEST_REQUEUED: _fmt_requeued,
     REQUEST_REJECTED: lambda a: f"Request {a[1]} from Client {a[0]} rejected: {a[2]}",
     REQUEST_LATE_RESULT: lambda a: f"Late result for ticket {a[1]} from {_server(a[0])} dropped",
+    REQUEST_ENDED: lambda a: (
+        f"Request {a[1]} from Client {a[0]} {a[2]}"
+        + ("" if a[3] is None else f" (was running on {_server(a[3])}, told to stop)")
+    ),
+    REQUEST_DEAD: lambda a: f"☠️ Request {a[1]} from Client {a[0]} is dead after {a[2]} attempts: {a[3]}",
+    REQUEST_RETRIED: lambda a: f"Request {a[1]} from Client {a[0]} retried from the dead letters (priority {a[2]})",
+    REQUEST_UNSERVED: lambda a: f"Request {a[1]} from Client {a[0]} waits: no live server offers service {a[2]!r}",
     NODE_JOINED: lambda a: f"Server {a[0]} joined (capacity {a[1]}, pid {a[2]} on {a[3]})",
     NODE_DEAD: lambda a: f"⚠️ Server {a[0]} is dead (silent for {a[1]:.1f} s); {a[2]} requests re-queued",
     NODE_DOWN: lambda a: f"Server {a[0]} marked as down; {a[1]} requests re-queued",

@@ -64,3 +64,7 @@ def bad_host(host: str) -> bool:
 
 # A node holds at most --capacity (10,000) tickets; a claim of more is garbage.
 MAX_HELD_TICKETS = 10_000
+
+
+# A request's deadline is at most a year away (`--deadline-ms`); beyond is a typo, not a deadline.
+MAX_DEADLINE_MS = 365 * 86_400_000

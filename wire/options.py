@@ -89,3 +89,14 @@ def grace_option(default_s: float) -> Callable[[Any], Any]:
         show_default=True,
         help="On SIGTERM, how long in-flight work may take to finish.",
     )
+
+
+def service_names(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: each --service name checked (1-64 of A-Z a-z 0-9 . _ : -), with a clear error."""
+    names = value if isinstance(value, tuple) else (value,)
+    for name in names:
+        if name is not None and p.service_error(name):
+            raise click.BadParameter(p.service_error(name), param=param)
+    if isinstance(value, tuple) and len(value) > p.MAX_NODE_SERVICES:
+        raise click.BadParameter(f"at most {p.MAX_NODE_SERVICES} services", param=param)
+    return tuple(dict.fromkeys(value)) if isinstance(value, tuple) else value

@@ -38,7 +38,10 @@ from wire.limits import MAX_BATCH_ITEMS, MAX_HEADER_BYTES  # bound as names: dec
 # Version 3: batches (SUBMIT_BATCH, RESULT_BATCH, WORK_BATCH, DONE_BATCH).
 # Version 4: an epoch in every header ([version, type, epoch, fields...]), REDIRECT, and the
 # replication stream between balancers (FOLLOW, SNAPSHOT, RECORDS, APPLIED).
-PROTOCOL_VERSION = 4
+# Version 5: the work model: services (HELLO lists a node's, SUBMIT and SUBMIT_BATCH may name one),
+# deadlines (SUBMIT and SUBMIT_BATCH may carry one), cancellation (CLIENT_CANCEL, CANCEL), and the
+# statuses expired, cancelled and dead; the old "result no longer kept" status is now `not_kept`.
+PROTOCOL_VERSION = 5
 
 # Liveness: a peer silent for LIVENESS intervals is dead. 3 to 5 is the usual
 # range; 3 keeps failover under two seconds at the default interval.
@@ -63,6 +66,7 @@ class MsgType(IntEnum):
     CLIENT_WELCOME = 5  # frontend -> client: [lease_ms, max_payload_bytes]; ping at a third of lease_ms
     CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; answered CLIENT_WELCOME
     CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; the connection is done (a client id is a name)
+    CLIENT_CANCEL = 9  # client -> frontend: [client_id, incarnation, request_id]; answered by its RESULT
     REFUSED = 8  # backend -> node: [reason, holder_pid, holder_host]; the node id is another live process's
     HELLO = 10  # node -> backend: [node_id | None, capacity, pid, host, incarnation, max_seen] + held tickets
     WELCOME = 11  # backend -> node: [node_id, heartbeat_ms, liveness, max_payload_bytes]
@@ -74,6 +78,7 @@ class MsgType(IntEnum):
     RECONNECT = 17  # backend -> node: [reason]; the node must say HELLO again
     LEAVING = 18  # node -> backend: []; send no more work, in-flight work will finish
     FENCED = 19  # backend -> node: [reason]; another incarnation took this id over: exit
+    CANCEL = 25  # backend -> node: [ticket, reason]; stop that work (cancelled, or past its deadline): no DONE
     # Batches: one frame, the payloads inside the header as msgpack bin (see BATCH_TYPES).
     SUBMIT_BATCH = 20  # client -> frontend: [client_id, incarnation, [[request_id, priority, payload], ...]]
     RESULT_BATCH = 21  # frontend -> client: [[[request_id, status, server_id, attempts, replay, result], ...]]
@@ -98,6 +103,8 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.CLIENT_WELCOME: (int, int),
     MsgType.CLIENT_PING: (int, int),
     MsgType.CLIENT_BYE: (int, int),
+    MsgType.CLIENT_CANCEL: (int, int, int),
+    MsgType.CANCEL: (int, str),
     MsgType.REFUSED: (str, OptInt, (str, type(None))),
     MsgType.HELLO: (OptInt, int, int, str, int, int),
     MsgType.WELCOME: (int, int, int, int),
@@ -127,6 +134,15 @@ WITH_BODY = frozenset(
     }
 )  # fmt: skip
 _TYPES = {int(t): t for t in MsgType}
+OptStr = (str, type(None))
+# Optional trailing fields (version 5), all or none: a message sent without them reads as before.
+# SUBMIT and SUBMIT_BATCH: the service (None: `default`) and the deadline in ms from arrival (None: none),
+# for the one request or for every item of the batch; HELLO: the services the node offers.
+TAILS: dict[MsgType, tuple[Any, ...]] = {
+    MsgType.SUBMIT: (OptStr, OptInt),
+    MsgType.SUBMIT_BATCH: (OptStr, OptInt),
+    MsgType.HELLO: (list,),
+}
 
 # Batches carry many requests in one message: a message costs a Python-level send and
 # receive on each side (microseconds) where an item of a batch costs a fraction of one.
@@ -154,25 +170,53 @@ def _type_tuples(schema: tuple[Any, ...]) -> frozenset[tuple[type, ...]]:
 _ITEM_TYPES = {t: _type_tuples(schema) for t, schema in ITEM_SCHEMAS.items()}
 # Every header this version accepts, keyed by its version, its type and the exact type of each
 # of its elements (version, type and epoch included, so neither a bool nor a float passes for an
-# int). Each names its type and, for a batch, the type tuples its items may have (else None).
+# int). Each names its type, for a batch the type tuples its items may have (else None), and where a
+# batch's items are in the header (before any optional tail).
 _ACCEPTED = {
-    (PROTOCOL_VERSION, int(t), int, int, int, *types): (t, _ITEM_TYPES.get(t))
+    (PROTOCOL_VERSION, int(t), int, int, int, *types): (t, _ITEM_TYPES.get(t), 2 + len(SCHEMAS[t]))
     for t in MsgType
-    for types in _type_tuples(SCHEMAS[t])
+    for schema in (SCHEMAS[t], SCHEMAS[t] + TAILS.get(t, ()))
+    for types in _type_tuples(schema)
 }
 # The first bytes of a batch header: a fixarray, the version, the type. Only these may
 # exceed MAX_HEADER_BYTES, so the check needs no decoding.
-_BATCH_PREFIXES = frozenset(bytes([0x90 | (len(SCHEMAS[t]) + 3), PROTOCOL_VERSION, int(t)]) for t in BATCH_TYPES)
+_BATCH_PREFIXES = frozenset(
+    bytes([0x90 | (len(SCHEMAS[t]) + extra + 3), PROTOCOL_VERSION, int(t)])
+    for t in BATCH_TYPES
+    for extra in {0, len(TAILS.get(t, ()))}
+)
 
 # Request status names as they appear on the wire and in every listing (seed wording).
 PENDING = "pending"
 ASSIGNED = "assigned"
 PROCESSED = "processed"
 FAILED = "failed"
-STATUSES = (PENDING, ASSIGNED, PROCESSED, FAILED)
-# A RESULT's status for a request id finished earlier whose result the balancer no longer keeps
-# (past --keep-finished-s); its body says whether it was processed or failed. Never a request's own status.
+# Ended unrun or stopped: its deadline passed (EXPIRED) or someone asked (CANCELLED).
 EXPIRED = "expired"
+CANCELLED = "cancelled"
+# Failed every attempt (its nodes died): kept in the dead letters with its payload until retried or dropped.
+DEAD = "dead"
+STATUSES = (PENDING, ASSIGNED, PROCESSED, FAILED, EXPIRED, CANCELLED, DEAD)
+# What a request ended as: a re-send of its id gets this answer again, never a second run.
+FINAL_STATUSES = frozenset({PROCESSED, FAILED, EXPIRED, CANCELLED})
+# A RESULT's status for a request id finished earlier whose result the balancer no longer keeps
+# (past --keep-finished-s); its body says how it ended. Never a request's own status. (Before
+# version 5 this was "expired", which now means a deadline passed.)
+NOT_KEPT = "not_kept"
+
+# Services: a node offers some (`default` unless told), a request names one. Bounded and plain, since
+# they appear in logs, labels and listings.
+DEFAULT_SERVICE = "default"
+MAX_SERVICE_CHARS = 64
+MAX_NODE_SERVICES = 64
+_SERVICE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+
+
+def service_error(name: Any) -> str:
+    """Why `name` is not a service name ('' if it is one): 1 to 64 of A-Z a-z 0-9 . _ : -"""
+    if type(name) is not str or not 1 <= len(name) <= MAX_SERVICE_CHARS or not _SERVICE_CHARS.issuperset(name):
+        return f"service name {name!r:.80} is not 1 to {MAX_SERVICE_CHARS} characters of A-Z a-z 0-9 . _ : -"
+    return ""
 
 # Event topics on the PUB socket; subscribers filter by prefix.
 TOPIC_REQUEST = b"zlb.request"
@@ -294,11 +338,11 @@ def _decode_header(frame: bytes) -> tuple[MsgType, list[Any]]:
     if type(header) is not list:
         _explain_header(header)
     try:
-        msg_type, item_types = _ACCEPTED[(header[0], header[1], *map(type, header))]
+        msg_type, item_types, items_at = _ACCEPTED[(header[0], header[1], *map(type, header))]
     except (IndexError, TypeError, KeyError):  # under two elements, an unhashable one, or not a message
         _explain_header(header)
     if item_types is not None:
-        items = header[-1]
+        items = header[items_at]
         if not items or len(items) > MAX_BATCH_ITEMS:
             _explain_items(msg_type, items)
         for item in items:
@@ -333,8 +377,11 @@ def _explain_header(header: Any) -> NoReturn:
 def _explain_fields(msg_type: MsgType, fields: list[Any]) -> NoReturn:
     """Raise the ProtocolError that says which field of a header is off."""
     schema = SCHEMAS[msg_type]
+    if msg_type in TAILS and len(fields) == len(schema) + len(TAILS[msg_type]):
+        schema = schema + TAILS[msg_type]
     if len(fields) != len(schema):
-        raise ProtocolError("bad_fields", f"{msg_type.name} takes {len(schema)} fields, got {len(fields)}")
+        also = f" (or {len(schema) + len(TAILS[msg_type])})" if msg_type in TAILS else ""
+        raise ProtocolError("bad_fields", f"{msg_type.name} takes {len(schema)} fields{also}, got {len(fields)}")
     for value, expected in zip(fields, schema):
         if not isinstance(value, expected) or (expected is int and type(value) is bool):
             raise ProtocolError("bad_fields", f"{msg_type.name} field {value!r:.80} is not {expected}")

@@ -1,8 +1,7 @@
 """Which request statuses ended badly: the console's failures view, the balancer's filter of them.
 
-The statuses themselves are the wire's (wire/protocol.py: pending, assigned, processed, failed). The
-work-model issue adds expired, cancelled and dead; a filter may name them already and, until then,
-finds none.
+The statuses themselves are the wire's (wire/protocol.py): pending, assigned, processed, failed, and
+the work model's expired, cancelled and dead.
 """
 
 from __future__ import annotations

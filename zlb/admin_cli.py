@@ -79,6 +79,7 @@ def servers(rows: list[dict[str, Any]]) -> None:
             held = "by admin" if admin == row["state"] else f"admin: {admin}"
             row["state"] = f"{row['state']} ({held} until zlb up)"
         row["heartbeat"] = f"{row['last_heartbeat_ms_ago']} ms ago"
+        row["services"] = ",".join(row.get("services") or ["default"])
     print_table(
         rows,
         [
@@ -89,6 +90,7 @@ def servers(rows: list[dict[str, Any]]) -> None:
             ("heartbeat", "LAST HEARTBEAT"),
             ("pid", "PID"),
             ("host", "HOST"),
+            ("services", "SERVICES"),
         ],
     )
 
@@ -171,8 +173,31 @@ def _request_table(rows: list[dict[str, Any]]) -> None:
             ("status", "STATUS"),
             ("server_id", "SERVER"),
             ("attempts", "ATTEMPTS"),
+            ("service", "SERVICE"),
         ],
     )
+
+
+def _services_line(services: dict[str, dict[str, int]]) -> str:
+    """One clause per service: what waits, runs and ended badly, and how many live nodes offer it
+    (a service with requests waiting and no node says so: they wait until one joins)."""
+    parts = []
+    for name, s in services.items():
+        nodes = f"{s['nodes']} nodes" if s["nodes"] else "NO live node offers it"
+        parts.append(
+            f"{name}: {s['waiting']} waiting, {s['running']} running, {nodes};"
+            f" expired {s['expired']} cancelled {s['cancelled']} dead {s['dead']}"
+        )
+    return " | ".join(parts) or "none"
+
+
+def _dead_line(dead: dict[str, Any]) -> str:
+    if not dead:
+        return "none"
+    dropped = ""
+    if dead["dropped"]:
+        dropped = f"; dropped {dead['dropped']} ({dead['dropped_bytes']} bytes) beyond the bounds"
+    return f"{dead['count']} kept ({dead['bytes']} bytes, at most {dead['max_count']}){dropped}; zlb dead lists them"
 
 
 def _uptime(seconds: float) -> str:
@@ -222,6 +247,8 @@ def status_lines(result: dict[str, Any], reached: str = "") -> list[tuple[str, s
         ),
         ("Queue", f"{result['queue_depth']} waiting" + (f" ({by_priority})" if by_priority else "")),
         ("In flight", str(result["in_flight"])),
+        ("Services", _services_line(result.get("services", {}))),
+        ("Dead letters", _dead_line(result.get("dead_letters") or {})),
         ("Requests", _pairs(result.get("requests", {}))),
         (
             "Rates",

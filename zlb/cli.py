@@ -19,6 +19,7 @@ from wire import security
 from zlb import __version__
 from zlb.admin_cli import COMMANDS as ADMIN_COMMANDS
 from zlb.cluster import cluster
+from zlb.work_cli import COMMANDS as WORK_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -80,7 +81,7 @@ def _with_curve_options(command: click.Command) -> click.Command:
     return command
 
 
-for command in [*ADMIN_COMMANDS, server, client, send, monitor, http]:
+for command in [*ADMIN_COMMANDS, *WORK_COMMANDS, server, client, send, monitor, http]:
     main.add_command(_with_curve_options(command))
 for command in [balancer, keys, cluster, bench, server_check]:
     main.add_command(command)

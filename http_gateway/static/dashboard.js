@@ -181,6 +181,10 @@ function renderState(state) {
   text($("#queue"), `${status.queue_depth} waiting, ${status.in_flight} in flight`);
   const prios = Object.entries(status.queue_by_priority || {}).map(([p, n]) => `p${p}: ${n}`);
   text($("#queue-by-priority"), prios.length ? prios.join("  ") : "nothing waiting");
+  // Per service: waiting (and a warning when no live server offers it), expired, cancelled, dead.
+  const services = Object.entries(status.services || {}).map(([name, s]) =>
+    `${name}: ${s.waiting} waiting${s.nodes ? "" : " (no live server)"}, ${s.expired} expired, ${s.cancelled} cancelled, ${s.dead} dead`);
+  text($("#queue-by-service"), services.join(" · "));
   const rates = status.rates || {};
   text($("#rate"), `${rates.processed_per_s ?? 0} req/s`);
   const r = status.requests || {};

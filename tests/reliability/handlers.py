@@ -97,3 +97,8 @@ def _wait_for_gate(gate: str | None) -> None:
         deadline = time.monotonic() + 60
         while not os.path.exists(gate) and time.monotonic() < deadline:
             time.sleep(0.01)  # wait-ok: polls the gate, bounded by the deadline
+
+
+def always_dies(work: handlers.Work) -> bytes:
+    """Kill the node on every request, as a crash in native code would: the request fails every attempt."""
+    os._exit(3)

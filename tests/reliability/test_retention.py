@@ -88,7 +88,7 @@ def test_results_the_memory_budget_lets_go_early_leave_their_ids_and_none_runs_a
     assert retention["results_left_early"] > 0 and retention["ids_kept"] >= FIRST
     code, again = client_rows(procs, 5, FIRST, "--first-request-id", "1")
     assert len(again) == FIRST and {r["request_id"] for r in again} == set(range(1, FIRST + 1))
-    assert {r["status"] for r in again} == {p.EXPIRED}  # the first 2,000 finished first: their results went first
+    assert {r["status"] for r in again} == {p.NOT_KEPT}  # the first 2,000 finished first: their results went first
     assert executions(balancer) == (FIRST + OTHERS, FIRST + OTHERS)
     assert balancer.call("status")["requests"]["answered_expired"] == FIRST
 
@@ -98,7 +98,7 @@ def test_past_the_result_window_a_resent_id_is_answered_processed_earlier_also_a
     procs: ProcessGroup, endpoints: Endpoints, tmp_path
 ):
     """With results kept 1 s, a re-send after they are gone is answered "processed earlier; the result is no
-    longer kept" (status expired), another payload is refused as a conflict, and the journal keeps the ids
+    longer kept" (status not_kept), another payload is refused as a conflict, and the journal keeps the ids
     across kill -9s of the balancer: nothing runs twice."""
     args = ["--keep-finished-s", "1", "--journal", str(tmp_path / "zlb.journal")]
     balancer = start(procs, endpoints, *args)
@@ -130,5 +130,5 @@ def test_past_the_result_window_a_resent_id_is_answered_processed_earlier_also_a
     balancer.wait_servers_active({0, 1}, timeout=30)  # the same nodes, back on the restarted balancer
     code, again = client_rows(procs, 5, 200, "--first-request-id", "1")
     assert code == 1 and len(again) == 200
-    assert {r["status"] for r in again} == {p.EXPIRED}, again[:2]
+    assert {r["status"] for r in again} == {p.NOT_KEPT}, again[:2]
     assert executions(balancer) == (0, 0)  # the restarted balancer ran none of them
