@@ -7,6 +7,8 @@ since it is no zlb process. docs/PROTOCOL.md ("Majordomo") has the mapping these
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,20 @@ def test_an_mdp_client_is_not_answered_when_its_request_expires(procs: ProcessGr
         wait_until(expired, 10, "the MDP request to expire")
         with pytest.raises(Timeout):
             client.recv_part(timeout=0.5)
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_worker_silent_past_its_liveness_is_dead(procs: ProcessGroup, endpoints: Endpoints):
+    """An idle MDP worker stopped (SIGSTOP: its connection stands) is dead once silent for --liveness x
+    --mdp-heartbeat-ms, and told DISCONNECT when it speaks again."""
+    balancer = start_balancer(procs, endpoints, 100, "--mdp-heartbeat-ms", "400", liveness=10)  # 4 s of silence
+    worker = start_worker(procs, endpoints, "mdp-idle")
+    node_id = mdp_node(balancer, "mdp-idle")
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: balancer.servers()[node_id]["state"] == "dead", 10, "the silent worker to be dead")
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    # Its next HEARTBEAT comes from a route the balancer no longer knows: DISCONNECT, and majortomo's Worker
+    # raises Disconnected out of wait_for_request (tests/mdp_worker.py then exits with the traceback).
+    assert worker.wait(10) != 0 and "Disconnected" in worker.stderr()
