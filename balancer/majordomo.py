@@ -159,7 +159,10 @@ class Majordomo:
             return
         worker.heard = now
         if command == mdp.HEARTBEAT:
-            self.sched.table.alive(worker.node, now)
+            if worker.stopped is None:  # heard: reachable again if a send found its queue full
+                self.sched.table.touch(worker.node, now)
+            else:  # still running what was taken from it: kept out of dispatch
+                self.sched.table.alive(worker.node, now)
         elif command == mdp.FINAL:
             self._final(worker, msg.frames, now)
         elif command == mdp.PARTIAL:
