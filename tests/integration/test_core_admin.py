@@ -219,7 +219,15 @@ def test_queries_and_log_download(balancer: LiveBalancer, procs: ProcessGroup, t
     assert {"state", "in_flight", "capacity", "pid", "host", "last_heartbeat_ms_ago"} <= set(servers[0])
     requests = json.loads(procs.run("requests", "--json").stdout)
     assert requests == [
-        {"client_id": 0, "request_id": 101, "priority": 1, "status": "processed", "server_id": 0, "attempts": 1}
+        {
+            "client_id": 0,
+            "request_id": 101,
+            "priority": 1,
+            "status": "processed",
+            "server_id": 0,
+            "attempts": 1,
+            "service": "default",
+        }
     ]
     assert json.loads(procs.run("requests", "--json", "--status", "pending").stdout) == []
     status = json.loads(procs.run("status", "--json").stdout)

@@ -161,6 +161,8 @@ def test_status_reads_as_labelled_lines(balancer: LiveBalancer, procs: ProcessGr
         "Servers",
         "Queue",
         "In",
+        "Services",
+        "Dead",
         "Requests",
         "Rates",
         "Bad",

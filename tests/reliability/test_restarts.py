@@ -139,7 +139,8 @@ def test_raising_handler_fails_the_request_once_and_the_node_lives(balancer: Liv
 
 
 def test_poison_request_fails_after_max_attempts(procs: ProcessGroup, endpoints: Endpoints, tmp_path):
-    """A request that kills every node it lands on is failed after --max-attempts, and listed as failed."""
+    """A request that kills every node it lands on goes to the dead letters after --max-attempts (its sender
+    told: status dead), listed as dead."""
     balancer = start_balancer(procs, endpoints, 100, "--max-attempts", "2", liveness=WATCHFUL_LIVENESS)
     for node_id in (0, 1, 2):
         start_node(balancer, node_id, "tests.reliability.handlers:poison", tmp_path / "exec.log")
@@ -147,10 +148,10 @@ def test_poison_request_fails_after_max_attempts(procs: ProcessGroup, endpoints:
     with Client(endpoints.frontend, client_id=6, retry_s=5) as client:
         result = client.submit(b"poison", request_id=1).result(timeout=15)
         healthy = client.submit(json_payload(0, "fine"), request_id=2).result(timeout=15)
-    assert (result.status, result.attempts) == ("failed", 2)
+    assert (result.status, result.attempts) == ("dead", 2)
     assert "gave up after 2 attempts" in result.value()
     assert healthy.ok
-    listed = procs.run("requests", "--status", "failed", "--json")
+    listed = procs.run("requests", "--status", "dead", "--json")
     assert listed.returncode == 0, listed.stderr
     assert '"request_id": 1' in listed.stdout
     assert sum(s["state"] == "dead" for s in balancer.servers().values()) == 2
