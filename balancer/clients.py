@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 
 from balancer.incidents import Incidents
+from balancer.majordomo import Majordomo
 from balancer.records import Request, Submitted, conflict_reason
 from balancer.scheduler import Scheduler
 from wire import events as ev
@@ -78,9 +79,18 @@ class ClientSide:
     """Frontend handlers, held results and client routes."""
 
     def __init__(
-        self, sock: zmq.Socket, sched: Scheduler, incidents: Incidents, max_message_bytes: int, now: float
+        self,
+        sock: zmq.Socket,
+        sched: Scheduler,
+        incidents: Incidents,
+        max_message_bytes: int,
+        now: float,
+        mdp: Majordomo,
     ) -> None:
         self.sock = sock
+        # Majordomo clients (balancer/majordomo.py), by route: their results leave as MDP FINALs.
+        self.mdp = mdp
+        self._mdp_clients = mdp.clients
         self.sched = sched
         self.incidents = incidents
         self.max_message_bytes = max_message_bytes
@@ -115,8 +125,9 @@ class ClientSide:
                 if msg_type is not submit_batch and msg_type is not submit and msg_type not in handlers:
                     raise ProtocolError("unknown_type", f"{msg_type.name} is not a client message")
             except ProtocolError as exc:
-                self.incidents.bad("frontend", exc, now)
-                self._send(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
+                if not self.mdp.client_message(frames, now):  # not zlb's: maybe a Majordomo client's
+                    self.incidents.bad("frontend", exc, now)
+                    self._send(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
                 continue
             route = self._routes.get(frames[0]) or self._route(frames[0])
             if msg_type is submit_batch:
@@ -239,6 +250,9 @@ class ClientSide:
         if req is None:
             return False
         if req.route is not None:  # else no route is known: the client's retry fetches it
+            if self._mdp_clients and req.route in self._mdp_clients:
+                self.mdp.answer(req.route, req, ok, result)
+                return True
             items = [(req.request_id, _PROCESSED if ok else _FAILED, req.server_id, req.attempts, False, result)]
             self._deliver(req.client_id, req.route, p.batch_frames(_RESULT_BATCH, _RESULT, items), len(result))
         return True
@@ -269,6 +283,9 @@ class ClientSide:
 
     def _deliver_batch(self, route: bytes, batch: list[Request], replay: bool) -> None:
         """A RESULT_BATCH, or the RESULT of one big result (limits.LONE_PAYLOAD_BYTES)."""
+        if self._mdp_clients and route in self._mdp_clients:  # an empty dict's test while none is known
+            self.mdp.deliver(route, batch)
+            return
         items = [(r.request_id, r.status, r.server_id, r.attempts, replay, r.body) for r in batch]
         size = sum(map(_body_size, batch))
         self._deliver(batch[0].client_id, route, p.batch_frames(_RESULT_BATCH, _RESULT, items), size)

@@ -27,6 +27,8 @@ DEFAULT_GRACE_S = 5.0
 # After its node died, a request waits this long before its next attempt (doubling per attempt, jittered;
 # balancer/timers.py), so a request that kills its nodes does not take them all down at once.
 DEFAULT_RETRY_BACKOFF_MS = 100
+# How often MDP workers heartbeat when idle (RFC 18's examples and majortomo: 2.5 s).
+DEFAULT_MDP_HEARTBEAT_MS = 2500
 
 
 @dataclass
@@ -65,6 +67,10 @@ class BalancerConfig:
     ha_lease_s: int = DEFAULT_LEASE_S
     # A standby whose oldest unapplied answer waited longer is dropped (balancer/replication.py).
     standby_max_lag_ms: int = 1000
+    # Majordomo (balancer/majordomo.py): an idle MDP worker silent for liveness x this is dead (2.5 s: the
+    # interval of RFC 18's examples and of majortomo); every MDP client request gets this deadline (None: none).
+    mdp_heartbeat_ms: int = DEFAULT_MDP_HEARTBEAT_MS
+    mdp_deadline_ms: int | None = None
     endpoints: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:

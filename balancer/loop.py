@@ -43,6 +43,7 @@ from balancer.control_side import ControlSide
 from balancer.eventlog import EventLog
 from balancer.incidents import Incidents
 from balancer.journal_keeper import JournalKeeper
+from balancer.majordomo import Majordomo
 from balancer.node_side import NodeSide
 from balancer.replication import Replication
 from balancer.scheduler import Scheduler
@@ -177,8 +178,11 @@ class Balancer:
         if self.ha is not None:
             self._open_replication()
         now = time.monotonic()
-        self.client_side = ClientSide(self.frontend, self.sched, self.incidents, cfg.max_message_bytes, now)
-        self.node_side = NodeSide(self.backend, self.sched, self.incidents, self.client_side, cfg)
+        self.majordomo = Majordomo(self.frontend, self.backend, self.sched, self.incidents, cfg)
+        self.client_side = ClientSide(
+            self.frontend, self.sched, self.incidents, cfg.max_message_bytes, now, self.majordomo
+        )
+        self.node_side = NodeSide(self.backend, self.sched, self.incidents, self.client_side, cfg, self.majordomo)
         self.control_side = ControlSide(
             self.control_sock, self.state, self.incidents, self.curve is not None, self._publish, self._write_journal
         )
@@ -393,6 +397,7 @@ class Balancer:
         self.times.roll(now)
         sched.sessions.sweep()
         self.node_side.tick()
+        self.majordomo.tick(now)
         c = sched.counters
         active = sum(1 for n in sched.routes.values() if n.active)
         stats = (ev.STATS, sched.waiting, sched.in_flight(), active, c["submitted"], c["processed"], c["failed"])

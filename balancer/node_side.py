@@ -21,6 +21,7 @@ import zmq
 from balancer.clients import ClientSide
 from balancer.config import BalancerConfig
 from balancer.incidents import Incidents
+from balancer.majordomo import Majordomo
 from balancer.records import Node, NodeState, Request
 from balancer.scheduler import Refused, Scheduler
 from wire import events as ev
@@ -59,13 +60,22 @@ class NodeSide:
     """Backend handlers and work dispatch."""
 
     def __init__(
-        self, sock: zmq.Socket, sched: Scheduler, incidents: Incidents, clients: ClientSide, config: BalancerConfig
+        self,
+        sock: zmq.Socket,
+        sched: Scheduler,
+        incidents: Incidents,
+        clients: ClientSide,
+        config: BalancerConfig,
+        mdp: Majordomo,
     ) -> None:
         self.sock = sock
         self.sched = sched
         self.incidents = incidents
         self.clients = clients
         self.config = config
+        # Majordomo workers (balancer/majordomo.py), by route: its own frames in and out.
+        self.mdp = mdp
+        self._mdp_workers = mdp.workers
         # A lone result may reach its client before the books are kept, but not with a journal:
         # a result may only leave once its record is written (balancer/journal.py).
         self._may_answer_first = config.journal is None
@@ -101,6 +111,8 @@ class NodeSide:
 
     def _send_batch(self, node: Node, batch: list[Assignment]) -> bool:
         """A WORK_BATCH, or the WORK of one big payload (limits.LONE_PAYLOAD_BYTES); what cannot leave is re-queued."""
+        if self._mdp_workers and node.route in self._mdp_workers:  # an empty dict's test while none is known
+            return self.mdp.send_work(node, batch)
         items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
         frames = p.batch_frames(_WORK_BATCH, _WORK, items)
         if self._send(node.route, frames):
@@ -116,7 +128,10 @@ class NodeSide:
     def send_cancels(self) -> None:
         """Tell nodes to stop work taken back from them (cancelled, or past its deadline)."""
         for route, ticket, reason in self.sched.outbox.take_cancels():
-            self._send(route, [p.encode(MsgType.CANCEL, ticket, reason)])
+            if route in self._mdp_workers:
+                self.mdp.stop(route, ticket)
+            else:
+                self._send(route, [p.encode(MsgType.CANCEL, ticket, reason)])
 
     def tick(self) -> None:
         """Once per heartbeat: ping every node, and free the result room of requests no node holds now."""
@@ -145,8 +160,11 @@ class NodeSide:
         self._to_all(p.encode(MsgType.RECONNECT, p.REASON_STOPPING))
 
     def _to_all(self, message: bytes) -> None:
+        """To every zlb node (MDP workers have their own heartbeat, Majordomo.tick)."""
+        workers = self._mdp_workers
         for route in self.sched.routes:
-            self._send(route, [message])
+            if route not in workers:
+                self._send(route, [message])
 
     def _send(self, route: bytes, frames: list[Any]) -> bool:
         """One message to a node; False (counted) when it has no connection or a full queue."""
@@ -172,7 +190,8 @@ class NodeSide:
                 if handler is None:
                     raise ProtocolError("unknown_type", f"{msg_type.name} is not a node message")
             except ProtocolError as exc:
-                self.incidents.bad("backend", exc, now)
+                if not self.mdp.worker_message(frames, now):  # not zlb's: maybe a Majordomo worker's
+                    self.incidents.bad("backend", exc, now)
                 continue
             budget -= len(fields[0]) if msg_type is _DONE_BATCH else 1
             try:

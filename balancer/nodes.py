@@ -226,6 +226,12 @@ class NodeTable:
             node.reachable = True
             self.refresh(node)
 
+    def alive(self, node: Node, now: float) -> None:
+        """A sign of life that changes nothing else: not its reachability, not its rank (a Majordomo worker,
+        heard from or vouched for by its connection while it runs, balancer/majordomo.py)."""
+        node.expires_at = now - self.deaf_s + self.deadline_s
+        node.last_seen = now
+
     def finished(self, node: Node, now: float) -> None:
         """A node's result: a sign of life, and a free slot that may rank it again."""
         node.expires_at = now - self.deaf_s + self.deadline_s

@@ -782,6 +782,16 @@ class Scheduler:
         if node is not None:
             self._requeue_many(self.table.drop(node, ev.NODE_LEFT), node.node_id)
 
+    def gone(self, route: Any, now: float) -> Node | None:
+        """A node known to be gone without a word (a Majordomo worker whose connection closed): declared dead
+        now, its work re-queued as a dead node's (after a back-off, the attempt counted)."""
+        node = self.routes.get(route)
+        if node is None:
+            return None
+        lost = self.table.drop(node, ev.NODE_DEAD, now - node.last_seen)
+        self._requeue_many(lost, node.node_id, now, " (it died)")
+        return node
+
     def expire(self, now: float) -> list[Node]:
         """Declare nodes silent past their deadline dead; re-queue their work."""
         dead = self.table.expire(now)

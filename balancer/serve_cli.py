@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB
-from balancer.config import DEFAULT_GRACE_S, DEFAULT_RETRY_BACKOFF_MS, BalancerConfig
+from balancer.config import DEFAULT_GRACE_S, DEFAULT_MDP_HEARTBEAT_MS, DEFAULT_RETRY_BACKOFF_MS, BalancerConfig
 from balancer.election import DEFAULT_LEASE_S, HaConfig
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from balancer.kept import (
@@ -22,6 +22,7 @@ from balancer.kept import (
 )
 from balancer.loop import run_balancer
 from balancer.scheduler import DEFAULT_MAX_ATTEMPTS
+from wire import limits
 from wire.limits import DEFAULT_MAX_MESSAGE_BYTES
 from wire.options import endpoints, grace_option, heartbeat_options, path_option, shown_option
 from wire.security import CurveConfigError, generate_keys
@@ -181,6 +182,20 @@ def prepare_log_file(path: str) -> None:
     click.IntRange(10),
     1000,
     "With --ha: a standby whose oldest unapplied record waited longer is dropped from the synchronous path.",
+)
+@shown_option(
+    "--mdp-heartbeat-ms",
+    click.IntRange(10, 600_000),
+    DEFAULT_MDP_HEARTBEAT_MS,
+    "The heartbeat interval of Majordomo (MDP/0.2) workers: an idle one silent for --liveness of these is dead."
+    ' (A working one is alive while its connection stands; docs/PROTOCOL.md, "Majordomo".)',
+)
+@click.option(
+    "--mdp-deadline-ms",
+    type=click.IntRange(0, limits.MAX_DEADLINE_MS),
+    default=None,
+    help="The deadline of every Majordomo client's request (MDP carries none); an expired one is not answered"
+    " and the client's retry decides.  [default: none]",
 )
 @grace_option(DEFAULT_GRACE_S)
 def balancer(

@@ -438,6 +438,21 @@ def decode_tickets(body: Any) -> list[int]:
     return value
 
 
+def pack_frames(frames: list[Any]) -> bytes:
+    """Several frames as one payload or result (a msgpack array of bin): a Majordomo body of other than one
+    frame crossing zlb (wire/majordomo.py, balancer/majordomo.py)."""
+    return _pack([bytes(f) for f in frames])
+
+
+def unpack_frames(blob: Any) -> list[bytes]:
+    """The frames pack_frames packed; ProtocolError if `blob` is not such an array."""
+    data = bytes(blob)
+    value = _unpack(data, max(len(data), 1), max(len(data), limits.MAX_SMALL_ITEMS))
+    if type(value) is not list or any(type(f) is not bytes for f in value):
+        raise ProtocolError("malformed", "packed frames are not an array of bin")
+    return value
+
+
 def encode_map(value: dict[str, Any]) -> bytes:
     """Encode a control request or reply, or an event body."""
     return _pack(value)
