@@ -91,6 +91,8 @@ def load(spec: str) -> Handler:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise HandlerError(f"cannot import {module_name!r}: {exc}") from None
+    except SyntaxError as exc:  # the module's own code does not parse: say where, in one line
+        raise HandlerError(f"cannot import {module_name!r}: {exc.msg} ({exc.filename}, line {exc.lineno})") from None
     func = getattr(module, attr, None)
     if not callable(func):
         raise HandlerError(f"{module_name!r} has no callable {attr!r}")

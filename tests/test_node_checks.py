@@ -35,3 +35,16 @@ def test_a_process_is_alive_until_it_has_ended():
         child.stdin.close()  # the child reads to EOF and exits
         child.wait(scaled(10))
     assert _alive(child.pid) is False
+
+
+def test_a_handler_module_that_does_not_parse_is_one_line(tmp_path, monkeypatch):
+    """A syntax error in the user's module is a HandlerError naming the file and line, not a traceback."""
+    import pytest
+
+    from server_node import handlers
+
+    (tmp_path / "badsyntax_mod.py").write_text("def handle(work:\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(handlers.HandlerError, match=r"cannot import 'badsyntax_mod': .*badsyntax_mod.py, line 1"):
+        handlers.load("badsyntax_mod:handle")
