@@ -235,7 +235,19 @@ class Balancer:
         return {**self.ha.view(), **self.replication.view(time.monotonic())}
 
     def _bind(self, kind: int, endpoint: str, role: str = "") -> zmq.Socket:
+        if self.ha is not None:  # through the member, which waits for the standby's sockets to let the port go
+            return self.ha.bind(self._ctx, kind, endpoint, lambda sock: self._prepare(sock, role))
         sock = self._ctx.socket(kind)
+        self._prepare(sock, role)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise OSError(f"cannot bind {endpoint}: {exc}") from None
+        return sock
+
+    def _prepare(self, sock: zmq.Socket, role: str) -> None:
+        """A socket's options, set before it binds."""
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             self.curve.secure(sock, role)
@@ -246,26 +258,6 @@ class Balancer:
         hwm = hwm_for(self.config.max_memory_bytes)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
-        if self.ha is not None:
-            sock.close(linger=0)
-            return self._bound_for_ha(kind, endpoint, role)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            sock.close()
-            raise OSError(f"cannot bind {endpoint}: {exc}") from None
-        return sock
-
-    def _bound_for_ha(self, kind: int, endpoint: str, role: str) -> zmq.Socket:
-        """As _bind, through the member's bind, which waits for the standby's sockets to let the port go."""
-        sock = self.ha.bind(self._ctx, kind, endpoint)
-        if self.curve is not None:
-            self.curve.secure(sock, role)
-        sock.setsockopt(zmq.MAXMSGSIZE, limits.socket_limit(self.config.max_message_bytes))
-        hwm = hwm_for(self.config.max_memory_bytes)
-        sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(zmq.RCVHWM, hwm)
-        return sock
 
     def close(self) -> None:
         """Close every socket, flush the journal and the log file."""

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -149,12 +150,17 @@ class Member:
 
     # ---- phases ---------------------------------------------------------------
 
-    def bind(self, ctx: zmq.Context, kind: int, endpoint: str) -> zmq.Socket:
-        """A bound socket, retrying briefly while the previous phase's socket lets the port go."""
+    def bind(
+        self, ctx: zmq.Context, kind: int, endpoint: str, prepare: Callable[[zmq.Socket], None] | None = None
+    ) -> zmq.Socket:
+        """A bound socket (`prepare` sets its options first), retrying briefly while the previous phase's
+        socket lets the port go."""
         deadline = time.monotonic() + BIND_RETRY_S
         while True:
             sock = ctx.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
+            if prepare is not None:
+                prepare(sock)
             try:
                 sock.bind(endpoint)
                 return sock
