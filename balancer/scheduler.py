@@ -124,6 +124,10 @@ class Scheduler:
         # Unfinished requests submitted again from another connection (another process under the client id):
         # the routes that asked before the request's own, each answered too when it finishes. Rare: a dict beside.
         self._also_waiting: dict[Request, list[Any]] = {}
+        # Attempts that were false deaths (the node came back holding the work): not counted against
+        # max_attempts, while the request's `attempts` still numbers its runs as the nodes saw them.
+        # A side table: false deaths are rare, and a field would cost every waiting request 8 bytes.
+        self._forgiven: dict[Request, int] = {}
         windows = (keep_finished_s, remember_s, remember_bytes)
         self.kept = KeptResults(
             keep_finished, keep_finished_bytes, self.budget, self.sessions, *windows, forgotten=self._arrivals.forget
@@ -262,7 +266,7 @@ class Scheduler:
     def _requeue(self, req: Request, server_id: int, now: float | None = None, why: str = "") -> None:
         """Put a lost request back ahead of later arrivals of its priority: at once, or (`now` given: its
         node died) after a back-off. After its last attempt it goes to the dead letters."""
-        if req.attempts >= self.max_attempts:
+        if req.attempts - (self._forgiven.get(req, 0) if self._forgiven else 0) >= self.max_attempts:
             reason = f"gave up after {req.attempts} attempts; the last on Server {server_id}{why}"
             self._bury(req, server_id, reason)
             return
@@ -294,6 +298,8 @@ class Scheduler:
             self._transit_losses.pop(req, None)
         if self._deadlines:
             self._deadlines.pop(req, None)
+        if self._forgiven:
+            self._forgiven.pop(req, None)
         req.status = status
         if self._also_waiting:
             self._answer_also_waiting(req, result)
@@ -590,6 +596,8 @@ class Scheduler:
             self._transit_losses.pop(req, None)
         if self.timers.deadline_of:
             self.timers.deadline_of.pop(req, None)
+        if self._forgiven:
+            self._forgiven.pop(req, None)
         req.status = DEAD
         req.server_id = server_id
         self.counters["dead"] += 1
@@ -729,7 +737,7 @@ class Scheduler:
             else:
                 elsewhere += 1
                 if req.attempts > 1:
-                    req.attempts -= 1
+                    self._forgiven[req] = self._forgiven.get(req, 0) + 1
         self.counters["reclaimed"] += len(waiting)
         self.table.refresh(node)
         self.outbox.events.append((ev.NODE_RETURNED, node.node_id, len(waiting), elsewhere))
