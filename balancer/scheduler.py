@@ -168,6 +168,20 @@ class Scheduler:
             yield from (req for req in svc.queue if req.status == PENDING)
         yield from self.timers.delayed
 
+    def _prune_services(self) -> int:
+        """Forget the services nothing needs now (none of their requests waits, no live node offers them);
+        how many. Their tallies go with them: a table full of names no one uses any more must not refuse
+        new ones for good (an outside attack filled it with 1,024 made-up names)."""
+        idle = [
+            name
+            for name, svc in self._services.items()
+            if name != DEFAULT_SERVICE and svc.waiting == 0 and not self.table.offering(name)
+            and not any(req.service == name for req in self.timers.delayed)
+        ]  # fmt: skip
+        for name in idle:
+            del self._services[name]
+        return len(idle)
+
     def _service(self, name: str) -> Service:
         svc = self._services.get(name)
         if svc is None:
@@ -210,7 +224,7 @@ class Scheduler:
             return Submitted.BUSY
         svc = self._default if service is DEFAULT_SERVICE else self._services.get(service)
         if svc is None:
-            if len(self._services) >= MAX_SERVICES:
+            if len(self._services) >= MAX_SERVICES and not self._prune_services():
                 return self._reject(client_id, request_id, f"too many services (at most {MAX_SERVICES} at once)")
             svc = self._service(service)
         if self.max_queue is not None and svc.queue.count >= self.max_queue:

@@ -78,6 +78,7 @@ def test_service_names_are_bounded_and_plain():
         assert p.service_error(good) == ""
     for bad in ("", "x" * 65, "has space", "ünï", "new\nline", None, 3):
         assert "is not 1 to 64 characters" in p.service_error(bad)
+    assert "reserved" in p.service_error("mmi.service")  # RFC 8's broker services are never queued
 
 
 def test_every_header_carries_the_senders_epoch():

@@ -143,3 +143,16 @@ def test_service_deadline_and_dead_letters_survive_a_restart_through_the_journal
     assert "gave up after 1 attempts" in letter.error
     restored.retry(0, 2)
     assert restored.get(0, 2).status == p.PENDING
+
+
+def test_a_table_full_of_services_no_one_uses_any_more_takes_new_names():
+    """1,024 made-up service names whose requests all ended: the next new name is taken, not refused for good."""
+    from balancer.records import Submitted
+    from balancer.scheduler import Scheduler
+    from balancer.services import MAX_SERVICES
+
+    sched = Scheduler(heartbeat_s=1.0, liveness=2)
+    for i in range(MAX_SERVICES - 1):
+        assert sched.submit(1, i, 5, b"c", b"x", 0, 0.0, f"s{i}") is Submitted.QUEUED
+        assert sched.cancel(1, i)[0] == "pending"
+    assert sched.submit(1, 10_000, 5, b"c", b"x", 0, 0.0, "fresh") is Submitted.QUEUED

@@ -216,6 +216,8 @@ def service_error(name: Any) -> str:
     """Why `name` is not a service name ('' if it is one): 1 to 64 of A-Z a-z 0-9 . _ : -"""
     if type(name) is not str or not 1 <= len(name) <= MAX_SERVICE_CHARS or not _SERVICE_CHARS.issuperset(name):
         return f"service name {name!r:.80} is not 1 to {MAX_SERVICE_CHARS} characters of A-Z a-z 0-9 . _ : -"
+    if name.startswith("mmi."):  # ZeroMQ RFC 8: the broker's own services, answered at once, never queued
+        return f"service name {name!r} is reserved: mmi.* names the broker's own services (RFC 8)"
     return ""
 
 # Event topics on the PUB socket; subscribers filter by prefix.
