@@ -14,6 +14,7 @@ from its WORK until its DONE, or until the request leaves its node otherwise
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import zmq
@@ -96,7 +97,7 @@ class NodeSide:
     def dispatch(self) -> None:
         """Pair waiting requests with free nodes and send the work; what cannot leave is dispatched again."""
         dispatch = self.sched.dispatch
-        while not self._send_work(dispatch()):
+        while not self._send_work(dispatch(time.monotonic())):
             pass
 
     def _send_work(self, assignments: list[Assignment]) -> bool:

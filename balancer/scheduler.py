@@ -459,8 +459,12 @@ class Scheduler:
 
     # ---- dispatch and results ---------------------------------------------
 
-    def dispatch(self) -> list[tuple[Node, int, Request]]:
-        """Pair waiting requests with the least-loaded free nodes that offer their service."""
+    def dispatch(self, now: float | None = None) -> list[tuple[Node, int, Request]]:
+        """Pair waiting requests with the least-loaded free nodes that offer their service. With `now`,
+        requests past their deadline end first: one that expired between two deadline checks never runs."""
+        if now is not None and self.timers.deadline_of:
+            for req in self.timers.due(now):
+                self.end(req, EXPIRED, "its deadline passed")
         out: list[tuple[Node, int, Request]] = []
         for svc in self._services.values():
             if svc.queue.count:

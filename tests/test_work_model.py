@@ -156,3 +156,16 @@ def test_a_table_full_of_services_no_one_uses_any_more_takes_new_names():
         assert sched.submit(1, i, 5, b"c", b"x", 0, 0.0, f"s{i}") is Submitted.QUEUED
         assert sched.cancel(1, i)[0] == "pending"
     assert sched.submit(1, 10_000, 5, b"c", b"x", 0, 0.0, "fresh") is Submitted.QUEUED
+
+
+def test_a_request_past_its_deadline_between_two_checks_never_runs():
+    """The deadline check runs every tenth of a heartbeat; dispatch looks again, so a request whose deadline
+    passed in between ends expired instead of starting."""
+    from balancer.records import Submitted
+    from balancer.scheduler import Scheduler
+
+    sched = Scheduler(heartbeat_s=1.0, liveness=2)
+    assert sched.submit(1, 1, 5, b"c", b"x", 0, 0.0, "default", 0.001) is Submitted.QUEUED
+    sched.hello(b"n0", 0, 1, 100, "host", 0.0)
+    assert sched.dispatch(0.5) == []
+    assert sched.get(1, 1).status == "expired"
