@@ -134,9 +134,9 @@ class Journal:
             raise self.failure
         data = jf.frame(p.encode_records(records))
         try:
-            _write_all(self._fd, data)
+            jf.write_all(self._fd, data)
             if self.rewrite_fd >= 0:
-                _write_all(self.rewrite_fd, data)  # a compaction under way sees every change after its copy
+                jf.write_all(self.rewrite_fd, data)  # a compaction under way sees every change after its copy
         except OSError as exc:
             # Part of the batch may be in the file: refuse further appends, and let close() skip the fsync
             # so it cannot raise a second error over this one on the way out.
@@ -183,7 +183,7 @@ class Journal:
         """One slice of the live state into the new file."""
         data = jf.frame(p.encode_records(records))
         try:
-            _write_all(self.rewrite_fd, data)
+            jf.write_all(self.rewrite_fd, data)
         except OSError as exc:
             self.end_rewrite(exc)
         self._rewrite_size += len(data)
@@ -224,7 +224,7 @@ class Journal:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
             try:
-                _write_all(fd, data)
+                jf.write_all(fd, data)
                 os.fsync(fd)
                 os.replace(tmp, self.path)
                 if self._fd < 0:
@@ -281,16 +281,6 @@ class Journal:
         finally:
             os.close(self._fd)
             self._fd = -1
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write until every byte is written (a short write comes on a full disk or a signal)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(f"write returned {written} with {len(view)} bytes left")
-        view = view[written:]
 
 
 def _remove_quietly(path: str) -> None:

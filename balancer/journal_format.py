@@ -61,6 +61,16 @@ def fsync_dir(path: str) -> None:
         os.close(dir_fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write comes on a full disk or a signal)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(f"write returned {written} with {len(view)} bytes left")
+        view = view[written:]
+
+
 def frame(payloads: list[bytes]) -> bytes:
     """The frames of `payloads`, back to back, ready for one write."""
     pack, crc32 = HEAD.pack, zlib.crc32

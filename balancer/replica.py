@@ -122,7 +122,7 @@ class Replica:
         elif seq != self.seq + 1:
             return False
         elif body:
-            _write_all(self._fd, body)
+            jf.write_all(self._fd, body)
             self.size += len(body)
             self.records += count
             self._dirty = True
@@ -146,7 +146,7 @@ class Replica:
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
-            _write_all(fd, data)
+            jf.write_all(fd, data)
             os.fsync(fd)
             os.replace(tmp, self.path)
         except BaseException:
@@ -203,9 +203,3 @@ class Replica:
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -79,8 +79,7 @@ def reach(
         endpoints = endpoint_list(endpoint)
     except ValueError as exc:
         raise ControlError(str(exc)) from None
-    asking = _Asking(context or zmq.Context.instance(), secure, p.encode_map({"cmd": cmd, **args}))
-    asking.follow_leader = follow_leader
+    asking = _Asking(context or zmq.Context.instance(), secure, p.encode_map({"cmd": cmd, **args}), follow_leader)
     try:
         return asking.run(endpoints, time.monotonic() + timeout_s, timeout_s)
     finally:
@@ -99,13 +98,15 @@ def standby_leader(result: Any) -> str | None:
 class _Asking:
     """The sockets of one call, one per member asked, and what came back so far."""
 
-    def __init__(self, ctx: zmq.Context, secure: Callable[[zmq.Socket], zmq.Socket], request: bytes) -> None:
+    def __init__(
+        self, ctx: zmq.Context, secure: Callable[[zmq.Socket], zmq.Socket], request: bytes, follow_leader: bool
+    ) -> None:
         self.ctx, self.secure, self.request = ctx, secure, request
+        self.follow_leader = follow_leader  # False: a standby's own status is the answer
         self.asked: dict[str, zmq.Socket | None] = {}  # endpoint -> its socket (None: answered or unusable)
         self.poller = zmq.Poller()
         self.standby_answer: tuple[str, Any] | None = None  # a standby's status: kept in case no leader answers
         self.refusal: ControlError | None = None  # a standby's error naming the leader (or none)
-        self.follow_leader = True  # False: a standby's own status is the answer
 
     def close(self) -> None:
         for sock in self.asked.values():

@@ -63,7 +63,8 @@ def test_check_fails_within_the_bound_when_no_balancer_answers(
 
 def test_process_age_counts_from_the_process_start() -> None:
     """process_age_s() in a fresh process: at least the time it spent sleeping, and not more than it lived."""
-    code = "import time; time.sleep(0.3); from zlb.admin_cli import process_age_s; print(process_age_s())"
+    pause = "time.sleep(0.3)"  # wait-ok: the child's age to measure, not a wait for anything
+    code = f"import time; {pause}; from zlb.admin_cli import process_age_s; print(process_age_s())"
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(20))
     lived = time.monotonic() - started
