@@ -68,8 +68,3 @@ class Timers:
         if not delayed:
             heap.clear()
         return out
-
-    def next_at(self) -> float | None:
-        """The earliest time something may be due (a stale entry may make it early; never late)."""
-        times = [heap[0][0] for heap in (self._deadlines, self._ready_at) if heap]
-        return min(times) if times else None
