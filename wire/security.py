@@ -16,7 +16,6 @@ import os
 from urllib.parse import urlparse
 
 import zmq
-import zmq.auth
 
 CURVE_SECRET_ENV = "ZLB_CURVE_SECRET"
 SERVER_KEY_ENV = "ZLB_SERVER_KEY"
@@ -29,8 +28,10 @@ class CurveConfigError(ValueError):
 
 def generate_keys(directory: str, name: str) -> tuple[str, str]:
     """Write NAME.key (public) and NAME.key_secret in DIRECTORY; return both paths."""
+    from zmq.auth.certs import create_certificates  # only with curve, as in _load
+
     os.makedirs(directory, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(directory, name)
+    public, secret = create_certificates(directory, name)
     os.chmod(secret, 0o600)
     return str(public), str(secret)
 
@@ -49,8 +50,11 @@ def load_public(path: str) -> bytes:
 
 
 def _load(path: str) -> tuple[bytes, bytes | None]:
+    # Imported here: a process without curve never reads a key file, and the module costs 0.5 MB.
+    from zmq.auth.certs import load_certificate
+
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        public, secret = load_certificate(path)
     except (OSError, ValueError) as exc:
         raise CurveConfigError(f"cannot read curve key file {path}: {exc}") from None
     if not public:
