@@ -37,12 +37,16 @@ EVERY_COMMAND = (
     "status",
     "up",
 )
-# What a node has no use for: other roles, the web stack, the terminal UI, the HA client, the test libraries.
+# What a node has no use for: other roles, the web stack, the terminal UI, the HA client, the test libraries;
+# and what only some runs need: zmq.auth reads curve key files (its thread is the balancer's ZAP handler, with
+# asyncio), ctypes asks for the parent-death signal under a supervisor, hmac (secrets) maps in libcrypto.
 NOT_FOR_A_NODE = (
     "balancer",
     "bench",
     "client_node",
+    "ctypes",
     "etcd3gw",
+    "hmac",
     "http_gateway",
     "hypothesis",
     "monitor",
@@ -51,6 +55,7 @@ NOT_FOR_A_NODE = (
     "uvicorn",
     "zlb.admin_cli",
     "zlb.cluster",
+    "zmq.auth",
 )
 
 

@@ -1,8 +1,8 @@
 """The `zlb` command: one click group; each role contributes its commands.
 
 Each command's module is imported only when that command runs, so a process pays
-for its own role's imports alone: an idle `zlb server` that also imported the web
-stack, the monitor's terminal UI and the balancer held 44 MB RSS instead of 31.
+for its own role's imports alone (docs/ARCHITECTURE.md, "One `zlb` command imports
+one role"): an idle `zlb server` that imported every role held 44 MB RSS.
 `zlb --help` still imports them all, to show each command's one-line help.
 """
 
