@@ -23,10 +23,10 @@ from typing import Any
 import zmq
 
 from balancer import control
+from balancer.curve import ADMIN
 from balancer.incidents import Incidents
 from wire import protocol as p
 from wire.protocol import ProtocolError
-from wire.security import ADMIN
 from wire.sockets import received
 
 # Control requests answered per loop pass: from one connection, and in all.

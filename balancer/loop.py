@@ -40,6 +40,7 @@ from balancer.budget import hwm_for
 from balancer.clients import ClientSide
 from balancer.config import BalancerConfig
 from balancer.control_side import ControlSide
+from balancer.curve import CurveServer
 from balancer.eventlog import EventLog
 from balancer.incidents import Incidents
 from balancer.journal_keeper import JournalKeeper
@@ -51,7 +52,7 @@ from wire import events as ev
 from wire import limits
 from wire import protocol as p
 from wire.batching import grouped
-from wire.security import CurveServer, exposed_endpoints
+from wire.security import exposed_endpoints
 from wire.sockets import DRAIN_BATCH, SLEPT_S
 
 # Events are published (and handed to the log) at most this often, and sooner

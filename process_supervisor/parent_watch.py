@@ -15,8 +15,6 @@ long as it does (the main thread of `zlb cluster`, the gateway's processes threa
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -52,9 +50,12 @@ def _ask_kernel(signum: int) -> bool:
     """prctl(PR_SET_PDEATHSIG, signum); False where that is not available (not Linux)."""
     if not sys.platform.startswith("linux"):
         return False
-    libc_name = ctypes.util.find_library("c")
+    # Imported here, as only a supervised child asks: every zlb process runs this module. The process's
+    # own symbols include libc's, so no ctypes.util.find_library (1.5 MB, and it may run ldconfig).
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False

@@ -20,7 +20,6 @@ newest seen are dropped and counted (`stale_epoch`).
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -100,7 +99,7 @@ class ServerNode:
         self.max_payload = limits.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from WELCOME
         self.max_seen = 0  # the highest ticket received: WORK arrives in ticket order
         self._ctx = context or zmq.Context.instance()
-        self.incarnation = secrets.randbits(64)
+        self.incarnation = int.from_bytes(os.urandom(8), "big")  # as secrets.randbits, without its 3.7 MB of hmac
         # A stable identity across reconnects lets the balancer recognise us.
         self.identity = f"node-{socket.gethostname()}-{os.getpid()}-{self.incarnation:016x}".encode()
         self._pool = None if self.inline else HandlerPool(config.capacity, self._run_handler)

@@ -67,7 +67,8 @@ def imports_in(path: Path) -> Iterator[Import]:
 
 
 def launched_in(path: Path) -> Iterator[Import]:
-    """String constants that name one of our modules: what a process runs with `python -m NAME`.
+    """String constants that name one of our modules: what a process runs with `python -m NAME`, or a
+    "module:attribute" the `zlb` group imports when that command runs (zlb/cli.py).
 
     Docstrings are left out: they name tools for a reader, they launch nothing.
     """
@@ -75,8 +76,10 @@ def launched_in(path: Path) -> Iterator[Import]:
     docstrings = {id(doc) for doc in _docstrings(tree)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            if node.value.partition(".")[0] in PACKAGES and node.value.replace(".", "").replace("_", "").isalnum():
-                yield Import(path, node.lineno, repr(node.value), node.value)
+            # "balancer.serve_cli:keys" reaches what `from balancer.serve_cli import keys` does.
+            name = node.value.replace(":", ".", 1)
+            if name.partition(".")[0] in PACKAGES and name.replace(".", "").replace("_", "").isalnum():
+                yield Import(path, node.lineno, repr(node.value), name)
 
 
 def _docstrings(tree: ast.Module) -> Iterator[ast.Constant]:

@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import click
 import jsonschema
 import pytest
 import yaml
@@ -333,6 +334,13 @@ def zlb_invocations(objects: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, 
                     yield f"{where} {hook}", command[1:]
 
 
+def zlb_command(name: str) -> click.Command:
+    """The `zlb NAME` command, its module imported as running it would."""
+    command = main.get_command(click.Context(main), name)
+    assert command is not None, f"zlb has no command {name!r}"
+    return command
+
+
 @cache
 def help_flags(command: str) -> frozenset[str]:
     """The options `zlb COMMAND --help` lists."""
@@ -413,7 +421,7 @@ def test_manifests_use_only_zlb_commands_and_options_that_exist(path: str) -> No
     assert len(invocations) >= 8  # balancer, server and http args; their probes
     for where, args in invocations:
         command = args[0]
-        assert command in main.commands, f"{where}: zlb has no command {command!r}"
+        assert command in main.list_commands(click.Context(main)), f"{where}: zlb has no command {command!r}"
         flags = {arg.split("=", 1)[0] for arg in args[1:] if arg.startswith("--")}
         missing = flags - help_flags(command)
         assert not missing, f"{where}: zlb {command} --help lists no {sorted(missing)}"
@@ -552,7 +560,7 @@ def test_ports_are_the_defaults_of_the_code() -> None:
                 host = value.split("//")[1].rsplit(":", 1)[0]
                 assert host in ("$(POD_IP)", "zlb-balancer"), f"{where}: --{role} {value}"
     gateway = find(objects, "Deployment", "zlb-http")
-    (port_param,) = [p for p in main.commands["http"].params if p.name == "port"]
+    (port_param,) = [p for p in zlb_command("http").params if p.name == "port"]
     assert option(container(gateway)["args"], "--port") == str(port_param.default)
     assert container(gateway)["ports"] == [{"name": "http", "containerPort": port_param.default}]
     etcd_ports = {p["name"]: p["port"] for p in find(objects, "Service", "zlb-etcd")["spec"]["ports"]}
@@ -577,7 +585,7 @@ def test_server_nodes_probe_drain_and_outlast_their_grace() -> None:
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= max_age  # a stall of a minute or so
     # The node's own drain: SIGTERM to PID 1, which is zlb (the image's entrypoint), says LEAVING.
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sh", "-c", "kill -TERM 1"]
-    (grace_param,) = [p for p in main.commands["server"].params if p.name == "grace_s"]
+    (grace_param,) = [p for p in zlb_command("server").params if p.name == "grace_s"]
     grace_s = float(option(c["args"], "--grace-s") or grace_param.default)
     assert pod_spec(servers)["terminationGracePeriodSeconds"] >= grace_s + 5
     pdb = find(objects, "PodDisruptionBudget", "zlb-server")

@@ -1,28 +1,78 @@
-"""The `zlb` command: one click group; each role contributes its commands."""
+"""The `zlb` command: one click group; each role contributes its commands.
+
+Each command's module is imported only when that command runs, so a process pays
+for its own role's imports alone (docs/ARCHITECTURE.md, "One `zlb` command imports
+one role"): an idle `zlb server` that imported every role held 44 MB RSS.
+`zlb --help` still imports them all, to show each command's one-line help.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from typing import Any
 
 import click
 
-from balancer.serve_cli import balancer, keys
-from bench.cli import bench
-from client_node.cli import client, send
-from http_gateway.cli import http
-from monitor.cli import monitor
 from process_supervisor.parent_watch import follow_parent
-from server_node.cli import server, server_check
 from wire import security
 from zlb import __version__
-from zlb.admin_cli import COMMANDS as ADMIN_COMMANDS
-from zlb.cluster import cluster
-from zlb.work_cli import COMMANDS as WORK_COMMANDS
+
+# The commands that connect to a balancer: each gets --curve-secret and --server-key.
+CONNECTING = {
+    "servers": "zlb.admin_cli:servers",
+    "requests": "zlb.admin_cli:requests",
+    "status": "zlb.admin_cli:status",
+    "logs": "zlb.admin_cli:logs",
+    "down": "zlb.admin_cli:down",
+    "up": "zlb.admin_cli:up",
+    "drain": "zlb.admin_cli:drain",
+    "cancel": "zlb.work_cli:cancel",
+    "dead": "zlb.work_cli:dead",
+    "retry": "zlb.work_cli:retry",
+    "server": "server_node.cli:server",
+    "client": "client_node.cli:client",
+    "send": "client_node.cli:send",
+    "monitor": "monitor.cli:monitor",
+    "http": "http_gateway.cli:http",
+}
+# The rest: the balancer binds (it has its own curve options), the others connect to nothing or start their own.
+STANDALONE = {
+    "balancer": "balancer.serve_cli:balancer",
+    "keys": "balancer.serve_cli:keys",
+    "cluster": "zlb.cluster:cluster",
+    "bench": "bench.cli:bench",
+    "server-check": "server_node.cli:server_check",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are "module:attribute" names, imported when a command is looked up."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], connecting: frozenset[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+        self.connecting = connecting
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        # Imported once: the curve options must not be added to a command twice.
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(_with_curve_options(command) if cmd_name in self.connecting else command, cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={**CONNECTING, **STANDALONE},
+    connecting=frozenset(CONNECTING),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="zlb")
 def main() -> None:
     """zlb: a priority load balancer over ZeroMQ.
@@ -79,9 +129,3 @@ def _with_curve_options(command: click.Command) -> click.Command:
 
     command.callback = checked
     return command
-
-
-for command in [*ADMIN_COMMANDS, *WORK_COMMANDS, server, client, send, monitor, http]:
-    main.add_command(_with_curve_options(command))
-for command in [balancer, keys, cluster, bench, server_check]:
-    main.add_command(command)
