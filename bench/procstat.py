@@ -86,6 +86,11 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory now, in MiB."""
+    return round(memory_kib(pid)["VmRSS"] / 1024, 1)
+
+
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory so far, in MiB."""
     return round(memory_kib(pid)["VmHWM"] / 1024, 1)

@@ -242,7 +242,7 @@ class ShapeScenarios(RunnerBase):
 
         def idle_rss(target: Target) -> tuple[list[float], float]:
             time.sleep(IDLE_SETTLE_S)  # wait-ok: the nodes idle past their first heartbeats before being read
-            return [_rss_mib(node.pid) for node in target.nodes], procstat.peak_rss_mib(target.pid)
+            return [procstat.rss_mib(node.pid) for node in target.nodes], procstat.peak_rss_mib(target.pid)
 
         nodes, balancer_rss = self._with(self._zlb(nodes=count), idle_rss)
         raw, _relay_rss = self._with(lambda: baselines.start_frame_relay(self.bench, count, cfg.capacity), idle_rss)
@@ -287,10 +287,6 @@ def _slices(duration: float) -> int:
 def _part(clients: Clients, proc: subprocess.Popen, files: list[str]) -> Clients:
     """One of several load processes started together, to be collected on its own."""
     return Clients([proc], files, clients.cpu_before, clients.target, clients.helper_cpu_before)
-
-
-def _rss_mib(pid: int) -> float:
-    return round(procstat.memory_kib(pid)["VmRSS"] / 1024, 1)
 
 
 def _sum_or_none(values: list[int | None]) -> int | None:
