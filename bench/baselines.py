@@ -51,6 +51,17 @@ def lean_load(
     return bench.collect(bench.go(target, procs, files), warmup_s + duration + 60)
 
 
+def start_user_client(bench: Bench, target: Target, *args: str) -> subprocess.Popen:
+    """One bench.userclient process (a new client id) told `args`; it waits for the bench's go."""
+    argv = python_argv(
+        "bench.userclient",
+        *("--frontend", target.frontend, "--client-id", str(bench.next_client_id())),
+        *args,
+        "--wait-go",
+    )
+    return bench.procs.start(bench.name("userclient"), argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
 def user_submit(bench: Bench, target: Target, clients: int, total: int, one_by_one: bool = False) -> LoadResult:
     """`clients` processes using the Client API share `total` submits, then wait with as_completed.
 
@@ -61,15 +72,10 @@ def user_submit(bench: Bench, target: Target, clients: int, total: int, one_by_o
     (first submit to last result), as a user timing the whole job would see it.
     """
     per_client = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
-    procs = []
-    for count in per_client:
-        argv = python_argv(
-            "bench.userclient",
-            *("--frontend", target.frontend, "--client-id", str(bench.next_client_id())),
-            *("--submit", str(count), "--wait-go"),
-            *(("--one-by-one",) if one_by_one else ()),
-        )
-        procs.append(bench.procs.start(bench.name("userclient"), argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+    procs = [
+        start_user_client(bench, target, "--submit", str(count), *(("--one-by-one",) if one_by_one else ()))
+        for count in per_client
+    ]
     load = bench.collect(bench.go(target, procs, []), USER_RUN_TIMEOUT_S)
     start = min(c["start_mono_ns"] for c in load.clients)
     end = max(c["end_mono_ns"] for c in load.clients)
@@ -77,16 +83,25 @@ def user_submit(bench: Bench, target: Target, clients: int, total: int, one_by_o
     return load
 
 
+def user_windowed(
+    bench: Bench, target: Target, clients: int, window: int, duration: float, warmup_s: float, payload_bytes: int
+) -> LoadResult:
+    """`clients` processes using the Client API, each keeping `window` requests in flight with submit()."""
+    procs, files = [], []
+    for _ in range(clients):
+        lat_file = os.path.join(bench.workdir, f"{bench.name('window')}.lat")
+        args = ("--window", str(window), "--duration", str(duration), "--warmup-s", str(warmup_s))
+        args += ("--payload-bytes", str(payload_bytes), "--latency-file", lat_file)
+        procs.append(start_user_client(bench, target, *args))
+        files.append(lat_file)
+    return bench.collect(bench.go(target, procs, files), warmup_s + duration + 90)
+
+
 def user_one_at_a_time(bench: Bench, target: Target, duration: float, warmup_s: float) -> LoadResult:
     """One process using the Client API: submit(...).result(), one request at a time."""
-    name = bench.name("userclient")
-    lat_file = os.path.join(bench.workdir, f"{name}.lat")
-    argv = python_argv(
-        "bench.userclient",
-        *("--frontend", target.frontend, "--client-id", str(bench.next_client_id()), "--one-at-a-time"),
-        *("--duration", str(duration), "--warmup-s", str(warmup_s), "--latency-file", lat_file, "--wait-go"),
-    )
-    proc = bench.procs.start(name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    lat_file = os.path.join(bench.workdir, f"{bench.name('one')}.lat")
+    args = ("--one-at-a-time", "--duration", str(duration), "--warmup-s", str(warmup_s), "--latency-file", lat_file)
+    proc = start_user_client(bench, target, *args)
     return bench.collect(bench.go(target, [proc], [lat_file]), warmup_s + duration + 60)
 
 
@@ -146,6 +161,12 @@ def pooled(parts: list[LoadResult]) -> LoadResult:
 def resent(load: LoadResult) -> int:
     """Requests the Client API sent again (its retry timer) during a user-path run."""
     return sum(int(c.get("resent", 0)) for c in load.clients)
+
+
+def busy_notices(load: LoadResult) -> int | None:
+    """Busy refusals the Client API was told of during a user-path run (None: its Client does not count them)."""
+    counts = [c.get("busy_notices") for c in load.clients]
+    return None if any(n is None for n in counts) else sum(counts)
 
 
 def cpu_fields(prefix: str, load: LoadResult) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from click.core import ParameterSource
 
 from bench import report
 from bench.harness import Bench, BenchError
+from bench.scenario_kit import REPLACED
 from bench.scenarios import SCENARIOS, BenchConfig, Outcome, Runner
 
 # A thousand node connections need more descriptors than the usual soft limit of 1024.
@@ -23,8 +24,9 @@ WANTED_OPEN_FILES = 16_384
 
 
 def parse_scenarios(values: tuple[str, ...]) -> list[str]:
-    """Scenario names from repeated or comma-separated options, in the canonical order."""
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    """Scenario names from repeated or comma-separated options, in the canonical order (a replaced name,
+    `payload`, stands for the scenario that replaced it)."""
+    names = [REPLACED.get(n.strip(), n.strip()) for v in values for n in v.split(",") if n.strip()]
     if values and not names:
         raise click.BadParameter(
             f"no scenario named in {', '.join(map(repr, values))}; choose from {', '.join(SCENARIOS)}"
@@ -105,7 +107,7 @@ def run_bench(config: BenchConfig, names: list[str], as_json: bool) -> int:
     "--requests",
     type=click.IntRange(1),
     default=None,
-    help="Requests per measurement instead of --duration (userpath: its submits in total [50000]).",
+    help="Requests per measurement instead of --duration (userpath, capacity1: Client API submits in all [50000]).",
 )
 @click.option(
     "--duration", type=click.FloatRange(0.1, 600), default=3.0, show_default=True, help="Seconds per measurement."
@@ -127,6 +129,9 @@ def run_bench(config: BenchConfig, names: list[str], as_json: bool) -> int:
     "--sim-nodes", type=click.IntRange(1, 10_000), default=None, help="Simulated nodes in the nodes scenario [1000]."
 )
 @click.option(
+    "--burst", type=click.IntRange(1), default=None, help="Requests the million scenario submits at once [1000000]."
+)
+@click.option(
     "--takeovers", type=click.IntRange(1, 1000), default=None, help="Leader kills in the ha scenario [10; --quick 2]."
 )
 @click.option("--quick", is_flag=True, help="Tiny counts: every scenario in a few seconds (a smoke run).")
@@ -142,12 +147,15 @@ def bench(
     queue_size: int | None,
     queue_rate: float,
     sim_nodes: int | None,
+    burst: int | None,
     takeovers: int | None,
     quick: bool,
     as_json: bool,
 ) -> None:
-    """Measure zlb: throughput, latency, the relay ceiling, priority, failover, queue, nodes, payload, HA."""
+    """Measure zlb against the frame relay and its targets: every scenario's note says which."""
     names = parse_scenarios(scenarios)
+    for old in sorted({n.strip() for v in scenarios for n in v.split(",")} & set(REPLACED)):
+        click.echo(f"zlb bench: scenario {old} was replaced by {REPLACED[old]}; running {REPLACED[old]}", err=True)
     config = BenchConfig.quick() if quick else BenchConfig()
     given = click.get_current_context().get_parameter_source
     # Options given on the command line win; otherwise the (quick or full) defaults stand.
@@ -161,6 +169,7 @@ def bench(
         ("queue_size", queue_size),
         ("queue_rate", queue_rate),
         ("sim_nodes", sim_nodes),
+        ("burst", burst),
         ("takeovers", takeovers),
     ):
         if given(name) is not ParameterSource.DEFAULT and value is not None:

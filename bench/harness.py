@@ -18,13 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import procstat, stats
+from bench import defaults, procstat, stats
 from bench.procs import ProcessSet, python_argv
 from process_supervisor.supervisor import zlb_argv
 from wire import control_client
 
 START_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.02
+# What each further node adds to the wait for a balancer's nodes to be active.
+NODE_START_S = 0.5
 
 
 class BenchError(Exception):
@@ -73,6 +75,7 @@ class Target:
     broker: subprocess.Popen
     control: str | None = None
     nodes: list[subprocess.Popen] = field(default_factory=list)
+    events: str | None = None
 
     @property
     def pid(self) -> int:
@@ -131,6 +134,8 @@ class Bench:
         self._names = 0
         # Ids above 256: Python caches small ints, which would hide the real per-request cost.
         self._client_ids = 1000
+        # The balancer options the running scenario set away from their defaults (bench/defaults.py).
+        self.non_default: dict[str, str] = {}
 
     def name(self, prefix: str) -> str:
         self._names += 1
@@ -158,12 +163,16 @@ class Bench:
             *hb,
             *extra,
         )
+        self.non_default.update(
+            {k: v.replace(self.workdir, "SCRATCH") for k, v in defaults.changed([*hb, *extra]).items()}
+        )
         broker = self.procs.start(name, argv)
-        target = Target("zlb", frontend, backend, broker, control)
+        target = Target("zlb", frontend, backend, broker, control, events=events)
         self.wait_zlb_up(target, name)
         for i in range(nodes):
             self.add_zlb_node(target, capacity, handler, hb, node_id=i if with_ids else None)
-        self.wait_zlb_nodes(target, nodes)
+        # 64 nodes starting at once on 2 busy cores take longer than one.
+        self.wait_zlb_nodes(target, nodes, START_TIMEOUT_S + nodes * NODE_START_S)
         return target
 
     def add_zlb_node(

@@ -86,6 +86,22 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory now, in MiB."""
+    return round(memory_kib(pid)["VmRSS"] / 1024, 1)
+
+
 def peak_rss_mib(pid: int) -> float:
     """Peak resident memory so far, in MiB."""
     return round(memory_kib(pid)["VmHWM"] / 1024, 1)
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Start the process's peak (VmHWM) again from its RSS now, so one phase's peak can be read alone;
+    False where the kernel does not allow it (then the peak runs on from the process's start)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False

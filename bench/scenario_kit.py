@@ -7,6 +7,7 @@ plus the scenario's own figures.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,41 @@ SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
         "p50_vs_relay",
         "p50_vs_proxy",
     ),
+    "capacity1": (
+        "node_counts",
+        "vs_relay_few",
+        "vs_relay_many",
+        "balancer_cpu_us_per_request_few",
+        "balancer_cpu_us_per_request_many",
+        "relay_cpu_us_per_request_few",
+        "relay_cpu_us_per_request_many",
+        "resent",
+        "by_nodes",
+    ),
+    "payloads": (
+        "sizes",
+        "mb_per_s_256k",
+        "relay_mb_per_s_256k",
+        "vs_relay_256k",
+        "balancer_cpu_us_per_request_256k",
+        "balancer_rss_mb_256k",
+        "busy_notices",
+        "resent",
+    ),
+    "million": (
+        "requests",
+        "finished",
+        "wall_s",
+        "target_wall_s",
+        "resent",
+        "resent_fraction",
+        "busy_notices",
+        "busy_refusals",
+        "client_rss_mb",
+        "second_client_requests",
+        "second_client_max_us",
+        "second_client_p50_us",
+    ),
     "priority": ("idle_p50_us", "idle_p99_us", "p99_vs_idle", "backlog", "service_ms"),
     "failover": ("failover_ms", "target_ms", "held_at_kill", "requeued", "lost", "duplicated"),
     "queue": (
@@ -72,7 +108,17 @@ SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
         "dispatch_us_per_request",
         "dispatch_us_per_request_4_nodes",
     ),
-    "payload": ("sizes",),
+    "killnode": (
+        "kills",
+        "rerun_ms",
+        "rerun_ms_median",
+        "rerun_ms_max",
+        "noticed_ms",
+        "target_ms",
+        "request_s",
+        "lost",
+    ),
+    "lean": ("node_rss_mb", "node_rss_mb_median", "raw_node_rss_mb", "raw_node_rss_mb_median", "target_mb"),
     "ha": (
         "requests",
         "single_requests_per_s",
@@ -88,6 +134,9 @@ SCENARIO_FIELDS: dict[str, tuple[str, ...]] = {
     ),
 }
 SCENARIOS = tuple(SCENARIO_FIELDS)
+# Names a scenario was known by before it was replaced: `zlb bench --scenario payload` runs `payloads`
+# (16 B to 1 MiB against the frame relay) and says so.
+REPLACED = {"payload": "payloads"}
 
 
 @dataclass
@@ -108,7 +157,16 @@ class BenchConfig:
     sim_procs: int = 4
     heartbeat_ms: int = p.HEARTBEAT_INTERVAL_MS
     service_ms: float = 5.0
-    payload_sizes: tuple[int, ...] = (1024, 256 * 1024)
+    payload_sizes: tuple[int, ...] = (16, 4 * 1024, 256 * 1024, 1024 * 1024)
+    # The payloads scenario's clients keep min(window, this / payload size) in flight each, on both sides.
+    payload_window_bytes: int = 16 * 1024 * 1024
+    capacity1_nodes: tuple[int, int] = (4, 64)  # the capacity1 scenario's few and many nodes
+    burst: int = 1_000_000  # the million scenario's one submit_many
+    second_client_requests: int = 100  # one at a time meanwhile, from another client
+    second_client_interval_s: float = 0.1
+    kills: int = 5  # the killnode scenario's kill -9s
+    kill_request_s: float = 2.0  # how long the killed node's request runs
+    lean_nodes: int = 5
     user_requests: int = 50_000  # the user-path scenario's submits, shared by its client processes
     takeovers: int = 10  # the ha scenario's leader kills
 
@@ -127,6 +185,13 @@ class BenchConfig:
             service_ms=1.0,
             user_requests=1000,
             takeovers=2,
+            capacity1_nodes=(2, 4),
+            burst=2000,
+            second_client_requests=10,
+            second_client_interval_s=0.01,
+            kills=2,
+            kill_request_s=0.5,
+            lean_nodes=2,
         )
 
 
@@ -147,6 +212,11 @@ def common(load: LoadResult | None, rss_mb: float | None) -> dict[str, Any]:
         "balancer_cpu_us_per_request": None if load is None else load.cpu_us_per_request,
         "balancer_rss_mb": rss_mb,
     }
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average: other work on a shared machine moves every figure."""
+    return round(os.getloadavg()[0], 2)
 
 
 def row(scenario: str, target: str, load: LoadResult | None, rss_mb: float | None, note: str = "") -> dict[str, Any]:

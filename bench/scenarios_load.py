@@ -1,14 +1,12 @@
-"""Scenarios that measure speed under load: throughput, latency, the ceiling, priority, payload sizes."""
+"""Scenarios that measure speed under load: throughput, latency, the harness check, the user path, priority."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from typing import Any
 
 from bench import baselines, procstat, stats
 from bench.harness import LoadResult, Target
-from bench.scenario_kit import COMMON_FIELDS, Outcome, RunnerBase, common, row
+from bench.scenario_kit import Outcome, RunnerBase, common, load_average, row
 
 # The harness check: zmq.proxy must reach this multiple of the frame relay, or the run is harness-bound.
 HARNESS_HEADROOM = 2.0
@@ -111,7 +109,7 @@ class LoadScenarios(RunnerBase):
             "proxy_vs_relay": headroom,
             "required": HARNESS_HEADROOM,
             "verdict": verdict,
-            "load_average": _load_average(),
+            "load_average": load_average(),
             "errors": sum(x.errors for x in (relay_many, relay_one, proxy_many, proxy_one)),
         }
         load = f"lean clients {cfg.clients} x window {cfg.window}, {cfg.nodes} raw echo nodes"
@@ -159,7 +157,7 @@ class LoadScenarios(RunnerBase):
             "vs_relay": stats.ratio(zlb_many.requests_per_s, relay_many.requests_per_s),
             "p50_vs_relay": stats.ratio(zlb_one.latency_us["p50_us"], relay_one.latency_us["p50_us"]),
             "submit_loop_vs_relay": stats.ratio(zlb_loop.requests_per_s, relay_many.requests_per_s),
-            "load_average": _load_average(),
+            "load_average": load_average(),
             "errors": sum(x.errors for x in (zlb_many, zlb_loop, zlb_one, relay_many, relay_one)),
         }
         rows = [
@@ -239,56 +237,3 @@ class LoadScenarios(RunnerBase):
         ]
         notes = [f"priority: loaded p99 = {record['p99_vs_idle']} x idle p99 (target <= 3)"]
         return Outcome(record, rows, notes)
-
-    def scenario_payload(self) -> Outcome:
-        """Throughput with large opaque payloads, zlb and the relay side by side."""
-        cfg = self.cfg
-        sizes: list[dict[str, Any]] = []
-        rows = []
-        for size in cfg.payload_sizes:
-
-            def measure(target: Target, size: int = size) -> tuple[LoadResult, float]:
-                return self._load(target, cfg.clients, cfg.window, payload_bytes=size), procstat.peak_rss_mib(
-                    target.pid
-                )
-
-            zlb, zlb_rss = self._with(self._zlb(), measure)
-            relay, relay_rss = self._with(lambda: self.bench.start_relay(cfg.nodes, cfg.capacity), measure)
-            sizes.append(
-                {
-                    "payload_bytes": size,
-                    "requests_per_s": zlb.requests_per_s,
-                    "mib_per_s": _mib_per_s(zlb.requests_per_s, size),
-                    "p50_us": zlb.latency_us["p50_us"],
-                    "p99_us": zlb.latency_us["p99_us"],
-                    "balancer_cpu_us_per_request": zlb.cpu_us_per_request,
-                    "balancer_rss_mb": zlb_rss,
-                    "relay_requests_per_s": relay.requests_per_s,
-                    "relay_cpu_us_per_request": relay.cpu_us_per_request,
-                    "vs_relay": stats.ratio(zlb.requests_per_s, relay.requests_per_s),
-                    "errors": zlb.errors + relay.errors,
-                }
-            )
-            rows.append(row("payload", "zlb", zlb, zlb_rss, f"{_size_name(size)} payload"))
-            rows.append(row("payload", "relay", relay, relay_rss, f"{_size_name(size)} payload"))
-        first = sizes[0]
-        record = {k: first[k] for k in COMMON_FIELDS}
-        record["sizes"] = sizes
-        record["errors"] = sum(s["errors"] for s in sizes)
-        notes = [
-            f"payload {_size_name(s['payload_bytes'])}: {s['mib_per_s']} MiB/s, {s['vs_relay']} x relay" for s in sizes
-        ]
-        return Outcome(record, rows, notes)
-
-
-def _load_average() -> float:
-    """The machine's 1-minute load average: other work on a shared machine moves every figure."""
-    return round(os.getloadavg()[0], 2)
-
-
-def _mib_per_s(rps: float | None, size: int) -> float | None:
-    return None if rps is None else round(rps * size / (1024 * 1024), 1)
-
-
-def _size_name(size: int) -> str:
-    return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"

@@ -1,17 +1,23 @@
-"""Scenarios that measure robustness and scale: failover, a million queued requests, a thousand nodes."""
+"""Scenarios that measure robustness and scale: failover, a node killed mid-request, a million queued
+requests, a thousand nodes."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bench import baselines, procstat, stats
-from bench.harness import Target
+from bench.harness import BenchError, Target
 from bench.scenario_kit import Outcome, RunnerBase, common, row
-from wire import control_client
+from bench.starthandler import Start, read_starts
+from client_node.client import Client
+from monitor.stream import EventStream
+from wire import control_client, events
 from wire import protocol as p
 
 # Longest the queue and stall scenarios wait for a deep queue to drain (a million at ~30k/s is ~35 s).
@@ -20,6 +26,13 @@ QUEUE_DRAIN_WAIT_S = 1200.0
 STALL_TARGET_MS = 20.0
 # Admin queries run while the queue is full, one after another, for this long (at least a few rounds).
 ADMIN_PHASE_S = 3.0
+# killnode: the target (issue 23) from the kill -9 to the request running again elsewhere, and the nodes.
+RERUN_TARGET_MS = 200.0
+KILLNODE_NODES = 3
+# How long killnode waits for a start, for the request to run again, and for the balancer's word of the death.
+START_WAIT_S = 20.0
+RERUN_WAIT_S = 30.0
+NOTICE_WAIT_S = 2.0
 ADMIN_QUERIES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("requests", {"limit": 10}),
     ("requests", {"status": "pending", "limit": 10}),
@@ -72,6 +85,77 @@ class ScaleScenarios(RunnerBase):
             f"kill (target {record['target_ms']}), lost {record['lost']}, duplicated {record['duplicated']}"
         )
         return Outcome(record, [row("failover", "zlb", None, record["balancer_rss_mb"], note)], [f"failover: {note}"])
+
+    def scenario_killnode(self) -> Outcome:
+        """kill -9 a node running a request; ms until that request starts again on another node, as the node
+        running it notes the start (bench/starthandler.py), and until the balancer says the node is gone."""
+        cfg = self.cfg
+        starts = os.path.join(self.bench.workdir, f"{self.bench.name('starts')}.txt")
+        payload = json.dumps({"cost_ms": cfg.kill_request_s * 1000, "starts": starts}).encode()
+        start = self._zlb(nodes=KILLNODE_NODES, capacity=1, handler=STARTS_HANDLER)
+
+        def measure(target: Target) -> dict[str, Any]:
+            reruns: list[float] = []
+            noticed: list[float | None] = []
+            lost = 0
+            stream = EventStream(str(target.events), topics=(p.TOPIC_NODE,))
+            try:
+                with Client(target.frontend, client_id=self.bench.next_client_id()) as client:
+                    for _ in range(cfg.kills):
+                        rerun_ms, noticed_ms, ok = self._kill_one(target, client, stream, starts, payload)
+                        reruns.append(rerun_ms)
+                        noticed.append(noticed_ms)
+                        lost += not ok
+            finally:
+                stream.close()
+            return {
+                **common(None, procstat.peak_rss_mib(target.pid)),
+                "kills": cfg.kills,
+                "rerun_ms": reruns,
+                "rerun_ms_median": round(statistics.median(reruns), 1),
+                "rerun_ms_max": max(reruns),
+                "noticed_ms": noticed,
+                "target_ms": RERUN_TARGET_MS,
+                "request_s": cfg.kill_request_s,
+                "lost": lost,
+                "errors": lost,
+            }
+
+        record = self._with(start, measure)
+        note = (
+            f"kill -9 of a node {record['kills']} times, each running a {record['request_s']:g} s request: it ran "
+            f"again elsewhere after median {record['rerun_ms_median']} ms, worst {record['rerun_ms_max']} ms "
+            f"(target <= {RERUN_TARGET_MS:g}); the balancer said the node was gone after "
+            + ", ".join("?" if v is None else f"{v:g}" for v in record["noticed_ms"])
+            + f" ms; lost {record['lost']}"
+        )
+        return Outcome(record, [row("killnode", "zlb", None, record["balancer_rss_mb"], note)], [f"killnode: {note}"])
+
+    def _kill_one(
+        self, target: Target, client: Client, stream: EventStream, starts: str, payload: bytes
+    ) -> tuple[float, float | None, bool]:
+        """Submit one request, kill -9 the node that starts it, start a replacement; (ms until it starts again
+        on another node, ms until the balancer's event of the death or None, whether it was processed)."""
+        pending = client.submit(payload)
+        first = _wait_start(starts, lambda s: s.request_id == pending.request_id, "the request to start")
+        victim = next((n for n in target.nodes if n.pid == first.pid), None)
+        if victim is None:
+            raise BenchError(f"the request started in pid {first.pid}, which is none of the bench's nodes")
+        stream.poll(0)  # what was published before the kill is not about it
+        killed_wall, killed_ns = time.time(), time.monotonic_ns()
+        self.bench.procs.kill9(victim)
+        target.nodes.remove(victim)
+        self.bench.add_zlb_node(target, 1, STARTS_HANDLER, [])  # starts while the death is being noticed
+        again = _wait_start(
+            starts,
+            lambda s: s.request_id == pending.request_id and s.pid != first.pid,
+            "the killed node's request to run again",
+            RERUN_WAIT_S,
+        )
+        noticed = _noticed_ms(stream, first.server_id, killed_wall)
+        result = pending.result(timeout=RERUN_WAIT_S + self.cfg.kill_request_s)
+        self.bench.wait_zlb_nodes(target, KILLNODE_NODES)
+        return round((again.monotonic_ns - killed_ns) / 1e6, 1), noticed, result.status == "processed"
 
     def scenario_queue(self) -> Outcome:
         """A million requests queued with no node up, then drained by nodes that join."""
@@ -239,6 +323,33 @@ class ScaleScenarios(RunnerBase):
                 key = cmd + "".join(f" --{k} {v}" for k, v in args.items())
                 slowest[key] = max(slowest.get(key, 0.0), round((time.monotonic() - t0) * 1000, 1))
         return slowest
+
+
+# The handler killnode's nodes run: it notes each start in the file its payload names.
+STARTS_HANDLER = "bench.starthandler:handle"
+
+
+def _wait_start(path: str, match: Any, what: str, timeout_s: float = START_WAIT_S) -> Start:
+    """The first start noted in `path` that `match`es; BenchError at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = next((s for s in read_starts(path) if match(s)), None)
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.005)  # wait-ok: poll interval of a deadline-bounded wait (the handler stamps the time)
+
+
+def _noticed_ms(stream: EventStream, server_id: int, killed_wall: float) -> float | None:
+    """ms from the kill to the balancer's event that the node is dead or gone (None if none came)."""
+    gone = (events.NODE_DEAD, events.NODE_LEFT)
+    deadline = time.monotonic() + NOTICE_WAIT_S
+    while time.monotonic() < deadline:
+        for event in stream.poll(0.1):
+            if event[1] in gone and event[2] == server_id:
+                return round((event[0] - killed_wall) * 1000, 1)
+    return None
 
 
 def stall_phases(samples: list[tuple[int, int]], marks: dict[str, int]) -> dict[str, float | None]:

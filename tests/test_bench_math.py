@@ -8,10 +8,12 @@ import sys
 import click
 import pytest
 
-from bench import procstat, report, stats
+from bench import defaults, procstat, report, stats
 from bench.cli import parse_scenarios
 from bench.scenarios import SCENARIOS
 from bench.scenarios_scale import stall_phases
+from bench.starthandler import Start, read_starts
+from tools.by_commit import split_bench_args
 from tools.interleave import summarise
 from tools.profile import top_functions
 
@@ -48,6 +50,39 @@ def test_parse_scenarios_accepts_repeats_and_commas_in_canonical_order() -> None
     """--scenario queue,latency --scenario latency runs latency then queue, once each."""
     assert parse_scenarios(("queue,latency", "latency")) == ["latency", "queue"]
     assert parse_scenarios(()) == list(SCENARIOS)
+
+
+def test_parse_scenarios_runs_a_replaced_name_as_its_successor() -> None:
+    """`payload` was replaced by `payloads`: asking for either (or both) runs payloads, once."""
+    assert parse_scenarios(("payload",)) == ["payloads"]
+    assert parse_scenarios(("payloads,payload", "lean")) == ["payloads", "lean"]
+
+
+def test_non_default_options_are_those_that_differ_from_zlb_balancers_own_defaults() -> None:
+    """An option given at its default value is not a change; a different value or an option with no default is,
+    and the description names the default beside it."""
+    changed = defaults.changed(["--heartbeat-ms", "500", "--max-memory-mb", "0", "--journal", "/j", "--liveness", "3"])
+    assert changed == {"--max-memory-mb": "0", "--journal": "/j"}
+    assert defaults.changed(["--max-memory-mb", "256.0"]) == {}
+    assert defaults.changed(["--require-standby"]) == {"--require-standby": "true"}
+    assert defaults.describe(changed) == "--max-memory-mb 0 (default 256), --journal /j (default none)"
+
+
+def test_starts_file_gives_whole_lines_only(tmp_path) -> None:
+    """A start still being written (no newline yet) is left for the next look; a missing file is no start."""
+    path = tmp_path / "starts.txt"
+    assert read_starts(str(path)) == []
+    path.write_text("7 1 0 4242 1000\n7 2 1 4343 2000\n8 1 1")
+    assert read_starts(str(path)) == [Start(7, 1, 0, 4242, 1000), Start(7, 2, 1, 4343, 2000)]
+
+
+def test_by_commit_passes_what_follows_a_double_dash_to_zlb_bench() -> None:
+    """Its own options before `--`, zlb bench's after it; no `--`, nothing extra."""
+    assert split_bench_args(["--scenario", "million", "HEAD", "--", "--burst", "100"]) == (
+        ["--scenario", "million", "HEAD"],
+        ("--burst", "100"),
+    )
+    assert split_bench_args(["--scenario", "lean", "HEAD"]) == (["--scenario", "lean", "HEAD"], ())
 
 
 def test_parse_scenarios_rejects_unknown_names() -> None:
@@ -124,6 +159,22 @@ def test_cpu_seconds_of_another_process_is_precise_and_agrees_with_proc_stat():
         ticks = (int(fields[11]) + int(fields[12])) / procstat.CLOCK_TICKS_PER_S
         assert precise >= 0.2 and abs(precise - ticks) <= 0.05
         assert round(precise * 1e9) % 10_000_000 != 0  # not a whole number of ticks: the clock, not /proc
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
+
+
+def test_peak_rss_of_another_process_can_start_again_from_now() -> None:
+    """After a child frees 100 MiB, its peak still counts them until reset_peak_rss starts it again from now."""
+    code = "import sys\nx = bytearray(100 * 2**20)\ndel x\nprint(1, flush=True)\nsys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"1\n"
+        before = procstat.memory_kib(child.pid)
+        assert before["VmHWM"] - before["VmRSS"] >= 90 * 1024
+        assert procstat.reset_peak_rss(child.pid)
+        after = procstat.memory_kib(child.pid)
+        assert after["VmHWM"] - after["VmRSS"] < 10 * 1024
     finally:
         child.stdin.close()
         child.wait(timeout=10)

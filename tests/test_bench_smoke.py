@@ -18,8 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # The full --quick run took under 30 s on a quiet 2-core machine before the ha scenario, which adds about
 # 10 s (etcd, two members, two leader kills that each wait out the 2 s lease).
 BENCH_TIMEOUT_S = 65
-# The default suite runs these: the harness check's verdict, a kill -9, a deep queue and the stall probe (~8 s).
-SMOKE_SCENARIOS = ("harness", "failover", "queue", "stall")
+# Every scenario --quick: the shapes of issue 23 (capacity1, payloads, million, killnode, lean) add about 35 s.
+ALL_TIMEOUT_S = 120
+# The default suite runs these: the harness check's verdict, a kill -9, a deep queue, the stall probe and one
+# client's burst against a balancer with every default (~12 s).
+SMOKE_SCENARIOS = ("harness", "million", "failover", "queue", "stall")
 
 
 def _alive(pid: int) -> bool:
@@ -32,7 +35,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _quick_bench(tmp_path: Path, *scenarios: str) -> tuple[dict, list[int]]:
+def _quick_bench(tmp_path: Path, *scenarios: str, timeout_s: float = BENCH_TIMEOUT_S) -> tuple[dict, list[int]]:
     """`zlb bench --quick --json` (of `scenarios`, or all): its JSON and the PIDs it says it started."""
     chosen = ["--scenario", ",".join(scenarios)] if scenarios else []
     done = subprocess.run(
@@ -41,7 +44,7 @@ def _quick_bench(tmp_path: Path, *scenarios: str) -> tuple[dict, list[int]]:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,
-        timeout=scaled(BENCH_TIMEOUT_S),
+        timeout=scaled(timeout_s),
         stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -52,7 +55,7 @@ def _quick_bench(tmp_path: Path, *scenarios: str) -> tuple[dict, list[int]]:
 
 def _check_fields(result: dict) -> None:
     for name, record in result.items():
-        missing = [f for f in (*COMMON_FIELDS, *SCENARIO_FIELDS[name]) if f not in record]
+        missing = [f for f in (*COMMON_FIELDS, *SCENARIO_FIELDS[name], "non_default") if f not in record]
         assert missing == [], f"{name} lacks {missing}"
         assert record["errors"] == 0, f"{name}: {record}"
 
@@ -60,7 +63,8 @@ def _check_fields(result: dict) -> None:
 @pytest.mark.timeout(BENCH_TIMEOUT_S + 10)
 def test_quick_bench_judges_its_harness_survives_a_kill_and_stops_its_processes(tmp_path: Path) -> None:
     """The harness verdict is the one its own figures give (zmq.proxy's throughput over the frame relay's,
-    against the required multiple); the kill -9 and the deep queue lose nothing; every started PID is gone."""
+    against the required multiple); the kill -9, the deep queue and one client's burst lose nothing; a scenario
+    that runs the balancer off its defaults says which, the burst's says none; every started PID is gone."""
     result, pids = _quick_bench(tmp_path, *SMOKE_SCENARIOS)
     assert list(result) == list(SMOKE_SCENARIOS)
     _check_fields(result)
@@ -74,15 +78,25 @@ def test_quick_bench_judges_its_harness_survives_a_kill_and_stops_its_processes(
     assert result["queue"]["lost"] == 0 and result["queue"]["queued"] > 0
     assert result["stall"]["lost"] == 0 and result["stall"]["pings"] > 0
     assert set(result["stall"]["stall_ms_by_phase"]) == {"idle", "enqueue", "admin", "drain"}
+    million = result["million"]
+    assert million["finished"] and million["requests"] == 2000 and million["second_client_requests"] == 10
+    assert million["resent_fraction"] == pytest.approx(million["resent"] / 2000, abs=1e-4)
+    assert million["busy_refusals"] >= 0
+    assert million["second_client_max_us"] >= million["second_client_p50_us"] > 0
+    assert million["non_default"] == {} and result["harness"]["non_default"] == {}
+    assert result["queue"]["non_default"] == {"--max-memory-mb": "0"}
+    assert set(result["stall"]["non_default"]) == {"--max-memory-mb", "--journal"}
+    # --quick heartbeats every 200 ms where the balancer's default is 500.
+    assert result["failover"]["non_default"] == {"--heartbeat-ms": "200"}
     assert len(pids) >= 4
     assert [pid for pid in pids if _alive(pid)] == []
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(BENCH_TIMEOUT_S + 10)
+@pytest.mark.timeout(ALL_TIMEOUT_S + 10)
 def test_quick_bench_prints_every_scenario_and_stops_its_processes(tmp_path: Path) -> None:
     """Every scenario appears with its fields, nothing was lost, and every started PID is gone."""
-    result, pids = _quick_bench(tmp_path)
+    result, pids = _quick_bench(tmp_path, timeout_s=ALL_TIMEOUT_S)
     assert list(result) == list(SCENARIO_FIELDS)
     _check_fields(result)
     assert result["throughput"]["requests_per_s"] > 0
@@ -93,7 +107,16 @@ def test_quick_bench_prints_every_scenario_and_stops_its_processes(tmp_path: Pat
     assert result["userpath"]["relay_requests_per_s"] > 0
     assert result["userpath"]["balancer_cpu_us_per_request"] > 0
     assert result["stall"]["lost"] == 0
-    assert [s["payload_bytes"] for s in result["payload"]["sizes"]] == [1024, 256 * 1024]
+    payloads = result["payloads"]
+    assert [s["payload_bytes"] for s in payloads["sizes"]] == [16, 4096, 256 * 1024, 1024 * 1024]
+    assert all(s["mb_per_s"] > 0 and s["relay_mb_per_s"] > 0 for s in payloads["sizes"])
+    capacity1 = result["capacity1"]
+    assert [s["nodes"] for s in capacity1["by_nodes"]] == capacity1["node_counts"] == [2, 4]
+    assert capacity1["vs_relay_few"] > 0 and capacity1["relay_cpu_us_per_request_many"] > 0
+    killnode = result["killnode"]
+    assert killnode["lost"] == 0 and len(killnode["rerun_ms"]) == killnode["kills"] == 2
+    assert all(ms > 0 for ms in killnode["rerun_ms"])
+    assert result["lean"]["node_rss_mb_median"] > result["lean"]["raw_node_rss_mb_median"] > 0
     assert len(pids) >= 10
     assert [pid for pid in pids if _alive(pid)] == []
 

@@ -1,6 +1,7 @@
 """One scenario at several commits, in interleaved rounds: the before and after of each optimisation.
 
     python -m tools.by_commit --rounds 3 --scenario userpath 8d13fd4 db1cce6 HEAD
+    python -m tools.by_commit --same-bench --rounds 3 --scenario million 5ab9689 HEAD -- --burst 200000
 
 Each commit is checked out in a temporary git worktree; every round runs
 `zlb bench --json --scenario NAME` once per commit, in the order given, with
@@ -10,7 +11,9 @@ through the session, so a busy minute on a shared machine hurts them alike.
 
 With --same-bench, every commit is measured by this checkout's bench/ (the
 same measuring stick for all; the commits' zlb code still runs the balancer,
-nodes and clients): for commits older than a change to the bench itself.
+nodes and clients): for commits older than a change to the bench itself,
+such as the scenarios added after them (capacity1, payloads, million,
+killnode, lean). Options after `--` go to every `zlb bench`.
 
 Prints one JSON object: per commit, per numeric field, the median, minimum,
 maximum and every value in round order; plus the load average before each
@@ -36,10 +39,11 @@ from tools.interleave import RUN_TIMEOUT_S, print_report, run_rounds
 THIS_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
-def bench_at(worktree: str, scenario: str, bench_dir: str | None = None) -> dict[str, Any]:
-    """One `zlb bench --json --scenario NAME` run with the worktree's code (and bench_dir's bench/, if given)."""
+def bench_at(worktree: str, scenario: str, bench_dir: str | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One `zlb bench --json --scenario NAME [extra]` run with the worktree's code (and bench_dir's bench/, if
+    given)."""
     env = dict(os.environ, PYTHONPATH=worktree if bench_dir is None else f"{bench_dir}{os.pathsep}{worktree}")
-    argv = [sys.executable, "-m", "zlb", "bench", "--json", "--scenario", scenario]
+    argv = [sys.executable, "-m", "zlb", "bench", "--json", "--scenario", scenario, *extra]
     # `python -m` puts its working directory first on the path: run from bench_dir so its bench/ wins.
     proc = subprocess.Popen(
         argv,
@@ -60,13 +64,22 @@ def bench_at(worktree: str, scenario: str, bench_dir: str | None = None) -> dict
     return json.loads(out)[scenario]
 
 
+def split_bench_args(argv: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """This tool's arguments, and those after `--`, which go to every `zlb bench`."""
+    if "--" not in argv:
+        return argv, ()
+    cut = argv.index("--")
+    return argv[:cut], tuple(argv[cut + 1 :])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.by_commit", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scenario", required=True)
     parser.add_argument("--same-bench", action="store_true", help="measure every commit with this bench/")
-    parser.add_argument("commits", nargs="+", help="anything git rev-parse takes")
-    args = parser.parse_args(argv)
+    parser.add_argument("commits", nargs="+", help="anything git rev-parse takes; then -- and zlb bench options")
+    own, extra = split_bench_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     for commit in args.commits:
@@ -85,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             for commit, tree in trees.items():
                 subprocess.run(["git", "worktree", "add", "--detach", tree, commit], check=True, capture_output=True)
             records, loads = run_rounds(
-                args.rounds, args.commits, lambda commit: bench_at(trees[commit], args.scenario, bench_dir), "round"
+                args.rounds,
+                args.commits,
+                lambda commit: bench_at(trees[commit], args.scenario, bench_dir, extra),
+                "round",
             )
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", tree], capture_output=True)
-    print_report({"scenario": args.scenario, "rounds": args.rounds}, records, loads)
+    print_report({"scenario": args.scenario, "rounds": args.rounds, "bench_args": list(extra)}, records, loads)
     return 0
 
 
