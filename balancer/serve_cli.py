@@ -24,7 +24,16 @@ from balancer.loop import run_balancer
 from balancer.scheduler import DEFAULT_MAX_ATTEMPTS
 from wire import limits
 from wire.limits import DEFAULT_MAX_MESSAGE_BYTES
-from wire.options import endpoints, grace_option, heartbeat_options, path_option, shown_option
+from wire.options import (
+    MAX_MIB,
+    endpoints,
+    grace_option,
+    heartbeat_options,
+    mib_range,
+    path_option,
+    seconds_range,
+    shown_option,
+)
 from wire.security import CurveConfigError, generate_keys
 
 LOG_FILE_HELP = "$XDG_STATE_HOME/zlb/balancer.log (~/.local/state/zlb/balancer.log when XDG_STATE_HOME is unset)"
@@ -81,10 +90,10 @@ def prepare_log_file(path: str) -> None:
     " (at most 10 s), jittered. 0: at once.",
 )
 @shown_option("--max-dead", click.IntRange(1), 10_000, "Keep at most this many dead letters; the oldest go first.")
-@shown_option("--max-dead-mb", click.FloatRange(0), 64.0, "Keep at most this many MiB of dead letters' payloads.")
+@shown_option("--max-dead-mb", mib_range(0), 64.0, "Keep at most this many MiB of dead letters' payloads.")
 @shown_option(
     "--keep-finished-s",
-    click.FloatRange(0),
+    seconds_range(0),
     DEFAULT_KEEP_FINISHED_S,
     "Keep a finished request's result this long, for a re-send of its id and for queries (within"
     " --keep-finished-mb and --max-memory-mb: when they need room the oldest results go first).",
@@ -97,34 +106,34 @@ def prepare_log_file(path: str) -> None:
 )
 @shown_option(
     "--keep-finished-mb",
-    click.FloatRange(0),
+    mib_range(0),
     DEFAULT_KEEP_FINISHED_BYTES / 2**20,
     "Also keep at most this many MiB of results, the oldest going first.",
 )
 @shown_option(
     "--remember-s",
-    click.FloatRange(0),
+    seconds_range(0),
     DEFAULT_REMEMBER_S,
     "Past its result, remember a finished request's id and payload digest this long: a re-send is answered"
     " 'processed earlier; the result is no longer kept', never run again. 0: not at all.",
 )
 @shown_option(
     "--remember-mb",
-    click.FloatRange(0),
+    mib_range(0),
     DEFAULT_REMEMBER_BYTES / 2**20,
     "At most this many MiB of ids remembered past their results (about 12 bytes an id of a Client's"
     " consecutive ids); the oldest go first.",
 )
 @shown_option(
     "--max-memory-mb",
-    click.IntRange(0),
+    click.IntRange(0, MAX_MIB),
     DEFAULT_MAX_MEMORY_MB,
     "Budget for the request and result bytes held (waiting payloads, unsent and kept results);"
     " over it submits are answered busy and retried by clients. 0: no budget.",
 )
 @shown_option(
     "--max-message-bytes",
-    click.IntRange(1024),
+    click.IntRange(1024, MAX_MIB * 2**20),
     DEFAULT_MAX_MESSAGE_BYTES,
     "Largest payload or result one request may carry (a batch of them may be larger).",
 )

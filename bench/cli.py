@@ -18,6 +18,7 @@ from bench import report
 from bench.harness import Bench, BenchError
 from bench.scenario_kit import REPLACED
 from bench.scenarios import SCENARIOS, BenchConfig, Outcome, Runner
+from wire.options import FiniteRange
 
 # A thousand node connections need more descriptors than the usual soft limit of 1024.
 WANTED_OPEN_FILES = 16_384
@@ -110,7 +111,7 @@ def run_bench(config: BenchConfig, names: list[str], as_json: bool) -> int:
     help="Requests per measurement instead of --duration (userpath, capacity1: Client API submits in all [50000]).",
 )
 @click.option(
-    "--duration", type=click.FloatRange(0.1, 600), default=3.0, show_default=True, help="Seconds per measurement."
+    "--duration", type=FiniteRange(0.1, 600), default=3.0, show_default=True, help="Seconds per measurement."
 )
 @click.option(
     "--capacity", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Capacity of each echo node."
@@ -120,7 +121,7 @@ def run_bench(config: BenchConfig, names: list[str], as_json: bool) -> int:
 )
 @click.option(
     "--queue-rate",
-    type=click.FloatRange(0),
+    type=FiniteRange(0, 1e9),
     default=0.0,
     help="Pace the queue scenario's sender (requests/s); 0 sends one burst, so the balancer's RSS "
     "also holds libzmq's receive buffers from the burst.",

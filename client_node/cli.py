@@ -26,7 +26,7 @@ from client_node.stall import StallWatch
 from wire import control_client, limits
 from wire import protocol as p
 from wire.handshake import curve_trouble
-from wire.options import endpoint_option, service_names
+from wire.options import ID_RANGE, endpoint_option, millis_range, seconds_range, service_names
 
 
 def describe(result: Result) -> str:
@@ -220,7 +220,7 @@ SEND_TIMEOUT_S = 60.0
 def _timeout_option(default: float | None = None) -> Callable[[Any], Any]:
     return click.option(
         "--timeout",
-        type=click.FloatRange(0, min_open=True),
+        type=seconds_range(0, min_open=True),
         default=default,
         show_default=default is not None,
         help="Give up after this many seconds (exit 1, listing the unanswered ids); the requests stay queued.",
@@ -254,20 +254,20 @@ def _json_payload(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.command()
 @endpoint_option("frontend")
 @endpoint_option("control")
-@click.option("--id", "client_id", type=click.IntRange(0), default=0, show_default=True, help="Client id.")
+@click.option("--id", "client_id", type=ID_RANGE, default=0, show_default=True, help="Client id.")
 @click.option("--requests", "count", type=click.IntRange(0), default=2, show_default=True, help="Requests to send.")
 @click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="Lower is more urgent.")
-@click.option("--cost-ms", type=click.FloatRange(0), default=0, show_default=True, help="Simulated work per request.")
+@click.option("--cost-ms", type=millis_range(), default=0, show_default=True, help="Simulated work per request.")
 @click.option(
     "--first-request-id",
-    type=click.IntRange(0, 2**64 - 1),
+    type=ID_RANGE,
     default=None,
     help="Id of the first request; the rest follow. Default: the balancer hands out ids this client id has"
     " not used (asked on --control), so every run sends new requests.",
 )
 @click.option(
     "--retry-s",
-    type=click.FloatRange(0, min_open=True),
+    type=seconds_range(0, min_open=True),
     default=DEFAULT_RETRY_S,
     show_default=True,
     help="Re-send an unanswered request after this long.",
@@ -312,10 +312,10 @@ def client(
 @click.command()
 @endpoint_option("frontend")
 @endpoint_option("control")
-@click.option("--client-id", type=click.IntRange(0), required=True, help="Client id.")
-@click.option("--request-id", type=click.IntRange(0), required=True, help="Request id.")
+@click.option("--client-id", type=ID_RANGE, required=True, help="Client id.")
+@click.option("--request-id", type=ID_RANGE, required=True, help="Request id.")
 @click.option("--priority", type=int, default=DEFAULT_PRIORITY, show_default=True, help="Lower is more urgent.")
-@click.option("--cost-ms", type=click.FloatRange(0), default=0, show_default=True, help="Simulated work.")
+@click.option("--cost-ms", type=millis_range(), default=0, show_default=True, help="Simulated work.")
 @click.option("--payload", callback=_json_payload, default=None, help="JSON handed to the handler.")
 @_timeout_option(SEND_TIMEOUT_S)
 @_service_option

@@ -26,7 +26,7 @@ from http_gateway.serve import HEADER_TIMEOUT_S, listen, serve
 from http_gateway.submitter import Submitter
 from http_gateway.web import App
 from process_supervisor.supervisor import Supervisor
-from wire.options import endpoints, heartbeat_options, shown_option
+from wire.options import endpoints, heartbeat_options, millis_range, seconds_range, shown_option
 from wire.security import CURVE_SECRET_ENV, SERVER_KEY_ENV, CurveConfigError, load_secret
 
 EXIT_CONFIG = 2
@@ -131,16 +131,16 @@ def _allowed_hosts(values: tuple[str, ...]) -> tuple[str, ...]:
     default=None,
     help=f"File whose first line is the bearer token POSTs need (else ${TOKEN_ENV}).",
 )
-@shown_option("--cost-ms", click.FloatRange(0), 500, "Simulated work per request sent by /configure and /send_request.")
+@shown_option("--cost-ms", millis_range(), 500, "Simulated work per request sent by /configure and /send_request.")
 @click.option(
     "--capacity", type=click.IntRange(1), default=1, show_default=True, help="Capacity of /configure's nodes."
 )
 @shown_option(
-    "--control-timeout", click.FloatRange(0.05), CONTROL_TIMEOUT_S, "Seconds to wait for the balancer before a 503."
+    "--control-timeout", seconds_range(0.05), CONTROL_TIMEOUT_S, "Seconds to wait for the balancer before a 503."
 )
 @shown_option(
     "--header-timeout",
-    click.FloatRange(0.1),
+    seconds_range(0.1),
     HEADER_TIMEOUT_S,
     "Seconds a client may take to send a request's line and headers before it is disconnected.",
 )

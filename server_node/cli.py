@@ -11,12 +11,12 @@ import click
 from server_node import alive, handlers
 from server_node.node import DEFAULT_GRACE_S, NodeConfig, run_node
 from wire import protocol as p
-from wire.options import endpoint_option, grace_option, heartbeat_options, service_names
+from wire.options import ID_RANGE, endpoint_option, grace_option, heartbeat_options, seconds_range, service_names
 
 
 @click.command()
 @endpoint_option("backend")
-@click.option("--id", "node_id", type=click.IntRange(0), default=None, help="Server id (default: the balancer picks).")
+@click.option("--id", "node_id", type=ID_RANGE, default=None, help="Server id (default: the balancer picks).")
 @click.option("--capacity", type=click.IntRange(1, 10_000), default=1, show_default=True, help="Requests run at once.")
 @click.option(
     "--handler",
@@ -82,7 +82,7 @@ CHECK_MAX_AGE_S = 30.0
 @click.option(
     "--max-age",
     "max_age_s",
-    type=click.FloatRange(1),
+    type=seconds_range(1),
     default=CHECK_MAX_AGE_S,
     show_default=True,
     help="Seconds since the node last wrote it beyond which it counts as stopped.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,42 @@ import click
 
 from wire import protocol as p
 from wire.endpoints import ENDPOINT_ENV
+
+# Bounds for sizes and durations given on a command line: far past any real use, and small enough
+# that what is built from them (socket options, byte counts, timer arithmetic, JSON) stays finite.
+MAX_MIB = 4 * 2**20  # 4 TiB
+MAX_SECONDS = 10 * 365 * 86_400.0  # ten years
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf, which every comparison lets through."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def mib_range(low: float = 0) -> FiniteRange:
+    """A size in MiB: at least `low`, finite, at most MAX_MIB."""
+    return FiniteRange(low, MAX_MIB)
+
+
+def seconds_range(low: float = 0, min_open: bool = False) -> FiniteRange:
+    """A duration in seconds: at least (or, with min_open, above) `low`, finite, at most MAX_SECONDS."""
+    return FiniteRange(low, MAX_SECONDS, min_open=min_open)
+
+
+def millis_range(low: float = 0) -> FiniteRange:
+    """A duration in milliseconds: at least `low`, finite, at most MAX_SECONDS."""
+    return FiniteRange(low, MAX_SECONDS * 1000)
+
+
+# Ids travel as msgpack unsigned integers.
+ID_RANGE = click.IntRange(0, 2**64 - 1)
 
 HELP = {
     "frontend": "Client endpoint (ROUTER on the balancer).",
@@ -84,7 +121,7 @@ def grace_option(default_s: float) -> Callable[[Any], Any]:
     """`--grace-s`: how long a SIGTERM'd process lets in-flight work finish."""
     return click.option(
         "--grace-s",
-        type=click.FloatRange(0),
+        type=seconds_range(0),
         default=default_s,
         show_default=True,
         help="On SIGTERM, how long in-flight work may take to finish.",

@@ -15,7 +15,7 @@ from monitor.stream import EventStream
 from wire import control_client
 from wire import events as ev
 from wire.handshake import curve_trouble
-from wire.options import endpoint_option, json_option
+from wire.options import FiniteRange, endpoint_option, json_option
 from wire.protocol import STATUSES
 
 
@@ -366,7 +366,7 @@ def leads(result: dict[str, Any]) -> bool:
 @click.option(
     "--timeout",
     "timeout_s",
-    type=click.FloatRange(0.05, 60),
+    type=FiniteRange(0.05, 60),
     default=None,
     help="Seconds to wait for the answer; with --check, for the whole command, its start included.  "
     f"[default: {control_client.DEFAULT_TIMEOUT_S:g}; "

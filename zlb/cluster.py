@@ -25,7 +25,7 @@ from monitor.stream import EventStream
 from process_supervisor.supervisor import Supervisor, wait_for_balancer
 from wire import control_client
 from wire import events as ev
-from wire.options import endpoints, heartbeat_options, shown_option
+from wire.options import endpoints, heartbeat_options, millis_range, shown_option
 from wire.protocol import TOPIC_STATS
 
 
@@ -270,7 +270,7 @@ def _accepts(host: str, port: int) -> bool:
 @shown_option("--servers", click.IntRange(0, 1000), 3, "Server nodes to start.")
 @shown_option("--clients", click.IntRange(0, 1000), 2, "Clients to start.")
 @shown_option("--requests-per-client", click.IntRange(0), 2, "Requests each client sends.")
-@shown_option("--cost-ms", click.FloatRange(0), 500, "Simulated work per request.")
+@shown_option("--cost-ms", millis_range(), 500, "Simulated work per request.")
 @shown_option("--capacity", click.IntRange(1), 1, "Requests per server at once.")
 @heartbeat_options
 @log_file_option
