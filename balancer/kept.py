@@ -235,7 +235,10 @@ class KeptResults:
             return Submitted.CONFLICT
         counters["duplicates"] += 1
         counters["answered_expired"] += 1
-        note = f"{status} earlier; the result is no longer kept (results are kept {self.keep_s:g} s)"
+        note = (
+            f"{status} earlier; the result is no longer kept (results are kept up to {self.keep_s:g} s,"
+            " fewer when the result bytes or the memory budget need room)"
+        )
         outbox.replays.append(Request(client_id, request_id, 0, None, route, note.encode(), NOT_KEPT))
         return Submitted.FINISHED
 
