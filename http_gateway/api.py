@@ -33,10 +33,13 @@ from wire.protocol import STATUSES, service_error
 
 # /logs returns at most this many newest lines (a control reply's limit); /logs/download pages through all.
 LOG_PAGE = 1000
-# /requests without ?limit= lists this many (oldest first); ?limit=0 lists every remembered request.
+# /requests without ?limit= lists this many (oldest first); ?limit=0 lists all, MAX_REQUEST_ROWS a reply.
 DEFAULT_REQUEST_LIMIT = 1000
 # The balancer answers ?offset= only this far (balancer/control.py); beyond, page with ?after=.
 MAX_REQUEST_OFFSET = 10_000
+# One reply lists at most this many (?limit=0 or more included), then a Link to the rest: a reply is
+# built whole in the gateway's memory, and ten concurrent 300,000-row lists held ~500 MB there.
+MAX_REQUEST_ROWS = 50_000
 # How long /send_request waits for the balancer to have queued the request before answering 503.
 ACK_TIMEOUT_S = 2.0
 CONTROL_TIMEOUT_S = 3.0
@@ -165,7 +168,8 @@ class Gateway:
         return self.link.find(client_id, request_id)
 
     def requests(self, query: Any) -> RequestPage:
-        """Requests known to the balancer in arrival order (?status=, ?client=, ?limit= with 0 for all,
+        """Requests known to the balancer in arrival order (?status=, ?client=, ?limit= with 0 for all, at most
+        MAX_REQUEST_ROWS a reply,
         ?after= the key of a Link: rel="next" header, ?offset= up to 10,000), and the next page's query."""
         status = query_choice(query, "status", STATUSES)
         client = query_int(query, "client")
@@ -177,18 +181,19 @@ class Gateway:
                 f"query parameter 'offset' is at most {MAX_REQUEST_OFFSET}: page with ?after=,"
                 ' the key in each reply\'s Link: rel="next" header',
             )
-        limit = query_int(query, "limit", default=DEFAULT_REQUEST_LIMIT)
+        asked = query_int(query, "limit", default=DEFAULT_REQUEST_LIMIT)
+        limit = min(asked or MAX_REQUEST_ROWS, MAX_REQUEST_ROWS)
         rows: list[Any] = []
         key: str | None = after
-        while key is not None and (not limit or len(rows) < limit):  # a control reply holds at most one page
-            want = LOG_PAGE if not limit else min(LOG_PAGE, limit - len(rows))
+        while key is not None and len(rows) < limit:  # a control reply holds at most one page
+            want = min(LOG_PAGE, limit - len(rows))
             page = self.link.call("requests", after=key, offset=offset, limit=want, status=status, client=client)
             offset = 0
             rows.extend(page["requests"])
             key = page["next"]
         if key is None:
             return RequestPage(rows, None)
-        filters = {"status": status, "client": client, "limit": limit}
+        filters = {"status": status, "client": client, "limit": asked}
         return RequestPage(rows, urlencode({"after": key, **{k: v for k, v in filters.items() if v is not None}}))
 
     def servers(self) -> list[Any]:
