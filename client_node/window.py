@@ -19,6 +19,7 @@ Pure: no socket, no clock. The Client (client_node/client.py) feeds it and sends
 
 from __future__ import annotations
 
+import heapq
 import math
 import sys
 from collections import deque
@@ -67,7 +68,14 @@ class QueueFull(TimeoutError):
 
 
 class Window:
-    """The granted window, what is out in it, and the local queue of what waits for room."""
+    """The granted window, what is out in it, and the local queue of what waits for room.
+
+    The local queue keeps the balancer's order among one client's requests: lower priority numbers
+    first, and within a priority first come, first sent; so an urgent request submitted behind a
+    long backlog still overtakes it, as it would in the balancer's queue. Requests refused busy go
+    before all of them. A deque per priority under a heap of the priorities waiting: O(1) per request
+    while one priority is used, O(log P) for P priorities.
+    """
 
     __slots__ = (
         "again",
@@ -76,9 +84,11 @@ class Window:
         "max_requests",
         "out",
         "out_bytes",
+        "priorities",
         "requests",
         "waiting",
         "waiting_bytes",
+        "waiting_count",
     )
 
     def __init__(self, max_requests: int = DEFAULT_QUEUE_REQUESTS, max_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
@@ -88,7 +98,10 @@ class Window:
         self.out_bytes = 0
         self.max_requests = max_requests
         self.max_bytes = max_bytes
-        self.waiting: deque[tuple[int, Outstanding]] = deque()  # submitted, not yet sent, in order
+        # priority -> submitted and not yet sent, in order; empty when nothing waits (its truth is read often)
+        self.waiting: dict[int, deque[tuple[int, Outstanding]]] = {}
+        self.priorities: list[int] = []  # a heap of the priorities in `waiting`
+        self.waiting_count = 0
         self.waiting_bytes = 0
         self.again: deque[tuple[int, Outstanding]] = deque()  # refused busy: they go first
 
@@ -100,54 +113,65 @@ class Window:
     @property
     def queued(self) -> int:
         """Requests waiting here for room (a few may be ones already answered, not yet skipped)."""
-        return len(self.waiting) + len(self.again)
+        return self.waiting_count + len(self.again)
 
     def full(self) -> bool:
         """True when the local queue is at its bound: a submit must wait for room."""
-        return len(self.waiting) >= self.max_requests or self.waiting_bytes >= self.max_bytes
-
-    def fits(self, cost: int) -> bool:
-        """Whether a request of `cost` may go now. With nothing out, any may while the window is not shut:
-        a request bigger than the byte window still goes alone (the balancer takes one from a client holding
-        nothing whenever its budget has the room)."""
-        if self.out == 0:
-            return self.requests > 0 and self.bytes > 0
-        return self.out < self.requests and self.out_bytes + cost <= self.bytes
+        return self.waiting_count >= self.max_requests or self.waiting_bytes >= self.max_bytes
 
     def wait(self, request_id: int, sent: Outstanding) -> None:
-        """Queue a new submission behind the others."""
-        self.waiting.append((request_id, sent))
+        """Queue a new submission behind the others of its priority."""
+        queue = self.waiting.get(sent.priority)
+        if queue is None:
+            queue = self.waiting[sent.priority] = deque()
+            heapq.heappush(self.priorities, sent.priority)
+        queue.append((request_id, sent))
+        self.waiting_count += 1
         self.waiting_bytes += len(sent.payload) + _OVERHEAD
 
     def take(self, now: float) -> list[tuple[int, Outstanding]]:
-        """The queued requests that fit now, in order (refused ones first), marked sent; each due for a
-        re-send `delay_s` after `now`. (fits() inlined: this runs once per request sent.)"""
+        """The queued requests that fit now, in order (refused ones first, then by priority), marked sent;
+        each due for a re-send `delay_s` after `now`.
+
+        A request fits while fewer than `requests` are out and its bytes fit beside theirs; with nothing
+        out, any request fits unless the window is shut (0): one bigger than the byte window goes alone,
+        since the balancer takes a request from a client holding nothing whenever its budget has room.
+        What waits behind a request that does not fit waits too. (Inlined: this runs per request sent.)"""
         went: list[tuple[int, Outstanding]] = []
         out, out_bytes, requests, size = self.out, self.out_bytes, self.requests, self.bytes
-        for queue in (self.again, self.waiting) if self.again else (self.waiting,):
-            waited = 0  # bytes leaving the queue
+        again, waiting, priorities = self.again, self.waiting, self.priorities
+        left = 0  # requests leaving the local queue (`waiting`), and their bytes
+        left_bytes = 0
+        blocked = False
+        while not blocked:
+            if again:
+                queue = again
+            elif priorities:
+                queue = waiting[priorities[0]]
+            else:
+                break
             while queue:
                 entry = queue[0]
                 sent = entry[1]
                 cost = len(sent.payload) + _OVERHEAD
-                if sent.state != QUEUED:  # answered or cancelled while it waited
-                    queue.popleft()
-                    waited += cost
-                    continue
-                if (out >= requests or out_bytes + cost > size) if out else (requests <= 0 or size <= 0):
-                    break
-                queue.popleft()
-                waited += cost
-                sent.state = SENT
-                sent.due_at = now + sent.delay_s
-                out += 1
-                out_bytes += cost
-                went.append(entry)
-            if queue is self.waiting:
-                self.waiting_bytes -= waited
-            if queue:
-                break  # what waits behind a request that does not fit waits too
+                if sent.state == QUEUED:
+                    if (out >= requests or out_bytes + cost > size) if out else (requests <= 0 or size <= 0):
+                        blocked = True
+                        break
+                    sent.state = SENT
+                    sent.due_at = now + sent.delay_s
+                    out += 1
+                    out_bytes += cost
+                    went.append(entry)
+                queue.popleft()  # sent now, or answered or cancelled while it waited
+                if queue is not again:
+                    left += 1
+                    left_bytes += cost
+            if not queue and queue is not again:
+                del waiting[heapq.heappop(priorities)]
         self.out, self.out_bytes = out, out_bytes
+        self.waiting_count -= left
+        self.waiting_bytes -= left_bytes
         return went
 
     def answered(self, sent: Outstanding) -> None:
