@@ -29,7 +29,6 @@ from typing import Any
 
 from bench import procstat
 from bench.harness import Bench, LineReader
-from bench.procs import python_argv
 from client_node.client import Client
 
 NODES = 4
@@ -38,6 +37,8 @@ PAYLOAD = b"x" * 16
 SECOND_REQUESTS = 100
 SECOND_AFTER_S = 5.0
 RESULT_TIMEOUT_S = 600.0
+# The clients run this file by its path: with PYTHONPATH=CHECKOUT, `-m tools.flood` would look in CHECKOUT's tools/.
+ME = [sys.executable, os.path.abspath(__file__)]
 
 
 def flood(frontend: str, count: int, mode: str) -> dict[str, Any]:
@@ -88,14 +89,14 @@ def run(bench: Bench, count: int, mode: str) -> dict[str, Any]:
     """One measured run against a fresh balancer and nodes."""
     target = bench.start_zlb(NODES, CAPACITY, "echo")
     try:
-        argv = python_argv("tools.flood", "--role", "flood", "--frontend", target.frontend)
+        argv = [*ME, "--role", "flood", "--frontend", target.frontend]
         flooder = bench.procs.start(bench.name("flood"), [*argv, "--count", str(count), "--modes", mode], stdout=-1)
         reader = LineReader(flooder)
         reader.line(30, "the flooding client to start")
         cpu_before = procstat.cpu_seconds(target.pid)
         time.sleep(SECOND_AFTER_S)  # wait-ok: the flood runs alone this long before the second client arrives
         other = subprocess.run(
-            python_argv("tools.flood", "--role", "second", "--frontend", target.frontend),
+            [*ME, "--role", "second", "--frontend", target.frontend],
             capture_output=True,
             text=True,
             timeout=RESULT_TIMEOUT_S,
