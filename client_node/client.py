@@ -330,13 +330,13 @@ class Client(Retries):
             raise ValueError(f"payload of {len(payload)} bytes is over the balancer's limit of {self.max_payload}")
         if not 0 <= request_id < 2**64 or not -(2**63) <= priority < 2**63:
             raise ValueError(f"request id {request_id} or priority {priority} is out of the wire's 64-bit range")
-        if request_id >= self._next_id:
-            self._next_id = request_id + 1
         window = self._window
         if window.waiting:
             self._since_look += 1
             if self._since_look >= LOOK_EVERY or window.full():
-                self._make_room()
+                self._make_room()  # QueueFull leaves nothing changed
+        if request_id >= self._next_id:
+            self._next_id = request_id + 1
         if request_id in self._answered:
             self._reused.add(request_id)
         sent = self._outstanding[request_id] = Outstanding(priority, payload, math.inf, self.retry_s or 0.0, shape)

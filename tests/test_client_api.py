@@ -7,7 +7,7 @@ import time
 import pytest
 import zmq
 
-from client_node.client import Client
+from client_node.client import Client, QueueFull
 from tests.harness import free_port, scaled, wait_until
 from wire import limits
 from wire import protocol as p
@@ -210,3 +210,27 @@ def test_pump_with_no_time_left_only_looks(client: Client, timeout: float):
     started = time.monotonic()
     assert client.pump(timeout) == 0
     assert time.monotonic() - started < scaled(0.5)
+
+
+@pytest.mark.timeout(20)
+def test_beyond_its_window_a_client_queues_at_home_blocks_on_a_full_queue_and_cancels_queued_ones_itself(
+    frontend: FakeFrontend,
+):
+    """Granted one request out, the Client sends the first and queues the next two; a fourth submit finds the
+    local queue full and, with queue_timeout_s, raises QueueFull with nothing changed. A queued request
+    cancelled is answered `cancelled` at once and never sent."""
+    with Client(frontend.endpoint, client_id=6, queue_max=2, queue_timeout_s=0.2) as client:
+        frontend.welcome(client, requests=1)
+        first, second, third = (client.submit(b"r%d" % i) for i in range(3))
+        frontend.wait_for(1, "the first submission")
+        assert client.queued == 2 and client.unanswered == 3
+        with pytest.raises(QueueFull, match="stayed full"):
+            client.submit(b"r3")
+        assert client.unanswered == 3 and client.submit_many([]) == []
+        second.cancel()
+        cancelled = second.result(timeout=1)
+        assert (cancelled.status, cancelled.server_id, cancelled.attempts) == (p.CANCELLED, None, 0)
+        assert client.queued == 2 and client.unanswered == 2  # its entry is skipped when the line moves
+        assert client.submit(b"r4").request_id == 4  # room again; the refused one took no id
+    assert frontend.batches() == [[[first.request_id, 5, b"r0"]]]
+    assert third.request_id == 3
