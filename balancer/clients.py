@@ -107,7 +107,7 @@ class ClientSide:
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
-        self.credit = Credit(sched.budget, now)
+        self.credit = Credit(sched, now)
         self._handlers = {
             MsgType.CLIENT_HELLO: self._on_hello,
             MsgType.CLIENT_PING: self._on_ping,
@@ -204,7 +204,6 @@ class ClientSide:
         """CLIENT_WELCOME: how often to ping, the largest payload and the connection's window. A client id is a
         name, held by no process (balancer/sessions.py): any number of processes may speak for one at once."""
         lease_ms = int(self.sched.client_lease_s * 1000)
-        self.credit.refusing = bool(self.sched.refusing)
         window = self.credit.welcome(route, client_id)
         self._send(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.max_message_bytes, *window))
 
@@ -389,7 +388,6 @@ class ClientSide:
         c = sched.counters
         finished = c["processed"] + c["failed"] + c["expired"] + c["cancelled"] + c["dead"]
         capacity = sum(node.capacity for node in sched.routes.values() if node.active)
-        self.credit.refusing = bool(sched.refusing)
         self.credit.tick(now, finished, capacity)
         if now - self._routes_swapped_at >= ROUTE_GENERATION_S:
             self._routes_old, self._routes = self._routes, {}

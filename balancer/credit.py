@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from balancer.budget import MemoryBudget
+from balancer.scheduler import Scheduler
 
 # A request should wait at the balancer about this long: the request windows of all clients together are
 # the completion rate times this. Well under the Client's retry_s (5 s by default).
@@ -65,9 +65,9 @@ def worth_telling(told: Window, window: Window) -> bool:
 class Credit:
     """The windows of the client connections: what each was told, and what each may have now."""
 
-    def __init__(self, budget: MemoryBudget, now: float) -> None:
-        self.budget = budget
-        self.refusing = False  # nothing new may be taken (a journal that cannot be written): every window is 0
+    def __init__(self, sched: Scheduler, now: float) -> None:
+        self.sched = sched  # read only: its budget, and whether it refuses everything new
+        self.budget = sched.budget
         self.total_requests = MIN_TOTAL_REQUESTS  # the request windows of all clients with work together
         self.rate = 0.0  # requests finished per second, smoothed
         self._finished = 0
@@ -87,7 +87,7 @@ class Credit:
 
     def window(self, client_id: int) -> Window:
         """What a connection of this client id may have outstanding now: (requests, bytes or None)."""
-        if self.refusing:
+        if self.sched.refusing:  # nothing new may be taken (a journal that cannot be written)
             return 0, 0
         budget = self.budget
         by_client = budget.by_client

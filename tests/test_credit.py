@@ -8,7 +8,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancer.budget import SHARE_OF_LIMIT, MemoryBudget
+from balancer.budget import SHARE_OF_LIMIT
 from balancer.credit import (
     MIN_CLIENT_REQUESTS,
     MIN_TOTAL_REQUESTS,
@@ -25,7 +25,7 @@ COST = 16 + REQUEST_OVERHEAD_BYTES  # a 16-byte request
 
 
 def credit(limit: int | None = 64 * MIB) -> Credit:
-    return Credit(MemoryBudget(limit), now=0.0)
+    return Credit(Scheduler(max_memory_bytes=limit), now=0.0)
 
 
 def test_a_client_alone_may_have_most_of_the_budget_and_the_whole_request_window():
@@ -55,7 +55,7 @@ def test_no_limit_means_no_byte_bound_and_a_refusing_balancer_grants_nothing():
     """Without --max-memory-mb the byte window is None; while the journal cannot be written it is (0, 0)."""
     c = credit(None)
     assert c.window(1) == (MIN_TOTAL_REQUESTS, None)
-    c.refusing = True
+    c.sched.refusing = "busy: the balancer's journal cannot be written"
     assert c.window(1) == (0, 0)
 
 
@@ -115,7 +115,7 @@ def test_clients_that_keep_to_their_windows_are_never_refused_busy(sizes, limit,
     then: the scheduler's budget never answers busy."""
     sched = Scheduler(heartbeat_s=1.0, liveness=3, max_memory_bytes=limit)
     sched.hello(b"n0", 0, 10_000, 100, "host", 0.0)
-    c = Credit(sched.budget, 0.0)
+    c = Credit(sched, 0.0)
     for n, size in enumerate(sizes):
         client_id = 1 + n % 2
         out = sched.budget.by_client.get(client_id, 0)  # what it has out: its requests still at the balancer
