@@ -195,7 +195,8 @@ class Client(Retries):
         self.close()
 
     def close(self) -> None:
-        """Free the client id and close the socket; unanswered requests stay with the balancer."""
+        """Close the socket: requests sent and unanswered stay with the balancer; those still in the local
+        queue (beyond the window, never sent) are dropped."""
         if self.heard and self.refused is None:
             self._send_session(MsgType.CLIENT_BYE)
             self.sock.close(linger=BYE_LINGER_MS)
