@@ -18,9 +18,12 @@ parts charge what they hold on the scheduler's behalf. Four things count:
 
 Payloads and unsent results count REQUEST_OVERHEAD_BYTES each on top of their
 bytes. A submit is refused when the live, due and unsent bytes would pass the
-budget, or when its client already holds more than its share: the budget
-divided by the number of clients holding bytes plus one, so a newcomer always
-finds room and one flooding client cannot starve another.
+budget, or when its client already holds more than its share: SHARE_OF_LIMIT of
+the budget divided by the number of clients holding bytes, so one client alone
+may hold most of it, the rest is room for a newcomer's first requests (a client
+holding nothing is refused only when the total is full), and one flooding client
+cannot starve another. The same share sizes the windows the balancer grants its
+clients (balancer/credit.py), so a Client that keeps to its window is not refused.
 
 What the budget cannot see is what libzmq receives before the loop reads it:
 the loop reads every socket as soon as it can, and a payload it refuses is
@@ -29,15 +32,17 @@ freed at once (docs/RELIABILITY.md, "Memory").
 
 from __future__ import annotations
 
+from wire.limits import REQUEST_OVERHEAD_BYTES
 from wire.protocol import REASON_BUSY
+
+__all__ = ["DEFAULT_MAX_MEMORY_MB", "REQUEST_OVERHEAD_BYTES", "MemoryBudget", "hwm_for"]
 
 # The default of `zlb balancer --max-memory-mb`: a quarter of a 1 GiB machine.
 DEFAULT_MAX_MEMORY_MB = 256
-# What one remembered request costs beyond its bytes (the Request, its session entry,
-# the bytes object's header), measured with tracemalloc: ~330 bytes for a million
-# queued requests; rounded up so the budget errs towards less.
-REQUEST_OVERHEAD_BYTES = 400
 MIB = 2**20
+# The part of the budget the clients holding requests share (each its fraction); the rest is room for a
+# newcomer's first requests and for results on their way out, so neither waits for a flood to drain.
+SHARE_OF_LIMIT = 0.75
 
 
 def hwm_for(limit_bytes: int | None) -> int:
@@ -149,13 +154,21 @@ class MemoryBudget:
         if not mine:
             return ""  # a client holding nothing always gets a request in while the total fits
         holders = len(self.by_client)
-        share = limit // (holders + 1)
+        share = self.share(holders)
         if mine + size > share:
             return (
                 f"{REASON_BUSY}: client {client_id} holds {_mib(mine)}, its share of the"
                 f" {_mib(limit)} budget with {holders} clients holding requests"
             )
         return ""
+
+    def share(self, holders: int) -> int:
+        """The bytes each of `holders` clients holding requests may hold (a limit must be set)."""
+        return int(self.limit * SHARE_OF_LIMIT) // max(1, holders)
+
+    def free(self) -> int:
+        """Bytes a new request may still take before the budget is full (kept results are evicted for it)."""
+        return self.limit - self.live - self.due - self.unsent
 
     def view(self) -> dict[str, int | None]:
         """What `zlb status` shows under "memory"."""

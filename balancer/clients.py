@@ -17,6 +17,9 @@ about results leaving:
   it, also after the kept results have forgotten it. Each is sent with a tracker and
   stays charged to its client as unsent until the tracker says libzmq is done, so a
   slow reader's big results count against the budget while they wait in its pipe.
+- **Credit keeps a Client below the budget.** Each connection that said
+  CLIENT_HELLO is told its window (balancer/credit.py) in CLIENT_WELCOME, and in
+  CREDIT when a result batch goes to it and the window moved enough since.
 - **Routes are forgotten when quiet.** Each client's routing identity is
   interned so every request from it shares one bytes object; the table is
   kept in two generations swapped every ROUTE_GENERATION_S (or at
@@ -32,6 +35,7 @@ from typing import Any
 
 import zmq
 
+from balancer.credit import Credit
 from balancer.incidents import Incidents
 from balancer.majordomo import Majordomo
 from balancer.records import Request, Submitted, conflict_reason
@@ -103,6 +107,7 @@ class ClientSide:
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
+        self.credit = Credit(sched, now)
         self._handlers = {
             MsgType.CLIENT_HELLO: self._on_hello,
             MsgType.CLIENT_PING: self._on_ping,
@@ -195,25 +200,28 @@ class ClientSide:
             return limits.too_large("payload", size, self.max_message_bytes).decode()
         return ""
 
-    def _welcome(self, route: bytes) -> None:
-        """CLIENT_WELCOME: how often to ping, and the largest payload. A client id is a name, held by no
-        process (balancer/sessions.py): any number of processes may speak for one at once, none is refused."""
+    def _welcome(self, route: bytes, client_id: int) -> None:
+        """CLIENT_WELCOME: how often to ping, the largest payload and the connection's window. A client id is a
+        name, held by no process (balancer/sessions.py): any number of processes may speak for one at once."""
         lease_ms = int(self.sched.client_lease_s * 1000)
-        self._send(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.max_message_bytes))
+        window = self.credit.welcome(route, client_id)
+        self._send(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.max_message_bytes, *window))
 
     def _on_hello(self, route: bytes, fields: list[Any], now: float) -> None:
         if limits.bad_host(fields[3]) or not 0 <= fields[2] <= limits.MAX_PID:
             raise ProtocolError("bad_fields", f"CLIENT_HELLO with pid {fields[2]} and host {fields[3]!r:.80}")
-        self._welcome(route)
+        self._welcome(route, fields[0])
 
     def _on_ping(self, route: bytes, fields: list[Any], now: float) -> None:
-        # Answered (a WELCOME again): a client following an HA group judges its balancer by the answers.
-        self._welcome(route)
+        # Answered (a WELCOME again, with the window): a client following an HA group judges its balancer by the
+        # answers, and a Client whose window is spent with nothing outstanding asks for credit this way.
+        self._welcome(route, fields[0])
 
     def _on_bye(self, route: bytes, fields: list[Any], now: float) -> None:
         # The connection is done: its route is forgotten (its requests and their results stay).
         self._routes.pop(route, None)
         self._routes_old.pop(route, None)
+        self.credit.forget(route)
 
     def _on_cancel(self, route: bytes, fields: list[Any], now: float) -> None:
         """A client cancels one of its requests: it is answered by the request's RESULT (cancelled, or the
@@ -301,6 +309,9 @@ class ClientSide:
                 if len(frames) == 2:
                     self.sched.budget.charge(client_id, size, unsent=True)
                     self._track(client_id, size, frames[1].tracker)
+                window = self.credit.update(route, client_id)
+                if window is not None:  # results went: the window is news only when it moved (balancer/credit.py)
+                    self._send(route, p.encode(MsgType.CREDIT, *window))
                 return
             self.incidents.count(f"client_{failed}")
             if failed != "dropped":
@@ -367,10 +378,18 @@ class ClientSide:
         self._routes[identity] = route
         if len(self._routes) >= ROUTE_GENERATION_MAX:
             self._routes_old, self._routes = self._routes, {}
+            self.credit.keep_only(self._routes, self._routes_old)
         return route
 
     def tick(self, now: float) -> None:
-        """Once per heartbeat: a new route generation when the current one is old enough."""
+        """Once per heartbeat: re-size the windows from the rate and the live capacity; a new route generation
+        when the current one is old enough."""
+        sched = self.sched
+        c = sched.counters
+        finished = c["processed"] + c["failed"] + c["expired"] + c["cancelled"] + c["dead"]
+        capacity = sum(node.capacity for node in sched.routes.values() if node.active)
+        self.credit.tick(now, finished, capacity)
         if now - self._routes_swapped_at >= ROUTE_GENERATION_S:
             self._routes_old, self._routes = self._routes, {}
             self._routes_swapped_at = now
+            self.credit.keep_only(self._routes, self._routes_old)

@@ -129,7 +129,7 @@ def prepare_log_file(path: str) -> None:
     click.IntRange(0, MAX_MIB),
     DEFAULT_MAX_MEMORY_MB,
     "Budget for the request and result bytes held (waiting payloads, unsent and kept results);"
-    " over it submits are answered busy and retried by clients. 0: no budget.",
+    " each client is granted its share as the window it may have outstanding (credit). 0: no budget.",
 )
 @shown_option(
     "--max-message-bytes",

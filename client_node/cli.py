@@ -131,7 +131,7 @@ class BusyNotice:
         now = time.monotonic()
         if self._said_at is None or now - self._said_at >= BUSY_NOTICE_INTERVAL_S:
             self._said_at = now
-            click.echo(f"Balancer busy ({reason}); {self.count} submits so far will be re-sent with back-off", err=True)
+            click.echo(f"Balancer busy ({reason}); {self.count} submits so far wait here until it has room", err=True)
 
 
 def run_session(frontend: str, client_id: int, retry_s: float, work: Callable[[Client], int]) -> None:

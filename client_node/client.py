@@ -16,10 +16,18 @@ answers with the one result.
 The socket reconnects by itself when a balancer restarts, and the retries
 carry every unanswered request to the new one; the notice of a stopping
 balancer (REJECTED without a request id) resets the back-off so they go out
-soon after it returns. A REJECTED whose reason starts with REASON_BUSY is
-back-pressure (the balancer is at its memory budget), not a verdict: the
-request stays outstanding and goes again after its back-off, jittered, and
-`on_busy` (if set) is told the reason so a command line can print it.
+soon after it returns.
+
+Credit (client_node/window.py): the balancer grants each connection a window
+(CLIENT_WELCOME, CREDIT) and the Client keeps at most that much outstanding;
+the rest waits in a local queue, bounded (`queue_max`, `queue_max_bytes`), and
+goes as answers free room. On a full queue submit() and submit_many() block,
+receiving meanwhile, or raise QueueFull after `queue_timeout_s`. A REJECTED
+whose reason starts with REASON_BUSY (rare now: the balancer's budget is full
+after all) is back-pressure, not a verdict: the request waits again at the head
+of the queue for credit, never for a timer, and `on_busy` (if set) is told the
+reason so a command line can print it. Only requests sent and unanswered within
+`retry_s` are re-sent (Lazy Pirate, above): time in the local queue is not counted.
 The DEALER identity is stable for the life of a Client, so a balancer that
 restarts from its journal can answer restored requests without a retry.
 
@@ -53,9 +61,11 @@ A request that failed every attempt comes back with status `dead`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -63,7 +73,17 @@ from typing import Any
 import zmq
 
 from client_node.result import Pending, Result
-from client_node.retries import RETRY_BACKOFF_FACTOR_MAX, Outstanding, Retries
+from client_node.retries import RETRY_BACKOFF_FACTOR_MAX, Retries
+from client_node.window import (
+    CREDIT_ASK_S,
+    DEFAULT_QUEUE_BYTES,
+    DEFAULT_QUEUE_REQUESTS,
+    QUEUED,
+    SENT,
+    Outstanding,
+    QueueFull,
+    Window,
+)
 from wire import endpoints, limits
 from wire import protocol as p
 from wire.batching import batches, payload_size
@@ -72,7 +92,7 @@ from wire.protocol import MsgType, ProtocolError
 from wire.security import secure_client_socket
 from wire.sockets import DRAIN_BATCH, SLEPT_S, Waiter, received, send_frames
 
-__all__ = ["BalancerUnreachable", "Client", "ClientIdInUse", "Pending", "Result", "json_payload"]
+__all__ = ["BalancerUnreachable", "Client", "ClientIdInUse", "Pending", "QueueFull", "Result", "json_payload"]
 
 DEFAULT_PRIORITY = 5
 DEFAULT_RETRY_S = 5.0
@@ -87,6 +107,10 @@ BYE_LINGER_MS = 100
 # answered), and move to the next endpoint after this long without a word from the one we talk to.
 FOLLOW_PING_S = 0.5
 FOLLOW_SILENCE_S = 2.0
+# While requests wait in the local queue for room, a submit looks for arrived answers (that free room) every
+# this many calls, and sends what fits: a receive that finds nothing costs microseconds, a look per call would
+# add up, and a batch's worth of submissions goes as one message.
+LOOK_EVERY = limits.BATCH_ITEMS
 # Enum members bound once: in Python 3.11 reading one off its class costs five plain global lookups.
 _SUBMIT, _SUBMIT_BATCH, _RESULT_BATCH = MsgType.SUBMIT, MsgType.SUBMIT_BATCH, MsgType.RESULT_BATCH
 
@@ -110,6 +134,9 @@ class Client(Retries):
         context: zmq.Context | None = None,
         retry_s: float | None = DEFAULT_RETRY_S,
         connect_timeout_s: float | None = None,
+        queue_max: int = DEFAULT_QUEUE_REQUESTS,
+        queue_max_bytes: int = DEFAULT_QUEUE_BYTES,
+        queue_timeout_s: float | None = None,
     ) -> None:
         self.following = Following(frontend or endpoints.endpoint("frontend"))
         self.frontend = self.following.current
@@ -130,8 +157,15 @@ class Client(Retries):
         self.repeated_answers = 0  # a second, identical answer (a retry crossed the result): harmless
         self.conflicting_answers = 0  # a second answer that differs: would break exactly-once; should stay 0
         self.shutdown_notices = 0
-        self.busy_notices = 0  # submits the balancer answered busy; each is re-sent after its back-off
+        self.busy_notices = 0  # submits the balancer answered busy; each waits again for credit
         self.on_busy: Callable[[int, str], None] | None = None  # told (request_id, reason) of each
+        self.credit_updates = 0  # windows the balancer granted (CLIENT_WELCOME, CREDIT)
+        # What may be out, what is, and the local queue of the rest (client_node/window.py).
+        self._window = Window(queue_max, queue_max_bytes)
+        # How long a submit may wait for room in a full local queue (None: as long as it takes).
+        self.queue_timeout_s = queue_timeout_s
+        self._asked_at = 0.0  # the last CLIENT_PING asking for credit
+        self._since_look = 0
         self._answered: dict[int, tuple[str, int | None, int]] = {}
         self._next_id = 1
         self._next_resend_scan = 0.0
@@ -161,7 +195,8 @@ class Client(Retries):
         self.close()
 
     def close(self) -> None:
-        """Free the client id and close the socket; unanswered requests stay with the balancer."""
+        """Close the socket: requests sent and unanswered stay with the balancer; those still in the local
+        queue (beyond the window, never sent) are dropped."""
         if self.heard and self.refused is None:
             self._send_session(MsgType.CLIENT_BYE)
             self.sock.close(linger=BYE_LINGER_MS)
@@ -181,7 +216,8 @@ class Client(Retries):
         self._last_heard = self._moved_at = now
         self._send_session(MsgType.CLIENT_HELLO, os.getpid(), socket.gethostname())
         for sent in self._outstanding.values():
-            sent.due_at = now
+            if sent.state == SENT:  # those in the local queue go when the window lets them
+                sent.due_at = now
         self._next_resend_scan = now
 
     def _send_session(self, msg_type: MsgType, *extra: Any) -> None:
@@ -193,13 +229,24 @@ class Client(Retries):
 
     @property
     def unanswered(self) -> int:
-        """How many requests were sent and not yet answered (cheap, unlike `outstanding`)."""
+        """How many requests were submitted and not yet answered, queued here or sent (cheap, unlike `outstanding`)."""
         return len(self._outstanding)
 
     @property
     def outstanding(self) -> list[int]:
-        """Ids of requests sent and not yet answered, in submission order."""
+        """Ids of requests submitted and not yet answered (queued here or sent), in submission order."""
         return list(self._outstanding)
+
+    @property
+    def queued(self) -> int:
+        """How many submitted requests wait in the local queue for room in the window."""
+        return self._window.queued
+
+    @property
+    def window(self) -> tuple[int, int | None]:
+        """The window granted by the balancer: (requests, bytes or None) this connection may have out."""
+        w = self._window
+        return w.requests, (None if w.bytes == sys.maxsize else w.bytes)
 
     def submit(
         self,
@@ -215,6 +262,7 @@ class Client(Retries):
         after which the balancer ends it `expired` if it has not finished.
         ValueError for a request id still outstanding here, or one (or a priority, a service name,
         a deadline) the wire cannot carry (ids 0 to 2**64 - 1); nothing changes then. RuntimeError after close().
+        Beyond the window it waits in the local queue; on a full queue this blocks (see the module's docstring).
         """
         shape = _shape(service, deadline)
         request_id = self._queue(request_id, priority, payload, shape)
@@ -244,9 +292,14 @@ class Client(Retries):
 
     def cancel(self, request_id: int) -> None:
         """Ask the balancer to cancel an outstanding request; its Result says how it ended (cancelled,
-        or the result it already had). KeyError if it is not outstanding here."""
-        if request_id not in self._outstanding:
+        or the result it already had). One still in the local queue never leaves. KeyError if it is not
+        outstanding here."""
+        sent = self._outstanding.get(request_id)
+        if sent is None:
             raise KeyError(f"request {request_id} is not outstanding")
+        if sent.state == QUEUED:
+            self._take(request_id, p.CANCELLED, None, 0, False, b"cancelled before it was sent")
+            return
         self._send_session(MsgType.CLIENT_CANCEL, request_id)
 
     def _queue_shaped(
@@ -278,20 +331,44 @@ class Client(Retries):
             raise ValueError(f"payload of {len(payload)} bytes is over the balancer's limit of {self.max_payload}")
         if not 0 <= request_id < 2**64 or not -(2**63) <= priority < 2**63:
             raise ValueError(f"request id {request_id} or priority {priority} is out of the wire's 64-bit range")
+        window = self._window
+        if window.waiting:
+            self._since_look += 1
+            if self._since_look >= LOOK_EVERY or window.full():
+                self._make_room()  # QueueFull leaves nothing changed
         if request_id >= self._next_id:
             self._next_id = request_id + 1
         if request_id in self._answered:
             self._reused.add(request_id)
-        retry = self.retry_s or 0.0
-        self._outstanding[request_id] = Outstanding(priority, payload, time.monotonic() + retry, retry, shape)
-        if shape is None:
-            self._unsent.append((request_id, priority, payload))
-        else:
-            self._queue_shaped(request_id, priority, payload, shape)
+        sent = self._outstanding[request_id] = Outstanding(priority, payload, math.inf, self.retry_s or 0.0, shape)
+        window.wait(request_id, sent)
         return request_id
 
+    def _make_room(self) -> None:
+        """With requests waiting for the window: take the answers that arrived (each frees room) and send what
+        fits; on a full local queue, wait for answers (QueueFull after queue_timeout_s)."""
+        window = self._window
+        self._since_look = 0
+        self._receive(DRAIN_BATCH)
+        self._flush()
+        deadline = None if self.queue_timeout_s is None else time.monotonic() + self.queue_timeout_s
+        while window.full():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise QueueFull(
+                    f"the local queue stayed full ({window.queued} requests) for {self.queue_timeout_s:g} s"
+                )
+            self.pump(1.0 if deadline is None else min(1.0, deadline - time.monotonic()))
+
     def _flush(self) -> None:
-        """Hand what is queued to ZeroMQ, in SUBMIT_BATCH messages of at most the batch limits."""
+        """Hand ZeroMQ what fits the window and the re-sends queued, in SUBMIT_BATCH messages of at most the
+        batch limits."""
+        window = self._window
+        if window.waiting or window.again:
+            for request_id, sent in window.take(time.monotonic()):
+                if sent.shape is None:
+                    self._unsent.append((request_id, sent.priority, sent.payload))
+                else:
+                    self._queue_shaped(request_id, sent.priority, sent.payload, sent.shape)
         unsent, self._unsent = self._unsent, []
         self._last_sent = time.monotonic()
         if unsent:
@@ -339,9 +416,14 @@ class Client(Retries):
     def as_completed(self, timeout: float | None = None) -> Iterator[Result]:
         """Yield results as they arrive until nothing is outstanding."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._outstanding or self._results:
-            while self._results:
-                yield self._results.pop(next(iter(self._results)))
+        results = self._results
+        while self._outstanding or results:
+            # By a snapshot of the ids: next(iter()) of a dict popped from the front walks every slot freed
+            # before it, O(n) per result once many wait (4.8 s for 100,000). One taken by wait() meanwhile is skipped.
+            for request_id in list(results):
+                result = results.pop(request_id, None)
+                if result is not None:
+                    yield result
             if self._outstanding:
                 self.pump(self._time_left(deadline))
 
@@ -370,6 +452,8 @@ class Client(Retries):
             # Woken for an answer, it is handed over before looking for more (wire/sockets.SLEPT_S).
             if time.monotonic() - before < SLEPT_S:
                 got += self._receive(DRAIN_BATCH)
+            if self._window.waiting or self._window.again:
+                self._flush()  # answers freed room, or credit came: what waits goes
         if self.refused is not None:
             raise ClientIdInUse(self.refused)
         if not got:
@@ -382,6 +466,7 @@ class Client(Retries):
         got = 0
         for frames in received(self.sock, limit):
             self.heard = True
+            self._last_heard = time.monotonic()
             got += self._on_reply(frames)
         return got
 
@@ -395,6 +480,9 @@ class Client(Retries):
         ping_s = FOLLOW_PING_S if following.several else self.lease_s / 3
         if self._outstanding and now - self._last_sent >= ping_s:
             self._send_session(MsgType.CLIENT_PING)
+        elif self._window.starved() and now - self._asked_at >= CREDIT_ASK_S:
+            self._asked_at = now
+            self._send_session(MsgType.CLIENT_PING)  # answered CLIENT_WELCOME, with the window: credit
 
     def _check_connected(self, now: float) -> None:
         if self.heard or self.connect_timeout_s is None or now - self._started < self.connect_timeout_s:
@@ -423,6 +511,10 @@ class Client(Retries):
         elif msg_type is MsgType.CLIENT_WELCOME:
             self.lease_s = max(fields[0] / 1000, 0.1)
             self.max_payload = fields[1]
+            self._granted(fields[2], fields[3])
+            return 0
+        elif msg_type is MsgType.CREDIT:
+            self._granted(*fields)
             return 0
         elif msg_type is MsgType.REFUSED:
             self.refused = fields[0]
@@ -459,6 +551,7 @@ class Client(Retries):
         if sent is None:
             self._repeated(request_id, status, server_id, body)
             return 0
+        self._window.answered(sent)
         answered = self._answered
         if len(answered) >= _ANSWERED_KEEP:
             answered.clear()  # a bounded memory: the check is best effort for very long runs
@@ -470,6 +563,10 @@ class Client(Retries):
             self.client_id, request_id, sent.priority, status, server_id, attempts, body, replay
         )
         return 1
+
+    def _granted(self, requests: int, size: int | None) -> None:
+        self.credit_updates += 1
+        self._window.grant(requests, size)
 
     def _repeated(self, request_id: int, status: str, server_id: int | None, body: bytes) -> None:
         """A second answer for a request: fine if it is the same result, a conflict otherwise."""

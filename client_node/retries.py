@@ -1,30 +1,23 @@
-"""The Client's Lazy Pirate retries: what is outstanding, and when it goes again.
+"""The Client's Lazy Pirate retries: when an unanswered request goes again.
 
 A mixin of the Client (client_node/client.py), which sets up the state these
-methods use (retry_s, retry_max_s, _outstanding, _unsent, _next_resend_scan and
-the counters) and sends what they queue with its _flush. An unanswered request
-is re-sent with the same ids after its back-off, which doubles up to
-RETRY_BACKOFF_FACTOR_MAX times retry_s; a stopping balancer's notice resets the
-back-off, and a busy answer re-sends after the current one, jittered.
+methods use (retry_s, retry_max_s, _outstanding, _unsent, _window,
+_next_resend_scan and the counters) and sends what they queue with its _flush.
+A request sent and unanswered is re-sent with the same ids after its back-off,
+which doubles up to RETRY_BACKOFF_FACTOR_MAX times retry_s; a stopping
+balancer's notice resets the back-off. A busy answer is not a loss: the request
+waits again in the local queue for credit (client_node/window.py), no timer.
+Requests still in the local queue have no timer at all: they were never sent.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass
+
+from client_node.window import SENT
 
 # Retries back off by doubling up to this multiple of retry_s.
 RETRY_BACKOFF_FACTOR_MAX = 4
-
-
-@dataclass(slots=True)
-class Outstanding:
-    priority: int
-    payload: bytes
-    due_at: float  # when to re-send if still unanswered
-    delay_s: float  # the current back-off
-    shape: tuple[str | None, float | None] | None = None  # (service, deadline as monotonic time), if either
 
 
 class Retries:
@@ -37,23 +30,23 @@ class Retries:
             return
         due = time.monotonic() + self.retry_s
         for sent in self._outstanding.values():
-            sent.due_at = due
-            sent.delay_s = self.retry_s
+            if sent.state == SENT:
+                sent.due_at = due
+                sent.delay_s = self.retry_s
 
     def _on_busy(self, request_id: int, reason: str) -> None:
-        """Back-pressure: send this request again after its back-off (jittered so clients spread out)."""
+        """Back-pressure: the request waits again, first in the local queue, until there is credit for it."""
         sent = self._outstanding.get(request_id)
-        if sent is None:
+        if sent is None or sent.state != SENT:
             return
         self.busy_notices += 1
-        now = time.monotonic()
-        sent.due_at = now + sent.delay_s * (0.5 + random.random() / 2)
-        self._next_resend_scan = min(self._next_resend_scan, sent.due_at)
+        self._window.refused(request_id, sent)
         if self.on_busy is not None:
             self.on_busy(request_id, reason)
 
     def _resend_overdue(self, now: float) -> None:
         # Scanning every outstanding request is O(n): the caller does it a few times per retry period only.
+        # Those in the local queue are due at infinity: never sent, never overdue.
         self._next_resend_scan = now + self.retry_s / 4
         cap = self.retry_max_s
         for request_id, sent in self._outstanding.items():

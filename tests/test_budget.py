@@ -27,14 +27,14 @@ def test_a_full_budget_answers_busy_and_a_newcomer_still_gets_in():
     """Past its share a client is answered busy with a REASON_BUSY reason; a client holding nothing is not."""
     sched = make(max_memory_bytes=TEN)
     outcomes = [sched.submit(1, rid, 5, b"c1", b"x" * KIB) for rid in range(10)]
-    # Alone, client 1's share is half the budget: five requests.
-    assert outcomes == [Submitted.QUEUED] * 5 + [Submitted.BUSY] * 5
+    # Alone, client 1's share is three quarters of the budget (SHARE_OF_LIMIT): seven requests.
+    assert outcomes == [Submitted.QUEUED] * 7 + [Submitted.BUSY] * 3
     assert sched.last_refusal.startswith(REASON_BUSY)
     assert "share" in sched.last_refusal
-    assert sched.counters["busy"] == 5
+    assert sched.counters["busy"] == 3
     assert sched.submit(2, 1, 5, b"c2", b"y" * KIB) is Submitted.QUEUED
-    assert sched.waiting == 6
-    assert sched.budget.by_client == {1: 5 * (KIB + REQUEST_OVERHEAD_BYTES), 2: KIB + REQUEST_OVERHEAD_BYTES}
+    assert sched.waiting == 8
+    assert sched.budget.by_client == {1: 7 * (KIB + REQUEST_OVERHEAD_BYTES), 2: KIB + REQUEST_OVERHEAD_BYTES}
 
 
 def test_bytes_are_released_when_requests_finish_and_kept_results_are_evicted_oldest_first():

@@ -7,7 +7,7 @@ import time
 import pytest
 import zmq
 
-from client_node.client import Client
+from client_node.client import Client, QueueFull
 from tests.harness import free_port, scaled, wait_until
 from wire import limits
 from wire import protocol as p
@@ -49,15 +49,17 @@ def test_a_closed_client_says_so_and_a_bad_client_id_is_refused():
 
 
 @pytest.mark.timeout(20)
-def test_a_busy_rejection_is_retried_with_back_off_not_reported_as_a_result():
-    """REJECTED "busy: ..." keeps the request outstanding, tells on_busy, and the re-send gets the result."""
+def test_a_busy_rejection_waits_for_credit_not_a_timer_and_is_not_reported_as_a_result():
+    """REJECTED "busy: ..." puts the request back in the local queue and tells on_busy; with nothing else out
+    the Client asks for credit (CLIENT_PING) and sends it again only once a window is granted, not on its
+    retry timer: no re-send is counted, and the second submission gets the result."""
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = free_port()
     router.bind(f"tcp://127.0.0.1:{port}")
     told: list[tuple[int, str]] = []
-    submits: list[float] = []
+    seen: list[MsgType] = []  # SUBMIT_BATCH and CLIENT_PING, in arrival order
     try:
         with Client(f"tcp://127.0.0.1:{port}", client_id=3, retry_s=0.2) as client:
             client.on_busy = lambda rid, reason: told.append((rid, reason))
@@ -67,21 +69,26 @@ def test_a_busy_rejection_is_retried_with_back_off_not_reported_as_a_result():
                 client.pump(0.01)
                 while router.poll(0):
                     route, header, *_ = router.recv_multipart()
-                    if p.decode(header)[0] is not MsgType.SUBMIT_BATCH:
+                    msg_type = p.decode(header)[0]
+                    if msg_type not in (MsgType.SUBMIT_BATCH, MsgType.CLIENT_PING):
                         continue
-                    submits.append(time.monotonic())
-                    if len(submits) == 1:
+                    seen.append(msg_type)
+                    if msg_type is MsgType.CLIENT_PING and seen.count(MsgType.CLIENT_PING) == 3:
+                        # credit at last, after two asks went unanswered (longer than the retry timer)
+                        router.send_multipart([route, p.encode(MsgType.CLIENT_WELCOME, 10_000, 2**20, 64, 2**20)])
+                    elif msg_type is MsgType.SUBMIT_BATCH and seen.count(MsgType.SUBMIT_BATCH) == 1:
                         router.send_multipart([route, p.encode(MsgType.REJECTED, 9, f"{p.REASON_BUSY}: full")])
-                    else:
+                    elif msg_type is MsgType.SUBMIT_BATCH:
                         router.send_multipart([route, p.encode(MsgType.RESULT, 9, "processed", 1, 1, False), b"ok"])
                 return 9 in client._results
 
-            wait_until(answer, 10, "the re-sent request to be answered")
+            wait_until(answer, 10, "the request sent again on credit to be answered")
             result = pending.result(timeout=1)
         assert result.ok and result.body == b"ok"
         assert told == [(9, f"{p.REASON_BUSY}: full")]
-        assert client.busy_notices == 1
-        assert submits[1] - submits[0] >= 0.09  # it waited (half the back-off at least) before re-sending
+        assert client.busy_notices == 1 and client.resent == 0
+        ping = MsgType.CLIENT_PING
+        assert seen == [MsgType.SUBMIT_BATCH, ping, ping, ping, MsgType.SUBMIT_BATCH], seen
     finally:
         router.close(linger=0)
 
@@ -95,6 +102,21 @@ class FakeFrontend:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.sock.bind(self.endpoint)
         self.arrived: list[tuple[MsgType, list]] = []  # SUBMIT_BATCH items, or a SUBMIT's [*fields, payload]
+
+    def welcome(self, client: Client, requests: int = 10_000, size: int | None = None) -> None:
+        """Answer the Client's CLIENT_HELLO as a balancer would, granting it a window, and wait until it has it."""
+
+        def hello() -> bool:
+            while self.sock.poll(10):
+                frames = self.sock.recv_multipart()
+                if p.decode(frames[1])[0] is MsgType.CLIENT_HELLO:
+                    welcome = p.encode(MsgType.CLIENT_WELCOME, 10_000, limits.DEFAULT_MAX_MESSAGE_BYTES, requests, size)
+                    self.sock.send_multipart([frames[0], welcome])
+                    return True
+            return False
+
+        wait_until(hello, 10, "CLIENT_HELLO")
+        wait_until(lambda: client.pump(0.01) is not None and client.window == (requests, size), 10, "the window")
 
     def batches(self) -> list[list]:
         return [items for msg_type, items in self.arrived if msg_type is MsgType.SUBMIT_BATCH]
@@ -129,6 +151,7 @@ def test_submit_many_sends_a_burst_in_batches_and_a_lone_submit_at_once(frontend
     """submit_many puts 600 requests into 3 SUBMIT_BATCH messages in order; submit() sends a batch of one
     before it returns; a payload that is not bytes-like fails alone, and what came before it still goes."""
     with Client(frontend.endpoint, client_id=4) as client:
+        frontend.welcome(client)
         pending = client.submit_many([b"x%d" % i for i in range(600)], priority=2)
         frontend.wait_for(3, "3 SUBMIT_BATCH messages")
         batches = frontend.batches()
@@ -187,3 +210,27 @@ def test_pump_with_no_time_left_only_looks(client: Client, timeout: float):
     started = time.monotonic()
     assert client.pump(timeout) == 0
     assert time.monotonic() - started < scaled(0.5)
+
+
+@pytest.mark.timeout(20)
+def test_beyond_its_window_a_client_queues_at_home_blocks_on_a_full_queue_and_cancels_queued_ones_itself(
+    frontend: FakeFrontend,
+):
+    """Granted one request out, the Client sends the first and queues the next two; a fourth submit finds the
+    local queue full and, with queue_timeout_s, raises QueueFull with nothing changed. A queued request
+    cancelled is answered `cancelled` at once and never sent."""
+    with Client(frontend.endpoint, client_id=6, queue_max=2, queue_timeout_s=0.2) as client:
+        frontend.welcome(client, requests=1)
+        first, second, third = (client.submit(b"r%d" % i) for i in range(3))
+        frontend.wait_for(1, "the first submission")
+        assert client.queued == 2 and client.unanswered == 3
+        with pytest.raises(QueueFull, match="stayed full"):
+            client.submit(b"r3")
+        assert client.unanswered == 3 and client.submit_many([]) == []
+        second.cancel()
+        cancelled = second.result(timeout=1)
+        assert (cancelled.status, cancelled.server_id, cancelled.attempts) == (p.CANCELLED, None, 0)
+        assert client.queued == 2 and client.unanswered == 2  # its entry is skipped when the line moves
+        assert client.submit(b"r4").request_id == 4  # room again; the refused one took no id
+    assert frontend.batches() == [[[first.request_id, 5, b"r0"]]]
+    assert third.request_id == 3

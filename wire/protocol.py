@@ -41,7 +41,9 @@ from wire.limits import MAX_BATCH_ITEMS, MAX_HEADER_BYTES  # bound as names: dec
 # Version 5: the work model: services (HELLO lists a node's, SUBMIT and SUBMIT_BATCH may name one),
 # deadlines (SUBMIT and SUBMIT_BATCH may carry one), cancellation (CLIENT_CANCEL, CANCEL), and the
 # statuses expired, cancelled and dead; the old "result no longer kept" status is now `not_kept`.
-PROTOCOL_VERSION = 5
+# Version 6: credit. CLIENT_WELCOME carries the window a client connection may have outstanding
+# (requests, bytes), and CREDIT tells it a new one (docs/PROTOCOL.md, "Credit").
+PROTOCOL_VERSION = 6
 
 # Liveness: a peer silent for LIVENESS intervals is dead. 3 to 5 is the usual
 # range; 3 keeps failover under two seconds at the default interval.
@@ -50,7 +52,8 @@ LIVENESS = 3
 # The reason a stopping balancer gives in REJECTED (to clients) and RECONNECT (to nodes).
 REASON_STOPPING = "balancer stopping"
 # REJECTED [request_id, reason] whose reason starts with this is back-pressure, not a verdict:
-# the balancer holds its memory budget (balancer/budget.py); the Client re-sends with back-off.
+# the balancer holds its memory budget (balancer/budget.py); the Client queues the request again and
+# sends it when its window (credit) has room. Rare since version 6: the window keeps a Client below it.
 REASON_BUSY = "busy"
 # A node that lost the balancer retries HELLO with a doubling back-off up to this cap.
 RECONNECT_BACKOFF_MAX_S = 4.0
@@ -63,7 +66,9 @@ class MsgType(IntEnum):
     RESULT = 2  # frontend -> client: [request_id, status, server_id, attempts, replay] + result
     REJECTED = 3  # frontend -> client: [request_id | None, reason]
     CLIENT_HELLO = 4  # client -> frontend: [client_id, incarnation, pid, host]; answered CLIENT_WELCOME
-    CLIENT_WELCOME = 5  # frontend -> client: [lease_ms, max_payload_bytes]; ping at a third of lease_ms
+    # frontend -> client: [lease_ms, max_payload_bytes, window_requests, window_bytes | None]; ping at a third of
+    # lease_ms; have at most the window outstanding (None: no byte bound)
+    CLIENT_WELCOME = 5
     CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; answered CLIENT_WELCOME
     CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; the connection is done (a client id is a name)
     CLIENT_CANCEL = 9  # client -> frontend: [client_id, incarnation, request_id]; answered by its RESULT
@@ -79,6 +84,7 @@ class MsgType(IntEnum):
     LEAVING = 18  # node -> backend: []; send no more work, in-flight work will finish
     FENCED = 19  # backend -> node: [reason]; another incarnation took this id over: exit
     CANCEL = 25  # backend -> node: [ticket, reason]; stop that work (cancelled, or past its deadline): no DONE
+    CREDIT = 26  # frontend -> client: [window_requests, window_bytes | None]; the connection's window from now on
     # Batches: one frame, the payloads inside the header as msgpack bin (see BATCH_TYPES).
     SUBMIT_BATCH = 20  # client -> frontend: [client_id, incarnation, [[request_id, priority, payload], ...]]
     RESULT_BATCH = 21  # frontend -> client: [[[request_id, status, server_id, attempts, replay, result], ...]]
@@ -100,7 +106,8 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.RESULT: (int, str, OptInt, int, bool),
     MsgType.REJECTED: (OptInt, str),
     MsgType.CLIENT_HELLO: (int, int, int, str),
-    MsgType.CLIENT_WELCOME: (int, int),
+    MsgType.CLIENT_WELCOME: (int, int, int, OptInt),
+    MsgType.CREDIT: (int, OptInt),
     MsgType.CLIENT_PING: (int, int),
     MsgType.CLIENT_BYE: (int, int),
     MsgType.CLIENT_CANCEL: (int, int, int),

@@ -9,6 +9,7 @@ import zmq
 from client_node.client import Client, json_payload
 from tests.harness import LiveBalancer, ProcessGroup, wait_until
 from tests.test_http_gateway import start_gateway
+from wire import limits
 from wire import protocol as p
 
 
@@ -42,10 +43,19 @@ def test_an_admins_down_survives_the_nodes_death_and_rejoin(balancer: LiveBalanc
 
 
 def fill(balancer: LiveBalancer, count: int) -> None:
-    """COUNT requests from client 5 that wait (no node is up); the Client leaves, its requests stay."""
-    with Client(balancer.endpoints.frontend, client_id=5, retry_s=None) as client:
-        client.submit_many(json_payload(0) for _ in range(count))
+    """COUNT requests from client 5 that wait (no node is up). Sent as raw SUBMIT_BATCHes: a Client would keep
+    all but its window at home while no node serves them (docs/PROTOCOL.md, "Credit"); a socket that says no
+    CLIENT_HELLO is held to the memory budget alone. It leaves, its requests stay."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(balancer.endpoints.frontend)
+    try:
+        for first in range(1, count + 1, limits.BATCH_ITEMS):
+            items = [[rid, 5, json_payload(0)] for rid in range(first, min(count + 1, first + limits.BATCH_ITEMS))]
+            sock.send(p.encode(p.MsgType.SUBMIT_BATCH, 5, 55, items))
         wait_until(lambda: balancer.call("status")["queue_depth"] == count, 20, f"{count} queued")
+    finally:
+        sock.close(linger=0)
 
 
 def walk(balancer: LiveBalancer, limit: int) -> list[tuple[str, list[dict]]]:

@@ -4,7 +4,7 @@
 
 Starts real processes on fresh loopback ports: `zlb balancer --max-memory-mb 0` with the default
 heartbeat (500 ms, liveness 3), two `zlb server` nodes of capacity 1, node 0 marked down by an
-admin; then a Client submits WAITING requests that each take a minute (node 1 holds one, the
+admin; then a raw socket submits WAITING requests that each take a minute (node 1 holds one, the
 rest wait). Once they are queued and the fill has left the 10 s window of `loop_max_ms`, it walks
 the listing page by page (1,000 a page) to learn the page keys, timing the first and the last
 page, then sends QUERIES `requests` pages pipelined on one DEALER (keys spread over the whole
@@ -32,9 +32,9 @@ from typing import Any
 
 import zmq
 
-from client_node.client import Client, json_payload
+from client_node.client import json_payload
 from tests.harness import Endpoints, ProcessGroup, start_balancer, wait_until
-from wire import control_client
+from wire import control_client, limits
 from wire import protocol as p
 
 PAGE = 1000
@@ -89,12 +89,18 @@ def run(procs: ProcessGroup, ends: Endpoints, waiting: int, queries: int, paging
 
 
 def fill(ends: Endpoints, waiting: int) -> None:
-    """WAITING requests from one Client, sent in batches; the Client leaves, its requests stay."""
+    """WAITING requests from client 7 in raw SUBMIT_BATCHes; the socket leaves, its requests stay. (A Client
+    would keep all but its window at home, docs/PROTOCOL.md "Credit": a socket that says no CLIENT_HELLO is
+    held to the memory budget alone, which --max-memory-mb 0 lifts.)"""
     payload = json_payload(HOLD_MS)
-    with Client(ends.frontend, client_id=7, retry_s=None) as client:
-        for start in range(0, waiting, 10_000):
-            client.submit_many(payload for _ in range(min(10_000, waiting - start)))
-            client.pump(0)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 60_000)  # every batch leaves before the socket closes (within a minute)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.connect(ends.frontend)
+    for first in range(1, waiting + 1, limits.BATCH_ITEMS):
+        items = [[rid, 5, payload] for rid in range(first, min(waiting + 1, first + limits.BATCH_ITEMS))]
+        sock.send(p.encode(p.MsgType.SUBMIT_BATCH, 7, 77, items))
+    sock.close()
 
 
 def page_targets(ends: Endpoints, waiting: int, queries: int, paging: str) -> tuple[list[dict], float, float]:

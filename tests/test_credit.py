@@ -1,0 +1,212 @@
+"""Credit, the pure parts: the windows the balancer grants (balancer/credit.py) and how a Client keeps to
+its own (client_node/window.py), in memory."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from balancer.budget import SHARE_OF_LIMIT
+from balancer.credit import (
+    MIN_CLIENT_REQUESTS,
+    MIN_TOTAL_REQUESTS,
+    TARGET_WAIT_S,
+    Credit,
+    worth_telling,
+)
+from balancer.scheduler import Scheduler, Submitted
+from client_node.window import INITIAL_BYTES, INITIAL_REQUESTS, QUEUED, SENT, Outstanding, Window
+from wire.limits import REQUEST_OVERHEAD_BYTES
+
+MIB = 2**20
+COST = 16 + REQUEST_OVERHEAD_BYTES  # a 16-byte request
+
+
+def credit(limit: int | None = 64 * MIB) -> Credit:
+    return Credit(Scheduler(max_memory_bytes=limit), now=0.0)
+
+
+def test_a_client_alone_may_have_most_of_the_budget_and_the_whole_request_window():
+    """Alone (holding or not), a client's byte window is SHARE_OF_LIMIT of the budget and its request window
+    is the whole total."""
+    c = credit()
+    assert c.window(1) == (MIN_TOTAL_REQUESTS, int(64 * MIB * SHARE_OF_LIMIT))
+    c.budget.charge(1, 1000)
+    assert c.window(1) == (MIN_TOTAL_REQUESTS, int(64 * MIB * SHARE_OF_LIMIT))
+
+
+def test_a_second_client_with_work_halves_the_first_ones_window_and_gets_what_is_free_at_once():
+    """Client 1 holds more than its new share when client 2 arrives: 1's window falls to the share (it sends
+    nothing until it drains below it), 2 gets what is free now, and its share once 1 has drained."""
+    c = credit(100 * MIB)
+    c.budget.charge(1, 70 * MIB)  # client 1 flooded alone (its share alone: 75 MiB)
+    free = c.budget.free()
+    assert c.window(2) == (MIN_TOTAL_REQUESTS // 2, free)  # newcomer: its share would be 37.5 MiB; 30 are free
+    c.budget.charge(2, 1000)
+    share = int(100 * MIB * SHARE_OF_LIMIT) // 2
+    assert c.window(1) == (MIN_TOTAL_REQUESTS // 2, share)
+    c.budget.release(1, 60 * MIB)  # client 1's results went back
+    assert c.window(2) == (MIN_TOTAL_REQUESTS // 2, share)
+
+
+def test_no_limit_means_no_byte_bound_and_a_refusing_balancer_grants_nothing():
+    """Without --max-memory-mb the byte window is None; while the journal cannot be written it is (0, 0)."""
+    c = credit(None)
+    assert c.window(1) == (MIN_TOTAL_REQUESTS, None)
+    c.sched.refusing = "busy: the balancer's journal cannot be written"
+    assert c.window(1) == (0, 0)
+
+
+def test_the_request_window_follows_the_completion_rate_with_the_live_capacity_as_a_floor():
+    """The total is the smoothed rate x TARGET_WAIT_S, never below 4 x the live capacity nor MIN_TOTAL_REQUESTS;
+    two thousand clients with work still get MIN_CLIENT_REQUESTS each."""
+    c = credit()
+    c.tick(1.0, 40_000, 200)  # 40,000 finished in the first second: half of it counts (smoothing)
+    assert c.rate == 20_000 and c.total_requests == int(20_000 * TARGET_WAIT_S)
+    c.tick(2.0, 80_000, 200)
+    assert c.rate == 30_000 and c.total_requests == int(30_000 * TARGET_WAIT_S)
+    c.tick(3.0, 80_000, 5_000)  # quiet, but many live nodes
+    assert c.total_requests == 20_000
+    for client_id in range(2000):
+        c.budget.charge(client_id, 10)
+    assert c.window(1)[0] == MIN_CLIENT_REQUESTS
+
+
+def test_a_connection_hears_only_news():
+    """Any shrink of the bytes is told (the budget refuses past them), a growth only from an eighth; the
+    requests from a quarter either way; a change to or from no byte bound always."""
+    told = (1000, 80_000)
+    assert not worth_telling(told, (1000, 80_000))
+    assert worth_telling(told, (1000, 79_999))
+    assert not worth_telling(told, (1000, 89_999))
+    assert worth_telling(told, (1000, 90_000))
+    assert not worth_telling(told, (1249, 80_000)) and not worth_telling(told, (751, 80_000))
+    assert worth_telling(told, (1250, 80_000)) and worth_telling(told, (750, 80_000))
+    assert worth_telling(told, (1000, None)) and worth_telling((1000, None), told)
+    assert not worth_telling((0, 0), (0, 0)) and worth_telling((0, 0), (16, 0))
+
+
+def test_only_connections_that_said_hello_are_told_and_forgotten_ones_are_not():
+    """update() is None for a route never welcomed (a raw socket, an MDP client); a welcomed one hears its
+    window when it moved, once; forget() and keep_only() drop routes."""
+    c = credit()
+    assert c.update(b"raw", 1) is None
+    assert c.welcome(b"r1", 1) == c.window(1)
+    assert c.update(b"r1", 1) is None  # nothing moved
+    c.budget.charge(2, 1000)  # a second client with work: the first one's request window halves
+    assert c.update(b"r1", 1) == c.window(1) and c.update(b"r1", 1) is None
+    c.welcome(b"r2", 2)
+    c.keep_only({b"r2": b"r2"}, {})
+    assert set(c.told) == {b"r2"}
+    c.forget(b"r2")
+    assert c.told == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300_000), min_size=1, max_size=60),
+    limit=st.integers(2 * MIB, 8 * MIB),
+    finish_every=st.integers(1, 5),
+)
+def test_clients_that_keep_to_their_windows_are_never_refused_busy(sizes, limit, finish_every):
+    """Two clients submit in turns, each only what its byte window lets through, and requests finish now and
+    then: the scheduler's budget never answers busy."""
+    sched = Scheduler(heartbeat_s=1.0, liveness=3, max_memory_bytes=limit)
+    sched.hello(b"n0", 0, 10_000, 100, "host", 0.0)
+    c = Credit(sched, 0.0)
+    for n, size in enumerate(sizes):
+        client_id = 1 + n % 2
+        out = sched.budget.by_client.get(client_id, 0)  # what it has out: its requests still at the balancer
+        if out + size + REQUEST_OVERHEAD_BYTES > c.window(client_id)[1]:
+            continue  # the Client would keep it in its local queue
+        outcome = sched.submit(client_id, n, 5, f"c{client_id}".encode(), b"x" * size)
+        assert outcome is Submitted.QUEUED, sched.last_refusal
+        if n % finish_every == 0:
+            for node, ticket, _req in sched.dispatch(0.0):
+                sched.complete(node.route, ticket, True, b"", 0.0)
+
+
+def entry(size: int = 16) -> Outstanding:
+    return Outstanding(5, b"x" * size, math.inf, 1.0)
+
+
+def test_before_the_first_word_a_client_may_send_its_initial_window():
+    """A fresh Window lets INITIAL_REQUESTS go, at most INITIAL_BYTES of them; the rest wait, in order."""
+    w = Window()
+    for rid in range(INITIAL_REQUESTS + 5):
+        w.wait(rid, entry())
+    went = w.take(10.0)
+    first = min(INITIAL_REQUESTS, INITIAL_BYTES // COST)
+    assert [rid for rid, _ in went] == list(range(first))
+    assert w.out == first and w.out_bytes == first * COST <= INITIAL_BYTES
+    assert w.queued == INITIAL_REQUESTS + 5 - first and all(s.state == SENT and s.due_at == 11.0 for _, s in went)
+
+
+def test_the_window_stops_at_the_first_request_that_does_not_fit_and_answers_free_room():
+    """Bytes bound: a big request at the head waits for room and nothing behind it overtakes; an answer frees
+    its room and the line moves on."""
+    w = Window()
+    w.grant(100, 3 * COST)
+    small, big, after = entry(), entry(3 * COST), entry()
+    for rid, sent in ((1, small), (2, big), (3, after)):
+        w.wait(rid, sent)
+    assert [rid for rid, _ in w.take(0.0)] == [1]
+    assert w.take(0.0) == []  # 2 does not fit beside 1, and 3 waits behind it
+    w.answered(small)
+    assert [rid for rid, _ in w.take(0.0)] == [2]  # nothing out: it goes alone, bigger than the window
+    assert w.take(0.0) == []
+    w.answered(big)
+    assert [rid for rid, _ in w.take(0.0)] == [3] and w.queued == 0
+
+
+def test_a_busy_refusal_puts_the_request_first_in_line_and_waits_for_credit():
+    """Refused busy: the request goes back ahead of the others, the byte window shrinks to what is still out,
+    and with nothing out the client is starved until a grant."""
+    w = Window()
+    w.grant(100, 10 * COST)
+    first, second, third = entry(), entry(), entry()
+    for rid, sent in ((1, first), (2, second), (3, third)):
+        w.wait(rid, sent)
+    w.take(0.0)
+    w.refused(2, second)
+    assert second.state == QUEUED and second.due_at == math.inf and w.bytes == 2 * COST
+    w.wait(4, entry())
+    assert w.take(0.0) == []  # the two still out fill the shrunk window
+    w.answered(first)
+    assert [rid for rid, _ in w.take(0.0)] == [2]  # room for one: the refused one first
+    w.refused(2, second)
+    w.refused(3, third)
+    assert w.out == 0 and w.bytes == 0 and w.starved()
+    w.grant(100, 10 * COST)
+    assert [rid for rid, _ in w.take(0.0)] == [2, 3, 4] and not w.starved()
+
+
+def test_an_answer_or_cancel_for_a_queued_request_is_skipped_and_the_queue_bound_holds():
+    """A request answered while it waited here is never sent; full() says when the local queue is at its bound."""
+    w = Window(max_requests=3, max_bytes=10 * MIB)
+    sents = [entry() for _ in range(3)]
+    w.grant(0, 0)
+    for rid, sent in enumerate(sents):
+        w.wait(rid, sent)
+    assert w.full()
+    w.answered(sents[1])  # e.g. cancelled before it was sent
+    w.grant(10, None)
+    assert [rid for rid, _ in w.take(0.0)] == [0, 2] and w.out == 2 and w.waiting_bytes == 0
+    assert not Window(max_requests=10, max_bytes=COST).full()
+
+
+def test_the_local_queue_keeps_the_balancers_order_lower_priority_numbers_first():
+    """An urgent request submitted behind a backlog overtakes it, as it would in the balancer's queue; within
+    a priority the first submitted goes first."""
+    w = Window()
+    w.grant(2, None)
+    for rid in range(1, 6):
+        w.wait(rid, Outstanding(9, b"x", math.inf, 1.0))
+    w.wait(6, Outstanding(1, b"x", math.inf, 1.0))
+    w.wait(7, Outstanding(5, b"x", math.inf, 1.0))
+    assert [rid for rid, _ in w.take(0.0)] == [6, 7]
+    w.grant(10, None)
+    assert [rid for rid, _ in w.take(0.0)] == [1, 2, 3, 4, 5]
+    assert w.queued == 0 and w.waiting == {} and w.priorities == []
