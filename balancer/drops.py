@@ -36,6 +36,7 @@ from collections.abc import Callable
 import zmq
 
 from balancer.control_side import HANDSHAKE_FAILURES
+from balancer.incidents import Incidents
 from balancer.majordomo import Majordomo
 from balancer.node_side import NodeSide
 from balancer.nodes import NodeTable
@@ -56,12 +57,14 @@ class Drops:
         table: NodeTable,
         nodes: NodeSide,
         mdp: Majordomo,
+        incidents: Incidents,
         handshake_failed: Callable[[str, int, int, float], None] | None = None,
     ) -> None:
         self.grace_s = grace_s  # None: heartbeats alone judge
         self._table = table
         self._nodes = nodes
         self._mdp = mdp
+        self._incidents = incidents
         self._handshake_failed = handshake_failed
         self._backend = backend
         events = _FOLLOWED if grace_s is not None else HANDSHAKE_FAILURES if handshake_failed is not None else 0
@@ -87,6 +90,7 @@ class Drops:
                 if value in sessions:
                     sessions.discard(value)
                     if not self._failed:
+                        self._incidents.count("node_connections_dropped")  # deaths and resets alike
                         self.due_at = now + self.grace_s
                 self._failed = False
             else:

@@ -195,6 +195,7 @@ class Balancer:
             self.sched.table,
             self.node_side,
             self.majordomo,
+            self.incidents,
             self.control_side.handshake_failed if self.curve is not None else None,
         )
         # The control socket is polled by its file descriptor (ZMQ_FD), not as a socket: zmq_poll
