@@ -46,7 +46,7 @@ HANDSHAKE_KINDS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_dropped",
 }
-# A failed handshake is told on stderr at most this often per socket and cause (a peer retries every 100 ms).
+# A failed handshake is told on stderr at most this often per socket and cause (a peer redials every 10-200 ms).
 TELL_INTERVAL_S = 5.0
 
 
