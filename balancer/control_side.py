@@ -27,7 +27,7 @@ from balancer.curve import ADMIN
 from balancer.incidents import Incidents
 from wire import protocol as p
 from wire.protocol import ProtocolError
-from wire.sockets import received
+from wire.sockets import monitor_events, received
 
 # Control requests answered per loop pass: from one connection, and in all.
 PER_PEER_PER_PASS = 4
@@ -46,7 +46,7 @@ HANDSHAKE_KINDS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_dropped",
 }
-# A failed handshake is told on stderr at most this often per socket and cause (a peer retries every 100 ms).
+# A failed handshake is told on stderr at most this often per socket and cause (a peer redials every 10-200 ms).
 TELL_INTERVAL_S = 5.0
 
 
@@ -148,19 +148,15 @@ class ControlSide:
 
     def drain_monitors(self, now: float, _limit: int) -> None:
         for mon, name in self._monitors.items():
-            while True:
-                try:
-                    frames = mon.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                # The first frame packs a 16-bit event id and a 32-bit value; the peer is not named.
-                head = frames[0] if frames else b""
-                event = int.from_bytes(head[:2], "little") if len(head) >= 2 else 0
-                value = int.from_bytes(head[2:6], "little") if len(head) >= 6 else 0
-                kind = HANDSHAKE_KINDS.get(event, "handshake_failed")
-                self.incidents.bad(name, ProtocolError(kind, "curve handshake refused (unknown key or no curve)"), now)
-                if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refused keys: the authenticator tells those
-                    self._tell_handshake(name, event, value, now)
+            for event, value in monitor_events(mon):
+                self.handshake_failed(name, event, value, now)
+
+    def handshake_failed(self, sock_name: str, event: int, value: int, now: float) -> None:
+        """A refused curve handshake on a socket (the backend's monitor is balancer/drops.py's: it hands them here)."""
+        kind = HANDSHAKE_KINDS.get(event, "handshake_failed")
+        self.incidents.bad(sock_name, ProtocolError(kind, "curve handshake refused (unknown key or no curve)"), now)
+        if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refused keys: the authenticator tells those
+            self._tell_handshake(sock_name, event, value, now)
 
     def _tell_handshake(self, sock_name: str, event: int, value: int, now: float) -> None:
         """A failed handshake on stderr, at most once per socket and cause per interval.

@@ -41,6 +41,7 @@ from balancer.clients import ClientSide
 from balancer.config import BalancerConfig
 from balancer.control_side import ControlSide
 from balancer.curve import CurveServer
+from balancer.drops import Drops
 from balancer.eventlog import EventLog
 from balancer.incidents import Incidents
 from balancer.journal_keeper import JournalKeeper
@@ -187,6 +188,16 @@ class Balancer:
         self.control_side = ControlSide(
             self.control_sock, self.state, self.incidents, self.curve is not None, self._publish, self._write_journal
         )
+        # The backend's monitor: a node's dropped connection (and, with curve, the backend's refused handshakes).
+        self.drops = Drops(
+            self.backend,
+            cfg.reconnect_grace_ms / 1000 if cfg.reconnect_grace_ms else None,
+            self.sched.table,
+            self.node_side,
+            self.majordomo,
+            self.incidents,
+            self.control_side.handshake_failed if self.curve is not None else None,
+        )
         # The control socket is polled by its file descriptor (ZMQ_FD), not as a socket: zmq_poll
         # asks each socket for ZMQ_EVENTS before and after it sleeps, a poll(2) each, and control
         # traffic is rare, so requests pay for two sockets, not three. The control side notes what
@@ -200,9 +211,11 @@ class Balancer:
         if self.replication is not None:
             self._readers[self.replication.sock] = self.replication.drain
             self._readers[self.ha.pipe] = self.ha.hear
+        if self.drops.monitor is not None:
+            self._readers[self.drops.monitor] = self.drops.drain
         if self.curve is not None:
-            sockets = {"frontend": self.frontend, "backend": self.backend, "control": self.control_sock}
-            for mon in self.control_side.watch_handshakes({**sockets, "events": self.events_sock}):
+            sockets = {"frontend": self.frontend, "control": self.control_sock, "events": self.events_sock}
+            for mon in self.control_side.watch_handshakes(sockets):
                 self._readers[mon] = self.control_side.drain_monitors
         self.poller = zmq.Poller()
         for sock in self._readers:
@@ -262,6 +275,7 @@ class Balancer:
 
     def close(self) -> None:
         """Close every socket, flush the journal and the log file."""
+        self.drops.close()  # before the backend: its monitor is stopped while the socket still exists
         for sock in (self.frontend, self.backend, self.control_sock, self.events_sock):
             sock.close(linger=0)
         if self.replication is not None:
@@ -301,9 +315,10 @@ class Balancer:
         times = self.times
         journal = self.journal
         ha = self.ha
+        drops = self.drops
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
-            deadline = min(next_tick, next_expiry, next_publish if self.sched.events else next_tick)
+            deadline = min(next_tick, next_expiry, drops.due_at, next_publish if self.sched.events else next_tick)
             control_waiting = control.waiting
             busy = (journal is not None and journal.compaction) or control_waiting
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
@@ -327,7 +342,9 @@ class Balancer:
             if ha is not None and not ha.leads(now):
                 self._step_down(now)
                 return
-            if now >= next_expiry:
+            if now >= next_expiry or now >= drops.due_at:
+                if now >= drops.due_at:
+                    drops.probe(now)  # a node whose connection dropped and is not back: dead now
                 if nodes.overdue(now):
                     # Before anyone is declared dead, what already waits on the sockets is read (heartbeats
                     # the loop was too late or too busy to take are signs of life); node deadlines ran on the
@@ -343,6 +360,10 @@ class Balancer:
                 self.sched.expire_finished(now)  # a slice: a burst of results goes over several checks
                 self.sched.timers_due(now)  # deadlines, back-offs over (checked ten times per heartbeat)
                 next_expiry = now + self._expiry_check_s
+                # A dead node's work runs again as its back-off ends, not up to a check interval later.
+                retry_at = self.sched.timers.next_ready()
+                if retry_at is not None and retry_at < next_expiry:
+                    next_expiry = retry_at
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + self.heartbeat_s

@@ -38,6 +38,7 @@ from balancer.config import BalancerConfig
 from balancer.incidents import Incidents
 from balancer.records import Node, Request, Submitted
 from balancer.scheduler import Refused, Scheduler
+from wire import events as ev
 from wire import limits
 from wire import majordomo as mdp
 from wire import protocol as p
@@ -257,11 +258,20 @@ class Majordomo:
             for route in quiet:
                 del self.clients[route]
 
+    def probe(self, now: float) -> None:
+        """A backend connection dropped (balancer/drops.py): a HEARTBEAT to every worker, and one whose connection
+        is gone is dead now rather than at the next heartbeat."""
+        routes = self.sched.routes
+        for route, worker in list(self.workers.items()):
+            if routes.get(route) is worker.node:
+                if send_routed(self.backend, route, mdp.to_worker(worker.delimited, mdp.HEARTBEAT)) == "unroutable":
+                    self._gone(route, now)
+
     def _gone(self, route: bytes, now: float) -> None:
-        """A worker known to be gone: dead now, its request re-queued as a dead node's."""
+        """A worker whose connection is gone: dead now, its request re-queued as a dead node's."""
         self.workers.pop(route, None)
         self.incidents.count("mdp_workers_gone")
-        self.sched.gone(route, now)
+        self.sched.gone(route, now, ev.NODE_DISCONNECTED)
 
     def _disconnect(self, route: bytes, delimited: bool, now: float, dead: bool = False) -> None:
         """End a worker's registration and tell it (it registers again on a fresh socket): its request goes

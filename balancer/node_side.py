@@ -140,6 +140,15 @@ class NodeSide:
         if self._due:
             self._forget_lost_due()
 
+    def probe(self, now: float) -> None:
+        """A PING to every zlb node (MDP workers: Majordomo.probe): one whose route has no connection now is
+        dead, its connection dropped (balancer/drops.py)."""
+        workers, sched, ping = self._mdp_workers, self.sched, [p.encode(MsgType.PING)]
+        gone = [r for r in sched.routes if r not in workers and send_routed(self.sock, r, ping) == "unroutable"]
+        for route in gone:
+            sched.disconnected(route, now)
+            self.incidents.count("nodes_disconnected")
+
     def _forget_lost_due(self) -> None:
         """Requests that left their node without a DONE (it died, left or was fenced) need no result room."""
         routes, budget = self.sched.routes, self.sched.budget

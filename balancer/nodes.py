@@ -268,6 +268,10 @@ class NodeTable:
         heard = now - self.deaf_s
         return node.expires_at < heard and heard >= self._judge_from
 
+    def judging(self, now: float) -> bool:
+        """False while the loop's own stall excuses its nodes (they may be sitting out a reconnect back-off)."""
+        return now - self.deaf_s >= self._judge_from
+
     def overdue(self, now: float) -> bool:
         """True when `expire(now)` would declare some node dead (the loop reads its sockets first)."""
         heard = now - self.deaf_s
@@ -279,12 +283,14 @@ class NodeTable:
         if heard < self._judge_from:
             return []
         dead = [n for n in self.routes.values() if n.expires_at < heard]
-        out = []
-        for node in dead:
-            if node.in_flight:
-                self._haunt(node)
-            out.append((node, self.drop(node, ev.NODE_DEAD, now - node.last_seen)))
-        return out
+        return [(node, self.dead(node, ev.NODE_DEAD, now)) for node in dead]
+
+    def dead(self, node: Node, kind: str, now: float) -> list[Request]:
+        """Declare a node dead (silent past its deadline, or its connection gone): its work, also remembered
+        for when the node comes back holding it (a death that was false: Scheduler.hello)."""
+        if node.in_flight:
+            self._haunt(node)
+        return self.drop(node, kind, now - node.last_seen)
 
     def _haunt(self, node: Node) -> None:
         """Remember what a node held as it was declared dead, for when it comes back holding it."""

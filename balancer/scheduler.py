@@ -801,14 +801,25 @@ class Scheduler:
         if node is not None:
             self._requeue_many(self.table.drop(node, ev.NODE_LEFT), node.node_id)
 
-    def gone(self, route: Any, now: float) -> Node | None:
-        """A node known to be gone without a word (a Majordomo worker whose connection closed): declared dead
-        now, its work re-queued as a dead node's (after a back-off, the attempt counted)."""
+    def gone(self, route: Any, now: float, kind: str = ev.NODE_DEAD) -> Node | None:
+        """A Majordomo worker known to be gone without a word (silent while idle, or `kind` NODE_DISCONNECTED:
+        its connection closed, and it never comes back on it): declared dead now, its work re-queued as a dead
+        node's (after a back-off, the attempt counted)."""
         node = self.routes.get(route)
         if node is None:
             return None
-        lost = self.table.drop(node, ev.NODE_DEAD, now - node.last_seen)
+        lost = self.table.drop(node, kind, now - node.last_seen)
         self._requeue_many(lost, node.node_id, now, " (it died)")
+        return node
+
+    def disconnected(self, route: Any, now: float) -> Node | None:
+        """A node whose connection dropped and did not come back within the grace (balancer/drops.py): dead
+        now, as a silent one would be at its deadline (its work re-queued after a back-off, the attempt
+        counted, and remembered in case the node comes back holding it)."""
+        node = self.routes.get(route)
+        if node is None:
+            return None
+        self._requeue_many(self.table.dead(node, ev.NODE_DISCONNECTED, now), node.node_id, now, " (it died)")
         return node
 
     def expire(self, now: float) -> list[Node]:

@@ -11,7 +11,13 @@ from typing import Any
 import click
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB
-from balancer.config import DEFAULT_GRACE_S, DEFAULT_MDP_HEARTBEAT_MS, DEFAULT_RETRY_BACKOFF_MS, BalancerConfig
+from balancer.config import (
+    DEFAULT_GRACE_S,
+    DEFAULT_MDP_HEARTBEAT_MS,
+    DEFAULT_RECONNECT_GRACE_MS,
+    DEFAULT_RETRY_BACKOFF_MS,
+    BalancerConfig,
+)
 from balancer.election import DEFAULT_LEASE_S, HaConfig
 from balancer.eventlog import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_BYTES
 from balancer.kept import (
@@ -88,6 +94,13 @@ def prepare_log_file(path: str) -> None:
     DEFAULT_RETRY_BACKOFF_MS,
     "After its node died a request waits this long before its next attempt, doubling per attempt"
     " (at most 10 s), jittered. 0: at once.",
+)
+@shown_option(
+    "--reconnect-grace-ms",
+    click.IntRange(0, 60_000),
+    DEFAULT_RECONNECT_GRACE_MS,
+    "A node whose connection drops (a kill -9 closes it at once) is dead unless it is connected again within"
+    " this (a reset connection redials by itself in 10-20 ms). 0: only its heartbeats' silence judges it.",
 )
 @shown_option("--max-dead", click.IntRange(1), 10_000, "Keep at most this many dead letters; the oldest go first.")
 @shown_option("--max-dead-mb", mib_range(0), 64.0, "Keep at most this many MiB of dead letters' payloads.")

@@ -68,3 +68,7 @@ class Timers:
         if not delayed:
             heap.clear()
         return out
+
+    def next_ready(self) -> float | None:
+        """When the earliest back-off may be over (a stale entry may make it early; never late); None if none."""
+        return self._ready_at[0][0] if self.delayed and self._ready_at else None

@@ -29,8 +29,8 @@ _REQUEST_KINDS = frozenset(
      ev.REQUEST_REJECTED}
 )  # fmt: skip
 _NODE_STATE_KINDS = frozenset(
-    {ev.NODE_JOINED, ev.NODE_DEAD, ev.NODE_DOWN, ev.NODE_UP, ev.NODE_DRAINING, ev.NODE_LEFT, ev.NODE_REPLACED,
-     ev.NODE_KEPT_OUT}
+    {ev.NODE_JOINED, ev.NODE_DEAD, ev.NODE_DISCONNECTED, ev.NODE_DOWN, ev.NODE_UP, ev.NODE_DRAINING, ev.NODE_LEFT,
+     ev.NODE_REPLACED, ev.NODE_KEPT_OUT}
 )  # fmt: skip
 
 

@@ -42,6 +42,7 @@ KIND_STYLE = {
     ev.REQUEST_LATE_RESULT: "yellow",
     ev.NODE_JOINED: "blue",
     ev.NODE_DEAD: "bold red",
+    ev.NODE_DISCONNECTED: "bold red",
     ev.NODE_LEFT: "magenta",
     ev.NODE_DOWN: "magenta",
     ev.NODE_UP: "blue",

@@ -264,6 +264,7 @@ _HANDLERS: dict[str, Any] = {
     ev.NODE_JOINED: DashboardModel._on_joined,
     ev.NODE_KEPT_OUT: DashboardModel._on_kept_out,
     ev.NODE_DEAD: _set_state("dead", True),
+    ev.NODE_DISCONNECTED: _set_state("dead", True),
     ev.NODE_LEFT: _set_state("dead", True),
     ev.NODE_DOWN: _set_state("down", True),
     ev.NODE_UP: _set_state("active", False),

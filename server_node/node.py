@@ -49,6 +49,12 @@ EXIT_FENCED = 4
 # How long a node restarted on the same host keeps asking for the id of its dead predecessor:
 # past any balancer's deadline for it (liveness x heartbeat, 1.5 s by default).
 REFUSED_RETRY_S = 30.0
+# A dropped connection (reset, the balancer's host rebooted) is redialled by the DEALER itself after this
+# interval plus up to as much again at random, doubling per failed try up to RECONNECT_IVL_MAX_MS (libzmq's
+# own 100 ms, constant, before). The balancer waits --reconnect-grace-ms (50) after a drop before it takes
+# a node with no connection for dead (balancer/drops.py): a reset node is back well within that.
+RECONNECT_IVL_MS = 10
+RECONNECT_IVL_MAX_MS = 100
 # The longest heartbeat interval a node follows: an hour (beyond, a WELCOME is garbage).
 MAX_HEARTBEAT_MS = 3_600_000
 KEY_REFUSED = (
@@ -120,6 +126,8 @@ class ServerNode:
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
         # Room for every DONE a full node can owe, so none is dropped for want of queue.
         self.sock.setsockopt(zmq.SNDHWM, max(1000, 4 * self.config.capacity + 100))
+        self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         secure_client_socket(self.sock)
         self._key_refusals = KeyRefusals(self.sock)
         self.sock.connect(self.following.current)

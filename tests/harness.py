@@ -122,7 +122,9 @@ def port_of(endpoint: str) -> int:
 
 
 def reset_connections(pid: int, backend_port: int) -> int:
-    """Destroy the TCP connections of process `pid` to the backend port (both ends) with `ss -K`; return how many."""
+    """Destroy the TCP connections of process `pid` to the backend port (both ends) with `ss -K`; return how many.
+
+    PermissionError where `ss -K` may not destroy sockets (it needs CAP_NET_ADMIN, and then exits 0 anyway)."""
     listing = subprocess.run(
         ["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{backend_port}"],
         capture_output=True,
@@ -138,7 +140,9 @@ def reset_connections(pid: int, backend_port: int) -> int:
     ]
     for port in local_ports:
         for direction in (["src", f"127.0.0.1:{port}"], ["dst", f"127.0.0.1:{port}"]):
-            subprocess.run(["ss", "-K", "state", "established", *direction], capture_output=True, check=True)
+            done = subprocess.run(["ss", "-K", "state", "established", *direction], capture_output=True, check=True)
+            if b"not permitted" in done.stderr:
+                raise PermissionError(f"ss -K: {done.stderr.decode(errors='replace').strip()}")
     return len(local_ports)
 
 

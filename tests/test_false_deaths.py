@@ -223,3 +223,18 @@ def test_take_back_finds_a_paused_clients_set_aside_requests():
     assert queue.parked == 0 and queue.count == 0
     queue.resume(7)
     assert queue.pop() is None
+
+
+def test_a_node_declared_dead_for_its_dropped_connection_that_comes_back_keeps_its_work():
+    """A reset connection that took longer than the grace (balancer/drops.py): the node was declared dead for
+    its connection and comes back holding its work; it keeps what still waits, run once, attempt 1."""
+    sched = joined(1.0, 3)
+    tickets = dispatch_to(sched, 2)
+    assert sched.disconnected(b"n0", 0.2) is sched.nodes[0]
+    assert sched.nodes[0].state.value == "dead" and sched.waiting == 2
+    assert (ev.NODE_DISCONNECTED, 0, pytest.approx(0.2), 2) in sched.events
+    sched.hello(b"n0", 0, 2, 100, "host", 0.3, held=sorted(tickets.values()))
+    assert sched.waiting == 0 and sched.dispatch() == []
+    assert [(sched.get(0, rid).status, sched.get(0, rid).attempts) for rid in (1, 2)] == [("assigned", 1)] * 2
+    assert (ev.NODE_RETURNED, 0, 2, 0) in sched.events
+    assert sched.disconnected(b"n0-unknown", 0.4) is None

@@ -108,6 +108,25 @@ def test_a_dead_nodes_work_backs_off_then_goes_to_the_dead_letters_and_retry_run
     assert [r.request_id for _n, _t, r in sched.dispatch()] == [1] and req.attempts == 1
 
 
+def test_the_loop_can_wake_when_a_back_off_ends_and_find_the_request_ready():
+    """Timers.next_ready is when the earliest back-off is over (the loop wakes then, balancer/loop.py): a
+    check at that moment queues the request, none before it does; with nothing backing off it is None."""
+    sched = make(retry_backoff_s=1.0)
+    node(sched, 0, now=0.0)
+    assert sched.timers.next_ready() is None
+    sched.submit(0, 1, 5, b"c", b"payload")
+    sched.dispatch()
+    sched.expire(10.0)
+    node(sched, 1, now=10.0)
+    ready_at = sched.timers.next_ready()
+    assert ready_at is not None and 10.5 <= ready_at <= 11.0
+    sched.timers_due(ready_at - 0.001)
+    assert sched.dispatch() == []
+    sched.timers_due(ready_at)
+    assert [r.request_id for _n, _t, r in sched.dispatch()] == [1]
+    assert sched.timers.next_ready() is None
+
+
 def test_dead_letters_are_bounded_and_say_what_they_dropped():
     """Beyond the count (or the bytes), the oldest dead letter ends failed with its error, counted."""
     sched = make(max_attempts=1, max_dead=1)

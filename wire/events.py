@@ -33,6 +33,8 @@ REQUEST_RETRIED = "request.retried"
 REQUEST_UNSERVED = "request.unserved"
 NODE_JOINED = "node.joined"
 NODE_DEAD = "node.dead"
+# Dead because its connection dropped and did not come back within the grace (balancer/drops.py).
+NODE_DISCONNECTED = "node.disconnected"
 NODE_DOWN = "node.down"
 NODE_UP = "node.up"
 NODE_DRAINING = "node.draining"
@@ -80,6 +82,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     REQUEST_UNSERVED: ("client_id", "request_id", "service"),
     NODE_JOINED: ("server_id", "capacity", "pid", "host"),
     NODE_DEAD: ("server_id", "silent_s", "requeued"),
+    NODE_DISCONNECTED: ("server_id", "silent_s", "requeued"),
     NODE_DOWN: ("server_id", "requeued"),
     NODE_UP: ("server_id",),
     NODE_DRAINING: ("server_id", "in_flight"),
@@ -114,6 +117,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 
 LEVELS: dict[str, str] = {
     NODE_DEAD: "WARNING",
+    NODE_DISCONNECTED: "WARNING",
     NODE_DOWN: "WARNING",
     REQUEST_FAILED: "WARNING",
     REQUEST_REJECTED: "WARNING",
@@ -169,6 +173,9 @@ _TEMPLATES: dict[str, Any] = {
     REQUEST_UNSERVED: lambda a: f"Request {a[1]} from Client {a[0]} waits: no live server offers service {a[2]!r}",
     NODE_JOINED: lambda a: f"Server {a[0]} joined (capacity {a[1]}, pid {a[2]} on {a[3]})",
     NODE_DEAD: lambda a: f"⚠️ Server {a[0]} is dead (silent for {a[1]:.1f} s); {a[2]} requests re-queued",
+    NODE_DISCONNECTED: lambda a: (
+        f"⚠️ Server {a[0]} is dead (its connection dropped; last heard {a[1]:.1f} s before); {a[2]} requests re-queued"
+    ),
     NODE_DOWN: lambda a: f"Server {a[0]} marked as down; {a[1]} requests re-queued",
     NODE_UP: lambda a: f"Server {a[0]} marked as up",
     NODE_DRAINING: lambda a: f"Server {a[0]} draining ({a[1]} requests in flight)",

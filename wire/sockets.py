@@ -154,3 +154,18 @@ def send_routed(sock: zmq.Socket, route: bytes, frames: list[Any]) -> str:
             raise
         return "unroutable"
     return ""
+
+
+def monitor_events(mon: zmq.Socket) -> Iterator[tuple[int, int]]:
+    """The (event, value) pairs waiting on a socket monitor, without blocking."""
+    while True:
+        try:
+            frames = mon.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        # The first frame packs a 16-bit event id and a 32-bit value (a file descriptor, an error); the peer is
+        # not named.
+        head = frames[0] if frames else b""
+        event = int.from_bytes(head[:2], "little") if len(head) >= 2 else 0
+        value = int.from_bytes(head[2:6], "little") if len(head) >= 6 else 0
+        yield event, value

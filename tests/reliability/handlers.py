@@ -32,6 +32,27 @@ def _record_run(work: handlers.Work) -> None:
         os.close(fd)
 
 
+def stamped(work: handlers.Work) -> bytes:
+    """Like `simulate`, after appending "client_id request_id server_id attempt started" to $ZLB_TEST_RUN_LOG as it
+    starts (`started`: time.monotonic(), one clock for every process on the host)."""
+    line = f"{work.client_id} {work.request_id} {work.server_id} {work.attempt} {time.monotonic()}\n"
+    fd = os.open(os.environ["ZLB_TEST_RUN_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return handlers.simulate(work)
+
+
+def runs(path: str) -> list[tuple[int, int, int, int, float]]:
+    """The runs a `stamped` log recorded, in the order they started: (client, request, server, attempt, started)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        rows = [line.split() for line in fh if line.endswith("\n")]
+    return [(int(c), int(r), int(s), int(a), float(t)) for c, r, s, a, t in rows]
+
+
 def boom(work: handlers.Work) -> bytes:
     """Always raise: the request must fail with this text, once, and the node must live on."""
     raise ValueError(f"boom on request {work.request_id}")

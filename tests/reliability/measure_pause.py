@@ -74,7 +74,7 @@ def run(procs: ProcessGroup, ends: Endpoints, tmp: Path, args: argparse.Namespac
     events = balancer.call("logs", format="events")
     runs = executions(log)
     figures.update(
-        dead=sum(e["kind"] == "node.dead" for e in events),
+        dead=sum(e["kind"] in ("node.dead", "node.disconnected") for e in events),
         returned=[(e["server_id"], e["kept"], e["elsewhere"]) for e in events if e["kind"] == "node.returned"],
         ran_twice=sum(1 for n in runs.values() if n > 1),
         requests=balancer.call("status")["requests"],
