@@ -343,7 +343,7 @@ def _wait_start(path: str, match: Any, what: str, timeout_s: float = START_WAIT_
 
 def _noticed_ms(stream: EventStream, server_id: int, killed_wall: float) -> float | None:
     """ms from the kill to the balancer's event that the node is dead or gone (None if none came)."""
-    gone = (events.NODE_DEAD, events.NODE_LEFT)
+    gone = (events.NODE_DEAD, events.NODE_DISCONNECTED, events.NODE_LEFT)
     deadline = time.monotonic() + NOTICE_WAIT_S
     while time.monotonic() < deadline:
         for event in stream.poll(0.1):
