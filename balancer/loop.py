@@ -212,7 +212,11 @@ class Balancer:
             self._readers[self.replication.sock] = self.replication.drain
             self._readers[self.ha.pipe] = self.ha.hear
         if self.drops.monitor is not None:
-            self._readers[self.drops.monitor] = self.drops.drain
+            # By its descriptor too, for the same reason: drops are rare. The descriptor signals an event
+            # only once a read has found the monitor empty, so it is read empty now, and Drops.drain always
+            # reads it empty.
+            self._readers[self.drops.monitor.getsockopt(zmq.FD)] = self.drops.drain
+            self.drops.drain(now, 0)
         if self.curve is not None:
             sockets = {"frontend": self.frontend, "control": self.control_sock, "events": self.events_sock}
             for mon in self.control_side.watch_handshakes(sockets):

@@ -161,6 +161,13 @@ class Scheduler:
         """How many requests wait for a node (those of paused clients, and those in a back-off, included)."""
         return sum(svc.waiting for svc in self._services.values()) + len(self.timers.delayed)
 
+    def queued(self) -> Iterator[Request]:
+        """Every request waiting for a node, in no order: queued (set-aside ones included, stale entries
+        left out) or sitting out a back-off. The property tests check the queues' invariants through it."""
+        for svc in self._services.values():
+            yield from (req for req in svc.queue if req.status == PENDING)
+        yield from self.timers.delayed
+
     def _prune_services(self) -> int:
         """Forget the services nothing needs now (none of their requests waits, no live node offers them);
         how many. Their tallies go with them: a table full of names no one uses any more must not refuse

@@ -174,4 +174,5 @@ def test_opcodes_counts_every_process_of_a_round_trip(tmp_path: Path, target: st
     assert all(row["before"] > 0 and row["top_before"] for row in out.values()), out
     if target == "zlb":
         broker = out["broker"]
-        assert broker["before_submit"] > 0 and broker["after_result"] > broker["before_result"] > 0, broker
+        hops = {k: broker.get(k, 0) for k in ("before_submit", "before_result", "after_result")}
+        assert hops["before_submit"] > 0 and hops["after_result"] > hops["before_result"] > 0, broker
