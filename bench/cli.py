@@ -18,7 +18,11 @@ from bench import report
 from bench.harness import Bench, BenchError
 from bench.scenario_kit import REPLACED
 from bench.scenarios import SCENARIOS, BenchConfig, Outcome, Runner
-from wire.options import FiniteRange
+
+try:
+    from wire.options import FiniteRange
+except ImportError:  # an older checkout's wire/ under this bench (python -m tools.by_commit --same-bench)
+    FiniteRange = click.FloatRange  # type: ignore[misc,assignment]
 
 # A thousand node connections need more descriptors than the usual soft limit of 1024.
 WANTED_OPEN_FILES = 16_384
