@@ -34,9 +34,11 @@ from balancer.scheduler import Scheduler
 # A request should wait at the balancer about this long: the request windows of all clients together are
 # the completion rate times this. Well under the Client's retry_s (5 s by default).
 TARGET_WAIT_S = 0.5
-# The request windows together are never smaller than this, nor than CAPACITY_FACTOR times the capacity of
-# the live nodes: the nodes stay busy while the rate is unknown (at start, after a quiet spell), and a small
-# window cannot hold the rate it is sized by down with it.
+# The request windows together are never smaller than CAPACITY_FACTOR times the capacity of the live nodes:
+# four times what they can run keeps them busy, so a small window cannot hold down the rate it is sized by.
+# Until the first tick, when neither is known, they are MIN_TOTAL_REQUESTS. There is no other floor: slow
+# work (100 ms a request on one node) under a floor of 1,024 would queue 100 s of waiting at the balancer,
+# and every Client would re-send it on its retry timer.
 MIN_TOTAL_REQUESTS = 1024
 CAPACITY_FACTOR = 4
 # One client's request window is never smaller than this (a thousand clients with work still pipeline).
@@ -83,7 +85,7 @@ class Credit:
         measured = max(0, finished - self._finished) / elapsed
         self.rate += RATE_WEIGHT * (measured - self.rate)
         self._finished, self._measured_at = finished, now
-        self.total_requests = max(MIN_TOTAL_REQUESTS, CAPACITY_FACTOR * capacity, int(self.rate * TARGET_WAIT_S))
+        self.total_requests = max(CAPACITY_FACTOR * capacity, int(self.rate * TARGET_WAIT_S))
 
     def window(self, client_id: int) -> Window:
         """What a connection of this client id may have outstanding now: (requests, bytes or None)."""

@@ -476,7 +476,13 @@ class Client(Retries):
         if following.several and self._outstanding and now - self._last_heard >= FOLLOW_SILENCE_S:
             self._move(following.next(), now)  # a leader gone silent: try the next member
         if self.retry_s is not None and now >= self._next_resend_scan:
-            self._resend_overdue(now)
+            # Answers already in the socket are not overdue: a caller back from a long pause would otherwise
+            # re-send its whole window before reading the results waiting for it.
+            while self._receive(DRAIN_BATCH):
+                pass
+            if self._window.waiting or self._window.again:
+                self._flush()  # what was read freed room, or brought credit
+            self._resend_overdue(time.monotonic())
         ping_s = FOLLOW_PING_S if following.several else self.lease_s / 3
         if self._outstanding and now - self._last_sent >= ping_s:
             self._send_session(MsgType.CLIENT_PING)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from balancer.budget import SHARE_OF_LIMIT
 from balancer.credit import (
+    CAPACITY_FACTOR,
     MIN_CLIENT_REQUESTS,
     MIN_TOTAL_REQUESTS,
     TARGET_WAIT_S,
@@ -60,7 +61,8 @@ def test_no_limit_means_no_byte_bound_and_a_refusing_balancer_grants_nothing():
 
 
 def test_the_request_window_follows_the_completion_rate_with_the_live_capacity_as_a_floor():
-    """The total is the smoothed rate x TARGET_WAIT_S, never below 4 x the live capacity nor MIN_TOTAL_REQUESTS;
+    """The total is the smoothed rate x TARGET_WAIT_S, never below 4 x the live capacity (MIN_TOTAL_REQUESTS
+    only before the first tick);
     two thousand clients with work still get MIN_CLIENT_REQUESTS each."""
     c = credit()
     c.tick(1.0, 40_000, 200)  # 40,000 finished in the first second: half of it counts (smoothing)
@@ -210,3 +212,16 @@ def test_the_local_queue_keeps_the_balancers_order_lower_priority_numbers_first(
     w.grant(10, None)
     assert [rid for rid, _ in w.take(0.0)] == [1, 2, 3, 4, 5]
     assert w.queued == 0 and w.waiting == {} and w.priorities == []
+
+
+def test_slow_work_gets_a_window_it_finishes_in_well_under_a_retry_period():
+    """One node of capacity 1 finishing 10 requests a second: the window is MIN_CLIENT_REQUESTS, 1.6 s of
+    work, not the 1,024 of the first tick (which would queue 100 s and have the Client re-send)."""
+    c = credit()
+    assert c.window(1)[0] == MIN_TOTAL_REQUESTS  # before the first tick: nothing known
+    c.tick(1.0, 0, 1)  # nothing finished yet, one node of capacity 1
+    assert c.total_requests == CAPACITY_FACTOR and c.window(1)[0] == MIN_CLIENT_REQUESTS
+    for second in range(2, 12):
+        c.tick(float(second), 10 * (second - 1), 1)
+    assert 9.9 < c.rate <= 10 and c.total_requests == max(CAPACITY_FACTOR, int(c.rate * TARGET_WAIT_S)) <= 5
+    assert c.window(1)[0] == MIN_CLIENT_REQUESTS

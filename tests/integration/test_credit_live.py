@@ -3,6 +3,8 @@ busy, a flooding client does not starve another, and a window shrinks when a sec
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from client_node.client import Client, json_payload
@@ -66,8 +68,8 @@ def test_a_flooding_client_does_not_starve_another_or_draw_busy_answers(balancer
 @pytest.mark.timeout(120)
 def test_a_window_shrinks_when_a_second_client_brings_work_and_grows_back_when_it_is_done(balancer: LiveBalancer):
     """A client alone has the whole request window and three quarters of the budget; once a second client
-    holds requests, the first is told half of each in a CREDIT (with its next results), and the whole again
-    once the second one's requests are done."""
+    holds requests, the first is told half of the bytes in a CREDIT (with its next results), and the whole
+    again once the second one's requests are done (the requests share the measured rate: not exact)."""
     balancer.start_server(1, "--capacity", "10")
     balancer.wait_servers_active({1})
     with Client(balancer.endpoints.frontend, client_id=1) as first:
@@ -77,8 +79,46 @@ def test_a_window_shrinks_when_a_second_client_brings_work_and_grows_back_when_i
         assert alone[1] == int(0.75 * 256 * MIB)  # the default budget, --max-memory-mb 256
         with Client(balancer.endpoints.frontend, client_id=2) as second:
             pending = [second.submit(json_payload(20, i)) for i in range(30)]
+            # The bytes are the budget's shares, exact; the requests follow the measured completion rate too.
             wait_until(lambda: second.pump(0.01) is not None and first.pump(0.05) is not None
-                       and first.window == (alone[0] // 2, alone[1] // 2), 20, "the first window halved")  # fmt: skip
+                       and first.window[1] == alone[1] // 2, 20, "the first window halved")  # fmt: skip
             assert all(p.result(timeout=scaled(30)).ok for p in pending)
-        wait_until(lambda: first.pump(0.05) is not None and first.window == alone, 20, "the first window whole again")
+        whole = "the first window whole again"
+        wait_until(lambda: first.pump(0.05) is not None and first.window[1] == alone[1], 20, whole)
         assert first.busy_notices == 0 and first.resent == 0
+
+
+@pytest.mark.timeout(60)
+def test_slow_work_is_not_queued_past_the_retry_timer_so_nothing_is_re_sent(procs: ProcessGroup, endpoints: Endpoints):
+    """One node of capacity 1 and 60 requests of 50 ms: the window follows what the node finishes (16 at a
+    time, 0.8 s of work), so no request waits at the balancer past the Client's 1.5 s retry timer. Under the
+    old floor of 1,024 all 60 went at once, 3 s of queue, and the last half was re-sent."""
+    balancer = start_balancer(procs, endpoints, 100)
+    balancer.start_server(1, "--capacity", "1")  # the seed's simulate handler: it sleeps cost_ms
+    balancer.wait_servers_active({1})
+    with Client(endpoints.frontend, client_id=1, retry_s=1.5) as client:
+        pending = client.submit_many(json_payload(50, i) for i in range(60))
+        results = {r.request_id: r for r in client.as_completed(timeout=scaled(40))}
+        assert client.window[0] <= 16 and client.resent == 0
+    assert sorted(results) == [p.request_id for p in pending] and all(r.ok for r in results.values())
+    assert balancer.call("status")["requests"]["duplicates"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_client_back_from_a_pause_reads_its_answers_before_re_sending(procs: ProcessGroup, endpoints: Endpoints):
+    """Answers that arrived while the caller was away (longer than retry_s) are read before the re-send scan
+    judges anything overdue: nothing is re-sent. It re-sent its whole window before."""
+    balancer = start_balancer(procs, endpoints, 100)
+    balancer.start_server(1, "--capacity", "50")  # simulate: 200 ms a request, so the last answers come late
+    balancer.wait_servers_active({1})
+    # A request waits at most 4 x 200 ms here (the window is 4 x the capacity), well under retry_s.
+    with Client(endpoints.frontend, client_id=1, retry_s=1.5) as client:
+        pending = client.submit_many(json_payload(200, i) for i in range(500))
+        wait_until(lambda: client.pump(0.01) is not None and client.queued == 0, 20, "all 500 sent")
+        left = len(client.outstanding)  # sent, not yet answered: their answers will wait in the socket
+        wait_until(lambda: balancer.call("status")["requests"]["processed"] == 500, 20, "all 500 processed")
+        time.sleep(2.0)  # wait-ok: the pause under test, longer than retry_s, with every answer waiting
+        results = {r.request_id: r for r in client.as_completed(timeout=scaled(20))}
+        assert client.resent == 0 and left > 0
+    assert sorted(results) == [p.request_id for p in pending]
+    assert balancer.call("status")["requests"]["duplicates"] == 0
