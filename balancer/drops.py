@@ -20,9 +20,10 @@ a failure among them, reported just before its own drop by libzmq's one I/O thre
 The monitor's events come in order, so the acceptance of a number's next holder is always reported
 after the drop of its last. Each drop pushes the probe back to a full grace after it, so a probe
 never lands in the reconnection gap of a reset it has not waited for; under a churn of more than one
-drop per grace, heartbeats judge as before. Nor does a probe judge while the loop's own stall excuses
-its nodes (NodeTable.judging): nodes that gave up on a silent balancer close their sockets and sit
-out a back-off.
+drop per grace, the probe comes MAX_DEFER_GRACES graces after the first drop all the same (a reset
+caught in its reconnection gap then is a false death, which the returning node repairs). Nor does a
+probe judge while the loop's own stall excuses its nodes (NodeTable.judging): nodes that gave up on
+a silent balancer close their sockets and sit out a back-off.
 
 With curve on, the backend's one monitor (libzmq allows one per socket) also reports refused
 handshakes, which go to the control side as on the other sockets (ControlSide.handshake_failed).
@@ -45,6 +46,8 @@ from wire.sockets import monitor_events
 _ACCEPTED, _DISCONNECTED = int(zmq.EVENT_ACCEPTED), int(zmq.EVENT_DISCONNECTED)
 _SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _FOLLOWED = _ACCEPTED | _DISCONNECTED | _SUCCEEDED | HANDSHAKE_FAILURES
+# A probe waits a grace after the last drop, and at most this many graces after the first it answers for.
+MAX_DEFER_GRACES = 4
 
 
 class Drops:
@@ -75,6 +78,7 @@ class Drops:
         self._sessions: set[int] = set()
         self._failed = False  # a handshake failure was just reported: the drop that follows is its own
         self.due_at = math.inf  # when the loop probes (Balancer.run): a grace after the last drop
+        self._first_at = math.inf  # the first drop the next probe answers for
 
     def drain(self, now: float, _limit: int) -> None:
         """Read the monitor: connections followed, a node's drop scheduling the probe, refused handshakes told."""
@@ -91,7 +95,11 @@ class Drops:
                     sessions.discard(value)
                     if not self._failed:
                         self._incidents.count("node_connections_dropped")  # deaths and resets alike
-                        self.due_at = now + self.grace_s
+                        # A grace after the last drop, but never more than MAX_DEFER_GRACES after the first:
+                        # any peer that completes a handshake (no key needed without curve) and leaves every
+                        # few ms would otherwise put the probe off for as long as it keeps at it.
+                        self._first_at = min(self._first_at, now)
+                        self.due_at = min(now + self.grace_s, self._first_at + MAX_DEFER_GRACES * self.grace_s)
                 self._failed = False
             else:
                 self._failed = True
@@ -100,7 +108,7 @@ class Drops:
 
     def probe(self, now: float) -> None:
         """The grace after the last drop is over: a node with no connection now is dead."""
-        self.due_at = math.inf
+        self.due_at = self._first_at = math.inf
         if not self._table.judging(now):
             return  # the loop's own stall: its nodes may have given up on it, and redial after a back-off
         self._nodes.probe(now)

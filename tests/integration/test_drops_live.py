@@ -153,6 +153,31 @@ def test_a_probe_after_the_balancers_own_stall_judges_nobody(backend: Backend):
     assert backend.state(1) == "active"
 
 
+def test_a_peer_that_connects_and_leaves_every_few_ms_cannot_put_the_probe_off(backend: Backend):
+    """Any peer that completes a handshake and leaves again (no key needed without curve) is a dropped
+    connection too; one that does so every 5 ms, more often than the grace, must not keep the probe away:
+    a killed node is still judged, at most MAX_DEFER_GRACES graces after the first drop."""
+    gone = backend.join(1)
+    backend.join(2)
+    gone.close(linger=0)
+    backend.until(lambda: backend.balancer.drops.due_at < float("inf"), "the node's drop to be seen")
+    drops, churned, live = backend.balancer.drops, 0, []
+    deadline = time.monotonic() + scaled(5)
+    while time.monotonic() < drops.due_at:
+        assert time.monotonic() < deadline, "the churn kept the probe away"
+        live.append(backend.dial(b"churn-%d" % churned))  # connects and shakes hands by itself
+        churned += 1
+        if len(live) > 2:
+            live.pop(0).close(linger=0)
+        backend.pump()
+        time.sleep(0.005)  # wait-ok: the churn's pace, faster than the 50 ms grace
+    drops.probe(time.monotonic())
+    assert (backend.state(1), backend.state(2)) == ("dead", "active")
+    assert backend.balancer.incidents.counters["node_connections_dropped"] > 3  # the churn's drops were seen
+    for sock in live:
+        sock.close(linger=0)
+
+
 # ---- real processes ----------------------------------------------------------------------------------
 
 
