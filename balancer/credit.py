@@ -36,9 +36,10 @@ from balancer.scheduler import Scheduler
 TARGET_WAIT_S = 0.5
 # The request windows together are never smaller than CAPACITY_FACTOR times the capacity of the live nodes:
 # four times what they can run keeps them busy, so a small window cannot hold down the rate it is sized by.
-# Until the first tick, when neither is known, they are MIN_TOTAL_REQUESTS. There is no other floor: slow
-# work (100 ms a request on one node) under a floor of 1,024 would queue 100 s of waiting at the balancer,
-# and every Client would re-send it on its retry timer.
+# With no live node (or before the first tick) they are MIN_TOTAL_REQUESTS, so work submitted before the
+# nodes join waits at the balancer (and in its journal), as a Client's first burst does. There is no other
+# floor: slow work (100 ms a request on one node) under a floor of 1,024 would queue 100 s of waiting at
+# the balancer, and every Client would re-send it on its retry timer.
 MIN_TOTAL_REQUESTS = 1024
 CAPACITY_FACTOR = 4
 # One client's request window is never smaller than this (a thousand clients with work still pipeline).
@@ -85,7 +86,8 @@ class Credit:
         measured = max(0, finished - self._finished) / elapsed
         self.rate += RATE_WEIGHT * (measured - self.rate)
         self._finished, self._measured_at = finished, now
-        self.total_requests = max(CAPACITY_FACTOR * capacity, int(self.rate * TARGET_WAIT_S))
+        floor = CAPACITY_FACTOR * capacity if capacity else MIN_TOTAL_REQUESTS
+        self.total_requests = max(floor, int(self.rate * TARGET_WAIT_S))
 
     def window(self, client_id: int) -> Window:
         """What a connection of this client id may have outstanding now: (requests, bytes or None)."""

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from wire import limits
 
 # Before the balancer's first word (its CLIENT_WELCOME), a Client may have this much outstanding, like TCP's
-# initial window: a lone request does not wait for the handshake, and a burst's first batch goes at once. No
-# more requests than the smallest window a balancer grants a client alone (MIN_CLIENT_REQUESTS in
-# balancer/credit.py: 16 requests of slow work on one node queued past the retry timer with 1,024), and bytes
-# a small budget holds too (--max-memory-mb 1 grants a client alone 768 KiB): more drew busy answers there.
-INITIAL_REQUESTS = 16
+# initial window: a lone request does not wait for the handshake, and a burst's first batches go at once. No
+# more requests than a balancer grants while it knows no live capacity (balancer/credit.py), and bytes a
+# small budget holds too (--max-memory-mb 1 grants a client alone 768 KiB): more drew busy answers there.
+INITIAL_REQUESTS = 1024
 INITIAL_BYTES = 256 * 1024
 # The local queue's bounds by default: a submit loop runs ahead of the balancer by this much at most.
 DEFAULT_QUEUE_REQUESTS = 100_000

@@ -62,7 +62,7 @@ def test_no_limit_means_no_byte_bound_and_a_refusing_balancer_grants_nothing():
 
 def test_the_request_window_follows_the_completion_rate_with_the_live_capacity_as_a_floor():
     """The total is the smoothed rate x TARGET_WAIT_S, never below 4 x the live capacity (MIN_TOTAL_REQUESTS
-    only before the first tick);
+    with no live node or before the first tick);
     two thousand clients with work still get MIN_CLIENT_REQUESTS each."""
     c = credit()
     c.tick(1.0, 40_000, 200)  # 40,000 finished in the first second: half of it counts (smoothing)
@@ -225,3 +225,5 @@ def test_slow_work_gets_a_window_it_finishes_in_well_under_a_retry_period():
         c.tick(float(second), 10 * (second - 1), 1)
     assert 9.9 < c.rate <= 10 and c.total_requests == max(CAPACITY_FACTOR, int(c.rate * TARGET_WAIT_S)) <= 5
     assert c.window(1)[0] == MIN_CLIENT_REQUESTS
+    c.tick(12.0, 110, 0)  # the node gone: work submitted now waits for the next one, 1,024 of it
+    assert c.total_requests == MIN_TOTAL_REQUESTS
