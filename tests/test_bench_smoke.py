@@ -141,7 +141,9 @@ def _one_at_a_time_tool(tmp_path: Path, module: str, target: str) -> dict:
     # tools/ is not installed: it runs from a checkout, so the checkout goes on the path.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     done = subprocess.run(
-        [sys.executable, "-m", module, "--target", target, "--duration", "0.5", "--warmup-s", "0.2", "--json"],
+        # 1.5 s: under the tracer and a loaded CI machine, 0.5 s twice gave too few round trips to count a hop
+        # (no submit hop in the broker once, no client at all once).
+        [sys.executable, "-m", module, "--target", target, "--duration", "1.5", "--warmup-s", "0.2", "--json"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
