@@ -452,8 +452,7 @@ class Client(Retries):
             # Woken for an answer, it is handed over before looking for more (wire/sockets.SLEPT_S).
             if time.monotonic() - before < SLEPT_S:
                 got += self._receive(DRAIN_BATCH)
-            if self._window.waiting or self._window.again:
-                self._flush()  # answers freed room, or credit came: what waits goes
+            self._send_freed()
         if self.refused is not None:
             raise ClientIdInUse(self.refused)
         if not got:
@@ -470,6 +469,12 @@ class Client(Retries):
             got += self._on_reply(frames)
         return got
 
+    def _send_freed(self) -> None:
+        """Answers freed room, or credit came: what waits in the local queue goes. Only then: a flush also
+        marks the session as just heard from, which would put off its ping."""
+        if self._window.waiting or self._window.again:
+            self._flush()
+
     def _keep_up(self, now: float) -> None:
         """Re-send what is overdue, and ping within the session's lease (often, with balancers to follow)."""
         following = self.following
@@ -480,8 +485,7 @@ class Client(Retries):
             # re-send its whole window before reading the results waiting for it.
             while self._receive(DRAIN_BATCH):
                 pass
-            if self._window.waiting or self._window.again:
-                self._flush()  # what was read freed room, or brought credit
+            self._send_freed()
             self._resend_overdue(time.monotonic())
         ping_s = FOLLOW_PING_S if following.several else self.lease_s / 3
         if self._outstanding and now - self._last_sent >= ping_s:
