@@ -27,7 +27,12 @@ clients (balancer/credit.py), so a Client that keeps to its window is not refuse
 
 What the budget cannot see is what libzmq receives before the loop reads it:
 the loop reads every socket as soon as it can, and a payload it refuses is
-freed at once (docs/RELIABILITY.md, "Memory").
+freed at once (docs/RELIABILITY.md, "Memory"). So a payload bigger than its
+client's window is not sent on chance: the Client asks for room first, and a
+**reservation** holds that room for its one request (reserve_room(), counted
+as taken until the request arrives or RESERVATION_S pass). Four clients each
+sending a 16 MiB payload on chance into a 64 MiB budget had up to 64 MiB more
+arriving in libzmq than the budget could take, all of it in RSS at once.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ MIB = 2**20
 # The part of the budget the clients holding requests share (each its fraction); the rest is room for a
 # newcomer's first requests and for results on their way out, so neither waits for a flood to drain.
 SHARE_OF_LIMIT = 0.75
+# A reservation not used within this long is let go: its client died or went elsewhere. Long enough for a
+# payload of the largest size (256 MiB by default) to cross a slow network.
+RESERVATION_S = 5.0
 
 
 def hwm_for(limit_bytes: int | None) -> int:
@@ -64,7 +72,7 @@ def _mib(n: int) -> str:
 class MemoryBudget:
     """Bytes held, in total and per client, against a limit (None: no limit, bytes still counted)."""
 
-    __slots__ = ("by_client", "due", "kept", "limit", "live", "unsent")
+    __slots__ = ("by_client", "due", "kept", "limit", "live", "reservations", "reserved", "unsent")
 
     def __init__(self, limit_bytes: int | None) -> None:
         self.limit = limit_bytes
@@ -73,6 +81,8 @@ class MemoryBudget:
         self.unsent = 0  # results held back for clients whose pipe is full, and big ones libzmq still holds
         self.kept = 0  # finished requests remembered (the scheduler sets it)
         self.by_client: dict[int, int] = {}  # live + due + unsent bytes per client id
+        self.reserved = 0  # room held for requests their clients were told to send (reserve_room)
+        self.reservations: dict[int, tuple[int, float]] = {}  # client id -> (bytes held, let go at)
 
     @property
     def held(self) -> int:
@@ -134,8 +144,12 @@ class MemoryBudget:
     def admit(self, client_id: int, size: int) -> str:
         """Charge a new request of `size` bytes to this client if it fits: ''; else why not (nothing charged).
 
-        refusal() and charge() in one call: every submission comes through here.
+        refusal() and charge() in one call: every submission comes through here. A request its client
+        reserved room for (reserve_room) takes that room, whatever the client's share.
         """
+        if self.reservations and self._use_reservation(client_id, size):
+            self.charge(client_id, size)
+            return ""
         refusal = self.refusal(client_id, size)
         if not refusal:
             self.charge(client_id, size)
@@ -147,7 +161,7 @@ class MemoryBudget:
         if limit is None:
             return ""
         size += REQUEST_OVERHEAD_BYTES
-        held = self.live + self.due + self.unsent
+        held = self.live + self.due + self.unsent + self.reserved
         if held + size > limit:
             return f"{REASON_BUSY}: the balancer holds {_mib(held)} of its {_mib(limit)}"
         mine = self.by_client.get(client_id, 0)
@@ -168,7 +182,46 @@ class MemoryBudget:
 
     def free(self) -> int:
         """Bytes a new request may still take before the budget is full (kept results are evicted for it)."""
-        return self.limit - self.live - self.due - self.unsent
+        return self.limit - self.live - self.due - self.unsent - self.reserved
+
+    def reserve_room(self, client_id: int, cost: int, now: float) -> bool:
+        """Hold `cost` bytes (a payload plus REQUEST_OVERHEAD_BYTES) for this client's next request of that
+        size, until it comes or RESERVATION_S pass; False when the budget has no such room now.
+
+        One reservation per client id: asking again renews it (and a bigger ask replaces it)."""
+        if self.limit is None:
+            return True
+        reservations = self.reservations
+        have = reservations.get(client_id)
+        if have is not None:
+            if have[0] >= cost:
+                reservations[client_id] = (have[0], now + RESERVATION_S)
+                return True
+            self.unreserve_room(client_id)
+        if cost > self.free():
+            return False
+        reservations[client_id] = (cost, now + RESERVATION_S)
+        self.reserved += cost
+        return True
+
+    def unreserve_room(self, client_id: int) -> None:
+        """Let go of what reserve_room held for this client (its connection said goodbye)."""
+        have = self.reservations.pop(client_id, None)
+        if have is not None:
+            self.reserved -= have[0]
+
+    def expire_rooms(self, now: float) -> None:
+        """Let go of the reservations whose time is up."""
+        for client_id, (_cost, until) in list(self.reservations.items()):
+            if until <= now:
+                self.unreserve_room(client_id)
+
+    def _use_reservation(self, client_id: int, size: int) -> bool:
+        have = self.reservations.get(client_id)
+        if have is None or size + REQUEST_OVERHEAD_BYTES > have[0]:
+            return False
+        self.unreserve_room(client_id)
+        return True
 
     def view(self) -> dict[str, int | None]:
         """What `zlb status` shows under "memory"."""
@@ -179,5 +232,6 @@ class MemoryBudget:
             "due_bytes": self.due,
             "unsent_bytes": self.unsent,
             "kept_bytes": self.kept,
+            "reserved_bytes": self.reserved,
             "clients_holding": len(self.by_client),
         }

@@ -200,28 +200,40 @@ class ClientSide:
             return limits.too_large("payload", size, self.max_message_bytes).decode()
         return ""
 
-    def _welcome(self, route: bytes, client_id: int) -> None:
-        """CLIENT_WELCOME: how often to ping, the largest payload and the connection's window. A client id is a
-        name, held by no process (balancer/sessions.py): any number of processes may speak for one at once."""
+    def _welcome(self, route: bytes, client_id: int, reserved: int = 0) -> None:
+        """CLIENT_WELCOME: how often to ping, the largest payload, the connection's window and the room reserved
+        for its next request. A client id is a name, held by no process (balancer/sessions.py): any number of
+        processes may speak for one at once."""
         lease_ms = int(self.sched.client_lease_s * 1000)
         window = self.credit.welcome(route, client_id)
-        self._send(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.max_message_bytes, *window))
+        self._send(route, p.encode(MsgType.CLIENT_WELCOME, lease_ms, self.max_message_bytes, *window, reserved))
 
     def _on_hello(self, route: bytes, fields: list[Any], now: float) -> None:
         if limits.bad_host(fields[3]) or not 0 <= fields[2] <= limits.MAX_PID:
             raise ProtocolError("bad_fields", f"CLIENT_HELLO with pid {fields[2]} and host {fields[3]!r:.80}")
         self._welcome(route, fields[0])
+        for other, window in self.credit.arrived(route, fields[0], now):
+            self._send(other, p.encode(MsgType.CREDIT, *window, 0))
 
     def _on_ping(self, route: bytes, fields: list[Any], now: float) -> None:
         # Answered (a WELCOME again, with the window): a client following an HA group judges its balancer by the
-        # answers, and a Client whose window is spent with nothing outstanding asks for credit this way.
-        self._welcome(route, fields[0])
+        # answers, and a Client whose window is spent with nothing outstanding asks for credit this way, naming
+        # the bytes of a request bigger than its window (room for it is reserved now or when it is free).
+        client_id, _incarnation, want = fields
+        if want < 0:
+            raise ProtocolError("bad_fields", f"CLIENT_PING asking for {want} bytes")
+        self._welcome(route, client_id, self.credit.want(route, client_id, want, now) if want else 0)
+
+    def _grant_wanted(self) -> None:
+        """Tell the connections that asked for room and now have it (balancer/credit.py)."""
+        for route, window, reserved in self.credit.grants(time.monotonic()):
+            self._send(route, p.encode(MsgType.CREDIT, *window, reserved))
 
     def _on_bye(self, route: bytes, fields: list[Any], now: float) -> None:
         # The connection is done: its route is forgotten (its requests and their results stay).
         self._routes.pop(route, None)
         self._routes_old.pop(route, None)
-        self.credit.forget(route)
+        self.credit.forget(route, fields[0])
 
     def _on_cancel(self, route: bytes, fields: list[Any], now: float) -> None:
         """A client cancels one of its requests: it is answered by the request's RESULT (cancelled, or the
@@ -249,6 +261,8 @@ class ClientSide:
             self._send_results(out.take_replies(), False)
         if out.replays:
             self._send_results(out.take_replays(), True)
+        if self.credit.wanting:
+            self._grant_wanted()
 
     def answer(self, req: Request | None, ok: bool, result: bytes) -> bool:
         """Send a node's result for `req` before the scheduler completes it; False if `req` is None.
@@ -311,7 +325,7 @@ class ClientSide:
                     self._track(client_id, size, frames[1].tracker)
                 window = self.credit.update(route, client_id)
                 if window is not None:  # results went: the window is news only when it moved (balancer/credit.py)
-                    self._send(route, p.encode(MsgType.CREDIT, *window))
+                    self._send(route, p.encode(MsgType.CREDIT, *window, 0))
                 return
             self.incidents.count(f"client_{failed}")
             if failed != "dropped":
@@ -389,6 +403,9 @@ class ClientSide:
         finished = c["processed"] + c["failed"] + c["expired"] + c["cancelled"] + c["dead"]
         capacity = sum(node.capacity for node in sched.routes.values() if node.active)
         self.credit.tick(now, finished, capacity)
+        self.sched.budget.expire_rooms(now)
+        if self.credit.wanting:
+            self._grant_wanted()
         if now - self._routes_swapped_at >= ROUTE_GENERATION_S:
             self._routes_old, self._routes = self._routes, {}
             self._routes_swapped_at = now

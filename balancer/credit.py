@@ -18,6 +18,13 @@ window itself is news. A window is two bounds, both for the connection's client 
   Client's retry_s, so a timed re-send means a loss and not a long queue, and a
   client arriving late finds short queues ahead of it.
 
+A request bigger than the byte window (a 16 MiB payload when a client's share is 12 MiB)
+is not sent on chance: with nothing out, the Client asks for room for it (CLIENT_PING
+with the bytes it wants), and the balancer reserves that much of its budget for the
+client's next request (MemoryBudget.reserve_room) as soon as it is free, in the order
+the connections asked, and says so (the `reserved` field of CLIENT_WELCOME or CREDIT).
+What has no room waits here, in `wanting`, and is granted when results free some.
+
 Pure, owned by ClientSide (balancer/clients.py), which sends what it decides: the
 window in CLIENT_WELCOME (the answer to CLIENT_HELLO and CLIENT_PING), and CREDIT
 when a result batch goes to a connection whose window moved enough since it was
@@ -50,6 +57,13 @@ RATE_WEIGHT = 0.5
 # by an eighth, or the requests moved by a quarter either way (a soft bound: small moves are not worth a message).
 TOLD_BYTES_GROWTH = 9 / 8
 TOLD_REQUESTS_STEP = 1 / 4
+# A client that said CLIENT_HELLO this recently counts among those sharing the byte budget before it holds
+# anything: clients starting together would otherwise each hear the share of a client alone, and send it all
+# at once (four clients told 48 MiB each of a 64 MiB budget sent 128 MiB, refused busy after it arrived).
+ARRIVING_S = 2.0
+# An ask for room not repeated within this long is forgotten: a starved Client asks every CREDIT_ASK_S
+# (client_node/window.py), so only a connection that went away or no longer needs it stops asking.
+WANT_FRESH_S = 1.0
 
 Window = tuple[int, "int | None"]  # (requests, bytes or None for no byte bound)
 
@@ -77,6 +91,10 @@ class Credit:
         self._measured_at = now
         # route -> the window that connection was last told; only connections that said CLIENT_HELLO
         self.told: dict[Any, Window] = {}
+        self.client_of: dict[Any, int] = {}  # route -> the client id it was told a window for
+        self.arriving: dict[int, float] = {}  # client id -> when it said CLIENT_HELLO, for ARRIVING_S
+        # route -> (client id, bytes asked for, when last asked): room not yet reserved, in the order asked
+        self.wanting: dict[Any, tuple[int, int, float]] = {}
 
     def tick(self, now: float, finished: int, capacity: int) -> None:
         """Once per heartbeat: `finished` requests so far, `capacity` of the live nodes; re-size the total."""
@@ -88,6 +106,8 @@ class Credit:
         self._finished, self._measured_at = finished, now
         floor = CAPACITY_FACTOR * capacity if capacity else MIN_TOTAL_REQUESTS
         self.total_requests = max(floor, int(self.rate * TARGET_WAIT_S))
+        if self.arriving:
+            self.arriving = {client: at for client, at in self.arriving.items() if now - at < ARRIVING_S}
 
     def window(self, client_id: int) -> Window:
         """What a connection of this client id may have outstanding now: (requests, bytes or None)."""
@@ -100,12 +120,24 @@ class Credit:
         requests = max(MIN_CLIENT_REQUESTS, self.total_requests // sharing)
         if budget.limit is None:
             return requests, None
+        sharing = max(sharing, len(self.arriving))
         return requests, max(0, min(budget.share(sharing), mine + budget.free()))
 
     def welcome(self, route: Any, client_id: int) -> Window:
         """The window for a CLIENT_WELCOME to `route`, remembered as told."""
         window = self.told[route] = self.window(client_id)
+        self.client_of[route] = client_id
         return window
+
+    def arrived(self, route: Any, client_id: int, now: float) -> list[tuple[Any, Window]]:
+        """A connection said CLIENT_HELLO: the other connections whose windows shrink now, with their new ones
+        (sent at once: a window that shrank is told before its bytes are sent)."""
+        if client_id in self.arriving or client_id in self.budget.by_client or self.budget.limit is None:
+            self.arriving[client_id] = now
+            return []
+        self.arriving[client_id] = now
+        others = [(r, c) for r, c in self.client_of.items() if r != route and c != client_id]
+        return [(r, window) for r, c in others if (window := self.update(r, c)) is not None]
 
     def update(self, route: Any, client_id: int) -> Window | None:
         """The window to tell `route` in a CREDIT, or None: it said no CLIENT_HELLO, or nothing worth telling."""
@@ -118,10 +150,54 @@ class Credit:
         self.told[route] = window
         return window
 
-    def forget(self, route: Any) -> None:
-        """The connection is done (CLIENT_BYE)."""
+    def want(self, route: Any, client_id: int, cost: int, now: float) -> int:
+        """A connection asks for room for one request of `cost` bytes: the bytes reserved for it now, or 0
+        (it waits in line, and grants() reserves them when they are free).
+
+        A request no budget could hold is let go at once, unreserved, to hear why from the refusal; one that
+        fits the window as it is needs no room of its own."""
+        budget = self.budget
+        if budget.limit is None or cost > budget.limit:
+            return cost
+        window = self.window(client_id)[1]
+        if (window is not None and cost <= window) or self.sched.refusing:
+            self.wanting.pop(route, None)
+            return 0
+        wanting = self.wanting
+        first = not wanting or next(iter(wanting)) == route
+        if first and budget.reserve_room(client_id, cost, now):
+            wanting.pop(route, None)
+            return cost
+        wanting[route] = (client_id, cost, now)  # one already in line keeps its place
+        return 0
+
+    def grants(self, now: float) -> list[tuple[Any, Window, int]]:
+        """Room reserved now for connections that asked, first asked first: (route, window, bytes) each."""
+        granted = []
+        wanting, budget = self.wanting, self.budget
+        for route, (client_id, cost, asked_at) in list(wanting.items()):
+            if now - asked_at > WANT_FRESH_S:
+                del wanting[route]  # it stopped asking
+                continue
+            if not budget.reserve_room(client_id, cost, now):
+                break  # in order: who asked first is not overtaken by a smaller ask
+            del wanting[route]
+            window = self.window(client_id)
+            if route in self.told:
+                self.told[route] = window
+            granted.append((route, window, cost))
+        return granted
+
+    def forget(self, route: Any, client_id: int | None = None) -> None:
+        """The connection is done (CLIENT_BYE): what it was told, asked for and reserved goes."""
         self.told.pop(route, None)
+        self.client_of.pop(route, None)
+        self.wanting.pop(route, None)
+        if client_id is not None:
+            self.budget.unreserve_room(client_id)
 
     def keep_only(self, routes: dict[Any, Any], older: dict[Any, Any]) -> None:
         """Forget the connections no longer among the balancer's routes (a route generation went)."""
         self.told = {route: w for route, w in self.told.items() if route in routes or route in older}
+        self.client_of = {route: c for route, c in self.client_of.items() if route in self.told}
+        self.wanting = {route: w for route, w in self.wanting.items() if route in routes or route in older}

@@ -453,8 +453,9 @@ class Balancer:
         if replication is not None:
             replication.hold(out, time.monotonic())  # this iteration's answers wait for the standby
             replication.release(out)  # earlier ones it has applied go now
-        if out.replies or out.replays or self.client_side.held or self.client_side.sending:
-            self.client_side.flush()
+        client_side = self.client_side
+        if out.replies or out.replays or client_side.held or client_side.sending or client_side.credit.wanting:
+            client_side.flush()
 
     def _write_journal(self) -> None:
         """Append the records decided so far and ship them to a standby (a control answer that rests on one,

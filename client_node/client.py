@@ -489,10 +489,11 @@ class Client(Retries):
             self._resend_overdue(time.monotonic())
         ping_s = FOLLOW_PING_S if following.several else self.lease_s / 3
         if self._outstanding and now - self._last_sent >= ping_s:
-            self._send_session(MsgType.CLIENT_PING)
+            self._send_session(MsgType.CLIENT_PING, self._window.want())
         elif self._window.starved() and now - self._asked_at >= CREDIT_ASK_S:
             self._asked_at = now
-            self._send_session(MsgType.CLIENT_PING)  # answered CLIENT_WELCOME, with the window: credit
+            # Answered CLIENT_WELCOME, with the window (credit) and any room reserved for the request asked for.
+            self._send_session(MsgType.CLIENT_PING, self._window.want())
 
     def _check_connected(self, now: float) -> None:
         if self.heard or self.connect_timeout_s is None or now - self._started < self.connect_timeout_s:
@@ -521,7 +522,7 @@ class Client(Retries):
         elif msg_type is MsgType.CLIENT_WELCOME:
             self.lease_s = max(fields[0] / 1000, 0.1)
             self.max_payload = fields[1]
-            self._granted(fields[2], fields[3])
+            self._granted(fields[2], fields[3], fields[4])
             return 0
         elif msg_type is MsgType.CREDIT:
             self._granted(*fields)
@@ -574,9 +575,9 @@ class Client(Retries):
         )
         return 1
 
-    def _granted(self, requests: int, size: int | None) -> None:
+    def _granted(self, requests: int, size: int | None, reserved: int) -> None:
         self.credit_updates += 1
-        self._window.grant(requests, size)
+        self._window.grant(requests, size, reserved)
 
     def _repeated(self, request_id: int, status: str, server_id: int | None, body: bytes) -> None:
         """A second answer for a request: fine if it is the same result, a conflict otherwise."""

@@ -14,6 +14,11 @@ still out: what goes next waits for answers or for new credit, never for a timer
 nothing out and nothing that fits, the Client asks for credit (a CLIENT_PING, answered by
 CLIENT_WELCOME with the window), at most every CREDIT_ASK_S.
 
+A request bigger than the byte window is not sent on chance (up to its whole size would
+arrive at a balancer that must refuse it): the ask names its bytes (want()), and the
+balancer reserves room for it when it has some and says so (`reserved`, in CLIENT_WELCOME
+or CREDIT): one request of at most that many bytes may go besides the window, once.
+
 Pure: no socket, no clock. The Client (client_node/client.py) feeds it and sends what it hands out.
 """
 
@@ -79,6 +84,7 @@ class Window:
 
     __slots__ = (
         "again",
+        "blocked",
         "bytes",
         "max_bytes",
         "max_requests",
@@ -86,6 +92,7 @@ class Window:
         "out_bytes",
         "priorities",
         "requests",
+        "reserved",
         "waiting",
         "waiting_bytes",
         "waiting_count",
@@ -104,11 +111,22 @@ class Window:
         self.waiting_count = 0
         self.waiting_bytes = 0
         self.again: deque[tuple[int, Outstanding]] = deque()  # refused busy: they go first
+        self.reserved = 0  # bytes the balancer holds for one more request beyond the window (once)
+        self.blocked = 0  # the bytes of the next request, when the last take() stopped at it; else 0
 
-    def grant(self, requests: int, size: int | None) -> None:
-        """The balancer's word: at most `requests` requests and `size` bytes (None: no byte bound) out."""
+    def grant(self, requests: int, size: int | None, reserved: int = 0) -> None:
+        """The balancer's word: at most `requests` requests and `size` bytes (None: no byte bound) out, and
+        one request of at most `reserved` bytes besides (0: the room it reserved earlier, if any, stands)."""
         self.requests = max(0, requests)
         self.bytes = _UNBOUNDED if size is None else max(0, size)
+        if reserved > 0:
+            self.reserved = reserved
+
+    def want(self) -> int:
+        """The bytes to ask the balancer to reserve: those of the next request, when it is bigger than the
+        whole byte window and nothing is out (no answer will make room for it); else 0."""
+        blocked = self.blocked
+        return blocked if self.out == 0 and blocked > self.bytes and blocked > self.reserved else 0
 
     @property
     def queued(self) -> int:
@@ -133,11 +151,11 @@ class Window:
         """The queued requests that fit now, in order (refused ones first, then by priority), marked sent;
         each due for a re-send `delay_s` after `now`.
 
-        A request fits while fewer than `requests` are out and its bytes fit beside theirs; with nothing
-        out, any request fits unless the window is shut (0): one bigger than the byte window goes alone,
-        since the balancer takes a request from a client holding nothing whenever its budget has room.
-        What waits behind a request that does not fit waits too. (Inlined: this runs per request sent.)"""
+        A request fits while fewer than `requests` are out and its bytes fit beside theirs; or, once, when the
+        balancer reserved room for it (`reserved`). What waits behind a request that does not fit waits too.
+        (Inlined: this runs per request sent.)"""
         went: list[tuple[int, Outstanding]] = []
+        self.blocked = 0
         out, out_bytes, requests, size = self.out, self.out_bytes, self.requests, self.bytes
         again, waiting, priorities = self.again, self.waiting, self.priorities
         left = 0  # requests leaving the local queue (`waiting`), and their bytes
@@ -155,9 +173,12 @@ class Window:
                 sent = entry[1]
                 cost = len(sent.payload) + _OVERHEAD
                 if sent.state == QUEUED:
-                    if (out >= requests or out_bytes + cost > size) if out else (requests <= 0 or size <= 0):
-                        blocked = True
-                        break
+                    if out >= requests or out_bytes + cost > size:
+                        if cost > self.reserved:
+                            blocked = True
+                            self.blocked = cost
+                            break
+                        self.reserved = 0  # the room the balancer holds for it: used once
                     sent.state = SENT
                     sent.due_at = now + sent.delay_s
                     out += 1
@@ -195,4 +216,6 @@ class Window:
 
     def starved(self) -> bool:
         """True when requests wait, none is out and none may go: only new credit moves them."""
-        return self.out == 0 and bool(self.waiting or self.again) and (self.requests <= 0 or self.bytes <= 0)
+        if self.out or not (self.waiting or self.again):
+            return False
+        return self.requests <= 0 or self.bytes <= 0 or self.blocked > self.bytes

@@ -75,7 +75,7 @@ def test_a_busy_rejection_waits_for_credit_not_a_timer_and_is_not_reported_as_a_
                     seen.append(msg_type)
                     if msg_type is MsgType.CLIENT_PING and seen.count(MsgType.CLIENT_PING) == 3:
                         # credit at last, after two asks went unanswered (longer than the retry timer)
-                        router.send_multipart([route, p.encode(MsgType.CLIENT_WELCOME, 10_000, 2**20, 64, 2**20)])
+                        router.send_multipart([route, p.encode(MsgType.CLIENT_WELCOME, 10_000, 2**20, 64, 2**20, 0)])
                     elif msg_type is MsgType.SUBMIT_BATCH and seen.count(MsgType.SUBMIT_BATCH) == 1:
                         router.send_multipart([route, p.encode(MsgType.REJECTED, 9, f"{p.REASON_BUSY}: full")])
                     elif msg_type is MsgType.SUBMIT_BATCH:
@@ -110,7 +110,9 @@ class FakeFrontend:
             while self.sock.poll(10):
                 frames = self.sock.recv_multipart()
                 if p.decode(frames[1])[0] is MsgType.CLIENT_HELLO:
-                    welcome = p.encode(MsgType.CLIENT_WELCOME, 10_000, limits.DEFAULT_MAX_MESSAGE_BYTES, requests, size)
+                    welcome = p.encode(
+                        MsgType.CLIENT_WELCOME, 10_000, limits.DEFAULT_MAX_MESSAGE_BYTES, requests, size, 0
+                    )
                     self.sock.send_multipart([frames[0], welcome])
                     return True
             return False

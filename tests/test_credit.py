@@ -157,10 +157,29 @@ def test_the_window_stops_at_the_first_request_that_does_not_fit_and_answers_fre
     assert [rid for rid, _ in w.take(0.0)] == [1]
     assert w.take(0.0) == []  # 2 does not fit beside 1, and 3 waits behind it
     w.answered(small)
-    assert [rid for rid, _ in w.take(0.0)] == [2]  # nothing out: it goes alone, bigger than the window
+    assert w.take(0.0) == []  # nothing out, and still bigger than the window: not sent on chance
+    assert w.starved() and w.want() == big.cost  # it asks for room of its own
+    w.grant(100, 3 * COST, big.cost)  # the balancer reserved it
+    assert [rid for rid, _ in w.take(0.0)] == [2] and w.reserved == 0  # the room is used once
     assert w.take(0.0) == []
     w.answered(big)
     assert [rid for rid, _ in w.take(0.0)] == [3] and w.queued == 0
+
+
+def test_room_reserved_for_a_big_request_goes_to_that_one_request_only():
+    """A grant without room (reserved 0) leaves earlier room standing; a second big request asks again."""
+    w = Window()
+    w.grant(100, 4 * COST)
+    first, second = entry(8 * COST), entry(8 * COST)
+    w.wait(1, first)
+    w.wait(2, second)
+    assert w.take(0.0) == [] and w.want() == first.cost
+    w.grant(100, 4 * COST, first.cost)
+    w.grant(100, 4 * COST, 0)  # a CREDIT about the window alone
+    assert [rid for rid, _ in w.take(0.0)] == [1]
+    assert w.want() == 0  # something is out: its answer comes first
+    w.answered(first)
+    assert w.take(0.0) == [] and w.want() == second.cost
 
 
 def test_a_busy_refusal_puts_the_request_first_in_line_and_waits_for_credit():
@@ -227,3 +246,51 @@ def test_slow_work_gets_a_window_it_finishes_in_well_under_a_retry_period():
     assert c.window(1)[0] == MIN_CLIENT_REQUESTS
     c.tick(12.0, 110, 0)  # the node gone: work submitted now waits for the next one, 1,024 of it
     assert c.total_requests == MIN_TOTAL_REQUESTS
+
+
+def test_room_for_a_request_over_the_share_is_reserved_in_the_order_asked_and_taken_by_its_submit():
+    """Four clients holding work each have a quarter of SHARE_OF_LIMIT; one asking for more than that gets it
+    while the budget has it free, the next ask waits in line until room frees, and the reserved submit is
+    admitted whatever its client's share (and nobody else's window counts that room as free)."""
+    c = credit(64 * MIB)
+    budget = c.budget
+    for client in (1, 2, 3, 4):
+        budget.charge(client, 1000)
+    big = 16 * MIB + REQUEST_OVERHEAD_BYTES
+    assert c.window(1)[1] < big  # its share: 12 MiB
+    assert c.want("r1", 1, big, now=0.0) == big
+    assert c.window(2)[1] <= budget.free() and budget.reserved == big
+    assert c.want("r2", 2, big, now=0.0) == big  # 64 MiB holds two more
+    assert c.want("r3", 3, big, now=0.0) == big
+    assert c.want("r4", 4, big, now=0.0) == 0  # no room: it waits in line
+    assert c.want("r4", 4, big, now=0.1) == 0 and list(c.wanting) == ["r4"]
+    assert c.grants(0.2) == []
+    assert budget.admit(1, 16 * MIB) == ""  # the reservation is taken, over the share
+    assert budget.reserved == 2 * big
+    assert c.grants(0.3) == []  # client 1's payload holds that room now
+    budget.release(1, 16 * MIB)
+    granted = c.grants(0.4)
+    assert [(route, reserved) for route, _window, reserved in granted] == [("r4", big)] and not c.wanting
+
+
+def test_room_not_used_in_time_is_let_go_and_an_ask_no_longer_repeated_is_forgotten():
+    c = credit(64 * MIB)
+    budget = c.budget
+    for client in (1, 2, 3, 4):
+        budget.charge(client, 1000)
+    big = 40 * MIB
+    assert c.want("r1", 1, big, now=0.0) == big
+    assert c.want("r2", 2, big, now=0.0) == 0  # 24 MiB left is not enough beside the first one's
+    budget.expire_rooms(100.0)
+    assert budget.reserved == 0
+    assert c.grants(100.0) == [] and not c.wanting  # r2 stopped asking long ago
+    assert c.want("r3", 3, big, now=100.0) == big
+    c.forget("r3", 3)
+    assert budget.reserved == 0
+
+
+def test_an_ask_no_budget_could_hold_goes_at_once_to_hear_why_and_one_that_fits_the_window_needs_no_room():
+    c = credit(MIB)
+    assert c.want("r", 1, 2 * MIB, now=0.0) == 2 * MIB and c.budget.reserved == 0
+    assert c.want("r", 1, 1000, now=0.0) == 0 and c.budget.reserved == 0
+    assert credit(None).want("r", 1, 10**9, now=0.0) == 10**9

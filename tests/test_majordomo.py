@@ -10,7 +10,7 @@ from wire.protocol import ProtocolError
 
 
 def test_the_cheap_check_tells_mdp_from_zlb_and_garbage():
-    zlb = [b"route", p.encode(p.MsgType.CLIENT_PING, 1, 2)]
+    zlb = [b"route", p.encode(p.MsgType.CLIENT_PING, 1, 2, 0)]
     assert not mdp.looks_like_mdp(zlb)
     assert mdp.looks_like_mdp([b"r", b"", b"MDPW02", b"\x05"])  # majortomo: the empty frame first
     assert mdp.looks_like_mdp([b"r", b"MDPC02", b"\x01", b"echo"])  # RFC 18: the header first

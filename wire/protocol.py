@@ -43,7 +43,9 @@ from wire.limits import MAX_BATCH_ITEMS, MAX_HEADER_BYTES  # bound as names: dec
 # statuses expired, cancelled and dead; the old "result no longer kept" status is now `not_kept`.
 # Version 6: credit. CLIENT_WELCOME carries the window a client connection may have outstanding
 # (requests, bytes), and CREDIT tells it a new one (docs/PROTOCOL.md, "Credit").
-PROTOCOL_VERSION = 6
+# Version 7: room for a big request. CLIENT_PING names the bytes of a request bigger than the client's
+# window (0: none), and CLIENT_WELCOME and CREDIT say how many bytes are reserved for its next request.
+PROTOCOL_VERSION = 7
 
 # Liveness: a peer silent for LIVENESS intervals is dead. 3 to 5 is the usual
 # range; 3 keeps failover under two seconds at the default interval.
@@ -66,10 +68,11 @@ class MsgType(IntEnum):
     RESULT = 2  # frontend -> client: [request_id, status, server_id, attempts, replay] + result
     REJECTED = 3  # frontend -> client: [request_id | None, reason]
     CLIENT_HELLO = 4  # client -> frontend: [client_id, incarnation, pid, host]; answered CLIENT_WELCOME
-    # frontend -> client: [lease_ms, max_payload_bytes, window_requests, window_bytes | None]; ping at a third of
-    # lease_ms; have at most the window outstanding (None: no byte bound)
+    # frontend -> client: [lease_ms, max_payload_bytes, window_requests, window_bytes | None, reserved_bytes]; ping
+    # at a third of lease_ms; have at most the window outstanding (None: no byte bound), and the next request of
+    # at most reserved_bytes besides
     CLIENT_WELCOME = 5
-    CLIENT_PING = 6  # client -> frontend: [client_id, incarnation]; answered CLIENT_WELCOME
+    CLIENT_PING = 6  # client -> frontend: [client_id, incarnation, want_bytes]; answered CLIENT_WELCOME
     CLIENT_BYE = 7  # client -> frontend: [client_id, incarnation]; the connection is done (a client id is a name)
     CLIENT_CANCEL = 9  # client -> frontend: [client_id, incarnation, request_id]; answered by its RESULT
     REFUSED = 8  # backend -> node: [reason, holder_pid, holder_host]; the node id is another live process's
@@ -84,7 +87,8 @@ class MsgType(IntEnum):
     LEAVING = 18  # node -> backend: []; send no more work, in-flight work will finish
     FENCED = 19  # backend -> node: [reason]; another incarnation took this id over: exit
     CANCEL = 25  # backend -> node: [ticket, reason]; stop that work (cancelled, or past its deadline): no DONE
-    CREDIT = 26  # frontend -> client: [window_requests, window_bytes | None]; the connection's window from now on
+    # frontend -> client: [window_requests, window_bytes | None, reserved_bytes]; the connection's window from now on
+    CREDIT = 26
     # Batches: one frame, the payloads inside the header as msgpack bin (see BATCH_TYPES).
     SUBMIT_BATCH = 20  # client -> frontend: [client_id, incarnation, [[request_id, priority, payload], ...]]
     RESULT_BATCH = 21  # frontend -> client: [[[request_id, status, server_id, attempts, replay, result], ...]]
@@ -106,9 +110,9 @@ SCHEMAS: dict[MsgType, tuple[Any, ...]] = {
     MsgType.RESULT: (int, str, OptInt, int, bool),
     MsgType.REJECTED: (OptInt, str),
     MsgType.CLIENT_HELLO: (int, int, int, str),
-    MsgType.CLIENT_WELCOME: (int, int, int, OptInt),
-    MsgType.CREDIT: (int, OptInt),
-    MsgType.CLIENT_PING: (int, int),
+    MsgType.CLIENT_WELCOME: (int, int, int, OptInt, int),
+    MsgType.CREDIT: (int, OptInt, int),
+    MsgType.CLIENT_PING: (int, int, int),
     MsgType.CLIENT_BYE: (int, int),
     MsgType.CLIENT_CANCEL: (int, int, int),
     MsgType.CANCEL: (int, str),
@@ -226,6 +230,7 @@ def service_error(name: Any) -> str:
     if name.startswith("mmi."):  # ZeroMQ RFC 8: the broker's own services, answered at once, never queued
         return f"service name {name!r} is reserved: mmi.* names the broker's own services (RFC 8)"
     return ""
+
 
 # Event topics on the PUB socket; subscribers filter by prefix.
 TOPIC_REQUEST = b"zlb.request"

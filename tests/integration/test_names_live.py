@@ -128,7 +128,7 @@ class Connection:
 
     def settle(self) -> None:
         """A round trip on this connection: whatever the balancer sent it before is in `answers` after."""
-        self.sock.send(p.encode(MsgType.CLIENT_PING, 9, self.incarnation))
+        self.sock.send(p.encode(MsgType.CLIENT_PING, 9, self.incarnation, 0))
         deadline = time.monotonic() + scaled(10)
         while self._receive(100) is not MsgType.CLIENT_WELCOME:
             assert time.monotonic() < deadline, "no CLIENT_WELCOME"
@@ -144,7 +144,8 @@ class Connection:
         elif msg_type is MsgType.RESULT:
             items = [(fields[0], fields[1], fields[4], bytes(body))]
         else:
-            assert msg_type in (MsgType.CLIENT_WELCOME, MsgType.REJECTED), (msg_type, fields)
+            # CREDIT too: a connection that said CLIENT_HELLO hears of its window when it moves.
+            assert msg_type in (MsgType.CLIENT_WELCOME, MsgType.REJECTED, MsgType.CREDIT), (msg_type, fields)
             return msg_type
         self.answers += items
         self.unanswered -= {item[0] for item in items}
