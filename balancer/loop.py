@@ -311,7 +311,6 @@ class Balancer:
         next_tick = next_expiry = time.monotonic() + self.heartbeat_s
         next_publish = 0.0
         nodes = self.sched.table
-        long_s = self._expiry_check_s  # an iteration longer than this kept the loop from listening
         poll = self.poller.poll
         readers = self._readers
         control = self.control_side
@@ -343,6 +342,7 @@ class Balancer:
             for sock, _ in ready:
                 readers[sock](woke, limit)
             now = time.monotonic()
+            excused_to = self._excused(woke, now)  # stopped or starved while reading: before anyone is judged
             if ha is not None and not ha.leads(now):
                 self._step_down(now)
                 return
@@ -360,6 +360,7 @@ class Balancer:
                         if not waiting:
                             break
                     now = time.monotonic()
+                    excused_to = self._excused(excused_to, now)
                     self.sched.expire(now)
                 self.sched.expire_finished(now)  # a slice: a burst of results goes over several checks
                 self.sched.timers_due(now)  # deadlines, back-offs over (checked ten times per heartbeat)
@@ -376,12 +377,21 @@ class Balancer:
             if events and (now >= next_publish or len(events) >= PUBLISH_MAX_EVENTS):
                 self._publish()
                 next_publish = now + PUBLISH_INTERVAL_S
-            busy_s = time.monotonic() - woke  # poll wait excluded: the stall a probe sees
+            done = time.monotonic()
+            busy_s = done - woke  # poll wait excluded: the stall a probe sees
             if busy_s > times.longest_s:
                 times.longest_s = busy_s
-            if busy_s > long_s:
-                nodes.excuse(busy_s - long_s, woke + busy_s)
+            self._excused(excused_to, done)
         self._say_goodbye()
+
+    def _excused(self, since: float, now: float) -> float:
+        """The loop ran from `since` to `now` without listening: beyond an iteration's usual length (a SIGSTOP
+        or a starved host may land anywhere in it), no node's silence counts for that time. The mark from
+        which the rest of the iteration counts."""
+        if now - since <= self._expiry_check_s:
+            return since
+        self.sched.table.excuse(now - since - self._expiry_check_s, now)
+        return now
 
     def _step_down(self, now: float) -> None:
         """No longer the leader: stop here, sending nothing (not even goodbyes); the events say why."""
