@@ -1,13 +1,13 @@
 """The memory budget: one ceiling for the request and result bytes the balancer holds.
 
 Pure bookkeeping, owned by the scheduler (balancer/scheduler.py); the loop's
-parts charge what they hold on the scheduler's behalf. Four things count:
+parts charge what they hold on the scheduler's behalf. Three things count:
 
-- live payloads: requests waiting or running (charged to their client);
-- results due: for a big request (its payload over limits.LONE_PAYLOAD_BYTES)
-  on a node, room for its result as big as its payload, from its WORK until
-  its DONE (balancer/node_side.py): the result arrives while the payload is
-  still held, so both are in memory at once;
+- live requests: waiting or running (charged to their client), each what
+  limits.request_cost() says: its payload, REQUEST_OVERHEAD_BYTES, and for a big
+  payload (over limits.LONE_PAYLOAD_BYTES) room for its result as big again, from
+  its admission: the result arrives while the payload is still held, so both are
+  in memory at once;
 - unsent results: results the loop could not hand to a full client pipe, and
   big results libzmq still holds for a client's connection
   (balancer/clients.py; charged to that client, until they leave or the
@@ -16,8 +16,8 @@ parts charge what they hold on the scheduler's behalf. Four things count:
   only evictable part: beyond the budget the oldest are forgotten first, so
   they never cause a rejection.
 
-Payloads and unsent results count REQUEST_OVERHEAD_BYTES each on top of their
-bytes. A submit is refused when the live, due and unsent bytes would pass the
+Unsent results count REQUEST_OVERHEAD_BYTES each on top of their bytes. A submit
+is refused when the live and unsent bytes (and the room reserved) would pass the
 budget, or when its client already holds more than its share: SHARE_OF_LIMIT of
 the budget divided by the number of clients holding bytes, so one client alone
 may hold most of it, the rest is room for a newcomer's first requests (a client
@@ -37,7 +37,7 @@ arriving in libzmq than the budget could take, all of it in RSS at once.
 
 from __future__ import annotations
 
-from wire.limits import REQUEST_OVERHEAD_BYTES
+from wire.limits import REQUEST_OVERHEAD_BYTES, request_cost
 from wire.protocol import REASON_BUSY
 
 __all__ = ["DEFAULT_MAX_MEMORY_MB", "REQUEST_OVERHEAD_BYTES", "MemoryBudget", "hwm_for"]
@@ -72,44 +72,46 @@ def _mib(n: int) -> str:
 class MemoryBudget:
     """Bytes held, in total and per client, against a limit (None: no limit, bytes still counted)."""
 
-    __slots__ = ("by_client", "due", "kept", "limit", "live", "reservations", "reserved", "unsent")
+    __slots__ = ("by_client", "kept", "limit", "live", "reservations", "reserved", "unsent")
 
     def __init__(self, limit_bytes: int | None) -> None:
         self.limit = limit_bytes
-        self.live = 0  # payloads of waiting and running requests
-        self.due = 0  # room for the results of big requests on nodes
+        self.live = 0  # waiting and running requests (limits.request_cost)
         self.unsent = 0  # results held back for clients whose pipe is full, and big ones libzmq still holds
         self.kept = 0  # finished requests remembered (the scheduler sets it)
-        self.by_client: dict[int, int] = {}  # live + due + unsent bytes per client id
+        self.by_client: dict[int, int] = {}  # live + unsent bytes per client id
         self.reserved = 0  # room held for requests their clients were told to send (reserve_room)
         self.reservations: dict[int, tuple[int, float]] = {}  # client id -> (bytes held, let go at)
 
     @property
     def held(self) -> int:
         """Every byte that counts against the budget."""
-        return self.live + self.due + self.unsent + self.kept
+        return self.live + self.unsent + self.kept
 
     def over(self) -> bool:
         """True when kept results should be evicted (oldest first) to fit the budget."""
         limit = self.limit
-        return limit is not None and self.live + self.due + self.unsent + self.kept > limit
+        return limit is not None and self.live + self.unsent + self.kept > limit
 
     def charge(self, client_id: int, size: int, unsent: bool = False) -> None:
-        """Count `size` bytes (plus the per-request overhead) for a client."""
-        size += REQUEST_OVERHEAD_BYTES
+        """Count a request of a `size`-byte payload (limits.request_cost), or an unsent result of `size` bytes
+        (plus the per-request overhead), for a client."""
         if unsent:
+            size += REQUEST_OVERHEAD_BYTES
             self.unsent += size
         else:
+            size = request_cost(size)
             self.live += size
         by_client = self.by_client
         by_client[client_id] = by_client.get(client_id, 0) + size
 
     def release(self, client_id: int, size: int, unsent: bool = False) -> None:
         """Stop counting what charge() counted."""
-        size += REQUEST_OVERHEAD_BYTES
         if unsent:
+            size += REQUEST_OVERHEAD_BYTES
             self.unsent -= size
         else:
+            size = request_cost(size)
             self.live -= size
         by_client = self.by_client  # inline, not _release_for: every finished request comes through here
         left = by_client.get(client_id, 0) - size
@@ -118,28 +120,9 @@ class MemoryBudget:
         else:
             by_client.pop(client_id, None)
 
-    def reserve(self, client_id: int, size: int) -> None:
-        """Count room for the result of a big request just sent to a node, until unreserve()."""
-        self.due += size
-        by_client = self.by_client
-        by_client[client_id] = by_client.get(client_id, 0) + size
-
-    def unreserve(self, client_id: int, size: int) -> None:
-        """The result came (it is counted as kept or unsent now), or the request left its node."""
-        self.due -= size
-        self._release_for(client_id, size)
-
-    def _release_for(self, client_id: int, size: int) -> None:
-        by_client = self.by_client
-        left = by_client.get(client_id, 0) - size
-        if left > 0:
-            by_client[client_id] = left
-        else:
-            by_client.pop(client_id, None)
-
     def could_hold(self, size: int) -> bool:
         """Whether a request of `size` bytes could ever fit the budget (with nothing else held)."""
-        return self.limit is None or size + REQUEST_OVERHEAD_BYTES <= self.limit
+        return self.limit is None or request_cost(size) <= self.limit
 
     def admit(self, client_id: int, size: int) -> str:
         """Charge a new request of `size` bytes to this client if it fits: ''; else why not (nothing charged).
@@ -160,8 +143,8 @@ class MemoryBudget:
         limit = self.limit
         if limit is None:
             return ""
-        size += REQUEST_OVERHEAD_BYTES
-        held = self.live + self.due + self.unsent + self.reserved
+        size = request_cost(size)
+        held = self.live + self.unsent + self.reserved
         if held + size > limit:
             return f"{REASON_BUSY}: the balancer holds {_mib(held)} of its {_mib(limit)}"
         mine = self.by_client.get(client_id, 0)
@@ -182,10 +165,10 @@ class MemoryBudget:
 
     def free(self) -> int:
         """Bytes a new request may still take before the budget is full (kept results are evicted for it)."""
-        return self.limit - self.live - self.due - self.unsent - self.reserved
+        return self.limit - self.live - self.unsent - self.reserved
 
     def reserve_room(self, client_id: int, cost: int, now: float) -> bool:
-        """Hold `cost` bytes (a payload plus REQUEST_OVERHEAD_BYTES) for this client's next request of that
+        """Hold `cost` bytes (limits.request_cost of a payload) for this client's next request of that
         size, until it comes or RESERVATION_S pass; False when the budget has no such room now.
 
         One reservation per client id: asking again renews it (and a bigger ask replaces it)."""
@@ -218,7 +201,7 @@ class MemoryBudget:
 
     def _use_reservation(self, client_id: int, size: int) -> bool:
         have = self.reservations.get(client_id)
-        if have is None or size + REQUEST_OVERHEAD_BYTES > have[0]:
+        if have is None or request_cost(size) > have[0]:
             return False
         self.unreserve_room(client_id)
         return True
@@ -229,7 +212,6 @@ class MemoryBudget:
             "max_bytes": self.limit,
             "held_bytes": self.held,
             "live_bytes": self.live,
-            "due_bytes": self.due,
             "unsent_bytes": self.unsent,
             "kept_bytes": self.kept,
             "reserved_bytes": self.reserved,

@@ -8,8 +8,8 @@ answered, and the Client keeps the rest in a local queue (client_node/window.py)
 A result that goes back frees its room at the Client by itself; only a change of the
 window itself is news. A window is two bounds, both for the connection's client id:
 
-- **bytes** (each request its payload plus REQUEST_OVERHEAD_BYTES, as the memory
-  budget counts it): the client's share of the budget, the very share the budget's
+- **bytes** (each request as wire.limits.request_cost counts it, as the memory
+  budget does): the client's share of the budget, the very share the budget's
   admission checks (balancer/budget.py), and never more than what the client holds
   plus what is free. The hard bound: keep to it and no submit is refused busy.
 - **requests**: the balancer's completion rate times TARGET_WAIT_S, shared by the

@@ -81,8 +81,6 @@ class NodeSide:
         # a result may only leave once its record is written (balancer/journal.py).
         self._may_answer_first = config.journal is None
         self._answer_first = False  # set per drain
-        # Big requests on nodes, whose result room the budget holds: ticket -> (node route, client id, bytes).
-        self._due: dict[int, tuple[bytes, int, int]] = {}
         self._handlers = {
             MsgType.DONE: self._on_done,
             MsgType.DONE_BATCH: self._on_done_batch,
@@ -117,10 +115,6 @@ class NodeSide:
         items = [(t, r.client_id, r.request_id, r.priority, r.attempts, r.body) for _n, t, r in batch]
         frames = p.batch_frames(_WORK_BATCH, _WORK, items)
         if self._send(node.route, frames):
-            if len(frames) == 2:  # one big payload in a frame of its own: its result will be as big
-                _node, ticket, req = batch[0]
-                self._due[ticket] = (node.route, req.client_id, len(req.body))
-                self.sched.budget.reserve(req.client_id, len(req.body))
             return True
         for _node, ticket, _req in batch:
             self.sched.undeliverable(node, ticket)
@@ -135,10 +129,8 @@ class NodeSide:
                 self._send(route, [p.encode(MsgType.CANCEL, ticket, reason)])
 
     def tick(self) -> None:
-        """Once per heartbeat: ping every node, and free the result room of requests no node holds now."""
+        """Once per heartbeat: ping every node."""
         self._to_all(p.encode(MsgType.PING))
-        if self._due:
-            self._forget_lost_due()
 
     def probe(self, now: float) -> None:
         """A PING to every zlb node (MDP workers: Majordomo.probe): one whose route has no connection now is
@@ -148,22 +140,6 @@ class NodeSide:
         for route in gone:
             sched.disconnected(route, now)
             self.incidents.count("nodes_disconnected")
-
-    def _forget_lost_due(self) -> None:
-        """Requests that left their node without a DONE (it died, left or was fenced) need no result room."""
-        routes, budget = self.sched.routes, self.sched.budget
-        for ticket, (route, client_id, size) in list(self._due.items()):
-            node = routes.get(route)
-            if node is None or ticket not in node.in_flight:
-                del self._due[ticket]
-                budget.unreserve(client_id, size)
-
-    def _result_came(self, route: bytes, ticket: int) -> None:
-        """The DONE of a big request: its result is in hand (a DONE from another route is not its node's)."""
-        node_route, client_id, size = self._due[ticket]
-        if node_route == route:
-            del self._due[ticket]
-            self.sched.budget.unreserve(client_id, size)
 
     def tell_stopping(self) -> None:
         """Every node is told to reconnect later: this balancer is going."""
@@ -226,12 +202,10 @@ class NodeSide:
         self._on_done_batch(route, [[[fields[0], fields[1], body]]], None, now)
 
     def _on_done_batch(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
-        sched, limit, due = self.sched, self.config.max_message_bytes, self._due
+        sched, limit = self.sched, self.config.max_message_bytes
         unknown = False
         answer_first = self._answer_first and len(fields[0]) == 1
         for ticket, ok, result in fields[0]:
-            if due and ticket in due:
-                self._result_came(route, ticket)
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
                 ok, result = False, limits.too_large("result", len(result), limit)
             answered = answer_first and self.clients.answer(sched.finishing(route, ticket), ok, result)

@@ -1,9 +1,10 @@
 """The Client's side of credit: what it may have at the balancer, and the local queue of the rest.
 
 The balancer grants each client connection a window (balancer/credit.py, docs/PROTOCOL.md
-"Credit"): how many requests, and how many bytes (each request its payload plus
-REQUEST_OVERHEAD_BYTES), it may have submitted and not yet answered. The Client sends a
-request only while it fits, so it is not refused busy; the rest waits here, in submission
+"Credit"): how many requests, and how many bytes (each request as wire.limits.request_cost
+counts it: its payload, REQUEST_OVERHEAD_BYTES, and room for its result when the payload is
+big), it may have submitted and not yet answered. The Client sends a request only while it
+fits, so it is not refused busy; the rest waits here, in submission
 order, and goes as answers free room. The queue is bounded: beyond `max_requests` or
 `max_bytes`, submit() and submit_many() block (receiving meanwhile, so answers keep
 freeing room) or raise QueueFull after the Client's `queue_timeout_s`.
@@ -49,6 +50,7 @@ _UNBOUNDED = sys.maxsize
 # Where a request is: in the local queue, sent and unanswered, or done with (answered, cancelled).
 QUEUED, SENT, DONE = 0, 1, 2
 _OVERHEAD = limits.REQUEST_OVERHEAD_BYTES
+_cost = limits.request_cost
 
 
 @dataclass(slots=True)
@@ -65,7 +67,7 @@ class Outstanding:
     @property
     def cost(self) -> int:
         """What it takes of a window in bytes."""
-        return len(self.payload) + limits.REQUEST_OVERHEAD_BYTES
+        return _cost(len(self.payload))
 
 
 class QueueFull(TimeoutError):
@@ -171,7 +173,8 @@ class Window:
             while queue:
                 entry = queue[0]
                 sent = entry[1]
-                cost = len(sent.payload) + _OVERHEAD
+                length = len(sent.payload)
+                cost = _cost(length)
                 if sent.state == QUEUED:
                     if out >= requests or out_bytes + cost > size:
                         if cost > self.reserved:
@@ -187,7 +190,7 @@ class Window:
                 queue.popleft()  # sent now, or answered or cancelled while it waited
                 if queue is not again:
                     left += 1
-                    left_bytes += cost
+                    left_bytes += length + _OVERHEAD
             if not queue and queue is not again:
                 del waiting[heapq.heappop(priorities)]
         self.out, self.out_bytes = out, out_bytes

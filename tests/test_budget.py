@@ -8,6 +8,7 @@ import zmq
 
 from balancer.budget import REQUEST_OVERHEAD_BYTES, MemoryBudget, hwm_for
 from balancer.scheduler import Scheduler, Submitted
+from wire.limits import request_cost
 from wire.protocol import PENDING, REASON_BUSY
 
 KIB = 1024
@@ -128,19 +129,23 @@ def test_release_never_leaves_a_client_at_zero_or_below():
     assert budget.by_client == {} and budget.held == 0
 
 
-def test_result_room_for_work_on_nodes_counts_until_released():
-    """Room reserved for a result counts against the budget and the client's share until unreserved."""
-    budget = MemoryBudget(TEN)
-    budget.charge(1, 4 * KIB)
-    budget.reserve(1, 4 * KIB)
-    assert budget.held == 8 * KIB + REQUEST_OVERHEAD_BYTES
-    assert budget.view()["due_bytes"] == 4 * KIB
-    # 8.4 of 13.9 KiB held: a 6 KiB payload from anyone does not fit (without the room it would).
-    assert budget.admit(2, 6 * KIB).startswith(REASON_BUSY)
-    budget.unreserve(1, 4 * KIB)
-    assert budget.due == 0 and budget.by_client == {1: 4 * KIB + REQUEST_OVERHEAD_BYTES}
-    budget.release(1, 4 * KIB)
-    assert budget.by_client == {} and budget.held == 0
+def test_a_big_request_counts_room_for_its_result_from_its_admission_until_it_finishes():
+    """A payload over LONE_PAYLOAD_BYTES costs twice its bytes (limits.request_cost): its result arrives while
+    it is still held. Counted from admission, a budget full of waiting big requests cannot pass its limit
+    when they are all sent to nodes at once; a small one costs its bytes."""
+    big = 40 * KIB
+    assert request_cost(big) == 2 * big + REQUEST_OVERHEAD_BYTES
+    assert request_cost(KIB) == KIB + REQUEST_OVERHEAD_BYTES
+    sched = make(max_memory_bytes=2 * request_cost(big) + 100)
+    sched.hello(b"n0", 0, 10, 100, "host", 0.0)
+    assert sched.submit(1, 1, 5, b"c1", b"x" * big) is Submitted.QUEUED
+    assert sched.submit(2, 1, 5, b"c2", b"x" * big) is Submitted.QUEUED
+    assert sched.submit(3, 1, 5, b"c3", b"x" * big).name == "BUSY"
+    assert sched.budget.live == 2 * request_cost(big) and not sched.budget.could_hold(sched.budget.limit // 2)
+    for node, ticket, _req in sched.dispatch(0.0):
+        assert sched.budget.held <= sched.budget.limit  # sent to the node: nothing more to count
+        sched.complete(node.route, ticket, True, b"r" * big, 0.0)
+    assert sched.budget.live == 0 and sched.budget.by_client == {}
 
 
 def test_a_big_payload_held_as_a_frame_is_compared_in_place():
@@ -151,4 +156,4 @@ def test_a_big_payload_held_as_a_frame_is_compared_in_place():
     assert sched.submit(1, 1, 5, b"c", zmq.Frame(big)) is Submitted.QUEUED
     assert sched.submit(1, 1, 5, b"c", zmq.Frame(big)) is Submitted.DUPLICATE
     assert sched.submit(1, 1, 5, b"c", zmq.Frame(big[:-1] + b"q")) is Submitted.CONFLICT
-    assert sched.budget.live == len(big) + REQUEST_OVERHEAD_BYTES
+    assert sched.budget.live == request_cost(len(big))

@@ -19,7 +19,7 @@ from balancer.credit import (
 )
 from balancer.scheduler import Scheduler, Submitted
 from client_node.window import INITIAL_BYTES, INITIAL_REQUESTS, QUEUED, SENT, Outstanding, Window
-from wire.limits import REQUEST_OVERHEAD_BYTES
+from wire.limits import REQUEST_OVERHEAD_BYTES, request_cost
 
 MIB = 2**20
 COST = 16 + REQUEST_OVERHEAD_BYTES  # a 16-byte request
@@ -42,13 +42,13 @@ def test_a_second_client_with_work_halves_the_first_ones_window_and_gets_what_is
     """Client 1 holds more than its new share when client 2 arrives: 1's window falls to the share (it sends
     nothing until it drains below it), 2 gets what is free now, and its share once 1 has drained."""
     c = credit(100 * MIB)
-    c.budget.charge(1, 70 * MIB)  # client 1 flooded alone (its share alone: 75 MiB)
+    c.budget.charge(1, 35 * MIB)  # client 1 flooded alone: 70 MiB with its result's room (its share: 75 MiB)
     free = c.budget.free()
     assert c.window(2) == (MIN_TOTAL_REQUESTS // 2, free)  # newcomer: its share would be 37.5 MiB; 30 are free
     c.budget.charge(2, 1000)
     share = int(100 * MIB * SHARE_OF_LIMIT) // 2
     assert c.window(1) == (MIN_TOTAL_REQUESTS // 2, share)
-    c.budget.release(1, 60 * MIB)  # client 1's results went back
+    c.budget.release(1, 30 * MIB)  # client 1's results went back
     assert c.window(2) == (MIN_TOTAL_REQUESTS // 2, share)
 
 
@@ -256,7 +256,8 @@ def test_room_for_a_request_over_the_share_is_reserved_in_the_order_asked_and_ta
     budget = c.budget
     for client in (1, 2, 3, 4):
         budget.charge(client, 1000)
-    big = 16 * MIB + REQUEST_OVERHEAD_BYTES
+    payload = 8 * MIB
+    big = request_cost(payload)  # 16 MiB and 400 bytes: the payload and room for its result
     assert c.window(1)[1] < big  # its share: 12 MiB
     assert c.want("r1", 1, big, now=0.0) == big
     assert c.window(2)[1] <= budget.free() and budget.reserved == big
@@ -265,10 +266,10 @@ def test_room_for_a_request_over_the_share_is_reserved_in_the_order_asked_and_ta
     assert c.want("r4", 4, big, now=0.0) == 0  # no room: it waits in line
     assert c.want("r4", 4, big, now=0.1) == 0 and list(c.wanting) == ["r4"]
     assert c.grants(0.2) == []
-    assert budget.admit(1, 16 * MIB) == ""  # the reservation is taken, over the share
+    assert budget.admit(1, payload) == "" and budget.by_client[1] > 12 * MIB  # the reserved room, over the share
     assert budget.reserved == 2 * big
     assert c.grants(0.3) == []  # client 1's payload holds that room now
-    budget.release(1, 16 * MIB)
+    budget.release(1, payload)
     granted = c.grants(0.4)
     assert [(route, reserved) for route, _window, reserved in granted] == [("r4", big)] and not c.wanting
 

@@ -41,8 +41,21 @@ BATCH_OVERHEAD_BYTES = 64 * 1024
 # What one request costs a balancer beyond its payload bytes (the Request, its session entry, the
 # bytes object's header), measured with tracemalloc: ~330 bytes for a million queued requests; rounded
 # up so the memory budget errs towards less. A client's window in bytes counts each outstanding
-# request as its payload plus this (docs/PROTOCOL.md, "Credit"), as the balancer's budget does.
+# request as request_cost() does (docs/PROTOCOL.md, "Credit"), as the balancer's budget does.
 REQUEST_OVERHEAD_BYTES = 400
+
+
+def request_cost(payload_bytes: int) -> int:
+    """What a request takes of a memory budget and of a client's byte window: its payload and
+    REQUEST_OVERHEAD_BYTES, and for a payload over LONE_PAYLOAD_BYTES room for its result as big again.
+
+    A big result arrives while its payload is still held, so both are in memory at once. Charged from
+    admission (not from the WORK that sends it, as until protocol version 7), the room is there whenever
+    the result comes: a budget full of waiting big requests, dispatched together, cannot count twice its
+    limit. Small results come in batches the drain bounds (DRAIN_BYTES)."""
+    if payload_bytes > LONE_PAYLOAD_BYTES:
+        return 2 * payload_bytes + REQUEST_OVERHEAD_BYTES
+    return payload_bytes + REQUEST_OVERHEAD_BYTES
 
 
 def too_large(what: str, size: int, limit: int) -> bytes:

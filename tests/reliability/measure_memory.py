@@ -14,7 +14,7 @@ results are back, and the most the budget counted (`zlb status` "memory").
 --probe runs the balancer under tests/reliability/memory_probe.py (the same
 `zlb balancer`, in a process of its own, with a thread in it that samples every
 5 ms its RSS, glibc's heap (mallinfo2: bytes in use and free-but-kept in the
-heap, bytes in mmapped chunks), what the budget counts (live, due, unsent,
+heap, bytes in mmapped chunks), what the budget counts (live, reserved, unsent,
 kept) and, with --trace, what Python allocated (tracemalloc; slows the
 balancer down)). It prints the sample of highest RSS: RSS beyond what the
 budget counts is libzmq's (messages received before the loop read them) or

@@ -44,8 +44,8 @@ def probe_sample(mallinfo: Any, tracing: bool, balancers: list[Any]) -> dict[str
     sample = {"rss": rss(os.getpid())}
     if balancers:
         view = balancers[0].sched.budget.view()
-        for key in ("live", "due", "unsent", "kept"):
-            sample[key] = view.get(f"{key}_bytes", 0)  # due_bytes: not in older balancers
+        for key in ("live", "due", "unsent", "kept", "reserved"):
+            sample[key] = view.get(f"{key}_bytes", 0)  # due_bytes: only before protocol version 7
         sample["in_flight"] = balancers[0].sched.in_flight()
     if mallinfo is not None:
         m = mallinfo()
