@@ -51,6 +51,7 @@ _UNBOUNDED = sys.maxsize
 QUEUED, SENT, DONE = 0, 1, 2
 _OVERHEAD = limits.REQUEST_OVERHEAD_BYTES
 _cost = limits.request_cost
+_LONE = limits.LONE_PAYLOAD_BYTES
 
 
 @dataclass(slots=True)
@@ -174,7 +175,7 @@ class Window:
                 entry = queue[0]
                 sent = entry[1]
                 length = len(sent.payload)
-                cost = _cost(length)
+                cost = length + _OVERHEAD if length <= _LONE else 2 * length + _OVERHEAD  # limits.request_cost
                 if sent.state == QUEUED:
                     if out >= requests or out_bytes + cost > size:
                         if cost > self.reserved:

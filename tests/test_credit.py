@@ -295,3 +295,16 @@ def test_an_ask_no_budget_could_hold_goes_at_once_to_hear_why_and_one_that_fits_
     assert c.want("r", 1, 2 * MIB, now=0.0) == 2 * MIB and c.budget.reserved == 0
     assert c.want("r", 1, 1000, now=0.0) == 0 and c.budget.reserved == 0
     assert credit(None).want("r", 1, 10**9, now=0.0) == 10**9
+
+
+def test_a_big_request_takes_its_result_room_of_the_window_as_the_balancer_counts_it():
+    """The Window counts a request as limits.request_cost does (a payload over LONE_PAYLOAD_BYTES twice), so
+    a window the size of one big request's cost lets exactly one out, and one byte less none."""
+    big = entry(40 * 1024)
+    assert big.cost == request_cost(40 * 1024) == 2 * 40 * 1024 + REQUEST_OVERHEAD_BYTES
+    w = Window()
+    w.grant(100, big.cost - 1)
+    w.wait(1, big)
+    assert w.take(0.0) == [] and w.want() == big.cost
+    w.grant(100, big.cost)
+    assert [rid for rid, _ in w.take(0.0)] == [1] and w.out_bytes == big.cost
