@@ -211,8 +211,9 @@ class ClientSide:
     def _on_hello(self, route: bytes, fields: list[Any], now: float) -> None:
         if limits.bad_host(fields[3]) or not 0 <= fields[2] <= limits.MAX_PID:
             raise ProtocolError("bad_fields", f"CLIENT_HELLO with pid {fields[2]} and host {fields[3]!r:.80}")
+        shrunk = self.credit.arrived(route, fields[0], now)  # first: its own window counts it among the arriving
         self._welcome(route, fields[0])
-        for other, window in self.credit.arrived(route, fields[0], now):
+        for other, window in shrunk:
             self._send(other, p.encode(MsgType.CREDIT, *window, 0))
 
     def _on_ping(self, route: bytes, fields: list[Any], now: float) -> None:

@@ -61,6 +61,10 @@ TOLD_REQUESTS_STEP = 1 / 4
 # anything: clients starting together would otherwise each hear the share of a client alone, and send it all
 # at once (four clients told 48 MiB each of a 64 MiB budget sent 128 MiB, refused busy after it arrived).
 ARRIVING_S = 2.0
+# The connections already told hear of their smaller window at once while at most this many clients are
+# arriving: each telling walks every connection, so a storm of new clients costs that walk 16 times per
+# ARRIVING_S, not once per client (the others hear of it with their next results, as for any other change).
+ARRIVING_TOLD_MAX = 16
 # An ask for room not repeated within this long is forgotten: a starved Client asks every CREDIT_ASK_S
 # (client_node/window.py), so only a connection that went away or no longer needs it stops asking.
 WANT_FRESH_S = 1.0
@@ -120,7 +124,10 @@ class Credit:
         requests = max(MIN_CLIENT_REQUESTS, self.total_requests // sharing)
         if budget.limit is None:
             return requests, None
-        sharing = max(sharing, len(self.arriving))
+        # Bytes are shared also with the clients waiting for room or holding room for a big request (a window
+        # that let a request through ahead of them would be refused busy once the room went to them), and with
+        # the clients just arrived.
+        sharing = max(sharing + len(budget.reservations) + len(self.wanting), len(self.arriving))
         return requests, max(0, min(budget.share(sharing), mine + budget.free()))
 
     def welcome(self, route: Any, client_id: int) -> Window:
@@ -132,10 +139,10 @@ class Credit:
     def arrived(self, route: Any, client_id: int, now: float) -> list[tuple[Any, Window]]:
         """A connection said CLIENT_HELLO: the other connections whose windows shrink now, with their new ones
         (sent at once: a window that shrank is told before its bytes are sent)."""
-        if client_id in self.arriving or client_id in self.budget.by_client or self.budget.limit is None:
-            self.arriving[client_id] = now
-            return []
+        known = client_id in self.arriving or client_id in self.budget.by_client
         self.arriving[client_id] = now
+        if known or self.budget.limit is None or len(self.arriving) > ARRIVING_TOLD_MAX:
+            return []
         others = [(r, c) for r, c in self.client_of.items() if r != route and c != client_id]
         return [(r, window) for r, c in others if (window := self.update(r, c)) is not None]
 

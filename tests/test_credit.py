@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from balancer.budget import SHARE_OF_LIMIT
 from balancer.credit import (
+    ARRIVING_TOLD_MAX,
     CAPACITY_FACTOR,
     MIN_CLIENT_REQUESTS,
     MIN_TOTAL_REQUESTS,
@@ -308,3 +309,25 @@ def test_a_big_request_takes_its_result_room_of_the_window_as_the_balancer_count
     assert w.take(0.0) == [] and w.want() == big.cost
     w.grant(100, big.cost)
     assert [rid for rid, _ in w.take(0.0)] == [1] and w.out_bytes == big.cost
+
+
+def test_clients_saying_hello_together_share_the_byte_budget_and_the_first_ones_hear_of_it_at_once():
+    """Four clients saying hello before any holds bytes: each is told a quarter of the share, not the share of a
+    client alone, and the connections told earlier get their smaller window back to send in a CREDIT; past
+    ARRIVING_TOLD_MAX arrivals the walk over every connection stops (they hear with their next results)."""
+    c = credit(64 * MIB)
+    share = int(64 * MIB * SHARE_OF_LIMIT)
+    told = {}
+    for client in (1, 2, 3, 4):
+        route = f"r{client}"
+        for other, window in c.arrived(route, client, now=0.0):  # as ClientSide does: before its own welcome
+            told[other] = window[1]
+        told[route] = c.welcome(route, client)[1]
+    assert told == {f"r{n}": share // 4 for n in (1, 2, 3, 4)}
+    assert c.arrived("r1", 1, now=0.5) == []  # said hello again: nothing new
+    for client in range(5, 5 + ARRIVING_TOLD_MAX):
+        c.arrived(f"r{client}", client, now=1.0)
+        c.welcome(f"r{client}", client)
+    assert c.arrived("late", 999, now=1.0) == []
+    c.tick(now=3.5, finished=0, capacity=0)  # ARRIVING_S later they count only if they hold bytes
+    assert c.window(1)[1] == share

@@ -26,9 +26,9 @@ from wire import protocol as p
 from wire.protocol import MsgType
 
 MIB = 2**20
-# Beyond the default budget with 64 MiB payloads: what libzmq may be receiving from the four clients
-# before the loop reads it, and one result room reserved past the limit (measured: +241 to +465 MiB).
-BIG_ALLOWANCE_MB = 5 * 64
+# Beyond the budget with big payloads, as issue 20 asked: what is left once nothing big arrives unasked
+# and result room is charged from admission (protocol version 7) is the base and libzmq's own buffers.
+BIG_ALLOWANCE_MB = 48
 
 
 def rss(pid: int) -> int:
@@ -223,16 +223,18 @@ def test_big_payloads_from_four_clients_stay_within_the_budget_and_are_not_sent_
     bigger than a window went whenever nothing was out. Now clients saying hello together share the
     budget, and a payload over its client's window waits for room reserved for it (balancer/credit.py).
     A busy answer or two remain possible: a window told just before another client said hello."""
-    run_big_payloads(tmp_path, 64, 16, 64 + 48, max_busy=4)
+    run_big_payloads(tmp_path, 64, 16, 64 + BIG_ALLOWANCE_MB, max_busy=4)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_64_mb_payloads_under_the_default_budget(tmp_path: Path):
-    """The default budget (256 MiB), four clients x four 64 MiB payloads: all 16 back, RSS under base + 576 MiB.
+    """The default budget (256 MiB), four clients x four 64 MiB payloads: all 16 back, RSS under base + 256 + 48
+    MiB, hardly a busy answer.
 
-    Issue 20 saw 430 MB; the same run on 1aa9471 peaked at +1,668 and +1,698 MiB over base."""
-    run_big_payloads(tmp_path, None, 64, DEFAULT_MAX_MEMORY_MB + BIG_ALLOWANCE_MB)
+    Issue 20 saw 430 MB; the same run on 1aa9471 peaked at +1,668 and +1,698 MiB over base, and before
+    protocol version 7 at +241 to +465 MiB with up to 9 busy answers."""
+    run_big_payloads(tmp_path, None, 64, DEFAULT_MAX_MEMORY_MB + BIG_ALLOWANCE_MB, max_busy=4)
 
 
 def garbage(rng: random.Random) -> list[bytes]:
