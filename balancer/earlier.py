@@ -31,13 +31,13 @@ PAGE_BYTES = 224
 ID_BYTES = 8
 CLIENT_BYTES = 400
 # A packed word: the digest's low 60 bits above three flags.
-_FAILED_FLAG, _OLD_DIGEST, _NO_DIGEST = 1, 2, 4
+_FAILED_FLAG, _XXH3_DIGEST, _NO_DIGEST = 1, 2, 4
 _FLAG_BITS = 3
 _DIGEST_MASK = (1 << 60) - 1
 
 
 def _digest_bits(digest: int) -> int:
-    """The 60 bits of a digest that are kept (a SHA-256 digest is negative, an older BLAKE2b one is not)."""
+    """The 60 bits of a digest that are kept (an XXH3 digest is not negative, an older SHA-256 one is)."""
     return (-1 - digest if digest < 0 else digest) & _DIGEST_MASK
 
 
@@ -49,7 +49,7 @@ def pack(status: str, digest: int | None) -> int:
     if digest is None:
         return flags | _NO_DIGEST
     if digest >= 0:
-        flags |= _OLD_DIGEST
+        flags |= _XXH3_DIGEST
     return _digest_bits(digest) << _FLAG_BITS | flags
 
 
@@ -59,7 +59,7 @@ def unpack(word: int) -> tuple[str, int | None]:
     if word & _NO_DIGEST:
         return status, None
     bits = word >> _FLAG_BITS
-    return status, bits if word & _OLD_DIGEST else -1 - bits
+    return status, bits if word & _XXH3_DIGEST else -1 - bits
 
 
 def same_digest(kept: int, digest: int) -> bool:

@@ -38,8 +38,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-# The first record of every journal file. Version 2: every record in a checked frame.
-MAGIC = (0, "zlb-journal", 2)
+# The first record of every journal file. Version 2: every record in a checked frame. Version 3: payload
+# digests are XXH3 (not negative) where they were SHA-256 (negative) or, earlier, BLAKE2b (not negative).
+MAGIC = (0, "zlb-journal", 3)
 MARKER = b"\xc1ZJ\x01"
 HEAD = struct.Struct("<4sII")
 HEAD_BYTES = HEAD.size

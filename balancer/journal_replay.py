@@ -28,6 +28,9 @@ from balancer.scheduler import ACCEPTED, FINISHED, Scheduler
 from wire import protocol as p
 
 _MAGIC_DECODED = list(MAGIC)  # as msgpack gives it back
+# Format 2 (before XXH3 digests) is read too: its SHA-256 digests are negative and still compared, its older
+# BLAKE2b ones (not negative) are dropped, as XXH3 ones are not negative either (balancer/kept.py).
+_MAGIC_2 = [0, "zlb-journal", 2]
 
 
 @dataclass
@@ -75,15 +78,20 @@ def replay(path: str, keep_finished: int | None = None) -> Recovered:
     latest: dict[tuple[int, int], list[Any]] = {}
     reserved: dict[int, int] = {}
     invalid = 0
+    format_2 = False
     for rec in records:
         if _valid(rec):
+            if format_2:
+                rec = _from_format_2(rec)
             if rec[0] == RESERVED:  # (RESERVED, client_id, beyond): the highest wins
                 reserved[rec[1]] = max(rec[2], reserved.get(rec[1], 0))
                 continue
             key = (rec[1], rec[2])
             latest.pop(key, None)  # re-inserting keeps dict order = order of last record
             latest[key] = rec
-        elif rec != _MAGIC_DECODED:
+        elif rec == _MAGIC_DECODED or rec == _MAGIC_2:
+            format_2 = rec == _MAGIC_2
+        else:
             invalid += 1
     out = Recovered(records=len(records), torn_bytes=found.torn_bytes, reserved=reserved)
     out.records_lost, out.bytes_skipped = found.frames_lost + invalid, found.skipped_bytes
@@ -95,6 +103,14 @@ def replay(path: str, keep_finished: int | None = None) -> Recovered:
         beyond = len(out.finished) - keep_finished
         out.finished[:beyond] = [_without_result(rec) for rec in out.finished[:beyond]]
     return out
+
+
+def _from_format_2(rec: list[Any]) -> list[Any]:
+    """A record of a format-2 journal without its BLAKE2b digest, if it had one (any payload matches then)."""
+    at = 8 if rec[0] == FINISHED else 4 if rec[0] == EARLIER else 0
+    if at and len(rec) > at and type(rec[at]) is int and rec[at] >= 0:
+        return [*rec[:at], None, *rec[at + 1 :]]
+    return rec
 
 
 def _without_result(rec: list[Any]) -> list[Any]:
@@ -133,7 +149,7 @@ def _check_is_journal(path: str, data: bytes, found: jf.Scan, records: list[Any]
     """Refuse a file that is not ours, so it is never rewritten; a damaged first frame is still ours."""
     if not data:
         return
-    starts_well = bool(records) and records[0] == _MAGIC_DECODED
+    starts_well = bool(records) and records[0] in (_MAGIC_DECODED, _MAGIC_2)
     if starts_well or (records and found.skipped and found.skipped[0][0] == 0):
         return
     if data.startswith(p.encode_records([(0, "zlb-journal", 1)])[0]):

@@ -141,7 +141,7 @@ def test_ids_are_packed_dense_or_scattered_and_found_again():
     for rid in (5, 3, 2**63 + 1, 64, 4):
         ids.add(1, rid, p.PROCESSED, sha, 1)
     ids.add(2, 3, p.FAILED, None, 1)
-    ids.add(2, 4, p.PROCESSED, 12345, 1)  # an older BLAKE2b digest: not negative
+    ids.add(2, 4, p.PROCESSED, 12345, 1)  # an XXH3 digest: not negative
     assert ids.count == 7 and len(ids.by_client[1]) == 3
     assert ids.find(1, 3) == (p.PROCESSED, ids.find(1, 5)[1]) and ids.find(1, 6) is None
     assert earlier.same_digest(ids.find(1, 2**63 + 1)[1], sha)

@@ -242,20 +242,42 @@ def test_a_request_lost_in_transit_again_and_again_fails_instead_of_going_round_
     assert sched.dispatch() == []
 
 
-def test_a_finished_request_restored_with_an_older_blake2b_digest_is_still_recognised():
-    """Journals written before the SHA-256 digests hold BLAKE2b ones (never negative): a resubmission of
-    such a restored request with its payload is answered with the stored result, another payload is a
-    conflict; a request finished now gets a negative SHA-256 digest, told apart the same way."""
+def test_requests_restored_from_a_format_2_journal_keep_their_sha256_digests_and_new_ones_get_xxh3(tmp_path):
+    """Journals of format 2 hold SHA-256 digests (negative) and, older, BLAKE2b ones (not negative, as XXH3's
+    are): a restored SHA-256 digest still tells a resubmission from a conflict, a BLAKE2b one is dropped (any
+    payload gets the stored result), and a request finished now gets a non-negative XXH3 digest."""
     import hashlib
 
+    from balancer import journal as jr
+    from balancer import journal_format as jf
+    from balancer.records import EARLIER, FINISHED
+    from wire import protocol as p
+
+    def sha(payload: bytes) -> int:
+        return -1 - (int.from_bytes(hashlib.sha256(payload).digest()[:8], "little") >> 1)
+
+    blake = int.from_bytes(hashlib.blake2b(b"payload", digest_size=8).digest(), "little")
+    path = tmp_path / "journal"
+    records = [
+        (0, "zlb-journal", 2),
+        (FINISHED, 0, 7, 5, "processed", 1, 1, b"result", blake),
+        (FINISHED, 0, 8, 5, "processed", 1, 1, b"result", sha(b"payload")),
+        (EARLIER, 0, 9, "processed", blake),
+        (EARLIER, 0, 10, "processed", sha(b"payload")),
+    ]
+    path.write_bytes(jf.frame(p.encode_records(records)))
     sched = make()
-    old_digest = int.from_bytes(hashlib.blake2b(b"payload", digest_size=8).digest(), "little")
-    sched.restore_finished(0, 7, 5, "processed", 1, 1, b"result", old_digest)
-    assert sched.submit(0, 7, 5, b"c", b"payload", 0, 1.0) is Submitted.FINISHED
-    assert sched.submit(0, 7, 5, b"c", b"other", 0, 1.0) is Submitted.CONFLICT
+    jr.restore(sched, jr.replay(str(path), None))
+    for rid in (7, 8):
+        assert sched.submit(0, rid, 5, b"c", b"payload", 0, 1.0) is Submitted.FINISHED
+    assert sched.submit(0, 7, 5, b"c", b"other", 0, 1.0) is Submitted.FINISHED  # its digest was dropped
+    assert sched.submit(0, 8, 5, b"c", b"other", 0, 1.0) is Submitted.CONFLICT
+    assert sched.submit(0, 9, 5, b"c", b"other", 0, 1.0) is not Submitted.CONFLICT
+    assert sched.submit(0, 10, 5, b"c", b"other", 0, 1.0) is Submitted.CONFLICT
+    assert sched.submit(0, 10, 5, b"c", b"payload", 0, 1.0) is not Submitted.CONFLICT
     sched.hello(b"n0", 0, 3, 1, "h", 0.0, incarnation=A)
-    ticket = dispatch_one(sched, 8)
+    ticket = dispatch_one(sched, 11)
     sched.complete(b"n0", ticket, True, b"done", 1.0)
-    assert sched.get(0, 8).payload_digest < 0
-    assert sched.submit(0, 8, 5, b"c", b"payload", 0, 1.0) is Submitted.FINISHED
-    assert sched.submit(0, 8, 5, b"c", b"another", 0, 1.0) is Submitted.CONFLICT
+    assert sched.get(0, 11).payload_digest >= 0
+    assert sched.submit(0, 11, 5, b"c", b"payload", 0, 1.0) is Submitted.FINISHED
+    assert sched.submit(0, 11, 5, b"c", b"another", 0, 1.0) is Submitted.CONFLICT
