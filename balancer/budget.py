@@ -30,7 +30,7 @@ the loop reads every socket as soon as it can, and a payload it refuses is
 freed at once (docs/RELIABILITY.md, "Memory"). So a payload bigger than its
 client's window is not sent on chance: the Client asks for room first, and a
 **reservation** holds that room for its one request (reserve_room(), counted
-as taken until the request arrives or RESERVATION_S pass). Four clients each
+as taken until the request arrives or its time is up). Four clients each
 sending a 16 MiB payload on chance into a 64 MiB budget had up to 64 MiB more
 arriving in libzmq than the budget could take, all of it in RSS at once.
 """
@@ -48,9 +48,14 @@ MIB = 2**20
 # The part of the budget the clients holding requests share (each its fraction); the rest is room for a
 # newcomer's first requests and for results on their way out, so neither waits for a flood to drain.
 SHARE_OF_LIMIT = 0.75
-# A reservation not used within this long is let go: its client died or went elsewhere. Long enough for a
-# payload of the largest size (256 MiB by default) to cross a slow network.
-RESERVATION_S = 5.0
+# A reservation not used in time is let go: its client died, went elsewhere, or asks without sending. Its time
+# is RESERVATION_S plus what its bytes take at RESERVATION_BYTES_PER_S (a 64 MiB payload and its result's
+# room: 9 s), and asking again does not extend it. A client whose reservation lapsed is not given another for
+# LAPSED_S or until it sends a request: connections that ask and never send could otherwise hold the whole
+# budget in turns (two such connections kept a Client's small requests waiting 30 s).
+RESERVATION_S = 1.0
+RESERVATION_BYTES_PER_S = 16 * 2**20
+LAPSED_S = 30.0
 
 
 def hwm_for(limit_bytes: int | None) -> int:
@@ -72,7 +77,7 @@ def _mib(n: int) -> str:
 class MemoryBudget:
     """Bytes held, in total and per client, against a limit (None: no limit, bytes still counted)."""
 
-    __slots__ = ("by_client", "kept", "limit", "live", "reservations", "reserved", "unsent")
+    __slots__ = ("by_client", "kept", "lapsed", "limit", "live", "reservations", "reserved", "unsent")
 
     def __init__(self, limit_bytes: int | None) -> None:
         self.limit = limit_bytes
@@ -82,6 +87,7 @@ class MemoryBudget:
         self.by_client: dict[int, int] = {}  # live + unsent bytes per client id
         self.reserved = 0  # room held for requests their clients were told to send (reserve_room)
         self.reservations: dict[int, tuple[int, float]] = {}  # client id -> (bytes held, let go at)
+        self.lapsed: dict[int, float] = {}  # client id -> until when it gets no reservation (one lapsed)
 
     @property
     def held(self) -> int:
@@ -133,6 +139,8 @@ class MemoryBudget:
         if self.reservations and self._use_reservation(client_id, size):
             self.charge(client_id, size)
             return ""
+        if self.lapsed:
+            self.lapsed.pop(client_id, None)  # it sends after all: slow, not asking for nothing
         refusal = self.refusal(client_id, size)
         if not refusal:
             self.charge(client_id, size)
@@ -169,21 +177,22 @@ class MemoryBudget:
 
     def reserve_room(self, client_id: int, cost: int, now: float) -> bool:
         """Hold `cost` bytes (limits.request_cost of a payload) for this client's next request of that
-        size, until it comes or RESERVATION_S pass; False when the budget has no such room now.
+        size, until it comes or its time is up (RESERVATION_S and the bytes' time); False when the budget
+        has no such room now, or this client let a reservation lapse within LAPSED_S.
 
-        One reservation per client id: asking again renews it (and a bigger ask replaces it)."""
+        One reservation per client id: asking again while it is held changes nothing (a bigger ask
+        replaces it)."""
         if self.limit is None:
             return True
         reservations = self.reservations
         have = reservations.get(client_id)
         if have is not None:
             if have[0] >= cost:
-                reservations[client_id] = (have[0], now + RESERVATION_S)
                 return True
             self.unreserve_room(client_id)
-        if cost > self.free():
+        if cost > self.free() or self.lapsed.get(client_id, 0.0) > now:
             return False
-        reservations[client_id] = (cost, now + RESERVATION_S)
+        reservations[client_id] = (cost, now + RESERVATION_S + cost / RESERVATION_BYTES_PER_S)
         self.reserved += cost
         return True
 
@@ -194,10 +203,17 @@ class MemoryBudget:
             self.reserved -= have[0]
 
     def expire_rooms(self, now: float) -> None:
-        """Let go of the reservations whose time is up."""
+        """Let go of the reservations whose time is up; their clients get none for LAPSED_S."""
         for client_id, (_cost, until) in list(self.reservations.items()):
             if until <= now:
                 self.unreserve_room(client_id)
+                self.lapsed[client_id] = now + LAPSED_S
+        if self.lapsed:
+            self.lapsed = {client_id: until for client_id, until in self.lapsed.items() if until > now}
+
+    def lapsed_for(self, client_id: int, now: float) -> bool:
+        """True while this client may get no reservation (one of its lapsed)."""
+        return self.lapsed.get(client_id, 0.0) > now
 
     def _use_reservation(self, client_id: int, size: int) -> bool:
         have = self.reservations.get(client_id)

@@ -149,6 +149,7 @@ class ClientSide:
                     handlers[msg_type](route, fields, now)
                 except ProtocolError as exc:
                     self.incidents.bad("frontend", exc, now)
+                    self._send(frames[0], p.encode(MsgType.REJECTED, None, f"bad message: {exc}"))
             if budget <= 0:
                 return  # the rest waits for the next iteration: nodes and admins are served in between
 
@@ -184,7 +185,11 @@ class ClientSide:
             self.incidents.refusal(ev.SYSTEM_BUSY, client_id, reason, now)
         elif outcome is Submitted.TOO_LARGE:
             self.incidents.count("payloads_too_large")
-            reason = f"payload of {len(body)} bytes is over the balancer's whole --max-memory-mb"
+            reason = (
+                f"payload of {len(body)} bytes needs {limits.request_cost(len(body))} of the balancer's memory"
+                f" budget (with room for its result as big, over {limits.LONE_PAYLOAD_BYTES} bytes), more than"
+                " its whole --max-memory-mb"
+            )
         elif outcome is Submitted.CONFLICT:
             reason = conflict_reason(client_id, request_id)
         else:
@@ -324,7 +329,7 @@ class ClientSide:
                 if len(frames) == 2:
                     self.sched.budget.charge(client_id, size, unsent=True)
                     self._track(client_id, size, frames[1].tracker)
-                window = self.credit.update(route, client_id)
+                window = self.credit.answered(route, client_id)
                 if window is not None:  # results went: the window is news only when it moved (balancer/credit.py)
                     self._send(route, p.encode(MsgType.CREDIT, *window, 0))
                 return

@@ -65,6 +65,10 @@ ARRIVING_S = 2.0
 # arriving: each telling walks every connection, so a storm of new clients costs that walk 16 times per
 # ARRIVING_S, not once per client (the others hear of it with their next results, as for any other change).
 ARRIVING_TOLD_MAX = 16
+# A client a result batch went to within this many ticks (heartbeats) counts among those sharing the bytes
+# although it holds nothing at that moment: between one request and its next, several clients of big payloads
+# were each told the share of a client alone and sent at once, to be refused busy once their bytes had arrived.
+ACTIVE_TICKS = 2
 # An ask for room not repeated within this long is forgotten: a starved Client asks every CREDIT_ASK_S
 # (client_node/window.py), so only a connection that went away or no longer needs it stops asking.
 WANT_FRESH_S = 1.0
@@ -97,6 +101,8 @@ class Credit:
         self.told: dict[Any, Window] = {}
         self.client_of: dict[Any, int] = {}  # route -> the client id it was told a window for
         self.arriving: dict[int, float] = {}  # client id -> when it said CLIENT_HELLO, for ARRIVING_S
+        self.active: dict[int, int] = {}  # client id -> the tick a result batch last went to it
+        self.ticks = 0
         # route -> (client id, bytes asked for, when last asked): room not yet reserved, in the order asked
         self.wanting: dict[Any, tuple[int, int, float]] = {}
 
@@ -112,6 +118,10 @@ class Credit:
         self.total_requests = max(floor, int(self.rate * TARGET_WAIT_S))
         if self.arriving:
             self.arriving = {client: at for client, at in self.arriving.items() if now - at < ARRIVING_S}
+        self.ticks += 1
+        if self.active:
+            since = self.ticks - ACTIVE_TICKS
+            self.active = {client: tick for client, tick in self.active.items() if tick >= since}
 
     def window(self, client_id: int) -> Window:
         """What a connection of this client id may have outstanding now: (requests, bytes or None)."""
@@ -125,10 +135,16 @@ class Credit:
         if budget.limit is None:
             return requests, None
         # Bytes are shared also with the clients waiting for room or holding room for a big request (a window
-        # that let a request through ahead of them would be refused busy once the room went to them), and with
-        # the clients just arrived.
-        sharing = max(sharing + len(budget.reservations) + len(self.wanting), len(self.arriving))
-        return requests, max(0, min(budget.share(sharing), mine + budget.free()))
+        # that let a request through ahead of them would be refused busy once the room went to them), with the
+        # clients just arrived and with those answered lately.
+        sharing = max(sharing + len(budget.reservations) + len(self.wanting), len(self.arriving), len(self.active))
+        free = budget.free()
+        if self.wanting:
+            # Room freed is the first ask's until it has enough: small requests cannot overtake it for ever.
+            head_client, head_cost, _at = next(iter(self.wanting.values()))
+            if head_client != client_id:
+                free -= head_cost
+        return requests, max(0, min(budget.share(sharing), mine + free))
 
     def welcome(self, route: Any, client_id: int) -> Window:
         """The window for a CLIENT_WELCOME to `route`, remembered as told."""
@@ -146,6 +162,11 @@ class Credit:
         others = [(r, c) for r, c in self.client_of.items() if r != route and c != client_id]
         return [(r, window) for r, c in others if (window := self.update(r, c)) is not None]
 
+    def answered(self, route: Any, client_id: int) -> Window | None:
+        """Results went to `route`: its client is active (ACTIVE_TICKS); the window to tell it, as update()."""
+        self.active[client_id] = self.ticks
+        return self.update(route, client_id)
+
     def update(self, route: Any, client_id: int) -> Window | None:
         """The window to tell `route` in a CREDIT, or None: it said no CLIENT_HELLO, or nothing worth telling."""
         told = self.told.get(route)
@@ -161,15 +182,19 @@ class Credit:
         """A connection asks for room for one request of `cost` bytes: the bytes reserved for it now, or 0
         (it waits in line, and grants() reserves them when they are free).
 
-        A request no budget could hold is let go at once, unreserved, to hear why from the refusal; one that
-        fits the window as it is needs no room of its own."""
+        A request no budget could hold is let go at once, unreserved, to hear why from the refusal. Room is
+        reserved also for a request the window would let through now: sent on chance beside other clients'
+        requests told the same free bytes, it was refused busy after it had arrived. A client whose last
+        reservation lapsed unused is not put in line (MemoryBudget.lapsed_for)."""
         budget = self.budget
         if budget.limit is None or cost > budget.limit:
             return cost
-        window = self.window(client_id)[1]
-        if (window is not None and cost <= window) or self.sched.refusing:
+        if self.sched.refusing or budget.lapsed_for(client_id, now):
             self.wanting.pop(route, None)
             return 0
+        held = budget.reservations.get(client_id)
+        if held is not None and held[0] >= cost:
+            return held[0]  # asked again while it is held (its answer crossed the ask)
         wanting = self.wanting
         first = not wanting or next(iter(wanting)) == route
         if first and budget.reserve_room(client_id, cost, now):
@@ -185,6 +210,9 @@ class Credit:
         for route, (client_id, cost, asked_at) in list(wanting.items()):
             if now - asked_at > WANT_FRESH_S:
                 del wanting[route]  # it stopped asking
+                continue
+            if budget.lapsed_for(client_id, now):
+                del wanting[route]  # it let room lapse: not again for a while
                 continue
             if not budget.reserve_room(client_id, cost, now):
                 break  # in order: who asked first is not overtaken by a smaller ask

@@ -8,7 +8,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balancer.budget import SHARE_OF_LIMIT
+from balancer.budget import LAPSED_S, SHARE_OF_LIMIT
 from balancer.credit import (
     ARRIVING_TOLD_MAX,
     CAPACITY_FACTOR,
@@ -291,11 +291,60 @@ def test_room_not_used_in_time_is_let_go_and_an_ask_no_longer_repeated_is_forgot
     assert budget.reserved == 0
 
 
-def test_an_ask_no_budget_could_hold_goes_at_once_to_hear_why_and_one_that_fits_the_window_needs_no_room():
+def test_an_ask_no_budget_could_hold_goes_at_once_to_hear_why_and_any_other_gets_room_of_its_own():
+    """Even an ask the window would let through gets its room reserved: sent on chance, beside other clients
+    told the same free bytes, it was refused busy once it had arrived."""
     c = credit(MIB)
     assert c.want("r", 1, 2 * MIB, now=0.0) == 2 * MIB and c.budget.reserved == 0
-    assert c.want("r", 1, 1000, now=0.0) == 0 and c.budget.reserved == 0
+    assert c.want("r", 1, 1000, now=0.0) == 1000 and c.budget.reserved == 1000
     assert credit(None).want("r", 1, 10**9, now=0.0) == 10**9
+
+
+def test_a_reservation_is_not_extended_by_asking_and_one_let_lapse_gets_no_other_for_a_while():
+    """Connections asking for the whole budget and never sending held it in turns; now asking again does not
+    extend a reservation, one that lapses shuts its client out of reservations for LAPSED_S (or until it
+    sends something), and the line goes on to the next."""
+    c = credit(64 * MIB)
+    budget = c.budget
+    whole = 60 * MIB
+    assert c.want("hog", 1, whole, now=0.0) == whole
+    assert c.want("fair", 2, 8 * MIB, now=0.0) == 0
+    for t in (0.25, 0.5, 1.0, 2.0):
+        assert c.want("hog", 1, whole, now=t) == whole  # held, not renewed
+        assert c.want("fair", 2, 8 * MIB, now=t) == 0
+    assert c.want("fair", 2, 8 * MIB, now=9.9) == 0  # a Client asks every 0.25 s while it waits
+    budget.expire_rooms(10.0)  # 1 s and 120 MiB at 16 MiB/s: 8.5 s
+    assert budget.reserved == 0 and budget.lapsed_for(1, 10.0)
+    assert [(route, size) for route, _w, size in c.grants(10.0)] == [("fair", 8 * MIB)]
+    assert c.want("hog", 1, whole, now=10.1) == 0 and "hog" not in c.wanting
+    assert not budget.lapsed_for(1, 10.0 + LAPSED_S)
+    budget.admit(1, 10)  # it sent something after all: slow, not asking for nothing
+    assert not budget.lapsed_for(1, 10.2)
+
+
+def test_room_freed_goes_to_the_first_ask_before_other_clients_windows_grow_into_it():
+    """A big ask waiting: other clients' byte windows do not count the room it needs as free, so their
+    small requests cannot keep it out for ever."""
+    c = credit(64 * MIB)
+    budget = c.budget
+    budget.charge(1, 1000)
+    before = c.window(1)[1]
+    big = request_cost(20 * MIB)
+    budget.charge(3, 20 * MIB)  # most of the budget is held
+    assert c.want("big", 2, big, now=0.0) == 0
+    assert c.window(1)[1] < before and c.window(1)[1] <= budget.by_client[1] + max(0, budget.free() - big)
+
+
+def test_clients_answered_lately_share_the_bytes_though_they_hold_nothing_at_that_moment():
+    c = credit(64 * MIB)
+    share = int(64 * MIB * SHARE_OF_LIMIT)
+    for client in (1, 2, 3):
+        c.welcome(f"r{client}", client)
+        c.answered(f"r{client}", client)
+    assert c.window(1)[1] == share // 3
+    for now in (1.0, 2.0, 3.0):
+        c.tick(now, finished=0, capacity=0)
+    assert c.window(1)[1] == share
 
 
 def test_a_big_request_takes_its_result_room_of_the_window_as_the_balancer_counts_it():
