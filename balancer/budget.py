@@ -50,11 +50,11 @@ MIB = 2**20
 SHARE_OF_LIMIT = 0.75
 # A reservation not used in time is let go: its client died, went elsewhere, or asks without sending. Its time
 # is RESERVATION_S plus what its bytes take at RESERVATION_BYTES_PER_S (a 64 MiB payload and its result's
-# room: 9 s), and asking again does not extend it. A client whose reservation lapsed is not given another for
+# room: 3 s), and asking again does not extend it. A client whose reservation lapsed is not given another for
 # LAPSED_S or until it sends a request: connections that ask and never send could otherwise hold the whole
 # budget in turns (two such connections kept a Client's small requests waiting 30 s).
 RESERVATION_S = 1.0
-RESERVATION_BYTES_PER_S = 16 * 2**20
+RESERVATION_BYTES_PER_S = 64 * 2**20
 LAPSED_S = 30.0
 
 
@@ -77,7 +77,17 @@ def _mib(n: int) -> str:
 class MemoryBudget:
     """Bytes held, in total and per client, against a limit (None: no limit, bytes still counted)."""
 
-    __slots__ = ("by_client", "kept", "lapsed", "limit", "live", "reservations", "reserved", "unsent")
+    __slots__ = (
+        "by_client",
+        "kept",
+        "lapsed",
+        "limit",
+        "live",
+        "reservations",
+        "reserved",
+        "unsent",
+        "unsent_by_client",
+    )
 
     def __init__(self, limit_bytes: int | None) -> None:
         self.limit = limit_bytes
@@ -85,6 +95,7 @@ class MemoryBudget:
         self.unsent = 0  # results held back for clients whose pipe is full, and big ones libzmq still holds
         self.kept = 0  # finished requests remembered (the scheduler sets it)
         self.by_client: dict[int, int] = {}  # live + unsent bytes per client id
+        self.unsent_by_client: dict[int, int] = {}  # the unsent part of it (its client does not count it)
         self.reserved = 0  # room held for requests their clients were told to send (reserve_room)
         self.reservations: dict[int, tuple[int, float]] = {}  # client id -> (bytes held, let go at)
         self.lapsed: dict[int, float] = {}  # client id -> until when it gets no reservation (one lapsed)
@@ -105,6 +116,7 @@ class MemoryBudget:
         if unsent:
             size += REQUEST_OVERHEAD_BYTES
             self.unsent += size
+            self.unsent_by_client[client_id] = self.unsent_by_client.get(client_id, 0) + size
         else:
             size = request_cost(size)
             self.live += size
@@ -116,6 +128,11 @@ class MemoryBudget:
         if unsent:
             size += REQUEST_OVERHEAD_BYTES
             self.unsent -= size
+            left = self.unsent_by_client.get(client_id, 0) - size
+            if left > 0:
+                self.unsent_by_client[client_id] = left
+            else:
+                self.unsent_by_client.pop(client_id, None)
         else:
             size = request_cost(size)
             self.live -= size

@@ -144,7 +144,9 @@ class Credit:
             head_client, head_cost, _at = next(iter(self.wanting.values()))
             if head_client != client_id:
                 free -= head_cost
-        return requests, max(0, min(budget.share(sharing), mine + free))
+        # The client's results still on their way out count against its share, and it does not count them.
+        unsent = budget.unsent_by_client.get(client_id, 0) if budget.unsent_by_client else 0
+        return requests, max(0, min(budget.share(sharing), mine + free) - unsent)
 
     def welcome(self, route: Any, client_id: int) -> Window:
         """The window for a CLIENT_WELCOME to `route`, remembered as told."""

@@ -165,6 +165,7 @@ class Client(Retries):
         # How long a submit may wait for room in a full local queue (None: as long as it takes).
         self.queue_timeout_s = queue_timeout_s
         self._asked_at = 0.0  # the last CLIENT_PING asking for credit
+        self._asked_for = -1  # the request it asked room for (Window.blocked_id)
         self._since_look = 0
         self._answered: dict[int, tuple[str, int | None, int]] = {}
         self._next_id = 1
@@ -472,8 +473,11 @@ class Client(Retries):
     def _send_freed(self) -> None:
         """Answers freed room, or credit came: what waits in the local queue goes. Only then: a flush also
         marks the session as just heard from, which would put off its ping."""
-        if self._window.waiting or self._window.again:
+        window = self._window
+        if window.waiting or window.again:
             self._flush()
+            if window.blocked_id != self._asked_for and window.want():
+                self._ask_room(time.monotonic())  # a new request too big for the window: ask now, not later
 
     def _keep_up(self, now: float) -> None:
         """Re-send what is overdue, and ping within the session's lease (often, with balancers to follow)."""
@@ -491,9 +495,13 @@ class Client(Retries):
         if self._outstanding and now - self._last_sent >= ping_s:
             self._send_session(MsgType.CLIENT_PING, self._window.want())
         elif self._window.starved() and now - self._asked_at >= CREDIT_ASK_S:
-            self._asked_at = now
-            # Answered CLIENT_WELCOME, with the window (credit) and any room reserved for the request asked for.
-            self._send_session(MsgType.CLIENT_PING, self._window.want())
+            self._ask_room(now)
+
+    def _ask_room(self, now: float) -> None:
+        """CLIENT_PING asking for credit: answered CLIENT_WELCOME, with the window and any room reserved for the
+        request asked for (its bytes, want())."""
+        self._asked_at, self._asked_for = now, self._window.blocked_id
+        self._send_session(MsgType.CLIENT_PING, self._window.want())
 
     def _check_connected(self, now: float) -> None:
         if self.heard or self.connect_timeout_s is None or now - self._started < self.connect_timeout_s:

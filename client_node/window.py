@@ -88,6 +88,7 @@ class Window:
     __slots__ = (
         "again",
         "blocked",
+        "blocked_id",
         "bytes",
         "max_bytes",
         "max_requests",
@@ -116,6 +117,7 @@ class Window:
         self.again: deque[tuple[int, Outstanding]] = deque()  # refused busy: they go first
         self.reserved = 0  # bytes the balancer holds for one more request beyond the window (once)
         self.blocked = 0  # the bytes of the next request, when the last take() stopped at it; else 0
+        self.blocked_id = -1  # and its request id
 
     def grant(self, requests: int, size: int | None, reserved: int = 0) -> None:
         """The balancer's word: at most `requests` requests and `size` bytes (None: no byte bound) out, and
@@ -180,7 +182,7 @@ class Window:
                     if out >= requests or out_bytes + cost > size:
                         if cost > self.reserved:
                             blocked = True
-                            self.blocked = cost
+                            self.blocked, self.blocked_id = cost, entry[0]
                             break
                         self.reserved = 0  # the room the balancer holds for it: used once
                     sent.state = SENT

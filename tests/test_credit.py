@@ -122,7 +122,7 @@ def test_clients_that_keep_to_their_windows_are_never_refused_busy(sizes, limit,
     for n, size in enumerate(sizes):
         client_id = 1 + n % 2
         out = sched.budget.by_client.get(client_id, 0)  # what it has out: its requests still at the balancer
-        if out + size + REQUEST_OVERHEAD_BYTES > c.window(client_id)[1]:
+        if out + request_cost(size) > c.window(client_id)[1]:
             continue  # the Client would keep it in its local queue
         outcome = sched.submit(client_id, n, 5, f"c{client_id}".encode(), b"x" * size)
         assert outcome is Submitted.QUEUED, sched.last_refusal
@@ -313,7 +313,7 @@ def test_a_reservation_is_not_extended_by_asking_and_one_let_lapse_gets_no_other
         assert c.want("hog", 1, whole, now=t) == whole  # held, not renewed
         assert c.want("fair", 2, 8 * MIB, now=t) == 0
     assert c.want("fair", 2, 8 * MIB, now=9.9) == 0  # a Client asks every 0.25 s while it waits
-    budget.expire_rooms(10.0)  # 1 s and 120 MiB at 16 MiB/s: 8.5 s
+    budget.expire_rooms(10.0)  # 1 s and 120 MiB at 64 MiB/s: 2.9 s
     assert budget.reserved == 0 and budget.lapsed_for(1, 10.0)
     assert [(route, size) for route, _w, size in c.grants(10.0)] == [("fair", 8 * MIB)]
     assert c.want("hog", 1, whole, now=10.1) == 0 and "hog" not in c.wanting
