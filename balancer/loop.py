@@ -424,6 +424,11 @@ class Balancer:
         self.client_side.tick(now)
         self.times.roll(now)
         sched.sessions.sweep()
+        # What outlived a tick is the loop's state (requests, results, routes), freed by reference counts, not
+        # by the cycle collector: frozen out of collections, as at start-up (_tune_gc). A full collection over
+        # 300,000 waiting requests took 71 to 280 ms of the loop, and its objects make no cycles: under the
+        # throughput bench and an admin burst over 300,000 waiting, the collector found none after start-up.
+        gc.freeze()
         self.node_side.tick()
         self.majordomo.tick(now)
         c = sched.counters
@@ -492,7 +497,8 @@ def _tune_gc() -> None:
     """Collect cycles rarely: the loop makes few (its state is trees of records), but it allocates
     a container or three per message, and at the default gen-0 threshold of 700 a collection ran
     every few dozen requests, each walking the long-lived survivors (12% of a busy loop's samples).
-    What exists at start-up (a restored journal included) is frozen out of collections altogether."""
+    What exists at start-up (a restored journal included) is frozen out of collections altogether,
+    and so is what outlived each tick since (Balancer._tick)."""
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
 
