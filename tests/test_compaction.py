@@ -26,6 +26,22 @@ def kept_ids(s: Scheduler) -> list[tuple[int, int]]:
     return [(r.client_id, r.request_id) for r in s.kept]
 
 
+def journaled(path: Path, keep_finished: int, capacity: int) -> tuple[Scheduler, jr.Journal]:
+    """A scheduler keeping `keep_finished` results, its journal open at `path`, one node of `capacity`."""
+    sched = Scheduler(journal=True, keep_finished=keep_finished)
+    journal = jr.Journal(str(path))
+    journal.open([])
+    sched.hello(b"n", 0, capacity, 1, "h", 0.0)
+    return sched, journal
+
+
+def restored_from(path: Path, sched: Scheduler) -> Scheduler:
+    """A scheduler restarted on the journal at `path`, with the live one's keep_finished."""
+    restored = Scheduler()
+    jr.restore(restored, jr.replay(str(path), sched.kept.keep))
+    return restored
+
+
 # When the fsync reports, in loop steps: the kept results (keep_finished=50) were trimmed while the new file
 # was written. Before results were rewritten in the order they finished, 56-58 failed (a full suite run under
 # load once): slices had put results that finished before them after ones that finished later.
@@ -38,10 +54,7 @@ def test_changes_during_an_incremental_compaction_survive_it(tmp_path: Path, mon
     fsync = compaction._fsync
     monkeypatch.setattr(compaction, "_fsync", lambda fd, done: held.append((fd, done)))
     path = tmp_path / "j"
-    sched = Scheduler(journal=True, keep_finished=50)
-    journal = jr.Journal(str(path))
-    journal.open([])
-    sched.hello(b"n", 0, 5, 1, "h", 0.0)
+    sched, journal = journaled(path, 50, 5)
     for rid in range(100):
         sched.submit(rid % 3, rid, rid % 4, b"r", f"p{rid}".encode())
     sched.dispatch()
@@ -64,8 +77,7 @@ def test_changes_during_an_incremental_compaction_survive_it(tmp_path: Path, mon
     assert journal.compactions == 1
     assert not (tmp_path / "j.tmp").exists()
     journal.close()
-    restored = Scheduler()
-    jr.restore(restored, jr.replay(str(path), sched.kept.keep))
+    restored = restored_from(path, sched)
     assert view(restored) == view(sched)
     assert kept_ids(restored) == kept_ids(sched)
 
@@ -76,10 +88,7 @@ def test_a_restart_keeps_the_newest_results_whatever_order_their_clients_came_in
     compacted or written whole replays them in the order they finished, so a restart keeps the newest 3
     results (not those of the client written last, nor of the last arrivals) and the ids of the rest."""
     path = tmp_path / "j"
-    sched = Scheduler(journal=True, keep_finished=3)
-    journal = jr.Journal(str(path))
-    journal.open([])
-    sched.hello(b"n", 0, 1, 1, "h", 0.0)
+    sched, journal = journaled(path, 3, 1)
     for rid in range(9):
         sched.submit(rid % 3, rid, 9 - rid, b"r", f"p{rid}".encode())  # the last to arrive runs first
     for _ in range(8):
@@ -94,8 +103,7 @@ def test_a_restart_keeps_the_newest_results_whatever_order_their_clients_came_in
     else:
         journal.reopen(jr.snapshot(sched))
     journal.close()
-    restored = Scheduler()
-    jr.restore(restored, jr.replay(str(path), sched.kept.keep))
+    restored = restored_from(path, sched)
     assert kept_ids(sched) == [(0, 3), (2, 2), (1, 1)]
     assert kept_ids(restored) == kept_ids(sched)
     assert view(restored) == view(sched)
@@ -105,13 +113,10 @@ def test_a_restart_keeps_the_newest_results_whatever_order_their_clients_came_in
 def test_results_finishing_faster_than_a_slice_writes_them_do_not_hold_the_compaction_up(
     tmp_path: Path, monkeypatch
 ):
-    """5 results finish between slices of 2: the results that finished since the copy are written as many a
-    slice as finished, so the compaction still ends, with every result in the order it finished."""
+    """5 results finish between slices of 2: once reached, results are written as many a slice as finished
+    since the last one on top of the slice, so the compaction still ends, every result in the order it finished."""
     monkeypatch.setattr(compaction, "CHUNK", 2)
-    sched = Scheduler(journal=True, keep_finished=40)
-    journal = jr.Journal(str(tmp_path / "j"))
-    journal.open([])
-    sched.hello(b"n", 0, 20, 1, "h", 0.0)
+    sched, journal = journaled(tmp_path / "j", 40, 20)
     for rid in range(60):
         sched.submit(rid % 3, rid, 5, b"r", b"x")
     sched.dispatch()
@@ -128,8 +133,7 @@ def test_results_finishing_faster_than_a_slice_writes_them_do_not_hold_the_compa
         journal.append(sched.outbox.take_journal())
         assert steps < 1_000
     journal.close()
-    restored = Scheduler()
-    jr.restore(restored, jr.replay(str(tmp_path / "j"), sched.kept.keep))
+    restored = restored_from(tmp_path / "j", sched)
     assert kept_ids(restored) == kept_ids(sched) and len(kept_ids(sched)) == 40
     assert view(restored) == view(sched)
 
