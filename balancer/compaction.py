@@ -9,10 +9,20 @@ any later change is an append that lands after it; so in the new file, as in
 the old, the last record of every request is its current state. A request
 forgotten before its slice is skipped.
 
+Finished requests are skipped there: their results follow in the order they
+finished, as replay reads them (the newest --keep-finished keep their results
+on restart, and the oldest go first when bytes or the budget need room). Written
+with their sessions, a result that finished before its slice came after ones
+that finished later but were appended earlier, and a restart kept older
+results than the balancer that wrote the file (test_compaction.py). They are
+read by their place in that order (KeptResults.places), up to the newest,
+those that finished meanwhile included: so each result's last record in the
+new file follows those of all that finished before it.
+
 Ids kept past their results (balancer/earlier.py) follow, a page at a time,
-once every session's requests are written: a request whose result was let go
-of before its slice was skipped there, and is in its page by then. Letting go
-of a result appends nothing, so this order is what keeps its id in the file.
+once every result is written: a request whose result was let go of before its
+slice was skipped there, and is in its page by then. Letting go of a result
+appends nothing, so this order is what keeps its id in the file.
 Request id reservations (RESERVED, balancer/sessions.py) come last, a slice at a
 time too; replay keeps the highest per client id, so their order is free.
 
@@ -62,6 +72,10 @@ class Compaction:
         self._sessions = [session for session in sched.sessions.values() if session]
         self._keys: list[int] = []  # request ids of the session being written, copied when it is reached
         self._at = 0
+        self._kept = sched.kept
+        self._place: int | None = None  # the place of the next result to write, from the oldest when reached
+        self._seen_end = 0  # the place after the newest result when the last slice was taken
+        self._results_written = False  # every result finished so far: later ones are appended after them
         self._ids = sched.kept.ids
         self._id_clients: list[int] | None = None  # clients with ids past their results, listed when reached
         self._pages: list[int] = []  # page numbers of the client being written
@@ -75,8 +89,9 @@ class Compaction:
         """Write the next slice, or finish; True once the new file has replaced the journal."""
         if self._synced is None:
             records = self._next_slice()
-            if records:
-                self.journal.write_rewrite(records)
+            if records is not None:
+                if records:
+                    self.journal.write_rewrite(records)
                 return False
             self._synced = queue.SimpleQueue()
             fd = self.journal.rewrite_fd
@@ -89,26 +104,49 @@ class Compaction:
         self.journal.end_rewrite(failure)  # raises JournalError if the fsync failed
         return True
 
-    def _next_slice(self) -> list[tuple[Any, ...]]:
-        """Records of the next CHUNK requests, each from its state now (forgotten ones are skipped), then ids."""
+    def _next_slice(self) -> list[tuple[Any, ...]] | None:
+        """Records of the next CHUNK requests, each from its state now (forgotten ones are skipped), then
+        results and ids; None once everything is written."""
         out: list[tuple[Any, ...]] = []
-        while len(out) < CHUNK:
+        seen = 0  # requests looked at: a finished one is skipped, yet costs its share of the slice
+        while seen < CHUNK:
             if self._at >= len(self._keys):
                 if not self._sessions:
-                    self._next_ids(out)
-                    self._next_reservations(out)
-                    break
+                    if self._next_results(out, CHUNK - seen):
+                        self._next_ids(out)
+                        self._next_reservations(out)
+                        if not out:
+                            return None
+                    return out
                 # Keys, not values: copying a million ints takes 6 ms, a million Requests 20 (each is touched).
                 self._session = self._sessions.pop()
                 self._keys, self._at = list(self._session), 0
-            end = min(len(self._keys), self._at + CHUNK - len(out))
+            end = min(len(self._keys), self._at + CHUNK - seen)
             get = self._session.get
             for rid in self._keys[self._at : end]:
                 req = get(rid)
-                if req is not None:
+                if req is not None and req.status not in FINAL_STATUSES:  # results follow, in order
                     out.append(record_of(req, self._sched))
+            seen += end - self._at
             self._at = end
         return out
+
+    def _next_results(self, out: list[tuple[Any, ...]], room: int) -> bool:
+        """Records of kept results in the order they finished: `room` of them, and as many more as finished
+        since the last slice (so the rest to write shrinks every slice, however fast results come); True once
+        they are all written. A result let go of before its place was reached is skipped: its id follows."""
+        if self._results_written:
+            return True
+        kept = self._kept
+        places = kept.places
+        if self._place is None:
+            self._place, self._seen_end = places.start, places.stop
+        more = kept.from_place(self._place, room + places.stop - self._seen_end)
+        self._seen_end = places.stop
+        self._place = max(self._place, places.start) + len(more)
+        out.extend(record_of(req, self._sched) for req in more)
+        self._results_written = self._place >= places.stop
+        return self._results_written
 
     def _next_ids(self, out: list[tuple[Any, ...]]) -> None:
         """Records of ids past their results, a page at a time, until out holds CHUNK or none are left."""

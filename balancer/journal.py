@@ -46,8 +46,10 @@ COMPACT_SLACK_RECORDS = 50_000
 
 def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
     """The records that describe the scheduler's remembered requests now, the ids kept past their results and
-    the request id reservations."""
-    out = [record_of(req, sched) for req in sched.requests()]
+    the request id reservations. Results come in the order they finished, as replay reads them (not in the
+    order their requests arrived): a restart keeps the newest."""
+    out = [record_of(req, sched) for req in sched.requests() if req.status not in p.FINAL_STATUSES]
+    out.extend(record_of(req, sched) for req in sched.kept)
     out.extend((EARLIER, *held) for held in sched.kept.ids)
     out.extend((RESERVED, *reserved) for reserved in sched.sessions.reserved.items())
     return out

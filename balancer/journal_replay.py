@@ -99,9 +99,12 @@ def replay(path: str, keep_finished: int | None = None) -> Recovered:
         _apply_mark(out, found, mark, len(data), invalid)
     for rec in latest.values():
         (out.pending if rec[0] in (ACCEPTED, DEAD_LETTER) else out.finished).append(rec)
-    if keep_finished is not None and len(out.finished) > keep_finished:
-        beyond = len(out.finished) - keep_finished
-        out.finished[:beyond] = [_without_result(rec) for rec in out.finished[:beyond]]
+    if keep_finished is not None:
+        # Only results count: ids already past theirs (EARLIER) follow every result in a compacted file,
+        # and counted they took the newest results' places (keep_finished=50 and 50 ids kept none).
+        results = [at for at, rec in enumerate(out.finished) if rec[0] == FINISHED]
+        for at in results[: max(0, len(results) - keep_finished)]:
+            out.finished[at] = _without_result(out.finished[at])
     return out
 
 

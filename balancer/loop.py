@@ -319,8 +319,12 @@ class Balancer:
         journal = self.journal
         ha = self.ha
         drops = self.drops
+        excused_to = time.monotonic()
         while not self._stopping or not self._wound_down():
             now = time.monotonic()
+            # Stopped between iterations (after the last one's count, before this clock read): not late from
+            # the poll's view, so excused here, before this iteration judges anyone.
+            self._excused(excused_to, now)
             deadline = min(next_tick, next_expiry, drops.due_at, next_publish if self.sched.events else next_tick)
             control_waiting = control.waiting
             busy = (journal is not None and journal.compaction) or control_waiting
@@ -381,7 +385,7 @@ class Balancer:
             busy_s = done - woke  # poll wait excluded: the stall a probe sees
             if busy_s > times.longest_s:
                 times.longest_s = busy_s
-            self._excused(excused_to, done)
+            excused_to = self._excused(excused_to, done)
         self._say_goodbye()
 
     def _excused(self, since: float, now: float) -> float:

@@ -79,6 +79,17 @@ def test_replay_keeps_results_of_the_newest_finished_and_ids_of_the_rest(tmp_pat
     assert {r[0] for r in jr.replay(str(path)).finished} == {FINISHED}
 
 
+def test_ids_already_past_their_results_leave_keep_finished_to_results(tmp_path: Path):
+    """A compacted file lists the ids kept past their results after every result: keep_finished counts
+    results only, so those ids take no result's place."""
+    path = tmp_path / "j"
+    earlier = [(EARLIER, 1, rid, p.PROCESSED, None) for rid in range(10, 13)]
+    written(path, [finished(1, i) for i in range(3)], earlier)
+    kept = jr.replay(str(path), keep_finished=2).finished
+    ids = [(EARLIER, rid) for rid in range(10, 13)]
+    assert [(r[0], r[2]) for r in kept] == [(EARLIER, 0), (FINISHED, 1), (FINISHED, 2), *ids]
+
+
 def test_restore_requeues_unfinished_and_answers_finished_resubmissions(tmp_path: Path):
     """A restored scheduler dispatches the unfinished work and re-answers a finished request without running it."""
     path = tmp_path / "j"

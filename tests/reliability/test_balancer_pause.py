@@ -185,7 +185,14 @@ def test_a_node_declared_dead_that_comes_back_holding_its_work_keeps_it_and_runs
     gate = tmp_path / "gate"
     with Client(endpoints.frontend, client_id=5, retry_s=2.0) as client:
         pending = [client.submit(gate_payload(str(gate), i)) for i in range(2)]
-        wait_until(lambda: client.pump(0) >= 0 and balancer.servers()[0]["in_flight"] == 2, 20, "the node holding both")
+
+        def holding() -> bool:
+            # Running on the node, not only sent to it: stopped before it read them, the node wakes past its
+            # liveness, closes its socket with the WORK in it and comes back holding nothing (a fresh start).
+            client.pump(0)
+            return balancer.servers()[0]["in_flight"] == 2 and sum(executions(log).values()) == 2
+
+        wait_until(holding, 20, "the node running both")
         os.kill(node.pid, signal.SIGSTOP)
         try:
             balancer.wait_dead(0)
