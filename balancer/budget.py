@@ -23,7 +23,8 @@ the budget divided by the number of clients holding bytes, so one client alone
 may hold most of it, the rest is room for a newcomer's first requests (a client
 holding nothing is refused only when the total is full), and one flooding client
 cannot starve another. The same share sizes the windows the balancer grants its
-clients (balancer/credit.py), so a Client that keeps to its window is not refused.
+clients (balancer/credit.py), so a Client that keeps to its window is refused only
+when its window shrank after it was told.
 
 What the budget cannot see is what libzmq receives before the loop reads it:
 the loop reads every socket as soon as it can, and a payload it refuses is
@@ -219,14 +220,15 @@ class MemoryBudget:
         if have is not None:
             self.reserved -= have[0]
 
-    def expire_rooms(self, now: float) -> None:
-        """Let go of the reservations whose time is up; their clients get none for LAPSED_S."""
-        for client_id, (_cost, until) in list(self.reservations.items()):
-            if until <= now:
-                self.unreserve_room(client_id)
-                self.lapsed[client_id] = now + LAPSED_S
+    def expire_rooms(self, now: float) -> list[int]:
+        """Let go of the reservations whose time is up; their clients (returned) get none for LAPSED_S."""
+        gone = [client_id for client_id, (_cost, until) in self.reservations.items() if until <= now]
+        for client_id in gone:
+            self.unreserve_room(client_id)
+            self.lapsed[client_id] = now + LAPSED_S
         if self.lapsed:
             self.lapsed = {client_id: until for client_id, until in self.lapsed.items() if until > now}
+        return gone
 
     def lapsed_for(self, client_id: int, now: float) -> bool:
         """True while this client may get no reservation (one of its lapsed)."""

@@ -11,7 +11,8 @@ window itself is news. A window is two bounds, both for the connection's client 
 - **bytes** (each request as wire.limits.request_cost counts it, as the memory
   budget does): the client's share of the budget, the very share the budget's
   admission checks (balancer/budget.py), and never more than what the client holds
-  plus what is free. The hard bound: keep to it and no submit is refused busy.
+  plus what is free. Keep to it and no submit is refused busy, but for a window that shrank
+  after it was told (it is told again with the connection's next results).
 - **requests**: the balancer's completion rate times TARGET_WAIT_S, shared by the
   clients with work, and never below what keeps every live node busy. Memory is not
   what it guards: it keeps a request's wait at the balancer short, well under a
@@ -105,6 +106,11 @@ class Credit:
         self.ticks = 0
         # route -> (client id, bytes asked for, when last asked): room not yet reserved, in the order asked
         self.wanting: dict[Any, tuple[int, int, float]] = {}
+        # client id -> the connection its reservation was granted to; route -> until when a connection whose
+        # reservation lapsed gets none (a client id is a name anyone may say: one connection asking under a new
+        # id every 2 s held the whole budget for as long as it went on)
+        self.reserved_by: dict[int, Any] = {}
+        self.lapsed_routes: dict[Any, float] = {}
 
     def tick(self, now: float, finished: int, capacity: int) -> None:
         """Once per heartbeat: `finished` requests so far, `capacity` of the live nodes; re-size the total."""
@@ -191,9 +197,11 @@ class Credit:
         budget = self.budget
         if budget.limit is None or cost > budget.limit:
             return cost
-        if self.sched.refusing or budget.lapsed_for(client_id, now):
+        if self.sched.refusing or budget.lapsed_for(client_id, now) or self._lapsed_route(route, now):
             self.wanting.pop(route, None)
             return 0
+        if route not in self.told:
+            return 0  # room goes to connections that said CLIENT_HELLO, and a lapse holds for the connection too
         held = budget.reservations.get(client_id)
         if held is not None and held[0] >= cost:
             return held[0]  # asked again while it is held (its answer crossed the ask)
@@ -201,6 +209,7 @@ class Credit:
         first = not wanting or next(iter(wanting)) == route
         if first and budget.reserve_room(client_id, cost, now):
             wanting.pop(route, None)
+            self.reserved_by[client_id] = route
             return cost
         wanting[route] = (client_id, cost, now)  # one already in line keeps its place
         return 0
@@ -213,17 +222,34 @@ class Credit:
             if now - asked_at > WANT_FRESH_S:
                 del wanting[route]  # it stopped asking
                 continue
-            if budget.lapsed_for(client_id, now):
+            if budget.lapsed_for(client_id, now) or self._lapsed_route(route, now):
                 del wanting[route]  # it let room lapse: not again for a while
                 continue
             if not budget.reserve_room(client_id, cost, now):
                 break  # in order: who asked first is not overtaken by a smaller ask
             del wanting[route]
+            self.reserved_by[client_id] = route
             window = self.window(client_id)
             if route in self.told:
                 self.told[route] = window
             granted.append((route, window, cost))
         return granted
+
+    def lapsed(self, client_ids: list[int], until: float) -> None:
+        """These clients let their reservations lapse: so did the connections they were granted to."""
+        for client_id in client_ids:
+            route = self.reserved_by.pop(client_id, None)
+            if route is not None:
+                self.lapsed_routes[route] = until
+
+    def _lapsed_route(self, route: Any, now: float) -> bool:
+        until = self.lapsed_routes.get(route)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self.lapsed_routes[route]
+        return False
 
     def forget(self, route: Any, client_id: int | None = None) -> None:
         """The connection is done (CLIENT_BYE): what it was told, asked for and reserved goes."""

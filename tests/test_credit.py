@@ -26,6 +26,13 @@ MIB = 2**20
 COST = 16 + REQUEST_OVERHEAD_BYTES  # a 16-byte request
 
 
+def ask(c: Credit, route: str, client_id: int, cost: int, now: float) -> int:
+    """A connection asks for room, as a Client does: after its CLIENT_HELLO (its welcome)."""
+    if route not in c.told:
+        c.welcome(route, client_id)
+    return c.want(route, client_id, cost, now)
+
+
 def credit(limit: int | None = 64 * MIB) -> Credit:
     return Credit(Scheduler(max_memory_bytes=limit), now=0.0)
 
@@ -260,12 +267,12 @@ def test_room_for_a_request_over_the_share_is_reserved_in_the_order_asked_and_ta
     payload = 8 * MIB
     big = request_cost(payload)  # 16 MiB and 400 bytes: the payload and room for its result
     assert c.window(1)[1] < big  # its share: 12 MiB
-    assert c.want("r1", 1, big, now=0.0) == big
+    assert ask(c, "r1", 1, big, now=0.0) == big
     assert c.window(2)[1] <= budget.free() and budget.reserved == big
-    assert c.want("r2", 2, big, now=0.0) == big  # 64 MiB holds two more
-    assert c.want("r3", 3, big, now=0.0) == big
-    assert c.want("r4", 4, big, now=0.0) == 0  # no room: it waits in line
-    assert c.want("r4", 4, big, now=0.1) == 0 and list(c.wanting) == ["r4"]
+    assert ask(c, "r2", 2, big, now=0.0) == big  # 64 MiB holds two more
+    assert ask(c, "r3", 3, big, now=0.0) == big
+    assert ask(c, "r4", 4, big, now=0.0) == 0  # no room: it waits in line
+    assert ask(c, "r4", 4, big, now=0.1) == 0 and list(c.wanting) == ["r4"]
     assert c.grants(0.2) == []
     assert budget.admit(1, payload) == "" and budget.by_client[1] > 12 * MIB  # the reserved room, over the share
     assert budget.reserved == 2 * big
@@ -281,12 +288,12 @@ def test_room_not_used_in_time_is_let_go_and_an_ask_no_longer_repeated_is_forgot
     for client in (1, 2, 3, 4):
         budget.charge(client, 1000)
     big = 40 * MIB
-    assert c.want("r1", 1, big, now=0.0) == big
-    assert c.want("r2", 2, big, now=0.0) == 0  # 24 MiB left is not enough beside the first one's
+    assert ask(c, "r1", 1, big, now=0.0) == big
+    assert ask(c, "r2", 2, big, now=0.0) == 0  # 24 MiB left is not enough beside the first one's
     budget.expire_rooms(100.0)
     assert budget.reserved == 0
     assert c.grants(100.0) == [] and not c.wanting  # r2 stopped asking long ago
-    assert c.want("r3", 3, big, now=100.0) == big
+    assert ask(c, "r3", 3, big, now=100.0) == big
     c.forget("r3", 3)
     assert budget.reserved == 0
 
@@ -295,9 +302,9 @@ def test_an_ask_no_budget_could_hold_goes_at_once_to_hear_why_and_any_other_gets
     """Even an ask the window would let through gets its room reserved: sent on chance, beside other clients
     told the same free bytes, it was refused busy once it had arrived."""
     c = credit(MIB)
-    assert c.want("r", 1, 2 * MIB, now=0.0) == 2 * MIB and c.budget.reserved == 0
-    assert c.want("r", 1, 1000, now=0.0) == 1000 and c.budget.reserved == 1000
-    assert credit(None).want("r", 1, 10**9, now=0.0) == 10**9
+    assert ask(c, "r", 1, 2 * MIB, now=0.0) == 2 * MIB and c.budget.reserved == 0
+    assert ask(c, "r", 1, 1000, now=0.0) == 1000 and c.budget.reserved == 1000
+    assert ask(credit(None), "r", 1, 10**9, now=0.0) == 10**9
 
 
 def test_a_reservation_is_not_extended_by_asking_and_one_let_lapse_gets_no_other_for_a_while():
@@ -307,16 +314,16 @@ def test_a_reservation_is_not_extended_by_asking_and_one_let_lapse_gets_no_other
     c = credit(64 * MIB)
     budget = c.budget
     whole = 60 * MIB
-    assert c.want("hog", 1, whole, now=0.0) == whole
-    assert c.want("fair", 2, 8 * MIB, now=0.0) == 0
+    assert ask(c, "hog", 1, whole, now=0.0) == whole
+    assert ask(c, "fair", 2, 8 * MIB, now=0.0) == 0
     for t in (0.25, 0.5, 1.0, 2.0):
-        assert c.want("hog", 1, whole, now=t) == whole  # held, not renewed
-        assert c.want("fair", 2, 8 * MIB, now=t) == 0
-    assert c.want("fair", 2, 8 * MIB, now=9.9) == 0  # a Client asks every 0.25 s while it waits
+        assert ask(c, "hog", 1, whole, now=t) == whole  # held, not renewed
+        assert ask(c, "fair", 2, 8 * MIB, now=t) == 0
+    assert ask(c, "fair", 2, 8 * MIB, now=9.9) == 0  # a Client asks every 0.25 s while it waits
     budget.expire_rooms(10.0)  # 1 s and 120 MiB at 64 MiB/s: 2.9 s
     assert budget.reserved == 0 and budget.lapsed_for(1, 10.0)
     assert [(route, size) for route, _w, size in c.grants(10.0)] == [("fair", 8 * MIB)]
-    assert c.want("hog", 1, whole, now=10.1) == 0 and "hog" not in c.wanting
+    assert ask(c, "hog", 1, whole, now=10.1) == 0 and "hog" not in c.wanting
     assert not budget.lapsed_for(1, 10.0 + LAPSED_S)
     budget.admit(1, 10)  # it sent something after all: slow, not asking for nothing
     assert not budget.lapsed_for(1, 10.2)
@@ -331,7 +338,7 @@ def test_room_freed_goes_to_the_first_ask_before_other_clients_windows_grow_into
     before = c.window(1)[1]
     big = request_cost(20 * MIB)
     budget.charge(3, 20 * MIB)  # most of the budget is held
-    assert c.want("big", 2, big, now=0.0) == 0
+    assert ask(c, "big", 2, big, now=0.0) == 0
     assert c.window(1)[1] < before and c.window(1)[1] <= budget.by_client[1] + max(0, budget.free() - big)
 
 
@@ -380,3 +387,16 @@ def test_clients_saying_hello_together_share_the_byte_budget_and_the_first_ones_
     assert c.arrived("late", 999, now=1.0) == []
     c.tick(now=3.5, finished=0, capacity=0)  # ARRIVING_S later they count only if they hold bytes
     assert c.window(1)[1] == share
+
+
+def test_a_connection_that_lets_room_lapse_gets_none_under_another_client_id_and_only_hello_gets_room():
+    """A client id is a name anyone may say: one connection asking under a new id every 2 s held the whole
+    budget for as long as it went on. The lapse holds for the connection too, and a connection that never
+    said CLIENT_HELLO is given no room."""
+    c = credit(64 * MIB)
+    whole = 60 * MIB
+    assert c.want("stranger", 7, whole, now=0.0) == 0 and c.budget.reserved == 0
+    assert ask(c, "hog", 1, whole, now=0.0) == whole
+    c.lapsed(c.budget.expire_rooms(10.0), 10.0 + LAPSED_S)
+    assert ask(c, "hog", 2, whole, now=10.1) == 0 and c.budget.reserved == 0  # same connection, new id
+    assert ask(c, "fair", 3, whole, now=10.1) == whole
