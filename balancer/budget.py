@@ -71,6 +71,15 @@ def hwm_for(limit_bytes: int | None) -> int:
     return max(1000, limit_bytes // 65536)
 
 
+def _subtract(counts: dict[int, int], client_id: int, size: int) -> None:
+    """Take `size` off a client's count; a count that reaches 0 goes (its dict's length is read as "holding")."""
+    left = counts.get(client_id, 0) - size
+    if left > 0:
+        counts[client_id] = left
+    else:
+        counts.pop(client_id, None)
+
+
 def _mib(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
@@ -129,15 +138,11 @@ class MemoryBudget:
         if unsent:
             size += REQUEST_OVERHEAD_BYTES
             self.unsent -= size
-            left = self.unsent_by_client.get(client_id, 0) - size
-            if left > 0:
-                self.unsent_by_client[client_id] = left
-            else:
-                self.unsent_by_client.pop(client_id, None)
+            _subtract(self.unsent_by_client, client_id, size)
         else:
             size = request_cost(size)
             self.live -= size
-        by_client = self.by_client  # inline, not _release_for: every finished request comes through here
+        by_client = self.by_client  # inline, not _subtract: every finished request comes through here
         left = by_client.get(client_id, 0) - size
         if left > 0:
             by_client[client_id] = left
@@ -196,7 +201,7 @@ class MemoryBudget:
     def reserve_room(self, client_id: int, cost: int, now: float) -> bool:
         """Hold `cost` bytes (limits.request_cost of a payload) for this client's next request of that
         size, until it comes or its time is up (RESERVATION_S and the bytes' time); False when the budget
-        has no such room now, or this client let a reservation lapse within LAPSED_S.
+        has no such room now. (Whether a client that let one lapse may ask is its caller's: Credit.)
 
         One reservation per client id: asking again while it is held changes nothing (a bigger ask
         replaces it)."""
@@ -208,7 +213,7 @@ class MemoryBudget:
             if have[0] >= cost:
                 return True
             self.unreserve_room(client_id)
-        if cost > self.free() or self.lapsed.get(client_id, 0.0) > now:
+        if cost > self.free():
             return False
         reservations[client_id] = (cost, now + RESERVATION_S + cost / RESERVATION_BYTES_PER_S)
         self.reserved += cost

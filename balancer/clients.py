@@ -35,7 +35,6 @@ from typing import Any
 
 import zmq
 
-from balancer.budget import LAPSED_S
 from balancer.credit import Credit
 from balancer.incidents import Incidents
 from balancer.majordomo import Majordomo
@@ -410,7 +409,7 @@ class ClientSide:
         finished = c["processed"] + c["failed"] + c["expired"] + c["cancelled"] + c["dead"]
         capacity = sum(node.capacity for node in sched.routes.values() if node.active)
         self.credit.tick(now, finished, capacity)
-        self.credit.lapsed(self.sched.budget.expire_rooms(now), now + LAPSED_S)
+        self.credit.lapsed(self.sched.budget.expire_rooms(now), now)
         if self.credit.wanting:
             self._grant_wanted()
         if now - self._routes_swapped_at >= ROUTE_GENERATION_S:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from balancer.budget import LAPSED_S
 from balancer.scheduler import Scheduler
 
 # A request should wait at the balancer about this long: the request windows of all clients together are
@@ -197,7 +198,7 @@ class Credit:
         budget = self.budget
         if budget.limit is None or cost > budget.limit:
             return cost
-        if self.sched.refusing or budget.lapsed_for(client_id, now) or self._lapsed_route(route, now):
+        if self.sched.refusing or self._shut_out(route, client_id, now):
             self.wanting.pop(route, None)
             return 0
         if route not in self.told:
@@ -207,9 +208,8 @@ class Credit:
             return held[0]  # asked again while it is held (its answer crossed the ask)
         wanting = self.wanting
         first = not wanting or next(iter(wanting)) == route
-        if first and budget.reserve_room(client_id, cost, now):
+        if first and self._reserve(route, client_id, cost, now):
             wanting.pop(route, None)
-            self.reserved_by[client_id] = route
             return cost
         wanting[route] = (client_id, cost, now)  # one already in line keeps its place
         return 0
@@ -217,39 +217,47 @@ class Credit:
     def grants(self, now: float) -> list[tuple[Any, Window, int]]:
         """Room reserved now for connections that asked, first asked first: (route, window, bytes) each."""
         granted = []
-        wanting, budget = self.wanting, self.budget
+        wanting = self.wanting
         for route, (client_id, cost, asked_at) in list(wanting.items()):
             if now - asked_at > WANT_FRESH_S:
                 del wanting[route]  # it stopped asking
                 continue
-            if budget.lapsed_for(client_id, now) or self._lapsed_route(route, now):
+            if self._shut_out(route, client_id, now):
                 del wanting[route]  # it let room lapse: not again for a while
                 continue
-            if not budget.reserve_room(client_id, cost, now):
+            if not self._reserve(route, client_id, cost, now):
                 break  # in order: who asked first is not overtaken by a smaller ask
             del wanting[route]
-            self.reserved_by[client_id] = route
             window = self.window(client_id)
             if route in self.told:
                 self.told[route] = window
             granted.append((route, window, cost))
         return granted
 
-    def lapsed(self, client_ids: list[int], until: float) -> None:
-        """These clients let their reservations lapse: so did the connections they were granted to."""
+    def lapsed(self, client_ids: list[int], now: float) -> None:
+        """Once per tick: these clients let their reservations lapse, and so did the connections they were
+        granted to (shut out for LAPSED_S). What no longer matters is forgotten: the connections of
+        reservations used or let go, lapses over."""
         for client_id in client_ids:
             route = self.reserved_by.pop(client_id, None)
             if route is not None:
-                self.lapsed_routes[route] = until
+                self.lapsed_routes[route] = now + LAPSED_S
+        reservations = self.budget.reservations
+        if len(self.reserved_by) > len(reservations):
+            self.reserved_by = {c: r for c, r in self.reserved_by.items() if c in reservations}
+        if self.lapsed_routes:
+            self.lapsed_routes = {r: until for r, until in self.lapsed_routes.items() if until > now}
 
-    def _lapsed_route(self, route: Any, now: float) -> bool:
-        until = self.lapsed_routes.get(route)
-        if until is None:
+    def _shut_out(self, route: Any, client_id: int, now: float) -> bool:
+        """True while this client, or this connection, may get no room: one of its reservations lapsed."""
+        return self.budget.lapsed_for(client_id, now) or self.lapsed_routes.get(route, 0.0) > now
+
+    def _reserve(self, route: Any, client_id: int, cost: int, now: float) -> bool:
+        """Room for the client's next request, if the budget has it; remembered with the connection it goes to."""
+        if not self.budget.reserve_room(client_id, cost, now):
             return False
-        if until > now:
-            return True
-        del self.lapsed_routes[route]
-        return False
+        self.reserved_by[client_id] = route
+        return True
 
     def forget(self, route: Any, client_id: int | None = None) -> None:
         """The connection is done (CLIENT_BYE): what it was told, asked for and reserved goes."""

@@ -397,6 +397,6 @@ def test_a_connection_that_lets_room_lapse_gets_none_under_another_client_id_and
     whole = 60 * MIB
     assert c.want("stranger", 7, whole, now=0.0) == 0 and c.budget.reserved == 0
     assert ask(c, "hog", 1, whole, now=0.0) == whole
-    c.lapsed(c.budget.expire_rooms(10.0), 10.0 + LAPSED_S)
+    c.lapsed(c.budget.expire_rooms(10.0), 10.0)
     assert ask(c, "hog", 2, whole, now=10.1) == 0 and c.budget.reserved == 0  # same connection, new id
     assert ask(c, "fair", 3, whole, now=10.1) == whole
