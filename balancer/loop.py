@@ -204,8 +204,8 @@ class Balancer:
         # the descriptor will not signal again (ControlSide.waiting); the loop drains it then as if
         # signalled, once per pass and inside the pass's timing, like any socket.
         self._readers = {
-            self.frontend: self.client_side.drain,
             self.backend: self.node_side.drain,
+            self.frontend: self.client_side.drain,
             self.control_side.fd: self.control_side.drain,
         }
         if self.replication is not None:
@@ -304,6 +304,7 @@ class Balancer:
         if self._stopping:
             self._stop_deadline = 0.0
         self._stopping = True
+        self.node_side.work_first = False
 
     def run(self) -> None:
         """Serve until stop() is called, then wind down."""

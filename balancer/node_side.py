@@ -81,6 +81,9 @@ class NodeSide:
         # a result may only leave once its record is written (balancer/journal.py).
         self._may_answer_first = config.journal is None
         self._answer_first = False  # set per drain
+        # Without a journal, a node that reports gets its next work before anything else is done (the
+        # loop clears this as it stops: a stopping balancer starts no new work).
+        self.work_first = config.journal is None
         self._handlers = {
             MsgType.DONE: self._on_done,
             MsgType.DONE_BATCH: self._on_done_batch,
@@ -204,7 +207,10 @@ class NodeSide:
     def _on_done_batch(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         sched, limit = self.sched, self.config.max_message_bytes
         unknown = False
-        answer_first = self._answer_first and len(fields[0]) == 1
+        # Work waits: the node's next WORK leaves before its results are answered (they go with the flush).
+        # A node at capacity 1 is idle from its DONE to its next WORK, which is most of what bounds it.
+        work_first = self.work_first and sched.has_queued()
+        answer_first = self._answer_first and len(fields[0]) == 1 and not work_first
         for ticket, ok, result in fields[0]:
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
                 ok, result = False, limits.too_large("result", len(result), limit)
@@ -213,6 +219,8 @@ class NodeSide:
                 unknown = True
         if unknown and route not in sched.routes:
             self._unknown_node(route)
+        elif work_first:
+            self.dispatch()
 
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         node_id, capacity, pid, host, incarnation, max_seen, *offered = fields

@@ -161,6 +161,10 @@ class Scheduler:
         """How many requests wait for a node (those of paused clients, and those in a back-off, included)."""
         return sum(svc.waiting for svc in self._services.values()) + len(self.timers.delayed)
 
+    def has_queued(self) -> bool:
+        """Whether any queue holds a request (set-aside ones and stale entries count: a dispatch finds out)."""
+        return any(svc.queue.count for svc in self._services.values())
+
     def queued(self) -> Iterator[Request]:
         """Every request waiting for a node, in no order: queued (set-aside ones included, stale entries
         left out) or sitting out a back-off. The property tests check the queues' invariants through it."""
