@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from balancer import journal_format as jf
@@ -129,12 +130,17 @@ class Journal:
             return f"the journal's directory {directory} is not writable: no compaction or restart could rewrite it"
         return None
 
-    def append(self, records: list[tuple[Any, ...]]) -> bytes:
+    def append(
+        self, records: list[tuple[Any, ...]], before_write: Callable[[bytes, int], None] | None = None
+    ) -> bytes:
         """Append one iteration's records with one write (the fsync follows within the interval); the
-        bytes written, which a leader ships to its standby as they are (balancer/replication.py)."""
+        bytes written, which a leader ships to its standby as they are (balancer/replication.py), through
+        `before_write` (before this write: the standby's copy need not wait for it)."""
         if self.failure is not None:
             raise self.failure
         data = jf.frame(p.encode_records(records))
+        if before_write is not None:
+            before_write(data, len(records))
         try:
             jf.write_all(self._fd, data)
             if self.rewrite_fd >= 0:

@@ -23,6 +23,7 @@ for 500,000 requests, once per recovery.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from balancer import journal as jr
@@ -94,15 +95,16 @@ class JournalKeeper:
         """Results may leave: their records are written."""
         return self.problem is None
 
-    def append(self) -> tuple[bytes, int] | None:
+    def append(self, before_write: Callable[[bytes, int], None] | None = None) -> tuple[bytes, int] | None:
         """The iteration's records in one write, before any of its results leave; dropped while failing.
-        The bytes written and how many records they hold (None while failing), for a standby."""
+        The bytes written and how many records they hold (None while failing); `before_write` is given
+        them first (a leader's standby: Journal.append)."""
         sched = self.sched
         records = sched.outbox.take_journal()
         if self.problem is not None:
             return None  # the recovery's snapshot holds the state they describe
         try:
-            data = self.journal.append(records)
+            data = self.journal.append(records, before_write)
             live = len(sched.kept) + sched.waiting + sched.in_flight()
             if self.compaction is None and self.journal.due_for_compaction(live, sched.kept.ids.count):
                 self.compaction = Compaction(self.journal, sched)  # a slice per iteration

@@ -210,7 +210,7 @@ class Balancer:
         }
         if self.replication is not None:
             self._readers[self.replication.sock] = self.replication.drain
-            self._readers[self.ha.pipe] = self.ha.hear
+            self._readers[self.ha.pipe_fd] = self.ha.hear
         if self.drops.monitor is not None:
             # By its descriptor too, for the same reason: drops are rare. The descriptor signals an event
             # only once a read has found the monitor empty, so it is read empty now, and Drops.drain always
@@ -315,7 +315,6 @@ class Balancer:
         poll = self.poller.poll
         readers = self._readers
         control = self.control_side
-        control_fd = control.fd
         times = self.times
         journal = self.journal
         ha = self.ha
@@ -327,8 +326,8 @@ class Balancer:
             # the poll's view, so excused here, before this iteration judges anyone.
             self._excused(excused_to, now)
             deadline = min(next_tick, next_expiry, drops.due_at, next_publish if self.sched.events else next_tick)
-            control_waiting = control.waiting
-            busy = (journal is not None and journal.compaction) or control_waiting
+            quiet_waiting = control.waiting or (ha is not None and ha.pipe_waiting)
+            busy = (journal is not None and journal.compaction) or quiet_waiting
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
             woke = time.monotonic()
@@ -342,8 +341,8 @@ class Balancer:
             # Woken from idle, one message per socket, then the flush: what woke the loop is
             # answered first (wire/sockets.SLEPT_S).
             limit = 1 if woke - now >= SLEPT_S else DRAIN_BATCH
-            if control_waiting and all(sock != control_fd for sock, _ in ready):
-                ready.append((control_fd, zmq.POLLIN))  # arrivals its descriptor will not signal again
+            if quiet_waiting:
+                self._add_quiet(ready)
             for sock, _ in ready:
                 readers[sock](woke, limit)
             now = time.monotonic()
@@ -388,6 +387,15 @@ class Balancer:
                 times.longest_s = busy_s
             excused_to = self._excused(excused_to, done)
         self._say_goodbye()
+
+    def _add_quiet(self, ready: list[tuple[Any, int]]) -> None:
+        """The sockets polled by their descriptors that hold arrivals their descriptors will not signal again
+        (the control socket, an HA member's elector pipe) are read in this pass as if signalled."""
+        polled = {sock for sock, _ in ready}
+        quiet = [(self.control_side.waiting, self.control_side.fd)]
+        if self.ha is not None:
+            quiet.append((self.ha.pipe_waiting, self.ha.pipe_fd))
+        ready.extend((fd, zmq.POLLIN) for waiting, fd in quiet if waiting and fd not in polled)
 
     def _excused(self, since: float, now: float) -> float:
         """The loop ran from `since` to `now` without listening: beyond an iteration's usual length (a SIGSTOP
@@ -451,6 +459,8 @@ class Balancer:
                 self.replication.resnapshot(now)
         if self.replication is not None:
             self.replication.tick(now)
+        if self.ha is not None and self.ha.pipe.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.ha.pipe_waiting = True  # never expected (ask_insync notes it): a missed signal costs a tick at most
 
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
@@ -481,9 +491,14 @@ class Balancer:
         """Append the records decided so far and ship them to a standby (a control answer that rests on one,
         a request id reservation, leaves only after this)."""
         if self.journal is not None and self.sched.outbox.journal:
-            written = self.journal.append()
-            if written is not None and self.replication is not None:
-                self.replication.ship(*written)
+            self.journal.append(None if self.replication is None else self._ship)
+
+    def _ship(self, data: bytes, count: int) -> None:
+        """A batch for the standby, before this member writes it: when answers rest on it, it leaves now,
+        and the standby's APPLIED, which they wait for, is on its way while our own write goes on."""
+        out = self.sched.outbox
+        assert self.replication is not None
+        self.replication.ship(data, count, answers=bool(out.replies or out.replays))
 
     def publish_pending(self) -> None:
         """Publish and log the events not yet published (also on the way out after a failure)."""

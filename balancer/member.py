@@ -57,6 +57,12 @@ class Member:
         self.pipe = self.context.socket(zmq.PAIR)
         self.pipe.setsockopt(zmq.LINGER, 0)
         self.pipe.bind(address)
+        # The leading loop polls the pipe by its descriptor, not as a socket (balancer/loop.py, as the control
+        # socket): each socket zmq_poll polls costs a poll(2) before and after it sleeps, on every wake-up of
+        # the leader, and the elector speaks a few times a lease. `pipe_waiting`: a message arrived that the
+        # descriptor will not signal (our own send on the pipe took the signal), read on the loop's next pass.
+        self.pipe_fd: int = self.pipe.getsockopt(zmq.FD)
+        self.pipe_waiting = False
         self.name = self.endpoints["replication"]  # unique in the group: etcd refuses a second live holder
         self.elector = Elector(self.context, address, self.ha, self.name, self.endpoints)
         self.leader: dict[str, Any] | None = None
@@ -105,6 +111,7 @@ class Member:
         """The leading loop's reader for the pipe. An election heard while leading is a new leadership of
         ours (our old key expired and we won again): the loop steps down from the old epoch, and the
         member leads again with the new one at once (`run`)."""
+        self.pipe_waiting = False  # hear_elector reads until the pipe is empty, which re-arms its descriptor
         elected = self.hear_elector(now)
         if elected is not None:
             self.pending = elected
@@ -134,6 +141,7 @@ class Member:
 
     def ask_insync(self, members: list[str], epoch: int) -> None:
         self.pipe.send_pyobj(("insync", members, epoch))
+        self.pipe_waiting = bool(self.pipe.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
     def view(self) -> dict[str, Any]:
         """The HA section of `zlb status`."""
