@@ -27,7 +27,7 @@ import zmq
 from balancer import journal_format as jf
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
-from wire.sockets import received
+from wire.sockets import Waiter, received
 
 MIN_SILENCE_S = 1.0
 SILENT_KEEPALIVES = 4
@@ -44,6 +44,7 @@ class Replica:
         self.path = path
         self.name = name
         self.sock: zmq.Socket | None = None
+        self._waiter: Waiter | None = None  # a blocking receive on `sock`
         self.leader: str | None = None  # its replication endpoint
         self.epoch = 0
         self.seq = -1  # the last batch applied; -1 until a snapshot arrived
@@ -76,12 +77,27 @@ class Replica:
         sock.connect(endpoint)
         sock.send(p.encode(MsgType.FOLLOW, self.name))
         self.sock = sock
+        self._waiter = Waiter(sock)
         self.heard_at = now
 
     def stop_following(self) -> None:
         self._close_socket()
         self.leader = None
         self.caught_up_at = None
+
+    def wait(self, timeout_ms: int) -> None:
+        """Wait up to `timeout_ms` for the stream in a blocking receive, then apply what came.
+
+        The standby waits here, not in a poll, while it follows: every answer the leader holds waits for the
+        APPLIED this sends, and a blocking receive makes fewer syscalls per wake-up than zmq_poll
+        (wire/sockets.py, Waiter). The standby looks at its other sockets between two waits."""
+        if self._waiter is None:
+            return
+        frames = self._waiter.message(timeout_ms)
+        if frames is not None:
+            now = time.monotonic()
+            if self._take(frames, now):
+                self.drain(now)
 
     def drain(self, now: float) -> None:
         """Apply what the leader sent; re-follow if the stream broke."""
@@ -91,25 +107,31 @@ class Replica:
         # received(): a drain that ends on ZMQ_EVENTS, not on a receive raising zmq.Again (about 12 us on a
         # just-woken process, wire/sockets.py), on the path of every answer the leader holds for APPLIED.
         for frames in received(sock):
-            try:
-                msg_type, epoch, fields = p.decode_with_epoch(frames[0])
-                body = p.split_body(msg_type, frames)
-            except ProtocolError:
-                self.bad_messages += 1
-                continue
-            if epoch != self.epoch or msg_type not in (MsgType.SNAPSHOT, MsgType.RECORDS):
-                self.bad_messages += 1
-                continue
-            self.heard_at = now
-            if msg_type is MsgType.SNAPSHOT:
-                self.silence_s = max(MIN_SILENCE_S, SILENT_KEEPALIVES * fields[2] / 1000)
-            if not self._apply(msg_type, fields[0], fields[1], body, now):
-                self.follow(self.leader or "", self.epoch, now)  # a gap: start again from a snapshot
+            if not self._take(frames, now):
                 return
-            if self.records > 2 * self.snapshot_records + COMPACT_SLACK_RECORDS:
-                self.compactions += 1
-                self.follow(self.leader or "", self.epoch, now)  # a fresh snapshot replaces the grown file
-                return
+
+    def _take(self, frames: list[Any], now: float) -> bool:
+        """Apply one message of the stream; False if the stream broke (followed afresh: a new socket)."""
+        try:
+            msg_type, epoch, fields = p.decode_with_epoch(frames[0])
+            body = p.split_body(msg_type, frames)
+        except ProtocolError:
+            self.bad_messages += 1
+            return True
+        if epoch != self.epoch or msg_type not in (MsgType.SNAPSHOT, MsgType.RECORDS):
+            self.bad_messages += 1
+            return True
+        self.heard_at = now
+        if msg_type is MsgType.SNAPSHOT:
+            self.silence_s = max(MIN_SILENCE_S, SILENT_KEEPALIVES * fields[2] / 1000)
+        if not self._apply(msg_type, fields[0], fields[1], body, now):
+            self.follow(self.leader or "", self.epoch, now)  # a gap: start again from a snapshot
+            return False
+        if self.records > 2 * self.snapshot_records + COMPACT_SLACK_RECORDS:
+            self.compactions += 1
+            self.follow(self.leader or "", self.epoch, now)  # a fresh snapshot replaces the grown file
+            return False
+        return True
 
     def _apply(self, msg_type: MsgType, seq: int, count: int, body: bytes, now: float) -> bool:
         if msg_type is MsgType.SNAPSHOT:
@@ -204,3 +226,4 @@ class Replica:
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
+            self._waiter = None

@@ -28,6 +28,8 @@ from wire.protocol import MsgType, ProtocolError
 from wire.sockets import received
 
 TICK_S = 0.1
+# While following, the quiet sockets (peers to redirect, status queries, the elector) wait at most this long.
+QUIET_LOOK_MS = 5
 # Control commands answered per pass (status queries: a person or a script, never a flood of them).
 CONTROL_DRAIN = 16
 
@@ -55,11 +57,11 @@ class Standby:
     def run(self) -> tuple[int, float] | None:
         """Serve as standby until elected ((epoch, lease valid until)) or stopped (None)."""
         member = self.member
-        # The stream is polled as a socket; the four quiet sockets by their descriptors (ZMQ_FD), each read
-        # until ZMQ_EVENTS says it is empty (which re-arms its descriptor) and looked at once a tick besides.
-        # zmq_poll asks every socket it polls for ZMQ_EVENTS before and after it sleeps, a poll(2) each:
-        # with five sockets that was 8 more syscalls on the wake-up of every RECORDS the leader's answers
-        # wait for.
+        # While following, the loop waits for the stream in a blocking receive (Replica.wait) and looks at the
+        # four quiet sockets between two waits, by their descriptors (ZMQ_FD): each is read until ZMQ_EVENTS
+        # says it is empty (which re-arms its descriptor), and looked at once a tick besides. zmq_poll asks
+        # every socket it polls for ZMQ_EVENTS before and after it sleeps, a poll(2) each: polling all five
+        # cost 8 more syscalls on the wake-up of every RECORDS the leader's answers wait for.
         pipe_fd = member.pipe.getsockopt(zmq.FD)
         quiet = {
             self.frontend.getsockopt(zmq.FD): lambda: self._answer_all(self.frontend, self._redirect_client),
@@ -69,32 +71,31 @@ class Standby:
         poller = zmq.Poller()
         for fd in (pipe_fd, *quiet):
             poller.register(fd, zmq.POLLIN)
-        polled: zmq.Socket | None = None  # the replica's socket, which changes whenever it follows afresh
+        replica = self.replica
         next_tick = 0.0
         more = False  # a quiet socket was left with messages (a drain's limit): its descriptor will not say so
         while not member.stopping:
-            if self.replica.sock is not polled:
-                if polled is not None:
-                    poller.unregister(polled)
-                polled = self.replica.sock
-                if polled is not None:
-                    poller.register(polled, zmq.POLLIN)
-            ready = dict(poller.poll(0 if more else int(TICK_S * 1000)))
+            if replica.sock is not None:
+                if more:
+                    replica.drain(time.monotonic())
+                else:
+                    replica.wait(QUIET_LOOK_MS)
+                ready = dict(poller.poll(0))
+            else:
+                ready = dict(poller.poll(0 if more else int(TICK_S * 1000)))
             now = time.monotonic()
             tick = now >= next_tick
-            if tick or pipe_fd in ready:
+            if tick or pipe_fd in ready:  # what etcd says comes only through the pipe
                 elected = member.hear_elector(now) or member.own_leadership(now)
                 if elected is not None:
                     return elected
-            self._follow_leader(now)
-            if self.replica.sock is not None and self.replica.sock in ready:
-                self.replica.drain(now)
+                self._follow_leader(now)
             more = False
             for fd, answer in quiet.items():
                 if tick or fd in ready:
                     more = answer() or more
             if tick:
-                self.replica.tick(now)
+                replica.tick(now)
                 next_tick = now + TICK_S
         return None
 
