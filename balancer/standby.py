@@ -62,7 +62,7 @@ class Standby:
         # says it is empty (which re-arms its descriptor), and looked at once a tick besides. zmq_poll asks
         # every socket it polls for ZMQ_EVENTS before and after it sleeps, a poll(2) each: polling all five
         # cost 8 more syscalls on the wake-up of every RECORDS the leader's answers wait for.
-        pipe_fd = member.pipe.getsockopt(zmq.FD)
+        pipe_fd = member.pipe_fd
         quiet = {
             self.frontend.getsockopt(zmq.FD): lambda: self._answer_all(self.frontend, self._redirect_client),
             self.backend.getsockopt(zmq.FD): lambda: self._answer_all(self.backend, self._redirect_node),
