@@ -209,7 +209,7 @@ class Balancer:
             self.control_side.fd: self.control_side.drain,
         }
         if self.replication is not None:
-            self._readers[self.replication.sock] = self.replication.drain
+            self._readers[self.replication.fd] = self.replication.drain
             self._readers[self.ha.pipe_fd] = self.ha.hear
         if self.drops.monitor is not None:
             # By its descriptor too, for the same reason: drops are rare. The descriptor signals an event
@@ -326,7 +326,7 @@ class Balancer:
             # the poll's view, so excused here, before this iteration judges anyone.
             self._excused(excused_to, now)
             deadline = min(next_tick, next_expiry, drops.due_at, next_publish if self.sched.events else next_tick)
-            quiet_waiting = control.waiting or (ha is not None and ha.pipe_waiting)
+            quiet_waiting = control.waiting or (ha is not None and (ha.pipe_waiting or self.replication.unsignalled))
             busy = (journal is not None and journal.compaction) or quiet_waiting
             timeout_ms = 0 if busy else max(0, int((deadline - now) * 1000) + 1)
             ready = poll(timeout_ms)
@@ -377,6 +377,8 @@ class Balancer:
                 self._tick(now)
                 next_tick = now + self.heartbeat_s
             self._flush()
+            if self.replication is not None:
+                self.replication.recheck()
             events = self.sched.events
             if events and (now >= next_publish or len(events) >= PUBLISH_MAX_EVENTS):
                 self._publish()
@@ -390,11 +392,13 @@ class Balancer:
 
     def _add_quiet(self, ready: list[tuple[Any, int]]) -> None:
         """The sockets polled by their descriptors that hold arrivals their descriptors will not signal again
-        (the control socket, an HA member's elector pipe) are read in this pass as if signalled."""
+        (the control socket; an HA leader's elector pipe and replication socket) are read in this pass as if
+        signalled."""
         polled = {sock for sock, _ in ready}
         quiet = [(self.control_side.waiting, self.control_side.fd)]
-        if self.ha is not None:
+        if self.ha is not None and self.replication is not None:
             quiet.append((self.ha.pipe_waiting, self.ha.pipe_fd))
+            quiet.append((self.replication.unsignalled, self.replication.fd))
         ready.extend((fd, zmq.POLLIN) for waiting, fd in quiet if waiting and fd not in polled)
 
     def _excused(self, since: float, now: float) -> float:
@@ -461,6 +465,8 @@ class Balancer:
             self.replication.tick(now)
         if self.ha is not None and self.ha.pipe.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.ha.pipe_waiting = True  # never expected (ask_insync notes it): a missed signal costs a tick at most
+        if self.replication is not None and self.replication.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.replication.unsignalled = True  # the same
 
     def _flush(self) -> None:
         """Send what the scheduler decided; events are published by the loop, in batches."""
