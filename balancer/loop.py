@@ -476,7 +476,7 @@ class Balancer:
             self.node_side.send_cancels()
         if journal is not None and out.journal:
             self._write_journal()  # first: with a standby, its records are on their way before any WORK
-        if not self._stopping:  # a stopping balancer starts no new work
+        if not self._stopping and self.sched.has_queued():  # a stopping balancer starts no new work
             self.node_side.dispatch()
         if journal is not None:
             if out.journal:
