@@ -11,12 +11,9 @@ about results leaving:
   hand to its pipe. Held results are charged to the memory budget and retried
   each loop iteration; meanwhile the client's waiting requests are set aside
   by dispatch (balancer/waiting.py) and everyone else's go on.
-- **Big results count until libzmq lets them go.** A result over
-  limits.LONE_PAYLOAD_BYTES travels in a frame of its own, the very buffer the node's
-  DONE brought (no copy), which libzmq keeps until the client's connection has taken
-  it, also after the kept results have forgotten it. Each is sent with a tracker and
-  stays charged to its client as unsent until the tracker says libzmq is done, so a
-  slow reader's big results count against the budget while they wait in its pipe.
+- **Big results count until libzmq lets them go** (balancer/leaving.py): a result
+  over limits.LONE_PAYLOAD_BYTES stays charged to its client as unsent until a tracked
+  send on its connection, it or a later one, says libzmq is done with it.
 - **Credit keeps a Client below the budget.** Each connection that said
   CLIENT_HELLO is told its window (balancer/credit.py) in CLIENT_WELCOME, and in
   CREDIT when a result batch goes to it and the window moved enough since.
@@ -37,6 +34,7 @@ import zmq
 
 from balancer.credit import Credit
 from balancer.incidents import Incidents
+from balancer.leaving import LeavingResults
 from balancer.majordomo import Majordomo
 from balancer.records import Request, Submitted, conflict_reason
 from balancer.scheduler import Scheduler
@@ -101,13 +99,13 @@ class ClientSide:
         # client_id -> result batches (route, frames, payload bytes) its full pipe could not take, oldest
         # first; the loop reads whether any are held, to know if flush() has work
         self.held: dict[int, deque[tuple[bytes, list[Any], int]]] = {}
-        # client_id -> big results handed to libzmq, charged as unsent until it is done with them, oldest
-        # first: (size, tracker); the loop reads whether any are, to know if flush() has work
-        self.sending: dict[int, deque[tuple[int, zmq.MessageTracker]]] = {}
         self._routes: dict[bytes, bytes] = {}
         self._routes_old: dict[bytes, bytes] = {}
         self._routes_swapped_at = now
         self.credit = Credit(sched, now)
+        # Big results handed to libzmq, charged as unsent until it is done with them; the loop reads
+        # `leaving.any` to know if flush() has work.
+        self.leaving = LeavingResults(sock, sched.budget, self.credit)
         self._handlers = {
             MsgType.CLIENT_HELLO: self._on_hello,
             MsgType.CLIENT_PING: self._on_ping,
@@ -258,8 +256,8 @@ class ClientSide:
 
     def flush(self) -> None:
         """Send what the scheduler finished: results held for full pipes first, in order."""
-        if self.sending:
-            self._release_sent()
+        if self.leaving.any:
+            self.leaving.release()
         if self.held:
             self._retry_held()
         out = self.sched.outbox
@@ -320,15 +318,14 @@ class ClientSide:
 
     def _deliver(self, client_id: int, route: bytes, frames: list[Any], size: int) -> None:
         """Send a result batch, or hold it (and pause its client) when the client's pipe is full."""
-        if len(frames) == 2:  # one big result in a frame of its own (batch_frames): tracked
-            frames[1] = zmq.Frame(frames[1], copy=False, track=True)
+        if len(frames) == 2:  # one big result in a frame of its own (batch_frames)
+            frames[1] = self.leaving.frame(route, frames[1], size)
         held = self.held.get(client_id)
         if held is None:
             failed = send_routed(self.sock, route, frames)
             if not failed:
                 if len(frames) == 2:
-                    self.sched.budget.charge(client_id, size, unsent=True)
-                    self._track(client_id, size, frames[1].tracker)
+                    self.leaving.sent(route, client_id, size, frames[1])
                 window = self.credit.answered(route, client_id)
                 if window is not None:  # results went: the window is news only when it moved (balancer/credit.py)
                     self._send(route, p.encode(MsgType.CREDIT, *window, 0))
@@ -343,25 +340,6 @@ class ClientSide:
             return
         held.append((route, frames, size))
         self.sched.budget.charge(client_id, size, unsent=True)
-
-    def _track(self, client_id: int, size: int, tracker: zmq.MessageTracker) -> None:
-        going = self.sending.get(client_id)
-        if going is None:
-            going = self.sending[client_id] = deque()
-        going.append((size, tracker))
-
-    def _release_sent(self) -> None:
-        """Stop counting the big results libzmq is done with (written to their connection, or dropped).
-
-        A connection takes its messages in order, so each client's are checked from the oldest and
-        the first still there ends the check: a client that does not read costs one look per pass."""
-        budget = self.sched.budget
-        for client_id in list(self.sending):
-            going = self.sending[client_id]
-            while going and going[0][1].done:
-                budget.release(client_id, going.popleft()[0], unsent=True)
-            if not going:
-                del self.sending[client_id]
 
     def _pause(self, client_id: int) -> None:
         self.sched.pause_client(client_id)
@@ -382,10 +360,9 @@ class ClientSide:
                 held.popleft()
                 if failed:  # gone: its retries fetch the remembered results from the next connection
                     self.incidents.count(f"client_{failed}")
-                if len(frames) == 2 and not failed:  # a big one: still charged until libzmq is done with it
-                    self._track(client_id, size, frames[1].tracker)
-                else:
-                    budget.release(client_id, size, unsent=True)
+                budget.release(client_id, size, unsent=True)  # held: charged as unsent, as a sent big one is
+                if len(frames) == 2 and not failed:
+                    self.leaving.sent(route, client_id, size, frames[1])
             if not held:
                 del self.held[client_id]
                 self.sched.resume_client(client_id)

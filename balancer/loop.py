@@ -490,7 +490,7 @@ class Balancer:
             replication.hold(out, time.monotonic())  # this iteration's answers wait for the standby
             replication.release(out)  # earlier ones it has applied go now
         client_side = self.client_side
-        if out.replies or out.replays or client_side.held or client_side.sending or client_side.credit.wanting:
+        if out.replies or out.replays or client_side.held or client_side.leaving.any or client_side.credit.wanting:
             client_side.flush()
 
     def _write_journal(self) -> None:
