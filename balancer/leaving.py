@@ -10,15 +10,16 @@ Knowing needs a tracked send (pyzmq's zero-copy frame with a MessageTracker), an
 a message to pyzmq's garbage-collector thread: about 30 us of CPU a result, 14 % of the
 balancer's CPU with 256 KiB payloads. A connection delivers in order, so one tracked result done
 says every result sent before it on that connection is done too. Results to a connection that
-said CLIENT_HELLO therefore leave untracked (the frame as received: no copy, no collector) while a
-tracked one is on its way to it, up to UNTRACKED_RUN_BYTES in a row; the next is tracked. A run
-that no tracked result follows is closed by a tracked marker: a CREDIT repeating the window that
-connection was told, which a Client takes as it takes any CREDIT. A connection that never said
-hello (a raw client) is told nothing, so each of its big results is tracked.
+said CLIENT_HELLO therefore leave untracked (the frame as received: no copy, no collector), up to
+UNTRACKED_RUN_BYTES in a row; the next is tracked. A run that no tracked result has followed for
+MARK_AFTER_S is closed by a tracked marker: a CREDIT repeating the window that connection was told,
+which a Client takes as it takes any CREDIT. A connection that never said hello (a raw client) is
+told nothing, so each of its big results is tracked.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any
 
@@ -34,17 +35,21 @@ from wire.sockets import send_routed
 # reader's tail may hold beyond the tracked one it waits behind is counted all the same (charged
 # until a tracked result or marker after it is done); this bounds how many entries a pass looks at.
 UNTRACKED_RUN_BYTES = 2**20
+# An untracked run that long without a tracked result after it gets its marker: a steady stream tracks one
+# result in a run and sends no marker; a pause ends the run this long after its last result.
+MARK_AFTER_S = 0.005
 
 
 class _Going:
     """One connection's big results handed to libzmq, oldest first: (client id, bytes, tracker or None)."""
 
-    __slots__ = ("entries", "run", "tracked")
+    __slots__ = ("entries", "last_at", "run", "tracked")
 
     def __init__(self) -> None:
         self.entries: deque[tuple[int, int, zmq.MessageTracker | None]] = deque()
         self.tracked = 0  # tracked entries among them
         self.run = 0  # untracked bytes since the last tracked entry
+        self.last_at = 0.0  # when the newest entry left
 
 
 class LeavingResults:
@@ -63,7 +68,8 @@ class LeavingResults:
     def frame(self, route: bytes, body: Any, size: int) -> Any:
         """The frame to send a big result of `size` bytes to `route` in: tracked, or the body as it is."""
         going = self._going.get(route)
-        if going is None or not going.tracked or going.run + size > UNTRACKED_RUN_BYTES or not self._told(route):
+        run = 0 if going is None else going.run
+        if run + size > UNTRACKED_RUN_BYTES or route not in self._credit.told:
             return zmq.Frame(body, copy=False, track=True)
         return body
 
@@ -78,6 +84,7 @@ class LeavingResults:
         Each connection's results are checked from the oldest, and the first tracked one still on its
         way ends the check: a client that does not read costs a few looks per pass."""
         budget = self._budget
+        now = 0.0
         for route in list(self._going):
             going = self._going[route]
             entries = going.entries
@@ -96,21 +103,21 @@ class LeavingResults:
             if not entries:
                 del self._going[route]
             elif not going.tracked:
-                self._mark(route, going)
+                now = now or time.monotonic()
+                if now - going.last_at >= MARK_AFTER_S:
+                    self._mark(route, going)
 
     def _add(self, route: bytes, client_id: int, size: int, tracker: zmq.MessageTracker | None) -> None:
         going = self._going.get(route)
         if going is None:
             going = self._going[route] = _Going()
         going.entries.append((client_id, size, tracker))
+        going.last_at = time.monotonic()
         if tracker is not None:
             going.tracked += 1
             going.run = 0
         else:
             going.run += size
-
-    def _told(self, route: bytes) -> bool:
-        return route in self._credit.told
 
     def _mark(self, route: bytes, going: _Going) -> None:
         """A tracked CREDIT after an untracked run: once it is done, so is the run. Sent again next pass if the

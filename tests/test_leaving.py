@@ -87,10 +87,8 @@ def test_to_a_told_connection_only_some_results_are_tracked_and_all_stop_countin
     connected(router, dealer)
     leaving, _credit, budget = leaving_for(router, told=True)
     tracked = [send_result(router, leaving, bytes(SIZE)) for _ in range(12)]
-    assert tracked[0], "the first of a run is tracked"
-    assert not all(tracked), "results behind a tracked one leave untracked"
     run = UNTRACKED_RUN_BYTES // SIZE
-    assert tracked == [i % (run + 1) == 0 for i in range(12)], "at most UNTRACKED_RUN_BYTES untracked in a row"
+    assert tracked == [(i + 1) % (run + 1) == 0 for i in range(12)], "UNTRACKED_RUN_BYTES untracked, then one tracked"
     assert budget.unsent == charged(12)
     read_all(dealer, 12)
 
@@ -109,8 +107,8 @@ def test_a_run_no_tracked_result_follows_is_closed_by_a_credit_marker(pair):
     router, dealer = pair
     connected(router, dealer)
     leaving, credit, budget = leaving_for(router, told=True)
-    send_result(router, leaving, bytes(SIZE))  # tracked
-    send_result(router, leaving, bytes(SIZE))  # untracked: the tracked one is on its way
+    assert not send_result(router, leaving, bytes(SIZE))
+    assert not send_result(router, leaving, bytes(SIZE))  # a run of two that nothing tracked follows
     assert budget.unsent == charged(2)
     results = read_all(dealer, 2)
     assert [len(m[-1]) for m in results] == [SIZE, SIZE]
