@@ -73,7 +73,9 @@ class Standby:
             poller.register(fd, zmq.POLLIN)
         replica = self.replica
         next_tick = 0.0
-        more = False  # a quiet socket was left with messages (a drain's limit): its descriptor will not say so
+        # The quiet sockets a drain left with messages (its limit): their descriptors will not say so again, so
+        # they are read on the next pass as if signalled, and that pass does not wait.
+        more: set[int] = set()
         while not member.stopping:
             if replica.sock is not None:
                 if more:
@@ -90,10 +92,11 @@ class Standby:
                 if elected is not None:
                     return elected
                 self._follow_leader(now)
-            more = False
+            left = more
+            more = set()
             for fd, answer in quiet.items():
-                if tick or fd in ready:
-                    more = answer() or more
+                if (tick or fd in ready or fd in left) and answer():
+                    more.add(fd)
             if tick:
                 replica.tick(now)
                 next_tick = now + TICK_S
