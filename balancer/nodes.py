@@ -158,18 +158,23 @@ class NodeTable:
         self.routes[route] = node
 
     def _resync(self, node: Node, held: list[int], max_seen: int, now: float) -> list[Request]:
-        """The holder said HELLO again: what it saw pass and does not hold was lost with its old connection.
+        """The holder said HELLO again, on a fresh connection: what it saw pass and does not hold finished or
+        was lost with its old connection, and nothing is taken back yet.
 
-        WORK above the highest ticket it has seen may have been sent after its HELLO left;
-        the heartbeats settle those (see `heartbeat`).
+        Its DONE may still come on the old connection after this HELLO: a ROUTER reads its connections in
+        turn, not in the order things happened (a balancer stopped 5 s read a node's HELLO before the DONEs
+        its old connection brought, re-queued 7 finished requests and ran them again). So they count as
+        missing, and the first heartbeat on the new connection, which comes a heartbeat after the HELLO,
+        takes back those still running here and not held there (see `heartbeat`). WORK above the highest
+        ticket it has seen may have been sent after its HELLO left; the heartbeats settle those too.
         """
         self.touch(node, now)
         keep = set(held)
-        lost_tickets = [t for t in node.in_flight if t not in keep and t <= max_seen]
-        lost = self._take(node, lost_tickets)
-        if lost:
-            self.outbox.events.append((ev.NODE_RESYNCED, node.node_id, len(lost)))
-        return lost
+        missing = node.missing
+        for ticket in node.in_flight:
+            if ticket not in keep and ticket <= max_seen:
+                missing[ticket] = missing.get(ticket, 0) + 1
+        return []
 
     def heartbeat(
         self, route: Any, report: tuple[int, int, int, int], held: list[int] | None, mark: int, now: float

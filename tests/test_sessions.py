@@ -20,14 +20,19 @@ def dispatch_one(sched: Scheduler, rid: int = 1) -> int:
     return ticket
 
 
-def test_resync_hello_requeues_at_once_what_the_node_saw_pass_and_does_not_hold():
-    """A HELLO again from the same incarnation: what it saw and does not hold goes back; later WORK may be in flight."""
+def test_resync_hello_takes_back_at_the_next_heartbeat_what_the_node_saw_pass_and_does_not_hold():
+    """A HELLO again from the same incarnation: what it saw and does not hold may have finished (its DONE may
+    still come on the old connection), so it goes back only if the next heartbeat does not hold it either;
+    later WORK may be in flight."""
     sched = make()
     sched.hello(b"n0", 0, 3, 1, "h", 0.0, incarnation=A)
     kept = dispatch_one(sched, 1)
     lost = dispatch_one(sched, 2)
     later = dispatch_one(sched, 3)  # sent after the HELLO left the node: not seen yet, not lost
     sched.hello(b"n0", 0, 3, 1, "h", 0.5, incarnation=A, held=[kept], max_seen=lost)
+    assert list(sched.nodes[0].in_flight) == [kept, lost, later]
+    assert sched.counters["lost_in_transit"] == 0
+    sched.heartbeat(b"n0", 1, 0, 1.0, held=[kept], max_seen=lost)
     assert list(sched.nodes[0].in_flight) == [kept, later]
     assert sched.get(0, 2).status == "pending"
     assert sched.get(0, 2).attempts == 0  # lost on the way is not an attempt
@@ -35,13 +40,32 @@ def test_resync_hello_requeues_at_once_what_the_node_saw_pass_and_does_not_hold(
     assert ev.NODE_RESYNCED in [e[0] for e in sched.events]
 
 
+def test_a_done_that_comes_after_the_resync_hello_finishes_the_request_once():
+    """A balancer stopped for seconds reads a node's new HELLO before the DONE its old connection brought: the
+    request it finished is not re-queued, and the DONE finishes it."""
+    sched = make()
+    sched.hello(b"n0", 0, 2, 1, "h", 0.0, incarnation=A)
+    ticket = dispatch_one(sched, 1)
+    sched.hello(b"n0", 0, 2, 1, "h", 5.0, incarnation=A, held=[], max_seen=ticket)
+    assert sched.complete(b"n0", ticket, True, b"ok", 5.01) is not None
+    sched.heartbeat(b"n0", 0, 1, 5.5, held=[], max_seen=ticket)
+    assert sched.get(0, 1).status == "processed"
+    assert sched.counters["lost_in_transit"] == 0 and sched.dispatch() == []
+
+
+def resync_and_lose(sched, ticket: int, now: float) -> None:
+    """A resync HELLO listing nothing, then a heartbeat listing nothing: the ticket is lost on the way."""
+    sched.hello(b"n0", 0, 1, 1, "h", now, incarnation=A, held=[], max_seen=ticket)
+    sched.heartbeat(b"n0", 0, 0, now + 0.05, held=[], max_seen=ticket)
+
+
 def test_hello_storms_of_a_healthy_node_never_fail_a_request():
-    """Many resync HELLOs of one incarnation listing nothing re-queue, but never use up a request's attempts."""
+    """Many resyncs of one incarnation listing nothing re-queue, but never use up a request's attempts."""
     sched = make(max_attempts=3)
     sched.hello(b"n0", 0, 1, 1, "h", 0.0, incarnation=A)
     for round_ in range(10):
         ticket = dispatch_one(sched, 1) if round_ == 0 else next(t for _n, t, _r in sched.dispatch())
-        sched.hello(b"n0", 0, 1, 1, "h", 0.1 * round_, incarnation=A, held=[], max_seen=ticket)
+        resync_and_lose(sched, ticket, 0.1 * round_)
     assert sched.get(0, 1).status == "pending" and sched.counters["failed"] == 0
 
 
@@ -235,7 +259,7 @@ def test_a_request_lost_in_transit_again_and_again_fails_instead_of_going_round_
     sched.hello(b"n0", 0, 1, 1, "h", 0.0, incarnation=A)
     for round_ in range(MAX_TRANSIT_LOSSES):
         ticket = dispatch_one(sched, 1) if round_ == 0 else next(t for _n, t, _r in sched.dispatch())
-        sched.hello(b"n0", 0, 1, 1, "h", 0.1 * round_, incarnation=A, held=[], max_seen=ticket)
+        resync_and_lose(sched, ticket, 0.1 * round_)
     req = sched.get(0, 1)
     assert req.status == "dead" and f"lost in transit {MAX_TRANSIT_LOSSES} times" in sched.dead.get(0, 1).error
     assert sched.counters["lost_in_transit"] == MAX_TRANSIT_LOSSES and not sched._transit_losses
