@@ -22,6 +22,7 @@ class PeerLiveness:
     next_heartbeat: float
     backoff_s: float = 0.0
     backoff_max_s: float = RECONNECT_BACKOFF_MAX_S
+    heard_at: float = 0.0  # the last message from the balancer
 
     @classmethod
     def start(cls, interval_s: float, liveness: int, now: float) -> PeerLiveness:
@@ -32,6 +33,7 @@ class PeerLiveness:
         """Any message from the balancer resets the deadline and the back-off."""
         self.expires_at = now + self.interval_s * self.liveness
         self.backoff_s = 0.0
+        self.heard_at = now
 
     def adopt(self, interval_s: float, liveness: int, now: float) -> None:
         """Use the balancer's heartbeat interval and liveness (from WELCOME) from now on."""

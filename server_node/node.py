@@ -34,6 +34,7 @@ from server_node import handlers
 from server_node.alive import ALIVE_EVERY_S, AliveFile
 from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
+from server_node.unconfirmed import SentResults
 from wire import endpoints, limits
 from wire import protocol as p
 from wire.batching import batches, payload_size
@@ -100,6 +101,7 @@ class ServerNode:
         # Tickets received whose DONE has not been sent, in arrival order.
         self.held: dict[int, None] = {}
         self._done: list[tuple[int, bool, bytes]] = []  # finished this iteration, DONE not yet sent
+        self._sent = SentResults()  # DONEs the balancer may not have read, sent again on a fresh connection
         self._cancel_events: dict[int, threading.Event] = {}  # ticket -> its Work.cancelled, for pooled work
         self.cancelled = 0  # work the balancer told this node to stop
         self.max_payload = limits.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from WELCOME
@@ -222,6 +224,9 @@ class ServerNode:
             if self._key_refusals.seen() and not self._told_key_refused:
                 self._told_key_refused = True
                 print(f"zlb server: {KEY_REFUSED}; retrying", file=sys.stderr, flush=True)
+            for ticket, ok, result in self._sent.recall():  # listed as held in the next HELLO, then sent again
+                self.held[ticket] = None
+                self._done.append((ticket, ok, result))
             self._disconnect()
             self._redial_at = now + self.live.reconnected(now)
             if self.following.several:  # a leader gone silent: the next member at once
@@ -234,6 +239,8 @@ class ServerNode:
             # heartbeats, was re-queued and ran twice.
             header = p.encode(MsgType.HEARTBEAT, len(self.held), self.handled, self.dropped, self.max_seen)
             self._send(header, p.encode_tickets(self.held))
+            if self._sent:
+                self._sent.forget(self.live.heard_at, self.live.interval_s)
 
     def _leave(self, now: float) -> bool:
         """Drive a graceful stop; True once it is time to exit."""
@@ -401,8 +408,11 @@ class ServerNode:
         if self.sock is None:
             return
         done, self._done = self._done, []
+        now, live, sent = time.monotonic(), self.live, self._sent
         for batch in [done] if len(done) == 1 else batches(done, payload_size):  # one: batch_frames sees if big
-            self._send(*p.batch_frames(_DONE_BATCH, _DONE, batch))
+            if self._send(*p.batch_frames(_DONE_BATCH, _DONE, batch)):
+                for ticket, ok, result in batch:
+                    sent.add(now, ticket, ok, result, live.heard_at, live.interval_s)
         held = self.held  # after the sends: the books wait, the balancer does not
         for ticket, _ok, _result in done:
             del held[ticket]
