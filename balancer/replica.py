@@ -85,19 +85,21 @@ class Replica:
         self.leader = None
         self.caught_up_at = None
 
-    def wait(self, timeout_ms: int) -> None:
-        """Wait up to `timeout_ms` for the stream in a blocking receive, then apply what came.
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait up to `timeout_ms` for the stream in a blocking receive, then apply what came; False if nothing.
 
-        The standby waits here, not in a poll, while it follows: every answer the leader holds waits for the
-        APPLIED this sends, and a blocking receive makes fewer syscalls per wake-up than zmq_poll
+        The standby waits here, not in a poll, while the stream flows: every answer the leader holds waits for
+        the APPLIED this sends, and a blocking receive makes fewer syscalls per wake-up than zmq_poll
         (wire/sockets.py, Waiter). The standby looks at its other sockets between two waits."""
         if self._waiter is None:
-            return
+            return False
         frames = self._waiter.message(timeout_ms)
-        if frames is not None:
-            now = time.monotonic()
-            if self._take(frames, now):
-                self.drain(now)
+        if frames is None:
+            return False
+        now = time.monotonic()
+        if self._take(frames, now):
+            self.drain(now)
+        return True
 
     def drain(self, now: float) -> None:
         """Apply what the leader sent; re-follow if the stream broke."""
