@@ -360,9 +360,10 @@ class ClientSide:
                 held.popleft()
                 if failed:  # gone: its retries fetch the remembered results from the next connection
                     self.incidents.count(f"client_{failed}")
-                budget.release(client_id, size, unsent=True)  # held: charged as unsent, as a sent big one is
-                if len(frames) == 2 and not failed:
-                    self.leaving.sent(route, client_id, size, frames[1])
+                if len(frames) == 2 and not failed:  # a big one: still charged until libzmq is done with it
+                    self.leaving.track(route, client_id, size, frames[1])
+                else:
+                    budget.release(client_id, size, unsent=True)
             if not held:
                 del self.held[client_id]
                 self.sched.resume_client(client_id)

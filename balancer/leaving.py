@@ -76,6 +76,10 @@ class LeavingResults:
     def sent(self, route: bytes, client_id: int, size: int, frame: Any) -> None:
         """A big result left in `frame` (from frame()): charged as unsent until libzmq is known to be done."""
         self._budget.charge(client_id, size, unsent=True)
+        self.track(route, client_id, size, frame)
+
+    def track(self, route: bytes, client_id: int, size: int, frame: Any) -> None:
+        """As sent(), for a result already charged as unsent (one held for a full pipe, sent now)."""
         self._add(route, client_id, size, getattr(frame, "tracker", None))
 
     def release(self) -> None:
@@ -83,7 +87,6 @@ class LeavingResults:
 
         Each connection's results are checked from the oldest, and the first tracked one still on its
         way ends the check: a client that does not read costs a few looks per pass."""
-        budget = self._budget
         now = 0.0
         for route in list(self._going):
             going = self._going[route]
@@ -94,18 +97,23 @@ class LeavingResults:
                     if not tracker.done:
                         break
                     done = i + 1
-            for _ in range(done):
-                client_id, size, tracker = entries.popleft()
-                if tracker is not None:
-                    going.tracked -= 1
-                if size:
-                    budget.release(client_id, size, unsent=True)
+            self._release(going, done)
             if not entries:
                 del self._going[route]
             elif not going.tracked:
                 now = now or time.monotonic()
                 if now - going.last_at >= MARK_AFTER_S:
                     self._mark(route, going)
+
+    def _release(self, going: _Going, count: int) -> None:
+        """The `count` oldest results of a connection are done with: they stop counting."""
+        entries, budget = going.entries, self._budget
+        for _ in range(count):
+            client_id, size, tracker = entries.popleft()
+            if tracker is not None:
+                going.tracked -= 1
+            if size:  # a marker counts nothing
+                budget.release(client_id, size, unsent=True)
 
     def _add(self, route: bytes, client_id: int, size: int, tracker: zmq.MessageTracker | None) -> None:
         going = self._going.get(route)
@@ -127,9 +135,7 @@ class LeavingResults:
         marker = zmq.Frame(p.encode(MsgType.CREDIT, *window, 0), copy=False, track=True)
         failed = send_routed(self._sock, route, [marker])
         if failed == "unroutable":
-            for entry_client, size, _tracker in going.entries:
-                if size:
-                    self._budget.release(entry_client, size, unsent=True)
+            self._release(going, len(going.entries))
             del self._going[route]
         elif not failed:
             self._add(route, client_id, 0, marker.tracker)

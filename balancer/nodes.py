@@ -114,7 +114,8 @@ class NodeTable:
         known = self.routes.get(route)
         if known is not None:
             if known.incarnation == incarnation and node_id in (None, known.node_id):
-                return Joined.RESYNCED, known, self._resync(known, held, max_seen, now)
+                self._resync(known, held, max_seen, now)
+                return Joined.RESYNCED, known, []
             lost = self.drop(known, ev.NODE_LEFT)  # one identity, another session: the old one is over
         reason = self.fenced.get(route)
         if reason is not None:
@@ -123,7 +124,8 @@ class NodeTable:
         holder = self.nodes.get(node_id)
         if holder is not None and holder.incarnation == incarnation and holder.state is not NodeState.DEAD:
             self._move(holder, route)  # the same process on a fresh identity
-            return Joined.RESYNCED, holder, lost + self._resync(holder, held, max_seen, now)
+            self._resync(holder, held, max_seen, now)
+            return Joined.RESYNCED, holder, lost
         if holder is not None and holder.incarnation != incarnation:
             if holder.state is not NodeState.DEAD and not self._silent(holder, now):
                 return Joined.REFUSED, f"server id {node_id} is in use by pid {holder.pid} on host {holder.host}", lost
@@ -157,7 +159,7 @@ class NodeTable:
         node.route = route
         self.routes[route] = node
 
-    def _resync(self, node: Node, held: list[int], max_seen: int, now: float) -> list[Request]:
+    def _resync(self, node: Node, held: list[int], max_seen: int, now: float) -> None:
         """The holder said HELLO again, on a fresh connection: what it saw pass and does not hold finished or
         was lost with its old connection, and nothing is taken back yet.
 
@@ -174,7 +176,6 @@ class NodeTable:
         for ticket in node.in_flight:
             if ticket not in keep and ticket <= max_seen:
                 missing[ticket] = missing.get(ticket, 0) + 1
-        return []
 
     def heartbeat(
         self, route: Any, report: tuple[int, int, int, int], held: list[int] | None, mark: int, now: float
