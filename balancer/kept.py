@@ -190,11 +190,16 @@ class KeptResults:
         """Remember a request just finished with `result`: its payload's digest (for conflicting resubmissions)
         instead of the payload, whose bytes the budget stops counting; let go of the oldest beyond any bound."""
         payload = req.body
-        if req.payload_digest is None:
-            req.payload_digest = payload_digest(payload)
+        self.digest(req)
         self._budget.release(req.client_id, body_size(payload))
         req.body = result
         self.remember(req)
+
+    @staticmethod
+    def digest(req: Request) -> None:
+        """Digest the payload of a request about to finish (its record holds the digest), if not done yet."""
+        if req.payload_digest is None:
+            req.payload_digest = payload_digest(req.body)
 
     def remember(self, req: Request) -> None:
         """Keep a finished request as it is (one restored from a journal holds its result and digest)."""

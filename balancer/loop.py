@@ -209,7 +209,8 @@ class Balancer:
             self.control_side.fd: self.control_side.drain,
         }
         if self.replication is not None:
-            self._readers[self.replication.fd] = self.replication.drain
+            self._readers[self.replication.fd] = self._read_replication
+            self.node_side.ship_now = self._ship_answer
             self._readers[self.ha.pipe_fd] = self.ha.hear
         if self.drops.monitor is not None:
             # By its descriptor too, for the same reason: drops are rare. The descriptor signals an event
@@ -505,6 +506,26 @@ class Balancer:
         out = self.sched.outbox
         assert self.replication is not None
         self.replication.ship(data, count, answers=bool(out.replies or out.replays))
+
+    def _ship_answer(self) -> None:
+        """Journal and ship now what is decided: the records an answer rests on (NodeSide's lone result)."""
+        if self.journal is not None and self.sched.outbox.journal:
+            self.journal.append(self._ship_answering)
+
+    def _ship_answering(self, data: bytes, count: int) -> None:
+        assert self.replication is not None
+        self.replication.ship(data, count, answers=True)
+
+    def _read_replication(self, now: float, limit: int) -> None:
+        """The standby's messages. Woken for the APPLIED that held answers wait for, they leave at once, not
+        after the rest of the pass: nothing else is on a lone answer's path (the loop checked its leadership
+        as it woke; answers the pass decided itself are held first, in _flush)."""
+        replication = self.replication
+        assert replication is not None
+        replication.drain(now, limit)
+        healthy = self.journal is None or self.journal.healthy  # as _flush: nothing leaves while it fails
+        if limit == 1 and healthy and replication.release_alone(self.sched.outbox):
+            self.client_side.flush()
 
     def publish_pending(self) -> None:
         """Publish and log the events not yet published (also on the way out after a failure)."""

@@ -15,6 +15,7 @@ from its WORK until its DONE, or until the request leaves its node otherwise
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -81,6 +82,10 @@ class NodeSide:
         # a result may only leave once its record is written (balancer/journal.py).
         self._may_answer_first = config.journal is None
         self._answer_first = False  # set per drain
+        # An HA leader's: journal and ship now what is decided (balancer/loop.py). A lone result's record goes to
+        # the standby before its books are kept: its answer waits for the APPLIED, not for the bookkeeping too.
+        self.ship_now: Callable[[], None] | None = None
+        self._ship_first = False  # set per drain
         # Without a journal, a node that reports gets its next work before anything else is done (the
         # loop clears this as it stops: a stopping balancer starts no new work).
         self.work_first = config.journal is None
@@ -170,6 +175,7 @@ class NodeSide:
         budget = limits.DRAIN_ITEMS
         # Woken from idle for one message: a lone result goes to its client before the books are kept.
         self._answer_first = limit == 1 and self._may_answer_first
+        self._ship_first = limit == 1 and self.ship_now is not None
         # A result over LONE_PAYLOAD_BYTES stays the frame it came in (no copy); its RESULT sends that frame on.
         frames_over = limits.LONE_PAYLOAD_BYTES
         for frames in received(self.sock, limit, routed=True, max_bytes=limits.DRAIN_BYTES, frames_over=frames_over):
@@ -210,17 +216,27 @@ class NodeSide:
         # Work waits: the node's next WORK leaves before its results are answered (they go with the flush).
         # A node at capacity 1 is idle from its DONE to its next WORK, which is most of what bounds it.
         work_first = self.work_first and sched.has_queued()
-        answer_first = self._answer_first and len(fields[0]) == 1 and not work_first
+        lone = len(fields[0]) == 1 and not work_first
+        answer_first, ship_first = self._answer_first and lone, self._ship_first and lone
         for ticket, ok, result in fields[0]:
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
                 ok, result = False, limits.too_large("result", len(result), limit)
             answered = answer_first and self.clients.answer(sched.finishing(route, ticket), ok, result)
-            if sched.complete(route, ticket, ok, result, now, answered) is None:
+            journaled = ship_first and self._ship_completion(sched.finishing(route, ticket), ok, result)
+            if sched.complete(route, ticket, ok, result, now, answered, journaled) is None:
                 unknown = True
         if unknown and route not in sched.routes:
             self._unknown_node(route)
         elif work_first:
             self.dispatch()
+
+    def _ship_completion(self, req: Request | None, ok: bool, result: Any) -> bool:
+        """Journal and ship the record of `req`'s result now; False if there is none (a late result)."""
+        if req is None or self.ship_now is None:
+            return False
+        self.sched.journal_completion(req, ok, result)
+        self.ship_now()
+        return True
 
     def _on_hello(self, route: bytes, fields: list[Any], body: Any, now: float) -> None:
         node_id, capacity, pid, host, incarnation, max_seen, *offered = fields

@@ -209,16 +209,25 @@ class Replication:
             self._send_unsent()
             self._held.append((self.seq, now, out.take_replies(), out.take_replays()))
 
-    def release(self, out: Any) -> None:
-        """Answers whose records the standby has applied (all of them once the gate is open) go back out."""
+    def release(self, out: Any) -> bool:
+        """Answers whose records the standby has applied (all of them once the gate is open) go back out;
+        whether any did."""
         held = self._held
         if not held:
-            return
+            return False
         applied = self.standby.applied if self.gating and self.standby is not None else None
+        released = False
         while held and (applied is None or held[0][0] <= applied):
             _seq, _at, replies, replays = held.popleft()
             out.replies.extend(replies)
             out.replays.extend(replays)
+            released = True
+        return released
+
+    def release_alone(self, out: Any) -> bool:
+        """release(), but only if `out` holds no answers of its own: ones decided since the last flush wait to be
+        held (hold()), and must not leave with these. Whether any left."""
+        return not (out.replies or out.replays) and self.release(out)
 
     @property
     def waiting(self) -> bool:

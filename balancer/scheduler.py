@@ -68,6 +68,12 @@ _QUEUED, _DRAINING = Submitted.QUEUED, NodeState.DRAINING
 _PENDING = PENDING
 
 
+def _finished_record(req: Request, status: str, result: Any) -> tuple[Any, ...]:
+    """The journal record of a request's end (balancer/journal_replay.py reads it)."""
+    outcome = (status, req.server_id, req.attempts, result, req.payload_digest)
+    return (FINISHED, req.client_id, req.request_id, req.priority, *outcome)
+
+
 class Scheduler:
     """Priority queue, client sessions, node table and least-loaded dispatch."""
 
@@ -304,14 +310,21 @@ class Scheduler:
             self._requeue(req, server_id, now, why)
 
     def _fail(
-        self, req: Request, server_id: int | None, reason: str, result: Any = None, answered: bool = False
+        self,
+        req: Request,
+        server_id: int | None,
+        reason: str,
+        result: Any = None,
+        answered: bool = False,
+        journaled: bool = False,
     ) -> None:
         """Finish a request as failed: its result is the node's error text, or else the reason."""
-        self._finish(req, FAILED, reason.encode() if result is None else result, answered)
+        self._finish(req, FAILED, reason.encode() if result is None else result, answered, journaled)
         self.outbox.events.append((ev.REQUEST_FAILED, req.client_id, req.request_id, server_id, reason))
 
-    def _finish(self, req: Request, status: str, result: Any, answered: bool = False) -> None:
-        """`answered`: the loop already sent the result (see complete()), so it is not queued as a reply."""
+    def _finish(self, req: Request, status: str, result: Any, answered: bool = False, journaled: bool = False) -> None:
+        """`answered`: the loop already sent the result (see complete()), so it is not queued as a reply;
+        `journaled`: its record is written already (see journal_completion())."""
         if self._transit_losses:
             self._transit_losses.pop(req, None)
         if self._deadlines:
@@ -325,9 +338,8 @@ class Scheduler:
         self.counters[status] += 1
         if not answered:
             self.outbox.replies.append(req)
-        if self.outbox.journal is not None:
-            outcome = (status, req.server_id, req.attempts, result, req.payload_digest)
-            self.outbox.journal.append((FINISHED, req.client_id, req.request_id, req.priority, *outcome))
+        if self.outbox.journal is not None and not journaled:
+            self.outbox.journal.append(_finished_record(req, status, result))
 
     def _answer_also_waiting(self, req: Request, result: Any) -> None:
         """A finishing request's result goes to every other connection that submitted it, as a replay."""
@@ -524,12 +536,27 @@ class Scheduler:
         node = self.routes.get(route)
         return node.in_flight.get(ticket) if node is not None else None
 
+    def journal_completion(self, req: Request, ok: bool, result: Any) -> None:
+        """Journal now the record complete() would write for a node's result for `req` (from finishing()), so
+        the loop can ship it to a standby before the books are kept; complete it with journaled=True."""
+        if self.outbox.journal is not None:
+            self.kept.digest(req)  # as kept.add() does first in complete()
+            self.outbox.journal.append(_finished_record(req, PROCESSED if ok else FAILED, result))
+
     def complete(
-        self, route: Any, ticket: int, ok: bool, result: Any, now: float, answered: bool = False
+        self,
+        route: Any,
+        ticket: int,
+        ok: bool,
+        result: Any,
+        now: float,
+        answered: bool = False,
+        journaled: bool = False,
     ) -> Request | None:
         """Record a node's result; None when it is late or unknown (dropped).
 
-        `answered`: the loop already sent this result to its client (see finishing()).
+        `answered`: the loop already sent this result to its client (see finishing()); `journaled`: its record
+        is journaled already (see journal_completion()).
         """
         node = self.routes.get(route)
         req = node.in_flight.pop(ticket, None) if node is not None else None
@@ -540,10 +567,10 @@ class Scheduler:
         node.missing.pop(ticket, None)
         node.handled += 1
         if ok:
-            self._finish(req, PROCESSED, result, answered)
+            self._finish(req, PROCESSED, result, answered, journaled)
             self.outbox.events.append((ev.REQUEST_PROCESSED, req.client_id, req.request_id, node.node_id))
         else:
-            self._fail(req, node.node_id, bytes(result).decode("utf-8", "replace"), result, answered)
+            self._fail(req, node.node_id, bytes(result).decode("utf-8", "replace"), result, answered, journaled)
         self.table.finished(node, now)
         if node.state is _DRAINING and not node.in_flight:
             self.outbox.events.append((ev.NODE_DRAINED, node.node_id))

@@ -133,3 +133,29 @@ def test_answers_wait_for_the_standby_once_it_may_be_elected(pair):
     assert not repl.gating and repl.standby is None and sched.refusing == REFUSING
     repl.release(out)
     assert out.replies == ["r2"]
+
+
+def test_an_applied_frees_held_answers_alone_never_with_undecided_ones(pair):
+    """release_alone() lets the APPLIED's answers out at once, unless the pass has answers not yet held:
+    those have not reached the standby and must not leave with them."""
+    leader_sock, standby = pair
+    repl = Replication(leader_sock, Scheduler(), {}, Elector(), 9, "me", max_lag_s=1.0, keepalive_s=0.1)
+    standby.send(p.encode(MsgType.FOLLOW, "other"))
+    repl.drain(0.0, 10)
+    assert recv(standby)[0] is MsgType.SNAPSHOT
+    standby.send(p.encode(MsgType.APPLIED, 0))
+    repl.drain(0.1, 10)
+    assert repl.gating
+    out = Outbox()
+    repl.ship(b"x", 1, answers=True)
+    out.replies = ["held"]
+    repl.hold(out, 0.2)
+    assert recv(standby) == (MsgType.RECORDS, [1, 1])
+    assert not repl.release_alone(out) and out.replies == []  # not applied yet
+    standby.send(p.encode(MsgType.APPLIED, 1))
+    repl.drain(0.3, 10)
+    out.replies = ["undecided"]  # decided in this pass, its records not shipped
+    assert not repl.release_alone(out) and out.replies == ["undecided"]
+    out.replies = []
+    assert repl.release_alone(out) and out.replies == ["held"]
+    assert not repl.release_alone(out)  # nothing more held

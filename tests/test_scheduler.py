@@ -282,3 +282,23 @@ def test_a_result_answered_first_is_finished_the_same_but_not_queued_as_a_reply(
     assert [n for n, _t, _r in answered.dispatch()] == [] and answered.submit(
         7, 1, 1, b"c", b"payload"
     ) is Submitted.FINISHED
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_a_completion_journaled_first_writes_the_same_one_record(ok: bool):
+    """An HA leader journals a lone result's record before complete() keeps the books (to ship it first):
+    the journal gets the one record complete() alone writes, and the books end the same."""
+    records, results = [], []
+    for early in (False, True):
+        sched = make({0: 1}, journal=True)
+        sched.submit(4, 7, 2, b"c", b"payload")
+        [(_node, ticket, _req)] = sched.dispatch()
+        sched.outbox.take_journal()
+        if early:
+            sched.journal_completion(sched.finishing(b"n0", ticket), ok, b"out")
+        req = sched.complete(b"n0", ticket, ok, b"out", 1.0, journaled=early)
+        records.append(sched.outbox.take_journal())
+        results.append((req.status, sched.counters["processed"], sched.counters["failed"], len(sched.outbox.replies)))
+    assert records[0] == records[1] and len(records[0]) == 1
+    assert records[0][0][4] == ("processed" if ok else "failed") and records[0][0][7] == b"out"
+    assert results[0] == results[1]
