@@ -43,6 +43,10 @@ __all__ = [
 DEFAULT_FSYNC_INTERVAL_S = 0.05
 # Compact once this many records were appended beyond twice the live state.
 COMPACT_SLACK_RECORDS = 50_000
+# Or once the file grew this many bytes beyond twice its size after the last compaction (or start): an ACCEPTED
+# holds its payload and a FINISHED its result, so at 1 MiB requests the records' rule alone let the file reach
+# ~100 GB between compactions (300 requests made 600 MiB, and nothing was compacted).
+COMPACT_SLACK_BYTES = 256 * 1024 * 1024
 
 
 def snapshot(sched: Scheduler) -> list[tuple[Any, ...]]:
@@ -80,6 +84,7 @@ class Journal:
         # The current file: (inode, device), and the bytes and frames in it, for the synced mark.
         self._ident = (0, 0)
         self._size = self._frames = 0
+        self._base_size = 0  # the file's size when it was last written afresh (start, compaction, recovery)
         self.rewrite_fd = -1  # the new file of an incremental compaction (balancer/compaction.py)
         self._rewrite_size = self._rewrite_frames = 0
         # (inode, device, bytes, frames) of what was appended, for the fsync thread; None stops it.
@@ -174,7 +179,8 @@ class Journal:
         its dead ACCEPTED records, payloads and all, would grow until the ids' cap. Counted once, a
         compaction comes every live_records + COMPACT_SLACK_RECORDS requests or so.
         """
-        return self._since_compact > 2 * live_records + ids + COMPACT_SLACK_RECORDS
+        grown = self._size > 2 * self._base_size + COMPACT_SLACK_BYTES
+        return grown or self._since_compact > 2 * live_records + ids + COMPACT_SLACK_RECORDS
 
     def start_rewrite(self) -> None:
         """Open the new file of an incremental compaction and write its first record."""
@@ -253,6 +259,7 @@ class Journal:
         """The descriptor now holds a new file of `size` bytes and `frames` frames."""
         held = os.fstat(self._fd)
         self._ident, self._size, self._frames = (held.st_ino, held.st_dev), size, frames
+        self._base_size = size
 
     def _sync_loop(self) -> None:
         """Group commit: one fsync for everything appended since the last one; then note what it covered."""

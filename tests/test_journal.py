@@ -359,3 +359,21 @@ def test_compaction_comes_while_ids_kept_past_their_results_pile_up(tmp_path: Pa
             break
     journal.close()
     assert due_at is not None and due_at <= 12
+
+
+def test_compaction_comes_when_big_payloads_grow_the_file_not_only_records(tmp_path: Path, monkeypatch):
+    """At 1 MiB a request, the records' rule alone let the file grow ~100 GB between compactions: it also
+    comes due once the file grew COMPACT_SLACK_BYTES beyond twice its size when last written afresh."""
+    monkeypatch.setattr(jr, "COMPACT_SLACK_BYTES", 100_000)
+    journal = jr.Journal(str(tmp_path / "j"))
+    journal.open([(FINISHED, 1, 0, 5, "processed", 0, 1, b"r" * 30_000, -1)])  # a state of ~30 KB
+    due_at = None
+    for done in range(1, 100):
+        finished = (FINISHED, 1, done, 5, "processed", 0, 1, b"y" * 10_000, -1)
+        journal.append([(ACCEPTED, 1, done, 5, b"r", b"x" * 10_000), finished])
+        if journal.due_for_compaction(1, ids=done):
+            due_at = done
+            break
+    journal.close()
+    # 2 x ~30 KB + 100 KB: due after ~8 requests of 20 KB (the records' rule: 50,000 records)
+    assert due_at is not None and 6 <= due_at <= 10
