@@ -9,6 +9,7 @@ field of the same name); balancer/loop.py runs a Balancer with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from balancer.budget import DEFAULT_MAX_MEMORY_MB, MIB
 from balancer.election import DEFAULT_LEASE_S
@@ -86,3 +87,24 @@ class BalancerConfig:
             "events": self.events,
             "control": self.control,
         }
+
+    def scheduler_options(self) -> dict[str, Any]:
+        """The Scheduler's settings from this config (plain values): the loop's, and a standby's compaction
+        child's, which restores a state as a start with this config would (balancer/replica_compaction.py)."""
+        return {
+            "heartbeat_s": self.heartbeat_ms / 1000,
+            "liveness": self.liveness,
+            "max_queue": self.max_queue,
+            "max_attempts": self.max_attempts,
+            "keep_finished": self.keep_finished,
+            "keep_finished_bytes": self.keep_finished_bytes,
+            "keep_finished_s": self.keep_finished_s,
+            "remember_s": self.remember_s,
+            "remember_bytes": self.remember_bytes,
+            "journal": self.journal is not None,
+            "max_memory_bytes": self.max_memory_bytes,
+            "retry_backoff_s": self.retry_backoff_ms / 1000,
+            "max_dead": self.max_dead,
+            "max_dead_bytes": self.max_dead_bytes,
+        }
+

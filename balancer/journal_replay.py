@@ -53,23 +53,25 @@ class Recovered:
         return self.records_lost > 0 or self.bytes_skipped > 0 or self.bytes_missing > 0
 
 
-def replay(path: str, keep_finished: int | None = None) -> Recovered:
+def replay(path: str, keep_finished: int | None = None, upto: int = -1) -> Recovered:
     """Read a journal file (missing is empty) into the requests it describes; never writes.
 
     Finished requests beyond the newest `keep_finished` keep their ids, not their results (EARLIER).
 
     With a synced mark beside it (journal_format.py) for this very file, what the mark counts and the
     scan did not find is lost, exactly, and a file shorter than its mark was cut; else losses are estimated.
+    `upto`: only the file's first `upto` bytes (a frame's end; a standby's compaction: balancer/replica_compaction.py),
+    without the mark, which counts the whole file.
     """
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(upto)
             held = os.fstat(fh.fileno())
     except FileNotFoundError:
         return Recovered()
     except OSError as exc:
         raise JournalError(f"cannot read journal {path}: {exc}") from None
-    mark = read_mark(path)
+    mark = read_mark(path) if upto < 0 else None
     if mark is not None and (mark.ino, mark.dev) != (held.st_ino, held.st_dev):
         mark = None  # the mark of another file (an earlier one, or this one is a copy)
     found = jf.scan(data, mark.bytes if mark else -1)

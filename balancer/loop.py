@@ -105,22 +105,9 @@ class Balancer:
         # liveness intervals plus a tenth; the check is O(nodes), cheap even at 1,000.
         self._expiry_check_s = self.heartbeat_s / 10
         self.sched = Scheduler(
-            heartbeat_s=self.heartbeat_s,
-            liveness=config.liveness,
-            max_queue=config.max_queue,
-            max_attempts=config.max_attempts,
-            keep_finished=config.keep_finished,
-            keep_finished_bytes=config.keep_finished_bytes,
-            keep_finished_s=config.keep_finished_s,
-            remember_s=config.remember_s,
-            remember_bytes=config.remember_bytes,
+            **config.scheduler_options(),
             # Microseconds since the epoch: a later balancer's tickets never repeat an earlier one's.
             first_ticket=time.time_ns() // 1000,
-            journal=config.journal is not None,
-            max_memory_bytes=config.max_memory_bytes,
-            retry_backoff_s=config.retry_backoff_ms / 1000,
-            max_dead=config.max_dead,
-            max_dead_bytes=config.max_dead_bytes,
             wall_offset=time.time() - time.monotonic(),
         )
         self.eventlog = EventLog(config.log_file)

@@ -216,7 +216,7 @@ class Member:
         return JournalLock.acquire(path, jr.lock_path(path), self.config.endpoints)
 
     def _standby(self) -> tuple[int, float] | None:
-        replica = Replica(self.context, self.config.journal, self.name)
+        replica = Replica(self.context, self.config.journal, self.name, self.config.scheduler_options())
         standby = Standby(self, replica)
         try:
             return standby.run()

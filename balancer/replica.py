@@ -10,8 +10,9 @@ its keep-alive interval (it says which in the SNAPSHOT; at least MIN_SILENCE_S) 
 the stream is broken: follow again from a fresh snapshot. The file is fsynced
 once per tick by a helper thread, off the path of APPLIED (the leader's host
 is the one that may fail; this one's page cache survives the loss of that
-host and of this process). On takeover the
-member replays this file like any journal (balancer/member.py).
+host and of this process). The file grows until it is compacted here, by a
+child process, while the stream goes on (balancer/replica_compaction.py). On
+takeover the member replays this file like any journal (balancer/member.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Any
 
 import zmq
 
+from balancer import journal as jr
 from balancer import journal_format as jf
+from balancer.replica_compaction import LocalCompaction
 from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import Waiter, received
@@ -32,24 +35,30 @@ from wire.sockets import Waiter, received
 MIN_SILENCE_S = 1.0
 SILENT_KEEPALIVES = 4
 # The file is compacted as the leader's is (balancer/journal.py): once it holds this many records beyond
-# twice its last snapshot, the replica follows afresh and the new snapshot replaces it.
+# twice its last snapshot, or jr.COMPACT_SLACK_BYTES beyond twice its bytes, by a child process
+# (balancer/replica_compaction.py) while the stream goes on.
 COMPACT_SLACK_RECORDS = 50_000
 
 
 class Replica:
     """Follows one leader's stream into the journal file at `path`."""
 
-    def __init__(self, context: zmq.Context, path: str, name: str) -> None:
+    def __init__(self, context: zmq.Context, path: str, name: str, options: dict[str, Any] | None = None) -> None:
         self._ctx = context
         self.path = path
         self.name = name
+        self._options = options or {}  # the Scheduler's, for a compaction (BalancerConfig.scheduler_options)
+        self._compaction: LocalCompaction | None = None
+        self.compaction_failures = 0
         self.sock: zmq.Socket | None = None
         self._waiter: Waiter | None = None  # a blocking receive on `sock`
         self.leader: str | None = None  # its replication endpoint
         self.epoch = 0
         self.seq = -1  # the last batch applied; -1 until a snapshot arrived
         self.records = 0  # records in the file
-        self.snapshot_records = 0  # of which the last snapshot
+        # The file when it was last written afresh (the leader's snapshot, or our compaction): the next is due
+        # once it grew well beyond these.
+        self.base_records = self.base_size = 0
         self.compactions = 0
         self.size = 0
         self.snapshots = 0
@@ -69,6 +78,7 @@ class Replica:
     def follow(self, endpoint: str, epoch: int, now: float) -> None:
         """Follow the leader of `epoch` at its replication `endpoint`, from a fresh snapshot."""
         self._close_socket()
+        self._cancel_compaction()  # the snapshot replaces the file
         self.leader, self.epoch, self.seq = endpoint, epoch, -1
         self.caught_up_at = None
         sock = self._ctx.socket(zmq.DEALER)
@@ -129,10 +139,13 @@ class Replica:
         if not self._apply(msg_type, fields[0], fields[1], body, now):
             self.follow(self.leader or "", self.epoch, now)  # a gap: start again from a snapshot
             return False
-        if self.records > 2 * self.snapshot_records + COMPACT_SLACK_RECORDS:
-            self.compactions += 1
-            self.follow(self.leader or "", self.epoch, now)  # a fresh snapshot replaces the grown file
-            return False
+        if self._compaction is None and self._due_for_compaction():
+            try:
+                self._compaction = LocalCompaction(self.path, self.size, self.records, self._options)
+            except OSError:  # no child process: the leader's snapshot replaces the grown file, as it used to
+                self.compaction_failures += 1
+                self.follow(self.leader or "", self.epoch, now)
+                return False
         return True
 
     def _apply(self, msg_type: MsgType, seq: int, count: int, body: bytes, now: float) -> bool:
@@ -158,6 +171,8 @@ class Replica:
 
     def tick(self, now: float) -> None:
         """fsync what was written since the last tick; follow again after a silence."""
+        if self._compaction is not None:
+            self._step_compaction(now)
         if self._dirty and self._fd >= 0:
             self._to_sync.put(os.dup(self._fd))  # a duplicate: the loop may replace the file meanwhile
             self._dirty = False
@@ -166,8 +181,39 @@ class Replica:
 
     # ---- the file -----------------------------------------------------------
 
+    def _due_for_compaction(self) -> bool:
+        grown = self.size > 2 * self.base_size + jr.COMPACT_SLACK_BYTES
+        return grown or self.records > 2 * self.base_records + COMPACT_SLACK_RECORDS
+
+    def _step_compaction(self, now: float) -> None:
+        """The compaction under way goes on; once the new file holds everything, it replaces the old one.
+        A failed one (a damaged file, a full disk) follows afresh: the leader's snapshot replaces the file."""
+        run = self._compaction
+        assert run is not None
+        try:
+            if not run.step(self.size):
+                return
+            fd = run.finish()
+        except OSError:
+            self.compaction_failures += 1
+            self.follow(self.leader or "", self.epoch, now)
+            return
+        self._compaction = None
+        os.close(self._fd)
+        self._fd = fd
+        self.records = self.base_records = run.records + self.records - run.records_at_upto
+        self.size = self.base_size = run.size
+        self.compactions += 1
+        self._dirty = True  # what was copied onto the new file is fsynced at the next tick
+
+    def _cancel_compaction(self) -> None:
+        if self._compaction is not None:
+            self._compaction.cancel()
+            self._compaction = None
+
     def _restart(self, data: bytes, count: int) -> None:
         """A snapshot: the new journal, written aside, fsynced and renamed over the old one."""
+        self._cancel_compaction()  # a snapshot the leader sent on its own (after its journal's recovery)
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
@@ -181,8 +227,8 @@ class Replica:
             os.close(self._fd)
         self._fd = fd
         jf.fsync_dir(self.path)
-        self.size, self.records = len(data), count
-        self.snapshot_records = count
+        self.size = self.base_size = len(data)
+        self.records = self.base_records = count
 
     def mark(self) -> jf.Mark | None:
         """What the file holds, for the lock file's synced mark (call after close or tick)."""
@@ -200,11 +246,14 @@ class Replica:
             "heard_ms_ago": None if self.sock is None else round((now - self.heard_at) * 1000, 1),
             "snapshots": self.snapshots,
             "compactions": self.compactions,
+            "compacting": self._compaction is not None,
+            "compaction_failures": self.compaction_failures,
         }
 
     def close(self) -> jf.Mark | None:
         """fsync and close the file; its mark (None if it never got a snapshot)."""
         self._close_socket()
+        self._cancel_compaction()  # the file is whole without it (a member that leads replays it now)
         self._to_sync.put(None)
         self._syncer.join(5)
         if self._fd < 0:
