@@ -60,7 +60,7 @@ class LocalCompaction:
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self.records = 0  # the child wrote (the new file holds these and the old one's after records_at_upto)
-        self.size = 0  # of the new file
+        self.size = self.snapshot_size = 0  # of the new file; of the child's part of it
         self.fd = -1  # the new file, appended to, once the child is done
         self._src = -1
         self._copied = upto  # the old file's bytes the new one holds (or stands for)
@@ -90,7 +90,7 @@ class LocalCompaction:
             reason = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {child.returncode}"]
             raise jr.JournalError(f"compacting journal {self.path} failed: {reason[0]}")
         self.records = int(out)
-        self.size = os.path.getsize(self.tmp)
+        self.size = self.snapshot_size = os.path.getsize(self.tmp)
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_APPEND)
         self._src = os.open(self.path, os.O_RDONLY)
 
