@@ -196,10 +196,14 @@ class Replica:
             fd = run.finish()
         except OSError:
             self.compaction_failures += 1
-            self.follow(self.leader or "", self.epoch, now)
+            if self.leader is not None:
+                self.follow(self.leader, self.epoch, now)
+            else:
+                self._cancel_compaction()  # the next leader's snapshot replaces the file
             return
         self._compaction = None
-        os.close(self._fd)
+        # Freeing a large replaced file's blocks takes the kernel 100+ ms at 1 GiB (as in balancer/journal.py).
+        threading.Thread(target=os.close, args=(self._fd,), name="zlb-replica-release", daemon=True).start()
         self._fd = fd
         self.records = run.records + self.records - run.records_at_upto
         self.size = run.size
