@@ -519,17 +519,20 @@ def encode_records(records: list[Any]) -> list[bytes]:
     return [_record_pack(record) for record in records]
 
 
-def decode_records(payloads: list[Any]) -> list[Any]:
+def decode_records(payloads: list[Any], consume: bool = False) -> list[Any]:
     """Journal record payloads back into values: None for one that is not exactly one msgpack value.
 
     Frames were checked by CRC before this (balancer/journal_format.py), so a
     None here means a writer bug rather than disk damage; journal records are
-    never None, so the caller can count and skip it.
+    never None, so the caller can count and skip it. `consume`: each payload is
+    let go (None in `payloads`) once decoded, so a big journal is not held twice.
     """
     out: list[Any] = []
-    for payload in payloads:
+    for at, payload in enumerate(payloads):
         try:
             out.append(msgpack.unpackb(payload, raw=False, strict_map_key=True))
         except (ValueError, TypeError, msgpack.UnpackException):
             out.append(None)
+        if consume:
+            payloads[at] = None
     return out
