@@ -245,6 +245,10 @@ class Replication:
         silent = now - standby.heard_at > max(self.max_lag_s, SILENT_KEEPALIVES * self.keepalive_s)
         if silent or self._lag_s(now) > self.max_lag_s:
             self._drop(f"standby {standby.name} {'went silent' if silent else 'fell behind'}", now)
+        elif self.gating and not self.in_sync and self._asking is None:
+            # The write listing it had no known outcome (etcd slow or away): ask again, or the leader would
+            # say it is alone, and refuse work with --require-standby, for as long as it leads.
+            self._ask([self.name, standby.name])
 
     def _lag_s(self, now: float) -> float:
         """How long the oldest answer has waited for the standby (0 if none waits)."""
@@ -272,7 +276,7 @@ class Replication:
             return
         self._asking = None
         if not ok:
-            return  # unknown outcome: keep gating as if written; the next tick asks again if needed
+            return  # unknown outcome: keep gating as if written; the next tick asks again (tick())
         if members == [self.name]:
             self.gating = self.in_sync = False
             dropped = self.standby

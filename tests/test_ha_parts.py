@@ -159,3 +159,28 @@ def test_an_applied_frees_held_answers_alone_never_with_undecided_ones(pair):
     out.replies = []
     assert repl.release_alone(out) and out.replies == ["held"]
     assert not repl.release_alone(out)  # nothing more held
+
+
+def test_an_insync_write_without_outcome_is_asked_again(pair):
+    """etcd's answer to 'list the standby as in sync' was lost: the next tick asks again, and the leader is
+    no longer alone (nor refusing work with --require-standby) once it is written."""
+    leader_sock, standby = pair
+    sched = Scheduler()
+    elector = Elector()
+    repl = Replication(leader_sock, sched, {}, elector, 9, "me", max_lag_s=1.0, keepalive_s=0.1, require_standby=True)
+    standby.send(p.encode(MsgType.FOLLOW, "other"))
+    repl.drain(0.0, 10)
+    assert recv(standby)[0] is MsgType.SNAPSHOT
+    standby.send(p.encode(MsgType.APPLIED, 0))
+    repl.drain(0.1, 10)
+    assert elector.asked == [["me", "other"]] and repl.gating
+    repl.insync_written(["me", "other"], False)  # no known outcome
+    assert not repl.in_sync and sched.refusing == REFUSING
+    repl.tick(0.2)
+    assert elector.asked == [["me", "other"], ["me", "other"]]
+    repl.tick(0.25)
+    assert len(elector.asked) == 2  # asked once, until answered
+    repl.insync_written(["me", "other"], True)
+    assert repl.in_sync and sched.refusing == ""
+    repl.tick(0.3)
+    assert len(elector.asked) == 2
