@@ -105,15 +105,20 @@ class HaGroup:
         etcd = Etcd(procs.workdir)
         etcd.start()
         group = cls(procs, etcd, member_args=member_args)
-        for i in range(size):
-            name = f"m{i}"
-            rep = f"tcp://127.0.0.1:{free_port()}"
-            member = Member(name, Endpoints.fresh(), rep, str(procs.workdir / f"{name}.journal"))
-            group.members.append(member)
-            group.launch(member)
-            if i == 0:
-                wait_until(lambda m=member: m.role() == "leader", 15, "the first member to lead")
-        wait_until(group.standby_in_sync, 15, "the standby to be in sync")
+        try:
+            for i in range(size):
+                name = f"m{i}"
+                rep = f"tcp://127.0.0.1:{free_port()}"
+                member = Member(name, Endpoints.fresh(), rep, str(procs.workdir / f"{name}.journal"))
+                group.members.append(member)
+                group.launch(member)
+                if i == 0:
+                    wait_until(lambda m=member: m.role() == "leader", 15, "the first member to lead")
+            wait_until(group.standby_in_sync, 15, "the standby to be in sync")
+        except BaseException:
+            procs.stop_all()  # the members first, while etcd still answers their resignations
+            etcd.stop()
+            raise
         return group
 
     def launch(self, member: Member) -> None:
