@@ -36,7 +36,8 @@ The Client talks to one; a standby answers REDIRECT and the Client moves to
 the leader it names, re-sending everything unanswered at once; with requests
 outstanding it pings every FOLLOW_PING_S and, hearing nothing for
 FOLLOW_SILENCE_S, moves to the next endpoint. Answers from an older epoch than
-the newest seen are dropped (`stale_epoch`).
+the newest seen are dropped (`stale_epoch`); the first message of a newer one
+re-sends everything unanswered at once, as a move does.
 
 A client id is a name: any number of processes may use one at once, and each
 Client gets the results of what it submitted (its DEALER identity holds a random
@@ -216,6 +217,10 @@ class Client(Retries):
         self.sock.connect(endpoint)
         self._last_heard = self._moved_at = now
         self._send_session(MsgType.CLIENT_HELLO, os.getpid(), socket.gethostname())
+        self._resend_unanswered(now)
+
+    def _resend_unanswered(self, now: float) -> None:
+        """Everything sent and unanswered goes again now (a new leader may not have it)."""
         for sent in self._outstanding.values():
             if sent.state == SENT:  # those in the local queue go when the window lets them
                 sent.due_at = now
@@ -503,6 +508,18 @@ class Client(Retries):
         self._asked_at, self._asked_for = now, self._window.blocked_id
         self._send_session(MsgType.CLIENT_PING, self._window.want())
 
+    def _new_epoch(self, epoch: int) -> bool:
+        """A message of another epoch than the newest seen: whether to act on it (not from an older leadership).
+        A newer leadership on the endpoint we talk to (the member that stepped down led again, or won after
+        etcd came back) may lack what we sent meanwhile: everything unanswered goes again now, not on the
+        back-off, which had grown to 20 s when an outsider stopped etcd."""
+        before = self.following.epoch
+        if not self.following.fresh(epoch):
+            return False
+        if before and epoch > before:
+            self._resend_unanswered(time.monotonic())
+        return True
+
     def _check_connected(self, now: float) -> None:
         if self.heard or self.connect_timeout_s is None or now - self._started < self.connect_timeout_s:
             return
@@ -514,7 +531,7 @@ class Client(Retries):
     def _on_reply(self, frames: list[bytes]) -> int:
         try:
             msg_type, epoch, fields = p.decode_with_epoch(frames[0])
-            if epoch != self.following.epoch and not self.following.fresh(epoch):
+            if epoch != self.following.epoch and not self._new_epoch(epoch):
                 return 0  # from a leadership already replaced (counted)
             if msg_type is _RESULT_BATCH and len(frames) == 1:  # nearly every reply
                 take, got = self._take, 0

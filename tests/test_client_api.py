@@ -236,3 +236,43 @@ def test_beyond_its_window_a_client_queues_at_home_blocks_on_a_full_queue_and_ca
         assert client.submit(b"r4").request_id == 4  # room again; the refused one took no id
     assert frontend.batches() == [[[first.request_id, 5, b"r0"]]]
     assert third.request_id == 3
+
+
+@pytest.mark.timeout(20)
+def test_a_newer_leadership_on_the_same_endpoint_gets_what_is_unanswered_at_once(frontend: FakeFrontend):
+    """The member that stepped down leads again (or wins once etcd is back) on the endpoint the Client talks
+    to: its first word of the new epoch makes the Client re-send what is unanswered now, not after a back-off
+    that had grown to 20 s. The first epoch ever heard re-sends nothing."""
+
+    def submits(route: list[bytes], timeout_s: float) -> list[int]:
+        """Request ids of the SUBMITs that arrive within `timeout_s` (noting the Client's route)."""
+        ids, deadline = [], time.monotonic() + timeout_s
+        while frontend.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            frames = frontend.sock.recv_multipart()
+            route[:] = [frames[0]]
+            msg_type, fields = p.decode(frames[1])
+            if msg_type is MsgType.SUBMIT_BATCH:
+                ids.extend(item[0] for item in fields[2])
+            elif msg_type is MsgType.SUBMIT:
+                ids.append(fields[0])
+            if time.monotonic() >= deadline:
+                break
+        return ids
+
+    try:
+        p.set_epoch(5)
+        with Client(frontend.endpoint, client_id=4, retry_s=30.0) as client:
+            frontend.welcome(client)
+            client.submit(b"a")
+            route: list[bytes] = []
+            assert submits(route, 1.0) == [1]  # sent once: the first epoch heard (5) re-sent nothing
+            p.set_epoch(6)
+            frontend.sock.send_multipart([route[0], p.encode(MsgType.CREDIT, 10_000, None, 0)])
+            client.pump(0.2)
+            assert submits(route, scaled(2.0)) == [1]  # re-sent at once (retry_s is 30 s)
+            p.set_epoch(4)  # an older leadership: dropped, counted, nothing re-sent
+            frontend.sock.send_multipart([route[0], p.encode(MsgType.CREDIT, 10_000, None, 0)])
+            client.pump(0.2)
+            assert client.stale_epoch == 1 and submits(route, 0.3) == []
+    finally:
+        p.set_epoch(0)

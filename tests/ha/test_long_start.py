@@ -16,7 +16,7 @@ from balancer import journal_format as jf
 from balancer.records import FINISHED
 from client_node.client import Client
 from tests.ha.cluster import HEARTBEAT_MS, HaGroup
-from tests.harness import ProcessGroup, wait_until
+from tests.harness import ProcessGroup
 from wire import protocol as p
 
 FINISHED_REQUESTS = 400_000
