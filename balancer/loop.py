@@ -522,7 +522,9 @@ class Balancer:
         assert replication is not None
         replication.drain(now, limit)
         healthy = self.journal is None or self.journal.healthy  # as _flush: nothing leaves while it fails
-        if limit == 1 and healthy and replication.release_alone(self.sched.outbox):
+        # With work queued, the pass's answers go together in _flush (one send to each client, not two).
+        idle = limit == 1 and not self.sched.has_queued()
+        if idle and healthy and replication.release_alone(self.sched.outbox):
             self.client_side.flush()
 
     def publish_pending(self) -> None:

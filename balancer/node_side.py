@@ -217,7 +217,10 @@ class NodeSide:
         # A node at capacity 1 is idle from its DONE to its next WORK, which is most of what bounds it.
         work_first = self.work_first and sched.has_queued()
         lone = len(fields[0]) == 1 and not work_first
-        answer_first, ship_first = self._answer_first and lone, self._ship_first and lone
+        answer_first = self._answer_first and lone
+        # Shipped alone only with nothing queued: under load a pass's records go as one batch (one RECORDS and
+        # one APPLIED per pass, not one more per lone result).
+        ship_first = self._ship_first and lone and not sched.has_queued()
         for ticket, ok, result in fields[0]:
             if len(result) > limit:  # a node that was not told the limit (the node checks it first)
                 ok, result = False, limits.too_large("result", len(result), limit)
