@@ -32,7 +32,10 @@ from wire import protocol as p
 from wire.protocol import MsgType, ProtocolError
 from wire.sockets import Waiter, received
 
-MIN_SILENCE_S = 1.0
+# Following afresh costs a whole snapshot, so silence means at least this long (the default heartbeat's four
+# keep-alives): with 1 s, tests' 100 ms heartbeats under 1 MiB payloads on a loaded machine saw a standby
+# re-follow a leader that was only slow.
+MIN_SILENCE_S = 2.0
 SILENT_KEEPALIVES = 4
 # The file is compacted as the leader's is (balancer/journal.py): once it holds this many records beyond
 # twice its last snapshot, or jr.COMPACT_SLACK_BYTES beyond twice its bytes, by a child process
@@ -50,6 +53,8 @@ class Replica:
         self._options = options or {}  # the Scheduler's, for a compaction (BalancerConfig.scheduler_options)
         self._compaction: LocalCompaction | None = None
         self.compaction_failures = 0
+        self.followed_afresh = 0  # the stream broke and was followed again from a snapshot
+        self.why_afresh = ""  # the last time's reason
         self.sock: zmq.Socket | None = None
         self._waiter: Waiter | None = None  # a blocking receive on `sock`
         self.leader: str | None = None  # its replication endpoint
@@ -89,6 +94,12 @@ class Replica:
         self.sock = sock
         self._waiter = Waiter(sock)
         self.heard_at = now
+
+    def _follow_afresh(self, why: str, now: float) -> None:
+        """The stream broke: follow the same leader again, from a new snapshot; `why` is shown in the status."""
+        self.followed_afresh += 1
+        self.why_afresh = why
+        self.follow(self.leader or "", self.epoch, now)
 
     def stop_following(self) -> None:
         self._close_socket()
@@ -137,14 +148,14 @@ class Replica:
         if msg_type is MsgType.SNAPSHOT:
             self.silence_s = max(MIN_SILENCE_S, SILENT_KEEPALIVES * fields[2] / 1000)
         if not self._apply(msg_type, fields[0], fields[1], body, now):
-            self.follow(self.leader or "", self.epoch, now)  # a gap: start again from a snapshot
+            self._follow_afresh("a gap in the stream", now)
             return False
         if self._compaction is None and self._due_for_compaction():
             try:
                 self._compaction = LocalCompaction(self.path, self.size, self.records, self._options)
             except OSError:  # no child process: the leader's snapshot replaces the grown file, as it used to
                 self.compaction_failures += 1
-                self.follow(self.leader or "", self.epoch, now)
+                self._follow_afresh("no child process to compact", now)
                 return False
         return True
 
@@ -177,7 +188,7 @@ class Replica:
             self._to_sync.put(os.dup(self._fd))  # a duplicate: the loop may replace the file meanwhile
             self._dirty = False
         if self.sock is not None and self.leader is not None and now - self.heard_at > self.silence_s:
-            self.follow(self.leader, self.epoch, now)
+            self._follow_afresh(f"the leader silent {now - self.heard_at:.1f} s", now)
 
     # ---- the file -----------------------------------------------------------
 
@@ -197,7 +208,7 @@ class Replica:
         except OSError:
             self.compaction_failures += 1
             if self.leader is not None:
-                self.follow(self.leader, self.epoch, now)
+                self._follow_afresh("the compaction failed", now)
             else:
                 self._cancel_compaction()  # the next leader's snapshot replaces the file
             return
@@ -255,6 +266,8 @@ class Replica:
             "compactions": self.compactions,
             "compacting": self._compaction is not None,
             "compaction_failures": self.compaction_failures,
+            "followed_afresh": self.followed_afresh,
+            "why_afresh": self.why_afresh or None,
         }
 
     def close(self) -> jf.Mark | None:
