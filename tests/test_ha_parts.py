@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -74,12 +75,18 @@ class Outbox:
         return out
 
 
+_PAIRS = itertools.count()
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
     ctx = zmq.Context.instance()
     leader, standby = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
-    leader.bind("inproc://ha-parts")
-    standby.connect("inproc://ha-parts")
+    # A name of its own: a closed socket's inproc name is released by the context's reaper, maybe after the
+    # next test binds (CI saw "Address already in use").
+    endpoint = f"inproc://ha-parts-{next(_PAIRS)}"
+    leader.bind(endpoint)
+    standby.connect(endpoint)
     yield leader, standby
     leader.close(0)
     standby.close(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from wire import protocol as p
 from wire.protocol import MsgType
 
 OPTIONS = BalancerConfig(journal="j").scheduler_options()
-ENDPOINT = "inproc://replica-compaction"
+_ENDPOINTS = (f"inproc://replica-compaction-{n}" for n in itertools.count())  # one each: see Leader
 
 
 def state(path: str, upto: int = -1) -> dict:
@@ -36,7 +37,10 @@ class Leader:
 
     def __init__(self) -> None:
         self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.bind(ENDPOINT)
+        # A name of its own: a closed socket's inproc name is released by the context's reaper, maybe after
+        # the next test binds.
+        self.endpoint = next(_ENDPOINTS)
+        self.sock.bind(self.endpoint)
         self.sched = Scheduler(**OPTIONS)
         self.sched.hello(b"n", 0, 5, 1, "h", 0.0)
         self.route = b""
@@ -84,7 +88,7 @@ def pair(tmp_path: Path, monkeypatch) -> Iterator[tuple[Leader, Replica]]:
     leader = Leader()
     replica = Replica(zmq.Context.instance(), str(tmp_path / "standby.journal"), "standby", OPTIONS)
     epoch = p.decode_with_epoch(p.encode(MsgType.APPLIED, 0))[1]  # what this process stamps
-    replica.follow(ENDPOINT, epoch, time.monotonic())
+    replica.follow(leader.endpoint, epoch, time.monotonic())
     leader.read()
     leader.snapshot()
     assert replica.wait(2000)
