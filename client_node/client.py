@@ -36,8 +36,9 @@ The Client talks to one; a standby answers REDIRECT and the Client moves to
 the leader it names, re-sending everything unanswered at once; with requests
 outstanding it pings every FOLLOW_PING_S and, hearing nothing for
 FOLLOW_SILENCE_S, moves to the next endpoint. Answers from an older epoch than
-the newest seen are dropped (`stale_epoch`); the first message of a newer one
-re-sends everything unanswered at once, as a move does.
+the newest seen are dropped (`stale_epoch`); the first message of a newer one,
+or the first of a leader after a standby said none leads, re-sends everything
+unanswered at once, as a move does.
 
 A client id is a name: any number of processes may use one at once, and each
 Client gets the results of what it submitted (its DEALER identity holds a random
@@ -179,6 +180,7 @@ class Client(Retries):
         self._reused: set[int] = set()  # ids submitted again after this client had their answer
         self._started = self._last_sent = self._last_heard = time.monotonic()
         self._moved_at = 0.0
+        self._leaderless = False  # a standby said no member leads; the next word of a leader re-sends all
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -533,6 +535,11 @@ class Client(Retries):
             msg_type, epoch, fields = p.decode_with_epoch(frames[0])
             if epoch != self.following.epoch and not self._new_epoch(epoch):
                 return 0  # from a leadership already replaced (counted)
+            if self._leaderless and msg_type is not MsgType.REDIRECT:
+                # A leader again, on this endpoint: what it was sent while none led goes now. It may lead with
+                # the epoch it had (its etcd key outlived an etcd restart), so a newer epoch alone would miss it.
+                self._leaderless = False
+                self._resend_unanswered(time.monotonic())
             if msg_type is _RESULT_BATCH and len(frames) == 1:  # nearly every reply
                 take, got = self._take, 0
                 for item in fields[0]:
@@ -557,6 +564,7 @@ class Client(Retries):
             return 0
         elif msg_type is MsgType.REDIRECT:
             now = time.monotonic()
+            self._leaderless = fields[0] is None
             if self.following.redirected(fields[0]):
                 self._move(self.following.current, now)
             elif fields[0] is None and self.following.several and now - self._moved_at >= FOLLOW_SILENCE_S / 2:

@@ -241,8 +241,8 @@ def test_beyond_its_window_a_client_queues_at_home_blocks_on_a_full_queue_and_ca
 @pytest.mark.timeout(20)
 def test_a_newer_leadership_on_the_same_endpoint_gets_what_is_unanswered_at_once(frontend: FakeFrontend):
     """The member that stepped down leads again (or wins once etcd is back) on the endpoint the Client talks
-    to: its first word of the new epoch makes the Client re-send what is unanswered now, not after a back-off
-    that had grown to 20 s. The first epoch ever heard re-sends nothing."""
+    to: its first word after a standby said none leads, or of a newer epoch, makes the Client re-send what is
+    unanswered now, not after a back-off that had grown to 20 s. The first epoch ever heard re-sends nothing."""
 
     def submits(route: list[bytes], timeout_s: float) -> list[int]:
         """Request ids of the SUBMITs that arrive within `timeout_s` (noting the Client's route)."""
@@ -266,6 +266,14 @@ def test_a_newer_leadership_on_the_same_endpoint_gets_what_is_unanswered_at_once
             client.submit(b"a")
             route: list[bytes] = []
             assert submits(route, 1.0) == [1]  # sent once: the first epoch heard (5) re-sent nothing
+            # No member leads (a standby says so), then the same member leads again with the same epoch (its
+            # etcd key outlived an etcd restart): its first word re-sends what is unanswered.
+            frontend.sock.send_multipart([route[0], p.encode(MsgType.REDIRECT, None, "no leader is elected yet")])
+            client.pump(0.2)
+            assert submits(route, 0.3) == []
+            frontend.sock.send_multipart([route[0], p.encode(MsgType.CREDIT, 10_000, None, 0)])
+            client.pump(0.2)
+            assert submits(route, scaled(2.0)) == [1]
             p.set_epoch(6)
             frontend.sock.send_multipart([route[0], p.encode(MsgType.CREDIT, 10_000, None, 0)])
             client.pump(0.2)
