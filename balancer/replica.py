@@ -41,6 +41,8 @@ SILENT_KEEPALIVES = 4
 # twice its last snapshot, or jr.COMPACT_SLACK_BYTES beyond twice its bytes, by a child process
 # (balancer/replica_compaction.py) while the stream goes on.
 COMPACT_SLACK_RECORDS = 50_000
+# A journal it cannot write (a full disk): no APPLIED, so the leader drops it; it follows again this much later.
+WRITE_RETRY_S = 5.0
 
 
 class Replica:
@@ -54,6 +56,8 @@ class Replica:
         self._compaction: LocalCompaction | None = None
         self.compaction_failures = 0
         self.followed_afresh = 0  # the stream broke and was followed again from a snapshot
+        self.write_failures = 0
+        self._retry_at = 0.0  # after a failed write: when to follow again
         self.why_afresh = ""  # the last time's reason
         self.sock: zmq.Socket | None = None
         self._waiter: Waiter | None = None  # a blocking receive on `sock`
@@ -84,6 +88,7 @@ class Replica:
         """Follow the leader of `epoch` at its replication `endpoint`, from a fresh snapshot."""
         self._close_socket()
         self._cancel_compaction()  # the snapshot replaces the file
+        self._retry_at = 0.0
         self.leader, self.epoch, self.seq = endpoint, epoch, -1
         self.caught_up_at = None
         sock = self._ctx.socket(zmq.DEALER)
@@ -94,6 +99,15 @@ class Replica:
         self.sock = sock
         self._waiter = Waiter(sock)
         self.heard_at = now
+
+    def _cannot_write(self, exc: OSError, now: float) -> None:
+        """The journal cannot be written (a full or failing disk): stop answering the stream, which makes the
+        leader drop this standby (and say so), stay up, and follow afresh WRITE_RETRY_S later."""
+        self.write_failures += 1
+        self.why_afresh = f"cannot write the journal {self.path}: {exc}"
+        self._close_socket()
+        self._cancel_compaction()
+        self._retry_at = now + WRITE_RETRY_S
 
     def _follow_afresh(self, why: str, now: float) -> None:
         """The stream broke: follow the same leader again, from a new snapshot; `why` is shown in the status."""
@@ -147,7 +161,12 @@ class Replica:
         self.heard_at = now
         if msg_type is MsgType.SNAPSHOT:
             self.silence_s = max(MIN_SILENCE_S, SILENT_KEEPALIVES * fields[2] / 1000)
-        if not self._apply(msg_type, fields[0], fields[1], body, now):
+        try:
+            applied = self._apply(msg_type, fields[0], fields[1], body, now)
+        except OSError as exc:
+            self._cannot_write(exc, now)
+            return False
+        if not applied:
             self._follow_afresh("a gap in the stream", now)
             return False
         if self._compaction is None and self._due_for_compaction():
@@ -189,6 +208,9 @@ class Replica:
             self._dirty = False
         if self.sock is not None and self.leader is not None and now - self.heard_at > self.silence_s:
             self._follow_afresh(f"the leader silent {now - self.heard_at:.1f} s", now)
+        elif self.sock is None and self.leader is not None and self._retry_at and now >= self._retry_at:
+            self._retry_at = 0.0
+            self._follow_afresh(self.why_afresh, now)  # after a failed write: try again
 
     # ---- the file -----------------------------------------------------------
 
@@ -240,6 +262,10 @@ class Replica:
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
+            try:
+                os.unlink(tmp)  # a full disk should not stay fuller for a half-written copy
+            except FileNotFoundError:
+                pass
             raise
         if self._fd >= 0:
             os.close(self._fd)
@@ -267,6 +293,7 @@ class Replica:
             "compacting": self._compaction is not None,
             "compaction_failures": self.compaction_failures,
             "followed_afresh": self.followed_afresh,
+            "write_failures": self.write_failures,
             "why_afresh": self.why_afresh or None,
         }
 
@@ -278,7 +305,10 @@ class Replica:
         self._syncer.join(5)
         if self._fd < 0:
             return None
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            pass  # a failing disk: the file is what it is, and a member that leads replays it as it is
         mark = self.mark()
         os.close(self._fd)
         self._fd = -1

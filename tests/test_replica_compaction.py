@@ -159,3 +159,31 @@ def test_a_snapshot_during_a_compaction_drops_it(pair):
     assert replica.compactions == 0 and replica.snapshots == 2
     expected = {(r.client_id, r.request_id): (r.status, r.priority, r.body) for r in leader.sched.requests()}
     assert state(replica.path) == expected
+
+
+def test_a_journal_it_cannot_write_leaves_the_standby_up_and_following_again_later(pair, monkeypatch):
+    """A full disk: no APPLIED (the leader drops it), no exit (an outsider's standby died of ENOSPC); it says why
+    and follows afresh WRITE_RETRY_S later, from a new snapshot."""
+    leader, replica = pair
+    real_write = jf.write_all
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(replica_module.jf, "write_all", full)
+    leader.batch()
+    assert not replica.wait(2000) or replica.sock is None
+    assert replica.sock is None and replica.view(0)["write_failures"] == 1
+    assert "No space left" in replica.view(0)["why_afresh"]
+    monkeypatch.setattr(replica_module.jf, "write_all", real_write)
+    replica.tick(time.monotonic())  # too soon: still waiting
+    assert replica.sock is None
+    replica.tick(time.monotonic() + replica_module.WRITE_RETRY_S + 0.1)
+    leader.read()
+    assert leader.follows == 2
+    leader.snapshot()
+    assert replica.wait(2000)
+    leader.read()
+    stream_until(leader, replica, lambda: replica.records > replica.base_records + 20)
+    expected = {(r.client_id, r.request_id): (r.status, r.priority, r.body) for r in leader.sched.requests()}
+    assert state(replica.path) == expected
