@@ -187,3 +187,21 @@ def test_a_journal_it_cannot_write_leaves_the_standby_up_and_following_again_lat
     stream_until(leader, replica, lambda: replica.records > replica.base_records + 20)
     expected = {(r.client_id, r.request_id): (r.status, r.priority, r.body) for r in leader.sched.requests()}
     assert state(replica.path) == expected
+
+
+def test_a_stream_that_outruns_the_compaction_is_followed_afresh(pair, monkeypatch):
+    """A child that cannot keep up (it replays the whole file) would let the file grow without bound: past twice
+    the size a compaction is due at, the standby follows afresh and the leader's snapshot bounds it."""
+    leader, replica = pair
+    monkeypatch.setattr(jr, "COMPACT_SLACK_BYTES", 20_000)
+    monkeypatch.setattr(replica_module.LocalCompaction, "step", lambda self, size: False)  # never done
+    stream_until(leader, replica, lambda: replica.view(0)["compacting"])
+    deadline = time.monotonic() + 30
+    while replica.followed_afresh == 0:
+        assert time.monotonic() < deadline
+        leader.batch()
+        replica.wait(2000)
+        leader.read()
+    assert replica.why_afresh == "the stream outran the compaction" and not replica.view(0)["compacting"]
+    assert not os.path.exists(f"{replica.path}.compacting")
+    assert leader.follows == 2
