@@ -217,7 +217,7 @@ class Journal:
             self._now_writing(self._rewrite_size, self._rewrite_frames)
             fsync_dir(self.path)
         except OSError as exc:
-            _remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
+            jf.remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
             raise JournalError(f"cannot write journal {self.path}: {exc}") from None
         finally:
             os.close(fd)
@@ -229,7 +229,7 @@ class Journal:
         if self.rewrite_fd >= 0:
             os.close(self.rewrite_fd)
             self.rewrite_fd = -1
-            _remove_quietly(f"{self.path}.tmp")
+            jf.remove_quietly(f"{self.path}.tmp")
 
     def _rewrite(self, records: list[tuple[Any, ...]]) -> None:
         """Write `records` to a new file, fsync it, rename it over the journal, fsync the directory."""
@@ -251,7 +251,7 @@ class Journal:
             self._now_writing(len(data), 1 + len(records))
             fsync_dir(self.path)
         except OSError as exc:
-            _remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
+            jf.remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
             raise JournalError(f"cannot write journal {self.path}: {exc}") from None
         self._since_compact = 0
 
@@ -296,10 +296,3 @@ class Journal:
         finally:
             os.close(self._fd)
             self._fd = -1
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass

@@ -53,6 +53,14 @@ class JournalError(OSError):
     """A journal file that cannot be opened, read or written."""
 
 
+def remove_quietly(path: str) -> None:
+    """Remove a half-written or abandoned file if it is there; a failure to is not worth the caller's error."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename or a new link in `path`'s directory reach the disk, or a power loss could undo it."""
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)

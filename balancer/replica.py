@@ -272,10 +272,7 @@ class Replica:
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
-            try:
-                os.unlink(tmp)  # a full disk should not stay fuller for a half-written copy
-            except FileNotFoundError:
-                pass
+            jf.remove_quietly(tmp)  # a full disk should not stay fuller for a half-written copy
             raise
         if self._fd >= 0:
             os.close(self._fd)

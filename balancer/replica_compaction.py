@@ -25,8 +25,8 @@ from balancer import journal_format as jf
 from balancer.scheduler import Scheduler
 from wire import protocol as p
 
-# What the standby copies onto the new file per step (a tick, or an append while the copy is behind): it
-# reads and writes the page cache, ~20-60 ms at this size, a pause its APPLIED can afford (max lag 1 s).
+# What the standby copies onto the new file per tick once the child is done: it reads and writes the page
+# cache, ~20-60 ms at this size, a pause its APPLIED can afford (max lag 1 s).
 COPY_SLICE_BYTES = 32 * 1024 * 1024
 
 
@@ -53,7 +53,7 @@ class LocalCompaction:
     """One compaction under way: the child writing the state up to `upto`, then the copy of what followed."""
 
     def __init__(self, path: str, upto: int, records_at_upto: int, options: dict[str, Any]) -> None:
-        self.path, self.upto, self.records_at_upto = path, upto, records_at_upto
+        self.path, self.records_at_upto = path, records_at_upto
         self.tmp = f"{path}.compacting"
         command = [sys.executable, "-m", "balancer.replica_compaction", path, str(upto), self.tmp, json.dumps(options)]
         self._child: subprocess.Popen[bytes] | None = subprocess.Popen(
@@ -112,10 +112,7 @@ class LocalCompaction:
             os.close(self.fd)
             self.fd = -1
         self._close_source()
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        jf.remove_quietly(self.tmp)
 
     def _close_source(self) -> None:
         if self._src >= 0:
