@@ -40,9 +40,11 @@ def summarise(counted: dict[str, Any], top: int) -> dict[str, Any]:
         out[kind] = statistics.median(n for n, _hop in segments) if segments else None
         for hop in sorted({hop for _n, hop in segments if hop}):
             out[f"{kind}_{hop}"] = statistics.median(n for n, h in segments if h == hop)
-    functions = sorted(counted["functions"]["before"], key=lambda f: -f[2])
-    total = max(1, len(counted["segments"]["before"]))
-    out["top_before"] = [[name, where, round(n / total, 1)] for name, where, n in functions[:top]]
+    for key, functions in counted["functions"].items():
+        kind, _, hop = key.partition("_")
+        total = max(1, sum(1 for _n, h in counted["segments"][kind] if h == hop or not hop))
+        ranked = sorted(functions, key=lambda f: -f[2])
+        out[f"top_{key}"] = [[name, where, round(n / total, 1)] for name, where, n in ranked[:top]]
     return out
 
 
@@ -81,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         for hop in ("submit", "result"):
             if f"before_{hop}" in row:
                 print(f"    {hop} hop: before {row[f'before_{hop}']!s:>7}   after {row.get(f'after_{hop}')!s:>7}")
-        for name, where, n in row["top_before"]:
-            print(f"            {n:8.1f}  {name} ({where})")
+        hop_keys = [f"_{hop}" for hop in ("submit", "result") if f"top_before_{hop}" in row] or [""]
+        for kind in ("before", "after"):
+            for hop in hop_keys:
+                print(f"    functions {kind} the send{hop.replace('_', ' in the ')} hop, per segment:")
+                for name, where, n in row.get(f"top_{kind}{hop}", []):
+                    print(f"            {n:8.1f}  {name} ({where})")
     return 0
 
 

@@ -64,6 +64,8 @@ if os.environ.get("ZLB_OPCOUNT"):
                 _state["hop"] = _hop_of(_by_function)
             _segments[kind].append([_state["n"], _state["hop"]])
             _functions[kind].update(_by_function)
+            if _state["hop"]:  # and by hop, for a balancer's two
+                _functions.setdefault(f"{kind}_{_state['hop']}", collections.Counter()).update(_by_function)
         _by_function.clear()
         _state["n"] = 0
         _state["kind"] = next_kind
