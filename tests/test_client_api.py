@@ -102,6 +102,7 @@ class FakeFrontend:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.sock.bind(self.endpoint)
         self.arrived: list[tuple[MsgType, list]] = []  # SUBMIT_BATCH items, or a SUBMIT's [*fields, payload]
+        self.route = b""  # the Client's routing identity, once it said CLIENT_HELLO
 
     def welcome(self, client: Client, requests: int = 10_000, size: int | None = None) -> None:
         """Answer the Client's CLIENT_HELLO as a balancer would, granting it a window, and wait until it has it."""
@@ -110,6 +111,7 @@ class FakeFrontend:
             while self.sock.poll(10):
                 frames = self.sock.recv_multipart()
                 if p.decode(frames[1])[0] is MsgType.CLIENT_HELLO:
+                    self.route = frames[0]
                     welcome = p.encode(
                         MsgType.CLIENT_WELCOME, 10_000, limits.DEFAULT_MAX_MESSAGE_BYTES, requests, size, 0
                     )
@@ -203,6 +205,33 @@ def test_a_big_payload_leaves_in_its_own_submit_between_the_batches_around_it(fr
     msg_type, (client_id, request_id, priority, _incarnation, payload) = frontend.arrived[1]
     assert (msg_type, client_id, request_id, priority, payload) == (MsgType.SUBMIT, 5, 3, 3, big)
     assert frontend.arrived[2] == (MsgType.SUBMIT_BATCH, [[4, 3, b"c"]])
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("size", [16, limits.LONE_PAYLOAD_BYTES + 1])
+def test_a_second_answer_is_a_harmless_repeat_when_it_says_the_same_and_a_conflict_otherwise(
+    frontend: FakeFrontend, size: int
+):
+    """The Client remembers each answer by a digest of its body: an answer that comes again (a retry's) with
+    the same body is counted as repeated, one with another body, even one byte apart, as conflicting."""
+    body = b"r" * size
+    other = body[:-1] + b"s"
+    with Client(frontend.endpoint, client_id=8) as client:
+        frontend.welcome(client)
+        pending = client.submit(b"work")
+        frontend.wait_for(1, "the submission")
+        route = frontend.route
+        for answer in (body, body, other):
+            frontend.sock.send_multipart(
+                [route, p.encode(MsgType.RESULT, pending.request_id, "processed", 1, 1, False), answer]
+            )
+        wait_until(
+            lambda: client.pump(0.01) is not None and client.repeated_answers + client.conflicting_answers == 2,
+            10,
+            "two more answers",
+        )
+        assert pending.result(timeout=1).body == body
+        assert (client.repeated_answers, client.conflicting_answers) == (1, 1)
 
 
 @pytest.mark.parametrize("timeout", [0.0, -0.0015, -1.0])
