@@ -5,8 +5,8 @@ With glibc's defaults a buffer of 256 KiB comes from the heap once one like it w
 handed back to the kernel whenever more than twice that lies free at its top: with a window of requests
 churning, that is every few requests, and each one then faults its pages in afresh (a page fault and a
 zeroed page per 4 KiB). Held in the heap instead (trimmed only past TRIM_THRESHOLD_BYTES, mapped apart only
-past MMAP_THRESHOLD_BYTES), a node's CPU per 256 KiB request fell by 11 and 34 us in two runs of
-`python -m tools.cpu_by_role --capacity 50 --window 64 --payload-bytes 262144` (docs/PERFORMANCE.md).
+past MMAP_THRESHOLD_BYTES), a node's CPU per 256 KiB request fell by 5 to 54 us (of 250-340) in four paired
+runs of `python -m tools.cpu_by_role --capacity 50 --window 64 --payload-bytes 262144 --duration 2 --rounds 2`.
 What the heap holds then stays in the process, so a node idle for IDLE_S gives it back (malloc_trim).
 
 Nothing changes before the first big payload: ctypes is imported then, not at start (a node that never
