@@ -32,7 +32,6 @@ import zmq
 
 from server_node import handlers
 from server_node.alive import ALIVE_EVERY_S, AliveFile
-from server_node.allocator import BIG_PAYLOAD_BYTES, Allocator
 from server_node.liveness import PeerLiveness
 from server_node.pool import HandlerPool
 from server_node.unconfirmed import SentResults
@@ -103,7 +102,6 @@ class ServerNode:
         self.held: dict[int, None] = {}
         self._done: list[tuple[int, bool, bytes]] = []  # finished this iteration, DONE not yet sent
         self._sent = SentResults()  # DONEs the balancer may not have read, sent again on a fresh connection
-        self._allocator = Allocator()  # set for big payloads at the first, trimmed when idle
         self._cancel_events: dict[int, threading.Event] = {}  # ticket -> its Work.cancelled, for pooled work
         self.cancelled = 0  # work the balancer told this node to stop
         self.max_payload = limits.DEFAULT_MAX_MESSAGE_BYTES  # the balancer's limit, from WELCOME
@@ -243,8 +241,6 @@ class ServerNode:
             self._send(header, p.encode_tickets(self.held))
             if self._sent:
                 self._sent.forget(self.live.heard_at, self.live.interval_s)
-            if not self.held:
-                self._allocator.idle(now)
 
     def _leave(self, now: float) -> bool:
         """Drive a graceful stop; True once it is time to exit."""
@@ -370,8 +366,6 @@ class ServerNode:
         if ticket in self.held:
             return  # tickets are unique: the same WORK twice runs once
         self.held[ticket] = None
-        if len(payload) > BIG_PAYLOAD_BYTES:
-            self._allocator.saw(len(payload), time.monotonic())
         if self._pool is None:
             work = handlers.Work(client_id, request_id, priority, attempt, self.node_id, payload)
             self._finished(ticket, *self._run_handler(work))

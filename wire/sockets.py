@@ -50,11 +50,6 @@ _set = zmq.Socket.set
 # asked (another poll, or ZMQ_EVENTS: each a syscall or two in libzmq); busy, it drains up to
 # DRAIN_BATCH. Each loop compares inline: deciding by the poll's duration costs no second poll.
 SLEPT_S = 25e-6
-# A message's last frame of bytes longer than this is sent without a copy: libzmq holds the bytes object
-# until its I/O thread has written it, and pyzmq's garbage thread lets it go then (a thread wake-up, about
-# what a copy of 64 KiB costs: pyzmq's own zmq.COPY_THRESHOLD). Only bytes: they cannot change meanwhile.
-# A Client keeping 64 payloads of 256 KiB out spent 280 us of its CPU per request, 314 with the copy (67f4894).
-ZERO_COPY_BYTES = 64 * 1024
 
 
 def received(
@@ -129,13 +124,13 @@ def _with_rest(
 
 
 def _send_message(sock: zmq.Socket, frames: list[Any] | tuple[Any, ...]) -> None:
+    # Copied, even big payloads. Lent instead (copy=False) a Client spent 280 us of CPU per 256 KiB request
+    # against 314, but pyzmq's garbage thread lets go of every lent object at interpreter exit while libzmq
+    # may still be writing it: a process that exits with a big message in flight aborted (EFAULT in
+    # tcp.cpp) or its peer got the frame with freed memory in it (an outsider's review; tests/test_wire_sockets.py).
     for frame in frames[:-1]:
         _send(sock, frame, _MORE_NOWAIT)
-    last = frames[-1]
-    if type(last) is bytes and len(last) > ZERO_COPY_BYTES:  # a big payload: lent to libzmq, not copied
-        _send(sock, last, _NOBLOCK, copy=False)
-    else:
-        _send(sock, last, _NOBLOCK)
+    _send(sock, frames[-1], _NOBLOCK)
 
 
 def send_frames(sock: zmq.Socket, frames: list[Any] | tuple[Any, ...]) -> bool:
