@@ -152,7 +152,10 @@ def _server(server_id: Any) -> str:
 
 def _fmt_requeued(a: tuple[Any, ...]) -> str:
     client, request, priority, attempts, server = a
-    lost = f"after attempt {attempts} ({_server(server)} lost it)"
+    if attempts == 0:  # lost in transit (its WORK never left, or a live node never got it): no attempt counted
+        lost = f"({_server(server)} never got it, or its answer was lost: no attempt counted)"
+    else:
+        lost = f"after attempt {attempts} ({_server(server)} lost it)"
     return f"Request {request} from Client {client} re-queued with priority {priority} {lost}"
 
 
