@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         hop_keys = [f"_{hop}" for hop in ("submit", "result") if f"top_before_{hop}" in row] or [""]
         for kind in ("before", "after"):
             for hop in hop_keys:
-                print(f"    functions {kind} the send{hop.replace('_', ' in the ')} hop, per segment:")
+                where = f" in the {hop[1:]} hop" if hop else ""
+                print(f"    functions {kind} the send{where}, per segment:")
                 for name, where, n in row.get(f"top_{kind}{hop}", []):
                     print(f"            {n:8.1f}  {name} ({where})")
     return 0
