@@ -8,14 +8,30 @@ requests stream through a real pair until the standby has compacted (by its file
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
 from client_node.client import Client
 from tests.ha.cluster import HEARTBEAT_MS, HaGroup
-from tests.harness import wait_until
+from tests.harness import ProcessGroup, wait_until
 
 MIB = 1024 * 1024
+# The leader drops a standby whose answers lag by more than this. The default (1 s) is what the standby's old
+# compaction overran, but also what a standby writing 40 MiB batches can lag on a 2-core machine under other
+# load (this test failed so, three times in one CI run beside other benchmarks). Here the lag bound is looser;
+# the old failure is still caught by what it did: it followed afresh (a second snapshot), which is asserted.
+MAX_LAG_MS = 3000
+
+
+@pytest.fixture
+def ha_group(procs: ProcessGroup) -> Iterator[HaGroup]:
+    group = HaGroup.start(procs, member_args=("--standby-max-lag-ms", str(MAX_LAG_MS)))
+    try:
+        yield group
+    finally:
+        procs.stop_all()  # the members first, while etcd still answers their resignations
+        group.etcd.stop()
 
 
 @pytest.mark.timeout(180)

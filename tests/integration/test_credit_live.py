@@ -92,12 +92,12 @@ def test_a_window_shrinks_when_a_second_client_brings_work_and_grows_back_when_i
 def test_slow_work_is_not_queued_past_the_retry_timer_so_nothing_is_re_sent(procs: ProcessGroup, endpoints: Endpoints):
     """One node of capacity 1 and, once the Client has heard its window, 60 requests of 50 ms: the window
     follows the live capacity (16 at a time, 0.8 s of work), so no request waits at the balancer past the
-    Client's 1.5 s retry timer. Under the old floor of 1,024 all 60 went at once, 3 s of queue, and the last
-    half was re-sent."""
+    Client's 2.4 s retry timer. Under the old floor of 1,024 all 60 went at once, 3 s of queue, and the last
+    dozen would be re-sent. (With a 1.5 s timer a loaded machine's 50 ms sleeps stretched the 0.8 s past it.)"""
     balancer = start_balancer(procs, endpoints, 100)
     balancer.start_server(1, "--capacity", "1")  # the seed's simulate handler: it sleeps cost_ms
     balancer.wait_servers_active({1})
-    with Client(endpoints.frontend, client_id=1, retry_s=1.5) as client:
+    with Client(endpoints.frontend, client_id=1, retry_s=2.4) as client:
         # Requests one at a time until a result brings the window the balancer sized at its tick after the
         # node joined (a burst before that may be 1,024: the window with no live node).
         wait_until(lambda: client.submit(json_payload(1, "probe")).result(timeout=scaled(10)).ok
