@@ -116,10 +116,15 @@ class HaGroup:
                     wait_until(lambda m=member: m.role() == "leader", 15, "the first member to lead")
             wait_until(group.standby_in_sync, 15, "the standby to be in sync")
         except BaseException:
-            procs.stop_all()  # the members first, while etcd still answers their resignations
-            etcd.stop()
+            group.stop()
             raise
         return group
+
+    def stop(self) -> None:
+        """Every process of the test by PID, the members first, while etcd still answers their resignations;
+        then etcd."""
+        self.procs.stop_all()
+        self.etcd.stop()
 
     def launch(self, member: Member) -> None:
         e = member.endpoints

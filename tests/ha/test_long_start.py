@@ -47,5 +47,4 @@ def test_a_member_whose_start_outlasts_the_lease_margin_leads_once_and_serves(pr
         said = leader.proc.stderr()
         assert said.count(" leads, epoch") == 1 and "stopped leading" not in said, said
     finally:
-        procs.stop_all()
-        group.etcd.stop()
+        group.stop()

@@ -30,8 +30,7 @@ def ha_group(procs: ProcessGroup) -> Iterator[HaGroup]:
     try:
         yield group
     finally:
-        procs.stop_all()  # the members first, while etcd still answers their resignations
-        group.etcd.stop()
+        group.stop()
 
 
 @pytest.mark.timeout(180)
