@@ -38,17 +38,20 @@ def lean_load(
     """`clients` bench.leanload processes against a broker whose nodes echo frames."""
     procs, files = [], []
     for _ in range(clients):
-        name = bench.name("leanload")
-        lat_file = os.path.join(bench.workdir, f"{name}.lat")
-        argv = python_argv(
-            "bench.leanload",
-            *("--frontend", target.frontend, "--client-id", str(bench.next_client_id()), "--window", str(window)),
-            *("--duration", str(duration), "--warmup-s", str(warmup_s), "--payload-bytes", str(payload_bytes)),
-            *("--latency-file", lat_file, "--wait-go"),
-        )
-        procs.append(bench.procs.start(name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        lat_file = os.path.join(bench.workdir, f"{bench.name('leanload-lat')}.lat")
+        load = ("--window", str(window), "--duration", str(duration), "--warmup-s", str(warmup_s))
+        load += ("--payload-bytes", str(payload_bytes), "--latency-file", lat_file)
+        procs.append(start_lean_client(bench, target, *load))
         files.append(lat_file)
     return bench.collect(bench.go(target, procs, files), warmup_s + duration + 60)
+
+
+def start_lean_client(bench: Bench, target: Target, *args: str) -> subprocess.Popen:
+    """One bench.leanload process (a new client id) told `args`; it waits for the bench's go."""
+    argv = python_argv(
+        "bench.leanload", "--frontend", target.frontend, "--client-id", str(bench.next_client_id()), *args, "--wait-go"
+    )
+    return bench.procs.start(bench.name("leanload"), argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
 def start_user_client(bench: Bench, target: Target, *args: str) -> subprocess.Popen:

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 from bench import baselines, procstat
 from bench.harness import Bench, Target
-from bench.procs import STOP_TIMEOUT_S, python_argv
+from bench.procs import STOP_TIMEOUT_S
 
 ROLES = ("broker", "helper", "nodes", "clients")
 
@@ -49,15 +48,8 @@ def _clients(bench: Bench, target: Target, args: argparse.Namespace) -> list[Any
     load += ("--payload-bytes", str(args.payload_bytes))
     procs = []
     for _ in range(args.clients):
-        if target.name == "zlb":
-            procs.append(baselines.start_user_client(bench, target, *load))
-        else:
-            name = bench.name("leanload")
-            argv = python_argv(
-                "bench.leanload", "--frontend", target.frontend, "--client-id", str(bench.next_client_id()),
-                *load, "--wait-go",
-            )  # fmt: skip
-            procs.append(bench.procs.start(name, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        start = baselines.start_user_client if target.name == "zlb" else baselines.start_lean_client
+        procs.append(start(bench, target, *load))
     return procs
 
 
